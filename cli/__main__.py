@@ -1,0 +1,3 @@
+from qbscale.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""qbscale: querybank normalisation (QB-Norm) for retrieval at any scale.
+
+Heavy modules (dask, zarr, xarray) load on first use of the function that
+needs them, so ``import qbscale`` is cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": "qbscale.api",
+    "evaluate": "qbscale.api",
+    "ingest": "qbscale.ingest",
+    "open_experiment": "qbscale.store",
+    "RunResult": "qbscale.api",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qbscale' has no attribute {name!r}")

@@ -1,0 +1,37 @@
+"""Exceptions raised by qbscale.
+
+Every error subclasses :class:`QBScaleError` and the builtin a caller would
+expect, so ``except ValueError`` keeps working for bad input.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+
+class QBScaleError(Exception):
+    """Base class of every qbscale error."""
+
+
+class InputError(QBScaleError, ValueError):
+    """An input file or array is malformed: wrong shape, NaN, bad mask, ..."""
+
+
+class UnsafePickleError(QBScaleError, pickle.UnpicklingError):
+    """A pickle asked for something other than a plain numpy array."""
+
+
+class StoreNotFoundError(QBScaleError, FileNotFoundError):
+    """No qbscale store at the given path or URL."""
+
+
+class IncompleteStoreError(QBScaleError, RuntimeError):
+    """The store exists but was never marked complete (interrupted ingest)."""
+
+
+class StoreExistsError(QBScaleError, FileExistsError):
+    """The output store exists and ``overwrite`` was not given."""
+
+
+class ConfigError(QBScaleError, ValueError):
+    """An option has an invalid value (beta <= 0, k < 1, unknown method, ...)."""

@@ -1,0 +1,52 @@
+"""Names and attributes of a qbscale experiment store (one Zarr v3 group).
+
+A store holds, for one experiment::
+
+    bank        (bank_query, gallery)  querybank x gallery similarities
+    test        (query, gallery)       test queries x gallery similarities
+    query_mask  (query,)               bool, optional: False drops a query
+    gt_index    (query,)               int64, optional: ground-truth gallery
+                                       index of each query (else grouped:
+                                       query i -> i // queries_per_item)
+
+or, for an embeddings experiment (similarities computed on the fly)::
+
+    bank_emb    (bank_query, dim)
+    test_emb    (query, dim)
+    gallery_emb (gallery, dim)
+
+The group attribute ``qbscale`` is a dict with at least ``version``,
+``kind`` ("sims" or "embeddings"), ``queries_per_item`` (int or None),
+``sources`` (per input: file name, sha256, dtype, shape) and ``complete``
+(True only once every array is fully written).  Readers refuse a store whose
+``complete`` flag is missing: an interrupted ingest never looks finished.
+"""
+
+from __future__ import annotations
+
+ATTR = "qbscale"
+
+BANK = "bank"
+TEST = "test"
+QUERY_MASK = "query_mask"
+GT_INDEX = "gt_index"
+
+BANK_EMB = "bank_emb"
+TEST_EMB = "test_emb"
+GALLERY_EMB = "gallery_emb"
+
+DIMS = {
+    BANK: ("bank_query", "gallery"),
+    TEST: ("query", "gallery"),
+    QUERY_MASK: ("query",),
+    GT_INDEX: ("query",),
+    BANK_EMB: ("bank_query", "dim"),
+    TEST_EMB: ("query", "dim"),
+    GALLERY_EMB: ("gallery", "dim"),
+}
+
+KIND_SIMS = "sims"
+KIND_EMBEDDINGS = "embeddings"
+
+#: default target size of one stored chunk
+DEFAULT_CHUNK_BYTES = 64 * 2**20
