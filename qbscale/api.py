@@ -1,0 +1,222 @@
+"""The public surface: :func:`run`, :func:`evaluate` and :func:`lazy`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import plan as _plan
+from .config import RunConfig
+from .executors import get_executor
+from .metrics import retrieval_metrics, rounded
+from .store import Experiment, open_experiment
+
+
+@dataclass
+class RunResult:
+    """Everything a run measured.
+
+    Attributes
+    ----------
+    before : metrics of the raw similarities (the baseline)
+    after : ``{beta: metrics}`` after normalisation (empty for ``method="none"``)
+    base_ranks : (n_queries,) 0-based baseline ranks (ties averaged)
+    ranks : ``{beta: (n_queries,) ranks}`` after normalisation
+    normalised : (n_queries,) bool, rows that were normalised
+    activation_size : number of gallery items in the activation set
+    """
+
+    config: RunConfig
+    before: dict[str, float]
+    after: dict[float, dict[str, float]]
+    base_ranks: np.ndarray
+    ranks: dict[float, np.ndarray]
+    normalised: np.ndarray
+    activation_size: int
+    n_gallery: int
+    mask: np.ndarray | None
+    log_z: np.ndarray | None = None
+    topk_index: np.ndarray | None = None
+    topk_score: np.ndarray | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def normalised_share(self) -> float:
+        """Share of (unmasked) test queries whose row was normalised."""
+        rows = self.normalised if self.mask is None else self.normalised[self.mask]
+        return float(rows.mean()) if rows.size else 0.0
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows of rounded metrics: the baseline, then one per beta."""
+        rows = [{"method": "none", "beta": None, **rounded(self.before)}]
+        for beta, m in self.after.items():
+            rows.append({"method": self.config.method, "beta": beta, **rounded(m)})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (unrounded metrics plus the rounded table)."""
+        return {
+            "method": self.config.method,
+            "k": self.config.k,
+            "betas": list(self.config.betas),
+            "before": self.before,
+            "after": {str(b): m for b, m in self.after.items()},
+            "table": self.table(),
+            "normalised_share": self.normalised_share,
+            "activation_size": self.activation_size,
+            "n_gallery": self.n_gallery,
+            "n_queries": int(self.base_ranks.size),
+            "n_evaluated": int(self.base_ranks.size if self.mask is None else self.mask.sum()),
+            "seconds": self.seconds,
+        }
+
+
+def _experiment(store: str | os.PathLike[str] | Experiment,
+                storage_options: dict[str, Any] | None) -> Experiment:
+    if isinstance(store, Experiment):
+        return store
+    return open_experiment(store, storage_options)
+
+
+def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float] = 20.0,
+        k: int = 1, method: str = "dis", *, scheduler: Any = "threads",
+        num_workers: int | None = None, topk: int = 0, save_scores: bool = False,
+        save_ranks: bool = False, progress: bool = False,
+        storage_options: dict[str, Any] | None = None) -> RunResult:
+    """Querybank-normalise a store and evaluate before and after.
+
+    Parameters
+    ----------
+    store : path or URL of a store from :func:`qbscale.ingest`, or an
+        :class:`~qbscale.store.Experiment` (e.g. :func:`qbscale.store.in_memory`)
+    beta : inverse temperature, or several (all computed in one pass)
+    k : top-k bank columns forming the activation set
+    method : ``"dis"`` (default), ``"is"`` or ``"none"``
+    scheduler : ``"threads"``, ``"processes"``, ``"synchronous"``,
+        ``"local:N"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``
+    topk : also return (and with a store, save) the ``topk`` best gallery
+        items of every query after normalisation
+    save_scores, save_ranks : write the normalised matrix / the ranks into
+        the store
+
+    Returns
+    -------
+    RunResult
+
+    Examples
+    --------
+    >>> from qbscale.store import in_memory
+    >>> rng = np.random.default_rng(0)
+    >>> exp = in_memory(rng.random((50, 10)), rng.random((10, 10)))
+    >>> res = run(exp, beta=20)
+    >>> sorted(res.after)
+    [20.0]
+    """
+    config = RunConfig.make(beta, k, method, topk)
+    experiment = _experiment(store, storage_options)
+    t0 = time.perf_counter()
+    writer = None
+    if save_scores:
+        from .results import ScoresWriter
+
+        writer = ScoresWriter.create(experiment, config)
+    graph = _plan.build(experiment, config, writer)
+    executor = get_executor(scheduler, num_workers)
+    try:
+        log_z, act, *rows = executor.compute(graph.outputs(), progress)
+    finally:
+        executor.close()
+    result = _assemble(config, experiment, log_z, act, rows)
+    result.seconds = time.perf_counter() - t0
+    if save_ranks or topk or save_scores:
+        from .results import write_results
+
+        if experiment.url is not None:
+            write_results(experiment, result, save_ranks=save_ranks, save_scores=save_scores)
+    return result
+
+
+def _assemble(config: RunConfig, experiment: Experiment, log_z: np.ndarray, act: np.ndarray,
+              rows: list[_plan.RowResult]) -> RunResult:
+    rows = sorted(rows, key=lambda r: r.start)
+    mask = experiment.mask
+    base = np.concatenate([r.base_rank for r in rows])
+    ranks: dict[float, np.ndarray] = {}
+    if config.normalises:
+        stacked = np.concatenate([r.rank for r in rows if r.rank is not None], axis=1)
+        ranks = {beta: stacked[b] for b, beta in enumerate(config.betas)}
+    result = RunResult(
+        config=config,
+        before=retrieval_metrics(base, mask),
+        after={beta: retrieval_metrics(r, mask) for beta, r in ranks.items()},
+        base_ranks=base,
+        ranks=ranks,
+        normalised=np.concatenate([r.normalised for r in rows]),
+        activation_size=int(np.count_nonzero(act)),
+        n_gallery=experiment.n_gallery,
+        mask=mask,
+        log_z=log_z,
+    )
+    if config.topk:
+        result.topk_index = np.concatenate([r.topk_idx for r in rows], axis=1)
+        result.topk_score = np.concatenate([r.topk_score for r in rows], axis=1)
+    return result
+
+
+def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
+             scheduler: Any = "threads", progress: bool = False,
+             storage_options: dict[str, Any] | None = None) -> dict[str, float]:
+    """Metrics of any stored query x gallery matrix (default: the test sims).
+
+    ``array`` may name a 2-D array of shape ``(n_queries, n_gallery)`` or a
+    3-D ``(n, n_queries, n_gallery)`` array such as ``scores`` (its first
+    slice is evaluated; select another with ``"scores[1]"``).
+    """
+    from .results import matrix_source
+
+    experiment = _experiment(store, storage_options)
+    source = matrix_source(experiment, array)
+    evaluated = Experiment(source, source, experiment.gt, experiment.mask)
+    result = run(evaluated, method="none", scheduler=scheduler, progress=progress)
+    return result.before
+
+
+def lazy(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float] = 20.0,
+         k: int = 1, method: str = "dis",
+         storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Dask arrays of a run's building blocks, for composing your own graphs.
+
+    Returns ``{"log_z": (n_betas, n_gallery), "activation": (n_gallery,),
+    "base_ranks": (n_queries,), "ranks": (n_betas, n_queries)}``; nothing is
+    computed until you call ``.compute()``.
+    """
+    import dask.array as da
+
+    config = RunConfig.make(beta, k, method)
+    experiment = _experiment(store, storage_options)
+    graph = _plan.build(experiment, config)
+    n_b, n_g = len(config.betas), experiment.n_gallery
+    sizes = experiment.test.row_chunks
+    base = [da.from_delayed(_get(r, "base_rank"), (n,), float) for r, n in zip(graph.rows, sizes)]
+    out = {
+        "log_z": da.from_delayed(graph.log_z, (n_b, n_g), float),
+        "activation": da.from_delayed(graph.activation, (n_g,), bool),
+        "base_ranks": da.concatenate(base),
+    }
+    if config.normalises:
+        ranks = [da.from_delayed(_get(r, "rank"), (n_b, n), float)
+                 for r, n in zip(graph.rows, sizes)]
+        out["ranks"] = da.concatenate(ranks, axis=1)
+    return out
+
+
+def _get(obj: Any, name: str) -> Any:
+    from dask import delayed
+
+    return delayed(getattr)(obj, name)

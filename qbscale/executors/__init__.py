@@ -1,0 +1,44 @@
+"""Executors run a plan's lazy outputs.  Pick one with :func:`get_executor`:
+
+* ``"threads"`` (default), ``"processes"``, ``"synchronous"``: dask's local
+  schedulers (:mod:`qbscale.executors.local`);
+* ``"tcp://host:port"``: an existing ``dask scheduler``; ``"local:N"``: a
+  ``LocalCluster`` of N single-threaded worker processes started and torn down
+  around the run; or a ``distributed.Client`` object
+  (:mod:`qbscale.executors.distributed`, imported only when used).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..errors import ConfigError
+
+
+class Executor(Protocol):
+    def compute(self, outputs: list[Any], progress: bool) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+def get_executor(scheduler: Any = "threads", num_workers: int | None = None) -> Executor:
+    """An executor for a scheduler name, address or ``distributed.Client``."""
+    if scheduler is None:
+        scheduler = "threads"
+    if not isinstance(scheduler, str):
+        from .distributed import DistributedExecutor
+
+        return DistributedExecutor(client=scheduler)
+    if scheduler in ("threads", "processes", "synchronous", "sync"):
+        from .local import LocalExecutor
+
+        return LocalExecutor(scheduler, num_workers)
+    if scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")) or \
+            scheduler.startswith("local:"):
+        from .distributed import DistributedExecutor
+
+        return DistributedExecutor(address=scheduler)
+    raise ConfigError(
+        f"unknown scheduler {scheduler!r}: use threads, processes, synchronous, "
+        "local:N or tcp://HOST:PORT"
+    )

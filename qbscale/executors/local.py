@@ -1,0 +1,30 @@
+"""Dask's local schedulers (threads, processes, synchronous)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import dask
+
+
+class LocalExecutor:
+    """Run with ``dask.compute(scheduler=...)``; a tqdm bar on stderr."""
+
+    def __init__(self, scheduler: str = "threads", num_workers: int | None = None) -> None:
+        self.scheduler = "synchronous" if scheduler == "sync" else scheduler
+        self.num_workers = num_workers
+
+    def compute(self, outputs: list[Any], progress: bool = False) -> list[Any]:
+        kwargs: dict[str, Any] = {"scheduler": self.scheduler, "optimize_graph": False}
+        if self.num_workers:
+            kwargs["num_workers"] = self.num_workers
+        if not progress:
+            return list(dask.compute(*outputs, **kwargs))
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc="qbscale", file=sys.stderr, unit="task", leave=False):
+            return list(dask.compute(*outputs, **kwargs))
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,202 @@
+"""Block functions on plain numpy arrays: no dask, no I/O.
+
+Every function here takes one block of a similarity matrix (rows are queries,
+columns a contiguous slice of the gallery starting at ``col0``) and returns a
+small partial result that :mod:`qbscale.reductions` knows how to combine.
+
+Scores are computed in float64 whatever the stored dtype: ``beta * s - logZ``
+in float32 merges distinct scores into ties and changes ranks.  Work is done
+in row slabs of about :data:`SLAB_ELEMENTS` elements so temporaries stay small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: elements per row slab inside a block (16 MiB of float64 temporaries)
+SLAB_ELEMENTS = 2**21
+
+
+def _slabs(n_rows: int, n_cols: int) -> list[slice]:
+    step = max(1, SLAB_ELEMENTS // max(n_cols, 1))
+    return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
+
+
+# --------------------------------------------------------------------------
+# querybank statistics
+# --------------------------------------------------------------------------
+
+
+def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """Column-wise ``logsumexp(beta * block)`` for every beta.
+
+    Returns a float64 array of shape ``(len(betas), n_cols)``.  Never forms
+    ``exp(beta * s)``: each slab is shifted by its column maximum first.
+
+    Examples
+    --------
+    >>> b = np.array([[0.0, 1.0], [0.0, 3.0]])
+    >>> np.round(bank_logsumexp(b, np.array([1.0])), 4)
+    array([[0.6931, 3.1269]])
+    """
+    n_rows, n_cols = block.shape
+    out = np.full((len(betas), n_cols), -np.inf)
+    for rows in _slabs(n_rows, n_cols):
+        x = np.asarray(block[rows], dtype=np.float64)
+        for b, beta in enumerate(betas):
+            y = x * beta
+            top = y.max(axis=0)
+            np.subtract(y, top, out=y)
+            np.exp(y, out=y)
+            part = top + np.log(y.sum(axis=0))
+            np.logaddexp(out[b], part, out=out[b])
+    return out
+
+
+def row_topk(block: np.ndarray, k: int, col0: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest entries of each row, ties to the lowest column.
+
+    Returns ``(values, indices)`` of shape ``(n_rows, min(k, n_cols))``:
+    values as float64, indices as global int64 column numbers (``col0`` added),
+    ordered by decreasing value then increasing index.
+
+    Examples
+    --------
+    >>> row_topk(np.array([[1.0, 3.0, 3.0, 2.0]]), 2, col0=10)
+    (array([[3., 3.]]), array([[11, 12]]))
+    """
+    n_rows, n_cols = block.shape
+    k = min(k, n_cols)
+    if k == 1:
+        idx = np.argmax(block, axis=1)[:, None]
+        vals = np.take_along_axis(block, idx, axis=1).astype(np.float64)
+        return vals, idx.astype(np.int64) + col0
+    # the k-th largest value of each row is the threshold; everything above
+    # it is in, and the lowest-index entries equal to it fill the rest.
+    kth = np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
+    above = block > kth[:, None]
+    room = k - above.sum(axis=1)
+    ties = block == kth[:, None]
+    take = above | (ties & (np.cumsum(ties, axis=1) <= room[:, None]))
+    rows, cols = np.nonzero(take)
+    cols = cols.reshape(n_rows, k)
+    vals = np.take_along_axis(block, cols, axis=1).astype(np.float64)
+    order = np.lexsort((cols, -vals), axis=-1) if n_rows else np.zeros((0, k), int)
+    return (
+        np.take_along_axis(vals, order, axis=1),
+        np.take_along_axis(cols, order, axis=1).astype(np.int64) + col0,
+    )
+
+
+# --------------------------------------------------------------------------
+# test queries
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class RowCounts:
+    """Per-row partial results over one slice of the gallery.
+
+    ``top_val``/``top_idx``: the raw row maximum and its lowest column index.
+    ``above``/``equal``: counts of raw scores ``>``/``==`` the ground truth
+    (shape ``(n_rows,)``); ``norm_above``/``norm_equal``: the same for the
+    normalised scores, one row per beta (shape ``(n_betas, n_rows)``), or
+    ``None`` when no normalisation was asked for.
+    """
+
+    top_val: np.ndarray
+    top_idx: np.ndarray
+    above: np.ndarray
+    equal: np.ndarray
+    norm_above: np.ndarray | None
+    norm_equal: np.ndarray | None
+
+
+def count_block(
+    block: np.ndarray,
+    col0: int,
+    gt_raw: np.ndarray,
+    gt_norm: np.ndarray | None,
+    log_z: np.ndarray | None,
+    betas: np.ndarray,
+    rows_to_normalise: np.ndarray | None = None,
+) -> RowCounts:
+    """Count, per row, the scores above and equal to the ground truth's.
+
+    Parameters
+    ----------
+    block : (n_rows, n_cols) array, gallery columns ``col0 .. col0+n_cols``.
+    gt_raw : (n_rows,) raw score of each row's ground-truth column (float64).
+    gt_norm : (n_betas, n_rows) normalised ground-truth scores, or None to
+        skip normalised counting.
+    log_z : (n_betas, n_cols) querybank log-normaliser of these columns.
+    rows_to_normalise : optional bool mask; rows outside it get zero
+        normalised counts (their normalised rank is never used).
+
+    Examples
+    --------
+    Row ``[0.1, 0.5, 0.5]`` with the ground truth at column 1 (score 0.5):
+    one score equals it besides itself, none is above.
+
+    >>> c = count_block(np.array([[0.1, 0.5, 0.5]]), 0, np.array([0.5]),
+    ...                 None, None, np.array([]))
+    >>> int(c.above[0]), int(c.equal[0])
+    (0, 2)
+    """
+    n_rows, n_cols = block.shape
+    top_idx = np.argmax(block, axis=1)
+    top_val = block[np.arange(n_rows), top_idx].astype(np.float64)
+    above = np.count_nonzero(block > gt_raw[:, None].astype(block.dtype), axis=1)
+    equal = np.count_nonzero(block == gt_raw[:, None].astype(block.dtype), axis=1)
+    norm_above = norm_equal = None
+    if gt_norm is not None and log_z is not None:
+        norm_above = np.zeros((len(betas), n_rows), np.int64)
+        norm_equal = np.zeros((len(betas), n_rows), np.int64)
+        rows_idx = np.arange(n_rows) if rows_to_normalise is None else np.nonzero(rows_to_normalise)[0]
+        for slab in _slabs(len(rows_idx), n_cols):
+            sel = rows_idx[slab]
+            x = np.asarray(block[sel], dtype=np.float64)
+            for b, beta in enumerate(betas):
+                s = x * beta
+                np.subtract(s, log_z[b], out=s)
+                g = gt_norm[b, sel][:, None]
+                norm_above[b, sel] = np.count_nonzero(s > g, axis=1)
+                norm_equal[b, sel] = np.count_nonzero(s == g, axis=1)
+    return RowCounts(top_val, top_idx.astype(np.int64) + col0, above, equal, norm_above, norm_equal)
+
+
+def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, log_z: np.ndarray,
+                  betas: np.ndarray) -> np.ndarray:
+    """``beta * T[i, gt(i)] - logZ[gt(i)]`` for every beta, shape (n_betas, n_rows).
+
+    Uses the same float64 operations as :func:`count_block`, so the ground
+    truth always compares equal to itself.
+    """
+    out = np.empty((len(betas), len(gt_raw)))
+    for b, beta in enumerate(betas):
+        out[b] = gt_raw * beta - log_z[b, gt_cols]
+    return out
+
+
+def score_block(block: np.ndarray, log_z: np.ndarray, beta: float,
+                normalise_rows: np.ndarray) -> np.ndarray:
+    """The scored matrix of one block: ``beta*s - logZ`` on normalised rows,
+    raw ``s`` elsewhere (float64).  ``log_z`` covers the block's columns."""
+    out = np.asarray(block, dtype=np.float64).copy()
+    rows = np.nonzero(normalise_rows)[0]
+    if len(rows):
+        out[rows] = out[rows] * beta - log_z
+    return out
+
+
+def ranks_from_counts(above: np.ndarray, equal: np.ndarray) -> np.ndarray:
+    """0-based rank with ties averaged: ``above + (equal - 1) / 2``.
+
+    Examples
+    --------
+    >>> ranks_from_counts(np.array([0, 3]), np.array([1, 2]))
+    array([0. , 3.5])
+    """
+    return above + (equal - 1) / 2.0

@@ -1,0 +1,279 @@
+"""Build the lazy task graph of a QB-Norm run.  Nothing here computes.
+
+The graph has two stages, each reading every block of its matrix once:
+
+1. **bank**: one task per querybank block returns the column logsumexp for
+   every beta and the activation mask of its rows' top-k columns; a tree of
+   :data:`~qbscale.reductions.LOG_NORMALISER` / ``ACTIVATION`` combines them.
+2. **test**: one task per test row block counts, for each row, the raw and the
+   normalised scores above and equal to the ground truth's (all betas, plus
+   the baseline, in the same read), and decides which rows are normalised from
+   the row's raw top-1.  When the test matrix is also chunked along the
+   gallery, each block is read by its own task, the ground-truth scores are
+   gathered from the blocks that hold them (the same keys, so no second read)
+   and per-block counts combine with :data:`~qbscale.reductions.ROW_COUNTS`.
+
+Tasks are :func:`dask.delayed` calls with explicit keys, so building a plan
+neither computes nor hashes the data.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from dask.delayed import Delayed, delayed
+
+from . import kernels
+from .config import RunConfig
+from .reductions import ACTIVATION, LOG_NORMALISER, ROW_COUNTS, ROW_TOPK, topk_to_mask
+from .sources import MatrixSource, offsets
+from .store import Experiment
+
+SPLIT_EVERY = 8
+
+
+@dataclass
+class RowResult:
+    """Per-query results of one test row block."""
+
+    start: int
+    base_rank: np.ndarray  # (r,)
+    rank: np.ndarray | None  # (n_betas, r)
+    normalised: np.ndarray  # (r,) bool
+    top_idx: np.ndarray  # (r,) raw top-1 gallery index
+    topk_idx: np.ndarray | None = None  # (n_betas or 1, r, K)
+    topk_score: np.ndarray | None = None
+
+
+@dataclass
+class Plan:
+    """The lazy outputs of a run: compute them with an executor."""
+
+    log_z: Delayed  # (n_betas, n_gallery) float64
+    activation: Delayed  # (n_gallery,) bool
+    rows: list[Delayed]  # RowResult per test row block
+    config: RunConfig
+    experiment: Experiment
+
+    def outputs(self) -> list[Delayed]:
+        return [self.log_z, self.activation, *self.rows]
+
+
+class _Keys:
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex[:12]
+
+    def __call__(self, *parts: Any) -> str:
+        return "-".join(["qb", *map(str, parts), self.token])
+
+
+# ---------------------------------------------------------------- bank stage
+
+
+def _bank_piece(src: MatrixSource, i: int, c: int, betas: np.ndarray, k: int
+                ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    block = src.read(i, c)
+    col0 = offsets(src.col_chunks)[c]
+    return kernels.bank_logsumexp(block, betas), kernels.row_topk(block, k, col0)
+
+
+def _bank_row(n_gallery: int, *pieces: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """One bank row block: its gallery pieces joined into (logZ part, mask)."""
+    lse = np.concatenate([p[0] for p in pieces], axis=1)
+    _, idx = ROW_TOPK.tree([p[1] for p in pieces])
+    return lse, topk_to_mask(idx, n_gallery)
+
+
+def _bank_block(src: MatrixSource, i: int, betas: np.ndarray, k: int, n_gallery: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    return _bank_row(n_gallery, *(_bank_piece(src, i, c, betas, k)
+                                  for c in range(len(src.col_chunks))))
+
+
+def _bank_combine(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return (LOG_NORMALISER.tree([p[0] for p in parts]), ACTIVATION.tree([p[1] for p in parts]))
+
+
+def _tree(parts: list[Delayed], func: Any, key: _Keys, name: str) -> Delayed:
+    level = 0
+    while len(parts) > 1:
+        parts = [delayed(func)(*parts[j:j + SPLIT_EVERY], dask_key_name=key(name, level, j))
+                 for j in range(0, len(parts), SPLIT_EVERY)]
+        level += 1
+    return parts[0]
+
+
+def bank_statistics(bank: MatrixSource, betas: np.ndarray, k: int, key: _Keys
+                    ) -> tuple[Delayed, Delayed]:
+    """Lazy ``(logZ, activation mask)`` of a querybank source."""
+    n_gallery = bank.shape[1]
+    rows: list[Delayed] = []
+    for i in range(len(bank.row_chunks)):
+        if len(bank.col_chunks) == 1:
+            rows.append(delayed(partial(_bank_block, bank))(
+                i, betas, k, n_gallery, dask_key_name=key("bank", i)))
+            continue
+        pieces = [delayed(partial(_bank_piece, bank))(i, c, betas, k,
+                                                       dask_key_name=key("bank", i, c))
+                  for c in range(len(bank.col_chunks))]
+        rows.append(delayed(_bank_row)(n_gallery, *pieces, dask_key_name=key("bank-row", i)))
+    total = _tree(rows, _bank_combine, key, "bank-combine")
+    log_z = delayed(_first)(total, dask_key_name=key("logZ"))
+    act = delayed(_second)(total, dask_key_name=key("activation"))
+    return log_z, act
+
+
+def _first(x: tuple[Any, Any]) -> Any:
+    return x[0]
+
+
+def _second(x: tuple[Any, Any]) -> Any:
+    return x[1]
+
+
+# ---------------------------------------------------------------- test stage
+
+
+@dataclass(frozen=True)
+class _RowSpec:
+    """What a test-row task needs besides its block (small, picklable)."""
+
+    start: int
+    gt: np.ndarray
+    betas: np.ndarray
+    method: str
+    topk: int
+
+
+def _flags(method: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
+    if method == "is":
+        return np.ones(len(top_idx), bool)
+    if method == "dis":
+        return act[top_idx]
+    return np.zeros(len(top_idx), bool)
+
+
+def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
+                  log_z: np.ndarray | None, rows: np.ndarray | None) -> kernels.RowCounts:
+    width = block.shape[1]
+    gt_norm = None if log_z is None else kernels.normalised_gt(gt_raw, spec.gt, log_z, spec.betas)
+    lz = None if log_z is None else log_z[:, col0:col0 + width]
+    return kernels.count_block(block, col0, gt_raw, gt_norm, lz, spec.betas, rows)
+
+
+def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, log_z: np.ndarray | None
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Top-K of the raw scores, then of the normalised scores per beta."""
+    out = [kernels.row_topk(block, spec.topk, col0)]
+    if log_z is not None:
+        lz = log_z[:, col0:col0 + block.shape[1]]
+        every = np.ones(block.shape[0], bool)
+        for b, beta in enumerate(spec.betas):
+            out.append(kernels.row_topk(kernels.score_block(block, lz[b], beta, every),
+                                        spec.topk, col0))
+    return out
+
+
+def _finish(spec: _RowSpec, counts: kernels.RowCounts, act: np.ndarray,
+            topks: list[tuple[np.ndarray, np.ndarray]] | None) -> RowResult:
+    flags = _flags(spec.method, counts.top_idx, act)
+    base = kernels.ranks_from_counts(counts.above, counts.equal)
+    rank = None
+    if counts.norm_above is not None and counts.norm_equal is not None:
+        rank = np.where(flags, kernels.ranks_from_counts(counts.norm_above, counts.norm_equal),
+                        base)
+    result = RowResult(spec.start, base, rank, flags, counts.top_idx)
+    if topks is not None:
+        raw = topks[0]
+        chosen = [raw] if len(topks) == 1 else [
+            tuple(np.where(flags[:, None], t, r) for t, r in zip(norm, raw, strict=True))
+            for norm in topks[1:]]
+        result.topk_idx = np.stack([c[1] for c in chosen]).astype(np.int32)
+        result.topk_score = np.stack([c[0] for c in chosen]).astype(np.float32)
+    return result
+
+
+def _test_block(src: MatrixSource, spec: _RowSpec, log_z: np.ndarray | None, act: np.ndarray,
+                writer: Any = None) -> RowResult:
+    """Fused task for a test row block that spans the whole gallery."""
+    i = offsets(src.row_chunks).index(spec.start)
+    block = src.read(i, 0)
+    gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
+    flags = _flags(spec.method, np.argmax(block, axis=1), act)
+    counts = _piece_counts(block, 0, spec, gt_raw, log_z, flags)
+    topks = _piece_topk(block, 0, spec, log_z) if spec.topk else None
+    if writer is not None and log_z is not None:
+        for b, beta in enumerate(spec.betas):
+            writer.write(b, i, kernels.score_block(block, log_z[b], beta, flags))
+    return _finish(spec, counts, act, topks)
+
+
+def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
+               *blocks: np.ndarray) -> np.ndarray:
+    starts = offsets(col_chunks)
+    out = np.empty(len(spec.gt))
+    for c, block in zip(needed, blocks, strict=True):
+        here = (spec.gt >= starts[c]) & (spec.gt < starts[c] + col_chunks[c])
+        rows = np.nonzero(here)[0]
+        out[rows] = block[rows, spec.gt[rows] - starts[c]]
+    return out
+
+
+def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray,
+                 log_z: np.ndarray | None) -> tuple[kernels.RowCounts, Any]:
+    counts = _piece_counts(block, col0, spec, gt_raw, log_z, None)
+    return counts, (_piece_topk(block, col0, spec, log_z) if spec.topk else None)
+
+
+def _combine_pieces(spec: _RowSpec, act: np.ndarray, *pieces: tuple[kernels.RowCounts, Any]
+                    ) -> RowResult:
+    counts = ROW_COUNTS.tree([p[0] for p in pieces])
+    topks = None
+    if spec.topk:
+        topks = [ROW_TOPK.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
+    return _finish(spec, counts, act, topks)
+
+
+def _test_row(src: MatrixSource, i: int, spec: _RowSpec, log_z: Any, act: Any, key: _Keys
+              ) -> Delayed:
+    """Tasks for a test row block chunked along the gallery too."""
+    starts = offsets(src.col_chunks)
+    reads = [delayed(partial(src.read, i))(c, dask_key_name=key("test-read", i, c))
+             for c in range(len(src.col_chunks))]
+    needed = sorted({int(np.searchsorted(starts, g, side="right") - 1) for g in np.unique(spec.gt)})
+    gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
+                                 dask_key_name=key("test-gt", i))
+    pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, log_z,
+                                    dask_key_name=key("test-count", i, c))
+              for c in range(len(src.col_chunks))]
+    return delayed(_combine_pieces)(spec, act, *pieces, dask_key_name=key("test-row", i))
+
+
+def build(experiment: Experiment, config: RunConfig, writer: Any = None) -> Plan:
+    """The lazy graph of a run over ``experiment``; computes nothing."""
+    key = _Keys()
+    betas = np.asarray(config.betas, dtype=np.float64)
+    if config.normalises:
+        log_z, act = bank_statistics(experiment.bank, betas, config.k, key)
+        lz = log_z
+    else:  # the baseline needs nothing from the querybank
+        lz = log_z = delayed(None, name=key("logZ"))
+        act = delayed(np.zeros, pure=True)(experiment.n_gallery, bool,
+                                           dask_key_name=key("activation"))
+    test = experiment.test
+    rows = []
+    for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
+                                          strict=True)):
+        spec = _RowSpec(start, experiment.gt[start:start + size], betas, config.method,
+                        config.topk)
+        if len(test.col_chunks) == 1:
+            rows.append(delayed(partial(_test_block, test))(spec, lz, act, writer,
+                                                            dask_key_name=key("test", i)))
+        else:
+            rows.append(_test_row(test, i, spec, lz, act, key))
+    return Plan(log_z, act, rows, config, experiment)

@@ -1,0 +1,80 @@
+"""Combine rules for the partial results of :mod:`qbscale.kernels`.
+
+Each streaming statistic is declared as data: how two partials combine (an
+associative, commutative function, so any tree of chunks gives the same
+answer) and how the final partial becomes the result.
+
+==============  =========================  ===============================
+statistic       partial per chunk          combine
+==============  =========================  ===============================
+log normaliser  column logsumexp (nb, G)   ``np.logaddexp``
+activation set  bool mask over the gallery ``np.logical_or``
+row top-k       (values, indices) per row  keep the k best, ties -> index
+row counts      top-1 and counts per row   max-with-index, ``+``
+==============  =========================  ===============================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+from .kernels import RowCounts
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """An associative reduction: ``combine(a, b)``, then ``finalize(total)``."""
+
+    name: str
+    combine: Callable[[Any, Any], Any]
+    finalize: Callable[[Any], Any] = lambda x: x
+
+    def tree(self, parts: Sequence[Any]) -> Any:
+        """Combine a list of partials (used inside one task)."""
+        return reduce(self.combine, parts)
+
+
+def _merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge two per-row top-k lists over disjoint column sets."""
+    vals = np.concatenate([a[0], b[0]], axis=1)
+    idx = np.concatenate([a[1], b[1]], axis=1)
+    k = max(a[0].shape[1], b[0].shape[1])
+    order = np.lexsort((idx, -vals), axis=-1)[:, :k]
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def _merge_counts(a: RowCounts, b: RowCounts) -> RowCounts:
+    """Combine counts of the same rows over two disjoint gallery slices."""
+    # ties on the maximum go to the lowest column index
+    take_b = (b.top_val > a.top_val) | ((b.top_val == a.top_val) & (b.top_idx < a.top_idx))
+
+    def add(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+        return None if x is None or y is None else x + y
+
+    return RowCounts(
+        top_val=np.where(take_b, b.top_val, a.top_val),
+        top_idx=np.where(take_b, b.top_idx, a.top_idx),
+        above=a.above + b.above,
+        equal=a.equal + b.equal,
+        norm_above=add(a.norm_above, b.norm_above),
+        norm_equal=add(a.norm_equal, b.norm_equal),
+    )
+
+
+LOG_NORMALISER = Reduction("log_normaliser", np.logaddexp)
+ACTIVATION = Reduction("activation", np.logical_or)
+ROW_TOPK = Reduction("row_topk", _merge_topk)
+ROW_COUNTS = Reduction("row_counts", _merge_counts)
+
+
+def topk_to_mask(indices: np.ndarray, n_gallery: int) -> np.ndarray:
+    """Bool mask over the gallery of every column named in ``indices``."""
+    mask = np.zeros(n_gallery, dtype=bool)
+    mask[indices.ravel()] = True
+    return mask

@@ -1,0 +1,109 @@
+"""Writing run results into a store, and reading stored matrices back."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import layout
+from .errors import ConfigError, InputError
+from .sources import MatrixSource, ZarrMatrix, _open_zarr, freeze_options, offsets
+
+if TYPE_CHECKING:
+    from .api import RunResult
+    from .config import RunConfig
+    from .store import Experiment
+
+SCORES = "scores"
+
+
+def _group(experiment: Experiment) -> Any:
+    import zarr
+
+    if experiment.url is None:
+        raise ConfigError("results can only be saved into a store (this run has none)")
+    return zarr.open_group(experiment.url, mode="a", storage_options=experiment.storage_options)
+
+
+@dataclass(frozen=True)
+class ScoresWriter:
+    """Writes the normalised matrix, block by block, from inside the tasks."""
+
+    url: str
+    options: tuple[tuple[str, Any], ...]
+    row_chunks: tuple[int, ...]
+
+    @classmethod
+    def create(cls, experiment: Experiment, config: RunConfig) -> ScoresWriter:
+        import zarr
+
+        test = experiment.test
+        if len(test.col_chunks) != 1:
+            raise ConfigError("saving scores needs a test matrix chunked by rows only")
+        group = _group(experiment)
+        rows = test.row_chunks[0]
+        zarr.create_array(
+            group.store, name=SCORES, shape=(len(config.betas), *test.shape), dtype="float64",
+            chunks=(1, rows, test.shape[1]), compressors=None, overwrite=True,
+            dimension_names=("beta", "query", "gallery"),
+        )
+        group[SCORES].attrs.update({"betas": list(config.betas), "method": config.method})
+        return cls(str(experiment.url), freeze_options(experiment.storage_options),
+                   test.row_chunks)
+
+    def write(self, b: int, i: int, block: np.ndarray) -> None:
+        arr = _open_zarr(self.url, SCORES, self.options)
+        r0 = offsets(self.row_chunks)[i]
+        arr[b, r0:r0 + block.shape[0], :] = block
+
+
+def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool,
+                  save_scores: bool) -> None:
+    """Store ranks / top-k arrays and a summary of the run in the group."""
+    import zarr
+
+    group = _group(experiment)
+    betas = list(result.config.betas)
+
+    def put(name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
+        arr = zarr.create_array(group.store, name=name, shape=data.shape, dtype=data.dtype,
+                                chunks=data.shape, overwrite=True, dimension_names=dims)
+        arr[...] = data
+        arr.attrs.update({"betas": betas, "method": result.config.method})
+
+    if save_ranks:
+        put("ranks_baseline", result.base_ranks, ("query",))
+        if result.ranks:
+            put("ranks", np.stack([result.ranks[b] for b in result.config.betas]),
+                ("beta", "query"))
+    if result.topk_index is not None and result.topk_score is not None:
+        put("topk_index", result.topk_index, ("beta", "query", "topk"))
+        put("topk_score", result.topk_score, ("beta", "query", "topk"))
+    runs = dict(group.attrs.get(layout.ATTR) or {})
+    runs["last_run"] = result.to_dict() | {"saved_scores": save_scores}
+    group.attrs[layout.ATTR] = runs
+    zarr.consolidate_metadata(group.store)
+
+
+def matrix_source(experiment: Experiment, array: str) -> MatrixSource:
+    """A source for ``"test"``, ``"bank"``, ``"scores"`` or ``"scores[1]"``."""
+    if array == layout.TEST:
+        return experiment.test
+    if array == layout.BANK:
+        raise InputError("the bank has no ground truth: evaluate a query x gallery matrix")
+    match = re.fullmatch(r"(\w+)(?:\[(\d+)\])?", array)
+    if match is None or experiment.url is None:
+        raise InputError(f"cannot evaluate {array!r}: name a stored array, e.g. scores[0]")
+    name, index = match.group(1), match.group(2)
+    try:
+        arr = _open_zarr(experiment.url, name, freeze_options(experiment.storage_options))
+    except KeyError as exc:
+        raise InputError(f"{experiment.url} has no array {name!r}") from exc
+    prefix = (int(index),) if index is not None else (0,) * (arr.ndim - 2)
+    source = ZarrMatrix.open(experiment.url, name, experiment.storage_options, index=prefix)
+    if source.shape != experiment.test.shape:
+        raise InputError(f"{name} has shape {source.shape}, expected {experiment.test.shape}")
+    return source

@@ -1,0 +1,156 @@
+"""Block sources: where the engine's tasks get one block of a matrix from.
+
+A source is a small picklable object with a chunk grid and ``read(i, c)``
+returning block ``(i, c)`` as a numpy array.  Tasks read their own block, so
+the graph holds one fused task per block and a source works unchanged in
+threads, processes or on a distributed cluster.
+
+* :class:`ZarrMatrix` - a 2-D array of a Zarr store (local path or fsspec URL).
+* :class:`NumpyMatrix` - an in-memory array (used for pickles given directly).
+* :class:`EmbeddingMatrix` - similarities ``queries @ gallery.T`` computed
+  block by block from two embedding matrices, never stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+import numpy as np
+
+
+def split(n: int, step: int) -> tuple[int, ...]:
+    """Chunk sizes covering ``n`` items in steps of ``step`` (last may be short).
+
+    >>> split(10, 4)
+    (4, 4, 2)
+    """
+    step = max(1, int(step))
+    return tuple(min(step, n - s) for s in range(0, n, step)) or (0,)
+
+
+def offsets(chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Start offset of every chunk.  ``offsets((4, 4, 2)) == (0, 4, 8)``."""
+    return tuple(int(x) for x in np.concatenate([[0], np.cumsum(chunks)[:-1]]))
+
+
+class MatrixSource(Protocol):
+    """What the engine needs of a matrix."""
+
+    shape: tuple[int, int]
+    row_chunks: tuple[int, ...]
+    col_chunks: tuple[int, ...]
+
+    def read(self, i: int, c: int) -> np.ndarray: ...
+
+
+@lru_cache(maxsize=64)
+def _open_zarr(url: str, name: str, options: tuple[tuple[str, Any], ...]) -> Any:
+    import zarr
+
+    group = zarr.open_group(url, mode="r", storage_options=dict(options) or None)
+    return group[name]
+
+
+def freeze_options(options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """Storage options as a hashable, picklable tuple."""
+    return tuple(sorted((options or {}).items()))
+
+
+@dataclass(frozen=True)
+class ZarrMatrix:
+    """A 2-D array ``name`` inside the Zarr group at ``url``.
+
+    The block grid is the stored chunk grid, optionally coarsened to
+    ``rows_per_block`` rows (a multiple of the stored chunk rows reads whole
+    chunks only).
+    """
+
+    url: str
+    name: str
+    shape: tuple[int, int]
+    row_chunks: tuple[int, ...]
+    col_chunks: tuple[int, ...]
+    dtype: str
+    options: tuple[tuple[str, Any], ...] = ()
+    index: tuple[int, ...] = ()
+    reads: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def open(cls, url: str, name: str, options: dict[str, Any] | None = None,
+             rows_per_block: int | None = None, index: tuple[int, ...] = ()) -> ZarrMatrix:
+        """Open array ``name`` (or its 2-D slice ``index``, for 3-D arrays)."""
+        frozen = freeze_options(options)
+        arr = _open_zarr(url, name, frozen)
+        n_rows, n_cols = (int(s) for s in arr.shape[len(index):])
+        chunk_rows, chunk_cols = (int(c) for c in arr.chunks[len(index):])
+        step = rows_per_block or chunk_rows
+        return cls(url, name, (n_rows, n_cols), split(n_rows, step), split(n_cols, chunk_cols),
+                   str(arr.dtype), frozen, tuple(index))
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        r0, c0 = offsets(self.row_chunks)[i], offsets(self.col_chunks)[c]
+        arr = _open_zarr(self.url, self.name, self.options)
+        if self.reads is not None:
+            self.reads(self.name, i, c)
+        block = arr[(*self.index, slice(r0, r0 + self.row_chunks[i]),
+                     slice(c0, c0 + self.col_chunks[c]))]
+        return np.asarray(block)
+
+
+@dataclass(frozen=True)
+class NumpyMatrix:
+    """An in-memory 2-D array cut into row blocks (one column block)."""
+
+    array: np.ndarray
+    row_chunks: tuple[int, ...]
+    col_chunks: tuple[int, ...]
+
+    @classmethod
+    def wrap(cls, array: np.ndarray, rows_per_block: int) -> NumpyMatrix:
+        n_rows, n_cols = array.shape
+        return cls(array, split(n_rows, rows_per_block), (n_cols,))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.array.shape[0]), int(self.array.shape[1]))
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        r0, c0 = offsets(self.row_chunks)[i], offsets(self.col_chunks)[c]
+        return self.array[r0:r0 + self.row_chunks[i], c0:c0 + self.col_chunks[c]]
+
+
+@dataclass(frozen=True)
+class EmbeddingMatrix:
+    """Similarities ``queries @ gallery.T`` computed per block, never stored.
+
+    ``queries`` and ``gallery`` are sources of shape ``(n, dim)`` with a single
+    column block; the block grid is the queries' row blocks times gallery
+    blocks of ``gallery_rows`` items.
+    """
+
+    queries: MatrixSource
+    gallery: MatrixSource
+    row_chunks: tuple[int, ...]
+    col_chunks: tuple[int, ...]
+
+    @classmethod
+    def build(cls, queries: MatrixSource, gallery: MatrixSource) -> EmbeddingMatrix:
+        if queries.shape[1] != gallery.shape[1]:
+            from .errors import InputError
+
+            raise InputError(
+                f"query embeddings have dimension {queries.shape[1]}, "
+                f"gallery embeddings {gallery.shape[1]}"
+            )
+        return cls(queries, gallery, queries.row_chunks, gallery.row_chunks)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.queries.shape[0], self.gallery.shape[0])
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        q = np.asarray(self.queries.read(i, 0), dtype=np.float32)
+        g = np.asarray(self.gallery.read(c, 0), dtype=np.float32)
+        return q @ g.T

@@ -1,0 +1,173 @@
+"""Opening a qbscale experiment store and writing run results into it.
+
+The only module of the engine that touches files.  See :mod:`qbscale.layout`
+for the store contract.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import layout
+from .errors import IncompleteStoreError, InputError, StoreNotFoundError
+from .sources import EmbeddingMatrix, _open_zarr, MatrixSource, NumpyMatrix, ZarrMatrix
+
+#: gallery items per block when similarities come from embeddings
+EMBEDDING_BLOCK_ELEMENTS = 2**24
+
+
+def is_url(path: str) -> bool:
+    """True for fsspec URLs such as ``s3://bucket/exp.zarr``."""
+    return "://" in path and not path.startswith("file://")
+
+
+@dataclass
+class Experiment:
+    """A ready-to-run experiment: block sources plus ground truth and mask.
+
+    Attributes
+    ----------
+    bank, test : MatrixSource
+        Querybank x gallery and test-query x gallery similarities.
+    gt : (n_queries,) int64
+        Ground-truth gallery index of every test query.
+    mask : (n_queries,) bool or None
+        False for queries left out of the metrics.
+    url : str or None
+        The store, when the experiment lives in one (results go there).
+    """
+
+    bank: MatrixSource
+    test: MatrixSource
+    gt: np.ndarray
+    mask: np.ndarray | None
+    url: str | None = None
+    attrs: dict[str, Any] | None = None
+    storage_options: dict[str, Any] | None = None
+
+    @property
+    def n_gallery(self) -> int:
+        return self.test.shape[1]
+
+    @property
+    def n_queries(self) -> int:
+        return self.test.shape[0]
+
+
+def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
+                 gt_index: np.ndarray | None = None) -> np.ndarray:
+    """Ground-truth gallery index of every query.
+
+    Query ``i`` belongs to item ``i // queries_per_item``; by default
+    ``queries_per_item = n_queries // n_gallery`` as in the reference code.
+
+    >>> ground_truth(6, 3)
+    array([0, 0, 1, 1, 2, 2])
+    """
+    if gt_index is not None:
+        gt = np.asarray(gt_index).astype(np.int64).ravel()
+        if gt.shape != (n_queries,):
+            raise InputError(f"gt_index has {gt.size} entries, test has {n_queries} queries")
+        bad = (gt < 0) | (gt >= n_gallery)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"gt_index[{i}] = {gt[i]} is outside the gallery [0, {n_gallery})")
+        return gt
+    if queries_per_item is None:
+        if n_queries % n_gallery:
+            raise InputError(
+                f"test has {n_queries} queries, not a multiple of the {n_gallery} gallery items: "
+                "give queries_per_item or an explicit gt_index"
+            )
+        queries_per_item = n_queries // n_gallery
+    if queries_per_item < 1 or n_queries % queries_per_item or \
+            n_queries // queries_per_item > n_gallery:
+        raise InputError(
+            f"queries_per_item={queries_per_item} does not fit {n_queries} queries "
+            f"and {n_gallery} gallery items"
+        )
+    return np.arange(n_queries, dtype=np.int64) // queries_per_item
+
+
+def check_mask(mask: np.ndarray | None, n_queries: int) -> np.ndarray | None:
+    """A query mask as a flat bool vector, after checking size and values."""
+    if mask is None:
+        return None
+    flat = np.asarray(mask).ravel()
+    if flat.size != n_queries:
+        raise InputError(f"query mask has {flat.size} entries, test has {n_queries} queries")
+    if flat.dtype != bool and not np.isin(flat, (0, 1)).all():
+        bad = flat[~np.isin(flat, (0, 1))]
+        raise InputError(f"query mask holds values other than 0/1, e.g. {bad[0]!r}")
+    return flat.astype(bool)
+
+
+def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
+                    rows_per_block: int | None = None) -> Experiment:
+    """Open a store written by :func:`qbscale.ingest` for reading.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing is at ``url``, or it is not a qbscale store.
+    IncompleteStoreError
+        The store was never marked complete (an interrupted ingest).
+    """
+    import zarr
+
+    url = os.fspath(url)
+    _open_zarr.cache_clear()  # a store may have been rewritten since last opened
+    try:
+        group = zarr.open_group(url, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
+        raise StoreNotFoundError(f"no qbscale store at {url}") from exc
+    attrs = dict(group.attrs.get(layout.ATTR) or {})
+    if not attrs:
+        raise StoreNotFoundError(f"{url} is a Zarr group but not a qbscale store")
+    if not attrs.get("complete"):
+        raise IncompleteStoreError(
+            f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
+        )
+    bank, test = _sources(url, attrs, storage_options, rows_per_block)
+    if bank.shape[1] != test.shape[1]:
+        raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
+    names = set(group.array_keys())
+    gt_index = group[layout.GT_INDEX][...] if layout.GT_INDEX in names else None
+    gt = ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
+    mask = group[layout.QUERY_MASK][...] if layout.QUERY_MASK in names else None
+    return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
+                      storage_options)
+
+
+def _sources(url: str, attrs: dict[str, Any], options: dict[str, Any] | None,
+             rows_per_block: int | None) -> tuple[MatrixSource, MatrixSource]:
+    if attrs.get("kind", layout.KIND_SIMS) == layout.KIND_SIMS:
+        return (ZarrMatrix.open(url, layout.BANK, options, rows_per_block),
+                ZarrMatrix.open(url, layout.TEST, options, rows_per_block))
+    gallery = ZarrMatrix.open(url, layout.GALLERY_EMB, options)
+    dim = gallery.shape[1]
+    per_block = max(1, EMBEDDING_BLOCK_ELEMENTS // max(dim, 1) // 4)
+    gallery = ZarrMatrix.open(url, layout.GALLERY_EMB, options, per_block)
+    queries = [ZarrMatrix.open(url, name, options, rows_per_block or 8192)
+               for name in (layout.BANK_EMB, layout.TEST_EMB)]
+    return (EmbeddingMatrix.build(queries[0], gallery), EmbeddingMatrix.build(queries[1], gallery))
+
+
+def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
+              queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
+              rows_per_block: int | None = None) -> Experiment:
+    """An experiment over in-memory arrays (no store), e.g. loaded pickles."""
+    for name, arr in (("bank", bank), ("test", test)):
+        if arr.ndim != 2 or 0 in arr.shape:
+            raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
+    if bank.shape[1] != test.shape[1]:
+        raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
+    n_gallery = test.shape[1]
+    step = rows_per_block or max(1, 2**24 // n_gallery)
+    gt = ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index)
+    return Experiment(NumpyMatrix.wrap(bank, step), NumpyMatrix.wrap(test, step), gt,
+                      check_mask(mask, test.shape[0]))
