@@ -29,7 +29,7 @@ from dask.delayed import Delayed, delayed
 
 from . import kernels
 from .config import RunConfig
-from .reductions import ACTIVATION, LOG_NORMALISER, ROW_COUNTS, ROW_TOPK, topk_to_mask
+from .reductions import ACTIVATION, LOG_NORMALISER, ROW_COUNTS, row_topk, topk_to_mask
 from .sources import MatrixSource, offsets
 from .store import Experiment
 
@@ -81,17 +81,17 @@ def _bank_piece(src: MatrixSource, i: int, c: int, betas: np.ndarray, k: int
     return kernels.bank_logsumexp(block, betas), kernels.row_topk(block, k, col0)
 
 
-def _bank_row(n_gallery: int, *pieces: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
+def _bank_row(n_gallery: int, k: int, *pieces: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
               ) -> tuple[np.ndarray, np.ndarray]:
     """One bank row block: its gallery pieces joined into (logZ part, mask)."""
     lse = np.concatenate([p[0] for p in pieces], axis=1)
-    _, idx = ROW_TOPK.tree([p[1] for p in pieces])
+    _, idx = row_topk(k).tree([p[1] for p in pieces])
     return lse, topk_to_mask(idx, n_gallery)
 
 
 def _bank_block(src: MatrixSource, i: int, betas: np.ndarray, k: int, n_gallery: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    return _bank_row(n_gallery, *(_bank_piece(src, i, c, betas, k)
+    return _bank_row(n_gallery, k, *(_bank_piece(src, i, c, betas, k)
                                   for c in range(len(src.col_chunks))))
 
 
@@ -121,7 +121,7 @@ def bank_statistics(bank: MatrixSource, betas: np.ndarray, k: int, key: _Keys
         pieces = [delayed(partial(_bank_piece, bank))(i, c, betas, k,
                                                        dask_key_name=key("bank", i, c))
                   for c in range(len(bank.col_chunks))]
-        rows.append(delayed(_bank_row)(n_gallery, *pieces, dask_key_name=key("bank-row", i)))
+        rows.append(delayed(_bank_row)(n_gallery, k, *pieces, dask_key_name=key("bank-row", i)))
     total = _tree(rows, _bank_combine, key, "bank-combine")
     log_z = delayed(_first)(total, dask_key_name=key("logZ"))
     act = delayed(_second)(total, dask_key_name=key("activation"))
@@ -235,7 +235,7 @@ def _combine_pieces(spec: _RowSpec, act: np.ndarray, *pieces: tuple[kernels.RowC
     counts = ROW_COUNTS.tree([p[0] for p in pieces])
     topks = None
     if spec.topk:
-        topks = [ROW_TOPK.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
+        topks = [row_topk(spec.topk).tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
     return _finish(spec, counts, act, topks)
 
 

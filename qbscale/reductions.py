@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import reduce
+from functools import partial, reduce
 from typing import Any
 
 import numpy as np
@@ -39,12 +39,11 @@ class Reduction:
         return reduce(self.combine, parts)
 
 
-def _merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+def _merge_topk(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], k: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge two per-row top-k lists over disjoint column sets."""
     vals = np.concatenate([a[0], b[0]], axis=1)
     idx = np.concatenate([a[1], b[1]], axis=1)
-    k = max(a[0].shape[1], b[0].shape[1])
     order = np.lexsort((idx, -vals), axis=-1)[:, :k]
     return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
@@ -69,7 +68,12 @@ def _merge_counts(a: RowCounts, b: RowCounts) -> RowCounts:
 
 LOG_NORMALISER = Reduction("log_normaliser", np.logaddexp)
 ACTIVATION = Reduction("activation", np.logical_or)
-ROW_TOPK = Reduction("row_topk", _merge_topk)
+
+
+def row_topk(k: int) -> Reduction:
+    """Per-row top-k merge keeping ``k`` entries (ties -> lowest index)."""
+    return Reduction(f"row_top{k}", partial(_merge_topk, k=k))
+
 ROW_COUNTS = Reduction("row_counts", _merge_counts)
 
 

@@ -1,0 +1,99 @@
+"""``qbscale run``: normalise a store (or the seed's pickles) and print metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qbscale.config import METHODS
+
+from .options import library_errors, quiet_option, scheduler_option, workers_option
+
+COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")
+HEADERS = ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", "geom")
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Fixed-width table of rounded metric rows."""
+    head = f"{'method':<8}{'beta':>6}" + "".join(f"{h:>8}" for h in HEADERS)
+    lines = [head]
+    for row in rows:
+        beta = "-" if row["beta"] is None else f"{row['beta']:g}"
+        lines.append(f"{row['method']:<8}{beta:>6}" + "".join(f"{row[c]:>8.1f}" for c in COLUMNS))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("store", required=False)
+@click.option("--beta", default="20", show_default=True,
+              help="Inverse temperature; several as 10,20,30 (one pass for all).")
+@click.option("--k", "k", type=int, default=1, show_default=True,
+              help="Top-k bank columns per querybank row forming the activation set.")
+@click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
+@click.option("--topk", type=int, default=0, help="Save the K best gallery items per query.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
+@click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
+@click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
+@scheduler_option
+@workers_option
+@quiet_option
+@click.option("--sims_train_test_path", "--sims-train-test-path", "bank_pkl",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Seed-compatible: querybank similarity pickle (instead of STORE).")
+@click.option("--sims_test_path", "--sims-test-path", "test_pkl",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Seed-compatible: test similarity pickle.")
+@click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Seed-compatible: query mask pickle.")
+@library_errors
+def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path: str | None,
+        save_scores: bool, save_ranks: bool, scheduler: str, workers: int | None, quiet: bool,
+        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None) -> None:
+    """Querybank-normalise STORE and print retrieval metrics before and after.
+
+    STORE is a store written by `qbscale ingest`.  Alternatively give the
+    seed's pickles with --sims_train_test_path and --sims_test_path.
+    """
+    from qbscale.api import run as run_api
+    from qbscale.config import parse_betas
+
+    target = _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks, scheduler)
+    result = run_api(target, beta=parse_betas(beta), k=k, method=method, scheduler=scheduler,
+                     num_workers=workers, topk=topk, save_scores=save_scores,
+                     save_ranks=save_ranks, progress=not quiet)
+    click.echo(format_table(result.table()))
+    if method != "none":
+        n_rows = int(result.normalised.size)
+        click.echo(
+            f"normalised rows: {100 * result.normalised_share:.1f}% of {n_rows}; "
+            f"activation set: {result.activation_size} of {result.n_gallery} gallery items"
+        )
+    click.echo(f"time: {result.seconds:.2f} s")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
+            mask_pkl: str | None, saving: bool, scheduler: str) -> Any:
+    seed = bank_pkl or test_pkl or mask_pkl
+    if store and seed:
+        raise click.UsageError("give either STORE or the --sims_* pickles, not both")
+    if not seed:
+        if not store:
+            raise click.UsageError("give a STORE (from `qbscale ingest`) or the --sims_* pickles")
+        return store
+    if not (bank_pkl and test_pkl):
+        raise click.UsageError("--sims_train_test_path and --sims_test_path go together")
+    if saving:
+        raise click.UsageError("--save-scores/--save-ranks need a store: run `qbscale ingest` first")
+    from qbscale.readers import load_matrix
+    from qbscale.store import in_memory
+
+    mask = load_matrix(mask_pkl) if mask_pkl else None
+    if scheduler not in ("threads", "synchronous", "sync", "processes"):
+        raise click.UsageError("on a cluster, ingest the pickles into a store first")
+    return in_memory(load_matrix(bank_pkl), load_matrix(test_pkl), mask)
