@@ -119,19 +119,24 @@ def count_block(
     col0: int,
     gt_raw: np.ndarray,
     gt_norm: np.ndarray | None,
-    log_z: np.ndarray | None,
-    betas: np.ndarray,
+    offsets: np.ndarray | None,
+    scales: np.ndarray,
     rows_to_normalise: np.ndarray | None = None,
 ) -> RowCounts:
     """Count, per row, the scores above and equal to the ground truth's.
+
+    Every normaliser of the querybank family scores a row as
+    ``scale * s - offset[j]`` (inverted softmax: ``beta * s - logZ[j]``), one
+    *variant* per (scale, offset vector); all variants are counted here.
 
     Parameters
     ----------
     block : (n_rows, n_cols) array, gallery columns ``col0 .. col0+n_cols``.
     gt_raw : (n_rows,) raw score of each row's ground-truth column (float64).
-    gt_norm : (n_betas, n_rows) normalised ground-truth scores, or None to
-        skip normalised counting.
-    log_z : (n_betas, n_cols) querybank log-normaliser of these columns.
+    gt_norm : (n_variants, n_rows) normalised ground-truth scores
+        (:func:`normalised_gt`), or None to skip normalised counting.
+    offsets : (n_variants, n_cols) per-gallery offsets of these columns.
+    scales : (n_variants,) scale of each variant.
     rows_to_normalise : optional bool mask; rows outside it get zero
         normalised counts (their normalised rank is never used).
 
@@ -151,43 +156,43 @@ def count_block(
     above = np.count_nonzero(block > gt_raw[:, None].astype(block.dtype), axis=1)
     equal = np.count_nonzero(block == gt_raw[:, None].astype(block.dtype), axis=1)
     norm_above = norm_equal = None
-    if gt_norm is not None and log_z is not None:
-        norm_above = np.zeros((len(betas), n_rows), np.int64)
-        norm_equal = np.zeros((len(betas), n_rows), np.int64)
+    if gt_norm is not None and offsets is not None:
+        norm_above = np.zeros((len(scales), n_rows), np.int64)
+        norm_equal = np.zeros((len(scales), n_rows), np.int64)
         rows_idx = np.arange(n_rows) if rows_to_normalise is None else np.nonzero(rows_to_normalise)[0]
         for slab in _slabs(len(rows_idx), n_cols):
             sel = rows_idx[slab]
             x = np.asarray(block[sel], dtype=np.float64)
-            for b, beta in enumerate(betas):
-                s = x * beta
-                np.subtract(s, log_z[b], out=s)
+            for b, scale in enumerate(scales):
+                s = x * scale
+                np.subtract(s, offsets[b], out=s)
                 g = gt_norm[b, sel][:, None]
                 norm_above[b, sel] = np.count_nonzero(s > g, axis=1)
                 norm_equal[b, sel] = np.count_nonzero(s == g, axis=1)
     return RowCounts(top_val, top_idx.astype(np.int64) + col0, above, equal, norm_above, norm_equal)
 
 
-def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, log_z: np.ndarray,
-                  betas: np.ndarray) -> np.ndarray:
-    """``beta * T[i, gt(i)] - logZ[gt(i)]`` for every beta, shape (n_betas, n_rows).
+def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, offsets: np.ndarray,
+                  scales: np.ndarray) -> np.ndarray:
+    """``scale * T[i, gt(i)] - offset[gt(i)]`` per variant, shape (n_variants, n_rows).
 
     Uses the same float64 operations as :func:`count_block`, so the ground
     truth always compares equal to itself.
     """
-    out = np.empty((len(betas), len(gt_raw)))
-    for b, beta in enumerate(betas):
-        out[b] = gt_raw * beta - log_z[b, gt_cols]
+    out = np.empty((len(scales), len(gt_raw)))
+    for b, scale in enumerate(scales):
+        out[b] = gt_raw * scale - offsets[b, gt_cols]
     return out
 
 
-def score_block(block: np.ndarray, log_z: np.ndarray, beta: float,
+def score_block(block: np.ndarray, offset: np.ndarray, scale: float,
                 normalise_rows: np.ndarray) -> np.ndarray:
-    """The scored matrix of one block: ``beta*s - logZ`` on normalised rows,
-    raw ``s`` elsewhere (float64).  ``log_z`` covers the block's columns."""
+    """The scored matrix of one block: ``scale*s - offset`` on normalised
+    rows, raw ``s`` elsewhere (float64).  ``offset`` covers the block's columns."""
     out = np.asarray(block, dtype=np.float64).copy()
     rows = np.nonzero(normalise_rows)[0]
     if len(rows):
-        out[rows] = out[rows] * beta - log_z
+        out[rows] = out[rows] * scale - offset
     return out
 
 

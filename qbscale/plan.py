@@ -53,7 +53,7 @@ class RowResult:
 class Plan:
     """The lazy outputs of a run: compute them with an executor."""
 
-    log_z: Delayed  # (n_betas, n_gallery) float64
+    log_z: Delayed  # (n_betas, n_gallery) float64: the offsets of the variants
     activation: Delayed  # (n_gallery,) bool
     rows: list[Delayed]  # RowResult per test row block
     config: RunConfig
@@ -145,7 +145,7 @@ class _RowSpec:
 
     start: int
     gt: np.ndarray
-    betas: np.ndarray
+    scales: np.ndarray  # one per variant (inverted softmax: the betas)
     method: str
     topk: int
 
@@ -159,22 +159,22 @@ def _flags(method: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
 
 
 def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
-                  log_z: np.ndarray | None, rows: np.ndarray | None) -> kernels.RowCounts:
+                  shifts: np.ndarray | None, rows: np.ndarray | None) -> kernels.RowCounts:
     width = block.shape[1]
-    gt_norm = None if log_z is None else kernels.normalised_gt(gt_raw, spec.gt, log_z, spec.betas)
-    lz = None if log_z is None else log_z[:, col0:col0 + width]
-    return kernels.count_block(block, col0, gt_raw, gt_norm, lz, spec.betas, rows)
+    gt_norm = None if shifts is None else kernels.normalised_gt(gt_raw, spec.gt, shifts, spec.scales)
+    shift = None if shifts is None else shifts[:, col0:col0 + width]
+    return kernels.count_block(block, col0, gt_raw, gt_norm, shift, spec.scales, rows)
 
 
-def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, log_z: np.ndarray | None
+def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, shifts: np.ndarray | None
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-K of the raw scores, then of the normalised scores per beta."""
     out = [kernels.row_topk(block, spec.topk, col0)]
-    if log_z is not None:
-        lz = log_z[:, col0:col0 + block.shape[1]]
+    if shifts is not None:
+        shift = shifts[:, col0:col0 + block.shape[1]]
         every = np.ones(block.shape[0], bool)
-        for b, beta in enumerate(spec.betas):
-            out.append(kernels.row_topk(kernels.score_block(block, lz[b], beta, every),
+        for b, scale in enumerate(spec.scales):
+            out.append(kernels.row_topk(kernels.score_block(block, shift[b], scale, every),
                                         spec.topk, col0))
     return out
 
@@ -198,18 +198,18 @@ def _finish(spec: _RowSpec, counts: kernels.RowCounts, act: np.ndarray,
     return result
 
 
-def _test_block(src: MatrixSource, spec: _RowSpec, log_z: np.ndarray | None, act: np.ndarray,
+def _test_block(src: MatrixSource, spec: _RowSpec, shifts: np.ndarray | None, act: np.ndarray,
                 writer: Any = None) -> RowResult:
     """Fused task for a test row block that spans the whole gallery."""
     i = offsets(src.row_chunks).index(spec.start)
     block = src.read(i, 0)
     gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
     flags = _flags(spec.method, np.argmax(block, axis=1), act)
-    counts = _piece_counts(block, 0, spec, gt_raw, log_z, flags)
-    topks = _piece_topk(block, 0, spec, log_z) if spec.topk else None
-    if writer is not None and log_z is not None:
-        for b, beta in enumerate(spec.betas):
-            writer.write(b, i, kernels.score_block(block, log_z[b], beta, flags))
+    counts = _piece_counts(block, 0, spec, gt_raw, shifts, flags)
+    topks = _piece_topk(block, 0, spec, shifts) if spec.topk else None
+    if writer is not None and shifts is not None:
+        for b, scale in enumerate(spec.scales):
+            writer.write(b, i, kernels.score_block(block, shifts[b], scale, flags))
     return _finish(spec, counts, act, topks)
 
 
@@ -225,9 +225,9 @@ def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
 
 
 def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray,
-                 log_z: np.ndarray | None) -> tuple[kernels.RowCounts, Any]:
-    counts = _piece_counts(block, col0, spec, gt_raw, log_z, None)
-    return counts, (_piece_topk(block, col0, spec, log_z) if spec.topk else None)
+                 shifts: np.ndarray | None) -> tuple[kernels.RowCounts, Any]:
+    counts = _piece_counts(block, col0, spec, gt_raw, shifts, None)
+    return counts, (_piece_topk(block, col0, spec, shifts) if spec.topk else None)
 
 
 def _combine_pieces(spec: _RowSpec, act: np.ndarray, *pieces: tuple[kernels.RowCounts, Any]
@@ -239,7 +239,7 @@ def _combine_pieces(spec: _RowSpec, act: np.ndarray, *pieces: tuple[kernels.RowC
     return _finish(spec, counts, act, topks)
 
 
-def _test_row(src: MatrixSource, i: int, spec: _RowSpec, log_z: Any, act: Any, key: _Keys
+def _test_row(src: MatrixSource, i: int, spec: _RowSpec, shifts: Any, act: Any, key: _Keys
               ) -> Delayed:
     """Tasks for a test row block chunked along the gallery too."""
     starts = offsets(src.col_chunks)
@@ -248,7 +248,7 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, log_z: Any, act: Any, k
     needed = sorted({int(np.searchsorted(starts, g, side="right") - 1) for g in np.unique(spec.gt)})
     gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
                                  dask_key_name=key("test-gt", i))
-    pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, log_z,
+    pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, shifts,
                                     dask_key_name=key("test-count", i, c))
               for c in range(len(src.col_chunks))]
     return delayed(_combine_pieces)(spec, act, *pieces, dask_key_name=key("test-row", i))

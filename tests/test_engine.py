@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from qbscale import kernels
 from qbscale.api import run
-from qbscale.plan import build
 from qbscale.config import RunConfig
+from qbscale.plan import build
 from qbscale.sources import NumpyMatrix, split
 from qbscale.store import Experiment
 
