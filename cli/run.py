@@ -91,6 +91,7 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     if saving:
         raise click.UsageError("--save-scores/--save-ranks need a store: run `qbscale ingest` first")
     from qbscale.readers import load_matrix
+
     from qbscale.store import in_memory
 
     mask = load_matrix(mask_pkl) if mask_pkl else None

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import layout
 from .errors import IncompleteStoreError, InputError, StoreNotFoundError
-from .sources import EmbeddingMatrix, _open_zarr, MatrixSource, NumpyMatrix, ZarrMatrix
+from .sources import EmbeddingMatrix, MatrixSource, NumpyMatrix, ZarrMatrix, _open_zarr
 
 #: gallery items per block when similarities come from embeddings
 EMBEDDING_BLOCK_ELEMENTS = 2**24
