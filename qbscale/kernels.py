@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: elements per row slab inside a block (16 MiB of float64 temporaries)
-SLAB_ELEMENTS = 2**21
+#: elements per row slab inside a block: 512 KiB of float64 temporaries stay in cache
+SLAB_ELEMENTS = 2**16
 
 
 def _slabs(n_rows: int, n_cols: int) -> list[slice]:
@@ -33,7 +33,8 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     """Column-wise ``logsumexp(beta * block)`` for every beta.
 
     Returns a float64 array of shape ``(len(betas), n_cols)``.  Never forms
-    ``exp(beta * s)``: each slab is shifted by its column maximum first.
+    ``exp(beta * s)``: every term is shifted by its column's maximum in the
+    block first, so each is at most 1 and the sum cannot overflow.
 
     Examples
     --------
@@ -42,16 +43,19 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     array([[0.6931, 3.1269]])
     """
     n_rows, n_cols = block.shape
-    out = np.full((len(betas), n_cols), -np.inf)
-    for rows in _slabs(n_rows, n_cols):
-        x = np.asarray(block[rows], dtype=np.float64)
-        for b, beta in enumerate(betas):
-            y = x * beta
-            top = y.max(axis=0)
-            np.subtract(y, top, out=y)
+    top = block.max(axis=0).astype(np.float64)
+    out = np.empty((len(betas), n_cols))
+    buf = np.empty(SLAB_ELEMENTS)
+    for b, beta in enumerate(betas):
+        shift = top * beta
+        total = np.zeros(n_cols)
+        for rows in _slabs(n_rows, n_cols):
+            y = buf[: (rows.stop - rows.start) * n_cols].reshape(-1, n_cols)
+            np.multiply(block[rows], beta, out=y, dtype=np.float64)
+            np.subtract(y, shift, out=y)
             np.exp(y, out=y)
-            part = top + np.log(y.sum(axis=0))
-            np.logaddexp(out[b], part, out=out[b])
+            total += y.sum(axis=0)
+        out[b] = shift + np.log(total)
     return out
 
 
@@ -153,18 +157,24 @@ def count_block(
     n_rows, n_cols = block.shape
     top_idx = np.argmax(block, axis=1)
     top_val = block[np.arange(n_rows), top_idx].astype(np.float64)
-    above = np.count_nonzero(block > gt_raw[:, None].astype(block.dtype), axis=1)
-    equal = np.count_nonzero(block == gt_raw[:, None].astype(block.dtype), axis=1)
+    gt_same = gt_raw.astype(block.dtype)[:, None]  # exact: gt_raw came from block's dtype
+    above = np.empty(n_rows, np.int64)
+    equal = np.empty(n_rows, np.int64)
+    for rows in _slabs(n_rows, n_cols):
+        above[rows] = np.count_nonzero(block[rows] > gt_same[rows], axis=1)
+        equal[rows] = np.count_nonzero(block[rows] == gt_same[rows], axis=1)
     norm_above = norm_equal = None
     if gt_norm is not None and offsets is not None:
         norm_above = np.zeros((len(scales), n_rows), np.int64)
         norm_equal = np.zeros((len(scales), n_rows), np.int64)
         rows_idx = np.arange(n_rows) if rows_to_normalise is None else np.nonzero(rows_to_normalise)[0]
+        buf = np.empty(SLAB_ELEMENTS)
         for slab in _slabs(len(rows_idx), n_cols):
             sel = rows_idx[slab]
-            x = np.asarray(block[sel], dtype=np.float64)
+            x = block[slab] if rows_to_normalise is None else block[sel]
+            s = buf[: len(sel) * n_cols].reshape(len(sel), n_cols)
             for b, scale in enumerate(scales):
-                s = x * scale
+                np.multiply(x, scale, out=s, dtype=np.float64)
                 np.subtract(s, offsets[b], out=s)
                 g = gt_norm[b, sel][:, None]
                 norm_above[b, sel] = np.count_nonzero(s > g, axis=1)
