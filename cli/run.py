@@ -90,11 +90,12 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         raise click.UsageError("--sims_train_test_path and --sims_test_path go together")
     if saving:
         raise click.UsageError("--save-scores/--save-ranks need a store: run `qbscale ingest` first")
-    from qbscale.readers import load_matrix
+    from qbscale.readers import read_array
 
     from qbscale.store import in_memory
 
-    mask = load_matrix(mask_pkl) if mask_pkl else None
+    mask = read_array(mask_pkl) if mask_pkl else None
     if scheduler not in ("threads", "synchronous", "sync", "processes"):
         raise click.UsageError("on a cluster, ingest the pickles into a store first")
-    return in_memory(load_matrix(bank_pkl), load_matrix(test_pkl), mask)
+    return in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
+                     names=(Path(bank_pkl).name, Path(test_pkl).name))

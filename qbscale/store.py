@@ -157,15 +157,29 @@ def _sources(url: str, attrs: dict[str, Any], options: dict[str, Any] | None,
     return (EmbeddingMatrix.build(queries[0], gallery), EmbeddingMatrix.build(queries[1], gallery))
 
 
+def check_matrix(name: str, arr: np.ndarray) -> None:
+    """Refuse anything but a non-empty, finite, 2-D float matrix."""
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
+    if arr.dtype.kind != "f":
+        raise InputError(f"{name} holds {arr.dtype} values; similarities must be floats")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{name} has {int(bad.sum())} NaN/inf values, the first at "
+                         f"row {row}, column {col}")
+
+
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
               queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
-              rows_per_block: int | None = None) -> Experiment:
+              rows_per_block: int | None = None, names: tuple[str, str] = ("bank", "test"),
+              ) -> Experiment:
     """An experiment over in-memory arrays (no store), e.g. loaded pickles."""
-    for name, arr in (("bank", bank), ("test", test)):
-        if arr.ndim != 2 or 0 in arr.shape:
-            raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
+    for name, arr in zip(names, (bank, test), strict=True):
+        check_matrix(name, arr)
     if bank.shape[1] != test.shape[1]:
-        raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
+        raise InputError(f"{names[0]} has {bank.shape[1]} gallery columns, "
+                         f"{names[1]} has {test.shape[1]}")
     n_gallery = test.shape[1]
     step = rows_per_block or max(1, 2**24 // n_gallery)
     gt = ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index)
