@@ -89,9 +89,9 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     if not (bank_pkl and test_pkl):
         raise click.UsageError("--sims_train_test_path and --sims_test_path go together")
     if saving:
-        raise click.UsageError("--save-scores/--save-ranks need a store: run `qbscale ingest` first")
+        raise click.UsageError("--save-scores/--save-ranks need a store: "
+                               "run `qbscale ingest` first")
     from qbscale.readers import read_array
-
     from qbscale.store import in_memory
 
     mask = read_array(mask_pkl) if mask_pkl else None

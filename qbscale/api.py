@@ -203,7 +203,8 @@ def lazy(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[floa
     graph = _plan.build(experiment, config)
     n_b, n_g = len(config.betas), experiment.n_gallery
     sizes = experiment.test.row_chunks
-    base = [da.from_delayed(_get(r, "base_rank"), (n,), float) for r, n in zip(graph.rows, sizes)]
+    base = [da.from_delayed(_get(r, "base_rank"), (n,), float)
+            for r, n in zip(graph.rows, sizes, strict=True)]
     out = {
         "log_z": da.from_delayed(graph.log_z, (n_b, n_g), float),
         "activation": da.from_delayed(graph.activation, (n_g,), bool),
@@ -211,7 +212,7 @@ def lazy(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[floa
     }
     if config.normalises:
         ranks = [da.from_delayed(_get(r, "rank"), (n_b, n), float)
-                 for r, n in zip(graph.rows, sizes)]
+                 for r, n in zip(graph.rows, sizes, strict=True)]
         out["ranks"] = da.concatenate(ranks, axis=1)
     return out
 

@@ -84,8 +84,7 @@ def row_topk(block: np.ndarray, k: int, col0: int = 0) -> tuple[np.ndarray, np.n
     room = k - above.sum(axis=1)
     ties = block == kth[:, None]
     take = above | (ties & (np.cumsum(ties, axis=1) <= room[:, None]))
-    rows, cols = np.nonzero(take)
-    cols = cols.reshape(n_rows, k)
+    cols = np.nonzero(take)[1].reshape(n_rows, k)
     vals = np.take_along_axis(block, cols, axis=1).astype(np.float64)
     order = np.lexsort((cols, -vals), axis=-1) if n_rows else np.zeros((0, k), int)
     return (
@@ -167,7 +166,8 @@ def count_block(
     if gt_norm is not None and offsets is not None:
         norm_above = np.zeros((len(scales), n_rows), np.int64)
         norm_equal = np.zeros((len(scales), n_rows), np.int64)
-        rows_idx = np.arange(n_rows) if rows_to_normalise is None else np.nonzero(rows_to_normalise)[0]
+        rows_idx = (np.arange(n_rows) if rows_to_normalise is None
+                    else np.nonzero(rows_to_normalise)[0])
         buf = np.empty(SLAB_ELEMENTS)
         for slab in _slabs(len(rows_idx), n_cols):
             sel = rows_idx[slab]

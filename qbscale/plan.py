@@ -161,8 +161,10 @@ def _flags(method: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
 def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
                   shifts: np.ndarray | None, rows: np.ndarray | None) -> kernels.RowCounts:
     width = block.shape[1]
-    gt_norm = None if shifts is None else kernels.normalised_gt(gt_raw, spec.gt, shifts, spec.scales)
-    shift = None if shifts is None else shifts[:, col0:col0 + width]
+    if shifts is None:
+        return kernels.count_block(block, col0, gt_raw, None, None, spec.scales, rows)
+    gt_norm = kernels.normalised_gt(gt_raw, spec.gt, shifts, spec.scales)
+    shift = shifts[:, col0:col0 + width]
     return kernels.count_block(block, col0, gt_raw, gt_norm, shift, spec.scales, rows)
 
 

@@ -38,9 +38,14 @@ def offsets(chunks: tuple[int, ...]) -> tuple[int, ...]:
 class MatrixSource(Protocol):
     """What the engine needs of a matrix."""
 
-    shape: tuple[int, int]
-    row_chunks: tuple[int, ...]
-    col_chunks: tuple[int, ...]
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def row_chunks(self) -> tuple[int, ...]: ...
+
+    @property
+    def col_chunks(self) -> tuple[int, ...]: ...
 
     def read(self, i: int, c: int) -> np.ndarray: ...
 

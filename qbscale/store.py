@@ -120,6 +120,7 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
     import zarr
 
     url = os.fspath(url)
+    group: Any
     _open_zarr.cache_clear()  # a store may have been rewritten since last opened
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
