@@ -16,7 +16,12 @@ class LocalExecutor:
         self.num_workers = num_workers
 
     def compute(self, outputs: list[Any], progress: bool = False) -> list[Any]:
-        kwargs: dict[str, Any] = {"scheduler": self.scheduler, "optimize_graph": False}
+        from dask.base import named_schedulers
+
+        # the scheduler's function itself: a name would make dask import
+        # distributed (0.2 s) just to look for a default client
+        kwargs: dict[str, Any] = {"scheduler": named_schedulers[self.scheduler],
+                                  "optimize_graph": False}
         if self.num_workers:
             kwargs["num_workers"] = self.num_workers
         if not progress:
