@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +64,11 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
     from qbscale.api import run as run_api
     from qbscale.config import parse_betas
 
-    target = _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks, scheduler)
-    result = run_api(target, beta=parse_betas(beta), k=k, method=method, scheduler=scheduler,
-                     num_workers=workers, topk=topk, save_scores=save_scores,
-                     save_ranks=save_ranks, progress=not quiet)
+    with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
+                 scheduler) as target:
+        result = run_api(target, beta=parse_betas(beta), k=k, method=method,
+                         scheduler=scheduler, num_workers=workers, topk=topk,
+                         save_scores=save_scores, save_ranks=save_ranks, progress=not quiet)
     click.echo(format_table(result.table()))
     if method != "none":
         n_rows = int(result.normalised.size)
@@ -77,25 +81,36 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
         Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
 
 
+@contextlib.contextmanager
 def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
-            mask_pkl: str | None, saving: bool, scheduler: str) -> Any:
+            mask_pkl: str | None, saving: bool, scheduler: str) -> Iterator[Any]:
+    """What to run on: the STORE, or the seed's pickles (in memory for the
+    threaded scheduler; for worker processes, ingested into a temporary store)."""
     seed = bank_pkl or test_pkl or mask_pkl
     if store and seed:
         raise click.UsageError("give either STORE or the --sims_* pickles, not both")
     if not seed:
         if not store:
             raise click.UsageError("give a STORE (from `qbscale ingest`) or the --sims_* pickles")
-        return store
+        yield store
+        return
     if not (bank_pkl and test_pkl):
         raise click.UsageError("--sims_train_test_path and --sims_test_path go together")
     if saving:
         raise click.UsageError("--save-scores/--save-ranks need a store: "
                                "run `qbscale ingest` first")
-    from qbscale.readers import read_array
-    from qbscale.store import in_memory
+    if scheduler in ("threads", "synchronous", "sync"):
+        from qbscale.readers import read_array
+        from qbscale.store import in_memory
 
-    mask = read_array(mask_pkl) if mask_pkl else None
-    if scheduler not in ("threads", "synchronous", "sync", "processes"):
-        raise click.UsageError("on a cluster, ingest the pickles into a store first")
-    return in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
-                     names=(Path(bank_pkl).name, Path(test_pkl).name))
+        mask = read_array(mask_pkl) if mask_pkl else None
+        yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
+                        names=(Path(bank_pkl).name, Path(test_pkl).name))
+        return
+    if scheduler.startswith(("tcp://", "tls://")):
+        raise click.UsageError("workers of a remote cluster cannot see local pickles: "
+                               "`qbscale ingest` them into shared storage first")
+    from qbscale.ingest import ingest
+
+    with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
+        yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)

@@ -57,12 +57,13 @@ def test_shipped_sample_is_the_benchmark():
         assert (SHIPPED / name).read_bytes() == (SHARED / "pycode" / name).read_bytes()
 
 
-@pytest.mark.parametrize("kind", ["numpy2", "legacy"])
-def test_seed_invocation_prints_reference_figures(pickles, kind):
+@pytest.mark.parametrize(("kind", "scheduler"), [
+    ("numpy2", "threads"), ("legacy", "threads"), ("legacy", "processes")])
+def test_seed_invocation_prints_reference_figures(pickles, kind, scheduler):
     bank, test = pickles[kind]
     res = CliRunner().invoke(cli, ["run", "--sims_train_test_path", str(bank),
                                    "--sims_test_path", str(test), "--beta", "20", "--k", "1",
-                                   "--quiet"])
+                                   "--scheduler", scheduler, "--quiet"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert BEFORE in lines and AFTER in lines, res.output
