@@ -1,0 +1,125 @@
+"""``qbscale ingest``: similarity (or embedding) files -> one Zarr experiment store."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import click
+
+from qbscale import layout
+from qbscale.errors import QBScaleError
+from qbscale.ingest import CODECS, DTYPES
+
+SIMS = ("bank", "test")
+EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
+
+
+def _mode(opts: dict[str, Any]) -> str:
+    """``"sims"`` or ``"embeddings"`` from the options given (usage errors otherwise)."""
+    sims = [k for k in SIMS if opts[k]]
+    emb = [k for k in EMBEDDINGS if opts[k]]
+    if sims and (emb or opts["normalise_embeddings"]):
+        raise click.UsageError("--bank/--test (similarities) and --bank-emb/--test-emb/"
+                               "--gallery-emb/--normalise-embeddings (embeddings) "
+                               "are mutually exclusive")
+    if sims:
+        if len(sims) < len(SIMS):
+            raise click.UsageError("give both --bank and --test")
+        return "sims"
+    if len(emb) < len(EMBEDDINGS):
+        raise click.UsageError("give --bank and --test (similarities), or --bank-emb, "
+                               "--test-emb and --gallery-emb (embeddings)")
+    if opts["chunk_cols"] is not None:
+        raise click.UsageError("--chunk-cols applies to similarities only: embedding chunks "
+                               "span the whole dimension")
+    return "embeddings"
+
+
+def _disk_bytes(path: str) -> int | None:
+    if "://" in path:
+        return None
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
+
+
+def summary(out: str, seconds: float) -> str:
+    """One paragraph describing the store just written."""
+    import zarr
+
+    group = zarr.open_group(out, mode="r")
+    attrs = group.attrs[layout.ATTR]
+    parts, raw = [], 0
+    for name in group.array_keys():
+        arr = group[name]
+        raw += arr.nbytes
+        if arr.ndim == 2:
+            parts.append(f"{name} {' x '.join(map(str, arr.shape))} {arr.dtype} in chunks of "
+                         f"{' x '.join(map(str, arr.chunks))}")
+        else:
+            parts.append(f"{name} ({arr.shape[0]} {arr.dtype})")
+    qpi = attrs.get("queries_per_item")
+    truth = (f"{qpi} {'query' if qpi == 1 else 'queries'} per gallery item" if qpi
+             else "ground truth from gt_index")
+    disk = _disk_bytes(out)
+    size = f"{raw / 2**20:.1f} MiB of data" + (
+        f", {disk / 2**20:.1f} MiB on disk" if disk is not None else "")
+    return (f"Wrote {out} ({attrs['kind']}) in {seconds:.1f} s: {'; '.join(parts)}; "
+            f"codec {attrs['codec']}; {size}; {truth}.")
+
+
+@click.command()
+@click.option("--bank", metavar="PATH", help="Querybank x gallery similarities "
+              "(.pkl, .npy, .npz or FILE.npz:NAME).")
+@click.option("--test", metavar="PATH", help="Test query x gallery similarities.")
+@click.option("--masks", metavar="PATH", help="0/1 per test query: (items, queries per item) "
+              "or flat.")
+@click.option("--queries-per-item", type=int, metavar="N",
+              help="Query i belongs to gallery item i // N (default: queries / gallery).")
+@click.option("--gt-index", metavar="PATH", help="Ground-truth gallery index of every query "
+              "(.npy/.pkl of ints), instead of --queries-per-item.")
+@click.option("--bank-emb", metavar="PATH", help="Querybank embeddings (.npy or .zarr).")
+@click.option("--test-emb", metavar="PATH", help="Test query embeddings.")
+@click.option("--gallery-emb", metavar="PATH", help="Gallery embeddings.")
+@click.option("--normalise-embeddings", is_flag=True,
+              help="Store embeddings scaled to unit length (cosine similarity).")
+@click.option("-o", "--output", required=True, metavar="PATH", help="Store to write "
+              "(directory or URL, e.g. exp.zarr or s3://bucket/exp.zarr).")
+@click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
+              default=layout.DEFAULT_CHUNK_BYTES / 2**20, show_default=True,
+              help="Target size of a stored chunk, MiB.")
+@click.option("--chunk-rows", type=click.IntRange(min=1),
+              help="Rows per chunk (overrides --chunk-mb).")
+@click.option("--chunk-cols", type=click.IntRange(min=1),
+              help="Columns per chunk (default: whole rows).")
+@click.option("--dtype", type=click.Choice(list(DTYPES)),
+              help="Stored float type (default: the input's).")
+@click.option("--codec", type=click.Choice(list(CODECS)), default=CODECS[0], show_default=True,
+              help="Chunk compression.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (once the new "
+              "one is complete).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def ingest(**opts: Any) -> None:
+    """Write similarity matrices (or embeddings) into one Zarr experiment store."""
+    from qbscale.ingest import ingest as ingest_sims
+    from qbscale.ingest import ingest_embeddings
+
+    mode = _mode(opts)
+    common: dict[str, Any] = dict(
+        queries_per_item=opts["queries_per_item"], gt_index=opts["gt_index"],
+        chunk_bytes=max(1, int(opts["chunk_mb"] * 2**20)), chunk_rows=opts["chunk_rows"],
+        dtype=opts["dtype"], codec=opts["codec"], overwrite=opts["overwrite"],
+        progress=not opts["quiet"])
+    start = time.perf_counter()
+    try:
+        if mode == "sims":
+            out = ingest_sims(opts["output"], opts["bank"], opts["test"], opts["masks"],
+                              chunk_cols=opts["chunk_cols"], **common)
+        else:
+            out = ingest_embeddings(opts["output"], opts["bank_emb"], opts["test_emb"],
+                                    opts["gallery_emb"], opts["masks"],
+                                    normalise=opts["normalise_embeddings"], **common)
+    except QBScaleError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(summary(out, time.perf_counter() - start))

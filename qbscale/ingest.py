@@ -1,0 +1,356 @@
+"""Ingest: similarity (or embedding) files -> one Zarr v3 experiment store.
+
+Inputs are read row block by row block (see :mod:`qbscale.readers`), checked
+while they stream (shapes, NaN/inf, masks, ground truth) and written chunk by
+chunk into the layout of :mod:`qbscale.layout`.  A local store is built in a
+hidden sibling directory and renamed into place once complete; a remote store
+(fsspec URL) is written in place with its ``complete`` flag set last.  Either
+way an interrupted ingest never leaves a store that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import __version__, layout
+from .errors import ConfigError, InputError
+from .readers import InputMatrix, open_matrix
+from .writer import staging, write_store
+
+__all__ = ["CODECS", "DTYPES", "chunk_shape", "ingest", "ingest_embeddings"]
+
+#: stored codecs: ``none`` reads fastest on local disk (see benchmarks/bench_codecs.py)
+CODECS = ("none", "lz4", "zstd")
+#: float types a store may hold
+DTYPES = ("float16", "float32", "float64")
+
+PathOrArray = str | os.PathLike[str] | np.ndarray
+
+
+@dataclass
+class Target:
+    """One 2-D array to write: its store name, input, stored dtype and chunks.
+
+    ``transform(block, first_row)`` (optional) turns a checked input block into
+    the stored block.
+    """
+
+    name: str
+    source: InputMatrix
+    dtype: np.dtype
+    chunks: tuple[int, int]
+    transform: Callable[[np.ndarray, int], np.ndarray] | None = None
+
+
+def chunk_shape(n_rows: int, n_cols: int, itemsize: int,
+                chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
+                rows: int | None = None, cols: int | None = None) -> tuple[int, int]:
+    """Chunk shape of an ``n_rows x n_cols`` matrix for a target chunk size.
+
+    Chunks span whole rows, ``chunk_bytes // row_bytes`` of them (at least
+    one); only when a single row exceeds ``chunk_bytes`` are columns cut too.
+    ``rows`` / ``cols`` fix either side explicitly.
+
+    Examples
+    --------
+    The pycode querybank (7951 x 4000 float32, 16000 bytes a row) in 64 MiB
+    chunks: ``67108864 // 16000 = 4194`` rows a chunk, so two chunks.
+
+    >>> chunk_shape(7951, 4000, 4)
+    (4194, 4000)
+    >>> chunk_shape(7951, 4000, 4, rows=1000)
+    (1000, 4000)
+    >>> chunk_shape(10, 2**25, 4)  # one row is 128 MiB: cut columns, 64 MiB each
+    (1, 16777216)
+    """
+    for label, value in (("chunk size", chunk_bytes), ("chunk rows", rows), ("chunk cols", cols)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{label} must be at least 1, got {value}")
+    if cols is None:
+        cols = n_cols if n_cols * itemsize <= chunk_bytes else max(1, chunk_bytes // itemsize)
+    cols = max(1, min(cols, n_cols))
+    if rows is None:
+        rows = max(1, chunk_bytes // (cols * itemsize))
+    return max(1, min(rows, n_rows)), cols
+
+
+def _check_options(codec: str, dtype: str | None) -> None:
+    if codec not in CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
+        raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def _open_2d(source: PathOrArray, role: str, options: dict[str, Any] | None) -> InputMatrix:
+    src = open_matrix(source, role, options)
+    if src.ndim != 2:
+        raise InputError(f"{role} ({src.name}) must be a 2-D matrix, got shape {src.shape}")
+    if 0 in src.shape:
+        raise InputError(f"{role} ({src.name}) is empty: shape {src.shape}")
+    return src
+
+
+def _float_dtype(src: InputMatrix, role: str, dtype: str | None) -> np.dtype:
+    """The stored dtype: ``dtype`` if given, else the input's float type (native order)."""
+    if src.dtype.kind != "f":
+        raise InputError(f"{role} ({src.name}) holds {src.dtype} values; expected floats "
+                         f"({', '.join(DTYPES)})")
+    if dtype is not None:
+        return np.dtype(dtype)
+    if src.dtype.itemsize not in (2, 4, 8):
+        raise InputError(f"{role} ({src.name}) holds {src.dtype}; pass dtype= one of "
+                         f"{', '.join(DTYPES)}")
+    return np.dtype(f"float{8 * src.dtype.itemsize}")
+
+
+def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
+                  gt_index: PathOrArray | None) -> tuple[int | None, InputMatrix | None,
+                                                         np.ndarray | None]:
+    """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is set."""
+    if gt_index is not None:
+        if queries_per_item is not None:
+            raise ConfigError("give queries_per_item or gt_index, not both")
+        src = open_matrix(gt_index, "gt_index")
+        return None, src, _check_gt(src, n_queries, n_gallery)
+    if queries_per_item is None:
+        if n_queries < n_gallery or n_queries % n_gallery:
+            raise InputError(
+                f"test has {n_queries} queries, not a positive multiple of its {n_gallery} "
+                "gallery items: pass --queries-per-item N (query i belongs to item i // N) "
+                "or --gt-index FILE"
+            )
+        return n_queries // n_gallery, None, None
+    qpi = int(queries_per_item)
+    if qpi < 1 or n_queries % qpi or n_queries // qpi > n_gallery:
+        raise InputError(
+            f"queries_per_item={queries_per_item} does not fit {n_queries} test queries and "
+            f"{n_gallery} gallery items: it must divide the queries into at most "
+            f"{n_gallery} items"
+        )
+    return qpi, None, None
+
+
+def _check_gt(src: InputMatrix, n_queries: int, n_gallery: int) -> np.ndarray:
+    values = src.read()
+    if values.size != n_queries or values.ndim > 2 or (values.ndim == 2 and 1 not in values.shape):
+        raise InputError(f"gt_index ({src.name}) has shape {values.shape}; expected "
+                         f"{n_queries} entries, one per test query")
+    if values.dtype.kind not in "iu":
+        raise InputError(f"gt_index ({src.name}) holds {values.dtype} values; expected integers")
+    values = values.ravel().astype(np.int64)
+    bad = np.flatnonzero((values < 0) | (values >= n_gallery))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"gt_index ({src.name}) [{i}] = {values[i]} is outside the gallery "
+                         f"[0, {n_gallery}) ({bad.size} such entries)")
+    return values
+
+
+def _read_mask(masks: PathOrArray | None, n_queries: int,
+               qpi: int | None) -> tuple[InputMatrix | None, np.ndarray | None]:
+    if masks is None:
+        return None, None
+    src = open_matrix(masks, "masks")
+    values = src.read()
+    expected = f"({n_queries // qpi}, {qpi}) or ({n_queries},)" if qpi else f"({n_queries},)"
+    if values.size != n_queries or values.ndim > 2 or (
+            values.ndim == 2 and qpi is not None and values.shape[1] != qpi):
+        raise InputError(f"masks ({src.name}) has shape {values.shape}; expected {expected}: "
+                         f"one entry per test query ({n_queries})")
+    if values.dtype.kind not in "biuf":
+        raise InputError(f"masks ({src.name}) holds {values.dtype} values; expected 0/1")
+    if values.dtype.kind != "b":
+        bad = np.flatnonzero((values != 0) & (values != 1))
+        if bad.size:
+            pos = np.unravel_index(int(bad[0]), values.shape)
+            raise InputError(f"masks ({src.name}) holds {bad.size} values other than 0/1; "
+                             f"the first is {values[pos]!r} at {tuple(int(p) for p in pos)}")
+    return src, values.ravel().astype(bool)
+
+
+def _normaliser(name: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A block transform scaling rows to unit L2 norm (zero rows refused)."""
+
+    def normalise(block: np.ndarray, first_row: int) -> np.ndarray:
+        work = block.astype(np.promote_types(block.dtype, np.float32), copy=False)
+        norms = np.linalg.norm(work, axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise InputError(f"{name} has a zero vector at row {first_row + int(zero[0])} "
+                             f"({zero.size} in rows {first_row}-{first_row + len(block) - 1}): "
+                             "it cannot be normalised")
+        return (work / norms[:, None]).astype(block.dtype, copy=False)
+
+    return normalise
+
+
+def _base_attrs(kind: str, qpi: int | None, targets: list[Target], codec: str,
+                chunk_bytes: int) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "kind": kind,
+        "queries_per_item": qpi,
+        "codec": codec,
+        "chunking": {"chunk_bytes": int(chunk_bytes),
+                     **{t.name: list(t.chunks) for t in targets}},
+    }
+
+
+def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
+           masks: PathOrArray | None = None, *, queries_per_item: int | None = None,
+           gt_index: PathOrArray | None = None, chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
+           chunk_rows: int | None = None, chunk_cols: int | None = None,
+           dtype: str | None = None, codec: str = "none", overwrite: bool = False,
+           progress: bool = True, storage_options: dict[str, Any] | None = None) -> str:
+    """Write a querybank and a test similarity matrix into one Zarr v3 store.
+
+    Parameters
+    ----------
+    out : path or URL
+        The store to create (``exp.zarr``, ``s3://bucket/exp.zarr``).
+    bank, test : path or numpy.ndarray
+        Querybank x gallery and test-query x gallery similarities: ``.pkl``
+        (one array, loaded safely), ``.npy``, ``.npz`` or ``.npz:member``.
+    masks : path or numpy.ndarray, optional
+        0/1 per test query, shaped ``(n_items, queries_per_item)`` or flat;
+        stored as bool ``query_mask``.
+    queries_per_item : int, optional
+        Query ``i`` belongs to gallery item ``i // queries_per_item``; by default
+        ``n_queries // n_gallery`` when the queries are a multiple of the gallery.
+    gt_index : path or numpy.ndarray, optional
+        Ground-truth gallery index of every query, instead of ``queries_per_item``.
+    chunk_bytes : int
+        Target bytes per stored chunk (whole rows; columns are cut only when one
+        row exceeds it).
+    chunk_rows, chunk_cols : int, optional
+        Explicit chunk shape, overriding ``chunk_bytes`` on that side.
+    dtype : {"float16", "float32", "float64"}, optional
+        Stored float type; by default each input's own.
+    codec : {"none", "lz4", "zstd"}
+        Chunk compression.
+    overwrite : bool
+        Replace an existing store (only once the new one is complete).
+    progress : bool
+        Show a progress bar on stderr.
+    storage_options : dict, optional
+        fsspec options for a URL ``out``.
+
+    Returns
+    -------
+    str
+        The store written.
+
+    Raises
+    ------
+    InputError
+        Bad input: not 2-D, empty, mismatched gallery sizes, non-float values,
+        NaN or inf, bad masks or ground truth, truncated or corrupt files.
+    UnsafePickleError
+        A pickle asking for more than a plain numpy array.
+    StoreExistsError
+        ``out`` exists and ``overwrite`` is False.
+    ConfigError
+        Unknown codec or dtype, chunk sizes below 1.
+
+    Examples
+    --------
+    >>> ingest("exp.zarr", "sims_train_test.pkl", "sims_test.pkl")  # doctest: +SKIP
+    'exp.zarr'
+    """
+    _check_options(codec, dtype)
+    with staging(os.fspath(out), overwrite, storage_options) as stage:
+        srcs = {role: _open_2d(src, role, None) for role, src in (("bank", bank), ("test", test))}
+        (n_bank, n_gallery), n_queries = srcs["bank"].shape, srcs["test"].shape[0]
+        if srcs["test"].shape[1] != n_gallery:
+            raise InputError(f"bank ({srcs['bank'].name}) has {n_gallery} gallery columns, "
+                             f"test ({srcs['test'].name}) has {srcs['test'].shape[1]}")
+        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
+        mask_src, mask = _read_mask(masks, n_queries, qpi)
+        dtypes = {role: _float_dtype(src, role, dtype) for role, src in srcs.items()}
+        itemsize = max(d.itemsize for d in dtypes.values())
+        cols = chunk_shape(n_bank, n_gallery, itemsize, chunk_bytes, chunk_rows, chunk_cols)[1]
+        targets = [Target(name, srcs[role], dtypes[role],
+                          chunk_shape(srcs[role].shape[0], n_gallery, dtypes[role].itemsize,
+                                      chunk_bytes, chunk_rows, cols))
+                   for name, role in ((layout.BANK, "bank"), (layout.TEST, "test"))]
+        attrs = _base_attrs(layout.KIND_SIMS, qpi, targets, codec, chunk_bytes)
+        inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
+        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,
+                    inputs, codec, progress)
+    return stage.final
+
+
+def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_emb: PathOrArray,
+                      gallery_emb: PathOrArray, masks: PathOrArray | None = None, *,
+                      normalise: bool = False, queries_per_item: int | None = None,
+                      gt_index: PathOrArray | None = None,
+                      chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
+                      chunk_rows: int | None = None, dtype: str | None = None,
+                      codec: str = "none", overwrite: bool = False, progress: bool = True,
+                      storage_options: dict[str, Any] | None = None,
+                      input_storage_options: dict[str, Any] | None = None) -> str:
+    """Write querybank, test and gallery embeddings into one Zarr v3 store.
+
+    Similarities are then computed block by block when the store is used
+    (``bank_emb @ gallery_emb.T``); the store's ``similarity`` attribute is
+    ``"cosine"`` when the rows were normalised here, else ``"dot"``.
+
+    Parameters
+    ----------
+    out : path or URL
+        The store to create.
+    bank_emb, test_emb, gallery_emb : path, URL or numpy.ndarray
+        ``(n, dim)`` embeddings: ``.npy``, ``.zarr`` arrays (or ``.npz``/``.pkl``).
+    masks, queries_per_item, gt_index
+        As for :func:`ingest`, with ``n_gallery`` the gallery embeddings' rows.
+    normalise : bool
+        Store rows scaled to unit L2 norm (zero rows are refused).
+    chunk_bytes, chunk_rows, dtype, codec, overwrite, progress, storage_options
+        As for :func:`ingest` (chunks always span the full embedding dimension).
+    input_storage_options : dict, optional
+        fsspec options for Zarr URL inputs.
+
+    Returns
+    -------
+    str
+        The store written.
+
+    Raises
+    ------
+    InputError
+        Not 2-D, empty, dimensions differ, non-float values, NaN or inf, zero
+        rows with ``normalise``, bad masks or ground truth, unreadable files.
+    StoreExistsError
+        ``out`` exists and ``overwrite`` is False.
+    """
+    _check_options(codec, dtype)
+    roles = ((layout.BANK_EMB, bank_emb), (layout.TEST_EMB, test_emb),
+             (layout.GALLERY_EMB, gallery_emb))
+    with staging(os.fspath(out), overwrite, storage_options) as stage:
+        srcs = {role: _open_2d(src, role, input_storage_options) for role, src in roles}
+        dim = srcs[layout.GALLERY_EMB].shape[1]
+        for role, src in srcs.items():
+            if src.shape[1] != dim:
+                raise InputError(f"{role} ({src.name}) has dimension {src.shape[1]}, "
+                                 f"gallery_emb ({srcs[layout.GALLERY_EMB].name}) has {dim}")
+        n_queries, n_gallery = srcs[layout.TEST_EMB].shape[0], srcs[layout.GALLERY_EMB].shape[0]
+        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
+        mask_src, mask = _read_mask(masks, n_queries, qpi)
+        targets = []
+        for role, src in srcs.items():
+            dt = _float_dtype(src, role, dtype)
+            chunks = chunk_shape(src.shape[0], dim, dt.itemsize, chunk_bytes, chunk_rows, dim)
+            targets.append(Target(role, src, dt, chunks,
+                                  _normaliser(f"{role} ({src.name})") if normalise else None))
+        attrs = _base_attrs(layout.KIND_EMBEDDINGS, qpi, targets, codec, chunk_bytes)
+        attrs["similarity"] = "cosine" if normalise else "dot"
+        inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
+        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,
+                    inputs, codec, progress)
+    return stage.final
+

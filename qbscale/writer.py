@@ -1,0 +1,301 @@
+"""Writing an experiment store safely: staging, checked block writes, hashes, attrs.
+
+Used by :mod:`qbscale.ingest`.  A local store is built in a hidden sibling
+directory (``.exp.zarr.partial-<pid>``) and renamed into place once complete;
+with ``overwrite`` the old store is replaced only then.  A remote store
+(fsspec URL) is written in place, its ``complete`` attribute set last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import layout
+from .errors import ConfigError, InputError, StoreExistsError
+from .readers import ArrayInput, InputMatrix
+
+if TYPE_CHECKING:
+    import zarr
+
+    from .ingest import Target
+
+#: bytes of input read (and written to the store) per step, rounded to whole chunks
+READ_BYTES = 64 * 2**20
+
+
+def is_url(path: str) -> bool:
+    """True for fsspec URLs such as ``s3://bucket/exp.zarr`` (not ``file://``)."""
+    return "://" in path and not path.startswith("file://")
+
+
+class LocalStage:
+    """A local store written in a hidden sibling directory, renamed into place."""
+
+    def __init__(self, out: str, overwrite: bool) -> None:
+        self.path = Path(out.removeprefix("file://"))
+        self.final = os.fspath(self.path)
+        if self.path.exists() or self.path.is_symlink():
+            if not overwrite:
+                raise StoreExistsError(f"{self.final} exists: pass --overwrite "
+                                       "(overwrite=True) to replace it")
+            if not (self.path / "zarr.json").is_file() and any(self.path.iterdir()):
+                raise StoreExistsError(f"{self.final} exists and is not a Zarr store: "
+                                       "not replacing it")
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"cannot write {self.final}: no directory {self.path.parent}")
+        self.target = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        _remove_stale(self.path)
+
+    def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
+        import zarr
+
+        shutil.rmtree(self.target, ignore_errors=True)
+        return zarr.create_group(os.fspath(self.target), attributes=attrs)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.target, ignore_errors=True)
+
+    def commit(self) -> None:
+        """Move the finished store into place (the old one goes only now)."""
+        old = None
+        if self.path.exists() or self.path.is_symlink():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.rename(self.path, old)
+        try:
+            os.rename(self.target, self.path)
+        except OSError as exc:  # another ingest won the race
+            self.discard()
+            raise StoreExistsError(f"{self.final} appeared while writing: {exc}") from exc
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete leftovers of killed ingests into ``path`` (their process is gone)."""
+    prefixes = (f".{path.name}.partial-", f".{path.name}.old-")
+    for entry in path.parent.iterdir():
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        pid = entry.name[len(prefix):] if prefix else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RemoteStage:
+    """A store at a fsspec URL, written in place (``complete`` is set last)."""
+
+    def __init__(self, url: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
+        import fsspec
+
+        self.final = self.target = url
+        self.options = storage_options
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self.created = False
+        self.replace = False
+        if self.fs.exists(self.root):
+            if not overwrite:
+                raise StoreExistsError(f"{url} exists: pass --overwrite (overwrite=True) "
+                                       "to replace it")
+            if not self.fs.exists(f"{self.root}/zarr.json"):
+                raise StoreExistsError(f"{url} exists and is not a Zarr store: not replacing it")
+            self.replace = True
+
+    def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
+        import zarr
+
+        if self.replace:
+            self.fs.rm(self.root, recursive=True)
+        self.created = True
+        return zarr.create_group(self.final, attributes=attrs, storage_options=self.options)
+
+    def discard(self) -> None:
+        if self.created and self.fs.exists(self.root):
+            self.fs.rm(self.root, recursive=True)
+
+    def commit(self) -> None:
+        """Nothing to move: the ``complete`` attribute, written last, commits."""
+
+
+@contextmanager
+def staging(out: str, overwrite: bool,
+            storage_options: dict[str, Any] | None) -> Iterator[LocalStage | RemoteStage]:
+    """Where to write ``out``; removed on any error, committed on success.
+
+    Raises
+    ------
+    StoreExistsError
+        ``out`` exists and ``overwrite`` is False, or it is not a Zarr store.
+    """
+    stage = RemoteStage(out, overwrite, storage_options) if is_url(out) else \
+        LocalStage(out, overwrite)
+    try:
+        yield stage
+    except BaseException:
+        stage.discard()
+        raise
+    stage.commit()
+
+
+class FiniteCheck:
+    """Counts NaN and inf over the blocks of one matrix and remembers the first."""
+
+    def __init__(self, label: str, note: str = "") -> None:
+        self.label, self.note = label, note
+        self.nan = self.inf = 0
+        self.first: tuple[int, int] | None = None
+
+    def __call__(self, block: np.ndarray, first_row: int) -> bool:
+        """True while every value seen so far is finite (the block may be written)."""
+        finite = np.isfinite(block)
+        if finite.all():
+            return self.first is None
+        nan = int(np.count_nonzero(np.isnan(block)))
+        self.nan += nan
+        self.inf += finite.size - int(np.count_nonzero(finite)) - nan
+        if self.first is None:
+            row, col = np.unravel_index(int(np.argmin(finite)), finite.shape)
+            self.first = (first_row + int(row), int(col))
+        return False
+
+    def raise_if_bad(self) -> None:
+        if self.first is None:
+            return
+        raise InputError(
+            f"{self.label} holds {self.nan + self.inf} non-finite values ({self.nan} NaN, "
+            f"{self.inf} inf){self.note}; the first is at row {self.first[0]}, "
+            f"column {self.first[1]}"
+        )
+
+
+def compressors(codec: str) -> Any:
+    """The zarr compressor of a codec name (None for ``"none"``)."""
+    import zarr.codecs
+
+    if codec == "none":
+        return None
+    if codec == "lz4":
+        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    return zarr.codecs.ZstdCodec()
+
+
+def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> None:
+    """Create ``target.name`` and fill it block by block, checking every value.
+
+    After the first non-finite value, blocks are only scanned (to count them
+    all) and the error is raised at the end.
+    """
+    import zarr
+
+    src = target.source
+    arr = zarr.create_array(group.store, name=target.name, shape=src.shape, dtype=target.dtype,
+                            chunks=target.chunks, compressors=compressors(codec),
+                            dimension_names=layout.DIMS[target.name])
+    row_bytes = src.shape[1] * target.dtype.itemsize
+    chunk_rows = target.chunks[0]
+    step = chunk_rows * max(1, READ_BYTES // max(1, chunk_rows * row_bytes))
+    narrower = target.dtype.itemsize < src.dtype.itemsize
+    check = FiniteCheck(f"{target.name} ({src.name})",
+                        f" after conversion to {target.dtype}" if narrower else "")
+    for r0, block in src.blocks(step):
+        block = np.asarray(block, dtype=target.dtype)
+        if check(block, r0):
+            arr[r0:r0 + len(block)] = block if target.transform is None else \
+                target.transform(block, r0)
+        bar.update(len(block))
+    check.raise_if_bad()
+
+
+def write_vector(group: zarr.Group, name: str, values: np.ndarray, codec: str,
+                 chunk_bytes: int) -> None:
+    """Write a small 1-D array (query mask, ground truth) in one go."""
+    import zarr
+
+    rows = max(1, min(len(values), chunk_bytes // values.dtype.itemsize))
+    arr = zarr.create_array(group.store, name=name, shape=values.shape, dtype=values.dtype,
+                            chunks=(rows,), compressors=compressors(codec),
+                            dimension_names=layout.DIMS[name])
+    arr[...] = values
+
+
+def describe(src: InputMatrix) -> dict[str, Any]:
+    """The ``sources`` entry of an input (its sha256 is filled in later)."""
+    in_memory = isinstance(src, ArrayInput) and src.path is None
+    return {"file": None if in_memory else src.name, "sha256": None,
+            "dtype": str(src.dtype), "shape": list(src.shape)}
+
+
+class Hashes:
+    """SHA-256 of the input files, computed in a background thread meanwhile."""
+
+    def __init__(self, inputs: dict[str, InputMatrix]) -> None:
+        self.inputs = inputs
+
+    def __enter__(self) -> Hashes:
+        self.cancel = threading.Event()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="qbscale-sha256")
+        self.futures = {role: self.pool.submit(src.sha256, self.cancel)
+                        for role, src in self.inputs.items()}
+        return self
+
+    def results(self) -> dict[str, str | None]:
+        return {role: future.result() for role, future in self.futures.items()}
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self.cancel.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def write_store(stage: LocalStage | RemoteStage, targets: list[Target],
+                vectors: dict[str, np.ndarray | None], attrs: dict[str, Any],
+                inputs: dict[str, InputMatrix | None], codec: str, progress: bool) -> None:
+    """Write every array of a store into ``stage``, then mark it complete."""
+    from tqdm import tqdm
+
+    present = {role: src for role, src in inputs.items() if src is not None}
+    sources = {role: describe(src) for role, src in present.items()}
+    attrs = {**attrs, "sources": sources, "complete": False}
+    total = sum(t.source.shape[0] for t in targets)
+    with Hashes(present) as hashes:
+        group = stage.create_group({layout.ATTR: attrs})
+        with tqdm(total=total, unit="row", file=sys.stderr, disable=not progress,
+                  desc="ingest", dynamic_ncols=True) as bar:
+            for target in targets:
+                bar.set_postfix_str(target.name)
+                write_matrix(group, target, codec, bar)
+        for name, values in vectors.items():
+            if values is not None:
+                write_vector(group, name, values, codec, attrs["chunking"]["chunk_bytes"])
+        for role, digest in hashes.results().items():
+            sources[role]["sha256"] = digest
+    finish(group, {**attrs, "sources": sources, "complete": True})
+
+
+def finish(group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Consolidate the metadata, then set the attributes with ``complete`` last."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(group.store)
+    zarr.open_group(group.store, mode="r+").attrs.update({layout.ATTR: attrs})
