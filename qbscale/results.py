@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +30,20 @@ def _group(experiment: Experiment) -> Any:
     return zarr.open_group(experiment.url, mode="a", storage_options=experiment.storage_options)
 
 
+@lru_cache(maxsize=32)
+def writable_array(url: str, name: str, options: tuple[tuple[str, Any], ...], token: str) -> Any:
+    """Array ``name`` of the store at ``url``, opened for writing (cached per process).
+
+    Opened directly, not through the group, so consolidated metadata of an
+    earlier run cannot hide it; ``token`` (one per run) keeps a worker that
+    served an earlier run from reusing that run's handle, perhaps of another
+    shape.
+    """
+    import zarr
+
+    return zarr.open_array(url, path=name, mode="r+", storage_options=dict(options) or None)
+
+
 @dataclass(frozen=True)
 class ScoresWriter:
     """Writes the normalised matrix, block by block, from inside the tasks."""
@@ -35,6 +51,7 @@ class ScoresWriter:
     url: str
     options: tuple[tuple[str, Any], ...]
     row_chunks: tuple[int, ...]
+    token: str = ""  # one per run: see :func:`writable_array`
 
     @classmethod
     def create(cls, experiment: Experiment, config: RunConfig) -> ScoresWriter:
@@ -45,17 +62,18 @@ class ScoresWriter:
             raise ConfigError("saving scores needs a test matrix chunked by rows only")
         group = _group(experiment)
         rows = test.row_chunks[0]
-        zarr.create_array(
+        scores = zarr.create_array(
             group.store, name=SCORES, shape=(len(config.betas), *test.shape), dtype="float64",
             chunks=(1, rows, test.shape[1]), compressors=None, overwrite=True,
             dimension_names=("beta", "query", "gallery"),
         )
-        group[SCORES].attrs.update({"betas": list(config.betas), "method": config.method})
+        # not group[SCORES]: with consolidated metadata that is the previous run's array
+        scores.attrs.update({"betas": list(config.betas), "method": config.method})
         return cls(str(experiment.url), freeze_options(experiment.storage_options),
-                   test.row_chunks)
+                   test.row_chunks, uuid.uuid4().hex)
 
     def write(self, b: int, i: int, block: np.ndarray) -> None:
-        arr = _open_zarr(self.url, SCORES, self.options)
+        arr = writable_array(self.url, SCORES, self.options, self.token)
         r0 = offsets(self.row_chunks)[i]
         arr[b, r0:r0 + block.shape[0], :] = block
 
