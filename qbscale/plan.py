@@ -256,11 +256,19 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, shifts: Any, act: Any, 
     return delayed(_combine_pieces)(spec, act, *pieces, dask_key_name=key("test-row", i))
 
 
-def build(experiment: Experiment, config: RunConfig, writer: Any = None) -> Plan:
-    """The lazy graph of a run over ``experiment``; computes nothing."""
+def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
+          bank: tuple[np.ndarray, np.ndarray] | None = None) -> Plan:
+    """The lazy graph of a run over ``experiment``; computes nothing.
+
+    ``bank`` is ``(logZ, activation)`` already known for these settings (an
+    interrupted run, :mod:`qbscale.resume`): it replaces the bank stage.
+    """
     key = _Keys()
     betas = np.asarray(config.betas, dtype=np.float64)
-    if config.normalises:
+    if bank is not None and config.normalises:
+        lz = log_z = delayed(bank[0], name=key("logZ"))
+        act = delayed(bank[1], name=key("activation"))
+    elif config.normalises:
         log_z, act = bank_statistics(experiment.bank, betas, config.k, key)
         lz = log_z
     else:  # the baseline needs nothing from the querybank
