@@ -40,6 +40,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run of the same settings in STORE, computing "
+                   "only the row blocks it had not finished.")
 @scheduler_option
 @workers_option
 @quiet_option
@@ -54,7 +57,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
               help="Seed-compatible: query mask pickle.")
 @library_errors
 def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path: str | None,
-        save_scores: bool, save_ranks: bool, scheduler: str, workers: int | None, quiet: bool,
+        save_scores: bool, save_ranks: bool, resume: bool, scheduler: str,
+        workers: int | None, quiet: bool,
         bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
 
@@ -68,7 +72,8 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
                  scheduler) as target:
         result = run_api(target, beta=parse_betas(beta), k=k, method=method,
                          scheduler=scheduler, num_workers=workers, topk=topk,
-                         save_scores=save_scores, save_ranks=save_ranks, progress=not quiet)
+                         save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
+                         resume=resume)
     click.echo(format_table(result.table()))
     if method != "none":
         n_rows = int(result.normalised.size)
@@ -77,6 +82,10 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
             f"activation set: {result.activation_size} of {result.n_gallery} gallery items"
         )
     click.echo(f"time: {result.seconds:.2f} s")
+    if resume:
+        done = result.extra["resume"]
+        click.echo(f"resumed: {done['reused']} of {done['row_blocks']} row blocks were "
+                   f"already done; computed {done['computed']}")
     if json_path:
         Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
 

@@ -88,7 +88,7 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
         k: int = 1, method: str = "dis", *, scheduler: Any = "threads",
         num_workers: int | None = None, topk: int = 0, save_scores: bool = False,
         save_ranks: bool = False, progress: bool = False,
-        storage_options: dict[str, Any] | None = None) -> RunResult:
+        storage_options: dict[str, Any] | None = None, resume: bool = False) -> RunResult:
     """Querybank-normalise a store and evaluate before and after.
 
     Parameters
@@ -104,6 +104,9 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
         items of every query after normalisation
     save_scores, save_ranks : write the normalised matrix / the ranks into
         the store
+    resume : continue the interrupted run of the same settings in the store,
+        computing only the row blocks it had not finished
+        (:mod:`qbscale.resume`; without one, start from the beginning)
 
     Returns
     -------
@@ -121,17 +124,29 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
     config = RunConfig.make(beta, k, method, topk)
     experiment = _experiment(store, storage_options)
     t0 = time.perf_counter()
-    writer = None
-    if save_scores:
+    writer = state = None
+    if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
+        from .resume import RunState
+
+        state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
+        writer = state.writer
+    elif save_scores:
         from .results import ScoresWriter
 
         writer = ScoresWriter.create(experiment, config)
-    graph = _plan.build(experiment, config, writer)
-    executor = get_executor(scheduler, num_workers)
-    try:
-        log_z, act, *rows = executor.compute(graph.outputs(), progress)
-    finally:
-        executor.close()
+    graph = _plan.build(experiment, config, writer, bank=state.bank if state else None)
+    outputs = graph.outputs() if state is None else state.outputs(graph)
+    values: list[Any] = []
+    if outputs:
+        executor = get_executor(scheduler, num_workers)
+        try:
+            values = executor.compute(outputs, progress)
+        finally:
+            executor.close()
+    if state is None:
+        log_z, act, *rows = values
+    else:
+        log_z, act, rows = state.merge(values)
     result = _assemble(config, experiment, log_z, act, rows)
     result.seconds = time.perf_counter() - t0
     if save_ranks or topk or save_scores:
@@ -139,6 +154,11 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
 
         if experiment.url is not None:
             write_results(experiment, result, save_ranks=save_ranks, save_scores=save_scores)
+    if state is not None:
+        from .resume import finish
+
+        finish(experiment)
+        result.extra["resume"] = state.summary()
     return result
 
 
