@@ -119,6 +119,10 @@ class Cluster:
         with self.client() as client:
             return client.run(os.getpid)
 
+    def dashboard_port(self) -> int | None:
+        with self.client() as client:
+            return client.scheduler_info()["services"].get("dashboard")
+
     def wait_for_workers(self, n: int, timeout: float = 60) -> None:
         with self.client() as client:
             client.wait_for_workers(n, timeout=timeout)

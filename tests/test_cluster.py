@@ -1,0 +1,181 @@
+"""Runs on a real dask cluster started from the command line, as users do.
+
+One scheduler and two single-threaded workers with a 1 GiB memory limit are
+shared by the tests of this module; every run must give the threaded run's
+ranks exactly, including one whose worker is killed half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import zarr
+from click.testing import CliRunner
+from qbscale.cli import cli
+
+from qbscale.api import run
+from qbscale.errors import ConfigError
+from qbscale.executors.distributed import DistributedExecutor
+from qbscale.store import open_experiment
+
+from .cluster_fixtures import SlowMatrix, dask_cluster, make_store, problem, qbscale_cli
+
+BETAS = [10.0, 20.0]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with dask_cluster(tmp_path_factory.mktemp("cluster"), n_workers=2, memory_limit="1GiB",
+                      dashboard=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def data():
+    return problem(n_bank=1200, n_gallery=400)
+
+
+@pytest.fixture(scope="module")
+def threaded(data, tmp_path_factory):
+    """The reference: the default threaded scheduler on a local store."""
+    store = make_store(str(tmp_path_factory.mktemp("ref") / "exp.zarr"), *data, chunk_rows=40)
+    return run(store, beta=BETAS, k=2, topk=5)
+
+
+def saved(store: str) -> dict[str, np.ndarray]:
+    group = zarr.open_group(store, mode="r")
+    return {name: group[name][...] for name in ("ranks", "ranks_baseline", "topk_index")}
+
+
+def assert_same_as(reference, store: str) -> None:
+    got = saved(store)
+    np.testing.assert_array_equal(got["ranks_baseline"], reference.base_ranks)
+    for b, beta in enumerate(BETAS):
+        np.testing.assert_array_equal(got["ranks"][b], reference.ranks[beta])
+    np.testing.assert_array_equal(got["topk_index"], reference.topk_index)
+
+
+def test_cli_on_a_scheduler_matches_threads(cluster, data, threaded, tmp_path):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=40)
+    pids = cluster.worker_pids()
+    proc = qbscale_cli("run", store, "--scheduler", cluster.address, "--beta", "10,20",
+                       "--k", "2", "--topk", "5", "--save-ranks", "--json",
+                       str(tmp_path / "m.json"))
+    out, err = (s.decode() for s in proc.communicate(timeout=120))
+    assert proc.returncode == 0, err
+    assert_same_as(threaded, store)
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["after"]["20.0"] == threaded.to_dict()["after"]["20.0"]
+    assert "R@1" in out
+    # the dashboard link and a progress bar over the cluster's tasks
+    assert f"dashboard: http://127.0.0.1:{cluster.dashboard_port()}/status" in err
+    assert "qbscale:" in err and "task" in err
+    # nothing was killed or spilled under the 1 GiB limit
+    assert cluster.worker_pids() == pids
+    warnings = [line for p in Path(cluster.logs).glob("worker*.log")
+                for line in p.read_text().splitlines() if "WARNING" in line or "spill" in line]
+    assert not warnings, warnings
+
+
+def test_api_with_a_client_and_other_settings_on_the_same_store(cluster, data, tmp_path):
+    """A long-lived cluster serving two runs of different shapes into one store."""
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=40)
+    ref = run(store, beta=BETAS, k=2, topk=5)  # threads
+    with cluster.client() as client:
+        run(store, beta=10, save_scores=True, scheduler=client)
+        res = run(store, beta=BETAS, k=2, topk=5, save_scores=True, scheduler=client)
+        assert client.status == "running"  # a client passed in is left open
+    for beta in BETAS:
+        np.testing.assert_array_equal(res.ranks[beta], ref.ranks[beta])
+    scores = zarr.open_group(store, mode="r")["scores"]
+    assert scores.shape == (2, *data[1].shape)
+    want = run(store, beta=BETAS, k=2, save_scores=True)  # threads, rewrites the scores
+    np.testing.assert_array_equal(zarr.open_group(store, mode="r")["scores"][...],
+                                  scores[...])
+    assert want.activation_size == res.activation_size
+
+
+def children() -> set[int]:
+    """Our child processes, but multiprocessing's resource tracker (it lives on)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if "resource_tracker" not in " ".join(p.cmdline())}
+
+
+def test_local_cluster_is_started_and_torn_down(data, threaded, tmp_path):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=40)
+    before = children()
+    result = CliRunner().invoke(cli, ["run", store, "--scheduler", "local:2", "--beta", "10,20",
+                                      "--k", "2", "--topk", "5", "--save-ranks", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert_same_as(threaded, store)
+    deadline = time.monotonic() + 10
+    while children() - before:
+        assert time.monotonic() < deadline, "LocalCluster workers outlived the run"
+        time.sleep(0.1)
+
+
+def test_bad_addresses_are_clear_errors(tmp_path, data):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=400)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["run", store, "--scheduler", "local:zero", "-q"])
+    assert result.exit_code == 1
+    assert "local:N needs N >= 1 worker processes, got 'local:zero'" in result.output
+    with socket.socket() as sock:  # a port nobody listens on: bound, then closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    with pytest.raises(ConfigError, match=f"no dask scheduler answered at tcp://127.0.0.1:{port}"):
+        DistributedExecutor(f"tcp://127.0.0.1:{port}", timeout=1)
+
+
+def test_a_worker_killed_mid_run(cluster, data, threaded, tmp_path):
+    """SIGKILL one worker while row blocks are in flight: same ranks, worker replaced."""
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=40)
+    cluster.wait_for_workers(2)
+    experiment = open_experiment(store)
+    experiment.bank = SlowMatrix(experiment.bank, 0.05)
+    experiment.test = SlowMatrix(experiment.test, 0.1)
+    n_blocks = len(experiment.test.row_chunks)
+    markers = Path(store) / "manifest" / "done" / "c"
+    outcome: dict[str, object] = {}
+
+    def go() -> None:
+        with cluster.client() as client:
+            try:
+                outcome["result"] = run(experiment, beta=BETAS, k=2, topk=5, save_ranks=True,
+                                        scheduler=client)
+            except BaseException as exc:  # reported by the assertions below
+                outcome["error"] = exc
+
+    victim = next(iter(cluster.worker_pids().values()))
+    thread = threading.Thread(target=go)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (markers.exists() and len(os.listdir(markers)) >= 2):
+        assert thread.is_alive() and time.monotonic() < deadline, outcome
+        time.sleep(0.01)
+    os.kill(victim, signal.SIGKILL)
+    done_at_kill = len(os.listdir(markers))
+    thread.join(120)
+    assert done_at_kill < n_blocks, "the kill landed after the run had finished"
+    assert "error" not in outcome, outcome.get("error")
+    assert not psutil.pid_exists(victim) or psutil.Process(victim).status() == "zombie"
+    result = outcome["result"]
+    np.testing.assert_array_equal(result.base_ranks, threaded.base_ranks)
+    for beta in BETAS:
+        np.testing.assert_array_equal(result.ranks[beta], threaded.ranks[beta])
+    np.testing.assert_array_equal(result.topk_index, threaded.topk_index)
+    assert_same_as(threaded, store)
+    logs = "".join(p.read_text() for p in Path(cluster.logs).glob("worker*.log"))
+    assert f"Worker process {victim} was killed by signal 9" in logs
+    cluster.wait_for_workers(2)  # the nanny started a new worker process
+    assert victim not in cluster.worker_pids().values()
