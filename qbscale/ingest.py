@@ -91,21 +91,21 @@ def _check_options(codec: str, dtype: str | None) -> None:
 def _open_2d(source: PathOrArray, role: str, options: dict[str, Any] | None) -> InputMatrix:
     src = open_matrix(source, role, options)
     if src.ndim != 2:
-        raise InputError(f"{role} ({src.name}) must be a 2-D matrix, got shape {src.shape}")
+        raise InputError(f"{src.label(role)} must be a 2-D matrix, got shape {src.shape}")
     if 0 in src.shape:
-        raise InputError(f"{role} ({src.name}) is empty: shape {src.shape}")
+        raise InputError(f"{src.label(role)} is empty: shape {src.shape}")
     return src
 
 
 def _float_dtype(src: InputMatrix, role: str, dtype: str | None) -> np.dtype:
     """The stored dtype: ``dtype`` if given, else the input's float type (native order)."""
     if src.dtype.kind != "f":
-        raise InputError(f"{role} ({src.name}) holds {src.dtype} values; expected floats "
+        raise InputError(f"{src.label(role)} holds {src.dtype} values; expected floats "
                          f"({', '.join(DTYPES)})")
     if dtype is not None:
         return np.dtype(dtype)
     if src.dtype.itemsize not in (2, 4, 8):
-        raise InputError(f"{role} ({src.name}) holds {src.dtype}; pass dtype= one of "
+        raise InputError(f"{src.label(role)} holds {src.dtype}; pass dtype= one of "
                          f"{', '.join(DTYPES)}")
     return np.dtype(f"float{8 * src.dtype.itemsize}")
 
@@ -140,16 +140,16 @@ def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
 def _check_gt(src: InputMatrix, n_queries: int, n_gallery: int) -> np.ndarray:
     values = src.read()
     if values.size != n_queries or values.ndim > 2 or (values.ndim == 2 and 1 not in values.shape):
-        raise InputError(f"gt_index ({src.name}) has shape {values.shape}; expected "
+        raise InputError(f"{src.label('gt_index')} has shape {values.shape}; expected "
                          f"{n_queries} entries, one per test query")
     if values.dtype.kind not in "iu":
-        raise InputError(f"gt_index ({src.name}) holds {values.dtype} values; expected integers")
+        raise InputError(f"{src.label('gt_index')} holds {values.dtype} values; expected integers")
     values = values.ravel().astype(np.int64)
     bad = np.flatnonzero((values < 0) | (values >= n_gallery))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"gt_index ({src.name}) [{i}] = {values[i]} is outside the gallery "
-                         f"[0, {n_gallery}) ({bad.size} such entries)")
+        raise InputError(f"{src.label('gt_index')}: entry {i} is {values[i]}, outside the gallery "
+                         f"[0, {n_gallery}) ({bad.size} of {n_queries} entries are)")
     return values
 
 
@@ -162,16 +162,16 @@ def _read_mask(masks: PathOrArray | None, n_queries: int,
     expected = f"({n_queries // qpi}, {qpi}) or ({n_queries},)" if qpi else f"({n_queries},)"
     if values.size != n_queries or values.ndim > 2 or (
             values.ndim == 2 and qpi is not None and values.shape[1] != qpi):
-        raise InputError(f"masks ({src.name}) has shape {values.shape}; expected {expected}: "
+        raise InputError(f"{src.label('masks')} has shape {values.shape}; expected {expected}: "
                          f"one entry per test query ({n_queries})")
     if values.dtype.kind not in "biuf":
-        raise InputError(f"masks ({src.name}) holds {values.dtype} values; expected 0/1")
+        raise InputError(f"{src.label('masks')} holds {values.dtype} values; expected 0/1")
     if values.dtype.kind != "b":
         bad = np.flatnonzero((values != 0) & (values != 1))
         if bad.size:
             pos = np.unravel_index(int(bad[0]), values.shape)
-            raise InputError(f"masks ({src.name}) holds {bad.size} values other than 0/1; "
-                             f"the first is {values[pos]!r} at {tuple(int(p) for p in pos)}")
+            raise InputError(f"{src.label('masks')} holds {bad.size} values other than 0/1; "
+                             f"the first is {values[pos].item()!r} at {tuple(int(p) for p in pos)}")
     return src, values.ravel().astype(bool)
 
 
@@ -269,8 +269,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         srcs = {role: _open_2d(src, role, None) for role, src in (("bank", bank), ("test", test))}
         (n_bank, n_gallery), n_queries = srcs["bank"].shape, srcs["test"].shape[0]
         if srcs["test"].shape[1] != n_gallery:
-            raise InputError(f"bank ({srcs['bank'].name}) has {n_gallery} gallery columns, "
-                             f"test ({srcs['test'].name}) has {srcs['test'].shape[1]}")
+            raise InputError(f"{srcs['bank'].label('bank')} has {n_gallery} gallery columns, "
+                             f"{srcs['test'].label('test')} has {srcs['test'].shape[1]}")
         qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
         mask_src, mask = _read_mask(masks, n_queries, qpi)
         dtypes = {role: _float_dtype(src, role, dtype) for role, src in srcs.items()}
@@ -338,8 +338,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         dim = srcs[layout.GALLERY_EMB].shape[1]
         for role, src in srcs.items():
             if src.shape[1] != dim:
-                raise InputError(f"{role} ({src.name}) has dimension {src.shape[1]}, "
-                                 f"gallery_emb ({srcs[layout.GALLERY_EMB].name}) has {dim}")
+                raise InputError(f"{src.label(role)} has dimension {src.shape[1]}, "
+                                 f"{srcs[layout.GALLERY_EMB].label(layout.GALLERY_EMB)} has {dim}")
         n_queries, n_gallery = srcs[layout.TEST_EMB].shape[0], srcs[layout.GALLERY_EMB].shape[0]
         qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
         mask_src, mask = _read_mask(masks, n_queries, qpi)
@@ -348,7 +348,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
             dt = _float_dtype(src, role, dtype)
             chunks = chunk_shape(src.shape[0], dim, dt.itemsize, chunk_bytes, chunk_rows, dim)
             targets.append(Target(role, src, dt, chunks,
-                                  _normaliser(f"{role} ({src.name})") if normalise else None))
+                                  _normaliser(f"{src.label(role)}") if normalise else None))
         attrs = _base_attrs(layout.KIND_EMBEDDINGS, qpi, targets, codec, chunk_bytes)
         attrs["similarity"] = "cosine" if normalise else "dot"
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}

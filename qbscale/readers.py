@@ -180,6 +180,7 @@ class InputMatrix:
     path: str | None
     shape: tuple[int, ...]
     dtype: np.dtype
+    in_memory = False
 
     def _init(self, name: str, path: str | None, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self.name, self.path, self.shape, self.dtype = name, path, tuple(shape), np.dtype(dtype)
@@ -190,6 +191,10 @@ class InputMatrix:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    def label(self, role: str) -> str:
+        """How messages name this input: ``"bank (sims.pkl)"``, or ``"bank"`` for arrays."""
+        return role if self.in_memory else f"{role} ({self.name})"
 
     def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, block)`` for consecutive blocks of ``rows`` rows.
@@ -214,6 +219,7 @@ class ArrayInput(InputMatrix):
 
     def __init__(self, array: np.ndarray, name: str, path: str | None = None) -> None:
         self.array = array
+        self.in_memory = path is None
         self._init(name, path, array.shape, array.dtype)
 
     def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import layout
 from .errors import ConfigError, InputError, StoreExistsError
-from .readers import ArrayInput, InputMatrix
+from .readers import InputMatrix
 
 if TYPE_CHECKING:
     import zarr
@@ -214,10 +214,11 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
     chunk_rows = target.chunks[0]
     step = chunk_rows * max(1, READ_BYTES // max(1, chunk_rows * row_bytes))
     narrower = target.dtype.itemsize < src.dtype.itemsize
-    check = FiniteCheck(f"{target.name} ({src.name})",
+    check = FiniteCheck(src.label(target.name),
                         f" after conversion to {target.dtype}" if narrower else "")
     for r0, block in src.blocks(step):
-        block = np.asarray(block, dtype=target.dtype)
+        with np.errstate(over="ignore"):  # overflow to inf is reported by the check
+            block = np.asarray(block, dtype=target.dtype)
         if check(block, r0):
             arr[r0:r0 + len(block)] = block if target.transform is None else \
                 target.transform(block, r0)
@@ -239,8 +240,7 @@ def write_vector(group: zarr.Group, name: str, values: np.ndarray, codec: str,
 
 def describe(src: InputMatrix) -> dict[str, Any]:
     """The ``sources`` entry of an input (its sha256 is filled in later)."""
-    in_memory = isinstance(src, ArrayInput) and src.path is None
-    return {"file": None if in_memory else src.name, "sha256": None,
+    return {"file": None if src.in_memory else src.name, "sha256": None,
             "dtype": str(src.dtype), "shape": list(src.shape)}
 
 
