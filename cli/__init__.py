@@ -14,6 +14,7 @@ COMMANDS = {
     "ingest": "ingest:ingest",
     "run": "run:run",
     "eval": "evaluate:evaluate",
+    "synth": "synth:synth",
 }
 
 #: glibc malloc settings that make zarr chunk reads 2-5x faster; they only

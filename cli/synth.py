@@ -1,0 +1,72 @@
+"""``qbscale synth``: a synthetic, hubness-prone experiment store of any size."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from qbscale import layout
+
+from .options import library_errors
+
+
+@click.command()
+@click.argument("out", metavar="OUT.zarr")
+@click.option("--kind", type=click.Choice(["sims", "embeddings"]), default="sims",
+              show_default=True, help="Similarity matrices, or embeddings (cosine).")
+@click.option("--bank", "n_bank", type=click.IntRange(min=1), required=True,
+              help="Querybank queries.")
+@click.option("--test", "n_test", type=click.IntRange(min=1), required=True,
+              help="Test queries.")
+@click.option("--gallery", "n_gallery", type=click.IntRange(min=1), required=True,
+              help="Gallery items.")
+@click.option("--dim", type=click.IntRange(min=1), default=384, show_default=True,
+              help="Embedding dimension.")
+@click.option("--queries-per-item", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Test query i belongs to gallery item i // N.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]),
+              default="float32", show_default=True, help="Stored float type.")
+@click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
+              default=layout.DEFAULT_CHUNK_BYTES / 2**20, show_default=True,
+              help="Target size of a stored chunk, MiB.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk.")
+@click.option("--chunk-cols", type=click.IntRange(min=1),
+              help="Columns per chunk (sims only; default: whole rows).")
+@click.option("--codec", type=click.Choice(["none", "lz4", "zstd"]), default="none",
+              show_default=True, help="Chunk compression.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@library_errors
+def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: int,
+          queries_per_item: int, seed: int, dtype: str, chunk_mb: float,
+          chunk_rows: int | None, chunk_cols: int | None, codec: str, overwrite: bool,
+          quiet: bool) -> None:
+    """Write a synthetic experiment store OUT.zarr, chunk by chunk.
+
+    Gallery items sit on clusters and lean, by heavy-tailed amounts, towards a
+    few directions every query leans to (hubs); a test query is its item plus
+    noise.  Vectors are unit length: similarities are cosines.
+    """
+    from qbscale.synth import SynthSpec
+    from qbscale.synth import synth as write
+
+    spec = SynthSpec(n_bank, n_test, n_gallery, dim, queries_per_item, seed)
+    options: dict[str, Any] = dict(dtype=dtype, chunk_bytes=max(1, int(chunk_mb * 2**20)),
+                                   chunk_rows=chunk_rows, chunk_cols=chunk_cols, codec=codec,
+                                   overwrite=overwrite, progress=not quiet)
+    start = time.perf_counter()
+    path = write(out, spec, kind, **options)
+    click.echo(_summary(path, time.perf_counter() - start))
+
+
+def _summary(path: str, seconds: float) -> str:
+    import zarr
+
+    group = zarr.open_group(path, mode="r")
+    parts = [f"{name} {' x '.join(map(str, group[name].shape))} {group[name].dtype} in chunks "
+             f"of {' x '.join(map(str, group[name].chunks))}" for name in sorted(group.array_keys())]
+    size = sum(group[name].nbytes for name in group.array_keys())
+    return f"Wrote {path} in {seconds:.1f} s: {'; '.join(parts)}; {size / 2**30:.2f} GiB."
