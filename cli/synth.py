@@ -66,7 +66,8 @@ def _summary(path: str, seconds: float) -> str:
     import zarr
 
     group = zarr.open_group(path, mode="r")
+    names = sorted(group.array_keys())
     parts = [f"{name} {' x '.join(map(str, group[name].shape))} {group[name].dtype} in chunks "
-             f"of {' x '.join(map(str, group[name].chunks))}" for name in sorted(group.array_keys())]
+             f"of {' x '.join(map(str, group[name].chunks))}" for name in names]
     size = sum(group[name].nbytes for name in group.array_keys())
     return f"Wrote {path} in {seconds:.1f} s: {'; '.join(parts)}; {size / 2**30:.2f} GiB."
