@@ -49,22 +49,32 @@ class Target:
     transform: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
+def _balanced(n: int, cap: int) -> int:
+    """The smallest chunk length <= ``cap`` covering ``n`` in as few chunks as ``cap`` does."""
+    count = -(-n // max(1, cap))
+    return -(-n // count)
+
+
 def chunk_shape(n_rows: int, n_cols: int, itemsize: int,
                 chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
                 rows: int | None = None, cols: int | None = None) -> tuple[int, int]:
     """Chunk shape of an ``n_rows x n_cols`` matrix for a target chunk size.
 
-    Chunks span whole rows, ``chunk_bytes // row_bytes`` of them (at least
-    one); only when a single row exceeds ``chunk_bytes`` are columns cut too.
-    ``rows`` / ``cols`` fix either side explicitly.
+    Chunks span whole rows, at most ``chunk_bytes // row_bytes`` of them (at
+    least one); only when a single row exceeds ``chunk_bytes`` are columns cut
+    too.  Within that cap the chunks are evened out: edge chunks are stored
+    full size, so ``7951`` rows in two chunks of ``3976`` store one padding row
+    where chunks of ``4194`` would store 437.  ``rows`` / ``cols`` fix either
+    side exactly.
 
     Examples
     --------
     The pycode querybank (7951 x 4000 float32, 16000 bytes a row) in 64 MiB
-    chunks: ``67108864 // 16000 = 4194`` rows a chunk, so two chunks.
+    chunks: ``67108864 // 16000 = 4194`` rows at most, so two chunks, of
+    ``ceil(7951 / 2) = 3976`` rows.
 
     >>> chunk_shape(7951, 4000, 4)
-    (4194, 4000)
+    (3976, 4000)
     >>> chunk_shape(7951, 4000, 4, rows=1000)
     (1000, 4000)
     >>> chunk_shape(10, 2**25, 4)  # one row is 128 MiB: cut columns, 64 MiB each
@@ -74,10 +84,11 @@ def chunk_shape(n_rows: int, n_cols: int, itemsize: int,
         if value is not None and value < 1:
             raise ConfigError(f"{label} must be at least 1, got {value}")
     if cols is None:
-        cols = n_cols if n_cols * itemsize <= chunk_bytes else max(1, chunk_bytes // itemsize)
+        cols = n_cols if n_cols * itemsize <= chunk_bytes else \
+            _balanced(n_cols, chunk_bytes // itemsize)
     cols = max(1, min(cols, n_cols))
     if rows is None:
-        rows = max(1, chunk_bytes // (cols * itemsize))
+        rows = _balanced(n_rows, chunk_bytes // (cols * itemsize))
     return max(1, min(rows, n_rows)), cols
 
 

@@ -148,10 +148,12 @@ def test_codecs_round_trip(tmp_path, pair, codec):
 # --- chunking --------------------------------------------------------------------------------
 
 def test_chunk_shape_arithmetic():
-    assert chunk_shape(7951, 4000, 4) == (4194, 4000)
+    assert chunk_shape(7951, 4000, 4) == (3976, 4000)  # 2 chunks of at most 4194 rows
     assert chunk_shape(100, 10, 4) == (100, 10)  # small: one chunk
     assert chunk_shape(100, 10, 4, chunk_bytes=400) == (10, 10)
-    assert chunk_shape(100, 10, 4, chunk_bytes=39) == (1, 9)  # one row exceeds: cut columns
+    assert chunk_shape(101, 10, 4, chunk_bytes=400) == (10, 10)  # 11 chunks either way
+    assert chunk_shape(100, 10, 4, chunk_bytes=39) == (1, 5)  # one row exceeds: cut columns
+    assert chunk_shape(100, 10, 4, chunk_bytes=40 * 34) == (34, 10)  # 3 chunks of <= 34
     assert chunk_shape(10, 2**25, 4) == (1, 2**24)
     assert chunk_shape(100, 10, 4, rows=7) == (7, 10)
     assert chunk_shape(100, 10, 4, cols=4, chunk_bytes=160) == (10, 4)
@@ -176,7 +178,7 @@ def test_chunks_in_store_follow_bytes_rows_and_cols(tmp_path, rng):
     assert attrs_of(out)["chunking"]["test"] == [9, 5]
     out = ingest(tmp_path / "d.zarr", bank, test, chunk_bytes=16 * 4 * 40, progress=False)
     group = zarr.open_group(out, mode="r")
-    assert group["bank"].chunks == (40, 16) and group["test"].chunks == (16, 16)
+    assert group["bank"].chunks == (25, 16) and group["test"].chunks == (16, 16)
 
 
 # --- ground truth and masks -----------------------------------------------------------------
