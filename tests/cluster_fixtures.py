@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ def moto_s3(bucket: str = "qbscale") -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "qbscale-test", "AWS_SECRET_ACCESS_KEY": "qbscale-test",
+    env = {"AWS_ACCESS_KEY_ID": "qbscale-test",
+           "AWS_SECRET_ACCESS_KEY": f"secret-{uuid.uuid4().hex}",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

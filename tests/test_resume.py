@@ -1,0 +1,186 @@
+"""Resuming interrupted runs: only the missing row blocks are computed, and the
+store ends up as an uninterrupted run leaves it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from qbscale.cli import cli
+
+from qbscale.api import run
+from qbscale.errors import ConfigError
+from qbscale.plan import RowResult
+from qbscale.resume import FIELDS
+from qbscale.store import open_experiment
+
+from .cluster_fixtures import make_store, problem, qbscale_cli
+
+KW: dict[str, Any] = {"beta": [10.0, 20.0], "k": 2, "topk": 5, "save_scores": True,
+                      "save_ranks": True}
+RESULTS = ("scores", "ranks", "ranks_baseline", "topk_index", "topk_score")
+
+
+@dataclass(frozen=True)
+class FailingMatrix:
+    """A source that fails on every read after ``ok`` successful ones."""
+
+    inner: Any
+    ok: int = 0
+    fail_at: int | None = None
+    reads: list[int] = field(default_factory=list, compare=False)
+
+    shape = property(lambda self: self.inner.shape)
+    row_chunks = property(lambda self: self.inner.row_chunks)
+    col_chunks = property(lambda self: self.inner.col_chunks)
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        if i == self.fail_at or (self.fail_at is None and len(self.reads) >= self.ok):
+            raise RuntimeError(f"cannot read block {i}")
+        self.reads.append(i)
+        return self.inner.read(i, c)
+
+
+@dataclass(frozen=True)
+class CountingMatrix:
+    inner: Any
+    reads: list[int] = field(default_factory=list, compare=False)
+
+    shape = property(lambda self: self.inner.shape)
+    row_chunks = property(lambda self: self.inner.row_chunks)
+    col_chunks = property(lambda self: self.inner.col_chunks)
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        self.reads.append(i)
+        return self.inner.read(i, c)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return problem(n_bank=400, n_gallery=100)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    store = make_store(str(tmp_path_factory.mktemp("ref") / "exp.zarr"), *data, chunk_rows=20)
+    run(store, **KW)
+    return store
+
+
+def assert_same_store(store: str, reference: str) -> None:
+    got, want = zarr.open_group(store, mode="r"), zarr.open_group(reference, mode="r")
+    assert sorted(got.keys()) == sorted(want.keys())
+    assert "manifest" not in got
+    for name in RESULTS:
+        np.testing.assert_array_equal(got[name][...], want[name][...], err_msg=name)
+        assert dict(got[name].attrs) == dict(want[name].attrs)
+
+
+def interrupted(store: str, ok: int) -> None:
+    experiment = open_experiment(store)
+    experiment.test = FailingMatrix(experiment.test, ok=ok)
+    with pytest.raises(RuntimeError, match="cannot read block"):
+        run(experiment, scheduler="synchronous", **KW)
+
+
+def test_manifest_keeps_every_row_result_field():
+    kept = {f.name for f in dataclasses.fields(RowResult)} - {"start"}
+    assert kept == set(FIELDS)
+
+
+def test_a_failed_run_resumes_computing_only_the_rest(data, uninterrupted, tmp_path):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
+    interrupted(store, ok=4)
+    done = np.flatnonzero(zarr.open_array(store, path="manifest/done", mode="r")[...])
+    assert 0 < len(done) <= 4
+    experiment = open_experiment(store)
+    experiment.bank = CountingMatrix(experiment.bank)
+    experiment.test = CountingMatrix(experiment.test)
+    result = run(experiment, resume=True, **KW)
+    n_blocks = len(experiment.test.row_chunks)
+    assert result.extra["resume"] == {"row_blocks": n_blocks, "reused": len(done),
+                                      "computed": n_blocks - len(done), "bank_reused": True}
+    assert sorted(experiment.test.reads) == sorted(set(range(n_blocks)) - set(done))
+    assert experiment.bank.reads == []
+    assert_same_store(store, uninterrupted)
+
+
+def test_resuming_with_other_settings_is_refused(data, tmp_path):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
+    interrupted(store, ok=2)
+    with pytest.raises(ConfigError, match=r"betas=\[10.0, 20.0\] \(now \[30.0\]\)"):
+        run(store, resume=True, **{**KW, "beta": 30})
+    result = CliRunner().invoke(cli, ["run", store, "--beta", "10,20", "--k", "3", "--topk", "5",
+                                      "--save-scores", "--save-ranks", "--resume", "-q"])
+    assert result.exit_code == 1
+    assert "k=2 (now 3)" in result.output
+
+
+def test_without_a_manifest_resume_runs_everything(data, uninterrupted, tmp_path):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
+    result = run(store, resume=True, **KW)
+    assert result.extra["resume"]["reused"] == 0
+    assert_same_store(store, uninterrupted)
+
+
+def test_a_fresh_run_discards_an_old_manifest(data, uninterrupted, tmp_path):
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
+    interrupted(store, ok=3)
+    result = run(store, **KW)
+    assert result.extra["resume"]["reused"] == 0
+    assert_same_store(store, uninterrupted)
+
+
+def _chunk_stats(store: str) -> dict[tuple[int, int], tuple[int, int]]:
+    """(beta, row block) -> (inode, mtime_ns) of every scores chunk file."""
+    root = Path(store) / "scores" / "c"
+    out = {}
+    for path in root.glob("*/*/0"):
+        stat = path.stat()
+        out[(int(path.parent.parent.name), int(path.parent.name))] = (stat.st_ino,
+                                                                       stat.st_mtime_ns)
+    return out
+
+
+def test_a_killed_cli_run_resumes(tmp_path):
+    bank, test = problem(n_bank=1000, n_gallery=500, queries_per_item=4)
+    store = make_store(str(tmp_path / "exp.zarr"), bank, test, chunk_rows=10)
+    reference = make_store(str(tmp_path / "ref.zarr"), bank, test, chunk_rows=10)
+    flags = ["--beta", "10,20", "--topk", "5", "--save-scores", "--save-ranks", "-q"]
+    n_blocks = 200
+    markers = Path(store) / "manifest" / "done" / "c"
+
+    proc = qbscale_cli("run", store, *flags, "--workers", "1")
+    deadline = time.monotonic() + 120
+    while not (markers.exists() and len(os.listdir(markers)) >= 20):
+        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done = {int(name) for name in os.listdir(markers)}
+    assert 20 <= len(done) < n_blocks, "the kill landed after the run had finished"
+    before = _chunk_stats(store)
+
+    resumed = CliRunner().invoke(cli, ["run", store, *flags, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (f"resumed: {len(done)} of {n_blocks} row blocks were already done; "
+            f"computed {n_blocks - len(done)}") in resumed.output
+    after = _chunk_stats(store)
+    rewritten = {i for (b, i), stat in after.items() if before.get((b, i)) != stat}
+    assert rewritten == set(range(n_blocks)) - done  # finished blocks were left alone
+
+    plain = CliRunner().invoke(cli, ["run", reference, *flags])
+    assert plain.exit_code == 0, plain.output
+    assert resumed.output.split("time:")[0] == plain.output.split("time:")[0]
+    assert_same_store(store, reference)
