@@ -13,6 +13,7 @@ import click
 
 from qbscale.config import METHODS
 
+from .method_options import method_kwargs, method_options
 from .options import library_errors, quiet_option, scheduler_option, workers_option
 
 COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")
@@ -20,19 +21,24 @@ HEADERS = ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", "geom")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width table of rounded metric rows."""
-    head = f"{'method':<8}{'beta':>6}" + "".join(f"{h:>8}" for h in HEADERS)
+    """Fixed-width table of rounded metric rows (the value column is named after
+    the method's swept parameter: beta, alpha or kc)."""
+    param = next((row["param"] for row in rows if row.get("param")), "beta")
+    width = max(8, *(len(row["method"]) + 1 for row in rows))
+    head = f"{'method':<{width}}{param:>6}" + "".join(f"{h:>8}" for h in HEADERS)
     lines = [head]
     for row in rows:
         beta = "-" if row["beta"] is None else f"{row['beta']:g}"
-        lines.append(f"{row['method']:<8}{beta:>6}" + "".join(f"{row[c]:>8.1f}" for c in COLUMNS))
+        lines.append(f"{row['method']:<{width}}{beta:>6}"
+                     + "".join(f"{row[c]:>8.1f}" for c in COLUMNS))
     return "\n".join(lines)
 
 
 @click.command()
 @click.argument("store", required=False)
-@click.option("--beta", default="20", show_default=True,
-              help="Inverse temperature; several as 10,20,30 (one pass for all).")
+@click.option("--beta", default=None,
+              help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
+                   "(one pass for all).")
 @click.option("--k", "k", type=int, default=1, show_default=True,
               help="Top-k bank columns per querybank row forming the activation set.")
 @click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
@@ -55,11 +61,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
               type=click.Path(exists=True, dir_okay=False),
               help="Seed-compatible: query mask pickle.")
+@method_options
 @library_errors
 def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path: str | None,
         save_scores: bool, save_ranks: bool, resume: bool, scheduler: str,
         workers: int | None, quiet: bool,
-        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None) -> None:
+        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, dynamic: bool,
+        gallery_bank: str | None, **method_opts: Any) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
 
     STORE is a store written by `qbscale ingest`.  Alternatively give the
@@ -70,10 +78,11 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
 
     with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
                  scheduler) as target:
-        result = run_api(target, beta=parse_betas(beta), k=k, method=method,
-                         scheduler=scheduler, num_workers=workers, topk=topk,
+        result = run_api(target, beta=None if beta is None else parse_betas(beta), k=k,
+                         method=method, scheduler=scheduler, num_workers=workers, topk=topk,
                          save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
-                         resume=resume)
+                         resume=resume, dynamic=dynamic, gallery_bank=gallery_bank,
+                         **method_kwargs(method, method_opts))
     click.echo(format_table(result.table()))
     if method != "none":
         n_rows = int(result.normalised.size)

@@ -24,11 +24,18 @@ class RunResult:
     Attributes
     ----------
     before : metrics of the raw similarities (the baseline)
-    after : ``{beta: metrics}`` after normalisation (empty for ``method="none"``)
+    after : ``{value: metrics}`` after normalisation, one per value of the
+        method's swept parameter (beta; alpha for nnn, kc for csls); empty
+        for ``method="none"``
     base_ranks : (n_queries,) 0-based baseline ranks (ties averaged)
-    ranks : ``{beta: (n_queries,) ranks}`` after normalisation
+    ranks : ``{value: (n_queries,) ranks}`` after normalisation
     normalised : (n_queries,) bool, rows that were normalised
     activation_size : number of gallery items in the activation set
+    log_z : (n_values, n_gallery) the per-gallery shifts of the variants
+        (``logZ`` for inverted softmax)
+    topk_index, topk_score : (n_values, n_queries, K) best items after
+        normalisation (with ``topk=K``); ``base_topk_index`` (n_queries, K)
+        the best items of the raw scores
     """
 
     config: RunConfig
@@ -43,6 +50,7 @@ class RunResult:
     log_z: np.ndarray | None = None
     topk_index: np.ndarray | None = None
     topk_score: np.ndarray | None = None
+    base_topk_index: np.ndarray | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +64,8 @@ class RunResult:
         """Rows of rounded metrics: the baseline, then one per beta."""
         rows = [{"method": "none", "beta": None, **rounded(self.before)}]
         for beta, m in self.after.items():
-            rows.append({"method": self.config.method, "beta": beta, **rounded(m)})
+            rows.append({"method": self.config.label, "beta": beta,
+                         "param": self.config.variant_name, **rounded(m)})
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +74,9 @@ class RunResult:
             "method": self.config.method,
             "k": self.config.k,
             "betas": list(self.config.betas),
+            "variant": self.config.variant_name,
+            "dynamic": self.config.is_dynamic,
+            "params": self.config.param_dict,
             "before": self.before,
             "after": {str(b): m for b, m in self.after.items()},
             "table": self.table(),
@@ -84,20 +96,23 @@ def _experiment(store: str | os.PathLike[str] | Experiment,
     return open_experiment(store, storage_options)
 
 
-def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float] = 20.0,
-        k: int = 1, method: str = "dis", *, scheduler: Any = "threads",
-        num_workers: int | None = None, topk: int = 0, save_scores: bool = False,
-        save_ranks: bool = False, progress: bool = False,
-        storage_options: dict[str, Any] | None = None, resume: bool = False) -> RunResult:
+def run(store: str | os.PathLike[str] | Experiment,
+        beta: float | Iterable[float] | None = None, k: int = 1, method: str = "dis", *,
+        scheduler: Any = "threads", num_workers: int | None = None, topk: int = 0,
+        save_scores: bool = False, save_ranks: bool = False, progress: bool = False,
+        storage_options: dict[str, Any] | None = None, resume: bool = False,
+        dynamic: bool = False, gallery_bank: Any = None, **params: Any) -> RunResult:
     """Querybank-normalise a store and evaluate before and after.
 
     Parameters
     ----------
     store : path or URL of a store from :func:`qbscale.ingest`, or an
         :class:`~qbscale.store.Experiment` (e.g. :func:`qbscale.store.in_memory`)
-    beta : inverse temperature, or several (all computed in one pass)
+    beta : inverse temperature, or several (all computed in one pass);
+        default 20
     k : top-k bank columns forming the activation set
-    method : ``"dis"`` (default), ``"is"`` or ``"none"``
+    method : ``"dis"`` (default), ``"is"``, ``"csls"``, ``"nnn"``,
+        ``"dual-is"`` or ``"none"`` (:mod:`qbscale.methods`)
     scheduler : ``"threads"``, ``"processes"``, ``"synchronous"``,
         ``"local:N"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``
     topk : also return (and with a store, save) the ``topk`` best gallery
@@ -107,6 +122,15 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
     resume : continue the interrupted run of the same settings in the store,
         computing only the row blocks it had not finished
         (:mod:`qbscale.resume`; without one, start from the beginning)
+    dynamic : rescore only rows whose raw top-1 is in the activation set
+        (``"is"`` with ``dynamic=True`` is ``"dis"``)
+    gallery_bank : for ``"dual-is"``: gallery-bank x gallery similarities (an
+        array, a file or a block source); by default the store's gallery bank
+        (:mod:`qbscale.gallery_bank`)
+    **params : the method's parameters, e.g. ``alpha=[0.5, 0.75]`` and
+        ``nnn_k=128`` for ``"nnn"``, ``kc=10`` for ``"csls"``,
+        ``gallery_beta=20`` for ``"dual-is"``; several values of the swept
+        one (alpha, kc) are computed in one pass
 
     Returns
     -------
@@ -121,8 +145,11 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
     >>> sorted(res.after)
     [20.0]
     """
-    config = RunConfig.make(beta, k, method, topk)
+    from .gallery_bank import resolve
+
+    config = RunConfig.make(beta, k, method, topk, dynamic, params)
     experiment = _experiment(store, storage_options)
+    banks = resolve(experiment, config, gallery_bank)
     t0 = time.perf_counter()
     writer = state = None
     if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
@@ -134,7 +161,8 @@ def run(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float
         from .results import ScoresWriter
 
         writer = ScoresWriter.create(experiment, config)
-    graph = _plan.build(experiment, config, writer, bank=state.bank if state else None)
+    graph = _plan.build(experiment, config, writer, bank=state.bank if state else None,
+                        banks=banks)
     outputs = graph.outputs() if state is None else state.outputs(graph)
     values: list[Any] = []
     if outputs:
@@ -186,6 +214,8 @@ def _assemble(config: RunConfig, experiment: Experiment, log_z: np.ndarray, act:
     if config.topk:
         result.topk_index = np.concatenate([r.topk_idx for r in rows], axis=1)
         result.topk_score = np.concatenate([r.topk_score for r in rows], axis=1)
+        if all(r.base_topk_idx is not None for r in rows):  # (resumed blocks lack it)
+            result.base_topk_index = np.concatenate([r.base_topk_idx for r in rows])
     return result
 
 
@@ -207,20 +237,24 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     return result.before
 
 
-def lazy(store: str | os.PathLike[str] | Experiment, beta: float | Iterable[float] = 20.0,
-         k: int = 1, method: str = "dis",
-         storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def lazy(store: str | os.PathLike[str] | Experiment,
+         beta: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
+         storage_options: dict[str, Any] | None = None, *, dynamic: bool = False,
+         gallery_bank: Any = None, **params: Any) -> dict[str, Any]:
     """Dask arrays of a run's building blocks, for composing your own graphs.
 
     Returns ``{"log_z": (n_betas, n_gallery), "activation": (n_gallery,),
     "base_ranks": (n_queries,), "ranks": (n_betas, n_queries)}``; nothing is
-    computed until you call ``.compute()``.
+    computed until you call ``.compute()``.  ``log_z`` holds the shifts of
+    the method's variants; the other arguments are those of :func:`run`.
     """
     import dask.array as da
 
-    config = RunConfig.make(beta, k, method)
+    from .gallery_bank import resolve
+
+    config = RunConfig.make(beta, k, method, 0, dynamic, params)
     experiment = _experiment(store, storage_options)
-    graph = _plan.build(experiment, config)
+    graph = _plan.build(experiment, config, banks=resolve(experiment, config, gallery_bank))
     n_b, n_g = len(config.betas), experiment.n_gallery
     sizes = experiment.test.row_chunks
     base = [da.from_delayed(_get(r, "base_rank"), (n,), float)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from . import methods as _methods
 from .errors import ConfigError
 
-#: normalisation methods: "dis" (dynamic inverted softmax, rows whose top-1
-#: is in the activation set), "is" (every row), "none" (baseline only)
-METHODS = ("dis", "is", "none")
+#: normalisation methods (:mod:`qbscale.methods`): "dis" (dynamic inverted
+#: softmax, rows whose top-1 is in the activation set), "is" (every row),
+#: "csls", "nnn", "dual-is", and "none" (baseline only)
+METHODS = _methods.NAMES
 SCHEDULERS = ("threads", "processes", "synchronous")
 
 
@@ -19,45 +21,102 @@ class RunConfig:
 
     Parameters
     ----------
-    betas : inverse temperatures, each > 0 (several are computed in one pass)
+    betas : values of the method's swept parameter, one variant each, all
+        computed in one pass: inverse temperatures (> 0) for ``is``, ``dis``
+        and ``dual-is``, ``alpha`` for ``nnn``, ``kc`` for ``csls``
+        (:attr:`variant_name`)
     k : top-k columns per querybank row that form the activation set (>= 1)
     method : one of :data:`METHODS`
     topk : write the ``topk`` best gallery items per query (0: none)
+    dynamic : rescore only rows whose top-1 is in the activation set (``dis``
+        always does)
+    params : the method's other parameters as ``((name, value), ...)``, every
+        one present (:meth:`make` fills in the defaults)
     """
 
     betas: tuple[float, ...] = (20.0,)
     k: int = 1
     method: str = "dis"
     topk: int = 0
+    dynamic: bool = False
+    params: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.betas:
-            raise ConfigError("at least one beta is needed")
-        for beta in self.betas:
-            if not (beta > 0 and beta < float("inf")):
-                raise ConfigError(f"beta must be a finite number > 0, got {beta}")
-        if int(self.k) != self.k or self.k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {self.k}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.normalises:
+            values, params = _methods.get(self.method).resolve(self.betas, dict(self.params))
+        else:  # the baseline: betas only label the (absent) variants
+            values, params = _methods.BETA.check_all(self.betas), ()
+        object.__setattr__(self, "betas", values)
+        object.__setattr__(self, "params", params)
+        if int(self.k) != self.k or self.k < 1:
+            raise ConfigError(f"k must be an integer >= 1, got {self.k}")
         if int(self.topk) != self.topk or self.topk < 0:
             raise ConfigError(f"topk must be an integer >= 0, got {self.topk}")
 
     @classmethod
-    def make(cls, betas: float | Iterable[float] = 20.0, k: int = 1, method: str = "dis",
-             topk: int = 0) -> RunConfig:
-        """Build from a scalar or a list of betas."""
-        seq = (betas,) if isinstance(betas, (int, float)) else tuple(betas)
-        return cls(tuple(float(b) for b in seq), int(k), method.lower(), int(topk))
+    def make(cls, betas: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
+             topk: int = 0, dynamic: bool = False, params: Mapping[str, float] | None = None
+             ) -> RunConfig:
+        """Build from a scalar or a list of values (None: the method's default).
+
+        ``("is", dynamic=True)`` is ``"dis"``; a value for the method's swept
+        parameter may come in ``params`` too (``params={"alpha": [0.5, 1]}``).
+        """
+        method = method.lower()
+        if method == "is" and dynamic:
+            method, dynamic = "dis", False
+        rest = dict(params or {})
+        if method != "none":
+            name = _methods.get(method).variant.name
+            if name in rest:
+                if betas is not None and name != "beta":
+                    raise ConfigError(f"give {name} once, not as both beta and {name}")
+                betas = rest.pop(name)
+            elif betas is not None and name != "beta":
+                raise ConfigError(f"method {method} has no beta: it sweeps {name}")
+        if betas is None:
+            betas = _methods.get(method).variant.default if method != "none" else 20.0
+        seq = tuple(betas) if isinstance(betas, Iterable) and not isinstance(betas, str) \
+            else (betas,)
+        return cls(seq, int(k), method, int(topk), bool(dynamic), tuple(sorted(rest.items())))
 
     @property
     def normalises(self) -> bool:
         return self.method != "none"
 
+    @property
+    def is_dynamic(self) -> bool:
+        """True when only rows whose top-1 is in the activation set are rescored."""
+        return self.method == "dis" or (self.dynamic and self.normalises)
 
-def parse_betas(text: str) -> tuple[float, ...]:
-    """``"10,20,30"`` -> ``(10.0, 20.0, 30.0)``, with a clear error."""
+    @property
+    def rows(self) -> str:
+        """Which rows are rescored: ``"dynamic"``, ``"all"`` or ``"none"``."""
+        if not self.normalises:
+            return "none"
+        return "dynamic" if self.is_dynamic else "all"
+
+    @property
+    def variant_name(self) -> str:
+        """Name of the swept parameter whose values are :attr:`betas`."""
+        return _methods.get(self.method).variant.name if self.normalises else "beta"
+
+    @property
+    def param_dict(self) -> dict[str, float]:
+        return dict(self.params)
+
+    @property
+    def label(self) -> str:
+        """The method as printed: ``dis``, ``nnn``, ``nnn+dyn``, ..."""
+        return f"{self.method}+dyn" if self.dynamic and self.method not in ("dis", "none") \
+            else self.method
+
+
+def parse_betas(text: str, option: str = "--beta") -> tuple[float, ...]:
+    """``"10,20,30"`` -> ``(10.0, 20.0, 30.0)``, with a clear error naming ``option``."""
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
-        raise ConfigError(f"--beta takes numbers separated by commas, got {text!r}") from exc
+        raise ConfigError(f"{option} takes numbers separated by commas, got {text!r}") from exc

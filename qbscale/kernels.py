@@ -93,6 +93,30 @@ def row_topk(block: np.ndarray, k: int, col0: int = 0) -> tuple[np.ndarray, np.n
     )
 
 
+def column_topk(block: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` largest values of each column, largest first.
+
+    Returns an array of the block's dtype (the values are bank entries, kept
+    exactly and at their stored size) of shape ``(min(k, n_rows), n_cols)``:
+    row ``r`` holds every column's ``r+1``-th largest value.  Only values are
+    kept (a mean of the top-k bank similarities does not depend on which bank
+    rows they came from), so partials over disjoint bank rows merge exactly
+    (:func:`qbscale.reductions.column_topk`).
+
+    Examples
+    --------
+    >>> column_topk(np.array([[1.0, 5.0], [3.0, 4.0], [2.0, 6.0]]), 2)
+    array([[3., 6.],
+           [2., 5.]])
+    """
+    n_rows = block.shape[0]
+    k = min(k, n_rows)
+    if k == 1:
+        return block.max(axis=0, keepdims=True)
+    top = block if k == n_rows else np.partition(block, n_rows - k, axis=0)[n_rows - k:]
+    return np.ascontiguousarray(np.sort(top, axis=0)[::-1])
+
+
 # --------------------------------------------------------------------------
 # test queries
 # --------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 The graph has two stages, each reading every block of its matrix once:
 
-1. **bank**: one task per querybank block returns the column logsumexp for
-   every beta and the activation mask of its rows' top-k columns; a tree of
-   :data:`~qbscale.reductions.LOG_NORMALISER` / ``ACTIVATION`` combines them.
+1. **bank**: one task per block of every bank the method reads computes the
+   per-gallery statistics it needs (:mod:`qbscale.bankstats`: column
+   logsumexp per beta, column top-k values, and the activation mask of the
+   querybank rows' top-k columns), combined in trees; the method
+   (:mod:`qbscale.methods`) turns them into one shift per gallery item and
+   variant, every variant scoring ``scale * s - shift``.
 2. **test**: one task per test row block counts, for each row, the raw and the
    normalised scores above and equal to the ground truth's (all betas, plus
    the baseline, in the same read), and decides which rows are normalised from
@@ -20,20 +23,20 @@ neither computes nor hashes the data.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import numpy as np
 from dask.delayed import Delayed, delayed
 
-from . import kernels
+from . import bankstats, kernels, methods
 from .config import RunConfig
-from .reductions import ACTIVATION, LOG_NORMALISER, ROW_COUNTS, row_topk, topk_to_mask
+from .errors import ConfigError, InputError
+from .reductions import ROW_COUNTS, row_topk
 from .sources import MatrixSource, offsets
 from .store import Experiment
-
-SPLIT_EVERY = 8
 
 
 @dataclass
@@ -47,6 +50,7 @@ class RowResult:
     top_idx: np.ndarray  # (r,) raw top-1 gallery index
     topk_idx: np.ndarray | None = None  # (n_betas or 1, r, K)
     topk_score: np.ndarray | None = None
+    base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
 
 
 @dataclass
@@ -74,66 +78,49 @@ class _Keys:
 # ---------------------------------------------------------------- bank stage
 
 
-def _bank_piece(src: MatrixSource, i: int, c: int, betas: np.ndarray, k: int
-                ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    block = src.read(i, c)
-    col0 = offsets(src.col_chunks)[c]
-    return kernels.bank_logsumexp(block, betas), kernels.row_topk(block, k, col0)
-
-
-def _bank_row(n_gallery: int, k: int, *pieces: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """One bank row block: its gallery pieces joined into (logZ part, mask)."""
-    lse = np.concatenate([p[0] for p in pieces], axis=1)
-    _, idx = row_topk(k).tree([p[1] for p in pieces])
-    return lse, topk_to_mask(idx, n_gallery)
-
-
-def _bank_block(src: MatrixSource, i: int, betas: np.ndarray, k: int, n_gallery: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    return _bank_row(n_gallery, k, *(_bank_piece(src, i, c, betas, k)
-                                  for c in range(len(src.col_chunks))))
-
-
-def _bank_combine(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return (LOG_NORMALISER.tree([p[0] for p in parts]), ACTIVATION.tree([p[1] for p in parts]))
-
-
-def _tree(parts: list[Delayed], func: Any, key: _Keys, name: str) -> Delayed:
-    level = 0
-    while len(parts) > 1:
-        parts = [delayed(func)(*parts[j:j + SPLIT_EVERY], dask_key_name=key(name, level, j))
-                 for j in range(0, len(parts), SPLIT_EVERY)]
-        level += 1
-    return parts[0]
-
-
 def bank_statistics(bank: MatrixSource, betas: np.ndarray, k: int, key: _Keys
                     ) -> tuple[Delayed, Delayed]:
     """Lazy ``(logZ, activation mask)`` of a querybank source."""
-    n_gallery = bank.shape[1]
-    rows: list[Delayed] = []
-    for i in range(len(bank.row_chunks)):
-        if len(bank.col_chunks) == 1:
-            rows.append(delayed(partial(_bank_block, bank))(
-                i, betas, k, n_gallery, dask_key_name=key("bank", i)))
-            continue
-        pieces = [delayed(partial(_bank_piece, bank))(i, c, betas, k,
-                                                       dask_key_name=key("bank", i, c))
-                  for c in range(len(bank.col_chunks))]
-        rows.append(delayed(_bank_row)(n_gallery, k, *pieces, dask_key_name=key("bank-row", i)))
-    total = _tree(rows, _bank_combine, key, "bank-combine")
-    log_z = delayed(_first)(total, dask_key_name=key("logZ"))
-    act = delayed(_second)(total, dask_key_name=key("activation"))
-    return log_z, act
+    needs = methods.BankNeeds(betas=tuple(float(b) for b in betas), activation_k=k)
+    stats = bankstats.summary(bank, needs, key)
+    return (delayed(getattr)(stats, "log_z", dask_key_name=key("logZ")),
+            delayed(getattr)(stats, "activation", dask_key_name=key("activation")))
 
 
-def _first(x: tuple[Any, Any]) -> Any:
-    return x[0]
+def _shifts(name: str, values: tuple[float, ...], params: dict[str, float], banks: list[str],
+            *stats: methods.BankStats) -> np.ndarray:
+    shifts = methods.get(name).shifts(values, params, dict(zip(banks, stats, strict=True)))
+    return np.asarray(shifts, dtype=np.float64)
 
 
-def _second(x: tuple[Any, Any]) -> Any:
-    return x[1]
+def method_statistics(experiment: Experiment, config: RunConfig, key: _Keys,
+                      banks: Mapping[str, MatrixSource]) -> tuple[Delayed, Delayed]:
+    """Lazy ``(shifts, activation mask)`` of ``config``'s method (:mod:`qbscale.methods`).
+
+    One pass over every bank the method reads: the querybank
+    (``experiment.bank``, which also gives the activation set) and the
+    sources in ``banks`` (e.g. ``{"gallery_bank": ...}`` for ``dual-is``).
+    """
+    method = methods.get(config.method)
+    needs = method.needs(config.betas, config.param_dict)
+    query = needs.get(methods.QUERY_BANK, methods.BankNeeds())
+    needs[methods.QUERY_BANK] = replace(query, activation_k=config.k)
+    sources = {methods.QUERY_BANK: experiment.bank, **banks}
+    missing = sorted(set(needs) - set(sources))
+    if missing:
+        raise ConfigError(f"method {method.name} needs a {missing[0].replace('_', ' ')}: "
+                          f"add one to the store, or pass {missing[0]}= to run()")
+    for name in needs:
+        if sources[name].shape[1] != experiment.n_gallery:
+            raise InputError(f"{name} has {sources[name].shape[1]} gallery columns, "
+                             f"test has {experiment.n_gallery}")
+    stats = {name: bankstats.summary(sources[name], need, key, name)
+             for name, need in needs.items()}
+    shifts = delayed(_shifts)(method.name, config.betas, config.param_dict, list(stats),
+                              *stats.values(), dask_key_name=key("logZ"))
+    act = delayed(getattr)(stats[methods.QUERY_BANK], "activation",
+                           dask_key_name=key("activation"))
+    return shifts, act
 
 
 # ---------------------------------------------------------------- test stage
@@ -146,14 +133,14 @@ class _RowSpec:
     start: int
     gt: np.ndarray
     scales: np.ndarray  # one per variant (inverted softmax: the betas)
-    method: str
+    rows: str  # rows rescored: "all", "dynamic" (top-1 activated) or "none"
     topk: int
 
 
-def _flags(method: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
-    if method == "is":
+def _flags(rows: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
+    if rows == "all":
         return np.ones(len(top_idx), bool)
-    if method == "dis":
+    if rows == "dynamic":
         return act[top_idx]
     return np.zeros(len(top_idx), bool)
 
@@ -183,7 +170,7 @@ def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, shifts: np.ndarray
 
 def _finish(spec: _RowSpec, counts: kernels.RowCounts, act: np.ndarray,
             topks: list[tuple[np.ndarray, np.ndarray]] | None) -> RowResult:
-    flags = _flags(spec.method, counts.top_idx, act)
+    flags = _flags(spec.rows, counts.top_idx, act)
     base = kernels.ranks_from_counts(counts.above, counts.equal)
     rank = None
     if counts.norm_above is not None and counts.norm_equal is not None:
@@ -196,6 +183,7 @@ def _finish(spec: _RowSpec, counts: kernels.RowCounts, act: np.ndarray,
             tuple(np.where(flags[:, None], t, r) for t, r in zip(norm, raw, strict=True))
             for norm in topks[1:]]
         result.topk_idx = np.stack([c[1] for c in chosen]).astype(np.int32)
+        result.base_topk_idx = raw[1].astype(np.int32)
         result.topk_score = np.stack([c[0] for c in chosen]).astype(np.float32)
     return result
 
@@ -206,7 +194,7 @@ def _test_block(src: MatrixSource, spec: _RowSpec, shifts: np.ndarray | None, ac
     i = offsets(src.row_chunks).index(spec.start)
     block = src.read(i, 0)
     gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
-    flags = _flags(spec.method, np.argmax(block, axis=1), act)
+    flags = _flags(spec.rows, np.argmax(block, axis=1), act)
     counts = _piece_counts(block, 0, spec, gt_raw, shifts, flags)
     topks = _piece_topk(block, 0, spec, shifts) if spec.topk else None
     if writer is not None and shifts is not None:
@@ -257,19 +245,24 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, shifts: Any, act: Any, 
 
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
-          bank: tuple[np.ndarray, np.ndarray] | None = None) -> Plan:
+          bank: tuple[np.ndarray, np.ndarray] | None = None,
+          banks: Mapping[str, MatrixSource] | None = None) -> Plan:
     """The lazy graph of a run over ``experiment``; computes nothing.
 
-    ``bank`` is ``(logZ, activation)`` already known for these settings (an
+    ``bank`` is ``(shifts, activation)`` already known for these settings (an
     interrupted run, :mod:`qbscale.resume`): it replaces the bank stage.
+    ``banks`` holds the extra bank matrices the method reads besides the
+    querybank (``{"gallery_bank": source}`` for ``dual-is``).
     """
     key = _Keys()
-    betas = np.asarray(config.betas, dtype=np.float64)
+    scales = np.asarray(config.betas, dtype=np.float64)
+    if config.normalises:
+        scales = methods.get(config.method).scales(config.betas, config.param_dict)
     if bank is not None and config.normalises:
         lz = log_z = delayed(bank[0], name=key("logZ"))
         act = delayed(bank[1], name=key("activation"))
     elif config.normalises:
-        log_z, act = bank_statistics(experiment.bank, betas, config.k, key)
+        log_z, act = method_statistics(experiment, config, key, banks or {})
         lz = log_z
     else:  # the baseline needs nothing from the querybank
         lz = log_z = delayed(None, name=key("logZ"))
@@ -279,7 +272,7 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     rows = []
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
-        spec = _RowSpec(start, experiment.gt[start:start + size], betas, config.method,
+        spec = _RowSpec(start, experiment.gt[start:start + size], scales, config.rows,
                         config.topk)
         if len(test.col_chunks) == 1:
             rows.append(delayed(partial(_test_block, test))(spec, lz, act, writer,

@@ -10,6 +10,7 @@ statistic       partial per chunk          combine
 log normaliser  column logsumexp (nb, G)   ``np.logaddexp``
 activation set  bool mask over the gallery ``np.logical_or``
 row top-k       (values, indices) per row  keep the k best, ties -> index
+column top-k    k largest values per col   keep the k largest values
 row counts      top-1 and counts per row   max-with-index, ``+``
 ==============  =========================  ===============================
 """
@@ -73,6 +74,20 @@ ACTIVATION = Reduction("activation", np.logical_or)
 def row_topk(k: int) -> Reduction:
     """Per-row top-k merge keeping ``k`` entries (ties -> lowest index)."""
     return Reduction(f"row_top{k}", partial(_merge_topk, k=k))
+
+
+def _merge_column_topk(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Merge two column top-k value lists over disjoint bank rows (largest first)."""
+    both = np.concatenate([a, b], axis=0)
+    keep = min(k, both.shape[0])
+    if keep < both.shape[0]:
+        both = np.partition(both, both.shape[0] - keep, axis=0)[both.shape[0] - keep:]
+    return np.ascontiguousarray(np.sort(both, axis=0)[::-1])
+
+
+def column_topk(k: int) -> Reduction:
+    """Per-column top-k values over the bank axis (:func:`qbscale.kernels.column_topk`)."""
+    return Reduction(f"column_top{k}", partial(_merge_column_topk, k=k))
 
 ROW_COUNTS = Reduction("row_counts", _merge_counts)
 

@@ -73,3 +73,45 @@ def topk(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k columns per row by a full stable argsort (ties -> low index)."""
     idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return idx, np.take_along_axis(sims, idx, axis=1)
+
+
+# --------------------------------------------------------------------------
+# the querybank normaliser family (qbscale.methods), from the formulas
+# --------------------------------------------------------------------------
+
+
+def top_mean(bank: np.ndarray, k: int) -> np.ndarray:
+    """Mean of each column's k largest values (all of them when fewer rows)."""
+    desc = np.ascontiguousarray(np.sort(bank, axis=0)[::-1][:k])
+    return desc.astype(np.float64).mean(axis=0)
+
+
+def variant(method: str, value: float, bank: np.ndarray, params: dict[str, float],
+            gallery_bank: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """``(scale, shift)`` of one variant: rows score ``scale * s - shift``.
+
+    is/dis: beta, logZ; csls: 2, mean top-kc bank similarity; nnn: 1,
+    alpha * mean top-k bank similarity; dual-is: beta + beta_g,
+    logZ(beta) + logsumexp_g(beta_g * G).
+    """
+    if method in ("is", "dis"):
+        return value, log_normaliser(bank, value)
+    if method == "csls":
+        return 2.0, top_mean(bank, int(value))
+    if method == "nnn":
+        return 1.0, value * top_mean(bank, int(params["nnn_k"]))
+    if method == "dual-is":
+        g = params["gallery_beta"]
+        return value + g, log_normaliser(bank, value) + log_normaliser(gallery_bank, g)
+    raise ValueError(method)
+
+
+def method_scores(test: np.ndarray, bank: np.ndarray, method: str, value: float,
+                  params: dict[str, float], k: int = 1, dynamic: bool = False,
+                  gallery_bank: np.ndarray | None = None) -> np.ndarray:
+    """The scored matrix of any method: ``scale*T - shift`` on rescored rows."""
+    rows = normalised_rows(test, bank, "dis" if dynamic or method == "dis" else "is", k)
+    scale, shift = variant(method, value, bank, params, gallery_bank)
+    out = test.astype(np.float64).copy()
+    out[rows] = out[rows] * scale - shift
+    return out

@@ -1,0 +1,165 @@
+"""Per-gallery statistics of a bank matrix, as a lazy graph.  Nothing here computes.
+
+Every block of the bank is read once, by one task, which computes what a
+:class:`~qbscale.methods.BankNeeds` asks for: the column logsumexp for every
+beta, the column top-k values, and the row top-k behind the activation set.
+Partials combine with the rules of :mod:`qbscale.reductions`:
+
+* log normaliser and activation set: the blocks of a bank row block are
+  joined side by side, then row blocks combine in a tree (``np.logaddexp``,
+  ``np.logical_or``);
+* column top-k: the gallery is cut into *segments* of at most
+  :data:`SEGMENT_BYTES` of top-k values each, and each segment has its own
+  tree over the row blocks (merge, keep the k largest), finished into the
+  means the methods ask for.  A million-item gallery with ``k = 128`` never
+  holds its whole ``k x n_gallery`` top-k table in one task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+from dask.delayed import Delayed, delayed
+
+from . import kernels
+from .methods import BankNeeds, BankStats
+from .reductions import ACTIVATION, LOG_NORMALISER, column_topk, row_topk, topk_to_mask
+from .sources import MatrixSource, offsets
+
+#: partials combined per tree task
+SPLIT_EVERY = 8
+#: bytes of column top-k values (at 8 bytes a value) per gallery segment
+SEGMENT_BYTES = 32 * 2**20
+
+Key = Callable[..., str]
+
+
+@dataclass
+class _Piece:
+    """What one task computed from its blocks (one row block, some columns)."""
+
+    lse: np.ndarray | None  # (n_betas, width)
+    rows: Any  # row top-k (values, global indices), or the activation mask once joined
+    tops: list[np.ndarray] = field(default_factory=list)  # column top-k per segment
+
+
+def segments(width: int, k: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` column ranges cutting ``width`` columns for top-``k`` tables.
+
+    >>> segments(10, 2**21)
+    [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    """
+    if k < 1:
+        return []
+    step = max(1, SEGMENT_BYTES // (8 * k))
+    return [(s, min(s + step, width)) for s in range(0, width, step)]
+
+
+def tree(parts: list[Any], func: Callable[..., Any], key: Key, name: str) -> Any:
+    """Combine ``parts`` with ``func`` in a tree of at most :data:`SPLIT_EVERY` per task."""
+    level = 0
+    while len(parts) > 1:
+        parts = [delayed(func)(*parts[j:j + SPLIT_EVERY], dask_key_name=key(name, level, j))
+                 for j in range(0, len(parts), SPLIT_EVERY)]
+        level += 1
+    return parts[0]
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def _piece(src: MatrixSource, i: int, c: int, needs: BankNeeds) -> _Piece:
+    block = src.read(i, c)
+    col0 = offsets(src.col_chunks)[c]
+    lse = kernels.bank_logsumexp(block, np.asarray(needs.betas)) if needs.betas else None
+    rows = kernels.row_topk(block, needs.activation_k, col0) if needs.activation_k else None
+    tops = [kernels.column_topk(block[:, a:b], needs.column_k)
+            for a, b in segments(block.shape[1], needs.column_k)]
+    return _Piece(lse, rows, tops)
+
+
+def _join(n_gallery: int, needs: BankNeeds, *pieces: _Piece) -> _Piece:
+    """A row block's pieces side by side: logsumexp concatenated, activation mask."""
+    lse = np.concatenate([p.lse for p in pieces], axis=1) if needs.betas else None
+    mask = None
+    if needs.activation_k:
+        _, idx = row_topk(needs.activation_k).tree([p.rows for p in pieces])
+        mask = topk_to_mask(idx, n_gallery)
+    return _Piece(lse, mask)
+
+
+def _block(src: MatrixSource, i: int, needs: BankNeeds, n_gallery: int) -> _Piece:
+    """A row block of a bank chunked by rows only: read, compute, join."""
+    piece = _piece(src, i, 0, needs)
+    joined = _join(n_gallery, needs, piece)
+    joined.tops = piece.tops
+    return joined
+
+
+def _combine(*parts: _Piece) -> _Piece:
+    def each(values: list[Any], rule: Any) -> Any:
+        return None if values[0] is None else rule.tree(values)
+
+    return _Piece(each([p.lse for p in parts], LOG_NORMALISER),
+                  each([p.rows for p in parts], ACTIVATION))
+
+
+def _segment_top(j: int, k: int, *holders: _Piece | np.ndarray) -> np.ndarray:
+    """Merge segment ``j``'s column top-k of row blocks (or of earlier merges)."""
+    parts = [h.tops[j] if isinstance(h, _Piece) else h for h in holders]
+    return column_topk(k).tree(parts)  # type: ignore[no-any-return]
+
+
+def _means(ks: tuple[int, ...], top: np.ndarray) -> np.ndarray:
+    """``(len(ks), width)`` mean of each column's k largest values, per k."""
+    return np.stack([top[:min(k, len(top))].astype(np.float64).mean(axis=0) for k in ks])
+
+
+def _stats(ks: tuple[int, ...], main: _Piece, *means: np.ndarray) -> BankStats:
+    table = np.concatenate(means, axis=1) if means else np.empty((len(ks), 0))
+    return BankStats(main.lse, {k: table[n] for n, k in enumerate(ks)}, main.rows)
+
+
+# ---------------------------------------------------------------- graph
+
+
+def _segment_means(needs: BankNeeds, holders: list[Delayed], key: Key, name: str, j: int
+                   ) -> Delayed:
+    """Segment ``j`` of the holders' column top-k: a tree over row blocks, then means."""
+    k = needs.column_k
+    first = [delayed(_segment_top)(j, k, *holders[g:g + SPLIT_EVERY],
+                                   dask_key_name=key(name, "first", g))
+             for g in range(0, len(holders), SPLIT_EVERY)]
+    top = tree(first, partial(_segment_top, j, k), key, name)
+    return delayed(_means)(needs.column_means, top, dask_key_name=key(name, "means"))
+
+
+def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") -> Delayed:
+    """Lazy :class:`~qbscale.methods.BankStats` of ``bank`` for ``needs``.
+
+    One task per block; for a bank chunked along the gallery too, one more
+    task per row block joins its pieces.
+    """
+    n_gallery = bank.shape[1]
+    rows: list[Delayed] = []
+    holders: list[list[Delayed]] = []  # per row block: the tasks holding column top-k
+    for i in range(len(bank.row_chunks)):
+        if len(bank.col_chunks) == 1:
+            rows.append(delayed(partial(_block, bank))(i, needs, n_gallery,
+                                                        dask_key_name=key(name, i)))
+            holders.append([rows[-1]])
+            continue
+        pieces = [delayed(partial(_piece, bank))(i, c, needs, dask_key_name=key(name, i, c))
+                  for c in range(len(bank.col_chunks))]
+        rows.append(delayed(partial(_join, n_gallery, needs))(
+            *pieces, dask_key_name=key(f"{name}-row", i)))
+        holders.append(pieces)
+    main = tree(rows, _combine, key, f"{name}-combine")
+    means = [_segment_means(needs, [h[c] for h in holders], key, f"{name}-top-{c}-{s}", s)
+             for c, width in enumerate(bank.col_chunks)
+             for s in range(len(segments(width, needs.column_k)))]
+    return delayed(_stats)(needs.column_means, main, *means, dask_key_name=key(f"{name}-stats"))

@@ -1,0 +1,231 @@
+"""A gallery bank for ``dual-is``: adding one to a store, and finding it for a run.
+
+A *gallery bank* is a set of extra items of the gallery's modality (training
+videos for text->video retrieval, say); ``dual-is`` normalises with their
+similarities to the gallery items (:mod:`qbscale.methods`).  A store keeps it
+beside the querybank::
+
+    gallery_bank      (gallery_bank_item, gallery)  similarities, in a sims store
+    gallery_bank_emb  (gallery_bank_item, dim)      embeddings, in an embeddings
+                                                    store (similarities to
+                                                    gallery_emb computed per block)
+
+:func:`add_gallery_bank` writes it block by block into an existing complete
+store, checking every value, and records it in the store's ``qbscale``
+attribute (``gallery_bank``: file, sha256, dtype, shape) only once it is
+fully written: an array without that record (an interrupted write) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import layout
+from .errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
+from .methods import GALLERY_BANK
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .sources import MatrixSource
+    from .store import Experiment
+
+#: store arrays of a gallery bank, and their dimension names
+SIMS = GALLERY_BANK
+EMBEDDINGS = "gallery_bank_emb"
+DIMS = {SIMS: ("gallery_bank_item", "gallery"), EMBEDDINGS: ("gallery_bank_item", "dim")}
+#: the record in the store's ``qbscale`` attribute
+RECORD = "gallery_bank"
+
+
+def _open_store(url: str, options: dict[str, Any] | None) -> Any:
+    import zarr
+
+    from .store import open_experiment
+
+    experiment = open_experiment(url, options)  # refuses missing / incomplete stores
+    group = zarr.open_group(url, mode="r+", storage_options=options)
+    return experiment, group
+
+
+def _target(experiment: Experiment, group: Any, src: Any) -> tuple[str, int]:
+    """``(array name, expected columns)`` for a gallery bank in this kind of store."""
+    name = f"gallery bank ({src.name})"
+    if src.ndim != 2 or 0 in src.shape:
+        raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {src.shape}")
+    if src.dtype.kind != "f":
+        raise InputError(f"{name} holds {src.dtype} values; expected floats")
+    if (experiment.attrs or {}).get("kind") == layout.KIND_EMBEDDINGS:
+        dim = int(group[layout.GALLERY_EMB].shape[1])
+        if src.shape[1] != dim:
+            raise InputError(f"{name} has dimension {src.shape[1]}, gallery_emb has {dim}")
+        return EMBEDDINGS, dim
+    if src.shape[1] != experiment.n_gallery:
+        raise InputError(f"{name} has {src.shape[1]} gallery columns, "
+                         f"test has {experiment.n_gallery}")
+    return SIMS, experiment.n_gallery
+
+
+def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, codec: str,
+           progress: bool) -> None:
+    import zarr
+    from tqdm import tqdm
+
+    from .ingest import chunk_shape
+    from .writer import READ_BYTES, FiniteCheck, compressors
+
+    chunks = chunk_shape(src.shape[0], src.shape[1], dtype.itemsize, chunk_bytes)
+    arr = zarr.create_array(group.store, name=name, shape=src.shape, dtype=dtype, chunks=chunks,
+                            compressors=compressors(codec), dimension_names=DIMS[name],
+                            overwrite=True)
+    step = chunks[0] * max(1, READ_BYTES // max(1, chunks[0] * src.shape[1] * dtype.itemsize))
+    check = FiniteCheck(f"gallery bank ({src.name})")
+    with tqdm(total=src.shape[0], unit="row", file=sys.stderr, disable=not progress,
+              desc="gallery bank", dynamic_ncols=True) as bar:
+        for r0, block in src.blocks(step):
+            block = np.asarray(block, dtype=dtype)
+            if check(block, r0):
+                arr[r0:r0 + len(block)] = block
+            bar.update(len(block))
+    check.raise_if_bad()
+
+
+def _set_record(group: Any, record: dict[str, Any] | None) -> None:
+    attrs = dict(group.attrs[layout.ATTR])
+    attrs.pop(RECORD, None)
+    if record is not None:
+        attrs[RECORD] = record
+    group.attrs[layout.ATTR] = attrs
+
+
+def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[str] | np.ndarray,
+                     *, chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES, dtype: str | None = None,
+                     codec: str = "none", overwrite: bool = False, progress: bool = True,
+                     storage_options: dict[str, Any] | None = None) -> str:
+    """Write a gallery bank into an existing store (for ``method="dual-is"``).
+
+    Parameters
+    ----------
+    store : path or URL of a complete store from :func:`qbscale.ingest`
+    source : gallery-bank x gallery similarities (sims store) or gallery-bank
+        embeddings (embeddings store): ``.pkl``, ``.npy``, ``.npz``, ``.zarr``
+        or an array
+    chunk_bytes, dtype, codec, progress, storage_options : as for
+        :func:`qbscale.ingest`
+    overwrite : replace a gallery bank already in the store
+
+    Returns
+    -------
+    str
+        The store.
+
+    Raises
+    ------
+    InputError
+        Not a 2-D float matrix, the wrong number of gallery columns (or
+        embedding dimension), NaN or inf values.
+    StoreExistsError
+        The store has a gallery bank and ``overwrite`` is False.
+    """
+    from .ingest import CODECS, DTYPES
+    from .readers import open_matrix
+
+    if codec not in CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    url = os.fspath(store)
+    experiment, group = _open_store(url, storage_options)
+    src = open_matrix(source, "gallery_bank")
+    name, _ = _target(experiment, group, src)
+    if (name in set(group.array_keys()) or RECORD in (experiment.attrs or {})) and not overwrite:
+        raise StoreExistsError(f"{url} already has a gallery bank: pass overwrite=True "
+                               "(--overwrite) to replace it")
+    _set_record(group, None)  # from here until the end, the bank counts as unfinished
+    stored = np.dtype(dtype) if dtype else np.dtype(f"float{8 * src.dtype.itemsize}")
+    _write(group, name, src, stored, chunk_bytes, codec, progress)
+    _consolidate(group)
+    record = {"array": name, "file": None if src.path is None else src.name,
+              "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
+    _set_record(group, record)
+    return url
+
+
+def _consolidate(group: Any) -> None:
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(group.store)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def open_gallery_bank(experiment: Experiment) -> MatrixSource:
+    """The gallery bank of a store experiment, as a block source.
+
+    Raises
+    ------
+    ConfigError
+        The experiment has no store, or its store no gallery bank.
+    IncompleteStoreError
+        A gallery bank whose write was interrupted.
+    """
+    from .sources import EmbeddingMatrix, ZarrMatrix
+
+    url = experiment.url
+    if url is None:
+        raise ConfigError("dual-is needs a gallery bank: pass gallery_bank= (an array or a "
+                          "file of gallery-bank x gallery similarities)")
+    record = (experiment.attrs or {}).get(RECORD)
+    if record is None:
+        if _has_array(experiment):
+            raise IncompleteStoreError(f"the gallery bank in {url} was not completely written: "
+                                       "add it again with overwrite")
+        raise ConfigError(f"dual-is needs a gallery bank and {url} has none: add one with "
+                          "qbscale.gallery_bank.add_gallery_bank, or pass gallery_bank=")
+    options = experiment.storage_options
+    if record["array"] == EMBEDDINGS:
+        queries = ZarrMatrix.open(url, EMBEDDINGS, options, 8192)
+        return EmbeddingMatrix.build(queries, experiment.test.gallery)  # type: ignore[attr-defined]
+    return ZarrMatrix.open(url, SIMS, options)
+
+
+def _has_array(experiment: Experiment) -> bool:
+    import zarr
+
+    group = zarr.open_group(experiment.url, mode="r", use_consolidated=False,
+                            storage_options=experiment.storage_options)
+    return bool({SIMS, EMBEDDINGS} & set(group.array_keys()))
+
+
+def as_source(given: Any, rows_per_block: int | None = None) -> MatrixSource:
+    """A gallery bank given directly: an array, a file (read whole) or a source."""
+    from .readers import read_array
+    from .sources import NumpyMatrix
+    from .store import check_matrix
+
+    if hasattr(given, "read") and hasattr(given, "row_chunks"):
+        return given  # type: ignore[no-any-return]
+    array = given if isinstance(given, np.ndarray) else read_array(given, "gallery_bank")
+    check_matrix("gallery bank", array)
+    return NumpyMatrix.wrap(array, rows_per_block or max(1, 2**24 // array.shape[1]))
+
+
+def resolve(experiment: Experiment, config: RunConfig, given: Any = None
+            ) -> dict[str, MatrixSource]:
+    """The extra banks ``config``'s method reads: ``{"gallery_bank": source}`` or ``{}``."""
+    from .methods import get
+
+    if not config.normalises or GALLERY_BANK not in get(config.method).banks:
+        if given is not None:
+            raise ConfigError(f"method {config.method} does not use a gallery bank")
+        return {}
+    source = as_source(given) if given is not None else open_gallery_bank(experiment)
+    return {GALLERY_BANK: source}
