@@ -1,0 +1,125 @@
+"""Every chunk of the bank and of the test matrix is read exactly once per run.
+
+Counted twice over: at the block level (the ``reads`` hook of
+:class:`~qbscale.sources.ZarrMatrix`) and at the storage level (every chunk
+file fetched from the local Zarr store).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+import zarr
+
+from qbscale.api import run
+from qbscale.store import open_experiment
+from qbscale.synth import SynthSpec, synth
+
+SPEC = SynthSpec(n_bank=150, n_test=44, n_gallery=44, dim=16, seed=4)
+LAYOUTS = {"rows": {"chunk_rows": 16}, "2d": {"chunk_rows": 16, "chunk_cols": 12}}
+
+
+@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+def store(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp("read-once") / f"{request.param}.zarr"
+    return str(synth(out, SPEC, **LAYOUTS[request.param], progress=False))
+
+
+class ChunkFetches:
+    """Counts chunk files fetched through any local Zarr store (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def wrap(self, get):
+        async def counted(store, key, *args, **kwargs):
+            if "/c/" in key or key.endswith("/c"):
+                with self.lock:
+                    self.counts[key] += 1
+            return await get(store, key, *args, **kwargs)
+
+        return counted
+
+    def of(self, array: str) -> Counter[str]:
+        return Counter({k: n for k, n in self.counts.items() if k.startswith(f"{array}/")})
+
+
+@pytest.fixture()
+def fetches(monkeypatch):
+    counter = ChunkFetches()
+    monkeypatch.setattr(zarr.storage.LocalStore, "get",
+                        counter.wrap(zarr.storage.LocalStore.get))
+    return counter
+
+
+def chunk_keys(url: str, name: str) -> set[str]:
+    arr = zarr.open_array(url, path=name, mode="r")
+    grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+    return {f"{name}/c/{i}/{j}" for i in grid[0] for j in grid[1]}
+
+
+def instrumented(url: str, rows_per_block: int | None = None):
+    """The experiment with both sources reporting every block they read."""
+    blocks: Counter[tuple[str, int, int]] = Counter()
+    lock = threading.Lock()
+
+    def hook(name: str, i: int, c: int) -> None:
+        with lock:
+            blocks[(name, i, c)] += 1
+
+    exp = open_experiment(url, rows_per_block=rows_per_block)
+    exp.bank = dataclasses.replace(exp.bank, reads=hook)
+    exp.test = dataclasses.replace(exp.test, reads=hook)
+    return exp, blocks
+
+
+def grid(src) -> set[tuple[int, int]]:
+    return {(i, c) for i in range(len(src.row_chunks)) for c in range(len(src.col_chunks))}
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("dis", {}),
+    ("is", {"beta": [5, 20, 40]}),
+    ("dis", {"topk": 3, "k": 2}),
+    ("none", {}),
+])
+def test_each_chunk_read_once(store, fetches, method, options):
+    exp, blocks = instrumented(store)
+    fetches.counts.clear()
+    res = run(exp, method=method, scheduler="threads", num_workers=4, **options)
+    assert res.before["R1"] > 0  # the baseline metrics come from the same reads
+    test_reads = {(i, c): n for (name, i, c), n in blocks.items() if name == "test"}
+    bank_reads = {(i, c): n for (name, i, c), n in blocks.items() if name == "bank"}
+    assert test_reads == dict.fromkeys(grid(exp.test), 1)
+    assert fetches.of("test") == Counter(dict.fromkeys(chunk_keys(store, "test"), 1))
+    if method == "none":  # the baseline needs nothing from the querybank
+        assert bank_reads == {} and not fetches.of("bank")
+    else:
+        assert bank_reads == dict.fromkeys(grid(exp.bank), 1)
+        assert fetches.of("bank") == Counter(dict.fromkeys(chunk_keys(store, "bank"), 1))
+
+
+def test_coarser_blocks_still_read_each_chunk_once(store, fetches):
+    exp, blocks = instrumented(store, rows_per_block=48)  # 3 stored chunks a block
+    assert len(exp.bank.row_chunks) == 4
+    fetches.counts.clear()
+    run(exp, beta=20, scheduler="threads")
+    assert set(blocks.values()) == {1}
+    for name in ("bank", "test"):
+        assert fetches.of(name) == Counter(dict.fromkeys(chunk_keys(store, name), 1))
+
+
+def test_counting_sees_a_second_read(store, fetches):
+    """The instruments work: reading a block again is seen at both levels."""
+    exp, blocks = instrumented(store)
+    fetches.counts.clear()
+    exp.test.read(0, 0)
+    exp.test.read(0, 0)
+    assert blocks[("test", 0, 0)] == 2
+    assert fetches.counts["test/c/0/0"] == 2
+    assert np.isfinite(exp.test.read(0, 0)).all()
