@@ -7,17 +7,19 @@ for the store contract.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from . import layout
 from .errors import IncompleteStoreError, InputError, StoreNotFoundError
-from .sources import EmbeddingMatrix, MatrixSource, NumpyMatrix, ZarrMatrix, _open_zarr
+from .sources import EmbeddingMatrix, MatrixSource, NumpyMatrix, ZarrMatrix, _open_zarr, split
 
-#: gallery items per block when similarities come from embeddings
-EMBEDDING_BLOCK_ELEMENTS = 2**24
+#: bytes of one float32 similarity block computed from embeddings
+EMBEDDING_BLOCK_BYTES = 2**27
+#: fewest gallery items per embeddings block (keeps the matrix products large)
+EMBEDDING_MIN_ITEMS = 1024
 
 
 def is_url(path: str) -> bool:
@@ -150,12 +152,56 @@ def _sources(url: str, attrs: dict[str, Any], options: dict[str, Any] | None,
         return (ZarrMatrix.open(url, layout.BANK, options, rows_per_block),
                 ZarrMatrix.open(url, layout.TEST, options, rows_per_block))
     gallery = ZarrMatrix.open(url, layout.GALLERY_EMB, options)
-    dim = gallery.shape[1]
-    per_block = max(1, EMBEDDING_BLOCK_ELEMENTS // max(dim, 1) // 4)
-    gallery = ZarrMatrix.open(url, layout.GALLERY_EMB, options, per_block)
-    queries = [ZarrMatrix.open(url, name, options, rows_per_block or 8192)
-               for name in (layout.BANK_EMB, layout.TEST_EMB)]
-    return (EmbeddingMatrix.build(queries[0], gallery), EmbeddingMatrix.build(queries[1], gallery))
+    pair = []
+    for name in (layout.BANK_EMB, layout.TEST_EMB):
+        queries = ZarrMatrix.open(url, name, options)
+        q_rows, g_rows = embedding_grid(queries.shape[0], gallery.row_chunks[0], rows_per_block)
+        if g_rows >= gallery.row_chunks[0]:  # whole stored chunks
+            parts = ZarrMatrix.open(url, layout.GALLERY_EMB, options, g_rows)
+        else:
+            parts = replace(gallery, row_chunks=within_chunks(gallery.row_chunks, g_rows))
+        pair.append(EmbeddingMatrix.build(ZarrMatrix.open(url, name, options, q_rows), parts))
+    return pair[0], pair[1]
+
+
+def within_chunks(chunks: tuple[int, ...], step: int) -> tuple[int, ...]:
+    """Blocks of at most ``step`` rows that never cross a stored chunk boundary.
+
+    >>> within_chunks((5, 5, 3), 2)
+    (2, 2, 1, 2, 2, 1, 2, 1)
+    """
+    return tuple(part for chunk in chunks for part in split(chunk, step))
+
+
+def embedding_grid(n_queries: int, gallery_chunk: int, rows_per_block: int | None = None,
+                   block_bytes: int | None = None) -> tuple[int, int]:
+    """``(query rows, gallery items)`` per similarity block from embeddings.
+
+    The gallery is read once per query row block, so query blocks are as tall
+    as the block budget allows with at least :data:`EMBEDDING_MIN_ITEMS`
+    gallery items; gallery blocks then fill the budget, in whole stored chunks
+    or in equal parts of one (a part re-reads its chunk: store embeddings in
+    chunks no larger than a block).
+
+    Examples
+    --------
+    10000 queries, gallery stored in chunks of 2048 items, 128 MiB blocks:
+    all queries in one block, 3355 items fit, so one 2048-item chunk a block.
+
+    >>> embedding_grid(10000, 2048)
+    (10000, 2048)
+    >>> embedding_grid(10000, 43690)  # a 43690-item chunk in 14 parts
+    (10000, 3121)
+
+    Parts are cut chunk by chunk (:func:`within_chunks`).
+    """
+    budget = max(1, (block_bytes or EMBEDDING_BLOCK_BYTES) // 4)
+    q_rows = rows_per_block or max(1, min(n_queries, budget // EMBEDDING_MIN_ITEMS))
+    g_rows = max(1, budget // q_rows)
+    if g_rows >= gallery_chunk:
+        return q_rows, gallery_chunk * (g_rows // gallery_chunk)
+    parts = -(-gallery_chunk // g_rows)
+    return q_rows, -(-gallery_chunk // parts)
 
 
 def check_matrix(name: str, arr: np.ndarray) -> None:
