@@ -47,16 +47,19 @@ class _Piece:
     tops: list[np.ndarray] = field(default_factory=list)  # column top-k per segment
 
 
-def segments(width: int, k: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` column ranges cutting ``width`` columns for top-``k`` tables.
+def segment_width(k: int) -> int:
+    """Columns per segment of a top-``k`` table (:data:`SEGMENT_BYTES` of float64)."""
+    return max(1, SEGMENT_BYTES // (8 * max(k, 1)))
 
-    >>> segments(10, 2**21)
-    [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+
+def segments(width: int, step: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` column ranges cutting ``width`` columns ``step`` at a time
+    (none when ``step`` is 0: no top-k table asked for).
+
+    >>> segments(10, 4)
+    [(0, 4), (4, 8), (8, 10)]
     """
-    if k < 1:
-        return []
-    step = max(1, SEGMENT_BYTES // (8 * k))
-    return [(s, min(s + step, width)) for s in range(0, width, step)]
+    return [(s, min(s + step, width)) for s in range(0, width, step)] if step else []
 
 
 def tree(parts: list[Any], func: Callable[..., Any], key: Key, name: str) -> Any:
@@ -72,13 +75,13 @@ def tree(parts: list[Any], func: Callable[..., Any], key: Key, name: str) -> Any
 # ---------------------------------------------------------------- tasks
 
 
-def _piece(src: MatrixSource, i: int, c: int, needs: BankNeeds) -> _Piece:
+def _piece(src: MatrixSource, i: int, c: int, needs: BankNeeds, step: int) -> _Piece:
     block = src.read(i, c)
     col0 = offsets(src.col_chunks)[c]
     lse = kernels.bank_logsumexp(block, np.asarray(needs.betas)) if needs.betas else None
     rows = kernels.row_topk(block, needs.activation_k, col0) if needs.activation_k else None
     tops = [kernels.column_topk(block[:, a:b], needs.column_k)
-            for a, b in segments(block.shape[1], needs.column_k)]
+            for a, b in segments(block.shape[1], step)]
     return _Piece(lse, rows, tops)
 
 
@@ -92,9 +95,9 @@ def _join(n_gallery: int, needs: BankNeeds, *pieces: _Piece) -> _Piece:
     return _Piece(lse, mask)
 
 
-def _block(src: MatrixSource, i: int, needs: BankNeeds, n_gallery: int) -> _Piece:
+def _block(src: MatrixSource, i: int, needs: BankNeeds, step: int, n_gallery: int) -> _Piece:
     """A row block of a bank chunked by rows only: read, compute, join."""
-    piece = _piece(src, i, 0, needs)
+    piece = _piece(src, i, 0, needs, step)
     joined = _join(n_gallery, needs, piece)
     joined.tops = piece.tops
     return joined
@@ -115,8 +118,21 @@ def _segment_top(j: int, k: int, *holders: _Piece | np.ndarray) -> np.ndarray:
 
 
 def _means(ks: tuple[int, ...], top: np.ndarray) -> np.ndarray:
-    """``(len(ks), width)`` mean of each column's k largest values, per k."""
-    return np.stack([top[:min(k, len(top))].astype(np.float64).mean(axis=0) for k in ks])
+    """``(len(ks), width)`` mean of each column's k largest values, per k.
+
+    Summed in float64 from the largest value down, one row at a time: the
+    result does not depend on the segment's width (numpy's own reduction
+    sums a lone column pairwise, a wide table row by row).
+    """
+    out = np.empty((len(ks), top.shape[1]))
+    total = np.zeros(top.shape[1])
+    done = 0
+    for n, k in sorted(enumerate(ks), key=lambda nk: nk[1]):
+        for row in top[done:min(k, len(top))]:
+            total += row
+        done = max(done, min(k, len(top)))
+        out[n] = total / done
+    return out
 
 
 def _stats(ks: tuple[int, ...], main: _Piece, *means: np.ndarray) -> BankStats:
@@ -145,15 +161,17 @@ def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") 
     task per row block joins its pieces.
     """
     n_gallery = bank.shape[1]
+    step = segment_width(needs.column_k) if needs.column_k else 0
     rows: list[Delayed] = []
     holders: list[list[Delayed]] = []  # per row block: the tasks holding column top-k
     for i in range(len(bank.row_chunks)):
         if len(bank.col_chunks) == 1:
-            rows.append(delayed(partial(_block, bank))(i, needs, n_gallery,
+            rows.append(delayed(partial(_block, bank))(i, needs, step, n_gallery,
                                                         dask_key_name=key(name, i)))
             holders.append([rows[-1]])
             continue
-        pieces = [delayed(partial(_piece, bank))(i, c, needs, dask_key_name=key(name, i, c))
+        pieces = [delayed(partial(_piece, bank))(i, c, needs, step,
+                                                 dask_key_name=key(name, i, c))
                   for c in range(len(bank.col_chunks))]
         rows.append(delayed(partial(_join, n_gallery, needs))(
             *pieces, dask_key_name=key(f"{name}-row", i)))
@@ -161,5 +179,5 @@ def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") 
     main = tree(rows, _combine, key, f"{name}-combine")
     means = [_segment_means(needs, [h[c] for h in holders], key, f"{name}-top-{c}-{s}", s)
              for c, width in enumerate(bank.col_chunks)
-             for s in range(len(segments(width, needs.column_k)))]
+             for s in range(len(segments(width, step)))]
     return delayed(_stats)(needs.column_means, main, *means, dask_key_name=key(f"{name}-stats"))

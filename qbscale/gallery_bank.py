@@ -94,6 +94,11 @@ def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, c
 
 
 def _set_record(group: Any, record: dict[str, Any] | None) -> None:
+    """Set (or drop) the record, through a fresh handle: a group opened before the
+    last consolidation would write its stale consolidated metadata back."""
+    import zarr
+
+    group = zarr.open_group(group.store, mode="r+")
     attrs = dict(group.attrs[layout.ATTR])
     attrs.pop(RECORD, None)
     if record is not None:
@@ -139,7 +144,7 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
         raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     url = os.fspath(store)
     experiment, group = _open_store(url, storage_options)
-    src = open_matrix(source, "gallery_bank")
+    src = open_matrix(source, "array")
     name, _ = _target(experiment, group, src)
     if (name in set(group.array_keys()) or RECORD in (experiment.attrs or {})) and not overwrite:
         raise StoreExistsError(f"{url} already has a gallery bank: pass overwrite=True "

@@ -81,9 +81,13 @@ def topk(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def top_mean(bank: np.ndarray, k: int) -> np.ndarray:
-    """Mean of each column's k largest values (all of them when fewer rows)."""
-    desc = np.ascontiguousarray(np.sort(bank, axis=0)[::-1][:k])
-    return desc.astype(np.float64).mean(axis=0)
+    """Mean of each column's k largest values (all of them when fewer rows),
+    summed in float64 from the largest down."""
+    desc = np.sort(bank, axis=0)[::-1][:k]
+    total = np.zeros(bank.shape[1])
+    for row in desc:
+        total += row
+    return total / len(desc)
 
 
 def variant(method: str, value: float, bank: np.ndarray, params: dict[str, float],
