@@ -7,8 +7,6 @@ from typing import Any
 
 import click
 
-from qbscale import layout
-
 from .options import library_errors
 
 
@@ -30,8 +28,8 @@ from .options import library_errors
 @click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]),
               default="float32", show_default=True, help="Stored float type.")
 @click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
-              default=layout.DEFAULT_CHUNK_BYTES / 2**20, show_default=True,
-              help="Target size of a stored chunk, MiB.")
+              help="Target size of a stored chunk, MiB [default: 64 for sims, 4 for "
+                   "embeddings].")
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk.")
 @click.option("--chunk-cols", type=click.IntRange(min=1),
               help="Columns per chunk (sims only; default: whole rows).")
@@ -41,7 +39,7 @@ from .options import library_errors
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: int,
-          queries_per_item: int, seed: int, dtype: str, chunk_mb: float,
+          queries_per_item: int, seed: int, dtype: str, chunk_mb: float | None,
           chunk_rows: int | None, chunk_cols: int | None, codec: str, overwrite: bool,
           quiet: bool) -> None:
     """Write a synthetic experiment store OUT.zarr, chunk by chunk.
@@ -54,7 +52,8 @@ def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: in
     from qbscale.synth import synth as write
 
     spec = SynthSpec(n_bank, n_test, n_gallery, dim, queries_per_item, seed)
-    options: dict[str, Any] = dict(dtype=dtype, chunk_bytes=max(1, int(chunk_mb * 2**20)),
+    chunk_bytes = None if chunk_mb is None else max(1, int(chunk_mb * 2**20))
+    options: dict[str, Any] = dict(dtype=dtype, chunk_bytes=chunk_bytes,
                                    chunk_rows=chunk_rows, chunk_cols=chunk_cols, codec=codec,
                                    overwrite=overwrite, progress=not quiet)
     start = time.perf_counter()

@@ -50,6 +50,8 @@ __all__ = ["GEN_ROWS", "KINDS", "SynthSpec", "gallery_rows", "query_rows", "synt
 GEN_ROWS = 4096
 #: what ``synth`` can write
 KINDS = ("sims", "embeddings")
+#: default stored chunk of embeddings: small, so a similarity block reads whole chunks
+EMBEDDING_CHUNK_BYTES = 4 * 2**20
 
 _GALLERY, _TEST, _BANK, _FRESH = 1, 2, 3, 4
 
@@ -213,7 +215,7 @@ def _whole_gallery(spec: SynthSpec) -> np.ndarray:
 
 
 def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
-          dtype: str = "float32", chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
+          dtype: str = "float32", chunk_bytes: int | None = None,
           chunk_rows: int | None = None, chunk_cols: int | None = None, codec: str = "none",
           overwrite: bool = False, progress: bool = True) -> str:
     """Write a complete synthetic experiment store, chunk by chunk.
@@ -225,7 +227,10 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
     kind : ``"sims"`` (bank and test similarity matrices) or ``"embeddings"``
         (bank, test and gallery embeddings, unit rows: cosine similarity)
     dtype : stored float type
-    chunk_bytes, chunk_rows, chunk_cols, codec, overwrite, progress
+    chunk_bytes : target bytes of a stored chunk; by default 64 MiB for
+        similarities and 4 MiB for embeddings (a similarity block computed
+        from them then reads whole chunks, see :func:`qbscale.store.embedding_grid`)
+    chunk_rows, chunk_cols, codec, overwrite, progress
         As for :func:`qbscale.ingest` (``chunk_cols`` for ``sims`` only).
 
     Returns
@@ -247,6 +252,8 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
         raise ConfigError("chunk_cols applies to similarities only: embedding chunks "
                           "span the whole dimension")
     dt = np.dtype(dtype)
+    if chunk_bytes is None:
+        chunk_bytes = layout.DEFAULT_CHUNK_BYTES if kind == "sims" else EMBEDDING_CHUNK_BYTES
     roles = (("bank", layout.BANK), ("test", layout.TEST)) if kind == "sims" else (
         ("bank", layout.BANK_EMB), ("test", layout.TEST_EMB), ("gallery", layout.GALLERY_EMB))
     targets = []
