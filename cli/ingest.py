@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -49,10 +49,9 @@ def summary(out: str, seconds: float) -> str:
     import zarr
 
     group = zarr.open_group(out, mode="r")
-    attrs = group.attrs[layout.ATTR]
+    attrs = cast("dict[str, Any]", group.attrs[layout.ATTR])
     parts, raw = [], 0
-    for name in group.array_keys():
-        arr = group[name]
+    for name, arr in group.arrays():
         raw += arr.nbytes
         if arr.ndim == 2:
             parts.append(f"{name} {' x '.join(map(str, arr.shape))} {arr.dtype} in chunks of "

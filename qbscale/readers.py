@@ -34,18 +34,8 @@ import numpy as np
 
 from .errors import InputError, UnsafePickleError
 
-__all__ = [
-    "ArrayInput",
-    "InputMatrix",
-    "NpyInput",
-    "NpzInput",
-    "SafeUnpickler",
-    "ZarrInput",
-    "file_sha256",
-    "load_pickle",
-    "open_matrix",
-    "read_array",
-]
+__all__ = ["ArrayInput", "InputMatrix", "NpyInput", "NpzInput", "SafeUnpickler", "ZarrInput",
+           "file_sha256", "load_pickle", "open_matrix", "read_array"]
 
 #: bytes read per step while hashing or copying files
 IO_BYTES = 8 * 2**20
@@ -253,6 +243,7 @@ class NpyInput(InputMatrix):
 
     def __init__(self, path: str, name: str | None = None) -> None:
         name = name or os.path.basename(path)
+        self.file = path
         try:
             with open(path, "rb") as f:
                 shape, self.fortran, dtype = _read_npy_header(f, name)
@@ -268,7 +259,7 @@ class NpyInput(InputMatrix):
 
     def _map(self) -> np.ndarray:
         try:
-            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+            return np.load(self.file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"cannot map {self.name}: {exc}") from exc
 
@@ -280,7 +271,7 @@ class NpyInput(InputMatrix):
 
     def read(self) -> np.ndarray:
         try:
-            return np.load(self.path, allow_pickle=False)
+            return np.load(self.file, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"cannot read {self.name}: {exc}") from exc
 
@@ -304,6 +295,7 @@ class NpzInput(InputMatrix):
 
     def __init__(self, path: str, member: str | None = None) -> None:
         base = os.path.basename(path)
+        self.file = path
         try:
             with zipfile.ZipFile(path) as zf:
                 self.member = self._pick(zf, member, base)
@@ -336,7 +328,7 @@ class NpzInput(InputMatrix):
             return
         row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         try:
-            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as fp:
+            with zipfile.ZipFile(self.file) as zf, zf.open(self.member) as fp:
                 _read_npy_header(fp, self.name)
                 for r0 in range(0, self.shape[0], rows):
                     n = min(rows, self.shape[0] - r0)
@@ -352,7 +344,7 @@ class NpzInput(InputMatrix):
     def _extract(self, directory: str) -> str:
         target = os.path.join(directory, "member.npy")
         try:
-            with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as src, \
+            with zipfile.ZipFile(self.file) as zf, zf.open(self.member) as src, \
                     open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, IO_BYTES)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
