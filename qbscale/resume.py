@@ -3,7 +3,7 @@
 A run that saves into a store (scores, ranks or top-k) keeps its progress in
 the store's ``manifest`` group while it runs::
 
-    manifest/log_z, activation   the bank statistics, once computed
+    manifest/shifts, activation  the bank statistics, once computed
     manifest/bank_done  (1,)     1 once they are stored
     manifest/<field>             the RowResult of every row block, chunked
                                  like the test rows (base_rank, rank, ...)
@@ -19,6 +19,7 @@ only the others.  A run that completes deletes its manifest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -41,33 +42,36 @@ GROUP = "manifest"
 DONE = "done"
 BANK_DONE = "bank_done"
 
-#: RowResult fields kept per row block, and their stored dtype
+#: RowResult fields kept per row block: stored dtype and query axis
 FIELDS = {
-    "base_rank": "float64",
-    "rank": "float64",
-    "normalised": "bool",
-    "top_idx": "int64",
-    "topk_idx": "int32",
-    "topk_score": "float32",
+    "base_rank": ("float64", 0),
+    "rank": ("float64", 1),
+    "normalised": ("bool", 0),
+    "top_idx": ("int64", 0),
+    "topk_idx": ("int32", 1),
+    "topk_score": ("float32", 1),
+    "base_topk_idx": ("int32", 0),
 }
 
 
 def field_shapes(config: RunConfig, n_queries: int, n_gallery: int) -> dict[str, tuple[int, ...]]:
-    """Shape of every kept field over all queries (the query axis is 0 or 1)."""
-    n_b = len(config.betas)
+    """Shape of every kept field over all queries."""
+    n_v = len(config.betas)
     shapes: dict[str, tuple[int, ...]] = {
         "base_rank": (n_queries,), "normalised": (n_queries,), "top_idx": (n_queries,)}
     if config.normalises:
-        shapes["rank"] = (n_b, n_queries)
+        shapes["rank"] = (n_v, n_queries)
     if config.topk:
-        top = (n_b if config.normalises else 1, n_queries, min(config.topk, n_gallery))
-        shapes["topk_idx"] = shapes["topk_score"] = top
+        k = min(config.topk, n_gallery)
+        shapes["topk_idx"] = shapes["topk_score"] = (n_v if config.normalises else 1,
+                                                     n_queries, k)
+        shapes["base_topk_idx"] = (n_queries, k)
     return shapes
 
 
-def _rows(shape: tuple[int, ...], start: int, stop: int) -> tuple[slice, ...]:
-    """The index of rows ``start:stop`` in an array of ``shape``."""
-    return (slice(start, stop),) if len(shape) == 1 else (slice(None), slice(start, stop))
+def _rows(name: str, start: int, stop: int) -> tuple[slice, ...]:
+    """The index of rows ``start:stop`` in field ``name``."""
+    return (slice(None),) * FIELDS[name][1] + (slice(start, stop),)
 
 
 @dataclass(frozen=True)
@@ -87,14 +91,20 @@ class Manifest:
         stop = row.start + len(row.base_rank)
         for name in self.fields:
             value = getattr(row, name)
-            self.array(name)[_rows(value.shape, row.start, stop)] = value
+            self.array(name)[_rows(name, row.start, stop)] = value
         self.array(DONE)[i] = 1
         return row
 
-    def record_bank(self, log_z: np.ndarray, act: np.ndarray) -> None:
-        """Store the bank statistics, then their marker."""
-        self.array("log_z")[...] = log_z
-        self.array("activation")[...] = act
+    def record_bank(self, shifts: np.ndarray | None, act: np.ndarray) -> None:
+        """Store the bank statistics, then their marker (one task: it may create arrays)."""
+        import zarr
+
+        if shifts is None:
+            return
+        for name, value in (("shifts", np.asarray(shifts)), ("activation", np.asarray(act))):
+            zarr.create_array(self.url, name=f"{GROUP}/{name}", shape=value.shape,
+                              dtype=value.dtype, compressors=None, overwrite=True,
+                              storage_options=dict(self.options) or None)[...] = value
         self.array(BANK_DONE)[0] = 1
 
 
@@ -102,8 +112,7 @@ def _settings(experiment: Experiment, config: RunConfig, save_scores: bool) -> d
     """What a manifest must match to be resumed (as read back from JSON)."""
     attrs = experiment.attrs or {}
     settings = {
-        "betas": list(config.betas), "k": config.k, "method": config.method,
-        "topk": config.topk, "save_scores": save_scores,
+        **dataclasses.asdict(config), "save_scores": save_scores,
         "bank_shape": list(experiment.bank.shape), "test_shape": list(experiment.test.shape),
         "row_chunks": list(experiment.test.row_chunks), "inputs": attrs.get("sources"),
     }
@@ -170,10 +179,10 @@ class RunState:
         starts = offsets(self.row_chunks)
         for i in np.flatnonzero(flags):
             start, stop = starts[i], starts[i] + self.row_chunks[i]
-            part = {name: v[_rows(v.shape, start, stop)] for name, v in values.items()}
-            self.done[int(i)] = RowResult(start=start, **part)
+            part = {name: v[_rows(name, start, stop)] for name, v in values.items()}
+            self.done[int(i)] = RowResult(start=start, **{**dict.fromkeys(FIELDS), **part})
         if self.config.normalises and group[BANK_DONE][0]:
-            self.bank = (np.asarray(group["log_z"][...]), np.asarray(group["activation"][...]))
+            self.bank = (np.asarray(group["shifts"][...]), np.asarray(group["activation"][...]))
         if save_scores:
             self.writer = _existing_writer(experiment, self.config, self.row_chunks)
 
@@ -228,14 +237,10 @@ def _create(experiment: Experiment, config: RunConfig, shapes: dict[str, tuple[i
                           chunks=chunks, compressors=None, fill_value=0, overwrite=True)
 
     for name, shape in shapes.items():
-        axis = 0 if len(shape) == 1 else 1  # the query axis
-        put(name, shape, FIELDS[name], tuple(rows if a == axis else n for a, n in enumerate(shape)))
+        dtype, axis = FIELDS[name]
+        put(name, shape, dtype, tuple(rows if a == axis else n for a, n in enumerate(shape)))
     put(DONE, (len(experiment.test.row_chunks),), "uint8", (1,))
-    if config.normalises:
-        n_g = experiment.n_gallery
-        put("log_z", (len(config.betas), n_g), "float64", (len(config.betas), n_g))
-        put("activation", (n_g,), "bool", (n_g,))
-        put(BANK_DONE, (1,), "uint8", (1,))
+    put(BANK_DONE, (1,), "uint8", (1,))
     group.attrs["settings"] = settings  # last: a manifest without it is ignored
 
 

@@ -30,13 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.executors.distributed import MALLOC_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": "1073741824",
-    "MALLOC_TRIM_THRESHOLD_": "17179869184",
-}
 
 
 def problem(n_bank: int, n_gallery: int, queries_per_item: int = 2, seed: int = 0
@@ -165,7 +162,10 @@ def dask_cluster(tmp: Path, n_workers: int = 2, memory_limit: str = "1GiB",
     """
     tmp.mkdir(parents=True, exist_ok=True)
     sched_file = tmp / "scheduler.json"
-    full_env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": str(ROOT), **(env or {})}
+    # the malloc settings as documented for `dask worker`: the nanny's own
+    # pre-spawn environment would otherwise reset MALLOC_TRIM_THRESHOLD_
+    full_env = {**os.environ, "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON": json.dumps(MALLOC_ENV),
+                "PYTHONPATH": str(ROOT), **(env or {})}
     dash = ["--dashboard-address", "127.0.0.1:0"] if dashboard else ["--no-dashboard"]
     procs: list[subprocess.Popen[bytes]] = []
 

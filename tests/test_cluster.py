@@ -24,7 +24,7 @@ from qbscale.cli import cli
 
 from qbscale.api import run
 from qbscale.errors import ConfigError
-from qbscale.executors.distributed import DistributedExecutor
+from qbscale.executors.distributed import MALLOC_ENV, DistributedExecutor
 from qbscale.store import open_experiment
 
 from .cluster_fixtures import SlowMatrix, dask_cluster, make_store, problem, qbscale_cli
@@ -79,11 +79,16 @@ def test_cli_on_a_scheduler_matches_threads(cluster, data, threaded, tmp_path):
     # the dashboard link and a progress bar over the cluster's tasks
     assert f"dashboard: http://127.0.0.1:{cluster.dashboard_port()}/status" in err
     assert "qbscale:" in err and "task" in err
+    # the workers run with the fast malloc settings
+    with cluster.client() as client:
+        env = client.run(lambda: {k: os.environ.get(k) for k in MALLOC_ENV})
+    assert all(worker == MALLOC_ENV for worker in env.values()), env
     # nothing was killed or spilled under the 1 GiB limit
     assert cluster.worker_pids() == pids
-    warnings = [line for p in Path(cluster.logs).glob("worker*.log")
-                for line in p.read_text().splitlines() if "WARNING" in line or "spill" in line]
-    assert not warnings, warnings
+    memory = [line for p in Path(cluster.logs).glob("worker*.log")
+              for line in p.read_text().splitlines()
+              if "distributed.worker.memory" in line or "spill" in line.lower()]
+    assert not memory, memory
 
 
 def test_api_with_a_client_and_other_settings_on_the_same_store(cluster, data, tmp_path):

@@ -187,3 +187,21 @@ def test_a_killed_cli_run_resumes(tmp_path):
     assert plain.exit_code == 0, plain.output
     assert resumed.output.split("time:")[0] == plain.output.split("time:")[0]
     assert_same_store(store, reference)
+
+
+@pytest.mark.parametrize("method", ["is", "csls", "nnn", "none"])
+def test_every_method_resumes_to_the_same_store(data, tmp_path, method):
+    kw = {**KW, "method": method, "beta": None, "save_scores": method != "none"}
+    reference = make_store(str(tmp_path / "ref.zarr"), *data, chunk_rows=20)
+    run(reference, **kw)
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
+    experiment = open_experiment(store)
+    experiment.test = FailingMatrix(experiment.test, fail_at=7)
+    with pytest.raises(RuntimeError, match="cannot read block 7"):
+        run(experiment, scheduler="synchronous", **kw)
+    result = run(store, resume=True, **kw)
+    assert result.extra["resume"]["computed"] < result.extra["resume"]["row_blocks"]
+    want, got = zarr.open_group(reference, mode="r"), zarr.open_group(store, mode="r")
+    assert sorted(got.keys()) == sorted(want.keys())
+    for name in got.array_keys():
+        np.testing.assert_array_equal(got[name][...], want[name][...], err_msg=name)
