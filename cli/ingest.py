@@ -117,7 +117,7 @@ def ingest(**opts: Any) -> None:
                               chunk_cols=opts["chunk_cols"], **common)
         else:
             out = ingest_embeddings(opts["output"], opts["bank_emb"], opts["test_emb"],
-                                    opts["gallery_emb"], opts["masks"],
+                                    opts["gallery_emb"], masks=opts["masks"],
                                     normalise=opts["normalise_embeddings"], **common)
     except QBScaleError as exc:
         raise click.ClickException(str(exc)) from exc

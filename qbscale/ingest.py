@@ -299,7 +299,7 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
 
 
 def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_emb: PathOrArray,
-                      gallery_emb: PathOrArray, masks: PathOrArray | None = None, *,
+                      gallery_emb: PathOrArray, *, masks: PathOrArray | None = None,
                       normalise: bool = False, queries_per_item: int | None = None,
                       gt_index: PathOrArray | None = None,
                       chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,

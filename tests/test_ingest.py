@@ -377,8 +377,10 @@ def test_embeddings_stored_as_given(tmp_path, embeddings):
     z = zarr.create_array(str(tmp_path / "q.zarr"), shape=test.shape, dtype=test.dtype,
                           chunks=(5, 8))
     z[...] = test
+    mask = np.arange(12) != 5
     out = ingest_embeddings(tmp_path / "e.zarr", bank, tmp_path / "q.zarr", tmp_path / "g.npy",
-                            progress=False)
+                            masks=mask, progress=False)
+    assert same_bits(stored(out, "query_mask"), mask)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = xr.open_zarr(out)
