@@ -1,0 +1,72 @@
+"""``qbscale hubness``: k-occurrence statistics before and after each normaliser."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qbscale.methods import REGISTRY
+
+from .options import library_errors, quiet_option, scheduler_option, workers_option
+
+COLUMNS = (("R1", "R@1", ".1f"), ("hub_skewness", "N_k skew", ".2f"),
+           ("hub_robin_hood", "Robin Hood", ".3f"), ("hub_hub_occupation", "hub occ.", ".3f"),
+           ("hub_antihub_rate", "antihubs", ".3f"), ("hub_max_occurrence", "max N_k", "d"))
+
+
+def format_hubness(rows: list[dict[str, Any]]) -> str:
+    """Fixed-width table of :meth:`qbscale.compare.Comparison.rows`."""
+    width = max(8, *(len(row["method"]) + 1 for row in rows))
+    head = f"{'method':<{width}}{'setting':>12}" + "".join(f"{h:>11}" for _, h, _ in COLUMNS)
+    lines = [head]
+    for row in rows:
+        setting = "-" if row["value"] is None else f"{row['param']}={row['value']:g}"
+        lines.append(f"{row['method']:<{width}}{setting:>12}"
+                     + "".join(f"{row[c]:>11{f}}" for c, _, f in COLUMNS))
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("store")
+@click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
+              help="A method to measure; repeat for several (default: every method that can "
+                   "run on STORE; dual-is needs a gallery bank).")
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Depth of the top-k lists counted in N_k.")
+@click.option("--activation-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Top-k bank columns per querybank row forming the activation set.")
+@click.option("--dynamic", is_flag=True,
+              help="Rescore only rows whose top-1 is in the activation set.")
+@click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
+              help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write the table (metrics and hubness per method) as JSON.")
+@scheduler_option
+@workers_option
+@quiet_option
+@library_errors
+def hubness(store: str, names: tuple[str, ...], k: int, activation_k: int, dynamic: bool,
+            gallery_bank: str | None, json_path: str | None, scheduler: str,
+            workers: int | None, quiet: bool) -> None:
+    """Hubness of STORE's retrieval before and after each normaliser.
+
+    N_k(j) counts the test queries with gallery item j in their top-k.  Printed:
+    the skewness of N_k, the Robin Hood index (share of top-k slots to move for
+    every item to have the mean), hub occupation (share of top-k slots taken by
+    the top 1% of items), the antihub rate (share of items never retrieved) and
+    the largest N_k.  Every method runs at its defaults, one pass each; the
+    store is only read.
+    """
+    from qbscale.compare import compare
+
+    result = compare(store, list(names) or None, k=k, dynamic=dynamic,
+                     activation_k=activation_k, gallery_bank=gallery_bank,
+                     scheduler=scheduler, num_workers=workers, progress=not quiet)
+    click.echo(f"N_k at k={k} over {result.n_queries} test queries and {result.n_gallery} "
+               "gallery items")
+    click.echo(format_hubness(result.rows()))
+    if json_path:
+        Path(json_path).write_text(json.dumps({"k": k, "rows": result.rows()}, indent=2))
