@@ -11,6 +11,7 @@ import click
 from qbscale import layout
 from qbscale.errors import QBScaleError
 from qbscale.ingest import CODECS, DTYPES
+from qbscale.synth import EMBEDDING_CHUNK_BYTES
 
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
@@ -86,8 +87,9 @@ def summary(out: str, seconds: float) -> str:
 @click.option("-o", "--output", required=True, metavar="PATH", help="Store to write "
               "(directory or URL, e.g. exp.zarr or s3://bucket/exp.zarr).")
 @click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
-              default=layout.DEFAULT_CHUNK_BYTES / 2**20, show_default=True,
-              help="Target size of a stored chunk, MiB.")
+              help=f"Target size of a stored chunk, MiB  [default: "
+              f"{layout.DEFAULT_CHUNK_BYTES / 2**20:g} for similarities, "
+              f"{EMBEDDING_CHUNK_BYTES / 2**20:g} for embeddings].")
 @click.option("--chunk-rows", type=click.IntRange(min=1),
               help="Rows per chunk (overrides --chunk-mb).")
 @click.option("--chunk-cols", type=click.IntRange(min=1),
@@ -107,12 +109,14 @@ def ingest(**opts: Any) -> None:
     mode = _mode(opts)
     common: dict[str, Any] = dict(
         queries_per_item=opts["queries_per_item"], gt_index=opts["gt_index"],
-        chunk_bytes=max(1, int(opts["chunk_mb"] * 2**20)), chunk_rows=opts["chunk_rows"],
+        chunk_bytes=None if opts["chunk_mb"] is None else max(1, int(opts["chunk_mb"] * 2**20)),
+        chunk_rows=opts["chunk_rows"],
         dtype=opts["dtype"], codec=opts["codec"], overwrite=opts["overwrite"],
         progress=not opts["quiet"])
     start = time.perf_counter()
     try:
         if mode == "sims":
+            common["chunk_bytes"] = common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES
             out = ingest_sims(opts["output"], opts["bank"], opts["test"], opts["masks"],
                               chunk_cols=opts["chunk_cols"], **common)
         else:

@@ -22,6 +22,7 @@ import numpy as np
 from . import __version__, layout
 from .errors import ConfigError, InputError
 from .readers import InputMatrix, open_matrix
+from .synth import EMBEDDING_CHUNK_BYTES
 from .writer import staging, write_store
 
 __all__ = ["CODECS", "DTYPES", "chunk_shape", "ingest", "ingest_embeddings"]
@@ -302,7 +303,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
                       gallery_emb: PathOrArray, *, masks: PathOrArray | None = None,
                       normalise: bool = False, queries_per_item: int | None = None,
                       gt_index: PathOrArray | None = None,
-                      chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
+                      chunk_bytes: int | None = None,
                       chunk_rows: int | None = None, dtype: str | None = None,
                       codec: str = "none", overwrite: bool = False, progress: bool = True,
                       storage_options: dict[str, Any] | None = None,
@@ -323,7 +324,11 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         As for :func:`ingest`, with ``n_gallery`` the gallery embeddings' rows.
     normalise : bool
         Store rows scaled to unit L2 norm (zero rows are refused).
-    chunk_bytes, chunk_rows, dtype, codec, overwrite, progress, storage_options
+    chunk_bytes : int, optional
+        Target bytes per stored chunk, by default
+        :data:`qbscale.synth.EMBEDDING_CHUNK_BYTES` (4 MiB): small, so that a
+        similarity block computed from the embeddings reads whole chunks.
+    chunk_rows, dtype, codec, overwrite, progress, storage_options
         As for :func:`ingest` (chunks always span the full embedding dimension).
     input_storage_options : dict, optional
         fsspec options for Zarr URL inputs.
@@ -342,6 +347,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         ``out`` exists and ``overwrite`` is False.
     """
     _check_options(codec, dtype)
+    chunk_bytes = EMBEDDING_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     roles = ((layout.BANK_EMB, bank_emb), (layout.TEST_EMB, test_emb),
              (layout.GALLERY_EMB, gallery_emb))
     with staging(os.fspath(out), overwrite, storage_options) as stage:

@@ -13,7 +13,7 @@ import shutil
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -247,7 +247,7 @@ def describe(src: InputMatrix) -> dict[str, Any]:
 class Hashes:
     """SHA-256 of the input files, computed in a background thread meanwhile."""
 
-    def __init__(self, inputs: dict[str, InputMatrix]) -> None:
+    def __init__(self, inputs: Mapping[str, InputMatrix]) -> None:
         self.inputs = inputs
 
     def __enter__(self) -> Hashes:
@@ -266,9 +266,9 @@ class Hashes:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def write_store(stage: LocalStage | RemoteStage, targets: list[Target],
-                vectors: dict[str, np.ndarray | None], attrs: dict[str, Any],
-                inputs: dict[str, InputMatrix | None], codec: str, progress: bool) -> None:
+def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
+                vectors: Mapping[str, np.ndarray | None], attrs: Mapping[str, Any],
+                inputs: Mapping[str, InputMatrix | None], codec: str, progress: bool) -> None:
     """Write every array of a store into ``stage``, then mark it complete."""
     from tqdm import tqdm
 

@@ -389,6 +389,7 @@ def test_embeddings_stored_as_given(tmp_path, embeddings):
     info = ds.attrs[layout.ATTR]
     assert info["kind"] == "embeddings" and info["similarity"] == "dot"
     assert info["queries_per_item"] == 1 and info["complete"] is True
+    assert info["chunking"]["chunk_bytes"] == 4 * 2**20  # embeddings default: small chunks
     for name, arr in (("bank_emb", bank), ("test_emb", test), ("gallery_emb", gallery)):
         assert same_bits(stored(out, name), arr)
     exp = open_experiment(out)
