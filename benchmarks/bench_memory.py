@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Bounded memory at any size: ``qbscale run`` against merely reading the store once.
+
+Synthetic similarity stores (``qbscale synth --kind sims``, written chunk by
+chunk) of bank + test ~1, ~4 and ~16 GB float32 over a 50000-item gallery.
+For each, interleaved ``--repeat`` times after a warm-up, each in its own
+process under ``/usr/bin/time -v`` with the CLI's malloc settings:
+
+* ``read``: ``da.from_zarr(store, component=...).sum()`` of bank and test;
+* ``run``: ``qbscale run STORE --beta 20`` (DIS).
+
+First, at ``--choice-size`` GB, the same pair for four layouts (whole-row vs
+2-D chunks, no compression vs lz4) picks the layout the size table uses:
+the fastest run.  Tables show medians of process wall times (start-up
+included) and, in brackets, the time the process itself reported for the
+pass alone.
+
+usage: python benchmarks/bench_memory.py [--sizes 1,4,16] [--choice-size 4]
+       [--repeat 3] [--gallery 50000] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    MALLOC_ENV,
+    PYTHON,
+    disk_bytes,
+    interleaved,
+    machine,
+    median,
+    peak,
+    qbscale_command,
+    table,
+    timed,
+    wall,
+    workdir,
+)
+
+#: name -> (synth chunk options, codec)
+LAYOUTS = {
+    "rows 64 MiB": (["--chunk-mb", "64"], "none"),
+    "rows 64 MiB lz4": (["--chunk-mb", "64"], "lz4"),
+    "2-D 1280 x 12500": (["--chunk-rows", "1280", "--chunk-cols", "12500"], "none"),
+    "2-D 1280 x 12500 lz4": (["--chunk-rows", "1280", "--chunk-cols", "12500"], "lz4"),
+}
+
+READ = """\
+import sys, time
+import dask, dask.array as da
+url = sys.argv[1]
+start = time.perf_counter()
+arrays = [da.from_zarr(url, component=name) for name in ("bank", "test")]
+dask.compute(*[a.sum(dtype="float64") for a in arrays])
+print(f"time: {time.perf_counter() - start:.2f} s")
+"""
+
+
+def shape_of(size_gb: float, gallery: int) -> tuple[int, int]:
+    """Bank and test rows (3:1) making ``size_gb`` GB of float32 over ``gallery`` items."""
+    rows = max(4, round(size_gb * 1e9 / (4 * gallery)))
+    test = max(1, min(gallery, rows // 4))
+    return rows - test, test
+
+
+def make(folder: Path, name: str, size_gb: float, gallery: int,
+         layout: tuple[list[str], str]) -> tuple[Path, float]:
+    """A synth store and the seconds it took to write."""
+    n_bank, n_test = shape_of(size_gb, gallery)
+    out = folder / f"{name}.zarr"
+    options, codec = layout
+    took = timed([*qbscale_command(), "synth", str(out), "--kind", "sims", "--bank",
+                  str(n_bank), "--test", str(n_test), "--gallery", str(gallery), *options,
+                  "--codec", codec, "--quiet", "--overwrite"]).wall
+    return out, took
+
+
+def measure(store: Path, repeat: int) -> dict[str, list]:
+    return interleaved({
+        "read": ([PYTHON, "-c", READ, str(store)], MALLOC_ENV),
+        "run": ([*qbscale_command(), "run", str(store), "--beta", "20", "--quiet"], None),
+    }, repeat)
+
+
+def inner(runs: list) -> float:
+    return median([m.seconds() for m in runs])
+
+
+def choose_layout(folder: Path, size_gb: float, gallery: int, repeat: int
+                  ) -> tuple[str, str]:
+    rows, best = [], None
+    for name, layout in LAYOUTS.items():
+        store, write_s = make(folder, "choice", size_gb, gallery, layout)
+        raw = sum(_nbytes(store, a) for a in ("bank", "test"))
+        runs = measure(store, repeat)
+        read, run = wall(runs["read"]), wall(runs["run"])
+        rows.append([name, f"{raw / 1e9:.2f}", f"{raw / disk_bytes(store):.3f}",
+                     f"{raw / 1e9 / write_s:.2f}", f"{read:.2f} ({inner(runs['read']):.2f})",
+                     f"{run:.2f} ({inner(runs['run']):.2f})", f"{run / read:.2f}",
+                     f"{peak(runs['run']):.2f}"])
+        if best is None or run < best[1]:
+            best = (name, run)
+        shutil.rmtree(store)
+        print(f"layout {name}: done", file=sys.stderr, flush=True)
+    text = table(["layout", "GB", "compression", "write GB/s", "read s", "run s", "run/read",
+                  "run GiB"], rows)
+    assert best is not None
+    return text, best[0]
+
+
+def _nbytes(store: Path, name: str) -> int:
+    import zarr
+
+    return int(zarr.open_array(str(store), path=name, mode="r").nbytes)
+
+
+def size_table(folder: Path, sizes: list[float], gallery: int, layout: str, repeat: int) -> str:
+    rows = []
+    for size in sizes:
+        n_bank, n_test = shape_of(size, gallery)
+        store, _ = make(folder, f"size{size:g}", size, gallery, LAYOUTS[layout])
+        raw = (n_bank + n_test) * gallery * 4
+        runs = measure(store, repeat)
+        read, run = wall(runs["read"]), wall(runs["run"])
+        rows.append([f"{raw / 1e9:.1f}", f"{n_bank} + {n_test}",
+                     f"{read:.2f} ({inner(runs['read']):.2f})", f"{raw / 1e9 / read:.2f}",
+                     f"{run:.2f} ({inner(runs['run']):.2f})", f"{raw / 1e9 / run:.2f}",
+                     f"{run / read:.2f}", f"{peak(runs['read']):.2f}",
+                     f"{peak(runs['run']):.2f}"])
+        shutil.rmtree(store)
+        print(f"size {size:g} GB: done", file=sys.stderr, flush=True)
+    return table(["GB", f"bank + test rows (x {gallery})", "read s", "read GB/s", "run s",
+                  "run GB/s", "run/read", "read GiB", "run GiB"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,4,16", help="bank + test GB, comma-separated")
+    parser.add_argument("--choice-size", type=float, default=4.0)
+    parser.add_argument("--gallery", type=int, default=50000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
+    args = parser.parse_args()
+    folder = workdir(args.dir, "qbscale-bench-memory")
+    print(machine())
+    choice, layout = choose_layout(folder, args.choice_size, args.gallery, args.repeat)
+    print(f"\nlayouts at {args.choice_size:g} GB (bank + test, float32); medians of "
+          f"{args.repeat}: process wall (pass alone); compression = raw / on-disk bytes")
+    print(choice)
+    print(f"chosen: {layout} (fastest run)")
+    sizes = [float(s) for s in args.sizes.split(",")]
+    text = size_table(folder, sizes, args.gallery, layout, args.repeat)
+    print(f"\nsizes, layout {layout}; medians of {args.repeat}: process wall (pass alone); "
+          f"GiB = peak RSS")
+    print(text)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
