@@ -15,6 +15,8 @@ COMMANDS = {
     "run": "run:run",
     "eval": "evaluate:evaluate",
     "synth": "synth:synth",
+    "hubness": "hubness:hubness",
+    "report": "report:report",
 }
 
 #: glibc malloc settings that make zarr chunk reads 2-5x faster; they only

@@ -1,0 +1,48 @@
+"""``qbscale report``: an HTML page comparing every normaliser on a store."""
+
+from __future__ import annotations
+
+import click
+
+from qbscale.methods import REGISTRY
+
+from .options import library_errors, quiet_option, scheduler_option, workers_option
+
+
+@click.command()
+@click.argument("store")
+@click.option("-o", "--output", required=True, metavar="DIR",
+              help="Directory to write index.html (and its figures) into.")
+@click.option("--items", metavar="JSONL", type=click.Path(exists=True, dir_okay=False),
+              help="JSON lines (.gz too), one per gallery item, to label the hubs: the first "
+                   "line of each item's code, text, query or id field.")
+@click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
+              help="A method to include; repeat for several (default: every method that can "
+                   "run on STORE).")
+@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Depth of the top-k lists counted in N_k.")
+@click.option("--activation-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Top-k bank columns per querybank row forming the activation set.")
+@click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
+              help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
+@click.option("--title", default="Querybank normalisation report", show_default=True)
+@scheduler_option
+@workers_option
+@quiet_option
+@library_errors
+def report(store: str, output: str, items: str | None, names: tuple[str, ...], k: int,
+           activation_k: int, gallery_bank: str | None, title: str, scheduler: str,
+           workers: int | None, quiet: bool) -> None:
+    """Write a self-contained HTML report on STORE: metrics and hubness of every
+    method, N_k distributions, R@1 against each method's parameter and the hubs
+    that normalisation removed.  One pass over the data per method; the store is
+    only read."""
+    from qbscale.compare import compare
+    from qbscale.report import write_report
+
+    result = compare(store, list(names) or None, k=k, sweep=True, activation_k=activation_k,
+                     gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,
+                     progress=not quiet)
+    page = write_report(result, output, items, title)
+    methods = ", ".join(r.label for r in result.runs)
+    click.echo(f"Wrote {page} ({methods}; N_k at k={k})")

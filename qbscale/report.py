@@ -1,0 +1,273 @@
+"""A self-contained HTML report of a :class:`~qbscale.compare.Comparison`.
+
+``write_report(comparison, "report/")`` writes ``report/index.html`` with
+every figure embedded as a base64 PNG (the page opens anywhere on its own),
+and the same PNGs beside it:
+
+* the metrics and hubness of every method at its defaults, the baseline first;
+* the N_k distributions before and after (log scale);
+* R@1 and N_k skewness against each method's swept parameter (beta, alpha,
+  kc; one pass per method, every value at once: ``compare(..., sweep=True)``);
+* the hubs before normalisation (top 1% by N_k) and which methods stopped
+  them being hubs, with each item's text when ``items`` are given.
+
+matplotlib is imported only inside the functions that draw.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import hubness as hub
+from .compare import Comparison
+
+#: most hub rows shown
+MAX_HUB_ROWS = 40
+METRICS = (("R1", "R@1", ".1f", max), ("R5", "R@5", ".1f", max), ("R10", "R@10", ".1f", max),
+           ("R50", "R@50", ".1f", max), ("MedR", "MedR", ".1f", min),
+           ("MeanR", "MeanR", ".1f", min), ("geometric_mean_R1-R5-R10", "geom", ".1f", max),
+           ("hub_skewness", "N<sub>k</sub> skew", ".2f", min),
+           ("hub_robin_hood", "Robin Hood", ".3f", min),
+           ("hub_hub_occupation", "hub occ.", ".3f", min),
+           ("hub_antihub_rate", "antihubs", ".3f", min),
+           ("hub_max_occurrence", "max N<sub>k</sub>", "d", min))
+COLOURS = ("#444444", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+           "#e377c2")
+
+
+def load_items(path: str | os.PathLike[str]) -> list[str]:
+    """One short label per gallery item from a JSON-lines file (``.gz`` too).
+
+    Each line is an object; the label is the first non-blank line of its
+    ``code``, else of its ``text``, ``query``, ``caption`` or ``id`` field.
+    """
+    opener: Any = gzip.open if os.fspath(path).endswith(".gz") else open
+    labels = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            text = next((str(item[f]) for f in ("code", "text", "query", "caption", "id")
+                         if item.get(f)), "")
+            first = next((part.strip() for part in text.splitlines() if part.strip()), "")
+            labels.append(first[:120])
+    return labels
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _series(result: Comparison) -> list[tuple[str, np.ndarray]]:
+    return [("before", result.before_occurrence),
+            *((r.label, r.occurrence[r.default]) for r in result.runs)]
+
+
+def _log_bins(top: int) -> np.ndarray:
+    """Integer bin edges: 0 and 1 alone, then about 8 bins per decade up to ``top``."""
+    edges = np.unique(np.round(np.geomspace(1, max(top, 1) + 1, 4 + 8 * len(str(top)))))
+    return np.concatenate([[0], edges])
+
+
+def occurrence_figure(result: Comparison) -> bytes:
+    """N_k histograms (log bins, log y) and ranked N_k (log-log), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    series = _series(result)
+    edges = _log_bins(max(int(nk.max(initial=0)) for _, nk in series))
+    for n, (label, nk) in enumerate(series):
+        style = {"color": COLOURS[n % len(COLOURS)], "lw": 2.2 if n == 0 else 1.3,
+                 "ls": "-" if n == 0 else "--", "label": label}
+        counts, _ = np.histogram(nk, edges)
+        density = counts / np.diff(edges)  # items per unit of N_k
+        left.stairs(np.where(density > 0, density, np.nan), edges, baseline=None, **style)
+        ranked = np.sort(nk)[::-1]
+        right.plot(np.arange(1, len(ranked) + 1), np.maximum(ranked, 0.5), **style)
+    left.set(xscale="symlog", yscale="log", xlabel=f"N_k (k={result.k}; logarithmic bins)",
+             ylabel="gallery items per unit of N_k", title="Distribution of N_k")
+    left.legend(fontsize=8, loc="lower left")
+    right.set(xscale="log", yscale="log", xlabel="items ranked by N_k",
+              ylabel=f"N_k (k={result.k}; 0 drawn at 0.5)", title="Ranked k-occurrence")
+    mean = result.k * result.n_queries / result.n_gallery
+    right.axhline(mean, color="grey", lw=0.8, ls=":")
+    right.annotate(f"mean N_k = {mean:g}", (1.2, mean), fontsize=8, color="grey",
+                   va="bottom")
+    for ax in (left, right):
+        ax.grid(True, which="major", alpha=0.3)
+    return _png(fig)
+
+
+def sweep_figure(result: Comparison) -> bytes:
+    """R@1 and N_k skewness against each method's swept parameter, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(result.runs)
+    fig, axes = plt.subplots(2, n, figsize=(3.0 * n + 1, 5.6), squeeze=False)
+    for col, run in enumerate(result.runs):
+        values = sorted(run.result.after)
+        r1 = [run.result.after[v]["R1"] for v in values]
+        skew = [run.hubness[v].skewness for v in values]
+        for row, (ys, base, name) in enumerate(((r1, result.before["R1"], "R@1"),
+                                                (skew, result.before_hubness.skewness,
+                                                 "N_k skewness"))):
+            ax = axes[row][col]
+            ax.plot(values, ys, marker="o", ms=3.5, color=COLOURS[1 + col % 7])
+            ax.axhline(base, color="grey", ls="--", lw=1, label="no normalisation")
+            ax.plot([run.default], [ys[values.index(run.default)]], marker="*", ms=12,
+                    color="black", ls="none", label="default")
+            if min(values) > 0:
+                ax.set_xscale("log")
+            ax.set_title(run.label if row == 0 else "", fontsize=10)
+            ax.set_xlabel(run.param if row == 1 else "")
+            if col == 0:
+                ax.set_ylabel(name)
+            ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "-"
+
+
+def metrics_table(result: Comparison) -> str:
+    """The comparison's rows as an HTML table, the best of each column in bold."""
+    rows = result.rows()
+    best = {key: pick(r[key] for r in rows) for key, _, _, pick in METRICS
+            if len({r[key] for r in rows}) > 1}  # no best when all are equal
+    head = "".join(f"<th>{label}</th>" for _, label, _, _ in METRICS)
+    body = []
+    for r in rows:
+        setting = "" if r["value"] is None else f"{r['param']} = {r['value']:g}"
+        cells = "".join(
+            f"<td{' class=best' if key in best and r[key] == best[key] else ''}>"
+            f"{_cell(r[key], fmt)}</td>" for key, _, fmt, _ in METRICS)
+        body.append(f"<tr><th>{html.escape(r['method'])}</th><td>{setting}</td>{cells}</tr>")
+    return (f"<table><thead><tr><th>method</th><th>setting</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def hubs_table(result: Comparison, items: list[str] | None = None) -> str:
+    """The hubs before normalisation and their N_k after each method."""
+    before = result.before_occurrence
+    top = hub.hubs(before)[:MAX_HUB_ROWS]
+    after = {r.label: r.occurrence[r.default] for r in result.runs}
+    kept = {label: set(hub.hubs(nk).tolist()) for label, nk in after.items()}
+    head = "".join(f"<th>{html.escape(label)}</th>" for label in after)
+    text_head = "<th class=text>text</th>" if items else ""
+    body = []
+    for rank, j in enumerate(top, 1):
+        cells = "".join(f"<td{'' if j in kept[label] else ' class=gone'}>{nk[j]}</td>"
+                        for label, nk in after.items())
+        text = ""
+        if items:
+            label = items[j] if j < len(items) else ""
+            text = f"<td class=text><code>{html.escape(label)}</code></td>"
+        body.append(f"<tr><td>{rank}</td><td>{j}</td><td>{before[j]}</td>{cells}{text}</tr>")
+    return (f"<table><thead><tr><th>#</th><th>item</th><th>before</th>{head}{text_head}"
+            f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _lost_summary(result: Comparison) -> str:
+    before = result.before_occurrence
+    n = len(hub.hubs(before))
+    lost = [f"<b>{html.escape(r.label)}</b> {len(hub.lost_hubs(before, nk))}"
+            for r in result.runs for nk in (r.occurrence[r.default],)]
+    hubs = "the hub" if n == 1 else f"the {n} hubs"
+    return (f"Of {hubs} before (the top 1% of items by N<sub>k</sub>), no longer among them "
+            f"after: {', '.join(lost)} (as many other items took their places).")
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 1.8em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+thead th { background: #f0f0f0; } tbody th { text-align: left; }
+td.best { font-weight: bold; background: #eaf5ea; }
+td.gone { background: #fde2d6; } .text { text-align: left; max-width: 480px; }
+.text code { white-space: pre; font-size: 0.95em; }
+img { max-width: 100%; } .note { color: #555; font-size: 0.9em; max-width: 900px; }
+"""
+
+
+def render(result: Comparison, images: dict[str, bytes], items: list[str] | None = None,
+           title: str = "Querybank normalisation report") -> str:
+    """The whole page as a string (figures embedded)."""
+    def img(name: str, alt: str) -> str:
+        data = base64.b64encode(images[name]).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{alt}">'
+
+    setup = (f"{result.n_queries} test queries, {result.n_gallery} gallery items, "
+             f"{result.n_bank} querybank queries; N<sub>k</sub> counts each item's "
+             f"appearances in the test queries' top-{result.k}.")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{setup}</p>
+<h2>Every method at its defaults</h2>
+{metrics_table(result)}
+<p class=note>R@K in percent; MedR and MeanR are 1-based ranks; geom is the geometric mean of
+R@1, R@5 and R@10.  Robin Hood index: share of top-k slots that would have to move for every
+item to have the mean N<sub>k</sub>.  Hub occupation: share of top-k slots held by the top 1%
+of items.  Antihubs: share of items in no top-k list.  Best of each column in bold.</p>
+<h2>N<sub>k</sub> distributions before and after</h2>
+{img("occurrence.png", "N_k distributions")}
+<h2>R@1 and hubness against each method's parameter</h2>
+{img("sweeps.png", "R@1 and skewness against each parameter")}
+<p class=note>One pass over the data per method computes every value at once; the star is the
+default, the dashed line the raw similarities.</p>
+<h2>Hubs before normalisation, and after</h2>
+<p>{_lost_summary(result)}  Shaded: no longer among the top 1% by N<sub>k</sub>.</p>
+{hubs_table(result, items)}
+</body></html>
+"""
+
+
+def write_report(result: Comparison, out_dir: str | os.PathLike[str],
+                 items: str | os.PathLike[str] | list[str] | None = None,
+                 title: str = "Querybank normalisation report") -> Path:
+    """Draw the figures and write ``out_dir/index.html`` (and the PNGs beside it).
+
+    ``items`` labels the gallery items in the hubs table: a JSON-lines file
+    (:func:`load_items`) or a list of strings.  Returns the page's path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = load_items(items) if isinstance(items, (str, os.PathLike)) else items
+    images = {"occurrence.png": occurrence_figure(result), "sweeps.png": sweep_figure(result)}
+    for name, data in images.items():
+        (out / name).write_bytes(data)
+    page = out / "index.html"
+    page.write_text(render(result, images, labels, title), encoding="utf-8")
+    return page
