@@ -111,15 +111,14 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
     runs = []
     for name in names:
         method = methods.get(name)
-        values = _values(method, sweep)
+        swept: dict[str, Any] = {method.variant.name: _values(method, sweep)}
         config = RunConfig.make(method=name, k=activation_k, topk=k, dynamic=dynamic,
-                                params={method.variant.name: values})
+                                params=swept)
         extra = resolve(experiment, config,
                         gallery_bank if methods.GALLERY_BANK in method.banks else None)
         result = run(reading, k=activation_k, method=name, topk=k, dynamic=dynamic,
                      gallery_bank=extra.get(methods.GALLERY_BANK), scheduler=scheduler,
-                     num_workers=num_workers, progress=progress,
-                     **{method.variant.name: values})
+                     num_workers=num_workers, progress=progress, **swept)
         nks = hub.occurrences(result, k)
         del nks["before"]
         occurrence = {float(v): nk for v, nk in nks.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from . import methods as _methods
 from .errors import ConfigError
@@ -57,7 +58,7 @@ class RunConfig:
 
     @classmethod
     def make(cls, betas: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
-             topk: int = 0, dynamic: bool = False, params: Mapping[str, float] | None = None
+             topk: int = 0, dynamic: bool = False, params: Mapping[str, Any] | None = None
              ) -> RunConfig:
         """Build from a scalar or a list of values (None: the method's default).
 
