@@ -23,7 +23,7 @@ import dataclasses
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def _settings(experiment: Experiment, config: RunConfig, save_scores: bool) -> d
     return dict(json.loads(json.dumps(settings)))
 
 
-def _open(experiment: Experiment, path: str = "", mode: str = "r") -> Any:
+def _open(experiment: Experiment, path: str = "", mode: Literal["r", "r+", "w"] = "r") -> Any:
     import zarr
 
     return zarr.open_group(experiment.url, path=path, mode=mode, use_consolidated=False,
@@ -179,8 +179,9 @@ class RunState:
         starts = offsets(self.row_chunks)
         for i in np.flatnonzero(flags):
             start, stop = starts[i], starts[i] + self.row_chunks[i]
-            part = {name: v[_rows(name, start, stop)] for name, v in values.items()}
-            self.done[int(i)] = RowResult(start=start, **{**dict.fromkeys(FIELDS), **part})
+            part: dict[str, Any] = dict.fromkeys(FIELDS)  # fields this run has not
+            part.update({name: v[_rows(name, start, stop)] for name, v in values.items()})
+            self.done[int(i)] = RowResult(start=start, **part)
         if self.config.normalises and group[BANK_DONE][0]:
             self.bank = (np.asarray(group["shifts"][...]), np.asarray(group["activation"][...]))
         if save_scores:
