@@ -69,8 +69,19 @@ def _target(experiment: Experiment, group: Any, src: Any) -> tuple[str, int]:
     return SIMS, experiment.n_gallery
 
 
+def _unit_rows(block: np.ndarray, first_row: int, label: str) -> np.ndarray:
+    """Rows scaled to unit L2 norm (for a store of normalised embeddings)."""
+    work = block.astype(np.promote_types(block.dtype, np.float32))
+    norms = np.linalg.norm(work, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise InputError(f"{label} has a zero vector at row {first_row + int(zero[0])}: the "
+                         "store's embeddings are normalised and it cannot be")
+    return (work / norms[:, None]).astype(block.dtype)
+
+
 def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, codec: str,
-           progress: bool) -> None:
+           progress: bool, unit: bool) -> None:
     import zarr
     from tqdm import tqdm
 
@@ -88,7 +99,7 @@ def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, c
         for r0, block in src.blocks(step):
             block = np.asarray(block, dtype=dtype)
             if check(block, r0):
-                arr[r0:r0 + len(block)] = block
+                arr[r0:r0 + len(block)] = _unit_rows(block, r0, check.label) if unit else block
             bar.update(len(block))
     check.raise_if_bad()
 
@@ -116,8 +127,8 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     ----------
     store : path or URL of a complete store from :func:`qbscale.ingest`
     source : gallery-bank x gallery similarities (sims store) or gallery-bank
-        embeddings (embeddings store): ``.pkl``, ``.npy``, ``.npz``, ``.zarr``
-        or an array
+        embeddings (embeddings store; scaled to unit length when the store's
+        are): ``.pkl``, ``.npy``, ``.npz``, ``.zarr`` or an array
     chunk_bytes, dtype, codec, progress, storage_options : as for
         :func:`qbscale.ingest`
     overwrite : replace a gallery bank already in the store
@@ -151,7 +162,8 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
                                "(--overwrite) to replace it")
     _set_record(group, None)  # from here until the end, the bank counts as unfinished
     stored = np.dtype(dtype) if dtype else np.dtype(f"float{8 * src.dtype.itemsize}")
-    _write(group, name, src, stored, chunk_bytes, codec, progress)
+    unit = (experiment.attrs or {}).get("similarity") == "cosine"
+    _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
     _consolidate(group)
     record = {"array": name, "file": None if src.path is None else src.name,
               "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}

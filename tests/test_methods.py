@@ -240,15 +240,18 @@ def test_gallery_bank_in_a_store(store, tmp_path):
         run(path, method="dual-is")  # the failed overwrite left no finished bank
 
 
-def test_gallery_bank_of_an_embeddings_store(tmp_path):
+@pytest.mark.parametrize("normalise", [False, True])
+def test_gallery_bank_of_an_embeddings_store(tmp_path, normalise):
+    from qbscale.ingest import ingest_embeddings
+
     rng = np.random.default_rng(2)
     emb = {name: rng.standard_normal((n, 8)).astype(np.float32)
            for name, n in (("bank", 40), ("test", 20), ("gallery", 10), ("gb", 15))}
-    from qbscale.ingest import ingest_embeddings
-
     path = ingest_embeddings(tmp_path / "emb.zarr", emb["bank"], emb["test"], emb["gallery"],
-                             progress=False)
+                             normalise=normalise, progress=False)
     add_gallery_bank(path, emb["gb"], progress=False)
+    if normalise:  # the store holds unit vectors: the gallery bank is scaled the same way
+        emb = {n: e / np.linalg.norm(e, axis=1, keepdims=True) for n, e in emb.items()}
     res = run(path, method="dual-is", beta=2.0, gallery_beta=4.0)
     sims = {n: emb[n] @ emb["gallery"].T for n in ("bank", "test", "gb")}
     want = ref.ranks(ref.method_scores(sims["test"], sims["bank"], "dual-is", 2.0,
