@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qbscale.ingest import CODECS, ingest
+from qbscale.ingesting import CODECS, ingest
 from qbscale.readers import load_pickle
 
 ROOT = Path(__file__).resolve().parents[1]

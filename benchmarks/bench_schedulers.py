@@ -41,7 +41,7 @@ def generate(path: Path, n_bank: int, n_gallery: int, seed: int = 0) -> str:
     import zarr
 
     from qbscale import layout
-    from qbscale.ingest import chunk_shape
+    from qbscale.ingesting import chunk_shape
 
     rng = np.random.default_rng(seed)
     group = zarr.open_group(str(path), mode="w")

@@ -10,7 +10,7 @@ import click
 
 from qbscale import layout
 from qbscale.errors import QBScaleError
-from qbscale.ingest import CODECS, DTYPES
+from qbscale.ingesting import CODECS, DTYPES
 from qbscale.synth import EMBEDDING_CHUNK_BYTES
 
 SIMS = ("bank", "test")
@@ -82,6 +82,9 @@ def summary(out: str, seconds: float) -> str:
 @click.option("--bank-emb", metavar="PATH", help="Querybank embeddings (.npy or .zarr).")
 @click.option("--test-emb", metavar="PATH", help="Test query embeddings.")
 @click.option("--gallery-emb", metavar="PATH", help="Gallery embeddings.")
+@click.option("--gallery-bank", metavar="PATH",
+              help="Gallery-bank x gallery similarities (with --bank/--test) or gallery-bank "
+                   "embeddings (with --*-emb), for --method dual-is.")
 @click.option("--normalise-embeddings", is_flag=True,
               help="Store embeddings scaled to unit length (cosine similarity).")
 @click.option("-o", "--output", required=True, metavar="PATH", help="Store to write "
@@ -103,8 +106,8 @@ def summary(out: str, seconds: float) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest(**opts: Any) -> None:
     """Write similarity matrices (or embeddings) into one Zarr experiment store."""
-    from qbscale.ingest import ingest as ingest_sims
-    from qbscale.ingest import ingest_embeddings
+    from qbscale.ingesting import ingest as ingest_sims
+    from qbscale.ingesting import ingest_embeddings
 
     mode = _mode(opts)
     common: dict[str, Any] = dict(
@@ -125,4 +128,13 @@ def ingest(**opts: Any) -> None:
                                     normalise=opts["normalise_embeddings"], **common)
     except QBScaleError as exc:
         raise click.ClickException(str(exc)) from exc
+    if opts["gallery_bank"]:
+        from qbscale.gallery_bank import add_gallery_bank
+
+        try:
+            add_gallery_bank(out, opts["gallery_bank"], dtype=opts["dtype"], codec=opts["codec"],
+                             overwrite=True, progress=not opts["quiet"],
+                             chunk_bytes=common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES)
+        except QBScaleError as exc:
+            raise click.ClickException(str(exc)) from exc
     click.echo(summary(out, time.perf_counter() - start))

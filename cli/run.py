@@ -128,7 +128,7 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     if scheduler.startswith(("tcp://", "tls://")):
         raise click.UsageError("workers of a remote cluster cannot see local pickles: "
                                "`qbscale ingest` them into shared storage first")
-    from qbscale.ingest import ingest
+    from qbscale.ingesting import ingest
 
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
         yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)

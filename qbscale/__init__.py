@@ -14,7 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "run": "qbscale.api",
     "evaluate": "qbscale.api",
-    "ingest": "qbscale.ingest",
+    "ingest": "qbscale.ingesting",
+    "ingest_embeddings": "qbscale.ingesting",
     "open_experiment": "qbscale.store",
     "RunResult": "qbscale.api",
 }

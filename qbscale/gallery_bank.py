@@ -85,7 +85,7 @@ def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, c
     import zarr
     from tqdm import tqdm
 
-    from .ingest import chunk_shape
+    from .ingesting import chunk_shape
     from .writer import READ_BYTES, FiniteCheck, compressors
 
     chunks = chunk_shape(src.shape[0], src.shape[1], dtype.itemsize, chunk_bytes)
@@ -146,7 +146,7 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     StoreExistsError
         The store has a gallery bank and ``overwrite`` is False.
     """
-    from .ingest import CODECS, DTYPES
+    from .ingesting import CODECS, DTYPES
     from .readers import open_matrix
 
     if codec not in CODECS:

@@ -225,7 +225,8 @@ def _combine_pieces(spec: _RowSpec, act: np.ndarray, *pieces: tuple[kernels.RowC
     counts = ROW_COUNTS.tree([p[0] for p in pieces])
     topks = None
     if spec.topk:
-        topks = [row_topk(spec.topk).tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
+        merge = row_topk(spec.topk)
+        topks = [merge.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
     return _finish(spec, counts, act, topks)
 
 

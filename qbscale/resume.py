@@ -115,6 +115,7 @@ def _settings(experiment: Experiment, config: RunConfig, save_scores: bool) -> d
         **dataclasses.asdict(config), "save_scores": save_scores,
         "bank_shape": list(experiment.bank.shape), "test_shape": list(experiment.test.shape),
         "row_chunks": list(experiment.test.row_chunks), "inputs": attrs.get("sources"),
+        "gallery_bank": attrs.get("gallery_bank"),
     }
     return dict(json.loads(json.dumps(settings)))
 
@@ -266,7 +267,7 @@ def _existing_writer(experiment: Experiment, config: RunConfig, rows: tuple[int,
 
 def _mismatch(url: str, saved: dict[str, Any], wanted: dict[str, Any]) -> str:
     diffs = [f"{key}={saved.get(key)!r} (now {wanted.get(key)!r})"
-             for key in wanted if saved.get(key) != wanted.get(key)]
+             for key in sorted({*saved, *wanted}) if saved.get(key) != wanted.get(key)]
     return (f"the interrupted run in {url} had {', '.join(diffs)}: resume with its settings, "
             "or run without resuming to start over")
 

@@ -239,7 +239,7 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
         The store written; the ``qbscale`` attribute records ``synth`` (the
         spec) and ``complete`` (set last).
     """
-    from .ingest import CODECS, DTYPES, Target, chunk_shape
+    from .ingesting import CODECS, DTYPES, Target, chunk_shape
     from .writer import staging, write_store
 
     if kind not in KINDS:

@@ -28,7 +28,7 @@ from .readers import InputMatrix
 if TYPE_CHECKING:
     import zarr
 
-    from .ingest import Target
+    from .ingesting import Target
 
 #: bytes of input read (and written to the store) per step, rounded to whole chunks
 READ_BYTES = 64 * 2**20

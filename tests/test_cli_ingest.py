@@ -15,9 +15,9 @@ import pytest
 import xarray as xr
 import zarr
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 from qbscale import layout
+from qbscale.cli import cli
 from qbscale.errors import IncompleteStoreError, StoreNotFoundError
 from qbscale.store import open_experiment
 

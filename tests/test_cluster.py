@@ -20,9 +20,9 @@ import psutil
 import pytest
 import zarr
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 from qbscale.api import run
+from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.executors.distributed import MALLOC_ENV, DistributedExecutor
 from qbscale.store import open_experiment

@@ -10,7 +10,7 @@ import pytest
 import qbscale
 from qbscale import store as store_module
 from qbscale.api import run
-from qbscale.ingest import ingest_embeddings
+from qbscale.ingesting import ingest_embeddings
 from qbscale.sources import EmbeddingMatrix, offsets
 from qbscale.store import embedding_grid, open_experiment, within_chunks
 

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qbscale.cli import cli
 
 import qbscale
 from qbscale import hubness as hub
 from qbscale.api import run
+from qbscale.cli import cli
 from qbscale.compare import compare
 from qbscale.errors import ConfigError
 from qbscale.store import in_memory

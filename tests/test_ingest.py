@@ -17,7 +17,7 @@ import zarr
 import qbscale
 from qbscale import layout
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
-from qbscale.ingest import CODECS, chunk_shape, ingest, ingest_embeddings
+from qbscale.ingesting import CODECS, chunk_shape, ingest, ingest_embeddings
 from qbscale.store import open_experiment
 
 from ._ingest_fixtures import MAKE_PICKLES, PYCODE, sims, write_npz, write_pickle

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qbscale.cli import cli
 
 import qbscale
 from qbscale import bankstats, kernels, methods
 from qbscale.api import run
+from qbscale.cli import cli
 from qbscale.config import RunConfig
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
 from qbscale.gallery_bank import add_gallery_bank
@@ -242,7 +242,7 @@ def test_gallery_bank_in_a_store(store, tmp_path):
 
 @pytest.mark.parametrize("normalise", [False, True])
 def test_gallery_bank_of_an_embeddings_store(tmp_path, normalise):
-    from qbscale.ingest import ingest_embeddings
+    from qbscale.ingesting import ingest_embeddings
 
     rng = np.random.default_rng(2)
     emb = {name: rng.standard_normal((n, 8)).astype(np.float32)

@@ -13,10 +13,10 @@ import subprocess
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 import qbscale
 from qbscale import hubness as hub
+from qbscale.cli import cli
 from qbscale.compare import compare
 from qbscale.report import load_items, write_report
 from qbscale.store import in_memory

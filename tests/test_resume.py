@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 from qbscale.api import run
+from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.plan import RowResult
 from qbscale.resume import FIELDS

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 from qbscale.api import run
+from qbscale.cli import cli
 from qbscale.store import open_experiment
 
 from .cluster_fixtures import dask_cluster, make_store, moto_s3, problem, qbscale_cli

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 import qbscale
+from qbscale.cli import cli
 from qbscale.synth import SynthSpec, synth
 
 from . import reference as ref

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from qbscale.cli import cli
 
 from qbscale import layout
 from qbscale.api import run
+from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.store import in_memory, open_experiment
 from qbscale.synth import GEN_ROWS, SynthSpec, gallery_rows, query_rows, synth

@@ -11,8 +11,6 @@ way an interrupted ingest never leaves a store that looks complete.
 from __future__ import annotations
 
 import os
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -372,19 +370,3 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,
                     inputs, codec, progress)
     return stage.final
-
-
-
-class _CallableModule(types.ModuleType):
-    """``qbscale.ingest`` names both this module and its :func:`ingest`.
-
-    Importing the module rebinds the package attribute to the module, so the
-    module itself is made callable: ``qbscale.ingest(out, bank, test)`` always
-    runs :func:`ingest`.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> str:
-        return ingest(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
