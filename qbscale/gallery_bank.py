@@ -164,21 +164,13 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     stored = np.dtype(dtype) if dtype else np.dtype(f"float{8 * src.dtype.itemsize}")
     unit = (experiment.attrs or {}).get("similarity") == "cosine"
     _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
-    _consolidate(group)
+    from .writer import consolidate
+
+    consolidate(group.store)
     record = {"array": name, "file": None if src.path is None else src.name,
               "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
     _set_record(group, record)
     return url
-
-
-def _consolidate(group: Any) -> None:
-    import warnings
-
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(group.store)
 
 
 # ---------------------------------------------------------------- reading

@@ -103,7 +103,9 @@ def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool
     runs = dict(group.attrs.get(layout.ATTR) or {})
     runs["last_run"] = result.to_dict() | {"saved_scores": save_scores}
     group.attrs[layout.ATTR] = runs
-    zarr.consolidate_metadata(group.store)
+    from .writer import consolidate
+
+    consolidate(group.store)
 
 
 def matrix_source(experiment: Experiment, array: str) -> MatrixSource:

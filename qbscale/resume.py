@@ -283,6 +283,8 @@ def finish(experiment: Experiment) -> None:
         consolidated = zarr.open_group(experiment.url, mode="r",
                                        storage_options=experiment.storage_options)
         if consolidated.metadata.consolidated_metadata is not None:
-            zarr.consolidate_metadata(root.store)
+            from .writer import consolidate
+
+            consolidate(root.store)
     except (FileNotFoundError, KeyError):  # pragma: no cover - the store was just written
         return

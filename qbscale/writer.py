@@ -291,11 +291,18 @@ def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
     finish(group, {**attrs, "sources": sources, "complete": True})
 
 
-def finish(group: zarr.Group, attrs: dict[str, Any]) -> None:
-    """Consolidate the metadata, then set the attributes with ``complete`` last."""
+def consolidate(store: Any) -> None:
+    """Consolidate a group's metadata (without zarr's "not in the v3 spec" warning)."""
     import zarr
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        zarr.consolidate_metadata(group.store)
+        zarr.consolidate_metadata(store)
+
+
+def finish(group: zarr.Group, attrs: dict[str, Any]) -> None:
+    """Consolidate the metadata, then set the attributes with ``complete`` last."""
+    import zarr
+
+    consolidate(group.store)
     zarr.open_group(group.store, mode="r+").attrs.update({layout.ATTR: attrs})
