@@ -12,7 +12,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 #: the real pycode data (absent on some machines: tests using it skip)
 SHARED_DATA = (ROOT / "../shared/data").resolve()
-PYCODE = SHARED_DATA / "pycode"
+#: the benchmark beside the repository, else the copy shipped in examples/
+PYCODE = SHARED_DATA / "pycode" if (SHARED_DATA / "pycode").is_dir() else \
+    ROOT / "examples" / "data" / "pycode"
 MAKE_PICKLES = SHARED_DATA / "make_pickles.py"
 
 
