@@ -19,14 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# the console script's malloc settings, re-exported for the benchmarks
+from qbscale.executors import MALLOC_ENV as MALLOC_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-#: the malloc settings the ``qbscale`` console script runs under (PERF_NOTES pitfall 1)
-MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": "1073741824",
-    "MALLOC_TRIM_THRESHOLD_": "17179869184",
-}
 GIB = 2**30
 
 

@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from qbscale.executors import MALLOC_ENV
+
 #: command name -> "module:attribute" (modules relative to this package)
 COMMANDS = {
     "ingest": "ingest:ingest",
@@ -17,14 +19,6 @@ COMMANDS = {
     "synth": "synth:synth",
     "hubness": "hubness:hubness",
     "report": "report:report",
-}
-
-#: glibc malloc settings that make zarr chunk reads 2-5x faster; they only
-#: take effect when set before the process starts, so ``main`` re-execs once.
-MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": "1073741824",
-    "MALLOC_TRIM_THRESHOLD_": "17179869184",
 }
 
 

@@ -21,16 +21,7 @@ from typing import Any
 from distributed.diagnostics.progressbar import ProgressBar
 
 from ..errors import ConfigError
-
-#: glibc malloc settings that make zarr chunk reads 2-5x faster.  A worker's
-#: nanny overrides ``MALLOC_TRIM_THRESHOLD_`` with its own
-#: ``distributed.nanny.pre-spawn-environ``, so these go there for the
-#: LocalCluster started here (see the cluster docs for ``dask worker``).
-MALLOC_ENV = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": "1073741824",
-    "MALLOC_TRIM_THRESHOLD_": "17179869184",
-}
+from . import MALLOC_ENV
 
 
 class DistributedExecutor:
