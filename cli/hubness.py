@@ -10,7 +10,14 @@ import click
 
 from qbscale.methods import REGISTRY
 
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import (
+    activation_k_option,
+    hub_k_option,
+    library_errors,
+    quiet_option,
+    scheduler_option,
+    workers_option,
+)
 
 COLUMNS = (("R1", "R@1", ".1f"), ("hub_skewness", "N_k skew", ".2f"),
            ("hub_robin_hood", "Robin Hood", ".3f"), ("hub_hub_occupation", "hub occ.", ".3f"),
@@ -34,10 +41,8 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
 @click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
               help="A method to measure; repeat for several (default: every method that can "
                    "run on STORE; dual-is needs a gallery bank).")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Depth of the top-k lists counted in N_k.")
-@click.option("--activation-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Top-k bank columns per querybank row forming the activation set.")
+@hub_k_option
+@activation_k_option
 @click.option("--dynamic", is_flag=True,
               help="Rescore only rows whose top-1 is in the activation set.")
 @click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),

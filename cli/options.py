@@ -18,6 +18,11 @@ scheduler_option = click.option(
 workers_option = click.option("--workers", type=int, default=None,
                               help="Threads/processes for the local schedulers.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+hub_k_option = click.option("--k", "k", type=click.IntRange(min=1), default=10,
+                            show_default=True, help="Depth of the top-k lists counted in N_k.")
+activation_k_option = click.option(
+    "--activation-k", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Top-k bank columns per querybank row forming the activation set.")
 
 
 def library_errors(func: F) -> F:

@@ -6,7 +6,14 @@ import click
 
 from qbscale.methods import REGISTRY
 
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import (
+    activation_k_option,
+    hub_k_option,
+    library_errors,
+    quiet_option,
+    scheduler_option,
+    workers_option,
+)
 
 
 @click.command()
@@ -19,10 +26,8 @@ from .options import library_errors, quiet_option, scheduler_option, workers_opt
 @click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
               help="A method to include; repeat for several (default: every method that can "
                    "run on STORE).")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Depth of the top-k lists counted in N_k.")
-@click.option("--activation-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Top-k bank columns per querybank row forming the activation set.")
+@hub_k_option
+@activation_k_option
 @click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
 @click.option("--title", default="Querybank normalisation report", show_default=True)
