@@ -78,15 +78,6 @@ class _Keys:
 # ---------------------------------------------------------------- bank stage
 
 
-def bank_statistics(bank: MatrixSource, betas: np.ndarray, k: int, key: _Keys
-                    ) -> tuple[Delayed, Delayed]:
-    """Lazy ``(logZ, activation mask)`` of a querybank source."""
-    needs = methods.BankNeeds(betas=tuple(float(b) for b in betas), activation_k=k)
-    stats = bankstats.summary(bank, needs, key)
-    return (delayed(getattr)(stats, "log_z", dask_key_name=key("logZ")),
-            delayed(getattr)(stats, "activation", dask_key_name=key("activation")))
-
-
 def _shifts(name: str, values: tuple[float, ...], params: dict[str, float], banks: list[str],
             *stats: methods.BankStats) -> np.ndarray:
     shifts = methods.get(name).shifts(values, params, dict(zip(banks, stats, strict=True)))
