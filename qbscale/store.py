@@ -210,11 +210,11 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
         raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
     if arr.dtype.kind != "f":
         raise InputError(f"{name} holds {arr.dtype} values; similarities must be floats")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise InputError(f"{name} has {int(bad.sum())} NaN/inf values, the first at "
-                         f"row {row}, column {col}")
+    from .writer import FiniteCheck  # the check ingest streams blocks through
+
+    finite = FiniteCheck(name)
+    finite(arr, 0)
+    finite.raise_if_bad()
 
 
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,

@@ -102,3 +102,17 @@ def test_demo_example_runs(tmp_path):
         sys.path.pop(0)
     assert pycode_demo.main(["--out", str(tmp_path), "--show", "1"]) == 0
     assert (tmp_path / "pycode.zarr").is_dir()
+
+
+def test_seed_pickles_with_nan_are_refused(tmp_path):
+    bank = np.zeros((6, 3), np.float32)
+    bank[4, 1] = np.nan
+    paths = []
+    for name, arr in (("bank", bank), ("test", np.zeros((3, 3), np.float32))):
+        paths.append(tmp_path / f"{name}.pkl")
+        paths[-1].write_bytes(pickle.dumps(arr))
+    res = CliRunner().invoke(cli, ["run", "--sims_train_test_path", str(paths[0]),
+                                   "--sims_test_path", str(paths[1]), "--quiet"])
+    assert res.exit_code == 1
+    assert "bank.pkl holds 1 non-finite values (1 NaN, 0 inf)" in res.output
+    assert "row 4, column 1" in res.output
