@@ -137,13 +137,14 @@ def _flags(rows: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
 
 
 def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
-                  shifts: np.ndarray | None, rows: np.ndarray | None) -> kernels.RowCounts:
+                  shifts: np.ndarray | None, rows: np.ndarray | None,
+                  top_idx: np.ndarray | None = None) -> kernels.RowCounts:
     width = block.shape[1]
     if shifts is None:
-        return kernels.count_block(block, col0, gt_raw, None, None, spec.scales, rows)
+        return kernels.count_block(block, col0, gt_raw, None, None, spec.scales, rows, top_idx)
     gt_norm = kernels.normalised_gt(gt_raw, spec.gt, shifts, spec.scales)
     shift = shifts[:, col0:col0 + width]
-    return kernels.count_block(block, col0, gt_raw, gt_norm, shift, spec.scales, rows)
+    return kernels.count_block(block, col0, gt_raw, gt_norm, shift, spec.scales, rows, top_idx)
 
 
 def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, shifts: np.ndarray | None
@@ -185,8 +186,9 @@ def _test_block(src: MatrixSource, spec: _RowSpec, shifts: np.ndarray | None, ac
     i = offsets(src.row_chunks).index(spec.start)
     block = src.read(i, 0)
     gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
-    flags = _flags(spec.rows, np.argmax(block, axis=1), act)
-    counts = _piece_counts(block, 0, spec, gt_raw, shifts, flags)
+    top_idx = np.argmax(block, axis=1)
+    flags = _flags(spec.rows, top_idx, act)
+    counts = _piece_counts(block, 0, spec, gt_raw, shifts, flags, top_idx)
     topks = _piece_topk(block, 0, spec, shifts) if spec.topk else None
     if writer is not None and shifts is not None:
         for b, scale in enumerate(spec.scales):

@@ -1,0 +1,112 @@
+"""``count_block`` against dense float64 counting, on rows wide enough for the
+float32 candidate prefilter to be used (the engine tests' galleries are too
+narrow to reach it)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qbscale import kernels
+
+from . import reference as ref
+
+
+def dense_counts(block, gt_raw, gt_norm, offsets, scales, chosen):
+    """Counts written from the definition: every entry scored in float64."""
+    x = block.astype(np.float64)
+    above = (x > gt_raw[:, None]).sum(axis=1)
+    equal = (x == gt_raw[:, None]).sum(axis=1)
+    n_above = np.zeros((len(scales), len(x)), np.int64)
+    n_equal = np.zeros((len(scales), len(x)), np.int64)
+    for b, scale in enumerate(scales):
+        s = x * scale - offsets[b]
+        g = gt_norm[b][:, None]
+        n_above[b] = np.where(chosen, (s > g).sum(axis=1), 0)
+        n_equal[b] = np.where(chosen, (s == g).sum(axis=1), 0)
+    return above, equal, n_above, n_equal
+
+
+@st.composite
+def blocks(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n_rows = draw(st.integers(1, 40))
+    n_cols = draw(st.sampled_from([17, 64, 333, 1500, 5000]))
+    dtype = draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    magnitude = draw(st.sampled_from([1.0, 50.0, 1e4]))
+    if draw(st.booleans()):  # coarse grid: many exact ties
+        block = rng.integers(-4, 5, (n_rows, n_cols)) / 4 * magnitude
+    else:
+        block = rng.standard_normal((n_rows, n_cols)) * magnitude / 3
+    block = block.astype(dtype)
+    if n_cols > 2 and draw(st.booleans()):  # duplicated columns tie after normalising
+        block[:, 1] = block[:, 0]
+    scales = np.array(draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, 20.0, 50.0]),
+                                    min_size=1, max_size=3)))
+    bank = (rng.standard_normal((draw(st.integers(1, 50)), n_cols)) * magnitude / 3)
+    offsets = np.stack([ref.log_normaliser(bank.astype(np.float32), s) for s in scales])
+    if draw(st.booleans()):
+        offsets[:, 1] = offsets[:, 0]
+    # the ground truth: in the block near the top, anywhere in it, or elsewhere
+    where = draw(st.sampled_from(["top", "anywhere", "outside"]))
+    x64 = block.astype(np.float64)
+    if where == "outside":
+        gt_raw = rng.choice(x64.ravel(), n_rows) + rng.integers(0, 2, n_rows) * 0.25
+        gt_raw = gt_raw.astype(dtype).astype(np.float64)
+        gt_norm = np.stack([gt_raw * s - rng.choice(offsets[b], n_rows)
+                            for b, s in enumerate(scales)])
+    else:
+        order = np.argsort(-(x64 * scales[0] - offsets[0]), axis=1, kind="stable")
+        rank = (rng.integers(0, 3, n_rows) if where == "top"
+                else rng.integers(0, n_cols, n_rows))
+        gt = order[np.arange(n_rows), rank]
+        gt_raw = x64[np.arange(n_rows), gt]
+        gt_norm = kernels.normalised_gt(gt_raw, gt, offsets, scales)
+    chosen = rng.random(n_rows) < draw(st.sampled_from([0.0, 0.7, 1.0]))
+    return block, gt_raw, gt_norm, offsets, scales, chosen
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks())
+def test_count_block_equals_dense_float64(case):
+    block, gt_raw, gt_norm, offsets, scales, chosen = case
+    got = kernels.count_block(block, 5, gt_raw, gt_norm, offsets, scales, chosen)
+    above, equal, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, offsets, scales,
+                                                  chosen)
+    np.testing.assert_array_equal(got.above, above)
+    np.testing.assert_array_equal(got.equal, equal)
+    np.testing.assert_array_equal(got.norm_above, n_above)
+    np.testing.assert_array_equal(got.norm_equal, n_equal)
+    np.testing.assert_array_equal(got.top_idx, np.argmax(block, axis=1) + 5)
+
+
+def test_prefilter_is_used_and_skipped_where_it_must_be():
+    """Finite, moderate values get float32 floors; huge or non-finite ones do not."""
+    gt = np.array([[1.0, 2.0]])
+    offsets = np.array([[3.0, 4.0, 5.0]])
+    floors = kernels.candidate_floor(gt, offsets, np.array([20.0]), np.array([0.5, 0.7]))
+    assert floors is not None and floors.dtype == np.float32
+    assert (floors < gt).all() and (floors > gt - 1e-4).all()
+    for bad in (np.array([[3.0, np.inf, 5.0]]), np.array([[3.0, 4e30, 5.0]])):
+        assert kernels.candidate_floor(gt, bad, np.array([20.0]), np.array([0.5])) is None
+    assert kernels.candidate_floor(gt, offsets, np.array([-1.0]), np.array([0.5])) is None
+    assert kernels.candidate_floor(gt, offsets, np.array([1.0]), np.array([1e31])) is None
+
+
+def test_near_ties_within_float32_error_are_counted_exactly():
+    """Scores that differ from the ground truth's only in float64's last bits:
+    float32 cannot tell them apart, the exact rescoring must."""
+    n_cols = 4096
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, n_cols)).astype(np.float64) * 0.1
+    offsets = np.zeros((1, n_cols))
+    g = x[0, 10]
+    x[0, 20:30] = np.nextafter(g, np.inf)  # just above the ground truth
+    x[0, 30:35] = g  # equal
+    x[0, 35:40] = np.nextafter(g, -np.inf)  # just below
+    gt_norm = np.array([[g]])
+    got = kernels.count_block(x, 0, np.array([g]), gt_norm, offsets, np.array([1.0]))
+    assert got.norm_above[0, 0] == (x[0] > g).sum()
+    assert got.norm_equal[0, 0] == (x[0] == g).sum() == 6
