@@ -10,13 +10,15 @@ process under ``/usr/bin/time -v`` with the CLI's malloc settings:
 * ``run``: ``qbscale run STORE --beta 20`` (DIS).
 
 First, at ``--choice-size`` GB, the same pair for four layouts (whole-row vs
-2-D chunks, no compression vs lz4) picks the layout the size table uses:
-the fastest run.  Tables show medians of process wall times (start-up
-included) and, in brackets, the time the process itself reported for the
-pass alone.
+2-D chunks, no compression vs lz4), the measurements behind ``qbscale
+ingest``'s default layout.  The size table then uses ``--layout`` (default:
+the ingest default, whole rows in 64 MiB chunks, uncompressed; ``fastest``
+takes the fastest run of the layout table).  Tables show medians of process
+wall times (start-up included) and, in brackets, the time the process itself
+reported for the pass alone.
 
 usage: python benchmarks/bench_memory.py [--sizes 1,4,16] [--choice-size 4]
-       [--repeat 3] [--gallery 50000] [--dir DIR]
+       [--layout NAME|fastest] [--repeat 3] [--gallery 50000] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -142,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,4,16", help="bank + test GB, comma-separated")
     parser.add_argument("--choice-size", type=float, default=4.0)
+    parser.add_argument("--layout", default="rows 64 MiB",
+                        choices=[*LAYOUTS, "fastest"], help="layout of the size table")
     parser.add_argument("--gallery", type=int, default=50000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
@@ -152,7 +156,9 @@ def main() -> None:
     print(f"\nlayouts at {args.choice_size:g} GB (bank + test, float32); medians of "
           f"{args.repeat}: process wall (pass alone); compression = raw / on-disk bytes")
     print(choice)
-    print(f"chosen: {layout} (fastest run)")
+    print(f"fastest: {layout}")
+    if args.layout != "fastest":
+        layout = args.layout
     sizes = [float(s) for s in args.sizes.split(",")]
     text = size_table(folder, sizes, args.gallery, layout, args.repeat)
     print(f"\nsizes, layout {layout}; medians of {args.repeat}: process wall (pass alone); "
