@@ -4,9 +4,11 @@ Every function here takes one block of a similarity matrix (rows are queries,
 columns a contiguous slice of the gallery starting at ``col0``) and returns a
 small partial result that :mod:`qbscale.reductions` knows how to combine.
 
-Scores are computed in float64 whatever the stored dtype: ``beta * s - logZ``
-in float32 merges distinct scores into ties and changes ranks.  Work is done
-in row slabs of about :data:`SLAB_ELEMENTS` elements so temporaries stay small.
+Scores are compared in float64 whatever the stored dtype: ``beta * s - logZ``
+in float32 merges distinct scores into ties and changes ranks.  (Counting
+uses float32 only to rule entries out, with a proven error bound, and
+rescores the rest in float64: :func:`count_block`.)  Work is done in row
+slabs of about :data:`SLAB_ELEMENTS` elements so temporaries stay small.
 """
 
 from __future__ import annotations
