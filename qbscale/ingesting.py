@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__, layout
 from .errors import ConfigError, InputError
 from .readers import InputMatrix, open_matrix
+from .store import check_gt_index, check_mask, ground_truth
 from .synth import EMBEDDING_CHUNK_BYTES
 from .writer import staging, write_store
 
@@ -123,44 +124,20 @@ def _float_dtype(src: InputMatrix, role: str, dtype: str | None) -> np.dtype:
 def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
                   gt_index: PathOrArray | None) -> tuple[int | None, InputMatrix | None,
                                                          np.ndarray | None]:
-    """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is set."""
+    """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is set.
+
+    The checks are :func:`qbscale.store.ground_truth`'s, run before any data
+    is written, with the file named in their messages.
+    """
     if gt_index is not None:
         if queries_per_item is not None:
             raise ConfigError("give queries_per_item or gt_index, not both")
         src = open_matrix(gt_index, "gt_index")
-        return None, src, _check_gt(src, n_queries, n_gallery)
-    if queries_per_item is None:
-        if n_queries < n_gallery or n_queries % n_gallery:
-            raise InputError(
-                f"test has {n_queries} queries, not a positive multiple of its {n_gallery} "
-                "gallery items: pass --queries-per-item N (query i belongs to item i // N) "
-                "or --gt-index FILE"
-            )
-        return n_queries // n_gallery, None, None
-    qpi = int(queries_per_item)
-    if qpi < 1 or n_queries % qpi or n_queries // qpi > n_gallery:
-        raise InputError(
-            f"queries_per_item={queries_per_item} does not fit {n_queries} test queries and "
-            f"{n_gallery} gallery items: it must divide the queries into at most "
-            f"{n_gallery} items"
-        )
-    return qpi, None, None
-
-
-def _check_gt(src: InputMatrix, n_queries: int, n_gallery: int) -> np.ndarray:
-    values = src.read()
-    if values.size != n_queries or values.ndim > 2 or (values.ndim == 2 and 1 not in values.shape):
-        raise InputError(f"{src.label('gt_index')} has shape {values.shape}; expected "
-                         f"{n_queries} entries, one per test query")
-    if values.dtype.kind not in "iu":
-        raise InputError(f"{src.label('gt_index')} holds {values.dtype} values; expected integers")
-    values = values.ravel().astype(np.int64)
-    bad = np.flatnonzero((values < 0) | (values >= n_gallery))
-    if bad.size:
-        i = int(bad[0])
-        raise InputError(f"{src.label('gt_index')}: entry {i} is {values[i]}, outside the gallery "
-                         f"[0, {n_gallery}) ({bad.size} of {n_queries} entries are)")
-    return values
+        return None, src, check_gt_index(src.read(), n_queries, n_gallery,
+                                         src.label("gt_index"))
+    ground_truth(n_queries, n_gallery, queries_per_item)
+    return (int(queries_per_item) if queries_per_item is not None
+            else n_queries // n_gallery), None, None
 
 
 def _read_mask(masks: PathOrArray | None, n_queries: int,
@@ -168,21 +145,7 @@ def _read_mask(masks: PathOrArray | None, n_queries: int,
     if masks is None:
         return None, None
     src = open_matrix(masks, "masks")
-    values = src.read()
-    expected = f"({n_queries // qpi}, {qpi}) or ({n_queries},)" if qpi else f"({n_queries},)"
-    if values.size != n_queries or values.ndim > 2 or (
-            values.ndim == 2 and qpi is not None and values.shape[1] != qpi):
-        raise InputError(f"{src.label('masks')} has shape {values.shape}; expected {expected}: "
-                         f"one entry per test query ({n_queries})")
-    if values.dtype.kind not in "biuf":
-        raise InputError(f"{src.label('masks')} holds {values.dtype} values; expected 0/1")
-    if values.dtype.kind != "b":
-        bad = np.flatnonzero((values != 0) & (values != 1))
-        if bad.size:
-            pos = np.unravel_index(int(bad[0]), values.shape)
-            raise InputError(f"{src.label('masks')} holds {bad.size} values other than 0/1; "
-                             f"the first is {values[pos].item()!r} at {tuple(int(p) for p in pos)}")
-    return src, values.ravel().astype(bool)
+    return src, check_mask(src.read(), n_queries, qpi, src.label("masks"))
 
 
 def _normaliser(name: str) -> Callable[[np.ndarray, int], np.ndarray]:

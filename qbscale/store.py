@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import layout
-from .errors import IncompleteStoreError, InputError, StoreNotFoundError
+from .errors import ConfigError, IncompleteStoreError, InputError, StoreNotFoundError
 from .sources import EmbeddingMatrix, MatrixSource, NumpyMatrix, ZarrMatrix, _open_zarr, split
 
 #: bytes of one float32 similarity block computed from embeddings
@@ -61,51 +61,86 @@ class Experiment:
 
 
 def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
-                 gt_index: np.ndarray | None = None) -> np.ndarray:
-    """Ground-truth gallery index of every query.
+                 gt_index: np.ndarray | None = None, label: str = "gt_index") -> np.ndarray:
+    """Ground-truth gallery index of every query, after checking it fits.
 
     Query ``i`` belongs to item ``i // queries_per_item``; by default
     ``queries_per_item = n_queries // n_gallery`` as in the reference code.
+    An explicit ``gt_index`` (named ``label`` in errors) is checked by
+    :func:`check_gt_index`.
 
     >>> ground_truth(6, 3)
     array([0, 0, 1, 1, 2, 2])
     """
     if gt_index is not None:
-        gt = np.asarray(gt_index).astype(np.int64).ravel()
-        if gt.shape != (n_queries,):
-            raise InputError(f"gt_index has {gt.size} entries, test has {n_queries} queries")
-        bad = (gt < 0) | (gt >= n_gallery)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise InputError(f"gt_index[{i}] = {gt[i]} is outside the gallery [0, {n_gallery})")
-        return gt
+        if queries_per_item is not None:
+            raise ConfigError("give queries_per_item or gt_index, not both")
+        return check_gt_index(gt_index, n_queries, n_gallery, label)
     if queries_per_item is None:
-        if n_queries % n_gallery:
+        if n_queries < n_gallery or n_queries % n_gallery:
             raise InputError(
-                f"test has {n_queries} queries, not a multiple of the {n_gallery} gallery items: "
-                "give queries_per_item or an explicit gt_index"
+                f"test has {n_queries} queries, not a positive multiple of its {n_gallery} "
+                "gallery items: give queries_per_item (--queries-per-item N: query i belongs "
+                "to item i // N) or gt_index (--gt-index FILE)"
             )
         queries_per_item = n_queries // n_gallery
-    if queries_per_item < 1 or n_queries % queries_per_item or \
-            n_queries // queries_per_item > n_gallery:
+    qpi = int(queries_per_item)
+    if qpi < 1 or n_queries % qpi or n_queries // qpi > n_gallery:
         raise InputError(
-            f"queries_per_item={queries_per_item} does not fit {n_queries} queries "
-            f"and {n_gallery} gallery items"
+            f"queries_per_item={queries_per_item} does not fit {n_queries} test queries and "
+            f"{n_gallery} gallery items: it must divide the queries into at most "
+            f"{n_gallery} items"
         )
-    return np.arange(n_queries, dtype=np.int64) // queries_per_item
+    return np.arange(n_queries, dtype=np.int64) // qpi
 
 
-def check_mask(mask: np.ndarray | None, n_queries: int) -> np.ndarray | None:
-    """A query mask as a flat bool vector, after checking size and values."""
+def check_gt_index(values: Any, n_queries: int, n_gallery: int,
+                   label: str = "gt_index") -> np.ndarray:
+    """An explicit ground truth as int64, one gallery index per query.
+
+    >>> check_gt_index([2, 0], 2, 3)
+    array([2, 0])
+    """
+    values = np.asarray(values)
+    if values.size != n_queries or values.ndim > 2 or (values.ndim == 2 and 1 not in values.shape):
+        raise InputError(f"{label} has shape {values.shape}; expected "
+                         f"{n_queries} entries, one per test query")
+    if values.dtype.kind not in "iu":
+        raise InputError(f"{label} holds {values.dtype} values; expected integers")
+    values = values.ravel().astype(np.int64)
+    bad = np.flatnonzero((values < 0) | (values >= n_gallery))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"{label}: entry {i} is {values[i]}, outside the gallery "
+                         f"[0, {n_gallery}) ({bad.size} of {n_queries} entries are)")
+    return values
+
+
+def check_mask(mask: Any, n_queries: int, queries_per_item: int | None = None,
+               label: str = "query mask") -> np.ndarray | None:
+    """A query mask as a flat bool vector, after checking its shape and values.
+
+    The mask is ``(n_queries,)``, or ``(n_items, queries_per_item)`` as the
+    reference code stores it; values are bool or 0/1.
+    """
     if mask is None:
         return None
-    flat = np.asarray(mask).ravel()
-    if flat.size != n_queries:
-        raise InputError(f"query mask has {flat.size} entries, test has {n_queries} queries")
-    if flat.dtype != bool and not np.isin(flat, (0, 1)).all():
-        bad = flat[~np.isin(flat, (0, 1))]
-        raise InputError(f"query mask holds values other than 0/1, e.g. {bad[0]!r}")
-    return flat.astype(bool)
+    values = np.asarray(mask)
+    qpi = queries_per_item
+    expected = f"({n_queries // qpi}, {qpi}) or ({n_queries},)" if qpi else f"({n_queries},)"
+    if values.size != n_queries or values.ndim > 2 or (
+            values.ndim == 2 and qpi is not None and values.shape[1] != qpi):
+        raise InputError(f"{label} has shape {values.shape}; expected {expected}: "
+                         f"one entry per test query ({n_queries})")
+    if values.dtype.kind not in "biuf":
+        raise InputError(f"{label} holds {values.dtype} values; expected 0/1")
+    if values.dtype.kind != "b":
+        bad = np.flatnonzero((values != 0) & (values != 1))
+        if bad.size:
+            pos = np.unravel_index(int(bad[0]), values.shape)
+            raise InputError(f"{label} holds {bad.size} values other than 0/1; "
+                             f"the first is {values[pos].item()!r} at {tuple(int(p) for p in pos)}")
+    return values.ravel().astype(bool)
 
 
 def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,

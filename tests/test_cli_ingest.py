@@ -160,7 +160,7 @@ def _bad_inputs(d) -> dict[str, tuple[list[str], str]]:
         "empty": ([*sims_args, str(d / "empty.npy")], "test (empty.npy) is empty: shape (0, 20)"),
         "multiple": ([*sims_args, str(d / "odd.npy")],
                      "test has 41 queries, not a positive multiple of its 20 gallery items: "
-                     "pass --queries-per-item N"),
+                     "give queries_per_item (--queries-per-item N"),
         "truncated": (["--bank", str(d / "cut.pkl"), "--test", str(d / "test.npy")],
                       "cut.pkl is truncated or not a valid pickle"),
         "evil": (["--bank", str(d / "evil.pkl"), "--test", str(d / "test.npy")],

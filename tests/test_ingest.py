@@ -252,6 +252,22 @@ def test_bad_masks(tmp_path, pair, mask, message):
     assert not (tmp_path / "a.zarr").exists() and leftovers(tmp_path) == []
 
 
+def test_arrays_in_memory_get_the_same_checks(pair):
+    """``in_memory`` runs the checks ingest runs, with the same messages."""
+    from qbscale.store import in_memory
+
+    bank, test = pair
+    with pytest.raises(InputError, match=r"^query mask holds 10 values other than 0/1; "
+                                         r"the first is 2 at \(2,\)"):
+        in_memory(bank, test, mask=np.array([0, 1, 2, 1] * 10))
+    with pytest.raises(InputError, match=r"^gt_index: entry 3 is 99, outside the gallery"):
+        in_memory(bank, test, gt_index=np.array([0, 1, 2, 99] * 10))
+    with pytest.raises(InputError, match=r"^gt_index holds float64 values; expected integers"):
+        in_memory(bank, test, gt_index=np.zeros(40))
+    with pytest.raises(ConfigError, match="not both"):
+        in_memory(bank, test, queries_per_item=2, gt_index=np.zeros(40, int))
+
+
 # --- bad matrices ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("bank", "test", "message"), [
