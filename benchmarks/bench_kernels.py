@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
-"""The two hot block kernels against the straightforward float64 versions.
+"""The two hot block kernels against their previous versions.
 
 On one 64 MiB float32 block (335 x 50000, a whole-row chunk of the default
 layout), single-threaded, medians of ``--repeat`` interleaved timings:
 
-* counting: :func:`qbscale.kernels.count_block` (float32 candidate prefilter,
-  candidates rescored in float64) against scoring every entry in float64 and
-  counting (``dense``).  The ground truth of each row sits at a rank drawn
-  from a geometric distribution (most near the top, as in real retrieval),
-  with a few rows at random ranks; the counts must agree exactly.
-* bank: :func:`qbscale.kernels.bank_logsumexp` (cast once per row, in-place
-  float64 ufuncs) against one mixed-type ``np.multiply(..., dtype=float64)``
-  per slab and a ``sum(axis=0)`` per row (``mixed``); the results must agree
-  to 1e-12.
+* counting, for one beta and for a sweep of 8: :func:`qbscale.kernels.count_block`
+  as it is (float32 candidate prefilter, candidates rescored in float64);
+  the same with the prefilter switched off (every entry scored in float64,
+  in place, counted row by row); and the previous kernel (``previous_count``
+  below: a mixed-type multiply and ``count_nonzero(..., axis=1)`` per slab).
+  Each row's ground truth sits at a rank drawn from a geometric distribution
+  (most near the top, as in real retrieval), one row in ten anywhere.  All
+  three must give the same counts.
+* the bank's column logsumexp: :func:`qbscale.kernels.bank_logsumexp` against
+  the previous version (``previous_logsumexp``); results equal to 1e-12.
 
 usage: python benchmarks/bench_kernels.py [--repeat 7] [--rows 335] [--cols 50000]
 """
@@ -25,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -34,28 +36,46 @@ from common import machine, table
 from qbscale import kernels
 
 
-def dense_counts(block: np.ndarray, gt_norm: np.ndarray, offsets: np.ndarray,
-                 scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Every entry scored in float64, one row at a time, then counted."""
-    above = np.empty(len(block), np.int64)
-    equal = np.empty(len(block), np.int64)
-    s = np.empty(block.shape[1])
-    for r, row in enumerate(block):
-        np.multiply(row, scale, out=s, dtype=np.float64)
-        np.subtract(s, offsets, out=s)
-        above[r] = np.count_nonzero(s > gt_norm[r])
-        equal[r] = np.count_nonzero(s == gt_norm[r])
-    return above, equal
+def _slabs(n_rows: int, n_cols: int) -> list[slice]:
+    step = max(1, 2**16 // max(n_cols, 1))
+    return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
 
 
-def mixed_logsumexp(block: np.ndarray, beta: float) -> np.ndarray:
-    """Column logsumexp with one mixed-type multiply per row and a sum per row."""
-    top = block.max(axis=0).astype(np.float64)
-    shift = top * beta
-    total = np.zeros(block.shape[1])
-    y = np.empty((1, block.shape[1]))
-    for r in range(len(block)):
-        np.multiply(block[r:r + 1], beta, out=y, dtype=np.float64)
+def previous_count(block: np.ndarray, gt_raw: np.ndarray, gt_norm: np.ndarray,
+                   offsets: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The counting kernel before the prefilter (its code, all rows normalised)."""
+    n_rows, n_cols = block.shape
+    np.argmax(block, axis=1)
+    gt_same = gt_raw.astype(block.dtype)[:, None]
+    above = np.empty(n_rows, np.int64)
+    equal = np.empty(n_rows, np.int64)
+    for rows in _slabs(n_rows, n_cols):
+        above[rows] = np.count_nonzero(block[rows] > gt_same[rows], axis=1)
+        equal[rows] = np.count_nonzero(block[rows] == gt_same[rows], axis=1)
+    norm_above = np.zeros((len(scales), n_rows), np.int64)
+    norm_equal = np.zeros((len(scales), n_rows), np.int64)
+    buf = np.empty(2**16)
+    for slab in _slabs(n_rows, n_cols):
+        x = block[slab]
+        s = buf[: x.size].reshape(x.shape)
+        for b, scale in enumerate(scales):
+            np.multiply(x, scale, out=s, dtype=np.float64)
+            np.subtract(s, offsets[b], out=s)
+            g = gt_norm[b, slab][:, None]
+            norm_above[b, slab] = np.count_nonzero(s > g, axis=1)
+            norm_equal[b, slab] = np.count_nonzero(s == g, axis=1)
+    return above, equal, norm_above, norm_equal
+
+
+def previous_logsumexp(block: np.ndarray, beta: float) -> np.ndarray:
+    """The bank's logsumexp before (its code): mixed-type multiply, sum per slab."""
+    n_rows, n_cols = block.shape
+    shift = block.max(axis=0).astype(np.float64) * beta
+    total = np.zeros(n_cols)
+    buf = np.empty(2**16)
+    for rows in _slabs(n_rows, n_cols):
+        y = buf[: (rows.stop - rows.start) * n_cols].reshape(-1, n_cols)
+        np.multiply(block[rows], beta, out=y, dtype=np.float64)
         np.subtract(y, shift, out=y)
         np.exp(y, out=y)
         total += y.sum(axis=0)
@@ -73,6 +93,13 @@ def timings(funcs: dict[str, Callable[[], object]], repeat: int) -> dict[str, fl
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
+def no_prefilter(func: Callable[[], object]) -> Callable[[], object]:
+    def call() -> object:
+        with mock.patch.object(kernels, "candidate_floor", lambda *a: None):
+            return func()
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -81,47 +108,56 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     block = rng.standard_normal((args.rows, args.cols), dtype=np.float32) * 0.1
-    beta = 20.0
-    log_z = kernels.bank_logsumexp(block, np.array([beta]))
-    # ground truths mostly near the top of their normalised row
-    order = np.argsort(-(block * beta - log_z[0]), axis=1)
+    rows = np.arange(args.rows)
+    # ground truths mostly near the top of their normalised row (beta 20)
+    log_z20 = kernels.bank_logsumexp(block, np.array([20.0]))
+    order = np.argsort(-(block * 20.0 - log_z20[0]), axis=1)
     rank = np.minimum(rng.geometric(0.05, args.rows) - 1, args.cols - 1)
     every = max(1, args.rows // 10)  # one row in ten: anywhere
     rank[::every] = rng.integers(0, args.cols, len(rank[::every]))
-    gt = order[np.arange(args.rows), rank]
-    gt_raw = block[np.arange(args.rows), gt].astype(np.float64)
-    scales = np.array([beta])
-    gt_norm = kernels.normalised_gt(gt_raw, gt, log_z, scales)
+    gt = order[rows, rank]
+    gt_raw = block[rows, gt].astype(np.float64)
 
-    got = kernels.count_block(block, 0, gt_raw, gt_norm, log_z, scales)
-    want = dense_counts(block, gt_norm[0], log_z[0], beta)
-    assert (got.norm_above[0] == want[0]).all() and (got.norm_equal[0] == want[1]).all()
-    lse = kernels.bank_logsumexp(block, scales)[0]
-    assert np.allclose(lse, mixed_logsumexp(block, beta), rtol=1e-12, atol=0)
-
-    t = timings({
-        "count": lambda: kernels.count_block(block, 0, gt_raw, gt_norm, log_z, scales),
-        "dense": lambda: (np.argmax(block, axis=1),
-                          np.count_nonzero(block > gt_raw[:, None].astype(np.float32), axis=1),
-                          np.count_nonzero(block == gt_raw[:, None].astype(np.float32), axis=1),
-                          dense_counts(block, gt_norm[0], log_z[0], beta)),
-        "bank": lambda: kernels.bank_logsumexp(block, scales),
-        "mixed": lambda: mixed_logsumexp(block, beta),
-    }, args.repeat)
-    n = block.size
     print(machine())
     print(f"block {args.rows} x {args.cols} float32, 1 thread, medians of {args.repeat}; "
-          f"ground-truth ranks: median {int(np.median(rank))}, {int((rank > 1000).sum())} "
-          f"rows past 1000")
-    headers = ["kernel", "qbscale ms", "Gelem/s", "float64 baseline ms", "Gelem/s", "speed-up"]
-    print(table(headers, [
-        ["counting (raw + DIS)", f"{t['count'] * 1e3:.1f}", f"{n / t['count'] / 1e9:.2f}",
-         f"{t['dense'] * 1e3:.1f}", f"{n / t['dense'] / 1e9:.2f}",
-         f"{t['dense'] / t['count']:.2f}x"],
-        ["bank logsumexp", f"{t['bank'] * 1e3:.1f}", f"{n / t['bank'] / 1e9:.2f}",
-         f"{t['mixed'] * 1e3:.1f}", f"{n / t['mixed'] / 1e9:.2f}",
-         f"{t['mixed'] / t['bank']:.2f}x"],
-    ]))
+          f"ground-truth ranks (beta 20): median {int(np.median(rank))}, "
+          f"{int((rank > 1000).sum())} rows past 1000")
+    out = []
+    n = block.size
+    for betas in ([20.0], [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0]):
+        scales = np.array(betas)
+        log_z = kernels.bank_logsumexp(block, scales)
+        gt_norm = kernels.normalised_gt(gt_raw, gt, log_z, scales)
+
+        def now(scales: np.ndarray = scales, log_z: np.ndarray = log_z,
+                gt_norm: np.ndarray = gt_norm) -> kernels.RowCounts:
+            return kernels.count_block(block, 0, gt_raw, gt_norm, log_z, scales)
+
+        want = previous_count(block, gt_raw, gt_norm, log_z, scales)
+        for got in (now(), no_prefilter(now)()):
+            assert isinstance(got, kernels.RowCounts)
+            for a, b in zip((got.above, got.equal, got.norm_above, got.norm_equal), want,
+                            strict=True):
+                assert (a == b).all()
+        t = timings({"now": now, "dense": no_prefilter(now),
+                     "before": lambda s=scales, z=log_z, g=gt_norm:
+                     previous_count(block, gt_raw, g, z, s)}, args.repeat)
+        out.append([f"counting, {len(betas)} beta{'s' if len(betas) > 1 else ''}",
+                    f"{t['now'] * 1e3:.1f} ({n / t['now'] / 1e9:.2f})",
+                    f"{t['dense'] * 1e3:.1f} ({n / t['dense'] / 1e9:.2f})",
+                    f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})",
+                    f"{t['dense'] / t['now']:.2f}x", f"{t['before'] / t['now']:.2f}x"])
+    beta = np.array([20.0])
+    assert np.allclose(kernels.bank_logsumexp(block, beta)[0], previous_logsumexp(block, 20.0),
+                       rtol=1e-12, atol=0)
+    t = timings({"now": lambda: kernels.bank_logsumexp(block, beta),
+                 "before": lambda: previous_logsumexp(block, 20.0)}, args.repeat)
+    out.append(["bank logsumexp, 1 beta", f"{t['now'] * 1e3:.1f} ({n / t['now'] / 1e9:.2f})",
+                "-", f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})", "-",
+                f"{t['before'] / t['now']:.2f}x"])
+    print("ms per block (Gelem/s)")
+    print(table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
+                 "gain over previous"], out))
 
 
 if __name__ == "__main__":

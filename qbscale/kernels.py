@@ -237,19 +237,18 @@ def count_block(
             continue
         a, m = approx[: len(x)], mask[: len(x)]
         for b, scale in enumerate(scales):
-            np.multiply(x, scales32[b], out=a, casting="same_kind")
-            np.subtract(a, offsets32[b], out=a)
-            idx = np.flatnonzero(np.greater_equal(a, floors[b, r:r + step, None], out=m))
-            cand_r, cand_c = np.divmod(idx, n_cols)
-            per_row = np.bincount(cand_r, minlength=len(x))
+            with np.errstate(over="ignore", under="ignore"):  # bounded below, see the floor
+                np.multiply(x, scales32[b], out=a, casting="same_kind")
+                np.subtract(a, offsets32[b], out=a)
+            np.greater_equal(a, floors[b, r:r + step, None], out=m)
             # a row whose ground truth ranks low has many candidates: it is
             # scored whole; gathering candidates one by one costs more
-            dense = per_row > n_cols // _SPARSE_SHARE
+            dense = _row_counts(m) > n_cols // _SPARSE_SHARE
             if dense.any():
                 _dense_counts(x, np.nonzero(dense)[0], gt_norm[b, r:r + step], offsets[b],
                               scale, norm_above[b, r:r + step], norm_equal[b, r:r + step])
-                keep = ~dense[cand_r]
-                cand_r, cand_c = cand_r[keep], cand_c[keep]
+                m[dense] = False
+            cand_r, cand_c = np.divmod(np.flatnonzero(m), n_cols)
             exact = x[cand_r, cand_c].astype(np.float64)
             np.multiply(exact, scale, out=exact)
             np.subtract(exact, offsets[b, cand_c], out=exact)
@@ -287,12 +286,15 @@ def _dense_counts(block: np.ndarray, rows: np.ndarray, g: np.ndarray, offset: np
 
 #: a row with more than ``1 / _SPARSE_SHARE`` of its entries as candidates is
 #: scored whole in float64 (gathering candidates costs more per entry)
-_SPARSE_SHARE = 16
+_SPARSE_SHARE = 32
 #: float32 scoring error, relative to the magnitudes involved (the proof in
 #: :func:`candidate_floor` needs 2**-21; the rest is margin)
 _FLOAT32_ERROR = 2.0**-20
 #: above this magnitude the float32 prefilter is not used (no overflow risk)
 _FLOAT32_SAFE = 1e30
+#: scales the prefilter takes: inside float32's normal range, so that rounding
+#: the scale to float32 is a relative error like the others
+_FLOAT32_SCALES = (1e-30, 1e30)
 
 
 def candidate_floor(gt_norm: np.ndarray, offsets: np.ndarray, scales: np.ndarray,
@@ -300,14 +302,17 @@ def candidate_floor(gt_norm: np.ndarray, offsets: np.ndarray, scales: np.ndarray
     """Float32 thresholds below which an entry cannot reach its row's ground truth.
 
     Returns ``(n_variants, n_rows)`` float32 floors, or None when the float32
-    prefilter cannot be trusted (non-finite or huge values, a scale that is
-    not positive); then every entry is scored in float64.
+    prefilter cannot be trusted (non-finite or huge values, a scale outside
+    ``[1e-30, 1e30]``, where float32 would round it by more than its relative
+    precision); then every entry is scored in float64.
 
     Let ``n = fl64(fl64(c*s) - o)`` be an entry's exact score and
     ``a = fl32(fl32(c32*s32) - o32)`` its float32 score, with ``g`` the ground
     truth's exact score.  Each of the at most five roundings in ``a`` (of
     ``c``, ``s`` (for float64 input), the product, ``o`` and the difference)
-    is relative, so ``|a - n| <= 5.1 * 2**-24 * (|c*s| + |o|)``.  An entry
+    is relative (``c`` is kept in float32's normal range for this; underflow
+    elsewhere is absolute, below 1e-44, and covered by a 1e-30 term), so
+    ``|a - n| <= 5.1 * 2**-24 * (|c*s| + |o|)``.  An entry
     with ``n >= g`` and ``a < g`` has ``c*s`` within that error of ``g + o``,
     hence ``|c*s| + |o| <= |g| + 2*|o|`` up to a factor ``1 + 2**-20``, and
     ``a >= g - E`` with ``E = 2**-21 * (|g| + 2*max|o|)``.  So every entry
@@ -321,7 +326,8 @@ def candidate_floor(gt_norm: np.ndarray, offsets: np.ndarray, scales: np.ndarray
     omax = np.max(np.abs(offsets), axis=1)
     top = np.max(top_val) if len(top_val) else 0.0
     if not (np.all(np.isfinite(offsets)) and np.all(np.isfinite(gt_norm))
-            and np.all(scales > 0) and np.all(omax < _FLOAT32_SAFE)
+            and np.all((scales >= _FLOAT32_SCALES[0]) & (scales <= _FLOAT32_SCALES[1]))
+            and np.all(omax < _FLOAT32_SAFE)
             and np.all(np.abs(gt_norm) < _FLOAT32_SAFE)
             and np.all(scales * max(top, 0.0) < _FLOAT32_SAFE)):
         return None

@@ -5,6 +5,7 @@ narrow to reach it)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,31 @@ def test_near_ties_within_float32_error_are_counted_exactly():
     got = kernels.count_block(x, 0, np.array([g]), gt_norm, offsets, np.array([1.0]))
     assert got.norm_above[0, 0] == (x[0] > g).sum()
     assert got.norm_equal[0, 0] == (x[0] == g).sum() == 6
+
+
+@pytest.mark.parametrize(("block", "scale"), [
+    (np.zeros((1, 1)), 1e39),  # scale above float32's range: would be inf
+    (np.full((1, 32), -1e-20), 1e39),
+    (np.array([[1e300]]), 1e-290),  # below it: would round to 0
+    (np.r_[np.float32(1e30), np.nextafter(np.float32(1e30), np.float32(np.inf)),
+           np.full(30, 1e30, np.float32)][None], 1.3e-40),  # would be subnormal
+])
+def test_scales_float32_cannot_hold_are_counted_exactly(block, scale):
+    scales, offsets = np.array([scale]), np.zeros((1, block.shape[1]))
+    gt_raw = block[:, 0].astype(np.float64)
+    gt_norm = kernels.normalised_gt(gt_raw, np.zeros(len(block), int), offsets, scales)
+    got = kernels.count_block(block, 0, gt_raw, gt_norm, offsets, scales)
+    _, _, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, offsets, scales,
+                                          np.ones(len(block), bool))
+    np.testing.assert_array_equal(got.norm_above, n_above)
+    np.testing.assert_array_equal(got.norm_equal, n_equal)
+
+
+def test_rows_left_alone_get_no_counts_even_with_extreme_scores():
+    block = np.array([[1e-10] + [-1.0] * 31] * 2)
+    scales, offsets = np.array([1e39]), np.zeros((1, 32))
+    gt_raw = block[:, 0].copy()
+    gt_norm = kernels.normalised_gt(gt_raw, np.zeros(2, int), offsets, scales)
+    got = kernels.count_block(block, 0, gt_raw, gt_norm, offsets, scales,
+                              rows_to_normalise=np.array([True, False]))
+    np.testing.assert_array_equal(got.norm_equal, [[1, 0]])
