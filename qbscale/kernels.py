@@ -206,37 +206,39 @@ def count_block(
     gt_same = gt_raw.astype(block.dtype)[:, None]  # exact: gt_raw came from block's dtype
     above = np.empty(n_rows, np.int64)
     equal = np.empty(n_rows, np.int64)
+    normalise = gt_norm is not None and offsets is not None
+    norm_above = norm_equal = floors = None
+    if normalise:
+        assert gt_norm is not None and offsets is not None
+        norm_above = np.zeros((len(scales), n_rows), np.int64)
+        norm_equal = np.zeros((len(scales), n_rows), np.int64)
+        chosen = (np.ones(n_rows, bool) if rows_to_normalise is None
+                  else np.asarray(rows_to_normalise, bool))
+        # None: no float32 prefilter, every chosen row is scored whole
+        floors = candidate_floor(gt_norm, offsets, scales, top_val)
+        if floors is not None:
+            floors[:, ~chosen] = np.inf  # rows left alone have no candidates
+            offsets32 = offsets.astype(np.float32)
+            scales32 = scales.astype(np.float32)
     step = max(1, COUNT_SLAB_ELEMENTS // max(n_cols, 1))
     mask = np.empty((step, n_cols), bool)
-    for r in range(0, n_rows, step):
+    approx = np.empty((step, n_cols), np.float32) if floors is not None else None
+    for r in range(0, n_rows, step):  # one pass: each slab is read from memory once
         x = block[r:r + step]
         m = mask[: len(x)]
         above[r:r + step] = _row_counts(np.greater(x, gt_same[r:r + step], out=m))
         equal[r:r + step] = _row_counts(np.equal(x, gt_same[r:r + step], out=m))
-    if gt_norm is None or offsets is None:
-        return RowCounts(top_val, top_idx, above, equal, None, None)
-    norm_above = np.zeros((len(scales), n_rows), np.int64)
-    norm_equal = np.zeros((len(scales), n_rows), np.int64)
-    chosen = (np.ones(n_rows, bool) if rows_to_normalise is None
-              else np.asarray(rows_to_normalise, bool))
-    if not chosen.any():
-        return RowCounts(top_val, top_idx, above, equal, norm_above, norm_equal)
-    floors = candidate_floor(gt_norm, offsets, scales, top_val)
-    if floors is None:  # no float32 prefilter: every chosen row is scored whole
-        for b in range(len(scales)):
-            _dense_counts(block, np.nonzero(chosen)[0], gt_norm[b], offsets[b], scales[b],
-                          norm_above[b], norm_equal[b])
-        return RowCounts(top_val, top_idx, above, equal, norm_above, norm_equal)
-    floors[:, ~chosen] = np.inf  # rows left alone have no candidates
-    offsets32 = offsets.astype(np.float32)
-    scales32 = scales.astype(np.float32)
-    approx = np.empty((step, n_cols), np.float32)
-    for r in range(0, n_rows, step):
-        x = block[r:r + step]
-        if not chosen[r:r + step].any():
+        if not normalise or not chosen[r:r + step].any():
             continue
-        a, m = approx[: len(x)], mask[: len(x)]
+        assert gt_norm is not None and offsets is not None
+        assert norm_above is not None and norm_equal is not None
         for b, scale in enumerate(scales):
+            here = (gt_norm[b, r:r + step], norm_above[b, r:r + step],
+                    norm_equal[b, r:r + step])
+            if floors is None or approx is None:
+                _dense_counts(x, np.nonzero(chosen[r:r + step])[0], offsets[b], scale, *here)
+                continue
+            a = approx[: len(x)]
             with np.errstate(over="ignore", under="ignore"):  # bounded below, see the floor
                 np.multiply(x, scales32[b], out=a, casting="same_kind")
                 np.subtract(a, offsets32[b], out=a)
@@ -245,20 +247,28 @@ def count_block(
             # scored whole; gathering candidates one by one costs more
             dense = _row_counts(m) > n_cols // _SPARSE_SHARE
             if dense.any():
-                _dense_counts(x, np.nonzero(dense)[0], gt_norm[b, r:r + step], offsets[b],
-                              scale, norm_above[b, r:r + step], norm_equal[b, r:r + step])
+                _dense_counts(x, np.nonzero(dense)[0], offsets[b], scale, *here)
                 m[dense] = False
             cand_r, cand_c = np.divmod(np.flatnonzero(m), n_cols)
-            exact = x[cand_r, cand_c].astype(np.float64)
-            np.multiply(exact, scale, out=exact)
-            np.subtract(exact, offsets[b, cand_c], out=exact)
-            g = gt_norm[b, r + cand_r]
+            exact = exact_scores(x[cand_r, cand_c], scale, offsets[b, cand_c])
+            g = here[0][cand_r]
             sparse = ~dense
-            norm_above[b, r:r + step][sparse] = np.bincount(
-                cand_r[exact > g], minlength=len(x))[sparse]
-            norm_equal[b, r:r + step][sparse] = np.bincount(
-                cand_r[exact == g], minlength=len(x))[sparse]
+            here[1][sparse] = np.bincount(cand_r[exact > g], minlength=len(x))[sparse]
+            here[2][sparse] = np.bincount(cand_r[exact == g], minlength=len(x))[sparse]
     return RowCounts(top_val, top_idx, above, equal, norm_above, norm_equal)
+
+
+def exact_scores(values: np.ndarray, scale: float, offset: np.ndarray | float,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """``fl64(fl64(float64(values) * scale) - offset)``: the one definition of a
+    normalised score.  Counting, the ground truth's own score and stored
+    scores all use it, so equal inputs always score bit for bit alike."""
+    if out is None:
+        out = np.empty(values.shape)
+    np.copyto(out, values)
+    np.multiply(out, scale, out=out)
+    np.subtract(out, offset, out=out)
+    return out
 
 
 def _row_counts(mask: np.ndarray) -> np.ndarray:
@@ -268,17 +278,15 @@ def _row_counts(mask: np.ndarray) -> np.ndarray:
     return mask.sum(axis=1, dtype=np.int64)  # type: ignore[no-any-return]
 
 
-def _dense_counts(block: np.ndarray, rows: np.ndarray, g: np.ndarray, offset: np.ndarray,
-                  scale: float, out_above: np.ndarray, out_equal: np.ndarray) -> None:
+def _dense_counts(block: np.ndarray, rows: np.ndarray, offset: np.ndarray, scale: float,
+                  g: np.ndarray, out_above: np.ndarray, out_equal: np.ndarray) -> None:
     """Exact counts for ``rows`` of ``block``, scoring every entry in float64."""
     n_cols = block.shape[1]
     buf = np.empty(SLAB_ELEMENTS if n_cols <= SLAB_ELEMENTS else n_cols)
     for slab in _slabs(len(rows), n_cols):
         sel = rows[slab]
-        s = buf[: len(sel) * n_cols].reshape(len(sel), n_cols)
-        np.copyto(s, block[sel])
-        np.multiply(s, scale, out=s)
-        np.subtract(s, offset, out=s)
+        s = exact_scores(block[sel], scale, offset,
+                         out=buf[: len(sel) * n_cols].reshape(len(sel), n_cols))
         gs = g[sel][:, None]
         out_above[sel] = _row_counts(s > gs)
         out_equal[sel] = _row_counts(s == gs)
@@ -342,12 +350,12 @@ def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, offsets: np.ndarray,
                   scales: np.ndarray) -> np.ndarray:
     """``scale * T[i, gt(i)] - offset[gt(i)]`` per variant, shape (n_variants, n_rows).
 
-    Uses the same float64 operations as :func:`count_block`, so the ground
-    truth always compares equal to itself.
+    Scored by :func:`exact_scores`, as :func:`count_block` scores entries, so
+    the ground truth always compares equal to itself.
     """
     out = np.empty((len(scales), len(gt_raw)))
     for b, scale in enumerate(scales):
-        out[b] = gt_raw * scale - offsets[b, gt_cols]
+        exact_scores(gt_raw, scale, offsets[b, gt_cols], out=out[b])
     return out
 
 
@@ -358,7 +366,7 @@ def score_block(block: np.ndarray, offset: np.ndarray, scale: float,
     out = np.asarray(block, dtype=np.float64).copy()
     rows = np.nonzero(normalise_rows)[0]
     if len(rows):
-        out[rows] = out[rows] * scale - offset
+        out[rows] = exact_scores(block[rows], scale, offset)
     return out
 
 
