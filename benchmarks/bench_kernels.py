@@ -36,11 +36,6 @@ from common import machine, table
 from qbscale import kernels
 
 
-def _slabs(n_rows: int, n_cols: int) -> list[slice]:
-    step = max(1, 2**16 // max(n_cols, 1))
-    return [slice(r, min(r + step, n_rows)) for r in range(0, n_rows, step)]
-
-
 def previous_count(block: np.ndarray, gt_raw: np.ndarray, gt_norm: np.ndarray,
                    offsets: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, ...]:
     """The counting kernel before the prefilter (its code, all rows normalised)."""
@@ -49,13 +44,13 @@ def previous_count(block: np.ndarray, gt_raw: np.ndarray, gt_norm: np.ndarray,
     gt_same = gt_raw.astype(block.dtype)[:, None]
     above = np.empty(n_rows, np.int64)
     equal = np.empty(n_rows, np.int64)
-    for rows in _slabs(n_rows, n_cols):
+    for rows in kernels._slabs(n_rows, n_cols):
         above[rows] = np.count_nonzero(block[rows] > gt_same[rows], axis=1)
         equal[rows] = np.count_nonzero(block[rows] == gt_same[rows], axis=1)
     norm_above = np.zeros((len(scales), n_rows), np.int64)
     norm_equal = np.zeros((len(scales), n_rows), np.int64)
     buf = np.empty(2**16)
-    for slab in _slabs(n_rows, n_cols):
+    for slab in kernels._slabs(n_rows, n_cols):
         x = block[slab]
         s = buf[: x.size].reshape(x.shape)
         for b, scale in enumerate(scales):
@@ -73,7 +68,7 @@ def previous_logsumexp(block: np.ndarray, beta: float) -> np.ndarray:
     shift = block.max(axis=0).astype(np.float64) * beta
     total = np.zeros(n_cols)
     buf = np.empty(2**16)
-    for rows in _slabs(n_rows, n_cols):
+    for rows in kernels._slabs(n_rows, n_cols):
         y = buf[: (rows.stop - rows.start) * n_cols].reshape(-1, n_cols)
         np.multiply(block[rows], beta, out=y, dtype=np.float64)
         np.subtract(y, shift, out=y)

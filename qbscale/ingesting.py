@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__, layout
 from .errors import ConfigError, InputError
 from .readers import InputMatrix, open_matrix
-from .store import check_gt_index, check_mask, ground_truth
+from .store import check_mask, ground_truth
 from .synth import EMBEDDING_CHUNK_BYTES
 from .writer import staging, write_store
 
@@ -129,15 +129,13 @@ def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
     The checks are :func:`qbscale.store.ground_truth`'s, run before any data
     is written, with the file named in their messages.
     """
-    if gt_index is not None:
-        if queries_per_item is not None:
-            raise ConfigError("give queries_per_item or gt_index, not both")
-        src = open_matrix(gt_index, "gt_index")
-        return None, src, check_gt_index(src.read(), n_queries, n_gallery,
-                                         src.label("gt_index"))
-    ground_truth(n_queries, n_gallery, queries_per_item)
-    return (int(queries_per_item) if queries_per_item is not None
-            else n_queries // n_gallery), None, None
+    src = None if gt_index is None else open_matrix(gt_index, "gt_index")
+    if src is None:
+        ground_truth(n_queries, n_gallery, queries_per_item)
+        return (int(queries_per_item) if queries_per_item is not None
+                else n_queries // n_gallery), None, None
+    return None, src, ground_truth(n_queries, n_gallery, queries_per_item, src.read(),
+                                   src.label("gt_index"))
 
 
 def _read_mask(masks: PathOrArray | None, n_queries: int,
