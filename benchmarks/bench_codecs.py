@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qbscale.ingesting import CODECS, ingest
-from qbscale.readers import load_pickle
+from qbscale.storage.ingest import CODECS, ingest
+from qbscale.storage.readers import load_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / "../shared/data").resolve()

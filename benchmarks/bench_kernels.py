@@ -4,7 +4,7 @@
 On one 64 MiB float32 block (335 x 50000, a whole-row chunk of the default
 layout), single-threaded, medians of ``--repeat`` interleaved timings:
 
-* counting, for one beta and for a sweep of 8: :func:`qbscale.kernels.count_block`
+* counting, for one beta and for a sweep of 8: :func:`qbscale.engine.kernels.count_block`
   as it is (float32 candidate prefilter, candidates rescored in float64);
   the same with the prefilter switched off (every entry scored in float64,
   in place, counted row by row); and the previous kernel (``previous_count``
@@ -12,7 +12,7 @@ layout), single-threaded, medians of ``--repeat`` interleaved timings:
   Each row's ground truth sits at a rank drawn from a geometric distribution
   (most near the top, as in real retrieval), one row in ten anywhere.  All
   three must give the same counts.
-* the bank's column logsumexp: :func:`qbscale.kernels.bank_logsumexp` against
+* the bank's column logsumexp: :func:`qbscale.engine.kernels.bank_logsumexp` against
   the previous version (``previous_logsumexp``); results equal to 1e-12.
 
 usage: python benchmarks/bench_kernels.py [--repeat 7] [--rows 335] [--cols 50000]
@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table
 
-from qbscale import kernels
+from qbscale.engine import kernels
 
 
 def previous_count(block: np.ndarray, gt_raw: np.ndarray, gt_norm: np.ndarray,

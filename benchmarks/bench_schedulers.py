@@ -40,8 +40,8 @@ def generate(path: Path, n_bank: int, n_gallery: int, seed: int = 0) -> str:
     """A sims store written chunk by chunk (never the whole matrix in memory)."""
     import zarr
 
-    from qbscale import layout
-    from qbscale.ingesting import chunk_shape
+    from qbscale.storage import layout
+    from qbscale.storage.ingest import chunk_shape
 
     rng = np.random.default_rng(seed)
     group = zarr.open_group(str(path), mode="w")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from qbscale.methods import REGISTRY
+from qbscale.engine.methods import REGISTRY
 
 from .options import (
     activation_k_option,
@@ -25,7 +25,7 @@ COLUMNS = (("R1", "R@1", ".1f"), ("hub_skewness", "N_k skew", ".2f"),
 
 
 def format_hubness(rows: list[dict[str, Any]]) -> str:
-    """Fixed-width table of :meth:`qbscale.compare.Comparison.rows`."""
+    """Fixed-width table of :meth:`qbscale.analysis.compare.Comparison.rows`."""
     width = max(8, *(len(row["method"]) + 1 for row in rows))
     head = f"{'method':<{width}}{'setting':>12}" + "".join(f"{h:>11}" for _, h, _ in COLUMNS)
     lines = [head]
@@ -65,7 +65,7 @@ def hubness(store: str, names: tuple[str, ...], k: int, activation_k: int, dynam
     the largest N_k.  Every method runs at its defaults, one pass each; the
     store is only read.
     """
-    from qbscale.compare import compare
+    from qbscale.analysis.compare import compare
 
     result = compare(store, list(names) or None, k=k, dynamic=dynamic,
                      activation_k=activation_k, gallery_bank=gallery_bank,

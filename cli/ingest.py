@@ -8,10 +8,9 @@ from typing import Any, cast
 
 import click
 
-from qbscale import layout
 from qbscale.errors import QBScaleError
-from qbscale.ingesting import CODECS, DTYPES
-from qbscale.synth import EMBEDDING_CHUNK_BYTES
+from qbscale.storage import layout
+from qbscale.storage.ingest import CODECS, DTYPES
 
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
@@ -92,7 +91,7 @@ def summary(out: str, seconds: float) -> str:
 @click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
               help=f"Target size of a stored chunk, MiB  [default: "
               f"{layout.DEFAULT_CHUNK_BYTES / 2**20:g} for similarities, "
-              f"{EMBEDDING_CHUNK_BYTES / 2**20:g} for embeddings].")
+              f"{layout.EMBEDDING_CHUNK_BYTES / 2**20:g} for embeddings].")
 @click.option("--chunk-rows", type=click.IntRange(min=1),
               help="Rows per chunk (overrides --chunk-mb).")
 @click.option("--chunk-cols", type=click.IntRange(min=1),
@@ -106,8 +105,8 @@ def summary(out: str, seconds: float) -> str:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest(**opts: Any) -> None:
     """Write similarity matrices (or embeddings) into one Zarr experiment store."""
-    from qbscale.ingesting import ingest as ingest_sims
-    from qbscale.ingesting import ingest_embeddings
+    from qbscale.storage.ingest import ingest as ingest_sims
+    from qbscale.storage.ingest import ingest_embeddings
 
     mode = _mode(opts)
     common: dict[str, Any] = dict(
@@ -129,7 +128,7 @@ def ingest(**opts: Any) -> None:
     except QBScaleError as exc:
         raise click.ClickException(str(exc)) from exc
     if opts["gallery_bank"]:
-        from qbscale.gallery_bank import add_gallery_bank
+        from qbscale.storage.gallery_bank import add_gallery_bank
 
         try:
             add_gallery_bank(out, opts["gallery_bank"], dtype=opts["dtype"], codec=opts["codec"],

@@ -1,4 +1,4 @@
-"""Options of the normaliser family (:mod:`qbscale.methods`), shared by the
+"""Options of the normaliser family (:mod:`qbscale.engine.methods`), shared by the
 commands that run methods: one option per method parameter, ``--dynamic`` and
 ``--gallery-bank``."""
 
@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from qbscale.methods import REGISTRY, all_params
+from qbscale.engine.methods import REGISTRY, all_params
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from qbscale.methods import REGISTRY
+from qbscale.engine.methods import REGISTRY
 
 from .options import (
     activation_k_option,
@@ -42,8 +42,8 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], k
     method, N_k distributions, R@1 against each method's parameter and the hubs
     that normalisation removed.  One pass over the data per method; the store is
     only read."""
-    from qbscale.compare import compare
-    from qbscale.report import write_report
+    from qbscale.analysis.compare import compare
+    from qbscale.analysis.report import write_report
 
     result = compare(store, list(names) or None, k=k, sweep=True, activation_k=activation_k,
                      gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,

@@ -118,8 +118,8 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         raise click.UsageError("--save-scores/--save-ranks need a store: "
                                "run `qbscale ingest` first")
     if scheduler in ("threads", "synchronous", "sync"):
-        from qbscale.readers import read_array
-        from qbscale.store import in_memory
+        from qbscale.storage.readers import read_array
+        from qbscale.storage.store import in_memory
 
         mask = read_array(mask_pkl) if mask_pkl else None
         yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
@@ -128,7 +128,7 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     if scheduler.startswith(("tcp://", "tls://")):
         raise click.UsageError("workers of a remote cluster cannot see local pickles: "
                                "`qbscale ingest` them into shared storage first")
-    from qbscale.ingesting import ingest
+    from qbscale.storage.ingest import ingest
 
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
         yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)

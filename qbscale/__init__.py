@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "run": "qbscale.api",
     "evaluate": "qbscale.api",
-    "ingest": "qbscale.ingesting",
-    "ingest_embeddings": "qbscale.ingesting",
-    "open_experiment": "qbscale.store",
+    "ingest": "qbscale.storage.ingest",
+    "ingest_embeddings": "qbscale.storage.ingest",
+    "open_experiment": "qbscale.storage.store",
     "RunResult": "qbscale.api",
 }
 

@@ -5,88 +5,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import plan as _plan
-from .config import RunConfig
-from .executors import get_executor
-from .metrics import retrieval_metrics, rounded
-from .store import Experiment, open_experiment
-
-
-@dataclass
-class RunResult:
-    """Everything a run measured.
-
-    Attributes
-    ----------
-    before : metrics of the raw similarities (the baseline)
-    after : ``{value: metrics}`` after normalisation, one per value of the
-        method's swept parameter (beta; alpha for nnn, kc for csls); empty
-        for ``method="none"``
-    base_ranks : (n_queries,) 0-based baseline ranks (ties averaged)
-    ranks : ``{value: (n_queries,) ranks}`` after normalisation
-    normalised : (n_queries,) bool, rows that were normalised
-    activation_size : number of gallery items in the activation set
-    log_z : (n_values, n_gallery) the per-gallery shifts of the variants
-        (``logZ`` for inverted softmax)
-    topk_index, topk_score : (n_values, n_queries, K) best items after
-        normalisation (with ``topk=K``); ``base_topk_index`` (n_queries, K)
-        the best items of the raw scores
-    """
-
-    config: RunConfig
-    before: dict[str, float]
-    after: dict[float, dict[str, float]]
-    base_ranks: np.ndarray
-    ranks: dict[float, np.ndarray]
-    normalised: np.ndarray
-    activation_size: int
-    n_gallery: int
-    mask: np.ndarray | None
-    log_z: np.ndarray | None = None
-    topk_index: np.ndarray | None = None
-    topk_score: np.ndarray | None = None
-    base_topk_index: np.ndarray | None = None
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def normalised_share(self) -> float:
-        """Share of (unmasked) test queries whose row was normalised."""
-        rows = self.normalised if self.mask is None else self.normalised[self.mask]
-        return float(rows.mean()) if rows.size else 0.0
-
-    def table(self) -> list[dict[str, Any]]:
-        """Rows of rounded metrics: the baseline, then one per beta."""
-        rows = [{"method": "none", "beta": None, **rounded(self.before)}]
-        for beta, m in self.after.items():
-            rows.append({"method": self.config.label, "beta": beta,
-                         "param": self.config.variant_name, **rounded(m)})
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (unrounded metrics plus the rounded table)."""
-        return {
-            "method": self.config.method,
-            "k": self.config.k,
-            "betas": list(self.config.betas),
-            "variant": self.config.variant_name,
-            "dynamic": self.config.is_dynamic,
-            "params": self.config.param_dict,
-            "before": self.before,
-            "after": {str(b): m for b, m in self.after.items()},
-            "table": self.table(),
-            "normalised_share": self.normalised_share,
-            "activation_size": self.activation_size,
-            "n_gallery": self.n_gallery,
-            "n_queries": int(self.base_ranks.size),
-            "n_evaluated": int(self.base_ranks.size if self.mask is None else self.mask.sum()),
-            "seconds": self.seconds,
-        }
+from qbscale.analysis.metrics import retrieval_metrics
+from qbscale.config import RunConfig
+from qbscale.engine import plan as _plan
+from qbscale.executors import get_executor
+from qbscale.storage.store import open_experiment
+from qbscale.types import Experiment, RunResult
 
 
 def _experiment(store: str | os.PathLike[str] | Experiment,
@@ -107,12 +35,12 @@ def run(store: str | os.PathLike[str] | Experiment,
     Parameters
     ----------
     store : path or URL of a store from :func:`qbscale.ingest`, or an
-        :class:`~qbscale.store.Experiment` (e.g. :func:`qbscale.store.in_memory`)
+        :class:`~qbscale.storage.store.Experiment` (e.g. :func:`qbscale.storage.store.in_memory`)
     beta : inverse temperature, or several (all computed in one pass);
         default 20
     k : top-k bank columns forming the activation set
     method : ``"dis"`` (default), ``"is"``, ``"csls"``, ``"nnn"``,
-        ``"dual-is"`` or ``"none"`` (:mod:`qbscale.methods`)
+        ``"dual-is"`` or ``"none"`` (:mod:`qbscale.engine.methods`)
     scheduler : ``"threads"``, ``"processes"``, ``"synchronous"``,
         ``"local:N"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``
     topk : also return (and with a store, save) the ``topk`` best gallery
@@ -121,12 +49,12 @@ def run(store: str | os.PathLike[str] | Experiment,
         the store
     resume : continue the interrupted run of the same settings in the store,
         computing only the row blocks it had not finished
-        (:mod:`qbscale.resume`; without one, start from the beginning)
+        (:mod:`qbscale.storage.resume`; without one, start from the beginning)
     dynamic : rescore only rows whose raw top-1 is in the activation set
         (``"is"`` with ``dynamic=True`` is ``"dis"``)
     gallery_bank : for ``"dual-is"``: gallery-bank x gallery similarities (an
         array, a file or a block source); by default the store's gallery bank
-        (:mod:`qbscale.gallery_bank`)
+        (:mod:`qbscale.storage.gallery_bank`)
     **params : the method's parameters, e.g. ``alpha=[0.5, 0.75]`` and
         ``nnn_k=128`` for ``"nnn"``, ``kc=10`` for ``"csls"``,
         ``gallery_beta=20`` for ``"dual-is"``; several values of the swept
@@ -138,14 +66,14 @@ def run(store: str | os.PathLike[str] | Experiment,
 
     Examples
     --------
-    >>> from qbscale.store import in_memory
+    >>> from qbscale.storage.store import in_memory
     >>> rng = np.random.default_rng(0)
     >>> exp = in_memory(rng.random((50, 10)), rng.random((10, 10)))
     >>> res = run(exp, beta=20)
     >>> sorted(res.after)
     [20.0]
     """
-    from .gallery_bank import resolve
+    from qbscale.storage.gallery_bank import resolve
 
     config = RunConfig.make(beta, k, method, topk, dynamic, params)
     experiment = _experiment(store, storage_options)
@@ -153,12 +81,12 @@ def run(store: str | os.PathLike[str] | Experiment,
     t0 = time.perf_counter()
     writer = state = None
     if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
-        from .resume import RunState
+        from qbscale.storage.resume import RunState
 
         state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
         writer = state.writer
     elif save_scores:
-        from .results import ScoresWriter
+        from qbscale.storage.results import ScoresWriter
 
         writer = ScoresWriter.create(experiment, config)
     graph = _plan.build(experiment, config, writer, bank=state.bank if state else None,
@@ -178,12 +106,12 @@ def run(store: str | os.PathLike[str] | Experiment,
     result = _assemble(config, experiment, log_z, act, rows)
     result.seconds = time.perf_counter() - t0
     if save_ranks or topk or save_scores:
-        from .results import write_results
+        from qbscale.storage.results import write_results
 
         if experiment.url is not None:
             write_results(experiment, result, save_ranks=save_ranks, save_scores=save_scores)
     if state is not None:
-        from .resume import finish
+        from qbscale.storage.resume import finish
 
         finish(experiment)
         result.extra["resume"] = state.summary()
@@ -228,7 +156,7 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     3-D ``(n, n_queries, n_gallery)`` array such as ``scores`` (its first
     slice is evaluated; select another with ``"scores[1]"``).
     """
-    from .results import matrix_source
+    from qbscale.storage.results import matrix_source
 
     experiment = _experiment(store, storage_options)
     source = matrix_source(experiment, array)
@@ -250,7 +178,7 @@ def lazy(store: str | os.PathLike[str] | Experiment,
     """
     import dask.array as da
 
-    from .gallery_bank import resolve
+    from qbscale.storage.gallery_bank import resolve
 
     config = RunConfig.make(beta, k, method, 0, dynamic, params)
     experiment = _experiment(store, storage_options)

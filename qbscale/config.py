@@ -6,10 +6,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import methods as _methods
-from .errors import ConfigError
+from qbscale.engine import methods as _methods
+from qbscale.errors import ConfigError
 
-#: normalisation methods (:mod:`qbscale.methods`): "dis" (dynamic inverted
+#: normalisation methods (:mod:`qbscale.engine.methods`): "dis" (dynamic inverted
 #: softmax, rows whose top-1 is in the activation set), "is" (every row),
 #: "csls", "nnn", "dual-is", and "none" (baseline only)
 METHODS = _methods.NAMES

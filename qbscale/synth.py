@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, layout
-from .errors import ConfigError
-from .readers import InputMatrix
+from qbscale import __version__
+from qbscale.errors import ConfigError
+from qbscale.storage import layout
+from qbscale.storage.readers import InputMatrix
 
 __all__ = ["GEN_ROWS", "KINDS", "SynthSpec", "gallery_rows", "query_rows", "synth"]
 
@@ -50,8 +51,6 @@ __all__ = ["GEN_ROWS", "KINDS", "SynthSpec", "gallery_rows", "query_rows", "synt
 GEN_ROWS = 4096
 #: what ``synth`` can write
 KINDS = ("sims", "embeddings")
-#: default stored chunk of embeddings: small, so a similarity block reads whole chunks
-EMBEDDING_CHUNK_BYTES = 4 * 2**20
 
 _GALLERY, _TEST, _BANK, _FRESH = 1, 2, 3, 4
 
@@ -229,7 +228,7 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
     dtype : stored float type
     chunk_bytes : target bytes of a stored chunk; by default 64 MiB for
         similarities and 4 MiB for embeddings (a similarity block computed
-        from them then reads whole chunks, see :func:`qbscale.store.embedding_grid`)
+        from them then reads whole chunks, see :func:`qbscale.storage.store.embedding_grid`)
     chunk_rows, chunk_cols, codec, overwrite, progress
         As for :func:`qbscale.ingest` (``chunk_cols`` for ``sims`` only).
 
@@ -239,8 +238,8 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
         The store written; the ``qbscale`` attribute records ``synth`` (the
         spec) and ``complete`` (set last).
     """
-    from .ingesting import CODECS, DTYPES, Target, chunk_shape
-    from .writer import staging, write_store
+    from qbscale.storage.ingest import CODECS, DTYPES, Target, chunk_shape
+    from qbscale.storage.writer import staging, write_store
 
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -253,7 +252,7 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
                           "span the whole dimension")
     dt = np.dtype(dtype)
     if chunk_bytes is None:
-        chunk_bytes = layout.DEFAULT_CHUNK_BYTES if kind == "sims" else EMBEDDING_CHUNK_BYTES
+        chunk_bytes = layout.DEFAULT_CHUNK_BYTES if kind == "sims" else layout.EMBEDDING_CHUNK_BYTES
     roles = (("bank", layout.BANK), ("test", layout.TEST)) if kind == "sims" else (
         ("bank", layout.BANK_EMB), ("test", layout.TEST_EMB), ("gallery", layout.GALLERY_EMB))
     targets = []

@@ -8,7 +8,7 @@ in the scope it needs:
 * :func:`moto_s3` serves an S3-compatible endpoint on loopback and exports the
   AWS variables s3fs/botocore read (workers started afterwards inherit them);
 * :func:`make_store` writes a small experiment store in the layout of
-  :mod:`qbscale.layout`;
+  :mod:`qbscale.storage.layout`;
 * :class:`SlowMatrix` wraps a source so every block read takes a while (runs
   long enough for a fault to land mid-run).
 """
@@ -50,7 +50,7 @@ def problem(n_bank: int, n_gallery: int, queries_per_item: int = 2, seed: int = 
 def make_store(url: str, bank: np.ndarray, test: np.ndarray, chunk_rows: int,
                storage_options: dict[str, Any] | None = None) -> str:
     """Ingest ``bank`` and ``test`` into a store with ``chunk_rows`` rows per chunk."""
-    from qbscale.ingesting import ingest
+    from qbscale.storage.ingest import ingest
 
     return ingest(url, bank, test, chunk_rows=chunk_rows, progress=False, overwrite=True,
                   storage_options=storage_options)

@@ -76,7 +76,7 @@ def topk(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------
-# the querybank normaliser family (qbscale.methods), from the formulas
+# the querybank normaliser family (qbscale.engine.methods), from the formulas
 # --------------------------------------------------------------------------
 
 

@@ -16,10 +16,10 @@ import xarray as xr
 import zarr
 from click.testing import CliRunner
 
-from qbscale import layout
 from qbscale.cli import cli
 from qbscale.errors import IncompleteStoreError, StoreNotFoundError
-from qbscale.store import open_experiment
+from qbscale.storage import layout
+from qbscale.storage.store import open_experiment
 
 from ._ingest_fixtures import ROOT, sims, write_npz, write_pickle
 

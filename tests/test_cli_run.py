@@ -10,7 +10,7 @@ import zarr
 from click.testing import CliRunner
 
 import qbscale
-import qbscale.store
+import qbscale.storage.store
 from qbscale.cli import cli
 
 from . import reference as ref
@@ -117,6 +117,6 @@ def test_ingest_with_gallery_bank_then_dual_is(problem, tmp_path):
     out = tmp_path / "dual.json"
     invoke("run", str(store), "--method", "dual-is", "--json", str(out))
     got = json.loads(out.read_text())["after"]
-    expected = qbscale.run(qbscale.store.in_memory(bank, test), method="dual-is",
+    expected = qbscale.run(qbscale.storage.store.in_memory(bank, test), method="dual-is",
                            gallery_bank=gallery_bank).after
     assert next(iter(got.values())) == pytest.approx(next(iter(expected.values())))

@@ -25,7 +25,7 @@ from qbscale.api import run
 from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.executors.distributed import MALLOC_ENV, DistributedExecutor
-from qbscale.store import open_experiment
+from qbscale.storage.store import open_experiment
 
 from .cluster_fixtures import SlowMatrix, dask_cluster, make_store, problem, qbscale_cli
 

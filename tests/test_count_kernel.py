@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qbscale import kernels
+from qbscale.engine import kernels
 
 from . import reference as ref
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import qbscale
-from qbscale import store as store_module
 from qbscale.api import run
-from qbscale.ingesting import ingest_embeddings
-from qbscale.sources import EmbeddingMatrix, offsets
-from qbscale.store import embedding_grid, open_experiment, within_chunks
+from qbscale.engine.grid import offsets
+from qbscale.storage import store as store_module
+from qbscale.storage.ingest import ingest_embeddings
+from qbscale.storage.sources import EmbeddingMatrix
+from qbscale.storage.store import embedding_grid, open_experiment, within_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 PYCODE = ROOT / "examples" / "data" / "pycode"

@@ -7,12 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qbscale import kernels
 from qbscale.api import run
 from qbscale.config import RunConfig
-from qbscale.plan import build
-from qbscale.sources import NumpyMatrix, split
-from qbscale.store import Experiment
+from qbscale.engine import kernels
+from qbscale.engine.grid import split
+from qbscale.engine.plan import build
+from qbscale.storage.sources import NumpyMatrix
+from qbscale.types import Experiment
 
 from . import reference as ref
 from .strategies import problems
@@ -111,7 +112,7 @@ def test_lazy_building_blocks_match_run():
     import dask
 
     from qbscale.api import lazy
-    from qbscale.store import in_memory
+    from qbscale.storage.store import in_memory
 
     rng = np.random.default_rng(3)
     exp = in_memory(rng.random((40, 8)), rng.random((16, 8)), rows_per_block=5)

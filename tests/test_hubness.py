@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qbscale
-from qbscale import hubness as hub
+from qbscale.analysis import hubness as hub
+from qbscale.analysis.compare import compare
 from qbscale.api import run
 from qbscale.cli import cli
-from qbscale.compare import compare
 from qbscale.errors import ConfigError
-from qbscale.store import in_memory
+from qbscale.storage.store import in_memory
 
 from . import reference as ref
 from .strategies import problems

@@ -15,10 +15,10 @@ import xarray as xr
 import zarr
 
 import qbscale
-from qbscale import layout
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
-from qbscale.ingesting import CODECS, chunk_shape, ingest, ingest_embeddings
-from qbscale.store import open_experiment
+from qbscale.storage import layout
+from qbscale.storage.ingest import CODECS, chunk_shape, ingest, ingest_embeddings
+from qbscale.storage.store import open_experiment
 
 from ._ingest_fixtures import MAKE_PICKLES, PYCODE, sims, write_npz, write_pickle
 
@@ -254,7 +254,7 @@ def test_bad_masks(tmp_path, pair, mask, message):
 
 def test_arrays_in_memory_get_the_same_checks(pair):
     """``in_memory`` runs the checks ingest runs, with the same messages."""
-    from qbscale.store import in_memory
+    from qbscale.storage.store import in_memory
 
     bank, test = pair
     with pytest.raises(InputError, match=r"^query mask holds 10 values other than 0/1; "

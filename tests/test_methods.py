@@ -13,15 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qbscale
-from qbscale import bankstats, kernels, methods
 from qbscale.api import run
 from qbscale.cli import cli
 from qbscale.config import RunConfig
+from qbscale.engine import bankstats, kernels, methods
+from qbscale.engine.plan import build
+from qbscale.engine.reductions import column_topk
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
-from qbscale.gallery_bank import add_gallery_bank
-from qbscale.plan import build
-from qbscale.reductions import column_topk
-from qbscale.store import Experiment, in_memory
+from qbscale.storage.gallery_bank import add_gallery_bank
+from qbscale.storage.store import in_memory
+from qbscale.types import Experiment
 
 from . import reference as ref
 from .strategies import problems
@@ -242,7 +243,7 @@ def test_gallery_bank_in_a_store(store, tmp_path):
 
 @pytest.mark.parametrize("normalise", [False, True])
 def test_gallery_bank_of_an_embeddings_store(tmp_path, normalise):
-    from qbscale.ingesting import ingest_embeddings
+    from qbscale.storage.ingest import ingest_embeddings
 
     rng = np.random.default_rng(2)
     emb = {name: rng.standard_normal((n, 8)).astype(np.float32)

@@ -1,7 +1,7 @@
 """Every chunk of the bank and of the test matrix is read exactly once per run.
 
 Counted twice over: at the block level (the ``reads`` hook of
-:class:`~qbscale.sources.ZarrMatrix`) and at the storage level (every chunk
+:class:`~qbscale.storage.sources.ZarrMatrix`) and at the storage level (every chunk
 file fetched from the local Zarr store, through zarr or read directly).
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zarr
 
-import qbscale.sources
+import qbscale.storage.sources
 from qbscale.api import run
-from qbscale.store import open_experiment
+from qbscale.storage.store import open_experiment
 from qbscale.synth import SynthSpec, synth
 
 SPEC = SynthSpec(n_bank=150, n_test=44, n_gallery=44, dim=16, seed=4)
@@ -64,8 +64,8 @@ def fetches(monkeypatch):
     counter = ChunkFetches()
     monkeypatch.setattr(zarr.storage.LocalStore, "get",
                         counter.wrap(zarr.storage.LocalStore.get))
-    monkeypatch.setattr(qbscale.sources, "read_chunk_file",
-                        counter.wrap_direct(qbscale.sources.read_chunk_file))
+    monkeypatch.setattr(qbscale.storage.sources, "read_chunk_file",
+                        counter.wrap_direct(qbscale.storage.sources.read_chunk_file))
     return counter
 
 
@@ -141,8 +141,8 @@ def test_counting_sees_a_second_read(store, fetches):
 def test_block_reads_equal_zarr_reads(tmp_path, codec):
     """Direct chunk-file reads (uncompressed) and zarr reads give the same blocks,
     edge chunks included; compressed stores go through zarr."""
-    from qbscale.ingesting import ingest
-    from qbscale.sources import ZarrMatrix
+    from qbscale.storage.ingest import ingest
+    from qbscale.storage.sources import ZarrMatrix
 
     rng = np.random.default_rng(5)
     bank = rng.standard_normal((37, 23)).astype(np.float32)

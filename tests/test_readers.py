@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from qbscale import readers
 from qbscale.errors import InputError, UnsafePickleError
+from qbscale.storage import readers
 
 from ._ingest_fixtures import npz_member_compression, sims, write_npz, write_pickle
 

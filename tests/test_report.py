@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 import qbscale
-from qbscale import hubness as hub
+from qbscale.analysis import hubness as hub
+from qbscale.analysis.compare import compare
+from qbscale.analysis.report import load_items, write_report
 from qbscale.cli import cli
-from qbscale.compare import compare
-from qbscale.report import load_items, write_report
-from qbscale.store import in_memory
+from qbscale.storage.store import in_memory
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -78,7 +78,7 @@ def test_report_page_holds_tables_and_figures(comparison, items, tmp_path):
 
 
 def test_sweep_covers_every_grid_value_in_one_pass(comparison):
-    from qbscale import methods
+    from qbscale.engine import methods
 
     for run in comparison.runs:
         grid = set(methods.get(run.result.config.method).variant.grid)

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 from qbscale.api import run
 from qbscale.cli import cli
 from qbscale.errors import ConfigError
-from qbscale.plan import RowResult
-from qbscale.resume import FIELDS
-from qbscale.store import open_experiment
+from qbscale.storage.resume import FIELDS
+from qbscale.storage.store import open_experiment
+from qbscale.types import RowResult
 
 from .cluster_fixtures import make_store, problem, qbscale_cli
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from qbscale.api import run
 from qbscale.cli import cli
-from qbscale.store import open_experiment
+from qbscale.storage.store import open_experiment
 
 from .cluster_fixtures import dask_cluster, make_store, moto_s3, problem, qbscale_cli
 from .test_resume import FailingMatrix

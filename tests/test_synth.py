@@ -7,11 +7,11 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from qbscale import layout
 from qbscale.api import run
 from qbscale.cli import cli
 from qbscale.errors import ConfigError
-from qbscale.store import in_memory, open_experiment
+from qbscale.storage import layout
+from qbscale.storage.store import in_memory, open_experiment
 from qbscale.synth import GEN_ROWS, SynthSpec, gallery_rows, query_rows, synth
 
 

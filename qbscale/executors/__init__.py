@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..errors import ConfigError
+from qbscale.errors import ConfigError
 
 #: glibc malloc settings that make zarr chunk reads 2-5x faster.  They act
 #: only when set before a process starts: the ``qbscale`` command re-execs
@@ -37,16 +37,16 @@ def get_executor(scheduler: Any = "threads", num_workers: int | None = None) -> 
     if scheduler is None:
         scheduler = "threads"
     if not isinstance(scheduler, str):
-        from .distributed import DistributedExecutor
+        from qbscale.executors.distributed import DistributedExecutor
 
         return DistributedExecutor(client=scheduler)
     if scheduler in ("threads", "processes", "synchronous", "sync"):
-        from .local import LocalExecutor
+        from qbscale.executors.local import LocalExecutor
 
         return LocalExecutor(scheduler, num_workers)
     if scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")) or \
             scheduler.startswith("local:"):
-        from .distributed import DistributedExecutor
+        from qbscale.executors.distributed import DistributedExecutor
 
         return DistributedExecutor(address=scheduler)
     raise ConfigError(

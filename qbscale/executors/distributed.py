@@ -1,6 +1,6 @@
 """Dask distributed: an existing scheduler, a LocalCluster, or a Client.
 
-Tasks read their own blocks from the store (:mod:`qbscale.sources`), so the
+Tasks read their own blocks from the store (:mod:`qbscale.storage.sources`), so the
 client ships only small task specs and gathers small per-row results, as
 they finish (which frees worker memory early).  A worker lost mid-run (killed,
 out of memory, preempted) costs only the tasks it held: the scheduler reruns
@@ -20,8 +20,8 @@ from typing import Any
 
 from distributed.diagnostics.progressbar import ProgressBar
 
-from ..errors import ConfigError
-from . import MALLOC_ENV
+from qbscale.errors import ConfigError
+from qbscale.executors import MALLOC_ENV
 
 
 class DistributedExecutor:
@@ -178,6 +178,6 @@ def _connect(target: Any, address: str, timeout: float) -> Any:
 
 def _forget_open_arrays() -> None:
     """Drop this worker's cached store handles (run on every worker per run)."""
-    from ..sources import _open_zarr
+    from qbscale.storage.sources import _open_zarr
 
     _open_zarr.cache_clear()

@@ -1,9 +1,9 @@
 """Per-gallery statistics of a bank matrix, as a lazy graph.  Nothing here computes.
 
 Every block of the bank is read once, by one task, which computes what a
-:class:`~qbscale.methods.BankNeeds` asks for: the column logsumexp for every
+:class:`~qbscale.engine.methods.BankNeeds` asks for: the column logsumexp for every
 beta, the column top-k values, and the row top-k behind the activation set.
-Partials combine with the rules of :mod:`qbscale.reductions`:
+Partials combine with the rules of :mod:`qbscale.engine.reductions`:
 
 * log normaliser and activation set: the blocks of a bank row block are
   joined side by side, then row blocks combine in a tree (``np.logaddexp``,
@@ -25,10 +25,17 @@ from typing import Any
 import numpy as np
 from dask.delayed import Delayed, delayed
 
-from . import kernels
-from .methods import BankNeeds, BankStats
-from .reductions import ACTIVATION, LOG_NORMALISER, column_topk, row_topk, topk_to_mask
-from .sources import MatrixSource, offsets
+from qbscale.engine import kernels
+from qbscale.engine.grid import offsets
+from qbscale.engine.methods import BankNeeds, BankStats
+from qbscale.engine.reductions import (
+    ACTIVATION,
+    LOG_NORMALISER,
+    column_topk,
+    row_topk,
+    topk_to_mask,
+)
+from qbscale.types import MatrixSource
 
 #: partials combined per tree task
 SPLIT_EVERY = 8
@@ -155,7 +162,7 @@ def _segment_means(needs: BankNeeds, holders: list[Delayed], key: Key, name: str
 
 
 def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") -> Delayed:
-    """Lazy :class:`~qbscale.methods.BankStats` of ``bank`` for ``needs``.
+    """Lazy :class:`~qbscale.engine.methods.BankStats` of ``bank`` for ``needs``.
 
     One task per block; for a bank chunked along the gallery too, one more
     task per row block joins its pieces.

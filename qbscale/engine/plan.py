@@ -3,10 +3,10 @@
 The graph has two stages, each reading every block of its matrix once:
 
 1. **bank**: one task per block of every bank the method reads computes the
-   per-gallery statistics it needs (:mod:`qbscale.bankstats`: column
+   per-gallery statistics it needs (:mod:`qbscale.engine.bankstats`: column
    logsumexp per beta, column top-k values, and the activation mask of the
    querybank rows' top-k columns), combined in trees; the method
-   (:mod:`qbscale.methods`) turns them into one shift per gallery item and
+   (:mod:`qbscale.engine.methods`) turns them into one shift per gallery item and
    variant, every variant scoring ``scale * s - shift``.
 2. **test**: one task per test row block counts, for each row, the raw and the
    normalised scores above and equal to the ground truth's (all betas, plus
@@ -14,7 +14,7 @@ The graph has two stages, each reading every block of its matrix once:
    the row's raw top-1.  When the test matrix is also chunked along the
    gallery, each block is read by its own task, the ground-truth scores are
    gathered from the blocks that hold them (the same keys, so no second read)
-   and per-block counts combine with :data:`~qbscale.reductions.ROW_COUNTS`.
+   and per-block counts combine with :data:`~qbscale.engine.reductions.ROW_COUNTS`.
 
 Tasks are :func:`dask.delayed` calls with explicit keys, so building a plan
 neither computes nor hashes the data.
@@ -31,26 +31,12 @@ from typing import Any
 import numpy as np
 from dask.delayed import Delayed, delayed
 
-from . import bankstats, kernels, methods
-from .config import RunConfig
-from .errors import ConfigError, InputError
-from .reductions import ROW_COUNTS, row_topk
-from .sources import MatrixSource, offsets
-from .store import Experiment
-
-
-@dataclass
-class RowResult:
-    """Per-query results of one test row block."""
-
-    start: int
-    base_rank: np.ndarray  # (r,)
-    rank: np.ndarray | None  # (n_betas, r)
-    normalised: np.ndarray  # (r,) bool
-    top_idx: np.ndarray  # (r,) raw top-1 gallery index
-    topk_idx: np.ndarray | None = None  # (n_betas or 1, r, K)
-    topk_score: np.ndarray | None = None
-    base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
+from qbscale.config import RunConfig
+from qbscale.engine import bankstats, kernels, methods
+from qbscale.engine.grid import offsets
+from qbscale.engine.reductions import ROW_COUNTS, row_topk
+from qbscale.errors import ConfigError, InputError
+from qbscale.types import Experiment, MatrixSource, RowResult
 
 
 @dataclass
@@ -86,7 +72,7 @@ def _shifts(name: str, values: tuple[float, ...], params: dict[str, float], bank
 
 def method_statistics(experiment: Experiment, config: RunConfig, key: _Keys,
                       banks: Mapping[str, MatrixSource]) -> tuple[Delayed, Delayed]:
-    """Lazy ``(shifts, activation mask)`` of ``config``'s method (:mod:`qbscale.methods`).
+    """Lazy ``(shifts, activation mask)`` of ``config``'s method (:mod:`qbscale.engine.methods`).
 
     One pass over every bank the method reads: the querybank
     (``experiment.bank``, which also gives the activation set) and the
@@ -244,7 +230,7 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     """The lazy graph of a run over ``experiment``; computes nothing.
 
     ``bank`` is ``(shifts, activation)`` already known for these settings (an
-    interrupted run, :mod:`qbscale.resume`): it replaces the bank stage.
+    interrupted run, :mod:`qbscale.storage.resume`): it replaces the bank stage.
     ``banks`` holds the extra bank matrices the method reads besides the
     querybank (``{"gallery_bank": source}`` for ``dual-is``).
     """

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ConfigError
+from qbscale.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .api import RunResult
+    from qbscale.types import RunResult
 
 #: share of the gallery counted as hubs (hub occupation, lost hubs)
 HUB_SHARE = 0.01

@@ -16,39 +16,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-def split(n: int, step: int) -> tuple[int, ...]:
-    """Chunk sizes covering ``n`` items in steps of ``step`` (last may be short).
-
-    >>> split(10, 4)
-    (4, 4, 2)
-    """
-    step = max(1, int(step))
-    return tuple(min(step, n - s) for s in range(0, n, step)) or (0,)
-
-
-def offsets(chunks: tuple[int, ...]) -> tuple[int, ...]:
-    """Start offset of every chunk.  ``offsets((4, 4, 2)) == (0, 4, 8)``."""
-    return tuple(int(x) for x in np.concatenate([[0], np.cumsum(chunks)[:-1]]))
-
-
-class MatrixSource(Protocol):
-    """What the engine needs of a matrix."""
-
-    @property
-    def shape(self) -> tuple[int, int]: ...
-
-    @property
-    def row_chunks(self) -> tuple[int, ...]: ...
-
-    @property
-    def col_chunks(self) -> tuple[int, ...]: ...
-
-    def read(self, i: int, c: int) -> np.ndarray: ...
+from qbscale.engine.grid import offsets, split
+from qbscale.types import MatrixSource
 
 
 @lru_cache(maxsize=64)
@@ -186,7 +159,7 @@ class EmbeddingMatrix:
     @classmethod
     def build(cls, queries: MatrixSource, gallery: MatrixSource) -> EmbeddingMatrix:
         if queries.shape[1] != gallery.shape[1]:
-            from .errors import InputError
+            from qbscale.errors import InputError
 
             raise InputError(
                 f"query embeddings have dimension {queries.shape[1]}, "

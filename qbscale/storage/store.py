@@ -1,20 +1,22 @@
 """Opening a qbscale experiment store and writing run results into it.
 
-The only module of the engine that touches files.  See :mod:`qbscale.layout`
+The only module of the engine that touches files.  See :mod:`qbscale.storage.layout`
 for the store contract.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from . import layout
-from .errors import ConfigError, IncompleteStoreError, InputError, StoreNotFoundError
-from .sources import EmbeddingMatrix, MatrixSource, NumpyMatrix, ZarrMatrix, _open_zarr, split
+from qbscale.engine.grid import split
+from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreNotFoundError
+from qbscale.storage import layout
+from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, _open_zarr
+from qbscale.types import Experiment, MatrixSource
 
 #: bytes of one float32 similarity block computed from embeddings
 EMBEDDING_BLOCK_BYTES = 2**27
@@ -25,39 +27,6 @@ EMBEDDING_MIN_ITEMS = 1024
 def is_url(path: str) -> bool:
     """True for fsspec URLs such as ``s3://bucket/exp.zarr``."""
     return "://" in path and not path.startswith("file://")
-
-
-@dataclass
-class Experiment:
-    """A ready-to-run experiment: block sources plus ground truth and mask.
-
-    Attributes
-    ----------
-    bank, test : MatrixSource
-        Querybank x gallery and test-query x gallery similarities.
-    gt : (n_queries,) int64
-        Ground-truth gallery index of every test query.
-    mask : (n_queries,) bool or None
-        False for queries left out of the metrics.
-    url : str or None
-        The store, when the experiment lives in one (results go there).
-    """
-
-    bank: MatrixSource
-    test: MatrixSource
-    gt: np.ndarray
-    mask: np.ndarray | None
-    url: str | None = None
-    attrs: dict[str, Any] | None = None
-    storage_options: dict[str, Any] | None = None
-
-    @property
-    def n_gallery(self) -> int:
-        return self.test.shape[1]
-
-    @property
-    def n_queries(self) -> int:
-        return self.test.shape[0]
 
 
 def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
@@ -245,7 +214,7 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
         raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
     if arr.dtype.kind != "f":
         raise InputError(f"{name} holds {arr.dtype} values; similarities must be floats")
-    from .writer import FiniteCheck  # the check ingest streams blocks through
+    from qbscale.storage.writer import FiniteCheck  # the check ingest streams blocks through
 
     finite = FiniteCheck(name)
     finite(arr, 0)

@@ -13,22 +13,37 @@ import shutil
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import layout
-from .errors import ConfigError, InputError, StoreExistsError
-from .readers import InputMatrix
+from qbscale.errors import ConfigError, InputError, StoreExistsError
+from qbscale.storage import layout
+from qbscale.storage.readers import InputMatrix
 
 if TYPE_CHECKING:
     import zarr
 
-    from .ingesting import Target
+
+@dataclass
+class Target:
+    """One 2-D array to write: its store name, input, stored dtype and chunks.
+
+    ``transform(block, first_row)`` (optional) turns a checked input block into
+    the stored block.
+    """
+
+    name: str
+    source: InputMatrix
+    dtype: np.dtype
+    chunks: tuple[int, int]
+    transform: Callable[[np.ndarray, int], np.ndarray] | None = None
+
 
 #: bytes of input read (and written to the store) per step, rounded to whole chunks
 READ_BYTES = 64 * 2**20

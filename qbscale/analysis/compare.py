@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from . import hubness as hub
-from . import methods
-from .api import RunResult, run
-from .config import RunConfig
-from .errors import ConfigError
-from .store import Experiment, open_experiment
+from qbscale.analysis import hubness as hub
+from qbscale.api import run
+from qbscale.config import RunConfig
+from qbscale.engine import methods
+from qbscale.errors import ConfigError
+from qbscale.storage.store import open_experiment
+from qbscale.types import Experiment, RunResult
 
 
 @dataclass
@@ -92,15 +93,15 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
 
     Parameters
     ----------
-    store : a store path/URL or an :class:`~qbscale.store.Experiment`
-    names : methods to run (see :data:`qbscale.methods.REGISTRY`)
+    store : a store path/URL or an :class:`~qbscale.storage.store.Experiment`
+    names : methods to run (see :data:`qbscale.engine.methods.REGISTRY`)
     k : top-k depth of the hubness measures
     sweep : also run every value of each method's grid (``Param.grid``) in its
         pass, for metrics against beta / alpha / kc
     dynamic, activation_k : as ``dynamic`` and ``k`` of :func:`qbscale.api.run`
     gallery_bank : for ``dual-is`` (default: the store's)
     """
-    from .gallery_bank import resolve
+    from qbscale.storage.gallery_bank import resolve
 
     experiment = store if isinstance(store, Experiment) else \
         open_experiment(store, storage_options)

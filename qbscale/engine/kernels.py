@@ -2,7 +2,7 @@
 
 Every function here takes one block of a similarity matrix (rows are queries,
 columns a contiguous slice of the gallery starting at ``col0``) and returns a
-small partial result that :mod:`qbscale.reductions` knows how to combine.
+small partial result that :mod:`qbscale.engine.reductions` knows how to combine.
 
 Scores are compared in float64 whatever the stored dtype: ``beta * s - logZ``
 in float32 merges distinct scores into ties and changes ranks.  (Counting
@@ -113,7 +113,7 @@ def column_topk(block: np.ndarray, k: int) -> np.ndarray:
     row ``r`` holds every column's ``r+1``-th largest value.  Only values are
     kept (a mean of the top-k bank similarities does not depend on which bank
     rows they came from), so partials over disjoint bank rows merge exactly
-    (:func:`qbscale.reductions.column_topk`).
+    (:func:`qbscale.engine.reductions.column_topk`).
 
     Examples
     --------

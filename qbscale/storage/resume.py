@@ -27,16 +27,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import ConfigError
-from .plan import Plan, RowResult
-from .results import SCORES, ScoresWriter, writable_array
-from .sources import freeze_options, offsets
+from qbscale.engine.grid import offsets
+from qbscale.engine.plan import Plan
+from qbscale.errors import ConfigError
+from qbscale.storage.results import SCORES, ScoresWriter, writable_array
+from qbscale.storage.sources import freeze_options
+from qbscale.types import RowResult
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
 
-    from .config import RunConfig
-    from .store import Experiment
+    from qbscale.config import RunConfig
+    from qbscale.types import Experiment
 
 GROUP = "manifest"
 DONE = "done"
@@ -283,7 +285,7 @@ def finish(experiment: Experiment) -> None:
         consolidated = zarr.open_group(experiment.url, mode="r",
                                        storage_options=experiment.storage_options)
         if consolidated.metadata.consolidated_metadata is not None:
-            from .writer import consolidate
+            from qbscale.storage.writer import consolidate
 
             consolidate(root.store)
     except (FileNotFoundError, KeyError):  # pragma: no cover - the store was just written

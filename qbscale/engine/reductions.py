@@ -1,4 +1,4 @@
-"""Combine rules for the partial results of :mod:`qbscale.kernels`.
+"""Combine rules for the partial results of :mod:`qbscale.engine.kernels`.
 
 Each streaming statistic is declared as data: how two partials combine (an
 associative, commutative function, so any tree of chunks gives the same
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .kernels import RowCounts
+from qbscale.engine.kernels import RowCounts
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def _merge_column_topk(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 
 
 def column_topk(k: int) -> Reduction:
-    """Per-column top-k values over the bank axis (:func:`qbscale.kernels.column_topk`)."""
+    """Per-column top-k values over the bank axis (:func:`qbscale.engine.kernels.column_topk`)."""
     return Reduction(f"column_top{k}", partial(_merge_column_topk, k=k))
 
 ROW_COUNTS = Reduction("row_counts", _merge_counts)

@@ -50,3 +50,5 @@ KIND_EMBEDDINGS = "embeddings"
 
 #: default target size of one stored chunk
 DEFAULT_CHUNK_BYTES = 64 * 2**20
+#: default stored chunk of embeddings: small, so a similarity block reads whole chunks
+EMBEDDING_CHUNK_BYTES = 4 * 2**20

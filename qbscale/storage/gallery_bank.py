@@ -2,7 +2,7 @@
 
 A *gallery bank* is a set of extra items of the gallery's modality (training
 videos for text->video retrieval, say); ``dual-is`` normalises with their
-similarities to the gallery items (:mod:`qbscale.methods`).  A store keeps it
+similarities to the gallery items (:mod:`qbscale.engine.methods`).  A store keeps it
 beside the querybank::
 
     gallery_bank      (gallery_bank_item, gallery)  similarities, in a sims store
@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import layout
-from .errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
-from .methods import GALLERY_BANK
+from qbscale.engine.methods import GALLERY_BANK
+from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
+from qbscale.storage import layout
 
 if TYPE_CHECKING:
-    from .config import RunConfig
-    from .sources import MatrixSource
-    from .store import Experiment
+    from qbscale.config import RunConfig
+    from qbscale.types import Experiment, MatrixSource
 
 #: store arrays of a gallery bank, and their dimension names
 SIMS = GALLERY_BANK
@@ -44,7 +43,7 @@ RECORD = "gallery_bank"
 def _open_store(url: str, options: dict[str, Any] | None) -> Any:
     import zarr
 
-    from .store import open_experiment
+    from qbscale.storage.store import open_experiment
 
     experiment = open_experiment(url, options)  # refuses missing / incomplete stores
     group = zarr.open_group(url, mode="r+", storage_options=options)
@@ -85,8 +84,8 @@ def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, c
     import zarr
     from tqdm import tqdm
 
-    from .ingesting import chunk_shape
-    from .writer import READ_BYTES, FiniteCheck, compressors
+    from qbscale.storage.ingest import chunk_shape
+    from qbscale.storage.writer import READ_BYTES, FiniteCheck, compressors
 
     chunks = chunk_shape(src.shape[0], src.shape[1], dtype.itemsize, chunk_bytes)
     arr = zarr.create_array(group.store, name=name, shape=src.shape, dtype=dtype, chunks=chunks,
@@ -146,8 +145,8 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     StoreExistsError
         The store has a gallery bank and ``overwrite`` is False.
     """
-    from .ingesting import CODECS, DTYPES
-    from .readers import open_matrix
+    from qbscale.storage.ingest import CODECS, DTYPES
+    from qbscale.storage.readers import open_matrix
 
     if codec not in CODECS:
         raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
@@ -164,7 +163,7 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     stored = np.dtype(dtype) if dtype else np.dtype(f"float{8 * src.dtype.itemsize}")
     unit = (experiment.attrs or {}).get("similarity") == "cosine"
     _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
-    from .writer import consolidate
+    from qbscale.storage.writer import consolidate
 
     consolidate(group.store)
     record = {"array": name, "file": None if src.path is None else src.name,
@@ -186,7 +185,7 @@ def open_gallery_bank(experiment: Experiment) -> MatrixSource:
     IncompleteStoreError
         A gallery bank whose write was interrupted.
     """
-    from .sources import EmbeddingMatrix, ZarrMatrix
+    from qbscale.storage.sources import EmbeddingMatrix, ZarrMatrix
 
     url = experiment.url
     if url is None:
@@ -198,7 +197,7 @@ def open_gallery_bank(experiment: Experiment) -> MatrixSource:
             raise IncompleteStoreError(f"the gallery bank in {url} was not completely written: "
                                        "add it again with overwrite")
         raise ConfigError(f"dual-is needs a gallery bank and {url} has none: add one with "
-                          "qbscale.gallery_bank.add_gallery_bank, or pass gallery_bank=")
+                          "qbscale.storage.gallery_bank.add_gallery_bank, or pass gallery_bank=")
     options = experiment.storage_options
     if record["array"] == EMBEDDINGS:
         queries = ZarrMatrix.open(url, EMBEDDINGS, options, 8192)
@@ -216,9 +215,9 @@ def _has_array(experiment: Experiment) -> bool:
 
 def as_source(given: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A gallery bank given directly: an array, a file (read whole) or a source."""
-    from .readers import read_array
-    from .sources import NumpyMatrix
-    from .store import check_matrix
+    from qbscale.storage.readers import read_array
+    from qbscale.storage.sources import NumpyMatrix
+    from qbscale.storage.store import check_matrix
 
     if hasattr(given, "read") and hasattr(given, "row_chunks"):
         return given  # type: ignore[no-any-return]
@@ -230,7 +229,7 @@ def as_source(given: Any, rows_per_block: int | None = None) -> MatrixSource:
 def resolve(experiment: Experiment, config: RunConfig, given: Any = None
             ) -> dict[str, MatrixSource]:
     """The extra banks ``config``'s method reads: ``{"gallery_bank": source}`` or ``{}``."""
-    from .methods import get
+    from qbscale.engine.methods import get
 
     if not config.normalises or GALLERY_BANK not in get(config.method).banks:
         if given is not None:

@@ -1,8 +1,8 @@
 """Ingest: similarity (or embedding) files -> one Zarr v3 experiment store.
 
-Inputs are read row block by row block (see :mod:`qbscale.readers`), checked
+Inputs are read row block by row block (see :mod:`qbscale.storage.readers`), checked
 while they stream (shapes, NaN/inf, masks, ground truth) and written chunk by
-chunk into the layout of :mod:`qbscale.layout`.  A local store is built in a
+chunk into the layout of :mod:`qbscale.storage.layout`.  A local store is built in a
 hidden sibling directory and renamed into place once complete; a remote store
 (fsspec URL) is written in place with its ``complete`` flag set last.  Either
 way an interrupted ingest never leaves a store that looks complete.
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import __version__, layout
-from .errors import ConfigError, InputError
-from .readers import InputMatrix, open_matrix
-from .store import check_mask, ground_truth
-from .synth import EMBEDDING_CHUNK_BYTES
-from .writer import staging, write_store
+from qbscale import __version__
+from qbscale.errors import ConfigError, InputError
+from qbscale.storage import layout
+from qbscale.storage.readers import InputMatrix, open_matrix
+from qbscale.storage.store import check_mask, ground_truth
+from qbscale.storage.writer import Target, staging, write_store
 
 __all__ = ["CODECS", "DTYPES", "chunk_shape", "ingest", "ingest_embeddings"]
 
@@ -32,21 +31,6 @@ CODECS = ("none", "lz4", "zstd")
 DTYPES = ("float16", "float32", "float64")
 
 PathOrArray = str | os.PathLike[str] | np.ndarray
-
-
-@dataclass
-class Target:
-    """One 2-D array to write: its store name, input, stored dtype and chunks.
-
-    ``transform(block, first_row)`` (optional) turns a checked input block into
-    the stored block.
-    """
-
-    name: str
-    source: InputMatrix
-    dtype: np.dtype
-    chunks: tuple[int, int]
-    transform: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
 def _balanced(n: int, cap: int) -> int:
@@ -126,7 +110,7 @@ def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
                                                          np.ndarray | None]:
     """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is set.
 
-    The checks are :func:`qbscale.store.ground_truth`'s, run before any data
+    The checks are :func:`qbscale.storage.store.ground_truth`'s, run before any data
     is written, with the file named in their messages.
     """
     src = None if gt_index is None else open_matrix(gt_index, "gt_index")
@@ -285,7 +269,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         Store rows scaled to unit L2 norm (zero rows are refused).
     chunk_bytes : int, optional
         Target bytes per stored chunk, by default
-        :data:`qbscale.synth.EMBEDDING_CHUNK_BYTES` (4 MiB): small, so that a
+        :data:`qbscale.storage.layout.EMBEDDING_CHUNK_BYTES` (4 MiB): small, so that a
         similarity block computed from the embeddings reads whole chunks.
     chunk_rows, dtype, codec, overwrite, progress, storage_options
         As for :func:`ingest` (chunks always span the full embedding dimension).
@@ -306,7 +290,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         ``out`` exists and ``overwrite`` is False.
     """
     _check_options(codec, dtype)
-    chunk_bytes = EMBEDDING_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    chunk_bytes = layout.EMBEDDING_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     roles = ((layout.BANK_EMB, bank_emb), (layout.TEST_EMB, test_emb),
              (layout.GALLERY_EMB, gallery_emb))
     with staging(os.fspath(out), overwrite, storage_options) as stage:

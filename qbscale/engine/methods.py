@@ -3,7 +3,7 @@
 Every method here scores a test row as ``scale * s[j] - shift[j]``, where
 ``s`` are the row's raw similarities and ``shift`` holds one number per
 gallery item computed from the banks alone, in one pass over their blocks
-(:mod:`qbscale.bankstats`).  The test stage (:mod:`qbscale.plan`) then counts
+(:mod:`qbscale.engine.bankstats`).  The test stage (:mod:`qbscale.engine.plan`) then counts
 ranks, top-1 and top-k for any list of such *variants*, so a method is only
 three small functions: which bank statistics it needs, its scales, and how the
 statistics become shifts.  Several values of a method's swept parameter
@@ -60,7 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from qbscale.errors import ConfigError
 
 #: names of the bank matrices a method may read
 QUERY_BANK = "bank"

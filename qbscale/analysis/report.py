@@ -1,4 +1,4 @@
-"""A self-contained HTML report of a :class:`~qbscale.compare.Comparison`.
+"""A self-contained HTML report of a :class:`~qbscale.analysis.compare.Comparison`.
 
 ``write_report(comparison, "report/")`` writes ``report/index.html`` with
 every figure embedded as a base64 PNG (the page opens anywhere on its own),
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from . import hubness as hub
-from .compare import Comparison
+from qbscale.analysis import hubness as hub
+from qbscale.analysis.compare import Comparison
 
 #: most hub rows shown
 MAX_HUB_ROWS = 40

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, UnsafePickleError
+from qbscale.errors import InputError, UnsafePickleError
 
 __all__ = ["ArrayInput", "InputMatrix", "NpyInput", "NpzInput", "SafeUnpickler", "ZarrInput",
            "file_sha256", "load_pickle", "open_matrix", "read_array"]

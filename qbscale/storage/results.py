@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import layout
-from .errors import ConfigError, InputError
-from .sources import MatrixSource, ZarrMatrix, _open_zarr, freeze_options, offsets
+from qbscale.engine.grid import offsets
+from qbscale.errors import ConfigError, InputError
+from qbscale.storage import layout
+from qbscale.storage.sources import ZarrMatrix, _open_zarr, freeze_options
+from qbscale.types import MatrixSource
 
 if TYPE_CHECKING:
-    from .api import RunResult
-    from .config import RunConfig
-    from .store import Experiment
+    from qbscale.config import RunConfig
+    from qbscale.types import Experiment, RunResult
 
 SCORES = "scores"
 
@@ -103,7 +104,7 @@ def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool
     runs = dict(group.attrs.get(layout.ATTR) or {})
     runs["last_run"] = result.to_dict() | {"saved_scores": save_scores}
     group.attrs[layout.ATTR] = runs
-    from .writer import consolidate
+    from qbscale.storage.writer import consolidate
 
     consolidate(group.store)
 

@@ -1,0 +1,1 @@
+"""Analysis of runs: metrics, hubness, method comparisons and the HTML report."""

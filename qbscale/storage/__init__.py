@@ -1,0 +1,3 @@
+"""Storage: reading inputs (safe unpickler, npy/npz), Zarr stores (layout, block
+sources, opening, writing with staging), ingest, saved results and resume.
+"""

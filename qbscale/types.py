@@ -1,0 +1,150 @@
+"""The records every layer shares: a matrix source, an experiment, results.
+
+A leaf module: it imports nothing else of qbscale at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from qbscale.config import RunConfig
+
+
+class MatrixSource(Protocol):
+    """What the engine needs of a matrix."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def row_chunks(self) -> tuple[int, ...]: ...
+
+    @property
+    def col_chunks(self) -> tuple[int, ...]: ...
+
+    def read(self, i: int, c: int) -> np.ndarray: ...
+
+
+@dataclass
+class Experiment:
+    """A ready-to-run experiment: block sources plus ground truth and mask.
+
+    Attributes
+    ----------
+    bank, test : MatrixSource
+        Querybank x gallery and test-query x gallery similarities.
+    gt : (n_queries,) int64
+        Ground-truth gallery index of every test query.
+    mask : (n_queries,) bool or None
+        False for queries left out of the metrics.
+    url : str or None
+        The store, when the experiment lives in one (results go there).
+    """
+
+    bank: MatrixSource
+    test: MatrixSource
+    gt: np.ndarray
+    mask: np.ndarray | None
+    url: str | None = None
+    attrs: dict[str, Any] | None = None
+    storage_options: dict[str, Any] | None = None
+
+    @property
+    def n_gallery(self) -> int:
+        return self.test.shape[1]
+
+    @property
+    def n_queries(self) -> int:
+        return self.test.shape[0]
+
+
+@dataclass
+class RowResult:
+    """Per-query results of one test row block."""
+
+    start: int
+    base_rank: np.ndarray  # (r,)
+    rank: np.ndarray | None  # (n_betas, r)
+    normalised: np.ndarray  # (r,) bool
+    top_idx: np.ndarray  # (r,) raw top-1 gallery index
+    topk_idx: np.ndarray | None = None  # (n_betas or 1, r, K)
+    topk_score: np.ndarray | None = None
+    base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
+
+
+@dataclass
+class RunResult:
+    """Everything a run measured.
+
+    Attributes
+    ----------
+    before : metrics of the raw similarities (the baseline)
+    after : ``{value: metrics}`` after normalisation, one per value of the
+        method's swept parameter (beta; alpha for nnn, kc for csls); empty
+        for ``method="none"``
+    base_ranks : (n_queries,) 0-based baseline ranks (ties averaged)
+    ranks : ``{value: (n_queries,) ranks}`` after normalisation
+    normalised : (n_queries,) bool, rows that were normalised
+    activation_size : number of gallery items in the activation set
+    log_z : (n_values, n_gallery) the per-gallery shifts of the variants
+        (``logZ`` for inverted softmax)
+    topk_index, topk_score : (n_values, n_queries, K) best items after
+        normalisation (with ``topk=K``); ``base_topk_index`` (n_queries, K)
+        the best items of the raw scores
+    """
+
+    config: RunConfig
+    before: dict[str, float]
+    after: dict[float, dict[str, float]]
+    base_ranks: np.ndarray
+    ranks: dict[float, np.ndarray]
+    normalised: np.ndarray
+    activation_size: int
+    n_gallery: int
+    mask: np.ndarray | None
+    log_z: np.ndarray | None = None
+    topk_index: np.ndarray | None = None
+    topk_score: np.ndarray | None = None
+    base_topk_index: np.ndarray | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def normalised_share(self) -> float:
+        """Share of (unmasked) test queries whose row was normalised."""
+        rows = self.normalised if self.mask is None else self.normalised[self.mask]
+        return float(rows.mean()) if rows.size else 0.0
+
+    def table(self) -> list[dict[str, Any]]:
+        """Rows of rounded metrics: the baseline, then one per beta."""
+        from qbscale.analysis.metrics import rounded
+
+        rows = [{"method": "none", "beta": None, **rounded(self.before)}]
+        for beta, m in self.after.items():
+            rows.append({"method": self.config.label, "beta": beta,
+                         "param": self.config.variant_name, **rounded(m)})
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (unrounded metrics plus the rounded table)."""
+        return {
+            "method": self.config.method,
+            "k": self.config.k,
+            "betas": list(self.config.betas),
+            "variant": self.config.variant_name,
+            "dynamic": self.config.is_dynamic,
+            "params": self.config.param_dict,
+            "before": self.before,
+            "after": {str(b): m for b, m in self.after.items()},
+            "table": self.table(),
+            "normalised_share": self.normalised_share,
+            "activation_size": self.activation_size,
+            "n_gallery": self.n_gallery,
+            "n_queries": int(self.base_ranks.size),
+            "n_evaluated": int(self.base_ranks.size if self.mask is None else self.mask.sum()),
+            "seconds": self.seconds,
+        }
