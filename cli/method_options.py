@@ -47,7 +47,7 @@ def method_kwargs(method: str, opts: dict[str, Any]) -> dict[str, Any]:
 
     Pops every parameter option from ``opts``; refuses one the method lacks.
     """
-    from qbscale.config import parse_betas
+    from qbscale.config import parse_values
 
     out: dict[str, Any] = {}
     for name in all_params():
@@ -59,7 +59,7 @@ def method_kwargs(method: str, opts: dict[str, Any]) -> dict[str, Any]:
         owner = REGISTRY.get(method)
         if owner is None or name not in (owner.variant.name, *(p.name for p in owner.params)):
             raise click.UsageError(f"{_flag(name)} applies to {_owners(name)}, not {method}")
-        values = parse_betas(text, _flag(name))
+        values = parse_values(text, _flag(name))
         if owner.variant.name == name:
             out[name] = values
         elif len(values) != 1:

@@ -74,11 +74,11 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
     seed's pickles with --sims_train_test_path and --sims_test_path.
     """
     from qbscale.api import run as run_api
-    from qbscale.config import parse_betas
+    from qbscale.config import parse_values
 
     with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
                  scheduler) as target:
-        result = run_api(target, beta=None if beta is None else parse_betas(beta), k=k,
+        result = run_api(target, beta=None if beta is None else parse_values(beta), k=k,
                          method=method, scheduler=scheduler, num_workers=workers, topk=topk,
                          save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
                          resume=resume, dynamic=dynamic, gallery_bank=gallery_bank,

@@ -17,7 +17,9 @@ _LAZY = {
     "ingest": "qbscale.storage.ingest",
     "ingest_embeddings": "qbscale.storage.ingest",
     "open_experiment": "qbscale.storage.store",
-    "RunResult": "qbscale.api",
+    "RunResult": "qbscale.types",
+    "plan": "qbscale.api",
+    "RunPlan": "qbscale.api",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

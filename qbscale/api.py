@@ -1,10 +1,12 @@
-"""The public surface: :func:`run`, :func:`evaluate` and :func:`lazy`."""
+"""The public surface: :func:`run` (= :func:`plan` then :meth:`RunPlan.execute`),
+:func:`evaluate` and :func:`lazy`."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,9 +14,11 @@ import numpy as np
 from qbscale.analysis.metrics import retrieval_metrics
 from qbscale.config import RunConfig
 from qbscale.engine import plan as _plan
+from qbscale.engine.normaliser import Normaliser
+from qbscale.errors import ConfigError
 from qbscale.executors import get_executor
 from qbscale.storage.store import open_experiment
-from qbscale.types import Experiment, RunResult
+from qbscale.types import Experiment, RowResult, RunResult
 
 
 def _experiment(store: str | os.PathLike[str] | Experiment,
@@ -24,12 +28,113 @@ def _experiment(store: str | os.PathLike[str] | Experiment,
     return open_experiment(store, storage_options)
 
 
+@dataclass
+class RunPlan:
+    """A planned run: its lazy graph, and where its results go.
+
+    :meth:`execute` computes the graph and saves what was asked for;
+    :func:`run` is ``plan(...).execute(...)``.  Building a plan opens the
+    store and the result writers but computes nothing.
+    """
+
+    experiment: Experiment
+    config: RunConfig
+    graph: _plan.Plan
+    state: Any = None  # a resume.RunState when the run keeps a manifest
+    save_scores: bool = False
+    save_ranks: bool = False
+
+    def execute(self, scheduler: Any = "threads", num_workers: int | None = None,
+                progress: bool = False) -> RunResult:
+        """Compute the plan with ``scheduler`` (see :func:`run`), then save its results."""
+        t0 = time.perf_counter()
+        outputs = self.graph.outputs() if self.state is None else self.state.outputs(self.graph)
+        values: list[Any] = []
+        if outputs:
+            executor = get_executor(scheduler, num_workers)
+            try:
+                values = executor.compute(outputs, progress)
+            finally:
+                executor.close()
+        if self.state is None:
+            norm, *rows = values
+        else:
+            norm, rows = self.state.merge(values)
+        result = _assemble(self.config, self.experiment, norm, rows)
+        result.seconds = time.perf_counter() - t0
+        self.save(result)
+        return result
+
+    def save(self, result: RunResult) -> None:
+        """Write ranks, top-k and the run summary into the store; close the manifest."""
+        experiment = self.experiment
+        if experiment.url is not None and (self.save_ranks or self.config.topk
+                                           or self.save_scores):
+            from qbscale.storage.results import write_results
+
+            write_results(experiment, result, save_ranks=self.save_ranks,
+                          save_scores=self.save_scores)
+        if self.state is not None:
+            from qbscale.storage.resume import finish
+
+            finish(experiment)
+            result.extra["resume"] = self.state.summary()
+
+
+def plan(store: str | os.PathLike[str] | Experiment,
+         beta: float | Iterable[float] | None = None, k: int = 1, method: str = "dis", *,
+         topk: int = 0, save_scores: bool = False, save_ranks: bool = False,
+         storage_options: dict[str, Any] | None = None, resume: bool = False,
+         dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
+         **params: Any) -> RunPlan:
+    """Plan a run (the arguments of :func:`run` but the scheduler's); computes nothing."""
+    from qbscale.storage.gallery_bank import resolve
+
+    config = RunConfig.make(beta, k, method, topk, dynamic, params)
+    experiment = _experiment(store, storage_options)
+    if normaliser is not None:
+        normaliser = _matching(normaliser, config, experiment)
+        banks = None
+    else:
+        banks = resolve(experiment, config, gallery_bank)
+    writer = state = None
+    if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
+        from qbscale.storage.resume import RunState
+
+        state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
+        writer = state.writer
+        if normaliser is not None and state.bank is None:
+            state.bank = normaliser
+    elif save_scores:
+        from qbscale.storage.results import ScoresWriter
+
+        writer = ScoresWriter.create(experiment, config)
+    known = state.bank if state is not None and state.bank is not None else normaliser
+    graph = _plan.build(experiment, config, writer, normaliser=known, banks=banks)
+    return RunPlan(experiment, config, graph, state, save_scores, save_ranks)
+
+
+def _matching(norm: Normaliser, config: RunConfig, experiment: Experiment) -> Normaliser:
+    """``norm`` when it was fitted with ``config``'s method settings, else a clear error."""
+    from dataclasses import replace
+
+    norm.check_gallery(experiment.n_gallery)
+    fitted = replace(norm.config, topk=config.topk)
+    if fitted != config:
+        raise ConfigError(f"the normaliser was fitted with method={norm.config.label} "
+                          f"{norm.config.variant_name}={list(norm.config.values)} "
+                          f"k={norm.config.k}; this run asks for method={config.label} "
+                          f"{config.variant_name}={list(config.values)} k={config.k}")
+    return Normaliser(config, norm.shift, norm.activation, dict(norm.fingerprint))
+
+
 def run(store: str | os.PathLike[str] | Experiment,
         beta: float | Iterable[float] | None = None, k: int = 1, method: str = "dis", *,
         scheduler: Any = "threads", num_workers: int | None = None, topk: int = 0,
         save_scores: bool = False, save_ranks: bool = False, progress: bool = False,
         storage_options: dict[str, Any] | None = None, resume: bool = False,
-        dynamic: bool = False, gallery_bank: Any = None, **params: Any) -> RunResult:
+        dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
+        **params: Any) -> RunResult:
     """Querybank-normalise a store and evaluate before and after.
 
     Parameters
@@ -47,6 +152,8 @@ def run(store: str | os.PathLike[str] | Experiment,
         items of every query after normalisation
     save_scores, save_ranks : write the normalised matrix / the ranks into
         the store
+    normaliser : a fitted :class:`~qbscale.engine.normaliser.Normaliser` (for
+        these settings and this gallery): the bank stage is skipped
     resume : continue the interrupted run of the same settings in the store,
         computing only the row blocks it had not finished
         (:mod:`qbscale.storage.resume`; without one, start from the beginning)
@@ -73,71 +180,30 @@ def run(store: str | os.PathLike[str] | Experiment,
     >>> sorted(res.after)
     [20.0]
     """
-    from qbscale.storage.gallery_bank import resolve
-
-    config = RunConfig.make(beta, k, method, topk, dynamic, params)
-    experiment = _experiment(store, storage_options)
-    banks = resolve(experiment, config, gallery_bank)
-    t0 = time.perf_counter()
-    writer = state = None
-    if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
-        from qbscale.storage.resume import RunState
-
-        state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
-        writer = state.writer
-    elif save_scores:
-        from qbscale.storage.results import ScoresWriter
-
-        writer = ScoresWriter.create(experiment, config)
-    graph = _plan.build(experiment, config, writer, bank=state.bank if state else None,
-                        banks=banks)
-    outputs = graph.outputs() if state is None else state.outputs(graph)
-    values: list[Any] = []
-    if outputs:
-        executor = get_executor(scheduler, num_workers)
-        try:
-            values = executor.compute(outputs, progress)
-        finally:
-            executor.close()
-    if state is None:
-        log_z, act, *rows = values
-    else:
-        log_z, act, rows = state.merge(values)
-    result = _assemble(config, experiment, log_z, act, rows)
-    result.seconds = time.perf_counter() - t0
-    if save_ranks or topk or save_scores:
-        from qbscale.storage.results import write_results
-
-        if experiment.url is not None:
-            write_results(experiment, result, save_ranks=save_ranks, save_scores=save_scores)
-    if state is not None:
-        from qbscale.storage.resume import finish
-
-        finish(experiment)
-        result.extra["resume"] = state.summary()
-    return result
+    return plan(store, beta, k, method, topk=topk, save_scores=save_scores,
+                save_ranks=save_ranks, storage_options=storage_options, resume=resume,
+                dynamic=dynamic, gallery_bank=gallery_bank, normaliser=normaliser,
+                **params).execute(scheduler, num_workers, progress)
 
 
-def _assemble(config: RunConfig, experiment: Experiment, log_z: np.ndarray, act: np.ndarray,
-              rows: list[_plan.RowResult]) -> RunResult:
+def _assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
+              rows: list[RowResult]) -> RunResult:
     rows = sorted(rows, key=lambda r: r.start)
     mask = experiment.mask
     base = np.concatenate([r.base_rank for r in rows])
     ranks: dict[float, np.ndarray] = {}
     if config.normalises:
         stacked = np.concatenate([r.rank for r in rows if r.rank is not None], axis=1)
-        ranks = {beta: stacked[b] for b, beta in enumerate(config.betas)}
+        ranks = {value: stacked[b] for b, value in enumerate(config.values)}
     result = RunResult(
         config=config,
         before=retrieval_metrics(base, mask),
-        after={beta: retrieval_metrics(r, mask) for beta, r in ranks.items()},
+        after={value: retrieval_metrics(r, mask) for value, r in ranks.items()},
         base_ranks=base,
         ranks=ranks,
         normalised=np.concatenate([r.normalised for r in rows]),
-        activation_size=int(np.count_nonzero(act)),
-        n_gallery=experiment.n_gallery,
+        normaliser=norm,
         mask=mask,
-        log_z=log_z,
     )
     if config.topk:
         result.topk_index = np.concatenate([r.topk_idx for r in rows], axis=1)
@@ -171,10 +237,11 @@ def lazy(store: str | os.PathLike[str] | Experiment,
          gallery_bank: Any = None, **params: Any) -> dict[str, Any]:
     """Dask arrays of a run's building blocks, for composing your own graphs.
 
-    Returns ``{"log_z": (n_betas, n_gallery), "activation": (n_gallery,),
-    "base_ranks": (n_queries,), "ranks": (n_betas, n_queries)}``; nothing is
-    computed until you call ``.compute()``.  ``log_z`` holds the shifts of
-    the method's variants; the other arguments are those of :func:`run`.
+    Returns ``{"shift": (n_values, n_gallery), "activation": (n_gallery,),
+    "base_ranks": (n_queries,), "ranks": (n_values, n_queries)}``; nothing is
+    computed until you call ``.compute()``.  ``shift`` holds the per-gallery
+    shifts of the method's variants; the other arguments are those of
+    :func:`run`.
     """
     import dask.array as da
 
@@ -183,13 +250,13 @@ def lazy(store: str | os.PathLike[str] | Experiment,
     config = RunConfig.make(beta, k, method, 0, dynamic, params)
     experiment = _experiment(store, storage_options)
     graph = _plan.build(experiment, config, banks=resolve(experiment, config, gallery_bank))
-    n_b, n_g = len(config.betas), experiment.n_gallery
+    n_b, n_g = len(config.values), experiment.n_gallery
     sizes = experiment.test.row_chunks
     base = [da.from_delayed(_get(r, "base_rank"), (n,), float)
             for r, n in zip(graph.rows, sizes, strict=True)]
     out = {
-        "log_z": da.from_delayed(graph.log_z, (n_b, n_g), float),
-        "activation": da.from_delayed(graph.activation, (n_g,), bool),
+        "shift": da.from_delayed(_get(graph.normaliser, "shift"), (n_b, n_g), float),
+        "activation": da.from_delayed(_get(graph.normaliser, "activation"), (n_g,), bool),
         "base_ranks": da.concatenate(base),
     }
     if config.normalises:

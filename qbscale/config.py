@@ -13,7 +13,6 @@ from qbscale.errors import ConfigError
 #: softmax, rows whose top-1 is in the activation set), "is" (every row),
 #: "csls", "nnn", "dual-is", and "none" (baseline only)
 METHODS = _methods.NAMES
-SCHEDULERS = ("threads", "processes", "synchronous")
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class RunConfig:
 
     Parameters
     ----------
-    betas : values of the method's swept parameter, one variant each, all
+    values : values of the method's swept parameter, one variant each, all
         computed in one pass: inverse temperatures (> 0) for ``is``, ``dis``
         and ``dual-is``, ``alpha`` for ``nnn``, ``kc`` for ``csls``
         (:attr:`variant_name`)
@@ -35,7 +34,7 @@ class RunConfig:
         one present (:meth:`make` fills in the defaults)
     """
 
-    betas: tuple[float, ...] = (20.0,)
+    values: tuple[float, ...] = (20.0,)
     k: int = 1
     method: str = "dis"
     topk: int = 0
@@ -46,10 +45,10 @@ class RunConfig:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.normalises:
-            values, params = _methods.get(self.method).resolve(self.betas, dict(self.params))
-        else:  # the baseline: betas only label the (absent) variants
-            values, params = _methods.BETA.check_all(self.betas), ()
-        object.__setattr__(self, "betas", values)
+            values, params = _methods.get(self.method).resolve(self.values, dict(self.params))
+        else:  # the baseline: values only label the (absent) variants
+            values, params = _methods.BETA.check_all(self.values), ()
+        object.__setattr__(self, "values", values)
         object.__setattr__(self, "params", params)
         if int(self.k) != self.k or self.k < 1:
             raise ConfigError(f"k must be an integer >= 1, got {self.k}")
@@ -57,7 +56,7 @@ class RunConfig:
             raise ConfigError(f"topk must be an integer >= 0, got {self.topk}")
 
     @classmethod
-    def make(cls, betas: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
+    def make(cls, values: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
              topk: int = 0, dynamic: bool = False, params: Mapping[str, Any] | None = None
              ) -> RunConfig:
         """Build from a scalar or a list of values (None: the method's default).
@@ -72,15 +71,15 @@ class RunConfig:
         if method != "none":
             name = _methods.get(method).variant.name
             if name in rest:
-                if betas is not None and name != "beta":
+                if values is not None and name != "beta":
                     raise ConfigError(f"give {name} once, not as both beta and {name}")
-                betas = rest.pop(name)
-            elif betas is not None and name != "beta":
+                values = rest.pop(name)
+            elif values is not None and name != "beta":
                 raise ConfigError(f"method {method} has no beta: it sweeps {name}")
-        if betas is None:
-            betas = _methods.get(method).variant.default if method != "none" else 20.0
-        seq = tuple(betas) if isinstance(betas, Iterable) and not isinstance(betas, str) \
-            else (betas,)
+        if values is None:
+            values = _methods.get(method).variant.default if method != "none" else 20.0
+        seq = tuple(values) if isinstance(values, Iterable) and not isinstance(values, str) \
+            else (values,)
         return cls(seq, int(k), method, int(topk), bool(dynamic), tuple(sorted(rest.items())))
 
     @property
@@ -90,7 +89,9 @@ class RunConfig:
     @property
     def is_dynamic(self) -> bool:
         """True when only rows whose top-1 is in the activation set are rescored."""
-        return self.method == "dis" or (self.dynamic and self.normalises)
+        if not self.normalises:
+            return False
+        return self.dynamic or _methods.get(self.method).dynamic
 
     @property
     def rows(self) -> str:
@@ -101,7 +102,7 @@ class RunConfig:
 
     @property
     def variant_name(self) -> str:
-        """Name of the swept parameter whose values are :attr:`betas`."""
+        """Name of the swept parameter whose values are :attr:`values`."""
         return _methods.get(self.method).variant.name if self.normalises else "beta"
 
     @property
@@ -115,7 +116,7 @@ class RunConfig:
             else self.method
 
 
-def parse_betas(text: str, option: str = "--beta") -> tuple[float, ...]:
+def parse_values(text: str, option: str = "--beta") -> tuple[float, ...]:
     """``"10,20,30"`` -> ``(10.0, 20.0, 30.0)``, with a clear error naming ``option``."""
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())

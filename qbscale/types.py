@@ -12,6 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from qbscale.config import RunConfig
+    from qbscale.engine.normaliser import Normaliser
 
 
 class MatrixSource(Protocol):
@@ -68,10 +69,10 @@ class RowResult:
 
     start: int
     base_rank: np.ndarray  # (r,)
-    rank: np.ndarray | None  # (n_betas, r)
+    rank: np.ndarray | None  # (n_values, r)
     normalised: np.ndarray  # (r,) bool
     top_idx: np.ndarray  # (r,) raw top-1 gallery index
-    topk_idx: np.ndarray | None = None  # (n_betas or 1, r, K)
+    topk_idx: np.ndarray | None = None  # (n_values or 1, r, K)
     topk_score: np.ndarray | None = None
     base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
 
@@ -89,9 +90,9 @@ class RunResult:
     base_ranks : (n_queries,) 0-based baseline ranks (ties averaged)
     ranks : ``{value: (n_queries,) ranks}`` after normalisation
     normalised : (n_queries,) bool, rows that were normalised
-    activation_size : number of gallery items in the activation set
-    log_z : (n_values, n_gallery) the per-gallery shifts of the variants
-        (``logZ`` for inverted softmax)
+    normaliser : the fitted :class:`~qbscale.engine.normaliser.Normaliser`
+        (its ``shift``: (n_values, n_gallery), ``logZ`` for inverted softmax;
+        its ``activation``: the activation set)
     topk_index, topk_score : (n_values, n_queries, K) best items after
         normalisation (with ``topk=K``); ``base_topk_index`` (n_queries, K)
         the best items of the raw scores
@@ -103,15 +104,27 @@ class RunResult:
     base_ranks: np.ndarray
     ranks: dict[float, np.ndarray]
     normalised: np.ndarray
-    activation_size: int
-    n_gallery: int
+    normaliser: Normaliser
     mask: np.ndarray | None
-    log_z: np.ndarray | None = None
     topk_index: np.ndarray | None = None
     topk_score: np.ndarray | None = None
     base_topk_index: np.ndarray | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_gallery(self) -> int:
+        return self.normaliser.n_gallery
+
+    @property
+    def activation_size(self) -> int:
+        """Number of gallery items in the activation set."""
+        return int(np.count_nonzero(self.normaliser.activation))
+
+    @property
+    def shift(self) -> np.ndarray | None:
+        """(n_values, n_gallery) per-gallery shifts of the variants (None: baseline)."""
+        return self.normaliser.shift
 
     @property
     def normalised_share(self) -> float:
@@ -134,7 +147,7 @@ class RunResult:
         return {
             "method": self.config.method,
             "k": self.config.k,
-            "betas": list(self.config.betas),
+            "values": list(self.config.values),
             "variant": self.config.variant_name,
             "dynamic": self.config.is_dynamic,
             "params": self.config.param_dict,

@@ -14,7 +14,7 @@ from qbscale.engine import kernels
 from . import reference as ref
 
 
-def dense_counts(block, gt_raw, gt_norm, offsets, scales, chosen):
+def dense_counts(block, gt_raw, gt_norm, shift, scales, chosen):
     """Counts written from the definition: every entry scored in float64."""
     x = block.astype(np.float64)
     above = (x > gt_raw[:, None]).sum(axis=1)
@@ -22,7 +22,7 @@ def dense_counts(block, gt_raw, gt_norm, offsets, scales, chosen):
     n_above = np.zeros((len(scales), len(x)), np.int64)
     n_equal = np.zeros((len(scales), len(x)), np.int64)
     for b, scale in enumerate(scales):
-        s = x * scale - offsets[b]
+        s = x * scale - shift[b]
         g = gt_norm[b][:, None]
         n_above[b] = np.where(chosen, (s > g).sum(axis=1), 0)
         n_equal[b] = np.where(chosen, (s == g).sum(axis=1), 0)
@@ -47,34 +47,34 @@ def blocks(draw):
     scales = np.array(draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, 20.0, 50.0]),
                                     min_size=1, max_size=3)))
     bank = (rng.standard_normal((draw(st.integers(1, 50)), n_cols)) * magnitude / 3)
-    offsets = np.stack([ref.log_normaliser(bank.astype(np.float32), s) for s in scales])
+    shift = np.stack([ref.log_normaliser(bank.astype(np.float32), s) for s in scales])
     if draw(st.booleans()):
-        offsets[:, 1] = offsets[:, 0]
+        shift[:, 1] = shift[:, 0]
     # the ground truth: in the block near the top, anywhere in it, or elsewhere
     where = draw(st.sampled_from(["top", "anywhere", "outside"]))
     x64 = block.astype(np.float64)
     if where == "outside":
         gt_raw = rng.choice(x64.ravel(), n_rows) + rng.integers(0, 2, n_rows) * 0.25
         gt_raw = gt_raw.astype(dtype).astype(np.float64)
-        gt_norm = np.stack([gt_raw * s - rng.choice(offsets[b], n_rows)
+        gt_norm = np.stack([gt_raw * s - rng.choice(shift[b], n_rows)
                             for b, s in enumerate(scales)])
     else:
-        order = np.argsort(-(x64 * scales[0] - offsets[0]), axis=1, kind="stable")
+        order = np.argsort(-(x64 * scales[0] - shift[0]), axis=1, kind="stable")
         rank = (rng.integers(0, 3, n_rows) if where == "top"
                 else rng.integers(0, n_cols, n_rows))
         gt = order[np.arange(n_rows), rank]
         gt_raw = x64[np.arange(n_rows), gt]
-        gt_norm = kernels.normalised_gt(gt_raw, gt, offsets, scales)
+        gt_norm = kernels.normalised_gt(gt_raw, gt, shift, scales)
     chosen = rng.random(n_rows) < draw(st.sampled_from([0.0, 0.7, 1.0]))
-    return block, gt_raw, gt_norm, offsets, scales, chosen
+    return block, gt_raw, gt_norm, shift, scales, chosen
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(blocks())
 def test_count_block_equals_dense_float64(case):
-    block, gt_raw, gt_norm, offsets, scales, chosen = case
-    got = kernels.count_block(block, 5, gt_raw, gt_norm, offsets, scales, chosen)
-    above, equal, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, offsets, scales,
+    block, gt_raw, gt_norm, shift, scales, chosen = case
+    got = kernels.count_block(block, 5, gt_raw, gt_norm, shift, scales, chosen)
+    above, equal, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, shift, scales,
                                                   chosen)
     np.testing.assert_array_equal(got.above, above)
     np.testing.assert_array_equal(got.equal, equal)
@@ -86,14 +86,14 @@ def test_count_block_equals_dense_float64(case):
 def test_prefilter_is_used_and_skipped_where_it_must_be():
     """Finite, moderate values get float32 floors; huge or non-finite ones do not."""
     gt = np.array([[1.0, 2.0]])
-    offsets = np.array([[3.0, 4.0, 5.0]])
-    floors = kernels.candidate_floor(gt, offsets, np.array([20.0]), np.array([0.5, 0.7]))
+    shift = np.array([[3.0, 4.0, 5.0]])
+    floors = kernels.candidate_floor(gt, shift, np.array([20.0]), np.array([0.5, 0.7]))
     assert floors is not None and floors.dtype == np.float32
     assert (floors < gt).all() and (floors > gt - 1e-4).all()
     for bad in (np.array([[3.0, np.inf, 5.0]]), np.array([[3.0, 4e30, 5.0]])):
         assert kernels.candidate_floor(gt, bad, np.array([20.0]), np.array([0.5])) is None
-    assert kernels.candidate_floor(gt, offsets, np.array([-1.0]), np.array([0.5])) is None
-    assert kernels.candidate_floor(gt, offsets, np.array([1.0]), np.array([1e31])) is None
+    assert kernels.candidate_floor(gt, shift, np.array([-1.0]), np.array([0.5])) is None
+    assert kernels.candidate_floor(gt, shift, np.array([1.0]), np.array([1e31])) is None
 
 
 def test_near_ties_within_float32_error_are_counted_exactly():
@@ -102,13 +102,13 @@ def test_near_ties_within_float32_error_are_counted_exactly():
     n_cols = 4096
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, n_cols)).astype(np.float64) * 0.1
-    offsets = np.zeros((1, n_cols))
+    shift = np.zeros((1, n_cols))
     g = x[0, 10]
     x[0, 20:30] = np.nextafter(g, np.inf)  # just above the ground truth
     x[0, 30:35] = g  # equal
     x[0, 35:40] = np.nextafter(g, -np.inf)  # just below
     gt_norm = np.array([[g]])
-    got = kernels.count_block(x, 0, np.array([g]), gt_norm, offsets, np.array([1.0]))
+    got = kernels.count_block(x, 0, np.array([g]), gt_norm, shift, np.array([1.0]))
     assert got.norm_above[0, 0] == (x[0] > g).sum()
     assert got.norm_equal[0, 0] == (x[0] == g).sum() == 6
 
@@ -121,11 +121,11 @@ def test_near_ties_within_float32_error_are_counted_exactly():
            np.full(30, 1e30, np.float32)][None], 1.3e-40),  # would be subnormal
 ])
 def test_scales_float32_cannot_hold_are_counted_exactly(block, scale):
-    scales, offsets = np.array([scale]), np.zeros((1, block.shape[1]))
+    scales, shift = np.array([scale]), np.zeros((1, block.shape[1]))
     gt_raw = block[:, 0].astype(np.float64)
-    gt_norm = kernels.normalised_gt(gt_raw, np.zeros(len(block), int), offsets, scales)
-    got = kernels.count_block(block, 0, gt_raw, gt_norm, offsets, scales)
-    _, _, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, offsets, scales,
+    gt_norm = kernels.normalised_gt(gt_raw, np.zeros(len(block), int), shift, scales)
+    got = kernels.count_block(block, 0, gt_raw, gt_norm, shift, scales)
+    _, _, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, shift, scales,
                                           np.ones(len(block), bool))
     np.testing.assert_array_equal(got.norm_above, n_above)
     np.testing.assert_array_equal(got.norm_equal, n_equal)
@@ -133,9 +133,9 @@ def test_scales_float32_cannot_hold_are_counted_exactly(block, scale):
 
 def test_rows_left_alone_get_no_counts_even_with_extreme_scores():
     block = np.array([[1e-10] + [-1.0] * 31] * 2)
-    scales, offsets = np.array([1e39]), np.zeros((1, 32))
+    scales, shift = np.array([1e39]), np.zeros((1, 32))
     gt_raw = block[:, 0].copy()
-    gt_norm = kernels.normalised_gt(gt_raw, np.zeros(2, int), offsets, scales)
-    got = kernels.count_block(block, 0, gt_raw, gt_norm, offsets, scales,
+    gt_norm = kernels.normalised_gt(gt_raw, np.zeros(2, int), shift, scales)
+    got = kernels.count_block(block, 0, gt_raw, gt_norm, shift, scales,
                               rows_to_normalise=np.array([True, False]))
     np.testing.assert_array_equal(got.norm_equal, [[1, 0]])

@@ -67,7 +67,7 @@ def test_occurrence_from_engine_topk_equals_dense_oracle(p, method, k, data):
     nks = hub.occurrences(res, k)
     np.testing.assert_array_equal(nks["before"],
                                   oracle_occurrence(p.test.astype(float), k, p.mask))
-    value = res.config.betas[0]
+    value = res.config.values[0]
     params = {"nnn_k": 2.0} if method == "nnn" else {}
     scored = ref.method_scores(p.test, p.bank, method, value, params, p.k)
     np.testing.assert_array_equal(nks[value], oracle_occurrence(scored, k, p.mask))

@@ -120,7 +120,7 @@ def test_a_failed_run_resumes_computing_only_the_rest(data, uninterrupted, tmp_p
 def test_resuming_with_other_settings_is_refused(data, tmp_path):
     store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
     interrupted(store, ok=2)
-    with pytest.raises(ConfigError, match=r"betas=\[10.0, 20.0\] \(now \[30.0\]\)"):
+    with pytest.raises(ConfigError, match=r"values=\[10.0, 20.0\] \(now \[30.0\]\)"):
         run(store, resume=True, **{**KW, "beta": 30})
     result = CliRunner().invoke(cli, ["run", store, "--beta", "10,20", "--k", "3", "--topk", "5",
                                       "--save-scores", "--save-ranks", "--resume", "-q"])

@@ -137,6 +137,6 @@ def occurrences(result: RunResult, k: int | None = None) -> dict[str | float, np
     out: dict[str | float, np.ndarray] = {
         "before": k_occurrence(result.base_topk_index, result.n_gallery, k, result.mask)}
     if result.after:
-        for b, value in enumerate(result.config.betas):
+        for b, value in enumerate(result.config.values):
             out[value] = k_occurrence(result.topk_index[b], result.n_gallery, k, result.mask)
     return out

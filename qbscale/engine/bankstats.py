@@ -49,7 +49,7 @@ Key = Callable[..., str]
 class _Piece:
     """What one task computed from its blocks (one row block, some columns)."""
 
-    lse: np.ndarray | None  # (n_betas, width)
+    lse: np.ndarray | None  # (n_values, width)
     rows: Any  # row top-k (values, global indices), or the activation mask once joined
     tops: list[np.ndarray] = field(default_factory=list)  # column top-k per segment
 

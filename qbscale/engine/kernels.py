@@ -52,7 +52,7 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     step = max(1, SLAB_ELEMENTS // max(n_cols, 1))
     buf = np.empty(step * n_cols)
     for b, beta in enumerate(betas):
-        shift = top * beta
+        peak = top * beta
         total = np.zeros(n_cols)
         for r in range(0, n_rows, step):
             x = block[r:r + step]
@@ -61,13 +61,13 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
             # one mixed-type ufunc call, whose casting goes through buffers
             np.copyto(y, x)
             np.multiply(y, beta, out=y)
-            np.subtract(y, shift, out=y)
+            np.subtract(y, peak, out=y)
             np.exp(y, out=y)
             if len(y) == 1:  # wide rows: one row per slab, summed in place
                 np.add(total, y[0], out=total)
             else:
                 total += y.sum(axis=0)
-        out[b] = shift + np.log(total)
+        out[b] = peak + np.log(total)
     return out
 
 
@@ -141,7 +141,7 @@ class RowCounts:
     ``top_val``/``top_idx``: the raw row maximum and its lowest column index.
     ``above``/``equal``: counts of raw scores ``>``/``==`` the ground truth
     (shape ``(n_rows,)``); ``norm_above``/``norm_equal``: the same for the
-    normalised scores, one row per beta (shape ``(n_betas, n_rows)``), or
+    normalised scores, one row per beta (shape ``(n_values, n_rows)``), or
     ``None`` when no normalisation was asked for.
     """
 
@@ -158,7 +158,7 @@ def count_block(
     col0: int,
     gt_raw: np.ndarray,
     gt_norm: np.ndarray | None,
-    offsets: np.ndarray | None,
+    shift: np.ndarray | None,
     scales: np.ndarray,
     rows_to_normalise: np.ndarray | None = None,
     top_idx: np.ndarray | None = None,
@@ -166,10 +166,10 @@ def count_block(
     """Count, per row, the scores above and equal to the ground truth's.
 
     Every normaliser of the querybank family scores a row as
-    ``scale * s - offset[j]`` (inverted softmax: ``beta * s - logZ[j]``), one
-    *variant* per (scale, offset vector); all variants are counted here.
+    ``scale * s - shift[j]`` (inverted softmax: ``beta * s - logZ[j]``), one
+    *variant* per (scale, shift vector); all variants are counted here.
 
-    The counts are those of the float64 scores ``fl(fl(scale * s) - offset)``,
+    The counts are those of the float64 scores ``fl(fl(scale * s) - shift)``,
     exactly.  To get them without scoring every entry in float64, each row
     slab is first scored in float32 and only the *candidates*, entries whose
     float32 score is within a proven error bound of the ground truth's or
@@ -182,7 +182,7 @@ def count_block(
     gt_raw : (n_rows,) raw score of each row's ground-truth column (float64).
     gt_norm : (n_variants, n_rows) normalised ground-truth scores
         (:func:`normalised_gt`), or None to skip normalised counting.
-    offsets : (n_variants, n_cols) per-gallery offsets of these columns.
+    shift : (n_variants, n_cols) per-gallery shifts of these columns.
     scales : (n_variants,) scale of each variant.
     rows_to_normalise : optional bool mask; rows outside it get zero
         normalised counts (their normalised rank is never used).
@@ -206,19 +206,19 @@ def count_block(
     gt_same = gt_raw.astype(block.dtype)[:, None]  # exact: gt_raw came from block's dtype
     above = np.empty(n_rows, np.int64)
     equal = np.empty(n_rows, np.int64)
-    normalise = gt_norm is not None and offsets is not None
+    normalise = gt_norm is not None and shift is not None
     norm_above = norm_equal = floors = None
     if normalise:
-        assert gt_norm is not None and offsets is not None
+        assert gt_norm is not None and shift is not None
         norm_above = np.zeros((len(scales), n_rows), np.int64)
         norm_equal = np.zeros((len(scales), n_rows), np.int64)
         chosen = (np.ones(n_rows, bool) if rows_to_normalise is None
                   else np.asarray(rows_to_normalise, bool))
         # None: no float32 prefilter, every chosen row is scored whole
-        floors = candidate_floor(gt_norm, offsets, scales, top_val)
+        floors = candidate_floor(gt_norm, shift, scales, top_val)
         if floors is not None:
             floors[:, ~chosen] = np.inf  # rows left alone have no candidates
-            offsets32 = offsets.astype(np.float32)
+            shift32 = shift.astype(np.float32)
             scales32 = scales.astype(np.float32)
     step = max(1, COUNT_SLAB_ELEMENTS // max(n_cols, 1))
     mask = np.empty((step, n_cols), bool)
@@ -230,27 +230,27 @@ def count_block(
         equal[r:r + step] = _row_counts(np.equal(x, gt_same[r:r + step], out=m))
         if not normalise or not chosen[r:r + step].any():
             continue
-        assert gt_norm is not None and offsets is not None
+        assert gt_norm is not None and shift is not None
         assert norm_above is not None and norm_equal is not None
         for b, scale in enumerate(scales):
             here = (gt_norm[b, r:r + step], norm_above[b, r:r + step],
                     norm_equal[b, r:r + step])
             if floors is None or approx is None:
-                _dense_counts(x, np.nonzero(chosen[r:r + step])[0], offsets[b], scale, *here)
+                _dense_counts(x, np.nonzero(chosen[r:r + step])[0], shift[b], scale, *here)
                 continue
             a = approx[: len(x)]
             with np.errstate(over="ignore", under="ignore"):  # bounded below, see the floor
                 np.multiply(x, scales32[b], out=a, casting="same_kind")
-                np.subtract(a, offsets32[b], out=a)
+                np.subtract(a, shift32[b], out=a)
             np.greater_equal(a, floors[b, r:r + step, None], out=m)
             # a row whose ground truth ranks low has many candidates: it is
             # scored whole; gathering candidates one by one costs more
             dense = _row_counts(m) > n_cols // _SPARSE_SHARE
             if dense.any():
-                _dense_counts(x, np.nonzero(dense)[0], offsets[b], scale, *here)
+                _dense_counts(x, np.nonzero(dense)[0], shift[b], scale, *here)
                 m[dense] = False
             cand_r, cand_c = np.divmod(np.flatnonzero(m), n_cols)
-            exact = exact_scores(x[cand_r, cand_c], scale, offsets[b, cand_c])
+            exact = exact_scores(x[cand_r, cand_c], scale, shift[b, cand_c])
             g = here[0][cand_r]
             sparse = ~dense
             here[1][sparse] = np.bincount(cand_r[exact > g], minlength=len(x))[sparse]
@@ -258,16 +258,16 @@ def count_block(
     return RowCounts(top_val, top_idx, above, equal, norm_above, norm_equal)
 
 
-def exact_scores(values: np.ndarray, scale: float, offset: np.ndarray | float,
+def exact_scores(values: np.ndarray, scale: float, shift: np.ndarray | float,
                  out: np.ndarray | None = None) -> np.ndarray:
-    """``fl64(fl64(float64(values) * scale) - offset)``: the one definition of a
+    """``fl64(fl64(float64(values) * scale) - shift)``: the one definition of a
     normalised score.  Counting, the ground truth's own score and stored
     scores all use it, so equal inputs always score bit for bit alike."""
     if out is None:
         out = np.empty(values.shape)
     np.copyto(out, values)
     np.multiply(out, scale, out=out)
-    np.subtract(out, offset, out=out)
+    np.subtract(out, shift, out=out)
     return out
 
 
@@ -278,14 +278,14 @@ def _row_counts(mask: np.ndarray) -> np.ndarray:
     return mask.sum(axis=1, dtype=np.int64)  # type: ignore[no-any-return]
 
 
-def _dense_counts(block: np.ndarray, rows: np.ndarray, offset: np.ndarray, scale: float,
+def _dense_counts(block: np.ndarray, rows: np.ndarray, shift: np.ndarray, scale: float,
                   g: np.ndarray, out_above: np.ndarray, out_equal: np.ndarray) -> None:
     """Exact counts for ``rows`` of ``block``, scoring every entry in float64."""
     n_cols = block.shape[1]
     buf = np.empty(SLAB_ELEMENTS if n_cols <= SLAB_ELEMENTS else n_cols)
     for slab in _slabs(len(rows), n_cols):
         sel = rows[slab]
-        s = exact_scores(block[sel], scale, offset,
+        s = exact_scores(block[sel], scale, shift,
                          out=buf[: len(sel) * n_cols].reshape(len(sel), n_cols))
         gs = g[sel][:, None]
         out_above[sel] = _row_counts(s > gs)
@@ -305,7 +305,7 @@ _FLOAT32_SAFE = 1e30
 _FLOAT32_SCALES = (1e-30, 1e30)
 
 
-def candidate_floor(gt_norm: np.ndarray, offsets: np.ndarray, scales: np.ndarray,
+def candidate_floor(gt_norm: np.ndarray, shift: np.ndarray, scales: np.ndarray,
                     top_val: np.ndarray) -> np.ndarray | None:
     """Float32 thresholds below which an entry cannot reach its row's ground truth.
 
@@ -327,13 +327,13 @@ def candidate_floor(gt_norm: np.ndarray, offsets: np.ndarray, scales: np.ndarray
     with ``n >= g`` has ``a >= g - E``: counting ``>`` and ``==`` over the
     entries with ``a >= g - E`` (rescored exactly) counts them over the row.
     Overflow is ruled out by requiring ``c * max(s) < 1e30`` and finite
-    offsets below 1e30 (a float32 ``-inf`` score is correctly below ``g``).
+    shift below 1e30 (a float32 ``-inf`` score is correctly below ``g``).
     """
-    if offsets.size == 0 or gt_norm.size == 0:
+    if shift.size == 0 or gt_norm.size == 0:
         return None
-    omax = np.max(np.abs(offsets), axis=1)
+    omax = np.max(np.abs(shift), axis=1)
     top = np.max(top_val) if len(top_val) else 0.0
-    if not (np.all(np.isfinite(offsets)) and np.all(np.isfinite(gt_norm))
+    if not (np.all(np.isfinite(shift)) and np.all(np.isfinite(gt_norm))
             and np.all((scales >= _FLOAT32_SCALES[0]) & (scales <= _FLOAT32_SCALES[1]))
             and np.all(omax < _FLOAT32_SAFE)
             and np.all(np.abs(gt_norm) < _FLOAT32_SAFE)
@@ -346,27 +346,27 @@ def candidate_floor(gt_norm: np.ndarray, offsets: np.ndarray, scales: np.ndarray
     return np.where(floor32 > floor, np.nextafter(floor32, np.float32(-np.inf)), floor32)
 
 
-def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, offsets: np.ndarray,
+def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, shift: np.ndarray,
                   scales: np.ndarray) -> np.ndarray:
-    """``scale * T[i, gt(i)] - offset[gt(i)]`` per variant, shape (n_variants, n_rows).
+    """``scale * T[i, gt(i)] - shift[gt(i)]`` per variant, shape (n_variants, n_rows).
 
     Scored by :func:`exact_scores`, as :func:`count_block` scores entries, so
     the ground truth always compares equal to itself.
     """
     out = np.empty((len(scales), len(gt_raw)))
     for b, scale in enumerate(scales):
-        exact_scores(gt_raw, scale, offsets[b, gt_cols], out=out[b])
+        exact_scores(gt_raw, scale, shift[b, gt_cols], out=out[b])
     return out
 
 
-def score_block(block: np.ndarray, offset: np.ndarray, scale: float,
+def score_block(block: np.ndarray, shift: np.ndarray, scale: float,
                 normalise_rows: np.ndarray) -> np.ndarray:
-    """The scored matrix of one block: ``scale*s - offset`` on normalised
-    rows, raw ``s`` elsewhere (float64).  ``offset`` covers the block's columns."""
+    """The scored matrix of one block: ``scale*s - shift`` on normalised
+    rows, raw ``s`` elsewhere (float64).  ``shift`` covers the block's columns."""
     out = np.asarray(block, dtype=np.float64).copy()
     rows = np.nonzero(normalise_rows)[0]
     if len(rows):
-        out[rows] = exact_scores(block[rows], scale, offset)
+        out[rows] = exact_scores(block[rows], scale, shift)
     return out
 
 

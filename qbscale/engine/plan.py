@@ -34,6 +34,7 @@ from dask.delayed import Delayed, delayed
 from qbscale.config import RunConfig
 from qbscale.engine import bankstats, kernels, methods
 from qbscale.engine.grid import offsets
+from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.reductions import ROW_COUNTS, row_topk
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment, MatrixSource, RowResult
@@ -43,14 +44,13 @@ from qbscale.types import Experiment, MatrixSource, RowResult
 class Plan:
     """The lazy outputs of a run: compute them with an executor."""
 
-    log_z: Delayed  # (n_betas, n_gallery) float64: the offsets of the variants
-    activation: Delayed  # (n_gallery,) bool
-    rows: list[Delayed]  # RowResult per test row block
+    normaliser: Delayed  # the bank stage: a Normaliser
+    rows: list[Delayed]  # the test stage: a RowResult per test row block
     config: RunConfig
     experiment: Experiment
 
     def outputs(self) -> list[Delayed]:
-        return [self.log_z, self.activation, *self.rows]
+        return [self.normaliser, *self.rows]
 
 
 class _Keys:
@@ -64,22 +64,25 @@ class _Keys:
 # ---------------------------------------------------------------- bank stage
 
 
-def _shifts(name: str, values: tuple[float, ...], params: dict[str, float], banks: list[str],
-            *stats: methods.BankStats) -> np.ndarray:
-    shifts = methods.get(name).shifts(values, params, dict(zip(banks, stats, strict=True)))
-    return np.asarray(shifts, dtype=np.float64)
+def _fitted(config: RunConfig, banks: list[str], *stats: methods.BankStats) -> Normaliser:
+    return Normaliser.from_stats(config, dict(zip(banks, stats, strict=True)))
 
 
-def method_statistics(experiment: Experiment, config: RunConfig, key: _Keys,
-                      banks: Mapping[str, MatrixSource]) -> tuple[Delayed, Delayed]:
-    """Lazy ``(shifts, activation mask)`` of ``config``'s method (:mod:`qbscale.engine.methods`).
+def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
+        banks: Mapping[str, MatrixSource] | None = None) -> Delayed:
+    """The lazy :class:`Normaliser` of ``config``'s method (:mod:`qbscale.engine.methods`).
 
     One pass over every bank the method reads: the querybank
     (``experiment.bank``, which also gives the activation set) and the
     sources in ``banks`` (e.g. ``{"gallery_bank": ...}`` for ``dual-is``).
     """
+    key = key or _Keys()
+    banks = banks or {}
+    if not config.normalises:  # the baseline needs nothing from the querybank
+        return delayed(Normaliser.baseline, pure=True)(config, experiment.n_gallery,
+                                                       dask_key_name=key("normaliser"))
     method = methods.get(config.method)
-    needs = method.needs(config.betas, config.param_dict)
+    needs = method.needs(config.values, config.param_dict)
     query = needs.get(methods.QUERY_BANK, methods.BankNeeds())
     needs[methods.QUERY_BANK] = replace(query, activation_k=config.k)
     sources = {methods.QUERY_BANK: experiment.bank, **banks}
@@ -93,11 +96,7 @@ def method_statistics(experiment: Experiment, config: RunConfig, key: _Keys,
                              f"test has {experiment.n_gallery}")
     stats = {name: bankstats.summary(sources[name], need, key, name)
              for name, need in needs.items()}
-    shifts = delayed(_shifts)(method.name, config.betas, config.param_dict, list(stats),
-                              *stats.values(), dask_key_name=key("logZ"))
-    act = delayed(getattr)(stats[methods.QUERY_BANK], "activation",
-                           dask_key_name=key("activation"))
-    return shifts, act
+    return delayed(_fitted)(config, list(stats), *stats.values(), dask_key_name=key("normaliser"))
 
 
 # ---------------------------------------------------------------- test stage
@@ -109,46 +108,35 @@ class _RowSpec:
 
     start: int
     gt: np.ndarray
-    scales: np.ndarray  # one per variant (inverted softmax: the betas)
-    rows: str  # rows rescored: "all", "dynamic" (top-1 activated) or "none"
     topk: int
 
 
-def _flags(rows: str, top_idx: np.ndarray, act: np.ndarray) -> np.ndarray:
-    if rows == "all":
-        return np.ones(len(top_idx), bool)
-    if rows == "dynamic":
-        return act[top_idx]
-    return np.zeros(len(top_idx), bool)
-
-
 def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
-                  shifts: np.ndarray | None, rows: np.ndarray | None,
+                  norm: Normaliser, rows: np.ndarray | None,
                   top_idx: np.ndarray | None = None) -> kernels.RowCounts:
     width = block.shape[1]
-    if shifts is None:
-        return kernels.count_block(block, col0, gt_raw, None, None, spec.scales, rows, top_idx)
-    gt_norm = kernels.normalised_gt(gt_raw, spec.gt, shifts, spec.scales)
-    shift = shifts[:, col0:col0 + width]
-    return kernels.count_block(block, col0, gt_raw, gt_norm, shift, spec.scales, rows, top_idx)
+    scales = norm.scales
+    if norm.shift is None:
+        return kernels.count_block(block, col0, gt_raw, None, None, scales, rows, top_idx)
+    gt_norm = kernels.normalised_gt(gt_raw, spec.gt, norm.shift, scales)
+    shift = norm.shift[:, col0:col0 + width]
+    return kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
 
 
-def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, shifts: np.ndarray | None
+def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Normaliser
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Top-K of the raw scores, then of the normalised scores per beta."""
+    """Top-K of the raw scores, then of the normalised scores per value."""
     out = [kernels.row_topk(block, spec.topk, col0)]
-    if shifts is not None:
-        shift = shifts[:, col0:col0 + block.shape[1]]
+    if norm.shift is not None:
         every = np.ones(block.shape[0], bool)
-        for b, scale in enumerate(spec.scales):
-            out.append(kernels.row_topk(kernels.score_block(block, shift[b], scale, every),
-                                        spec.topk, col0))
+        out += [kernels.row_topk(scores, spec.topk, col0)
+                for scores in norm.transform(block, col0, every)]
     return out
 
 
-def _finish(spec: _RowSpec, counts: kernels.RowCounts, act: np.ndarray,
+def _finish(spec: _RowSpec, counts: kernels.RowCounts, norm: Normaliser,
             topks: list[tuple[np.ndarray, np.ndarray]] | None) -> RowResult:
-    flags = _flags(spec.rows, counts.top_idx, act)
+    flags = norm.flags(counts.top_idx)
     base = kernels.ranks_from_counts(counts.above, counts.equal)
     rank = None
     if counts.norm_above is not None and counts.norm_equal is not None:
@@ -166,20 +154,20 @@ def _finish(spec: _RowSpec, counts: kernels.RowCounts, act: np.ndarray,
     return result
 
 
-def _test_block(src: MatrixSource, spec: _RowSpec, shifts: np.ndarray | None, act: np.ndarray,
-                writer: Any = None) -> RowResult:
+def _test_block(src: MatrixSource, spec: _RowSpec, norm: Normaliser, writer: Any = None
+                ) -> RowResult:
     """Fused task for a test row block that spans the whole gallery."""
     i = offsets(src.row_chunks).index(spec.start)
     block = src.read(i, 0)
     gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
     top_idx = np.argmax(block, axis=1)
-    flags = _flags(spec.rows, top_idx, act)
-    counts = _piece_counts(block, 0, spec, gt_raw, shifts, flags, top_idx)
-    topks = _piece_topk(block, 0, spec, shifts) if spec.topk else None
-    if writer is not None and shifts is not None:
-        for b, scale in enumerate(spec.scales):
-            writer.write(b, i, kernels.score_block(block, shifts[b], scale, flags))
-    return _finish(spec, counts, act, topks)
+    flags = norm.flags(top_idx)
+    counts = _piece_counts(block, 0, spec, gt_raw, norm, flags, top_idx)
+    topks = _piece_topk(block, 0, spec, norm) if spec.topk else None
+    if writer is not None and norm.shift is not None:
+        for b, scores in enumerate(norm.transform(block, 0, flags)):
+            writer.write(b, i, scores)
+    return _finish(spec, counts, norm, topks)
 
 
 def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
@@ -194,23 +182,22 @@ def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
 
 
 def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray,
-                 shifts: np.ndarray | None) -> tuple[kernels.RowCounts, Any]:
-    counts = _piece_counts(block, col0, spec, gt_raw, shifts, None)
-    return counts, (_piece_topk(block, col0, spec, shifts) if spec.topk else None)
+                 norm: Normaliser) -> tuple[kernels.RowCounts, Any]:
+    counts = _piece_counts(block, col0, spec, gt_raw, norm, None)
+    return counts, (_piece_topk(block, col0, spec, norm) if spec.topk else None)
 
 
-def _combine_pieces(spec: _RowSpec, act: np.ndarray, *pieces: tuple[kernels.RowCounts, Any]
+def _combine_pieces(spec: _RowSpec, norm: Normaliser, *pieces: tuple[kernels.RowCounts, Any]
                     ) -> RowResult:
     counts = ROW_COUNTS.tree([p[0] for p in pieces])
     topks = None
     if spec.topk:
         merge = row_topk(spec.topk)
         topks = [merge.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
-    return _finish(spec, counts, act, topks)
+    return _finish(spec, counts, norm, topks)
 
 
-def _test_row(src: MatrixSource, i: int, spec: _RowSpec, shifts: Any, act: Any, key: _Keys
-              ) -> Delayed:
+def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Keys) -> Delayed:
     """Tasks for a test row block chunked along the gallery too."""
     starts = offsets(src.col_chunks)
     reads = [delayed(partial(src.read, i))(c, dask_key_name=key("test-read", i, c))
@@ -218,45 +205,37 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, shifts: Any, act: Any, 
     needed = sorted({int(np.searchsorted(starts, g, side="right") - 1) for g in np.unique(spec.gt)})
     gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
                                  dask_key_name=key("test-gt", i))
-    pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, shifts,
+    pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
                                     dask_key_name=key("test-count", i, c))
               for c in range(len(src.col_chunks))]
-    return delayed(_combine_pieces)(spec, act, *pieces, dask_key_name=key("test-row", i))
+    return delayed(_combine_pieces)(spec, norm, *pieces, dask_key_name=key("test-row", i))
 
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
-          bank: tuple[np.ndarray, np.ndarray] | None = None,
+          normaliser: Normaliser | None = None,
           banks: Mapping[str, MatrixSource] | None = None) -> Plan:
     """The lazy graph of a run over ``experiment``; computes nothing.
 
-    ``bank`` is ``(shifts, activation)`` already known for these settings (an
-    interrupted run, :mod:`qbscale.storage.resume`): it replaces the bank stage.
-    ``banks`` holds the extra bank matrices the method reads besides the
-    querybank (``{"gallery_bank": source}`` for ``dual-is``).
+    ``normaliser`` is the bank stage already done for these settings (a saved
+    normaliser, or an interrupted run's, :mod:`qbscale.storage.resume`): it
+    replaces the bank stage.  ``banks`` holds the extra bank matrices the
+    method reads besides the querybank (``{"gallery_bank": source}`` for
+    ``dual-is``).
     """
     key = _Keys()
-    scales = np.asarray(config.betas, dtype=np.float64)
-    if config.normalises:
-        scales = methods.get(config.method).scales(config.betas, config.param_dict)
-    if bank is not None and config.normalises:
-        lz = log_z = delayed(bank[0], name=key("logZ"))
-        act = delayed(bank[1], name=key("activation"))
-    elif config.normalises:
-        log_z, act = method_statistics(experiment, config, key, banks or {})
-        lz = log_z
-    else:  # the baseline needs nothing from the querybank
-        lz = log_z = delayed(None, name=key("logZ"))
-        act = delayed(np.zeros, pure=True)(experiment.n_gallery, bool,
-                                           dask_key_name=key("activation"))
+    if normaliser is not None:
+        normaliser.check_gallery(experiment.n_gallery)
+        norm = delayed(normaliser, name=key("normaliser"))
+    else:
+        norm = fit(experiment, config, key, banks)
     test = experiment.test
     rows = []
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
-        spec = _RowSpec(start, experiment.gt[start:start + size], scales, config.rows,
-                        config.topk)
+        spec = _RowSpec(start, experiment.gt[start:start + size], config.topk)
         if len(test.col_chunks) == 1:
-            rows.append(delayed(partial(_test_block, test))(spec, lz, act, writer,
+            rows.append(delayed(partial(_test_block, test))(spec, norm, writer,
                                                             dask_key_name=key("test", i)))
         else:
-            rows.append(_test_row(test, i, spec, lz, act, key))
-    return Plan(log_z, act, rows, config, experiment)
+            rows.append(_test_row(test, i, spec, norm, key))
+    return Plan(norm, rows, config, experiment)

@@ -64,12 +64,12 @@ class ScoresWriter:
         group = _group(experiment)
         rows = test.row_chunks[0]
         scores = zarr.create_array(
-            group.store, name=SCORES, shape=(len(config.betas), *test.shape), dtype="float64",
+            group.store, name=SCORES, shape=(len(config.values), *test.shape), dtype="float64",
             chunks=(1, rows, test.shape[1]), compressors=None, overwrite=True,
             dimension_names=("beta", "query", "gallery"),
         )
         # not group[SCORES]: with consolidated metadata that is the previous run's array
-        scores.attrs.update({"betas": list(config.betas), "method": config.method})
+        scores.attrs.update({"values": list(config.values), "method": config.method})
         return cls(str(experiment.url), freeze_options(experiment.storage_options),
                    test.row_chunks, uuid.uuid4().hex)
 
@@ -85,18 +85,18 @@ def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool
     import zarr
 
     group = _group(experiment)
-    betas = list(result.config.betas)
+    values = list(result.config.values)
 
     def put(name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
         arr = zarr.create_array(group.store, name=name, shape=data.shape, dtype=data.dtype,
                                 chunks=data.shape, overwrite=True, dimension_names=dims)
         arr[...] = data
-        arr.attrs.update({"betas": betas, "method": result.config.method})
+        arr.attrs.update({"values": values, "method": result.config.method})
 
     if save_ranks:
         put("ranks_baseline", result.base_ranks, ("query",))
         if result.ranks:
-            put("ranks", np.stack([result.ranks[b] for b in result.config.betas]),
+            put("ranks", np.stack([result.ranks[b] for b in result.config.values]),
                 ("beta", "query"))
     if result.topk_index is not None and result.topk_score is not None:
         put("topk_index", result.topk_index, ("beta", "query", "topk"))

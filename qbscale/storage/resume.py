@@ -3,7 +3,7 @@
 A run that saves into a store (scores, ranks or top-k) keeps its progress in
 the store's ``manifest`` group while it runs::
 
-    manifest/shifts, activation  the bank statistics, once computed
+    manifest/shift, activation   the fitted normaliser, once computed
     manifest/bank_done  (1,)     1 once they are stored
     manifest/<field>             the RowResult of every row block, chunked
                                  like the test rows (base_rank, rank, ...)
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from qbscale.engine.grid import offsets
+from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.plan import Plan
 from qbscale.errors import ConfigError
 from qbscale.storage.results import SCORES, ScoresWriter, writable_array
@@ -58,7 +59,7 @@ FIELDS = {
 
 def field_shapes(config: RunConfig, n_queries: int, n_gallery: int) -> dict[str, tuple[int, ...]]:
     """Shape of every kept field over all queries."""
-    n_v = len(config.betas)
+    n_v = len(config.values)
     shapes: dict[str, tuple[int, ...]] = {
         "base_rank": (n_queries,), "normalised": (n_queries,), "top_idx": (n_queries,)}
     if config.normalises:
@@ -97,13 +98,13 @@ class Manifest:
         self.array(DONE)[i] = 1
         return row
 
-    def record_bank(self, shifts: np.ndarray | None, act: np.ndarray) -> None:
-        """Store the bank statistics, then their marker (one task: it may create arrays)."""
+    def record_bank(self, norm: Normaliser) -> None:
+        """Store the fitted normaliser, then its marker (one task: it may create arrays)."""
         import zarr
 
-        if shifts is None:
+        if norm.shift is None:
             return
-        for name, value in (("shifts", np.asarray(shifts)), ("activation", np.asarray(act))):
+        for name, value in (("shift", norm.shift), ("activation", norm.activation)):
             zarr.create_array(self.url, name=f"{GROUP}/{name}", shape=value.shape,
                               dtype=value.dtype, compressors=None, overwrite=True,
                               storage_options=dict(self.options) or None)[...] = value
@@ -148,7 +149,7 @@ class RunState:
     config: RunConfig
     row_chunks: tuple[int, ...]
     writer: ScoresWriter | None = None
-    bank: tuple[np.ndarray, np.ndarray] | None = None
+    bank: Normaliser | None = None
     done: dict[int, RowResult] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
 
@@ -186,7 +187,8 @@ class RunState:
             part.update({name: v[_rows(name, start, stop)] for name, v in values.items()})
             self.done[int(i)] = RowResult(start=start, **part)
         if self.config.normalises and group[BANK_DONE][0]:
-            self.bank = (np.asarray(group["shifts"][...]), np.asarray(group["activation"][...]))
+            self.bank = Normaliser(self.config, np.asarray(group["shift"][...]),
+                                   np.asarray(group["activation"][...]))
         if save_scores:
             self.writer = _existing_writer(experiment, self.config, self.row_chunks)
 
@@ -202,27 +204,27 @@ class RunState:
         self.missing = [i for i in range(self.n_blocks) if i not in self.done]
         out = []
         if self.bank is None:
-            out += [plan.log_z, plan.activation]
+            out.append(plan.normaliser)
             if self.config.normalises:
                 out.append(delayed(self.manifest.record_bank)(
-                    plan.log_z, plan.activation, dask_key_name=f"qb-record-bank-{token}"))
+                    plan.normaliser, dask_key_name=f"qb-record-bank-{token}"))
         out += [delayed(self.manifest.record)(i, plan.rows[i],
                                               dask_key_name=f"qb-record-{i}-{token}")
                 for i in self.missing]
         return out
 
-    def merge(self, values: list[Any]) -> tuple[Any, Any, list[RowResult]]:
-        """``(log_z, activation, rows)`` from the computed and the loaded values."""
+    def merge(self, values: list[Any]) -> tuple[Normaliser, list[RowResult]]:
+        """``(normaliser, rows)`` from the computed and the loaded values."""
         it = iter(values)
         if self.bank is None:
-            log_z, act = next(it), next(it)
+            norm = next(it)
             if self.config.normalises:
                 next(it)
         else:
-            log_z, act = self.bank
+            norm = self.bank
         computed = dict(zip(self.missing, it, strict=True))
-        return log_z, act, [self.done[i] if i in self.done else computed[i]
-                            for i in range(self.n_blocks)]
+        return norm, [self.done[i] if i in self.done else computed[i]
+                      for i in range(self.n_blocks)]
 
     def summary(self) -> dict[str, Any]:
         return {"row_blocks": self.n_blocks, "reused": len(self.done),
@@ -252,7 +254,7 @@ def _existing_writer(experiment: Experiment, config: RunConfig, rows: tuple[int,
                      ) -> ScoresWriter:
     import zarr
 
-    want = (len(config.betas), *experiment.test.shape)
+    want = (len(config.values), *experiment.test.shape)
     try:
         arr = zarr.open_array(experiment.url, path=SCORES, mode="r",
                               storage_options=experiment.storage_options)

@@ -1,0 +1,140 @@
+"""The bank stage's output: a fitted normaliser, on plain numpy arrays.
+
+A :class:`Normaliser` holds what the querybank (and, for ``dual-is``, the
+gallery bank) taught about the gallery: one ``shift`` per gallery item and
+variant, the activation set, and the configuration that made them.  The test
+stage (:mod:`qbscale.engine.plan`) consumes one; it is all a normalised score
+needs::
+
+    score[i, j] = scale[v] * s[i, j] - shift[v, j]   on rows that are normalised
+    score[i, j] = s[i, j]                            on the others
+
+where a row is normalised always (``rows == "all"``), never (``"none"``), or
+when its raw top-1 item is in the activation set (``"dynamic"``).
+
+Nothing here reads a file: :mod:`qbscale.normaliser` fits, saves and loads.
+
+Examples
+--------
+>>> from qbscale.config import RunConfig
+>>> norm = Normaliser(RunConfig.make(20.0, method="is"), np.array([[1.0, 2.0]]),
+...                   np.array([True, False]))
+>>> norm.transform(np.array([[0.1, 0.2]]))[0]
+array([[1., 2.]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbscale.engine import kernels, methods
+from qbscale.errors import InputError
+
+if TYPE_CHECKING:
+    from qbscale.config import RunConfig
+
+
+@dataclass(frozen=True, eq=False)
+class Normaliser:
+    """Per-gallery shifts and the activation set of one method's variants.
+
+    Attributes
+    ----------
+    config : the method, its swept values, parameters, k and dynamic flag
+    shift : (n_values, n_gallery) float64, one row per value of
+        ``config.values``; None for the baseline (``method="none"``)
+    activation : (n_gallery,) bool, the union of the bank rows' top-k items
+    fingerprint : what the gallery was when fitted (``{"n_gallery": ...}``,
+        plus e.g. a checksum of the gallery embeddings); checked on use
+    """
+
+    config: RunConfig
+    shift: np.ndarray | None
+    activation: np.ndarray
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        act = np.asarray(self.activation, dtype=bool)
+        if act.ndim != 1:
+            raise InputError(f"activation must be 1-D, got shape {act.shape}")
+        object.__setattr__(self, "activation", act)
+        if self.shift is not None:
+            shift = np.asarray(self.shift, dtype=np.float64)
+            want = (len(self.config.values), act.size)
+            if shift.shape != want:
+                raise InputError(f"shift has shape {shift.shape}, expected {want} "
+                                 f"({len(self.config.values)} values x {act.size} items)")
+            object.__setattr__(self, "shift", shift)
+        self.fingerprint.setdefault("n_gallery", int(act.size))
+
+    @classmethod
+    def baseline(cls, config: RunConfig, n_gallery: int) -> Normaliser:
+        """The normaliser of ``method="none"``: no shift, no activated item."""
+        return cls(config, None, np.zeros(n_gallery, bool))
+
+    @classmethod
+    def from_stats(cls, config: RunConfig, stats: dict[str, methods.BankStats]) -> Normaliser:
+        """Combine the bank statistics of ``config``'s method into a normaliser."""
+        method = methods.get(config.method)
+        shift = method.shifts(config.values, config.param_dict, stats)
+        activation = stats[methods.QUERY_BANK].activation
+        assert activation is not None
+        return cls(config, np.asarray(shift, dtype=np.float64), activation)
+
+    @property
+    def n_gallery(self) -> int:
+        return int(self.activation.size)
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """The swept parameter's values, one variant each."""
+        return self.config.values
+
+    @property
+    def scales(self) -> np.ndarray:
+        """One scale per variant (inverted softmax: the betas)."""
+        if not self.config.normalises:
+            return np.asarray(self.config.values, dtype=np.float64)
+        return methods.get(self.config.method).scales(self.config.values,
+                                                      self.config.param_dict)
+
+    @property
+    def rows(self) -> str:
+        """Rows rescored: ``"all"``, ``"dynamic"`` (top-1 activated) or ``"none"``."""
+        return self.config.rows
+
+    def check_gallery(self, n_gallery: int, what: str = "the test matrix") -> None:
+        """A clear error when ``what`` has another gallery than the one fitted."""
+        if n_gallery != self.n_gallery:
+            raise InputError(f"{what} has {n_gallery} gallery items, the normaliser was "
+                             f"fitted on {self.n_gallery}")
+
+    def flags(self, top_idx: np.ndarray) -> np.ndarray:
+        """Which rows are normalised, given each row's raw top-1 item."""
+        if self.rows == "all":
+            return np.ones(len(top_idx), bool)
+        if self.rows == "dynamic":
+            return self.activation[top_idx]
+        return np.zeros(len(top_idx), bool)
+
+    def transform(self, block: np.ndarray, col0: int = 0,
+                  flags: np.ndarray | None = None) -> np.ndarray:
+        """Normalised scores of a block of test rows: ``(n_values, rows, cols)`` float64.
+
+        ``block`` holds columns ``col0:col0 + width`` of the gallery; ``flags``
+        (which rows to normalise) defaults to :meth:`flags` of the block's own
+        row maxima, so give it when the block is not whole rows.
+        """
+        block = np.asarray(block)
+        width = block.shape[1]
+        if flags is None:
+            self.check_gallery(width)
+            flags = self.flags(np.argmax(block, axis=1))
+        if self.shift is None:
+            return np.asarray(block, dtype=np.float64)[None].copy()
+        shift = self.shift[:, col0:col0 + width]
+        return np.stack([kernels.score_block(block, shift[b], float(scale), flags)
+                         for b, scale in enumerate(self.scales)])
