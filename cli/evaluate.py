@@ -21,8 +21,8 @@ from .run import format_table
 @library_errors
 def evaluate(store: str, array: str, json_path: str | None, scheduler: str, quiet: bool) -> None:
     """Print the retrieval metrics of ARRAY in STORE."""
-    from qbscale.analysis.metrics import rounded
     from qbscale.api import evaluate as evaluate_api
+    from qbscale.engine.metrics import rounded
 
     metrics = evaluate_api(store, array, scheduler=scheduler, progress=not quiet)
     click.echo(format_table([{"method": array, "beta": None, **rounded(metrics)}]))

@@ -134,7 +134,7 @@ class RunResult:
 
     def table(self) -> list[dict[str, Any]]:
         """Rows of rounded metrics: the baseline, then one per beta."""
-        from qbscale.analysis.metrics import rounded
+        from qbscale.engine.metrics import rounded
 
         rows = [{"method": "none", "beta": None, **rounded(self.before)}]
         for beta, m in self.after.items():

@@ -158,7 +158,8 @@ def _segment_means(needs: BankNeeds, holders: list[Delayed], key: Key, name: str
                                    dask_key_name=key(name, "first", g))
              for g in range(0, len(holders), SPLIT_EVERY)]
     top = tree(first, partial(_segment_top, j, k), key, name)
-    return delayed(_means)(needs.column_means, top, dask_key_name=key(name, "means"))
+    means: Delayed = delayed(_means)(needs.column_means, top, dask_key_name=key(name, "means"))
+    return means
 
 
 def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") -> Delayed:
@@ -187,4 +188,6 @@ def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") 
     means = [_segment_means(needs, [h[c] for h in holders], key, f"{name}-top-{c}-{s}", s)
              for c, width in enumerate(bank.col_chunks)
              for s in range(len(segments(width, step)))]
-    return delayed(_stats)(needs.column_means, main, *means, dask_key_name=key(f"{name}-stats"))
+    stats: Delayed = delayed(_stats)(needs.column_means, main, *means,
+                                     dask_key_name=key(f"{name}-stats"))
+    return stats

@@ -124,7 +124,7 @@ def column_topk(block: np.ndarray, k: int) -> np.ndarray:
     n_rows = block.shape[0]
     k = min(k, n_rows)
     if k == 1:
-        return block.max(axis=0, keepdims=True)
+        return np.asarray(block.max(axis=0, keepdims=True))
     top = block if k == n_rows else np.partition(block, n_rows - k, axis=0)[n_rows - k:]
     return np.ascontiguousarray(np.sort(top, axis=0)[::-1])
 
@@ -343,7 +343,8 @@ def candidate_floor(gt_norm: np.ndarray, shift: np.ndarray, scales: np.ndarray,
     floor = gt_norm - error
     floor32 = floor.astype(np.float32)
     # rounding to float32 must not raise the floor
-    return np.where(floor32 > floor, np.nextafter(floor32, np.float32(-np.inf)), floor32)
+    return np.asarray(np.where(floor32 > floor, np.nextafter(floor32, np.float32(-np.inf)),
+                               floor32))
 
 
 def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, shift: np.ndarray,

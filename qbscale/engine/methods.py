@@ -234,7 +234,8 @@ def _dual_scales(values: Values, params: Params) -> np.ndarray:
 
 def _dual_shifts(values: Values, params: Params, stats: Mapping[str, BankStats]
                  ) -> np.ndarray:
-    return _log_z(stats, QUERY_BANK) + _log_z(stats, GALLERY_BANK)[0]
+    shift: np.ndarray = _log_z(stats, QUERY_BANK) + _log_z(stats, GALLERY_BANK)[0]
+    return shift
 
 
 def _constant(scale: float) -> Callable[[Values, Params], np.ndarray]:

@@ -117,7 +117,7 @@ class Normaliser:
         if self.rows == "all":
             return np.ones(len(top_idx), bool)
         if self.rows == "dynamic":
-            return self.activation[top_idx]
+            return np.asarray(self.activation[top_idx])
         return np.zeros(len(top_idx), bool)
 
     def transform(self, block: np.ndarray, col0: int = 0,

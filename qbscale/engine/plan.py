@@ -79,8 +79,9 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
     key = key or _Keys()
     banks = banks or {}
     if not config.normalises:  # the baseline needs nothing from the querybank
-        return delayed(Normaliser.baseline, pure=True)(config, experiment.n_gallery,
-                                                       dask_key_name=key("normaliser"))
+        baseline: Delayed = delayed(Normaliser.baseline, pure=True)(
+            config, experiment.n_gallery, dask_key_name=key("normaliser"))
+        return baseline
     method = methods.get(config.method)
     needs = method.needs(config.values, config.param_dict)
     query = needs.get(methods.QUERY_BANK, methods.BankNeeds())
@@ -96,7 +97,9 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
                              f"test has {experiment.n_gallery}")
     stats = {name: bankstats.summary(sources[name], need, key, name)
              for name, need in needs.items()}
-    return delayed(_fitted)(config, list(stats), *stats.values(), dask_key_name=key("normaliser"))
+    fitted: Delayed = delayed(_fitted)(config, list(stats), *stats.values(),
+                                       dask_key_name=key("normaliser"))
+    return fitted
 
 
 # ---------------------------------------------------------------- test stage
@@ -208,7 +211,9 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
     pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
                                     dask_key_name=key("test-count", i, c))
               for c in range(len(src.col_chunks))]
-    return delayed(_combine_pieces)(spec, norm, *pieces, dask_key_name=key("test-row", i))
+    row: Delayed = delayed(_combine_pieces)(spec, norm, *pieces,
+                                            dask_key_name=key("test-row", i))
+    return row
 
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
