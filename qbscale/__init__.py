@@ -17,6 +17,7 @@ _LAZY = {
     "ingest": "qbscale.storage.ingest",
     "ingest_embeddings": "qbscale.storage.ingest",
     "open_experiment": "qbscale.storage.store",
+    "open_dataset": "qbscale.storage.dataset",
     "RunResult": "qbscale.types",
     "plan": "qbscale.api",
     "RunPlan": "qbscale.api",

@@ -1,0 +1,53 @@
+"""A store as a labelled :class:`xarray.Dataset` (lazy, dask-backed)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbscale.storage import layout
+from qbscale.storage.store import open_experiment
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+
+def open_dataset(store: str | os.PathLike[str],
+                 storage_options: dict[str, Any] | None = None) -> xr.Dataset:
+    """Open a qbscale store as a labelled, lazy :class:`xarray.Dataset`.
+
+    Every stored array appears under its name with its named dimensions:
+    ``bank`` (bank_query, gallery) and ``test`` (query, gallery) for a
+    similarity store, ``bank_emb``/``test_emb``/``gallery_emb`` (with a
+    ``dim`` axis) for an embeddings store, ``query_mask``, and the saved
+    results of the last run (``scores``, ``ranks``, ``topk_index``, ...).
+    Added: ``gt`` (query,), the ground-truth gallery item of every test query
+    when the store has one; integer coordinates on ``bank_query``, ``query``
+    and ``gallery``; and the swept parameter's values on the results'
+    variant axis.  Nothing is read until you compute.
+
+    Examples
+    --------
+    >>> ds = open_dataset("exp.zarr")  # doctest: +SKIP
+    >>> int(ds.test.isel(query=0).argmax("gallery"))  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    experiment = open_experiment(store, storage_options)  # checks the store is complete
+    ds = xr.open_zarr(os.fspath(store), storage_options=storage_options, zarr_format=3,
+                      chunks={})
+    coords = {dim: np.arange(ds.sizes[dim]) for dim in ("bank_query", "query", "gallery")
+              if dim in ds.sizes}
+    last = (experiment.attrs or {}).get("last_run") or {}
+    for dim in set(ds.sizes) - set(coords) - {"dim", "topk"}:
+        values = last.get("values") or []
+        if len(values) == ds.sizes[dim]:
+            coords[dim] = np.asarray(values, dtype=np.float64)
+    ds = ds.assign_coords(coords)
+    gt = getattr(experiment, "gt", None)
+    if gt is not None:
+        ds["gt"] = xr.DataArray(np.asarray(gt), dims=layout.DIMS[layout.GT_INDEX])
+    ds.attrs = {"store": os.fspath(store), **dict(experiment.attrs or {})}
+    return ds
