@@ -1,7 +1,10 @@
-"""Opening a qbscale experiment store and writing run results into it.
+"""Opening a qbscale experiment store, and the ground-truth and mask checks.
 
-The only module of the engine that touches files.  See :mod:`qbscale.storage.layout`
-for the store contract.
+Files are touched only under :mod:`qbscale.storage`: this module opens
+stores, :mod:`~qbscale.storage.sources` reads their chunks,
+:mod:`~qbscale.storage.writer` and :mod:`~qbscale.storage.ingest` write them,
+:mod:`~qbscale.storage.results` and :mod:`~qbscale.storage.resume` write run
+outputs.  See :mod:`qbscale.storage.layout` for the store contract.
 """
 
 from __future__ import annotations
