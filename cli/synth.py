@@ -37,11 +37,17 @@ from .options import library_errors
               show_default=True, help="Chunk compression.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--query-noise", type=click.FloatRange(min=0), default=4.5, show_default=True,
+              help="A query's distance from its item (relative norm): lower is easier.")
+@click.option("--hub-share", type=click.FloatRange(min=0), default=0.25, show_default=True,
+              help="Scale of an item's heavy-tailed lean towards a popular direction (hubs).")
+@click.option("--query-lean", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="How much every query leans towards the popular directions.")
 @library_errors
 def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: int,
           queries_per_item: int, seed: int, dtype: str, chunk_mb: float | None,
           chunk_rows: int | None, chunk_cols: int | None, codec: str, overwrite: bool,
-          quiet: bool) -> None:
+          quiet: bool, query_noise: float, hub_share: float, query_lean: float) -> None:
     """Write a synthetic experiment store OUT.zarr, chunk by chunk.
 
     Gallery items sit on clusters and lean, by heavy-tailed amounts, towards a
@@ -51,7 +57,8 @@ def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: in
     from qbscale.synth import SynthSpec
     from qbscale.synth import synth as write
 
-    spec = SynthSpec(n_bank, n_test, n_gallery, dim, queries_per_item, seed)
+    spec = SynthSpec(n_bank, n_test, n_gallery, dim, queries_per_item, seed,
+                     query_noise=query_noise, hub_share=hub_share, query_lean=query_lean)
     chunk_bytes = None if chunk_mb is None else max(1, int(chunk_mb * 2**20))
     options: dict[str, Any] = dict(dtype=dtype, chunk_bytes=chunk_bytes,
                                    chunk_rows=chunk_rows, chunk_cols=chunk_cols, codec=codec,
