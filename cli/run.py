@@ -35,7 +35,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 @click.command()
-@click.argument("store", required=False)
+@click.argument("stores", nargs=-1)
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
                    "(one pass for all).")
@@ -61,28 +61,43 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
               type=click.Path(exists=True, dir_okay=False),
               help="Seed-compatible: query mask pickle.")
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text",
+              show_default=True,
+              help="markdown: the paper's table (| model | R@1 | R@5 | R@10 | MdR | Geom |) "
+                   "with mean(std) cells over the STORES.")
+@click.option("--label", default="model", show_default=True,
+              help="The model's name in the tables of several STORES.")
 @method_options
 @library_errors
-def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path: str | None,
-        save_scores: bool, save_ranks: bool, resume: bool, scheduler: str,
-        workers: int | None, quiet: bool,
-        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, dynamic: bool,
-        gallery_bank: str | None, **method_opts: Any) -> None:
+def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
+        json_path: str | None, save_scores: bool, save_ranks: bool, resume: bool,
+        scheduler: str, workers: int | None, quiet: bool,
+        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, fmt: str,
+        label: str, dynamic: bool, gallery_bank: str | None, **method_opts: Any) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
 
     STORE is a store written by `qbscale ingest`.  Alternatively give the
-    seed's pickles with --sims_train_test_path and --sims_test_path.
+    seed's pickles with --sims_train_test_path and --sims_test_path.  With
+    several STORES (e.g. three training seeds of a model), each store's
+    figures, then their mean(std) over the stores.
     """
     from qbscale.api import run as run_api
     from qbscale.config import parse_values
 
-    with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
-                 scheduler) as target:
-        result = run_api(target, beta=None if beta is None else parse_values(beta), k=k,
-                         method=method, scheduler=scheduler, num_workers=workers, topk=topk,
-                         save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
-                         resume=resume, dynamic=dynamic, gallery_bank=gallery_bank,
-                         **method_kwargs(method, method_opts))
+    results = []
+    for store in stores or (None,):
+        with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
+                     scheduler) as target:
+            results.append(run_api(
+                target, beta=None if beta is None else parse_values(beta), k=k,
+                method=method, scheduler=scheduler, num_workers=workers, topk=topk,
+                save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
+                resume=resume, dynamic=dynamic, gallery_bank=gallery_bank,
+                **method_kwargs(method, method_opts)))
+    if len(results) > 1 or fmt == "markdown":
+        _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
+        return
+    result = results[0]
     click.echo(format_table(result.table()))
     if method != "none":
         n_rows = int(result.normalised.size)
@@ -97,6 +112,25 @@ def run(store: str | None, beta: str, k: int, method: str, topk: int, json_path:
                    f"already done; computed {done['computed']}")
     if json_path:
         Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _several(names: list[str], results: list[Any], fmt: str, label: str,
+             json_path: str | None) -> None:
+    """Each store's figures, then the mean(std) rows (:mod:`qbscale.analysis.tables`)."""
+    from qbscale.analysis import tables
+
+    summary = tables.summarise(results)
+    if fmt == "markdown":
+        click.echo(tables.markdown(summary, label))
+    else:
+        for name, result in zip(names, results, strict=True):
+            click.echo(f"{name}\n{format_table(result.table())}")
+        click.echo(f"mean(std) over {len(results)} stores (population std, as the paper's "
+                   f"tables)\n{tables.text(summary)}")
+    if json_path:
+        stores = [{"store": name, **r.to_dict()} for name, r in zip(names, results, strict=True)]
+        Path(json_path).write_text(json.dumps(
+            {"stores": stores, "summary": {"ddof": tables.DDOF, "rows": summary}}, indent=2))
 
 
 @contextlib.contextmanager
