@@ -31,13 +31,16 @@ from .options import (
 @click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
 @click.option("--title", default="Querybank normalisation report", show_default=True)
+@click.option("--diagnose/--no-diagnose", "with_diagnosis", default=True, show_default=True,
+              help="Add the diagnostics of `qbscale diagnose` (hub agreement, domain gap; "
+                   "one more read of the bank and the test).")
 @scheduler_option
 @workers_option
 @quiet_option
 @library_errors
 def report(store: str, output: str, items: str | None, names: tuple[str, ...], k: int,
-           activation_k: int, gallery_bank: str | None, title: str, scheduler: str,
-           workers: int | None, quiet: bool) -> None:
+           activation_k: int, gallery_bank: str | None, title: str, with_diagnosis: bool,
+           scheduler: str, workers: int | None, quiet: bool) -> None:
     """Write a self-contained HTML report on STORE: metrics and hubness of every
     method, N_k distributions, R@1 against each method's parameter and the hubs
     that normalisation removed.  One pass over the data per method; the store is
@@ -48,6 +51,12 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], k
     result = compare(store, list(names) or None, k=k, sweep=True, activation_k=activation_k,
                      gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,
                      progress=not quiet)
-    page = write_report(result, output, items, title)
+    diagnosis = None
+    if with_diagnosis:
+        from qbscale.analysis.diagnose import diagnose
+
+        diagnosis = diagnose(store, k=activation_k, depth=k, scheduler=scheduler,
+                             num_workers=workers, progress=not quiet)
+    page = write_report(result, output, items, title, diagnosis)
     methods = ", ".join(r.label for r in result.runs)
     click.echo(f"Wrote {page} ({methods}; N_k at k={k})")

@@ -23,12 +23,15 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import Comparison
+
+if TYPE_CHECKING:
+    from qbscale.analysis.diagnose import Diagnosis
 
 #: most hub rows shown
 MAX_HUB_ROWS = 40
@@ -221,7 +224,7 @@ img { max-width: 100%; } .note { color: #555; font-size: 0.9em; max-width: 900px
 
 
 def render(result: Comparison, images: dict[str, bytes], items: list[str] | None = None,
-           title: str = "Querybank normalisation report") -> str:
+           title: str = "Querybank normalisation report", diagnostics: str = "") -> str:
     """The whole page as a string (figures embedded)."""
     def img(name: str, alt: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
@@ -250,24 +253,34 @@ default, the dashed line the raw similarities.</p>
 <h2>Hubs before normalisation, and after</h2>
 <p>{_lost_summary(result)}  Shaded: no longer among the top 1% by N<sub>k</sub>.</p>
 {hubs_table(result, items)}
+{diagnostics}
 </body></html>
 """
 
 
 def write_report(result: Comparison, out_dir: str | os.PathLike[str],
                  items: str | os.PathLike[str] | list[str] | None = None,
-                 title: str = "Querybank normalisation report") -> Path:
+                 title: str = "Querybank normalisation report",
+                 diagnosis: Diagnosis | None = None) -> Path:
     """Draw the figures and write ``out_dir/index.html`` (and the PNGs beside it).
 
     ``items`` labels the gallery items in the hubs table: a JSON-lines file
-    (:func:`load_items`) or a list of strings.  Returns the page's path.
+    (:func:`load_items`) or a list of strings.  ``diagnosis``
+    (:func:`qbscale.analysis.diagnose.diagnose`) adds the diagnostics section
+    (:mod:`qbscale.analysis.diagnose_report`).  Returns the page's path.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = load_items(items) if isinstance(items, (str, os.PathLike)) else items
     images = {"occurrence.png": occurrence_figure(result), "sweeps.png": sweep_figure(result)}
+    diagnostics = ""
+    if diagnosis is not None:
+        from qbscale.analysis.diagnose_report import diagnosis_figure, diagnosis_section
+
+        images["diagnostics.png"] = diagnosis_figure(diagnosis)
+        diagnostics = diagnosis_section(diagnosis, images["diagnostics.png"])
     for name, data in images.items():
         (out / name).write_bytes(data)
     page = out / "index.html"
-    page.write_text(render(result, images, labels, title), encoding="utf-8")
+    page.write_text(render(result, images, labels, title, diagnostics), encoding="utf-8")
     return page
