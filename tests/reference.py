@@ -119,3 +119,47 @@ def method_scores(test: np.ndarray, bank: np.ndarray, method: str, value: float,
     out = test.astype(np.float64).copy()
     out[rows] = out[rows] * scale - shift
     return out
+
+
+# --------------------------------------------------------------------------
+# diagnostics (qbscale.analysis.diagnose), from the definitions
+# --------------------------------------------------------------------------
+
+
+def tie_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, each tie group given the mean of the positions it spans."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.sort(x)
+    out = np.empty(x.size)
+    for i, v in enumerate(x):
+        positions = np.nonzero(order == v)[0] + 1
+        out[i] = positions.mean()
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of the tie-averaged ranks (NaN when one is constant)."""
+    ra, rb = tie_ranks(a), tie_ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def ks(x: np.ndarray, y: np.ndarray) -> float:
+    """sup_t |F_x(t) - F_y(t)| over every sample point t (the sup is reached there)."""
+    points = np.concatenate([x, y])
+    return float(max(abs(np.mean(x <= t) - np.mean(y <= t)) for t in points))
+
+
+def top_share(values: np.ndarray, share: float = 0.01) -> set[int]:
+    """The ceil(share * n) items with the largest values (ties to the lower index)."""
+    n = max(1, int(np.ceil(share * len(values))))
+    return set(np.argsort(-np.asarray(values, dtype=np.float64), kind="stable")[:n].tolist())
+
+
+def occurrence(test: np.ndarray, depth: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """N_k: how many (unmasked) rows have each item in their raw top-depth."""
+    idx, _ = topk(test.astype(np.float64), min(depth, test.shape[1]))
+    if mask is not None:
+        idx = idx[mask.astype(bool)]
+    return np.bincount(idx.ravel(), minlength=test.shape[1])

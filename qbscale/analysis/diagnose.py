@@ -201,8 +201,8 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     from qbscale.storage.store import open_experiment
 
     exp = store if isinstance(store, Experiment) else open_experiment(store, storage_options)
+    diagnostics.check_method(method)
     config = RunConfig.make(float(beta), k, method)
-    diagnostics.check_config(config)
     bank = exp.bank
     if bank_sample is not None:
         bank = diagnostics.RowSample(bank, _sample(bank.shape[0], bank_sample, seed))

@@ -121,16 +121,16 @@ def _bank_view(config: RunConfig, part: _BankPart) -> BankView:
     return BankView(Normaliser.from_stats(config, {methods.QUERY_BANK: stats}), top1)
 
 
-def check_config(config: RunConfig) -> None:
+def check_method(method: str) -> None:
     """Diagnostics read ``logZ``: only the inverted-softmax methods (``is``, ``dis``)."""
-    if config.method not in ("is", "dis"):
+    if method not in ("is", "dis"):
         raise ConfigError(f"diagnose reads the inverted softmax's logZ: method must be "
-                          f"is or dis, got {config.method}")
+                          f"is or dis, got {method}")
 
 
 def bank_view(bank: MatrixSource, config: RunConfig, key: Any = None) -> Delayed:
     """Lazy :class:`BankView` of ``bank`` for an ``is``/``dis`` ``config``."""
-    check_config(config)
+    check_method(config.method)
     key = key or _Keys()
     betas = np.asarray(config.values, dtype=np.float64)
     k = max(config.k, 1)
