@@ -117,3 +117,29 @@ def test_page_renders_in_headless_chromium(comparison, items, tmp_path):
     assert pixels.shape[:2] == (2400, 1200)
     ink = (pixels.mean(axis=2) < 0.9).mean(axis=1)  # share of dark pixels per screen row
     assert (ink[:1200] > 0.01).sum() > 300  # tables and figures fill the top half
+
+
+def test_report_diagnostics_section(comparison, tmp_path):
+    from qbscale.analysis.diagnose import diagnose
+
+    bank, test, _ = problem()
+    d = diagnose(in_memory(bank, test), k=1, depth=4, scheduler="synchronous")
+    page = write_report(comparison, tmp_path / "out", diagnosis=d)
+    text = page.read_text()
+    assert "Will QB-Norm help? Diagnostics of the querybank" in text
+    assert f"<td>{d['spearman']:.3f}</td>" in text and f"<td>{d['ks']:.3f}</td>" in text
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert base64.b64decode(images[-1]) == (tmp_path / "out" / "diagnostics.png").read_bytes()
+    assert "QB-Norm with this bank is" in text
+
+
+def test_cli_report_diagnoses_unless_told_not_to(tmp_path):
+    bank, test, _ = problem(5)
+    store = qbscale.ingest(tmp_path / "exp.zarr", bank, test, chunk_rows=30, progress=False)
+    for flag, present in (([], True), (["--no-diagnose"], False)):
+        out = tmp_path / f"rep{present}"
+        res = CliRunner().invoke(cli, ["report", store, "-o", str(out), "--method", "dis",
+                                       "-q", *flag])
+        assert res.exit_code == 0, res.output
+        assert ("Diagnostics of the querybank" in (out / "index.html").read_text()) is present
+        assert (out / "diagnostics.png").exists() is present
