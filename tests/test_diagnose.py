@@ -144,6 +144,8 @@ def test_reading_states_its_thresholds():
     assert reading.verdict(0.1, 0.05) == "unlikely to help, and may hurt"
     assert reading.verdict(0.9, 0.35) == "unlikely to help, and may hurt"
     assert reading.verdict(0.3, 0.2) == "likely to have a small effect either way"
+    assert reading.verdict(0.3, 0.05) == "likely to help"
+    assert reading.verdict(0.6, 0.2) == "likely to help"
 
 
 def test_cli_diagnose_writes_json(tmp_path):

@@ -7,9 +7,11 @@ The thresholds are stated here (and in the README) and printed in the JSON:
 * domain gap, the KS statistic ``D`` of the bank's and the test's top-1
   similarities: small at ``D <= GAP_SMALL`` (0.1), large at
   ``D >= GAP_LARGE`` (0.3);
-* the verdict: *likely to help* when agreement is strong and the gap not
-  large; *unlikely to help (may hurt)* when agreement is weak or the gap is
-  large; otherwise *a small effect either way*;
+* the verdict: *likely to help* when the gap is small and agreement not
+  weak, or agreement is strong and the gap not large; *unlikely to help
+  (may hurt)* when agreement is weak or the gap is large; otherwise *a small
+  effect either way*.  These are heuristics, checked on a handful of cases
+  (``benchmarks/diagnose_banks.py``), not guarantees;
 * the activated share gets a remark below ``ACTIVE_LOW`` (0.1: DIS changes
   few rows) or above ``ACTIVE_HIGH`` (0.9: DIS acts as plain inverted
   softmax on nearly every row).
@@ -46,9 +48,10 @@ def gap(d: float) -> str:
 
 def verdict(rho: float, d: float) -> str:
     """The expected effect of QB-Norm from hub agreement and domain gap."""
-    if agreement(rho) == "strong" and gap(d) != "large":
+    agree, spread = agreement(rho), gap(d)
+    if (spread == "small" and agree != "weak") or (agree == "strong" and spread != "large"):
         return "likely to help"
-    if agreement(rho) == "weak" or gap(d) == "large":
+    if agree == "weak" or spread == "large":
         return "unlikely to help, and may hurt"
     return "likely to have a small effect either way"
 
