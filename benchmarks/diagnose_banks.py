@@ -34,7 +34,10 @@ from qbscale.synth import SynthSpec, gallery_rows, query_rows
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"
 
 
-def pycode(data: Path, splits: int) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+Case = tuple[str, str, np.ndarray, np.ndarray, np.ndarray]
+
+
+def pycode(data: Path, splits: int) -> Iterator[Case]:
     """(case, bank, bank sims, test sims, gt) of the pycode cases."""
     gallery = np.load(data / "gallery_test.npy").astype(np.float32)
     queries = np.load(data / "queries_test.npy").astype(np.float32)
@@ -49,7 +52,7 @@ def pycode(data: Path, splits: int) -> Iterator[tuple[str, str, np.ndarray, np.n
         yield case, f"other half ({len(held)})", test[held], test[tested], tested
 
 
-def synthetic(seeds: int) -> Iterator[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]:
+def synthetic(seeds: int) -> Iterator[Case]:
     for seed in range(seeds):
         spec = SynthSpec(n_bank=8000, n_test=2000, n_gallery=2000, dim=64, seed=seed,
                          query_noise=2.0, hub_share=0.5)
