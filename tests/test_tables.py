@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import qbscale
 from qbscale.analysis import tables
-from qbscale.analysis.metrics import NAMES
 from qbscale.cli import cli
+from qbscale.engine.metrics import NAMES
 from qbscale.errors import ConfigError
 from qbscale.storage.store import in_memory
 

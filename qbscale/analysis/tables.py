@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from qbscale.analysis.metrics import NAMES
+from qbscale.engine.metrics import NAMES
 from qbscale.errors import ConfigError
 from qbscale.types import RunResult
 

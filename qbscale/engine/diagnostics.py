@@ -73,7 +73,8 @@ class RowSample:
 
     def read(self, i: int, c: int) -> np.ndarray:
         b, local = self.blocks[i]
-        return np.asarray(self.source.read(b, c))[local]
+        rows: np.ndarray = np.asarray(self.source.read(b, c))[local]
+        return rows
 
 
 # ---------------------------------------------------------------- bank stage
@@ -137,7 +138,8 @@ def bank_view(bank: MatrixSource, config: RunConfig, key: Any = None) -> Delayed
     parts = [delayed(partial(_bank_block, bank))(i, betas, k, dask_key_name=key("dbank", i))
              for i in range(len(bank.row_chunks))]
     main = tree(parts, _bank_combine, key, "dbank-combine")
-    return delayed(_bank_view)(config, main, dask_key_name=key("dbank-view"))
+    view: Delayed = delayed(_bank_view)(config, main, dask_key_name=key("dbank-view"))
+    return view
 
 
 # ---------------------------------------------------------------- test stage
@@ -209,8 +211,9 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None
     pieces = [delayed(_test_piece)(spec, starts[c], reads[c], gt_raw, depth, norm,
                                    dask_key_name=key("dtest-piece", i, c))
               for c in range(len(src.col_chunks))]
-    return delayed(_test_combine)(spec, mask, depth, norm, *pieces,
-                                  dask_key_name=key("dtest", i))
+    row: Delayed = delayed(_test_combine)(spec, mask, depth, norm, *pieces,
+                                          dask_key_name=key("dtest", i))
+    return row
 
 
 def test_parts(experiment: Experiment, norm: Delayed, depth: int, with_gt: bool,
