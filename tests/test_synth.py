@@ -124,3 +124,15 @@ def test_existing_store_needs_overwrite(tmp_path):
 def test_spec_validation():
     with pytest.raises(ConfigError, match="n_gallery must be at least 1"):
         SynthSpec(10, 10, 0)
+
+
+def test_cli_data_parameters_reach_the_store(tmp_path):
+    out = tmp_path / "p.zarr"
+    invoke(str(out), "--bank", "60", "--test", "40", "--gallery", "40", "--dim", "16",
+           "--query-noise", "2", "--hub-share", "0.5", "--query-lean", "0.7", "--seed", "2")
+    attrs = zarr.open_group(str(out), mode="r").attrs[layout.ATTR]["synth"]
+    assert (attrs["query_noise"], attrs["hub_share"], attrs["query_lean"]) == (2.0, 0.5, 0.7)
+    spec = SynthSpec(n_bank=60, n_test=40, n_gallery=40, dim=16, seed=2, query_noise=2.0,
+                     hub_share=0.5, query_lean=0.7)
+    want = query_rows(spec, "test", 0, 40) @ gallery_rows(spec, 0, 40).T
+    np.testing.assert_allclose(arrays(out)["test"], want, rtol=1e-6, atol=1e-6)
