@@ -14,7 +14,7 @@ once, built on the same kernels and reductions as a run
 2. **test**: per test row block, the raw top-``depth`` of every row (for
    ``N_k`` and the top-1 similarity) and, when the experiment has a ground
    truth, the raw and normalised counts of a run (the run's own kernels), in
-   the same read.  A :class:`TestPart` per block holds ``N_k``'s non-zero
+   the same read.  A :class:`QueryPart` per block holds ``N_k``'s non-zero
    counts (never a whole-gallery array per block), the top-1 values and
    indices, and the run's :class:`~qbscale.types.RowResult`.
 """
@@ -146,7 +146,7 @@ def bank_view(bank: MatrixSource, config: RunConfig, key: Any = None) -> Delayed
 
 
 @dataclass
-class TestPart:
+class QueryPart:
     """What one test row block gave (rows ``start .. start + len(top1)``)."""
 
     start: int
@@ -159,16 +159,16 @@ class TestPart:
 
 def _part(spec: _RowSpec, mask: np.ndarray | None, depth: int,
           top: tuple[np.ndarray, np.ndarray], counts: kernels.RowCounts | None,
-          norm: Normaliser) -> TestPart:
+          norm: Normaliser) -> QueryPart:
     values, idx = top
     listed = idx[:, :depth] if mask is None else idx[np.asarray(mask, bool), :depth]
     items, n = np.unique(listed, return_counts=True)
     row = None if counts is None else _finish(spec, counts, norm, None)
-    return TestPart(spec.start, items, n.astype(np.int64), values[:, 0], idx[:, 0], row)
+    return QueryPart(spec.start, items, n.astype(np.int64), values[:, 0], idx[:, 0], row)
 
 
 def _test_block(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None,
-                depth: int, norm: Normaliser, with_gt: bool) -> TestPart:
+                depth: int, norm: Normaliser, with_gt: bool) -> QueryPart:
     """A test row block spanning the whole gallery: read once, everything from it."""
     block = src.read(i, 0)
     top = kernels.row_topk(block, depth, 0)
@@ -188,7 +188,7 @@ def _test_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray
 
 
 def _test_combine(spec: _RowSpec, mask: np.ndarray | None, depth: int, norm: Normaliser,
-                  *pieces: tuple[Any, kernels.RowCounts | None]) -> TestPart:
+                  *pieces: tuple[Any, kernels.RowCounts | None]) -> QueryPart:
     top = row_topk(depth).tree([p[0] for p in pieces])
     counts = None
     if pieces[0][1] is not None:
@@ -216,9 +216,9 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None
     return row
 
 
-def test_parts(experiment: Experiment, norm: Delayed, depth: int, with_gt: bool,
+def query_parts(experiment: Experiment, norm: Delayed, depth: int, with_gt: bool,
                key: Any = None) -> list[Delayed]:
-    """Lazy :class:`TestPart` per test row block (``with_gt``: the run's counts too)."""
+    """Lazy :class:`QueryPart` per test row block (``with_gt``: the run's counts too)."""
     key = key or _Keys()
     test = experiment.test
     depth = min(depth, test.shape[1])
@@ -242,11 +242,11 @@ def _normaliser_of(view: BankView) -> Normaliser:
 
 def build(experiment: Experiment, bank: MatrixSource, config: RunConfig, depth: int,
           with_gt: bool) -> list[Delayed]:
-    """``[BankView, TestPart, ...]``: the whole lazy graph of a diagnosis."""
+    """``[BankView, QueryPart, ...]``: the whole lazy graph of a diagnosis."""
     if bank.shape[1] != experiment.n_gallery:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, "
                          f"test has {experiment.n_gallery}")
     key = _Keys()
     view = bank_view(bank, config, key)
     norm = delayed(_normaliser_of)(view, dask_key_name=key("dnorm"))
-    return [view, *test_parts(experiment, norm, depth, with_gt, key)]
+    return [view, *query_parts(experiment, norm, depth, with_gt, key)]
