@@ -2,11 +2,11 @@
 
 The paper's README reports every figure as ``mean(std)`` over 3 seeds,
 e.g. ``14.4(0.1)``.  Its std is the *population* standard deviation
-(``ddof=0``, numpy's default, as the collaborative-experts code that
-produced the tables uses ``np.std``): the MdR cells prove it, since the
-median rank of each seed is a whole number, and e.g. ``13.7(0.5)``
-(seeds 14, 14, 13: population std 0.47, sample std 0.58) and ``10.0(0.8)``
-(9, 10, 11: 0.82 against 1.0) are only consistent with ``ddof=0``.
+(``ddof=0``, numpy's default), as its MdR cells show: a median rank is a
+multiple of 0.5, and among such triples only 13, 14, 14 gives ``13.7(0.5)``
+(population std 0.47; its sample std, 0.58, would print 0.6) and only
+9, 10, 11 gives ``10.0(0.8)`` (0.82 against 1.0); no triple has a
+*sample* std that rounds to those cells.
 :data:`DDOF` is that choice.
 
 :func:`summarise` gives one row per method setting (the baseline first)
