@@ -19,6 +19,7 @@ COMMANDS = {
     "synth": "synth:synth",
     "hubness": "hubness:hubness",
     "report": "report:report",
+    "fit": "fit:fit",
 }
 
 
