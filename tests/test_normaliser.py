@@ -20,7 +20,7 @@ from . import reference as ref
 from .strategies import problems
 from .test_methods import gallery_bank_for
 
-SETTINGS = settings(max_examples=50, deadline=None,
+SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 #: per method: values of its swept parameter, and its other parameters
@@ -92,6 +92,11 @@ def test_dask_transform_equals_numpy_over_chunkings(p, method, dynamic, data):
     got = lazy.compute(scheduler="synchronous")
     np.testing.assert_array_equal(got, norm.transform(p.test))  # bit for bit
     close(got, oracle(p, method, values, params, dynamic, gb))
+    direct = normalise(da.from_array(p.test, chunks=chunks), p.bank, k=p.k, method=method,
+                       dynamic=dynamic, **swept(method, values[:1]), **params, **extra)
+    assert isinstance(direct, da.Array)
+    close(direct.compute(scheduler="synchronous"),
+          oracle(p, method, values[:1], params, dynamic, gb)[0])
 
 
 def test_xarray_in_dataarray_out():
@@ -184,3 +189,26 @@ def test_dynamic_rows_use_the_whole_row_argmax():
     assert not np.array_equal(want[0], test[0])
     got = norm.transform(da.from_array(test, chunks=(1, 2))).compute(scheduler="synchronous")
     np.testing.assert_array_equal(got, want)
+
+
+def test_search_and_to_faiss_delegate_to_qbscale_search(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("qbscale.search")
+    fake.search = lambda *args, **kw: calls.append(("search", args, kw)) or "found"
+    fake.to_faiss = lambda *args: calls.append(("to_faiss", args, {})) or "index"
+    monkeypatch.setitem(sys.modules, "qbscale.search", fake)
+    rng = np.random.default_rng(6)
+    bank_emb, gallery_emb = rng.random((20, 4)), rng.random((6, 4))
+    norm = Normaliser.fit(bank_emb=bank_emb, gallery_emb=gallery_emb)
+    assert norm.gallery is gallery_emb
+    queries, other = rng.random((3, 4)), rng.random((6, 4))
+    assert norm.search(queries, 2, block_rows=7) == "found"
+    assert norm.search(queries, 2, other) == "found"
+    assert norm.to_faiss(gallery_emb, "HNSW32") == "index"
+    (_, a, kw), (_, b, _), (_, c, _) = calls
+    assert a[0] is norm and a[1] is queries and a[2] == 2 and a[3] is gallery_emb
+    assert kw == {"block_rows": 7} and b[3] is other
+    assert c == (norm, gallery_emb, "HNSW32")
