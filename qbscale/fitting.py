@@ -110,7 +110,7 @@ def _experiment(bank: MatrixSource) -> Experiment:
     return Experiment(bank, bank, np.zeros(0, np.int64), None)
 
 
-def _extra_banks(config: Any, gallery_bank: Any, n_gallery: int) -> dict[str, MatrixSource]:
+def _extra_banks(config: Any, gallery_bank: Any) -> dict[str, MatrixSource]:
     from qbscale.engine.methods import GALLERY_BANK, get
     from qbscale.errors import ConfigError
 
@@ -131,7 +131,7 @@ def _extra_banks(config: Any, gallery_bank: Any, n_gallery: int) -> dict[str, Ma
 def from_array(bank: Any, config: Any, gallery_bank: Any = None) -> Inputs:
     """Inputs of a bank given as a numpy, dask or xarray matrix."""
     source = matrix_source("bank", bank)
-    banks = _extra_banks(config, gallery_bank, source.shape[1])
+    banks = _extra_banks(config, gallery_bank)
     return Inputs(_experiment(source), banks,
                   {"n_gallery": source.shape[1], "bank_checksum": fp.bank_checksum(unwrap(bank))})
 
@@ -175,7 +175,7 @@ def from_embeddings(bank_emb: Any, gallery_emb: Any, config: Any,
     sources = [matrix_source(name, data, rows) for name, data, rows in
                (("bank_emb", bank, q_rows), ("gallery_emb", gallery, g_rows))]
     sims = EmbeddingMatrix.build(sources[0], sources[1])
-    banks = _extra_banks(config, gallery_bank, gallery.shape[0])
+    banks = _extra_banks(config, gallery_bank)
     print_ = {"n_gallery": int(gallery.shape[0]), "gallery_sha256": fp.checksum(gallery),
               "bank_checksum": fp.bank_checksum(bank)}
     kept = gallery_emb if isinstance(gallery_emb, str | os.PathLike) else unwrap(gallery_emb)

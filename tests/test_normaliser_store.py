@@ -257,3 +257,20 @@ def test_cli_fit_other_methods_and_errors(store, tmp_path):
                                    str(tmp_path / "x.zarr"), "-q"])
     assert res.exit_code == 1 and "no qbscale store" in res.output
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_save_and_load_on_s3(data):
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from .cluster_fixtures import moto_s3
+
+    bank, _ = data
+    norm = Normaliser.fit(bank, method="csls", kc=[1, 4])
+    with moto_s3("qbscale-norm"):
+        url = norm.save("s3://qbscale-norm/norm.zarr")
+        back = Normaliser.load(url)
+        assert back.shift.tobytes() == norm.shift.tobytes() and back.config == norm.config
+        with pytest.raises(StoreExistsError):
+            norm.save(url)
+        with pytest.raises(StoreNotFoundError):
+            Normaliser.load("s3://qbscale-norm/nowhere.zarr")
