@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qbscale import fingerprint as fp
+from qbscale.engine import fingerprint as fp
 from qbscale.engine.grid import split
 from qbscale.errors import InputError
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix

@@ -35,7 +35,7 @@ class Normaliser(_engine.Normaliser):
     shift : (n_values, n_gallery) float64 (``logZ`` for inverted softmax)
     activation : (n_gallery,) bool, the union of the bank rows' top-k items
     fingerprint : ``n_gallery``, ``bank_checksum`` and, when fitted from
-        gallery embeddings, ``gallery_sha256`` (:mod:`qbscale.fingerprint`)
+        gallery embeddings, ``gallery_sha256`` (:mod:`qbscale.engine.fingerprint`)
     gallery : the gallery embeddings it was fitted with (an array, or the path
         of a ``.npy`` file or Zarr array), for :meth:`search`; None otherwise
 
@@ -133,7 +133,7 @@ class Normaliser(_engine.Normaliser):
         """A clear :class:`~qbscale.errors.InputError` unless ``gallery_emb`` (an
         array) is the gallery fitted on: its size, and its checksum when the
         normaliser was fitted from gallery embeddings."""
-        from qbscale import fingerprint as fp
+        from qbscale.engine import fingerprint as fp
 
         given: dict[str, Any] = {"n_gallery": int(gallery_emb.shape[0])}
         fp.check(self.fingerprint, given, what)

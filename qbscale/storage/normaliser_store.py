@@ -9,7 +9,7 @@ Layout (``xarray.open_zarr(path)`` reads it as a Dataset)::
 
 The group attribute ``qbscale_normaliser`` holds ``format``, ``method``,
 ``values``, ``variant``, ``k``, ``params``, ``dynamic``, ``fingerprint``
-(gallery size and checksums, :mod:`qbscale.fingerprint`), ``gallery`` (the
+(gallery size and checksums, :mod:`qbscale.engine.fingerprint`), ``gallery`` (the
 path of the gallery embeddings, when fitted from a file or a store),
 ``version`` and ``complete``.  A local group is written under a hidden
 staging name and renamed into place when complete
@@ -185,10 +185,10 @@ def store_fingerprint(experiment: Experiment) -> tuple[dict[str, Any], str | Non
     """``(fingerprint, gallery)`` of a store experiment, reading no similarity.
 
     The bank checksum is the sha256 ingest recorded of the bank's file; for an
-    embeddings store the gallery embeddings are hashed (:func:`qbscale.fingerprint.checksum`)
+    embeddings store the gallery embeddings are hashed (:func:`qbscale.engine.fingerprint.checksum`)
     and ``gallery`` is the path of the ``gallery_emb`` array.
     """
-    from qbscale.fingerprint import checksum
+    from qbscale.engine.fingerprint import checksum
     from qbscale.storage import layout
 
     attrs = experiment.attrs or {}
@@ -235,7 +235,7 @@ def check_store(fitted: dict[str, Any], store: str | os.PathLike[str] | None, na
     """Refuse to apply the normaliser ``name`` (fingerprint ``fitted``) to a
     store of another gallery: its size, and for an embeddings store fitted
     from gallery embeddings, their checksum."""
-    from qbscale.fingerprint import check
+    from qbscale.engine.fingerprint import check
     from qbscale.storage.store import open_experiment
 
     if store is None:
