@@ -136,14 +136,17 @@ def from_array(bank: Any, config: Any, gallery_bank: Any = None) -> Inputs:
                   {"n_gallery": source.shape[1], "bank_checksum": fp.bank_checksum(unwrap(bank))})
 
 
-def from_store(url: str | os.PathLike[str], config: Any, gallery_bank: Any = None,
-               storage_options: dict[str, Any] | None = None) -> Inputs:
-    """Inputs of a store from ``qbscale ingest`` (its bank only is read by the fit)."""
+def from_store(store: str | os.PathLike[str] | Experiment, config: Any,
+               gallery_bank: Any = None, storage_options: dict[str, Any] | None = None
+               ) -> Inputs:
+    """Inputs of a store from ``qbscale ingest``, or of an opened experiment
+    (e.g. :func:`~qbscale.storage.store.in_memory`): only its bank is read by the fit."""
     from qbscale.storage.gallery_bank import resolve
     from qbscale.storage.normaliser_store import store_fingerprint
     from qbscale.storage.store import open_experiment
 
-    experiment = open_experiment(url, storage_options)
+    experiment = store if isinstance(store, Experiment) else \
+        open_experiment(store, storage_options)
     given = gallery_bank
     if given is not None and not isinstance(given, str | os.PathLike):
         given = matrix_source("gallery bank", given)

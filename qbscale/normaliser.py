@@ -23,6 +23,7 @@ import numpy as np
 
 from qbscale.engine import normaliser as _engine
 from qbscale.errors import ConfigError
+from qbscale.types import Experiment
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,9 +63,10 @@ class Normaliser(_engine.Normaliser):
         Parameters
         ----------
         bank : numpy / dask array or xarray.DataArray of querybank x gallery
-            similarities, or the path/URL of a store from ``qbscale ingest``
-            (only its bank is read).  Give ``bank_emb`` and ``gallery_emb``
-            instead to fit from embeddings.
+            similarities, the path/URL of a store from ``qbscale ingest``, or
+            an opened :class:`~qbscale.types.Experiment` (only the bank is
+            read).  Give ``bank_emb`` and ``gallery_emb`` instead to fit from
+            embeddings.
         beta : inverse temperature(s) (is, dis, dual-is); several values are
             fitted in one pass.  Default: the method's (20).
         k : top-k columns per bank row forming the activation set
@@ -101,7 +103,7 @@ class Normaliser(_engine.Normaliser):
             inputs = fitting.from_embeddings(bank_emb, gallery_emb, config, gallery_bank)
         elif bank is None:
             raise ConfigError("give a bank (an array or a store) or bank_emb and gallery_emb")
-        elif isinstance(bank, str | os.PathLike):
+        elif isinstance(bank, str | os.PathLike | Experiment):
             inputs = fitting.from_store(bank, config, gallery_bank, storage_options)
         else:
             inputs = fitting.from_array(bank, config, gallery_bank)

@@ -7,6 +7,7 @@ import os
 import shutil
 from collections import Counter
 
+import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
@@ -25,6 +26,7 @@ from qbscale.errors import (
 )
 from qbscale.normaliser import Normaliser
 from qbscale.storage.normaliser_store import ATTR
+from qbscale.storage.store import open_experiment
 
 from . import reference as ref
 from .test_read_once import ChunkFetches, chunk_keys
@@ -74,6 +76,8 @@ def test_fit_from_store_equals_fit_from_array(data, store, method, options):
     assert s.fingerprint["bank_checksum"] is None  # ingested from an in-memory array
     if method == "dis":
         close(a.shifts.sel(beta=20).values, ref.log_normaliser(bank, 20.0))
+    opened = Normaliser.fit(open_experiment(store), method=method, k=2, **options)
+    np.testing.assert_array_equal(opened.shift, s.shift)
 
 
 def test_fit_from_store_reads_only_the_bank_once(store, monkeypatch):
@@ -93,6 +97,11 @@ def test_fit_from_embeddings_equals_store_and_array(embeddings):
     s = Normaliser.fit(url, beta=[5, 10], k=2)
     a = Normaliser.fit(sims, beta=[5, 10], k=2)
     close(e.shift, a.shift, rtol=1e-6)  # float32 products, blocked differently
+    lazy = Normaliser.fit(bank_emb=da.from_array(bank_emb, chunks=(20, 8)),
+                          gallery_emb=da.from_array(gallery_emb, chunks=(7, 8)), beta=[5, 10],
+                          k=2, scheduler="synchronous")
+    np.testing.assert_array_equal(lazy.shift, e.shift)
+    assert lazy.fingerprint["gallery_sha256"] == e.fingerprint["gallery_sha256"]
     close(s.shift, e.shift, rtol=1e-6)
     np.testing.assert_array_equal(e.activation, a.activation)
     assert e.fingerprint["gallery_sha256"] == s.fingerprint["gallery_sha256"]
@@ -211,6 +220,24 @@ def test_cli_run_refuses_another_embeddings_gallery(embeddings, tmp_path):
     path = norm.save(tmp_path / "other.zarr")
     res = CliRunner().invoke(cli, ["run", url, "--normaliser", path, "-q"])
     assert res.exit_code == 1 and "another gallery" in res.output
+    same = Normaliser.fit(bank_emb=bank_emb, gallery_emb=gallery_emb).save(tmp_path / "s.zarr")
+    res = CliRunner().invoke(cli, ["run", url, "--normaliser", same, "-q"])
+    assert res.exit_code == 0, res.output
+
+
+def test_dual_is_from_a_store_with_its_gallery_bank(data, tmp_path):
+    from qbscale.storage.gallery_bank import add_gallery_bank
+
+    bank, test = data
+    gb = np.random.default_rng(13).standard_normal((15, 24)).astype(np.float32)
+    store = qbscale.ingest(tmp_path / "gb.zarr", bank, test, chunk_rows=16, progress=False)
+    add_gallery_bank(store, gb, progress=False)
+    s = Normaliser.fit(store, method="dual-is", beta=[5, 20], gallery_beta=3)
+    a = Normaliser.fit(bank, method="dual-is", beta=[5, 20], gallery_beta=3, gallery_bank=gb)
+    close(s.shift, a.shift)
+    close(a.shift[1], ref.log_normaliser(bank, 20.0) + ref.log_normaliser(gb, 3.0))
+    with pytest.raises(ConfigError, match="needs a gallery bank"):
+        Normaliser.fit(bank, method="dual-is")
 
 
 def test_cli_fit_then_run_with_normaliser(store, tmp_path):
