@@ -151,8 +151,8 @@ def from_store(store: str | os.PathLike[str] | Experiment, config: Any,
     if given is not None and not isinstance(given, str | os.PathLike):
         given = matrix_source("gallery bank", given)
     banks = resolve(experiment, config, given)
-    print_, gallery = store_fingerprint(experiment)
-    return Inputs(experiment, banks, print_, gallery)
+    identity, gallery = store_fingerprint(experiment)
+    return Inputs(experiment, banks, identity, gallery)
 
 
 def _embeddings(name: str, array: Any) -> Any:
@@ -179,10 +179,10 @@ def from_embeddings(bank_emb: Any, gallery_emb: Any, config: Any,
                (("bank_emb", bank, q_rows), ("gallery_emb", gallery, g_rows))]
     sims = EmbeddingMatrix.build(sources[0], sources[1])
     banks = _extra_banks(config, gallery_bank)
-    print_ = {"n_gallery": int(gallery.shape[0]), "gallery_sha256": fp.checksum(gallery),
+    identity = {"n_gallery": int(gallery.shape[0]), "gallery_sha256": fp.checksum(gallery),
               "bank_checksum": fp.bank_checksum(bank)}
     kept = gallery_emb if isinstance(gallery_emb, str | os.PathLike) else unwrap(gallery_emb)
-    return Inputs(_experiment(sims), banks, print_,
+    return Inputs(_experiment(sims), banks, identity,
                   os.fspath(kept) if isinstance(kept, os.PathLike) else kept)
 
 
