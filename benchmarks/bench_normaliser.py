@@ -8,7 +8,8 @@ code snippets) into a store, then times, medians of ``--repeat`` runs:
 * ``run --normaliser``: a run given the fitted normaliser (test matrix only);
 * ``transform``: ``norm.transform`` of the whole test matrix in memory
   (``is``: every row; ``dis``: rows whose top-1 is activated), against the
-  bare numpy expression ``beta * T - logZ`` on every row, for one beta;
+  bare numpy expression ``beta * T - logZ`` on every row, for one beta; and
+  ``dis`` on the test matrix as a dask array of 1000 x 1000 chunks, computed;
 
 and checks the runs' ranks are identical::
 
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 
 import qbscale
@@ -65,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     dis_norm = Normaliser.fit(bank, beta=betas[-1], method="dis")
     t_tr, _ = median_time(lambda: is_norm.transform(test), args.repeat)
     t_dis, _ = median_time(lambda: dis_norm.transform(test), args.repeat)
+    lazy = da.from_array(test, chunks=(1000, 1000))
+    t_lazy, _ = median_time(lambda: dis_norm.transform(lazy).compute(scheduler=args.scheduler),
+                            args.repeat)
     t_np, _ = median_time(lambda: betas[-1] * test.astype(np.float64) - log_z, args.repeat)
     rows = [("run (fits)", t_run, t_run), ("fit alone", t_fit, t_run),
             ("run --normaliser", t_with, t_run), ("transform (is)", t_tr, t_np),
             ("transform (dis)", t_dis, t_np),
+            ("transform (dis, dask)", t_lazy, t_np),
             ("numpy beta*T - logZ", t_np, t_np)]
     print(f"pycode: bank {bank.shape}, test {test.shape}, betas {betas}, "
           f"scheduler {args.scheduler}, medians of {args.repeat}")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qbscale.engine import kernels
 from qbscale.errors import InputError
 
 if TYPE_CHECKING:
@@ -39,31 +40,41 @@ def transform_numpy(norm: Normaliser, sims: Any, what: str = "the similarity mat
     return _variants(norm, norm.transform(sims))
 
 
-def _block(block: np.ndarray, flags: np.ndarray, cols: np.ndarray, norm: Normaliser
-           ) -> np.ndarray:
-    """One dask block: ``cols`` holds the block's global column numbers."""
-    col0 = int(cols[0]) if len(cols) else 0
-    return _variants(norm, norm.transform(block, col0, flags))
+def _activated(top: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    return activation[top]
+
+
+def _block(block: np.ndarray, flags: np.ndarray, shift: np.ndarray, scales: np.ndarray,
+           squeeze: bool) -> np.ndarray:
+    """One dask block: ``shift`` holds the variants' shifts of the block's columns."""
+    out = np.empty((len(scales), *block.shape))
+    for b, scale in enumerate(scales):
+        kernels.score_block(block, shift[b], float(scale), flags, out=out[b])
+    return out[0] if squeeze else out
 
 
 def transform_dask(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
-    """Normalised scores of a dask array, as a lazy dask array (nothing computes)."""
+    """Normalised scores of a dask array, as a lazy dask array (nothing computes).
+
+    Each task gets its block, the flags of its rows and the shifts of its
+    columns only (the shift is a dask array chunked like the gallery), so a
+    task's inputs stay small on a cluster whatever the gallery's size.
+    """
     import dask.array as da
     from dask.base import tokenize
 
     _check(norm, sims.shape, what)
+    assert norm.shift is not None
     if norm.rows == "dynamic":
-        flags = da.argmax(sims, axis=1).map_blocks(norm.flags, dtype=bool)
+        flags = da.argmax(sims, axis=1).map_blocks(_activated, activation=norm.activation,
+                                                   dtype=bool)
     else:
         flags = da.full(sims.shape[0], norm.rows == "all", dtype=bool, chunks=(sims.chunks[0],))
-    cols = da.arange(sims.shape[1], chunks=(sims.chunks[1],))
-    name = "qbscale-normalise-" + tokenize(sims, norm.config, norm.shift, norm.activation)
-    n_values = len(norm.values)
-    if n_values == 1:
-        return da.blockwise(_block, "ij", sims, "ij", flags, "i", cols, "j", norm=norm,
-                            name=name, dtype=np.float64, concatenate=True)
-    return da.blockwise(_block, "vij", sims, "ij", flags, "i", cols, "j", norm=norm,
-                        name=name, new_axes={"v": n_values}, dtype=np.float64,
+    shift = da.from_array(norm.shift, chunks=(len(norm.shift), sims.chunks[1]))
+    name = "qbscale-normalise-" + tokenize(sims, norm.config, shift)
+    squeeze = len(norm.values) == 1
+    return da.blockwise(_block, "ij" if squeeze else "vij", sims, "ij", flags, "i", shift, "vj",
+                        scales=norm.scales, squeeze=squeeze, name=name, dtype=np.float64,
                         concatenate=True)
 
 
