@@ -176,7 +176,8 @@ class Normaliser(_engine.Normaliser):
         """
         from qbscale.storage.normaliser_store import save
 
-        assert self.shift is not None
+        if self.shift is None:
+            raise ConfigError("a normaliser of method none has nothing to save")
         gallery = os.fspath(self.gallery) if isinstance(self.gallery, str | os.PathLike) \
             else None
         return save(path, self.config, self.shift, self.activation, dict(self.fingerprint),

@@ -151,6 +151,10 @@ def test_xarray_bank_and_fit_errors():
         Normaliser.fit(da.from_array(bad, chunks=(10, 5)), scheduler="synchronous")
     with pytest.raises(InputError, match="2-D"):
         Normaliser.fit(bank[0])
+    from qbscale.config import RunConfig
+
+    with pytest.raises(ConfigError, match="nothing to save"):
+        Normaliser.baseline(RunConfig.make(method="none"), 5).save("unused.zarr")
 
 
 def test_wrong_gallery_size_is_refused():
