@@ -20,6 +20,7 @@ COMMANDS = {
     "hubness": "hubness:hubness",
     "report": "report:report",
     "diagnose": "diagnose:diagnose",
+    "fit": "fit:fit",
 }
 
 

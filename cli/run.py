@@ -61,6 +61,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
               type=click.Path(exists=True, dir_okay=False),
               help="Seed-compatible: query mask pickle.")
+@click.option("--normaliser", "normaliser_path", metavar="NORM.zarr",
+              help="A normaliser from `qbscale fit`: skip the bank stage (its settings "
+                   "are the run's; options given must match them).")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text",
               show_default=True,
               help="markdown: the paper's table (| model | R@1 | R@5 | R@10 | MdR | Geom |) "
@@ -73,7 +76,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         json_path: str | None, save_scores: bool, save_ranks: bool, resume: bool,
         scheduler: str, workers: int | None, quiet: bool,
         bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, fmt: str,
-        label: str, dynamic: bool, gallery_bank: str | None, **method_opts: Any) -> None:
+        label: str, dynamic: bool, gallery_bank: str | None, normaliser_path: str | None,
+        **method_opts: Any) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
 
     STORE is a store written by `qbscale ingest`.  Alternatively give the
@@ -84,22 +88,28 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
     from qbscale.api import run as run_api
     from qbscale.config import parse_values
 
+    given = {"beta": None if beta is None else parse_values(beta), "k": k, "method": method,
+             "dynamic": dynamic, **method_kwargs(method, method_opts)}
     results = []
     for store in stores or (None,):
+        settings, norm = given, None
+        if normaliser_path:
+            from .fit import given_settings, run_settings
+
+            norm, settings = run_settings(normaliser_path, store,
+                                          given_settings(click.get_current_context(), given))
         with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
                      scheduler) as target:
             results.append(run_api(
-                target, beta=None if beta is None else parse_values(beta), k=k,
-                method=method, scheduler=scheduler, num_workers=workers, topk=topk,
+                target, scheduler=scheduler, num_workers=workers, topk=topk,
                 save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
-                resume=resume, dynamic=dynamic, gallery_bank=gallery_bank,
-                **method_kwargs(method, method_opts)))
+                resume=resume, gallery_bank=gallery_bank, normaliser=norm, **settings))
     if len(results) > 1 or fmt == "markdown":
         _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
         return
     result = results[0]
     click.echo(format_table(result.table()))
-    if method != "none":
+    if result.config.normalises:
         n_rows = int(result.normalised.size)
         click.echo(
             f"normalised rows: {100 * result.normalised_share:.1f}% of {n_rows}; "

@@ -21,6 +21,8 @@ _LAZY = {
     "RunResult": "qbscale.types",
     "plan": "qbscale.api",
     "RunPlan": "qbscale.api",
+    "Normaliser": "qbscale.normaliser",
+    "normalise": "qbscale.normaliser",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

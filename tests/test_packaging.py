@@ -43,5 +43,5 @@ def test_installed_wheel_runs_the_cli(wheel, tmp_path):
                           text=True, cwd=tmp_path, env={"PYTHONPATH": str(target),
                                                         "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
-    for command in ("ingest", "run", "eval", "hubness", "report", "synth"):
+    for command in ("ingest", "run", "eval", "hubness", "report", "synth", "fit"):
         assert command in proc.stdout

@@ -361,13 +361,20 @@ def normalised_gt(gt_raw: np.ndarray, gt_cols: np.ndarray, shift: np.ndarray,
 
 
 def score_block(block: np.ndarray, shift: np.ndarray, scale: float,
-                normalise_rows: np.ndarray) -> np.ndarray:
+                normalise_rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The scored matrix of one block: ``scale*s - shift`` on normalised
-    rows, raw ``s`` elsewhere (float64).  ``shift`` covers the block's columns."""
-    out = np.asarray(block, dtype=np.float64).copy()
-    rows = np.nonzero(normalise_rows)[0]
-    if len(rows):
-        out[rows] = exact_scores(block[rows], scale, shift)
+    rows, raw ``s`` elsewhere (float64, into ``out`` when given).  ``shift``
+    covers the block's columns.  Scored in place, as :func:`exact_scores`
+    (the same two roundings), with no gather of the normalised rows."""
+    if out is None:
+        out = np.empty(block.shape)
+    if np.all(normalise_rows):
+        return exact_scores(block, scale, shift, out=out)
+    np.copyto(out, block)
+    if np.any(normalise_rows):
+        where = np.asarray(normalise_rows, dtype=bool)[:, None]
+        np.multiply(out, scale, out=out, where=where)
+        np.subtract(out, shift, out=out, where=where)
     return out
 
 

@@ -28,7 +28,12 @@ gallery-bank similarities ``G`` (gallery-bank item x gallery):
   ``r_q(i)`` is the same for every item of row ``i``, so it never changes a
   row's order or any rank, and is omitted;
 * ``b(j)`` the mean of column ``j``'s ``nnn_k`` largest values of ``B``
-  (nearest-neighbour normalisation, Liu et al. 2019);
+  (Nearest Neighbor Normalization, NNN: Chowdhury, Wang, Shenoy, Kiela,
+  Schwettmann and Thrush, "Nearest Neighbor Normalization Improves
+  Multimodal Retrieval", EMNLP 2024).  The defaults ``nnn_k=128`` and
+  ``alpha=0.75`` are those its README recommends; its package's own
+  defaults differ (``alternate_ks=256``, ``alternate_weight=0.5``), so pass
+  ``nnn_k=256, alpha=0.5`` to match the package;
 * ``logW(j) = logsumexp_g(beta_g * G[g, j])``.  ``dual-is`` is the dual
   inverted softmax of DBNorm (Wang et al., EMNLP 2023, "Balance Act"): the
   product of a querybank and a gallery-bank inverted softmax,

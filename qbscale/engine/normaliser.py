@@ -132,9 +132,13 @@ class Normaliser:
         width = block.shape[1]
         if flags is None:
             self.check_gallery(width)
-            flags = self.flags(np.argmax(block, axis=1))
+            dynamic = self.rows == "dynamic"  # only then does a row's top-1 matter
+            flags = self.flags(np.argmax(block, axis=1) if dynamic
+                               else np.zeros(block.shape[0], np.intp))
         if self.shift is None:
             return np.asarray(block, dtype=np.float64)[None].copy()
         shift = self.shift[:, col0:col0 + width]
-        return np.stack([kernels.score_block(block, shift[b], float(scale), flags)
-                         for b, scale in enumerate(self.scales)])
+        out = np.empty((len(shift), *block.shape))
+        for b, scale in enumerate(self.scales):
+            kernels.score_block(block, shift[b], float(scale), flags, out=out[b])
+        return out

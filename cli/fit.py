@@ -1,0 +1,122 @@
+"""``qbscale fit``: fit a normaliser on a store's bank and save it; and the
+``--normaliser`` option of ``qbscale run``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qbscale.config import METHODS
+
+from .method_options import method_kwargs, method_options
+from .options import library_errors, quiet_option, scheduler_option, workers_option
+
+#: ``qbscale run`` options that a saved normaliser fixes
+SETTINGS = ("beta", "k", "method", "dynamic")
+
+
+@click.command()
+@click.argument("store")
+@click.option("-o", "--output", "output", required=True, metavar="NORM.zarr",
+              help="Where to write the normaliser (a Zarr v3 group).")
+@click.option("--beta", default=None,
+              help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
+                   "(one pass for all).")
+@click.option("--k", "k", type=int, default=1, show_default=True,
+              help="Top-k bank columns per querybank row forming the activation set.")
+@click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
+              default="dis", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write a summary of the normaliser as JSON.")
+@scheduler_option
+@workers_option
+@quiet_option
+@method_options
+@library_errors
+def fit(store: str, output: str, beta: str | None, k: int, method: str, overwrite: bool,
+        json_path: str | None, scheduler: str, workers: int | None, quiet: bool,
+        dynamic: bool, gallery_bank: str | None, **method_opts: Any) -> None:
+    """Fit a normaliser on the bank of STORE (read once) and write it to NORM.zarr.
+
+    `qbscale run STORE --normaliser NORM.zarr` then skips the bank stage.
+    """
+    from qbscale.config import parse_values
+    from qbscale.normaliser import Normaliser
+
+    _refuse_existing(output, overwrite)
+    t0 = time.perf_counter()
+    norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
+                          method=method, dynamic=dynamic, gallery_bank=gallery_bank,
+                          scheduler=scheduler, num_workers=workers, progress=not quiet,
+                          **method_kwargs(method, method_opts))
+    out = norm.save(output, overwrite=overwrite)
+    seconds = time.perf_counter() - t0
+    summary = describe(norm, out, seconds)
+    click.echo(f"Wrote {out} in {seconds:.1f} s: {summary['label']} "
+               f"{summary['variant']}={','.join(f'{v:g}' for v in summary['values'])} "
+               f"k={summary['k']}; activation set: {summary['activation_size']} of "
+               f"{summary['n_gallery']} gallery items")
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2))
+
+
+def _refuse_existing(output: str, overwrite: bool) -> None:
+    """Fail before fitting, not after, when the output exists (local paths)."""
+    import os
+
+    from qbscale.errors import StoreExistsError
+
+    if not overwrite and "://" not in output and os.path.exists(output):
+        raise StoreExistsError(f"{output} exists: pass --overwrite to replace it")
+
+
+def describe(norm: Any, path: str, seconds: float) -> dict[str, Any]:
+    """JSON-ready summary of a fitted normaliser."""
+    config = norm.config
+    return {"path": path, "method": config.method, "label": config.label,
+            "variant": config.variant_name, "values": list(config.values), "k": config.k,
+            "params": config.param_dict, "dynamic": config.is_dynamic,
+            "n_gallery": norm.n_gallery, "activation_size": int(norm.activation.sum()),
+            "fingerprint": dict(norm.fingerprint), "seconds": seconds}
+
+
+def run_settings(path: str, store: str, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The normaliser at ``path`` and the run settings it implies for ``store``.
+
+    ``given`` holds the run's settings that were set on the command line
+    (beta, k, method, dynamic and method parameters); the others come from the
+    normaliser, so ``qbscale run STORE --normaliser NORM.zarr`` needs no more.
+    A given setting that differs from the normaliser's is refused by the run.
+    """
+    from qbscale.normaliser import Normaliser
+    from qbscale.storage.normaliser_store import check_store
+
+    norm = Normaliser.load(path)
+    check_store(norm.fingerprint, store, path)
+    config = norm.config
+    settings: dict[str, Any] = {"beta": list(config.values), "k": config.k,
+                                "method": config.method, "dynamic": config.dynamic,
+                                **config.param_dict}
+    if config.variant_name != "beta":
+        settings[config.variant_name] = settings.pop("beta")
+        settings["beta"] = None
+    settings.update(given)
+    return norm, settings
+
+
+def given_settings(ctx: click.Context, settings: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``settings`` whose options were set on the command line
+    (method parameters are present only when given)."""
+    from click.core import ParameterSource
+
+    out = {}
+    for name, value in settings.items():
+        source = ctx.get_parameter_source(name) if name in SETTINGS else None
+        if name not in SETTINGS or source not in (ParameterSource.DEFAULT, None):
+            out[name] = value
+    return out

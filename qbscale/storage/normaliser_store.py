@@ -1,0 +1,248 @@
+"""A fitted normaliser on disk: a small Zarr v3 group, labelled for xarray.
+
+Layout (``xarray.open_zarr(path)`` reads it as a Dataset)::
+
+    shift       (<param>, gallery)  float64  one row per value of the swept
+                                             parameter (beta, alpha or kc)
+    <param>     (<param>,)          float64  those values (the coordinate)
+    activation  (gallery,)          bool     the activation set
+
+The group attribute ``qbscale_normaliser`` holds ``format``, ``method``,
+``values``, ``variant``, ``k``, ``params``, ``dynamic``, ``fingerprint``
+(gallery size and checksums, :mod:`qbscale.engine.fingerprint`), ``gallery`` (the
+path of the gallery embeddings, when fitted from a file or a store),
+``version`` and ``complete``.  A local group is written under a hidden
+staging name and renamed into place when complete
+(:func:`qbscale.storage.writer.staging`); a remote one gets ``complete``
+last.  :func:`load` refuses anything else with a message naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbscale.config import RunConfig
+from qbscale.errors import (
+    ConfigError,
+    IncompleteStoreError,
+    InputError,
+    StoreNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from qbscale.types import Experiment
+
+ATTR = "qbscale_normaliser"
+FORMAT = 1
+SHIFT = "shift"
+ACTIVATION = "activation"
+
+
+@dataclass
+class Saved:
+    """What :func:`load` read: the parts of a fitted normaliser."""
+
+    config: RunConfig
+    shift: np.ndarray
+    activation: np.ndarray
+    fingerprint: dict[str, Any]
+    gallery: str | None
+
+
+def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
+           ) -> dict[str, Any]:
+    from qbscale import __version__
+
+    return {"format": FORMAT, "method": config.method, "values": list(config.values),
+            "variant": config.variant_name, "k": config.k, "params": config.param_dict,
+            "dynamic": config.dynamic, "fingerprint": dict(fingerprint),
+            "bank_checksum": fingerprint.get("bank_checksum"),
+            "gallery_sha256": fingerprint.get("gallery_sha256"),
+            "gallery": gallery, "version": __version__, "complete": False}
+
+
+def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
+         activation: np.ndarray, fingerprint: dict[str, Any], gallery: str | None = None, *,
+         overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> str:
+    """Write a fitted normaliser to ``out`` (a path or fsspec URL); returns ``out``.
+
+    Raises
+    ------
+    StoreExistsError
+        ``out`` exists and ``overwrite`` is False (or it is not a Zarr group).
+    """
+    import zarr
+
+    from qbscale.storage.writer import consolidate, staging
+
+    attrs = _attrs(config, fingerprint, gallery)
+    name = config.variant_name
+    arrays = {SHIFT: (shift, (name, "gallery")),
+              name: (np.asarray(config.values, np.float64), (name,)),
+              ACTIVATION: (activation, ("gallery",))}
+    with staging(os.fspath(out), overwrite, storage_options) as stage:
+        group = stage.create_group({ATTR: attrs})
+        for key, (value, dims) in arrays.items():
+            arr = zarr.create_array(group.store, name=key, shape=value.shape, dtype=value.dtype,
+                                    chunks=value.shape, compressors=None,
+                                    dimension_names=dims)
+            arr[...] = value
+        consolidate(group.store)
+        zarr.open_group(group.store, mode="r+").attrs.update({ATTR: {**attrs,
+                                                                     "complete": True}})
+    return stage.final
+
+
+def _group(url: str, storage_options: dict[str, Any] | None) -> Any:
+    import zarr
+
+    try:
+        return zarr.open_group(url, mode="r", storage_options=storage_options,
+                               use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
+        raise StoreNotFoundError(f"no normaliser at {url}") from exc
+    except (ValueError, TypeError, OSError) as exc:  # unreadable metadata
+        raise InputError(f"{url} is not a readable Zarr group: {exc}") from exc
+
+
+def _meta(url: str, group: Any) -> dict[str, Any]:
+    attrs = dict(group.attrs.get(ATTR) or {})
+    if not attrs:
+        if group.attrs.get("qbscale"):
+            raise InputError(f"{url} is a qbscale experiment store, not a normaliser: "
+                             "fit one with `qbscale fit` (qbscale.Normaliser.fit)")
+        raise InputError(f"{url} is a Zarr group but not a qbscale normaliser")
+    if not attrs.get("complete"):
+        raise IncompleteStoreError(f"the normaliser {url} is incomplete (its write was "
+                                   "interrupted): fit it again")
+    if attrs.get("format") != FORMAT:
+        raise InputError(f"{url} is a normaliser of format {attrs.get('format')!r}; this "
+                         f"qbscale reads format {FORMAT}")
+    return attrs
+
+
+def _array(url: str, group: Any, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    try:
+        value = np.asarray(group[name][...])
+    except Exception as exc:  # a missing or corrupt array: say which
+        raise InputError(f"the normaliser {url} is damaged: its {name!r} array cannot be "
+                         f"read ({type(exc).__name__}: {exc})") from exc
+    if value.shape != shape or value.dtype.kind != kind:
+        raise InputError(f"the normaliser {url} is damaged: {name!r} has shape {value.shape} "
+                         f"and dtype {value.dtype}, expected {shape} of kind {kind!r}")
+    return value
+
+
+def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Saved:
+    """Read a normaliser written by :func:`save`.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing at ``url``.
+    IncompleteStoreError
+        An interrupted write.
+    InputError
+        Not a normaliser (an experiment store, another Zarr group), another
+        format, or damaged: missing arrays, wrong shapes, non-finite shifts,
+        settings that do not validate.
+    """
+    url = os.fspath(url)
+    group = _group(url, storage_options)
+    attrs = _meta(url, group)
+    try:
+        config = RunConfig(tuple(attrs["values"]), int(attrs["k"]), str(attrs["method"]), 0,
+                           bool(attrs["dynamic"]), tuple(sorted(dict(attrs["params"]).items())))
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the normaliser {url} has invalid settings: {exc}") from exc
+    fingerprint = dict(attrs.get("fingerprint") or {})
+    n_gallery = fingerprint.get("n_gallery")
+    if not isinstance(n_gallery, int) or n_gallery < 1:
+        raise InputError(f"the normaliser {url} is damaged: no gallery size in its fingerprint")
+    n_values = len(config.values)
+    shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
+    activation = _array(url, group, ACTIVATION, (n_gallery,), "b")
+    values = _array(url, group, config.variant_name, (n_values,), "f")
+    if tuple(values.tolist()) != config.values:
+        raise InputError(f"the normaliser {url} is damaged: its {config.variant_name} "
+                         f"coordinate {values.tolist()} differs from its settings "
+                         f"{list(config.values)}")
+    if not np.all(np.isfinite(shift)):
+        raise InputError(f"the normaliser {url} is damaged: its shift holds "
+                         f"{int(np.count_nonzero(~np.isfinite(shift)))} non-finite values")
+    return Saved(config, shift.astype(np.float64, copy=False), activation, fingerprint,
+                 attrs.get("gallery"))
+
+
+# ---------------------------------------------------------------- inputs of a fit
+
+
+def store_fingerprint(experiment: Experiment) -> tuple[dict[str, Any], str | None]:
+    """``(fingerprint, gallery)`` of a store experiment, reading no similarity.
+
+    The bank checksum is the sha256 ingest recorded of the bank's file; for an
+    embeddings store the gallery embeddings are hashed (:func:`qbscale.engine.fingerprint.checksum`)
+    and ``gallery`` is the path of the ``gallery_emb`` array.
+    """
+    from qbscale.engine.fingerprint import checksum
+    from qbscale.storage import layout
+
+    attrs = experiment.attrs or {}
+    sources = attrs.get("sources") or {}
+    embeddings = attrs.get("kind") == layout.KIND_EMBEDDINGS
+    role = "bank_emb" if embeddings else "bank"
+    digest = (sources.get(role) or {}).get("sha256")
+    out: dict[str, Any] = {"n_gallery": experiment.n_gallery,
+                           "bank_checksum": f"file-sha256:{digest}" if digest else None}
+    if not embeddings:
+        return out, None
+    gallery = _store_array(experiment, layout.GALLERY_EMB)
+    out["gallery_sha256"] = checksum(gallery)
+    return out, f"{str(experiment.url).rstrip('/')}/{layout.GALLERY_EMB}"
+
+
+def _store_array(experiment: Experiment, name: str) -> Any:
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(experiment.url, mode="r", storage_options=experiment.storage_options)
+    return da.from_zarr(group[name])
+
+
+def open_embeddings(path: str, name: str) -> Any:
+    """Embeddings in a file: a ``.npy`` (memory-mapped) or a Zarr array (as dask)."""
+    if os.path.isfile(path) and path.endswith(".npy"):
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{name} ({path}) is not a readable .npy file: {exc}") from exc
+    import dask.array as da
+    import zarr
+
+    try:
+        return da.from_zarr(zarr.open_array(path, mode="r"))
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{name} ({path}) is neither a .npy file nor a Zarr array: "
+                         f"{exc}") from exc
+
+
+def check_store(fitted: dict[str, Any], store: str | os.PathLike[str] | None, name: str,
+                storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse to apply the normaliser ``name`` (fingerprint ``fitted``) to a
+    store of another gallery: its size, and for an embeddings store fitted
+    from gallery embeddings, their checksum."""
+    from qbscale.engine.fingerprint import check
+    from qbscale.storage.store import open_experiment
+
+    if store is None:
+        return
+    experiment = open_experiment(store, storage_options)
+    given: dict[str, Any] = {"n_gallery": experiment.n_gallery}
+    check(fitted, given, f"{os.fspath(store)} (for the normaliser {name})")
+    if fitted.get("gallery_sha256"):
+        given = store_fingerprint(experiment)[0]
+        check(fitted, given, f"{os.fspath(store)} (for the normaliser {name})")

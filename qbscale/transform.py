@@ -1,0 +1,106 @@
+"""Normalised scores of test rows, in the kind of array given: numpy, dask, xarray.
+
+Every block is scored by the engine's :meth:`~qbscale.engine.normaliser.Normaliser.transform`
+(``scale * s - shift[j]`` on normalised rows, ``s`` elsewhere, float64).  A
+dynamic method normalises a row when its raw top-1 item is in the activation
+set, which needs the row's argmax over the whole gallery: for a dask array
+chunked along the gallery it is computed first, lazily (``da.argmax``), and
+handed to every block of the row.  Nothing here computes a dask array.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbscale.engine import kernels
+from qbscale.errors import InputError
+
+if TYPE_CHECKING:
+    from qbscale.engine.normaliser import Normaliser
+
+
+def _variants(norm: Normaliser, scores: np.ndarray) -> np.ndarray:
+    """``(n_values, rows, cols)`` scores, or ``(rows, cols)`` for a single value."""
+    return scores[0] if len(norm.values) == 1 else scores
+
+
+def _check(norm: Normaliser, shape: tuple[int, ...], what: str) -> None:
+    if len(shape) != 2:
+        raise InputError(f"{what} must be 2-D (rows, gallery), got shape {tuple(shape)}")
+    norm.check_gallery(int(shape[1]), what)
+
+
+def transform_numpy(norm: Normaliser, sims: Any, what: str = "the similarity matrix"
+                    ) -> np.ndarray:
+    """Normalised scores of a numpy block of whole rows."""
+    sims = np.asarray(sims)
+    _check(norm, sims.shape, what)
+    return _variants(norm, norm.transform(sims))
+
+
+def _activated(top: np.ndarray, activation: np.ndarray) -> np.ndarray:
+    return activation[top]
+
+
+def _block(block: np.ndarray, flags: np.ndarray, shift: np.ndarray, scales: np.ndarray,
+           squeeze: bool) -> np.ndarray:
+    """One dask block: ``shift`` holds the variants' shifts of the block's columns."""
+    out = np.empty((len(scales), *block.shape))
+    for b, scale in enumerate(scales):
+        kernels.score_block(block, shift[b], float(scale), flags, out=out[b])
+    return out[0] if squeeze else out
+
+
+def transform_dask(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
+    """Normalised scores of a dask array, as a lazy dask array (nothing computes).
+
+    Each task gets its block, the flags of its rows and the shifts of its
+    columns only (the shift is a dask array chunked like the gallery), so a
+    task's inputs stay small on a cluster whatever the gallery's size.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    _check(norm, sims.shape, what)
+    assert norm.shift is not None
+    if norm.rows == "dynamic":
+        flags = da.argmax(sims, axis=1).map_blocks(_activated, activation=norm.activation,
+                                                   dtype=bool)
+    else:
+        flags = da.full(sims.shape[0], norm.rows == "all", dtype=bool, chunks=(sims.chunks[0],))
+    shift = da.from_array(norm.shift, chunks=(len(norm.shift), sims.chunks[1]))
+    name = "qbscale-normalise-" + tokenize(sims, norm.config, shift)
+    squeeze = len(norm.values) == 1
+    return da.blockwise(_block, "ij" if squeeze else "vij", sims, "ij", flags, "i", shift, "vj",
+                        scales=norm.scales, squeeze=squeeze, name=name, dtype=np.float64,
+                        concatenate=True)
+
+
+def transform_xarray(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
+    """A DataArray of normalised scores with ``sims``'s dims and coords (plus a
+    leading axis named after the swept parameter when there are several values)."""
+    import xarray as xr
+
+    data = sims.data
+    out = transform_dask(norm, data, what) if hasattr(data, "dask") else \
+        transform_numpy(norm, data, what)
+    attrs = {**sims.attrs, "normalised_by": norm.config.label}
+    if len(norm.values) == 1:
+        attrs[norm.config.variant_name] = norm.values[0]
+        return xr.DataArray(out, dims=sims.dims, coords=sims.coords, name=sims.name,
+                            attrs=attrs)
+    name = norm.config.variant_name
+    return xr.DataArray(out, dims=(name, *sims.dims),
+                        coords={**sims.coords, name: list(norm.values)}, name=sims.name,
+                        attrs=attrs)
+
+
+def transform(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
+    """Dispatch on the kind of ``sims``: DataArray, dask array, else numpy."""
+    if hasattr(sims, "dims") and hasattr(sims, "data"):
+        return transform_xarray(norm, sims, what)
+    if hasattr(sims, "dask") and hasattr(sims, "chunks"):
+        return transform_dask(norm, sims, what)
+    return transform_numpy(norm, sims, what)
