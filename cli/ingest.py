@@ -38,8 +38,9 @@ def _mode(opts: dict[str, Any]) -> str:
 
 
 def _disk_bytes(path: str) -> int | None:
-    if "://" in path:
+    if layout.is_url(path):
         return None
+    path = layout.local_path(path)
     return sum(os.path.getsize(os.path.join(root, f))
                for root, _, files in os.walk(path) for f in files)
 

@@ -17,6 +17,7 @@ from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.normaliser import Normaliser
 from qbscale.errors import ConfigError
 from qbscale.executors import get_executor
+from qbscale.storage.sources import forget_open_arrays
 from qbscale.storage.store import open_experiment
 from qbscale.types import Experiment, RowResult, RunResult
 
@@ -53,7 +54,8 @@ class RunPlan:
         if outputs:
             executor = get_executor(scheduler, num_workers)
             try:
-                values = executor.compute(outputs, progress)
+                # a cluster's workers may hold handles of arrays since rewritten
+                values = executor.compute(outputs, progress, setup=(forget_open_arrays,))
             finally:
                 executor.close()
         if self.state is None:

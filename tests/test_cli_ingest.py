@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,7 +218,7 @@ def test_killed_ingest_leaves_nothing_that_looks_complete(tmp_path):
            "--codec", "zstd", "--chunk-mb", "1", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    partial = tmp_path / f".big.zarr.partial-{proc.pid}"  # the CLI re-execs in place: same pid
+    partial = tmp_path / f".big.zarr.partial-{socket.gethostname()}-{proc.pid}"
     deadline = time.monotonic() + 60
     while not (partial / "bank" / "c").exists() and proc.poll() is None:
         assert time.monotonic() < deadline, "the partial store never appeared"

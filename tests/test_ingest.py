@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
+import socket
 import subprocess
 import sys
 import warnings
@@ -337,14 +339,37 @@ def test_existing_output_and_overwrite(tmp_path, pair, rng):
 
 
 def test_leftovers_of_dead_ingests_are_removed(tmp_path, pair):
+    """This host's leftovers of dead writers go; another host's stay, since its PID
+    cannot be checked here (that writer may be alive); so does a live local one."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    stale = tmp_path / f".exp.zarr.partial-{dead}"
-    zarr.create_group(str(stale), attributes={layout.ATTR: {"complete": False}})
+    host = socket.gethostname()
+    stale = tmp_path / f".exp.zarr.partial-{host}-{dead}"
+    stale_old = tmp_path / f".exp.zarr.old-{host}-{dead}"
+    elsewhere = tmp_path / f".exp.zarr.partial-other-host.example-{dead}"
+    live = tmp_path / f".exp.zarr.partial-{host}-{os.getppid()}"
+    for path in (stale, stale_old, elsewhere, live):
+        zarr.create_group(str(path), attributes={layout.ATTR: {"complete": False}})
     with pytest.raises(IncompleteStoreError):
         open_experiment(stale)
     ingest(tmp_path / "exp.zarr", *pair, progress=False)
-    assert not stale.exists() and leftovers(tmp_path) == []
+    assert not stale.exists() and not stale_old.exists()
+    assert leftovers(tmp_path) == sorted([elsewhere.name, live.name])
+
+
+def test_staging_directory_names_host_and_pid(tmp_path, pair, monkeypatch):
+    from qbscale.storage import writer
+
+    seen = []
+    create = writer.LocalStage.create_group
+
+    def spy(self, attrs):
+        seen.append(self.target.name)
+        return create(self, attrs)
+
+    monkeypatch.setattr(writer.LocalStage, "create_group", spy)
+    ingest(tmp_path / "exp.zarr", *pair, progress=False)
+    assert seen == [f".exp.zarr.partial-{socket.gethostname()}-{os.getpid()}"]
 
 
 def test_remote_url_is_written_in_place(pair):

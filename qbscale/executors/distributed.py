@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed.diagnostics.progressbar import ProgressBar
@@ -60,12 +61,18 @@ class DistributedExecutor:
         except Exception:  # a link is a nicety, never a reason to fail
             return None
 
-    def compute(self, outputs: list[Any], progress: bool = False) -> list[Any]:
-        """Compute ``outputs`` on the cluster and return their values in order."""
+    def compute(self, outputs: list[Any], progress: bool = False,
+                setup: Sequence[Callable[[], object]] = ()) -> list[Any]:
+        """Compute ``outputs`` on the cluster and return their values in order.
+
+        Every function of ``setup`` first runs on every worker (the caller's
+        way to drop per-process caches, such as open store handles, that an
+        earlier run may have left describing arrays since rewritten).
+        """
         from distributed import as_completed
 
-        # handles cached by an earlier run may describe arrays since rewritten
-        self.client.run(_forget_open_arrays)
+        for func in setup:
+            self.client.run(func)
         futures = self.client.compute(outputs, optimize_graph=False)
         position = {f.key: j for j, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
@@ -174,10 +181,3 @@ def _connect(target: Any, address: str, timeout: float) -> Any:
         raise ConfigError(
             f"no dask scheduler answered at {address} within {timeout:g} s: {exc}"
         ) from exc
-
-
-def _forget_open_arrays() -> None:
-    """Drop this worker's cached store handles (run on every worker per run)."""
-    from qbscale.storage.sources import _open_zarr
-
-    _open_zarr.cache_clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -15,7 +16,10 @@ class LocalExecutor:
         self.scheduler = "synchronous" if scheduler == "sync" else scheduler
         self.num_workers = num_workers
 
-    def compute(self, outputs: list[Any], progress: bool = False) -> list[Any]:
+    def compute(self, outputs: list[Any], progress: bool = False,
+                setup: Sequence[Callable[[], object]] = ()) -> list[Any]:
+        """Compute ``outputs``; ``setup`` is for worker processes of a cluster and
+        is not run here (threads share the caller's process and its caches)."""
         from dask.base import named_schedulers
 
         # the scheduler's function itself: a name would make dask import

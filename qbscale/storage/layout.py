@@ -52,3 +52,26 @@ KIND_EMBEDDINGS = "embeddings"
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 #: default stored chunk of embeddings: small, so a similarity block reads whole chunks
 EMBEDDING_CHUNK_BYTES = 4 * 2**20
+
+
+def is_url(path: str) -> bool:
+    """True for a fsspec URL of remote or in-memory storage (``s3://b/exp.zarr``,
+    ``memory://x``); False for a local path and for a ``file://`` URL.
+
+    The one test of "is this path remote" used throughout qbscale: a
+    ``file://`` URL is a local path everywhere (staging and atomic rename on
+    write, direct chunk reads, file hashes, disk usage).
+
+    >>> is_url("s3://bucket/exp.zarr"), is_url("file:///tmp/exp.zarr"), is_url("exp.zarr")
+    (True, False, False)
+    """
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """A local path without its ``file://`` prefix (other paths unchanged).
+
+    >>> local_path("file:///tmp/exp.zarr")
+    '/tmp/exp.zarr'
+    """
+    return path.removeprefix("file://")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.errors import InputError, UnsafePickleError
+from qbscale.storage import layout
 
 __all__ = ["ArrayInput", "InputMatrix", "NpyInput", "NpzInput", "SafeUnpickler", "ZarrInput",
            "file_sha256", "load_pickle", "open_matrix", "read_array"]
@@ -364,7 +365,7 @@ class ZarrInput(InputMatrix):
         except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{name} is not a readable Zarr array (for a group, name the "
                              f"array inside, e.g. {name}/embeddings): {exc}") from exc
-        local = None if "://" in path else path
+        local = None if layout.is_url(path) else path
         self._init(name, local, self.array.shape, self.array.dtype)
 
     def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -421,9 +422,9 @@ def open_matrix(source: str | os.PathLike[str] | np.ndarray, name: str | None = 
     if isinstance(source, np.ndarray):
         return ArrayInput(source, name or "array")
     path = os.fspath(source)
-    if "://" in path and not path.startswith("file://"):
+    if layout.is_url(path):
         return ZarrInput(path, storage_options)
-    path, member = _split_member(path.removeprefix("file://"))
+    path, member = _split_member(layout.local_path(path))
     if not os.path.exists(path):
         raise InputError(f"no such file: {path}")
     fmt = "npz" if member is not None else _sniff(path)

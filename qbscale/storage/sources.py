@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.engine.grid import offsets, split
+from qbscale.storage import layout
 from qbscale.types import MatrixSource
 
 
@@ -30,6 +31,11 @@ def _open_zarr(url: str, name: str, options: tuple[tuple[str, Any], ...]) -> Any
 
     group = zarr.open_group(url, mode="r", storage_options=dict(options) or None)
     return group[name]
+
+
+def forget_open_arrays() -> None:
+    """Drop this process's cached array handles (a store may have been rewritten)."""
+    _open_zarr.cache_clear()
 
 
 def freeze_options(options: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
@@ -97,7 +103,11 @@ class ZarrMatrix:
     @classmethod
     def open(cls, url: str, name: str, options: dict[str, Any] | None = None,
              rows_per_block: int | None = None, index: tuple[int, ...] = ()) -> ZarrMatrix:
-        """Open array ``name`` (or its 2-D slice ``index``, for 3-D arrays)."""
+        """Open array ``name`` (or its 2-D slice ``index``, for 3-D arrays).
+
+        A ``file://`` URL is kept as a local path (:func:`qbscale.storage.layout.is_url`).
+        """
+        url = layout.local_path(url)
         frozen = freeze_options(options)
         arr = _open_zarr(url, name, frozen)
         n_rows, n_cols = (int(s) for s in arr.shape[len(index):])

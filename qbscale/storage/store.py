@@ -18,18 +18,13 @@ import numpy as np
 from qbscale.engine.grid import split
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreNotFoundError
 from qbscale.storage import layout
-from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, _open_zarr
+from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
 from qbscale.types import Experiment, MatrixSource
 
 #: bytes of one float32 similarity block computed from embeddings
 EMBEDDING_BLOCK_BYTES = 2**27
 #: fewest gallery items per embeddings block (keeps the matrix products large)
 EMBEDDING_MIN_ITEMS = 1024
-
-
-def is_url(path: str) -> bool:
-    """True for fsspec URLs such as ``s3://bucket/exp.zarr``."""
-    return "://" in path and not path.startswith("file://")
 
 
 def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
@@ -128,9 +123,9 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
     """
     import zarr
 
-    url = os.fspath(url)
+    url = layout.local_path(os.fspath(url))  # file:// is local: direct chunk reads apply
     group: Any
-    _open_zarr.cache_clear()  # a store may have been rewritten since last opened
+    forget_open_arrays()  # a store may have been rewritten since last opened
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:

@@ -1,8 +1,10 @@
 """Writing an experiment store safely: staging, checked block writes, hashes, attrs.
 
 Used by :mod:`qbscale.ingest`.  A local store is built in a hidden sibling
-directory (``.exp.zarr.partial-<pid>``) and renamed into place once complete;
-with ``overwrite`` the old store is replaced only then.  A remote store
+directory (``.exp.zarr.partial-<host>-<pid>``) and renamed into place once
+complete; with ``overwrite`` the old store is replaced only then.  Leftovers of
+killed writers are removed when their process is gone, and only by a writer on
+their own host (a PID means nothing on another machine sharing the directory).  A remote store
 (fsspec URL) is written in place, its ``complete`` attribute set last.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import threading
 import warnings
@@ -49,16 +52,11 @@ class Target:
 READ_BYTES = 64 * 2**20
 
 
-def is_url(path: str) -> bool:
-    """True for fsspec URLs such as ``s3://bucket/exp.zarr`` (not ``file://``)."""
-    return "://" in path and not path.startswith("file://")
-
-
 class LocalStage:
     """A local store written in a hidden sibling directory, renamed into place."""
 
     def __init__(self, out: str, overwrite: bool) -> None:
-        self.path = Path(out.removeprefix("file://"))
+        self.path = Path(layout.local_path(out))
         self.final = os.fspath(self.path)
         if self.path.exists() or self.path.is_symlink():
             if not overwrite:
@@ -69,7 +67,7 @@ class LocalStage:
                                        "not replacing it")
         if not self.path.parent.is_dir():
             raise ConfigError(f"cannot write {self.final}: no directory {self.path.parent}")
-        self.target = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.target = self.path.with_name(f".{self.path.name}.partial-{_owner()}")
         _remove_stale(self.path)
 
     def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
@@ -85,7 +83,7 @@ class LocalStage:
         """Move the finished store into place (the old one goes only now)."""
         old = None
         if self.path.exists() or self.path.is_symlink():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            old = self.path.with_name(f".{self.path.name}.old-{_owner()}")
             os.rename(self.path, old)
         try:
             os.rename(self.target, self.path)
@@ -96,13 +94,23 @@ class LocalStage:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _owner() -> str:
+    """``HOST-PID`` of this process, the suffix of its staging directories."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _remove_stale(path: Path) -> None:
-    """Delete leftovers of killed ingests into ``path`` (their process is gone)."""
+    """Delete leftovers of killed writers into ``path``: this host's only, and
+    only those whose process is gone."""
     prefixes = (f".{path.name}.partial-", f".{path.name}.old-")
+    host = socket.gethostname()
     for entry in path.parent.iterdir():
         prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
-        pid = entry.name[len(prefix):] if prefix else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if prefix is None:
+            continue
+        owner, _, pid = entry.name[len(prefix):].rpartition("-")
+        if owner == host and pid.isdigit() and int(pid) != os.getpid() \
+                and not _alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -161,7 +169,7 @@ def staging(out: str, overwrite: bool,
     StoreExistsError
         ``out`` exists and ``overwrite`` is False, or it is not a Zarr store.
     """
-    stage = RemoteStage(out, overwrite, storage_options) if is_url(out) else \
+    stage = RemoteStage(out, overwrite, storage_options) if layout.is_url(out) else \
         LocalStage(out, overwrite)
     try:
         yield stage
