@@ -16,7 +16,8 @@ times three ways of doing that on the same ``qbscale run`` of a store made by
 
 Every variant runs in its own process under ``/usr/bin/time -v`` (peak RSS),
 after one untimed warm-up each, interleaved ``--repeat`` times; the table
-shows medians of wall time (of the whole process, start-up included) and the
+shows medians of wall time (of the whole process, start-up included) and of
+CPU time (user + system, steadier than wall time on a busy machine), and the
 largest peak RSS, with ratios to ``re-exec``.
 
 Verdict (kept in the CLI): ``mallopt``.  On this machine it is as fast as
@@ -38,9 +39,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
-from common import PYTHON, interleaved, machine, peak, synth_store, table, wall, workdir
+from common import (
+    PYTHON,
+    Measure,
+    interleaved,
+    machine,
+    median,
+    peak,
+    synth_store,
+    table,
+    wall,
+    workdir,
+)
 
 from qbscale.executors import MALLOC_ENV
 
@@ -51,6 +64,17 @@ MALLOPT = ("from qbscale.executors import tune_malloc; tune_malloc(); "
 REEXEC = ("import os, sys; from qbscale.cli import cli; from qbscale.executors import MALLOC_ENV; "
           f"os.execve(sys.executable, [sys.executable, '-c', {NEITHER!r}, *sys.argv[1:]], "
           "{**os.environ, **MALLOC_ENV})")
+
+
+def cpu(runs: list[Measure]) -> float:
+    """Median user + system CPU seconds (``/usr/bin/time -v``): less sensitive than wall
+    time to other work on a shared machine."""
+    def one(m: Measure) -> float | None:
+        found = [re.search(rf"{kind} time \(seconds\): ([0-9.]+)", m.stderr)
+                 for kind in ("User", "System")]
+        return sum(float(f.group(1)) for f in found if f) if all(found) else None
+
+    return median([one(m) for m in runs])
 
 
 def main() -> None:
@@ -81,10 +105,12 @@ def main() -> None:
           f"{args.test} x {args.gallery} float32 ({size:.2f} GiB); medians of {args.repeat}")
     print(machine())
     base_wall, base_rss = wall(runs["re-exec"]), peak(runs["re-exec"])
-    rows = [[name, wall(r), wall(r) / base_wall, peak(r), peak(r) / base_rss,
-             json.dumps([round(m.wall, 2) for m in r])] for name, r in runs.items()]
-    print(table(["variant", "wall s", "wall / re-exec", "peak RSS GiB", "RSS / re-exec",
-                 "walls"], rows))
+    base_cpu = cpu(runs["re-exec"])
+    rows = [[name, wall(r), wall(r) / base_wall, cpu(r), cpu(r) / base_cpu, peak(r),
+             peak(r) / base_rss, json.dumps([round(m.wall, 1) for m in r])]
+            for name, r in runs.items()]
+    print(table(["variant", "wall s", "wall / re-exec", "CPU s", "CPU / re-exec",
+                 "peak RSS GiB", "RSS / re-exec", "walls"], rows))
 
 
 if __name__ == "__main__":

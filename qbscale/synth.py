@@ -50,7 +50,7 @@ __all__ = ["GEN_ROWS", "KINDS", "SynthSpec", "gallery_rows", "query_rows", "synt
 #: rows generated together from one random stream
 GEN_ROWS = 4096
 #: what ``synth`` can write
-KINDS = ("sims", "embeddings")
+KINDS = layout.KINDS
 
 _GALLERY, _TEST, _BANK, _FRESH = 1, 2, 3, 4
 
@@ -238,19 +238,17 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
         The store written; the ``qbscale`` attribute records ``synth`` (the
         spec) and ``complete`` (set last).
     """
-    from qbscale.storage.ingest import CODECS, DTYPES, Target, chunk_shape
-    from qbscale.storage.writer import staging, write_store
+    from qbscale.storage.ingest import Target, chunk_shape
+    from qbscale.storage.writer import check_options, staging, write_store
 
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if codec not in CODECS:
-        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    if str(np.dtype(dtype)) not in DTYPES:
-        raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    dt = check_options(codec, dtype)
+    if dt is None:
+        raise ConfigError(f"synth needs a dtype: one of {', '.join(layout.DTYPES)}")
     if kind == "embeddings" and chunk_cols is not None:
         raise ConfigError("chunk_cols applies to similarities only: embedding chunks "
                           "span the whole dimension")
-    dt = np.dtype(dtype)
     if chunk_bytes is None:
         chunk_bytes = layout.DEFAULT_CHUNK_BYTES if kind == "sims" else layout.EMBEDDING_CHUNK_BYTES
     roles = (("bank", layout.BANK), ("test", layout.TEST)) if kind == "sims" else (

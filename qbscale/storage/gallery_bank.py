@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from qbscale.config import RunConfig
     from qbscale.types import Experiment, MatrixSource
 
-#: store arrays of a gallery bank, and their dimension names
+#: store arrays of a gallery bank (their dimension names: :data:`layout.DIMS`)
 SIMS = GALLERY_BANK
-EMBEDDINGS = "gallery_bank_emb"
-DIMS = {SIMS: ("gallery_bank_item", "gallery"), EMBEDDINGS: ("gallery_bank_item", "dim")}
+EMBEDDINGS = layout.GALLERY_BANK_EMB
+DIMS = {SIMS: layout.DIMS[SIMS], EMBEDDINGS: layout.DIMS[EMBEDDINGS]}
 #: the record in the store's ``qbscale`` attribute
 RECORD = "gallery_bank"
 
@@ -52,11 +52,9 @@ def _open_store(url: str, options: dict[str, Any] | None) -> Any:
 
 def _target(experiment: Experiment, group: Any, src: Any) -> tuple[str, int]:
     """``(array name, expected columns)`` for a gallery bank in this kind of store."""
-    name = f"gallery bank ({src.name})"
+    name = src.label("gallery bank")
     if src.ndim != 2 or 0 in src.shape:
         raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {src.shape}")
-    if src.dtype.kind != "f":
-        raise InputError(f"{name} holds {src.dtype} values; expected floats")
     if (experiment.attrs or {}).get("kind") == layout.KIND_EMBEDDINGS:
         dim = int(group[layout.GALLERY_EMB].shape[1])
         if src.shape[1] != dim:
@@ -68,39 +66,20 @@ def _target(experiment: Experiment, group: Any, src: Any) -> tuple[str, int]:
     return SIMS, experiment.n_gallery
 
 
-def _unit_rows(block: np.ndarray, first_row: int, label: str) -> np.ndarray:
-    """Rows scaled to unit L2 norm (for a store of normalised embeddings)."""
-    work = block.astype(np.promote_types(block.dtype, np.float32))
-    norms = np.linalg.norm(work, axis=1)
-    zero = np.flatnonzero(norms == 0)
-    if zero.size:
-        raise InputError(f"{label} has a zero vector at row {first_row + int(zero[0])}: the "
-                         "store's embeddings are normalised and it cannot be")
-    return (work / norms[:, None]).astype(block.dtype)
-
-
 def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, codec: str,
            progress: bool, unit: bool) -> None:
-    import zarr
+    """Write the gallery bank through the ingest's block writer (checks included)."""
     from tqdm import tqdm
 
     from qbscale.storage.ingest import chunk_shape
-    from qbscale.storage.writer import READ_BYTES, FiniteCheck, compressors
+    from qbscale.storage.writer import Target, unit_rows, write_matrix
 
+    label = src.label("gallery bank")
     chunks = chunk_shape(src.shape[0], src.shape[1], dtype.itemsize, chunk_bytes)
-    arr = zarr.create_array(group.store, name=name, shape=src.shape, dtype=dtype, chunks=chunks,
-                            compressors=compressors(codec), dimension_names=DIMS[name],
-                            overwrite=True)
-    step = chunks[0] * max(1, READ_BYTES // max(1, chunks[0] * src.shape[1] * dtype.itemsize))
-    check = FiniteCheck(f"gallery bank ({src.name})")
+    target = Target(name, src, dtype, chunks, unit_rows(label) if unit else None, label)
     with tqdm(total=src.shape[0], unit="row", file=sys.stderr, disable=not progress,
               desc="gallery bank", dynamic_ncols=True) as bar:
-        for r0, block in src.blocks(step):
-            block = np.asarray(block, dtype=dtype)
-            if check(block, r0):
-                arr[r0:r0 + len(block)] = _unit_rows(block, r0, check.label) if unit else block
-            bar.update(len(block))
-    check.raise_if_bad()
+        write_matrix(group, target, codec, bar)
 
 
 def _set_record(group: Any, record: dict[str, Any] | None) -> None:
@@ -145,22 +124,19 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     StoreExistsError
         The store has a gallery bank and ``overwrite`` is False.
     """
-    from qbscale.storage.ingest import CODECS, DTYPES
     from qbscale.storage.readers import open_matrix
+    from qbscale.storage.writer import check_options, stored_dtype
 
-    if codec not in CODECS:
-        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    if dtype is not None and dtype not in DTYPES:
-        raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    given = check_options(codec, dtype)
     url = os.fspath(store)
     experiment, group = _open_store(url, storage_options)
     src = open_matrix(source, "array")
     name, _ = _target(experiment, group, src)
+    stored = stored_dtype(src, src.label("gallery bank"), given)
     if (name in set(group.array_keys()) or RECORD in (experiment.attrs or {})) and not overwrite:
         raise StoreExistsError(f"{url} already has a gallery bank: pass overwrite=True "
                                "(--overwrite) to replace it")
     _set_record(group, None)  # from here until the end, the bank counts as unfinished
-    stored = np.dtype(dtype) if dtype else np.dtype(f"float{8 * src.dtype.itemsize}")
     unit = (experiment.attrs or {}).get("similarity") == "cosine"
     _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
     from qbscale.storage.writer import consolidate

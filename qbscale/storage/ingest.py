@@ -11,7 +11,6 @@ way an interrupted ingest never leaves a store that looks complete.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,14 +20,20 @@ from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
 from qbscale.storage.readers import InputMatrix, open_matrix
 from qbscale.storage.store import check_mask, ground_truth
-from qbscale.storage.writer import Target, staging, write_store
+from qbscale.storage.writer import (
+    Target,
+    check_options,
+    staging,
+    stored_dtype,
+    unit_rows,
+    write_store,
+)
 
 __all__ = ["CODECS", "DTYPES", "chunk_shape", "ingest", "ingest_embeddings"]
 
-#: stored codecs: ``none`` reads fastest on local disk (see benchmarks/bench_codecs.py)
-CODECS = ("none", "lz4", "zstd")
-#: float types a store may hold
-DTYPES = ("float16", "float32", "float64")
+#: re-exported from :mod:`qbscale.storage.layout` (the store contract)
+CODECS = layout.CODECS
+DTYPES = layout.DTYPES
 
 PathOrArray = str | os.PathLike[str] | np.ndarray
 
@@ -76,13 +81,6 @@ def chunk_shape(n_rows: int, n_cols: int, itemsize: int,
     return max(1, min(rows, n_rows)), cols
 
 
-def _check_options(codec: str, dtype: str | None) -> None:
-    if codec not in CODECS:
-        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    if dtype is not None and str(np.dtype(dtype)) not in DTYPES:
-        raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-
-
 def _open_2d(source: PathOrArray, role: str, options: dict[str, Any] | None) -> InputMatrix:
     src = open_matrix(source, role, options)
     if src.ndim != 2:
@@ -90,19 +88,6 @@ def _open_2d(source: PathOrArray, role: str, options: dict[str, Any] | None) -> 
     if 0 in src.shape:
         raise InputError(f"{src.label(role)} is empty: shape {src.shape}")
     return src
-
-
-def _float_dtype(src: InputMatrix, role: str, dtype: str | None) -> np.dtype:
-    """The stored dtype: ``dtype`` if given, else the input's float type (native order)."""
-    if src.dtype.kind != "f":
-        raise InputError(f"{src.label(role)} holds {src.dtype} values; expected floats "
-                         f"({', '.join(DTYPES)})")
-    if dtype is not None:
-        return np.dtype(dtype)
-    if src.dtype.itemsize not in (2, 4, 8):
-        raise InputError(f"{src.label(role)} holds {src.dtype}; pass dtype= one of "
-                         f"{', '.join(DTYPES)}")
-    return np.dtype(f"float{8 * src.dtype.itemsize}")
 
 
 def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
@@ -128,22 +113,6 @@ def _read_mask(masks: PathOrArray | None, n_queries: int,
         return None, None
     src = open_matrix(masks, "masks")
     return src, check_mask(src.read(), n_queries, qpi, src.label("masks"))
-
-
-def _normaliser(name: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """A block transform scaling rows to unit L2 norm (zero rows refused)."""
-
-    def normalise(block: np.ndarray, first_row: int) -> np.ndarray:
-        work = block.astype(np.promote_types(block.dtype, np.float32), copy=False)
-        norms = np.linalg.norm(work, axis=1)
-        zero = np.flatnonzero(norms == 0)
-        if zero.size:
-            raise InputError(f"{name} has a zero vector at row {first_row + int(zero[0])} "
-                             f"({zero.size} in rows {first_row}-{first_row + len(block) - 1}): "
-                             "it cannot be normalised")
-        return (work / norms[:, None]).astype(block.dtype, copy=False)
-
-    return normalise
 
 
 def _base_attrs(kind: str, qpi: int | None, targets: list[Target], codec: str,
@@ -187,7 +156,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
     chunk_rows, chunk_cols : int, optional
         Explicit chunk shape, overriding ``chunk_bytes`` on that side.
     dtype : {"float16", "float32", "float64"}, optional
-        Stored float type; by default each input's own.
+        Stored float type (any numpy spelling, e.g. ``"f4"``); by default each
+        input's own.
     codec : {"none", "lz4", "zstd"}
         Chunk compression.
     overwrite : bool
@@ -219,7 +189,7 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
     >>> ingest("exp.zarr", "sims_train_test.pkl", "sims_test.pkl")  # doctest: +SKIP
     'exp.zarr'
     """
-    _check_options(codec, dtype)
+    stored = check_options(codec, dtype)
     with staging(os.fspath(out), overwrite, storage_options) as stage:
         srcs = {role: _open_2d(src, role, None) for role, src in (("bank", bank), ("test", test))}
         (n_bank, n_gallery), n_queries = srcs["bank"].shape, srcs["test"].shape[0]
@@ -228,7 +198,7 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
                              f"{srcs['test'].label('test')} has {srcs['test'].shape[1]}")
         qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
         mask_src, mask = _read_mask(masks, n_queries, qpi)
-        dtypes = {role: _float_dtype(src, role, dtype) for role, src in srcs.items()}
+        dtypes = {role: stored_dtype(src, src.label(role), stored) for role, src in srcs.items()}
         itemsize = max(d.itemsize for d in dtypes.values())
         cols = chunk_shape(n_bank, n_gallery, itemsize, chunk_bytes, chunk_rows, chunk_cols)[1]
         targets = [Target(name, srcs[role], dtypes[role],
@@ -289,7 +259,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
     StoreExistsError
         ``out`` exists and ``overwrite`` is False.
     """
-    _check_options(codec, dtype)
+    stored = check_options(codec, dtype)
     chunk_bytes = layout.EMBEDDING_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     roles = ((layout.BANK_EMB, bank_emb), (layout.TEST_EMB, test_emb),
              (layout.GALLERY_EMB, gallery_emb))
@@ -305,10 +275,10 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         mask_src, mask = _read_mask(masks, n_queries, qpi)
         targets = []
         for role, src in srcs.items():
-            dt = _float_dtype(src, role, dtype)
+            dt = stored_dtype(src, src.label(role), stored)
             chunks = chunk_shape(src.shape[0], dim, dt.itemsize, chunk_bytes, chunk_rows, dim)
             targets.append(Target(role, src, dt, chunks,
-                                  _normaliser(f"{src.label(role)}") if normalise else None))
+                                  unit_rows(src.label(role)) if normalise else None))
         attrs = _base_attrs(layout.KIND_EMBEDDINGS, qpi, targets, codec, chunk_bytes)
         attrs["similarity"] = "cosine" if normalise else "dot"
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}

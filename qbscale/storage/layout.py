@@ -35,6 +35,10 @@ BANK_EMB = "bank_emb"
 TEST_EMB = "test_emb"
 GALLERY_EMB = "gallery_emb"
 
+#: a gallery bank (for ``dual-is``), see :mod:`qbscale.storage.gallery_bank`
+GALLERY_BANK = "gallery_bank"
+GALLERY_BANK_EMB = "gallery_bank_emb"
+
 DIMS = {
     BANK: ("bank_query", "gallery"),
     TEST: ("query", "gallery"),
@@ -43,10 +47,19 @@ DIMS = {
     BANK_EMB: ("bank_query", "dim"),
     TEST_EMB: ("query", "dim"),
     GALLERY_EMB: ("gallery", "dim"),
+    GALLERY_BANK: ("gallery_bank_item", "gallery"),
+    GALLERY_BANK_EMB: ("gallery_bank_item", "dim"),
 }
 
 KIND_SIMS = "sims"
 KIND_EMBEDDINGS = "embeddings"
+#: the kinds of store, as ``qbscale synth --kind`` offers them
+KINDS = (KIND_SIMS, KIND_EMBEDDINGS)
+
+#: stored codecs: ``none`` reads fastest on local disk (see benchmarks/bench_codecs.py)
+CODECS = ("none", "lz4", "zstd")
+#: float types a store may hold
+DTYPES = ("float16", "float32", "float64")
 
 #: default target size of one stored chunk
 DEFAULT_CHUNK_BYTES = 64 * 2**20

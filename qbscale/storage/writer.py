@@ -38,7 +38,8 @@ class Target:
     """One 2-D array to write: its store name, input, stored dtype and chunks.
 
     ``transform(block, first_row)`` (optional) turns a checked input block into
-    the stored block.
+    the stored block.  ``label`` names the input in messages (by default
+    ``source.label(name)``, e.g. ``"bank (sims.pkl)"``).
     """
 
     name: str
@@ -46,6 +47,78 @@ class Target:
     dtype: np.dtype
     chunks: tuple[int, int]
     transform: Callable[[np.ndarray, int], np.ndarray] | None = None
+    label: str | None = None
+
+
+def check_options(codec: str, dtype: Any = None) -> np.dtype | None:
+    """Check a codec and a stored dtype (the one check every writer makes).
+
+    ``dtype`` may be any numpy spelling of one of :data:`layout.DTYPES`
+    (``"float32"``, ``"f4"``, ``np.float32``); None keeps each input's own.
+
+    Returns
+    -------
+    numpy.dtype or None
+        The stored dtype asked for.
+
+    Raises
+    ------
+    ConfigError
+        A codec not in :data:`layout.CODECS`, or a dtype not in :data:`layout.DTYPES`.
+
+    >>> check_options("none", "f4")
+    dtype('float32')
+    """
+    if codec not in layout.CODECS:
+        raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(layout.CODECS)}")
+    if dtype is None:
+        return None
+    try:
+        stored = np.dtype(dtype)
+    except TypeError:
+        stored = None
+    if stored is None or str(stored) not in layout.DTYPES:
+        raise ConfigError(f"unsupported dtype {dtype!r}; choose one of "
+                          f"{', '.join(layout.DTYPES)}")
+    return stored
+
+
+def stored_dtype(src: InputMatrix, label: str, dtype: np.dtype | None) -> np.dtype:
+    """The dtype to store ``src`` as: ``dtype`` if given, else its own float type.
+
+    Raises
+    ------
+    InputError
+        ``src`` does not hold floats, or holds a float type a store cannot.
+    """
+    if src.dtype.kind != "f":
+        raise InputError(f"{label} holds {src.dtype} values; expected floats "
+                         f"({', '.join(layout.DTYPES)})")
+    if dtype is not None:
+        return dtype
+    if src.dtype.itemsize not in (2, 4, 8):
+        raise InputError(f"{label} holds {src.dtype}; pass dtype= one of "
+                         f"{', '.join(layout.DTYPES)}")
+    return np.dtype(f"float{8 * src.dtype.itemsize}")
+
+
+def unit_rows(label: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A block transform scaling rows to unit L2 norm (a zero row is refused).
+
+    Rows are scaled in at least float32 and stored in the block's dtype.
+    """
+
+    def scale(block: np.ndarray, first_row: int) -> np.ndarray:
+        work = block.astype(np.promote_types(block.dtype, np.float32), copy=False)
+        norms = np.linalg.norm(work, axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise InputError(f"{label} has a zero vector at row {first_row + int(zero[0])} "
+                             f"({zero.size} in rows {first_row}-{first_row + len(block) - 1}): "
+                             "it cannot be normalised")
+        return (work / norms[:, None]).astype(block.dtype, copy=False)
+
+    return scale
 
 
 #: bytes of input read (and written to the store) per step, rounded to whole chunks
@@ -225,19 +298,20 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
     """Create ``target.name`` and fill it block by block, checking every value.
 
     After the first non-finite value, blocks are only scanned (to count them
-    all) and the error is raised at the end.
+    all) and the error is raised at the end.  An array of that name already
+    in ``group`` is replaced.
     """
     import zarr
 
     src = target.source
     arr = zarr.create_array(group.store, name=target.name, shape=src.shape, dtype=target.dtype,
                             chunks=target.chunks, compressors=compressors(codec),
-                            dimension_names=layout.DIMS[target.name])
+                            dimension_names=layout.DIMS[target.name], overwrite=True)
     row_bytes = src.shape[1] * target.dtype.itemsize
     chunk_rows = target.chunks[0]
     step = chunk_rows * max(1, READ_BYTES // max(1, chunk_rows * row_bytes))
     narrower = target.dtype.itemsize < src.dtype.itemsize
-    check = FiniteCheck(src.label(target.name),
+    check = FiniteCheck(target.label or src.label(target.name),
                         f" after conversion to {target.dtype}" if narrower else "")
     for r0, block in src.blocks(step):
         with np.errstate(over="ignore"):  # overflow to inf is reported by the check
