@@ -92,7 +92,7 @@ def agree(folder: Path) -> bool:
 
 def import_profile(paths: dict[str, Path]) -> tuple[float, list[tuple[str, float]], list[str]]:
     """Seed path start-up: total import seconds, the largest top-level imports, heavy ones."""
-    env = {**MALLOC_ENV, "QBSCALE_NO_REEXEC": "1"}
+    env = dict(MALLOC_ENV)
     cmd = [PYTHON, "-X", "importtime", "-m", "qbscale.cli", "run", "--sims_train_test_path",
            str(paths["bank"]), "--sims_test_path", str(paths["test"]), "--quiet"]
     err = timed(cmd, env).stderr

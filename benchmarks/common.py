@@ -28,7 +28,7 @@ GIB = 2**30
 
 
 def qbscale_command() -> list[str]:
-    """The console script beside this interpreter (it re-execs with MALLOC_ENV)."""
+    """The console script beside this interpreter (it applies MALLOC_ENV through mallopt)."""
     script = Path(PYTHON).with_name("qbscale")
     return [str(script)] if script.exists() else [PYTHON, "-m", "qbscale.cli"]
 

@@ -4,12 +4,11 @@ small module each and are imported only when invoked (fast start-up)."""
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
 
-from qbscale.executors import MALLOC_ENV
+from qbscale.executors import tune_malloc
 
 #: command name -> "module:attribute" (modules relative to this package)
 COMMANDS = {
@@ -46,19 +45,25 @@ def cli() -> None:
     """Querybank normalisation (QB-Norm) for retrieval matrices of any size."""
 
 
-def _reexec_with_malloc_settings() -> None:
-    if sys.platform != "linux" or os.environ.get("QBSCALE_NO_REEXEC"):
-        return
-    if all(os.environ.get(k) == v for k, v in MALLOC_ENV.items()):
-        return
-    env = {**os.environ, **MALLOC_ENV, "QBSCALE_NO_REEXEC": "1"}
-    try:
-        os.execve(sys.executable, [sys.executable, "-m", "qbscale.cli", *sys.argv[1:]], env)
-    except OSError:
-        return  # run with the default allocator rather than not at all
+def _computes(args: list[str]) -> bool:
+    """False for what only prints text: a bare ``qbscale``, ``--help``, ``--version``."""
+    return bool(args) and not {"--help", "--version"} & set(args)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    _reexec_with_malloc_settings()
-    cli(prog_name="qbscale")
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: tune malloc, then run the click group.
+
+    zarr reads each chunk into a fresh buffer, and with glibc's default malloc
+    every one of them faults in its pages anew; the settings of
+    :data:`qbscale.executors.MALLOC_ENV` (one arena, a 1 GiB mmap threshold, a
+    large trim threshold) made whole runs ~2x faster (PERF_NOTES, pitfall 1).
+    So before a command runs, :func:`qbscale.executors.tune_malloc` applies them
+    to this process through ``mallopt(3)``: the same settings without re-executing
+    the interpreter (``benchmarks/bench_malloc.py`` compares the two).  Nothing is
+    tuned for ``--help``, ``--version`` or a bare ``qbscale``; library users who
+    want the settings call ``tune_malloc()`` themselves.
+    """
+    args = sys.argv[1:] if args is None else list(args)
+    if _computes(args):
+        tune_malloc()
+    cli(args=args, prog_name="qbscale")

@@ -2,7 +2,7 @@
 
 Each streaming statistic is declared as data: how two partials combine (an
 associative, commutative function, so any tree of chunks gives the same
-answer) and how the final partial becomes the result.
+answer).
 
 ==============  =========================  ===============================
 statistic       partial per chunk          combine
@@ -29,11 +29,10 @@ from qbscale.engine.kernels import RowCounts
 
 @dataclass(frozen=True)
 class Reduction:
-    """An associative reduction: ``combine(a, b)``, then ``finalize(total)``."""
+    """An associative reduction of partials: ``combine(a, b)``."""
 
     name: str
     combine: Callable[[Any, Any], Any]
-    finalize: Callable[[Any], Any] = lambda x: x
 
     def tree(self, parts: Sequence[Any]) -> Any:
         """Combine a list of partials (used inside one task)."""

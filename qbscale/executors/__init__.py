@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 from qbscale.errors import ConfigError
 
-#: glibc malloc settings that make zarr chunk reads 2-5x faster.  They act
-#: only when set before a process starts: the ``qbscale`` command re-execs
-#: itself with them, and a LocalCluster's workers get them through
-#: ``distributed.nanny.pre-spawn-environ`` (the nanny would override
-#: ``MALLOC_TRIM_THRESHOLD_`` otherwise).
+#: glibc malloc settings that make zarr chunk reads 2-5x faster.  The
+#: ``qbscale`` command applies them to itself with :func:`tune_malloc`
+#: (``mallopt``) before it computes, and a LocalCluster's workers get them
+#: as environment variables through ``distributed.nanny.pre-spawn-environ``
+#: (the nanny would override ``MALLOC_TRIM_THRESHOLD_`` otherwise).
 MALLOC_ENV = {
     "MALLOC_ARENA_MAX": "1",
     "MALLOC_MMAP_THRESHOLD_": "1073741824",
