@@ -10,6 +10,8 @@ import click
 
 from qbscale.executors import tune_malloc
 
+from .options import QUIET_KEY
+
 #: command name -> "module:attribute" (modules relative to this package)
 COMMANDS = {
     "ingest": "ingest:ingest",
@@ -41,8 +43,11 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup)
 @click.version_option(package_name="qbscale")
-def cli() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars (for every command).")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool) -> None:
     """Querybank normalisation (QB-Norm) for retrieval matrices of any size."""
+    ctx.meta[QUIET_KEY] = quiet
 
 
 def _computes(args: list[str]) -> bool:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
-from .options import library_errors, quiet_option, scheduler_option
+from .options import compute_options, library_errors, quiet_option, write_json
 from .run import format_table
 
 
@@ -16,15 +13,17 @@ from .run import format_table
 @click.option("--array", default="test", show_default=True,
               help="Stored matrix to evaluate: test, scores, scores[1], ...")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
-@scheduler_option
+@compute_options
 @quiet_option
 @library_errors
-def evaluate(store: str, array: str, json_path: str | None, scheduler: str, quiet: bool) -> None:
+def evaluate(store: str, array: str, json_path: str | None, scheduler: str,
+             workers: int | None, quiet: bool) -> None:
     """Print the retrieval metrics of ARRAY in STORE."""
     from qbscale.api import evaluate as evaluate_api
     from qbscale.engine.metrics import rounded
 
-    metrics = evaluate_api(store, array, scheduler=scheduler, progress=not quiet)
+    metrics = evaluate_api(store, array, scheduler=scheduler, num_workers=workers,
+                           progress=not quiet)
     click.echo(format_table([{"method": array, "beta": None, **rounded(metrics)}]))
     if json_path:
-        Path(json_path).write_text(json.dumps(metrics, indent=2))
+        write_json(json_path, "eval", {"array": array, **metrics})

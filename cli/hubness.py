@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -12,11 +10,11 @@ from qbscale.engine.methods import REGISTRY
 
 from .options import (
     activation_k_option,
-    hub_k_option,
+    compute_options,
+    depth_option,
     library_errors,
     quiet_option,
-    scheduler_option,
-    workers_option,
+    write_json,
 )
 
 COLUMNS = (("R1", "R@1", ".1f"), ("hub_skewness", "N_k skew", ".2f"),
@@ -41,7 +39,7 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
 @click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
               help="A method to measure; repeat for several (default: every method that can "
                    "run on STORE; dual-is needs a gallery bank).")
-@hub_k_option
+@depth_option
 @activation_k_option
 @click.option("--dynamic", is_flag=True,
               help="Rescore only rows whose top-1 is in the activation set.")
@@ -49,16 +47,15 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the table (metrics and hubness per method) as JSON.")
-@scheduler_option
-@workers_option
+@compute_options
 @quiet_option
 @library_errors
-def hubness(store: str, names: tuple[str, ...], k: int, activation_k: int, dynamic: bool,
+def hubness(store: str, names: tuple[str, ...], depth: int, activation_k: int, dynamic: bool,
             gallery_bank: str | None, json_path: str | None, scheduler: str,
             workers: int | None, quiet: bool) -> None:
     """Hubness of STORE's retrieval before and after each normaliser.
 
-    N_k(j) counts the test queries with gallery item j in their top-k.  Printed:
+    N_k(j) counts the test queries with gallery item j in their top DEPTH.  Printed:
     the skewness of N_k, the Robin Hood index (share of top-k slots to move for
     every item to have the mean), hub occupation (share of top-k slots taken by
     the top 1% of items), the antihub rate (share of items never retrieved) and
@@ -67,11 +64,12 @@ def hubness(store: str, names: tuple[str, ...], k: int, activation_k: int, dynam
     """
     from qbscale.analysis.compare import compare
 
-    result = compare(store, list(names) or None, k=k, dynamic=dynamic,
+    result = compare(store, list(names) or None, k=depth, dynamic=dynamic,
                      activation_k=activation_k, gallery_bank=gallery_bank,
                      scheduler=scheduler, num_workers=workers, progress=not quiet)
-    click.echo(f"N_k at k={k} over {result.n_queries} test queries and {result.n_gallery} "
+    click.echo(f"N_k at depth {depth} over {result.n_queries} test queries and {result.n_gallery} "
                "gallery items")
     click.echo(format_hubness(result.rows()))
     if json_path:
-        Path(json_path).write_text(json.dumps({"k": k, "rows": result.rows()}, indent=2))
+        write_json(json_path, "hubness", {"depth": depth, "k": activation_k,
+                                          "rows": result.rows()})

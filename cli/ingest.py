@@ -8,9 +8,9 @@ from typing import Any, cast
 
 import click
 
-from qbscale.errors import QBScaleError
 from qbscale.storage import layout
-from qbscale.storage.ingest import CODECS, DTYPES
+
+from .options import library_errors, quiet_option, write_json
 
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
@@ -45,6 +45,15 @@ def _disk_bytes(path: str) -> int | None:
                for root, _, files in os.walk(path) for f in files)
 
 
+def arrays(out: str) -> dict[str, dict[str, Any]]:
+    """Shape, dtype and chunks of every array in the store ``out`` (for ``--json``)."""
+    import zarr
+
+    group = zarr.open_group(out, mode="r")
+    return {name: {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks)}
+            for name, arr in sorted(group.arrays())}
+
+
 def summary(out: str, seconds: float) -> str:
     """One paragraph describing the store just written."""
     import zarr
@@ -75,7 +84,7 @@ def summary(out: str, seconds: float) -> str:
 @click.option("--test", metavar="PATH", help="Test query x gallery similarities.")
 @click.option("--masks", metavar="PATH", help="0/1 per test query: (items, queries per item) "
               "or flat.")
-@click.option("--queries-per-item", type=int, metavar="N",
+@click.option("--queries-per-item", type=click.IntRange(min=1), metavar="N",
               help="Query i belongs to gallery item i // N (default: queries / gallery).")
 @click.option("--gt-index", metavar="PATH", help="Ground-truth gallery index of every query "
               "(.npy/.pkl of ints), instead of --queries-per-item.")
@@ -97,13 +106,17 @@ def summary(out: str, seconds: float) -> str:
               help="Rows per chunk (overrides --chunk-mb).")
 @click.option("--chunk-cols", type=click.IntRange(min=1),
               help="Columns per chunk (default: whole rows).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)),
+@click.option("--dtype", type=click.Choice(layout.DTYPES),
               help="Stored float type (default: the input's).")
-@click.option("--codec", type=click.Choice(list(CODECS)), default=CODECS[0], show_default=True,
+@click.option("--codec", type=click.Choice(layout.CODECS), default=layout.CODECS[0],
+              show_default=True,
               help="Chunk compression.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (once the new "
               "one is complete).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write what was stored (arrays, shapes, chunks) as JSON.")
+@quiet_option
+@library_errors
 def ingest(**opts: Any) -> None:
     """Write similarity matrices (or embeddings) into one Zarr experiment store."""
     from qbscale.storage.ingest import ingest as ingest_sims
@@ -117,24 +130,22 @@ def ingest(**opts: Any) -> None:
         dtype=opts["dtype"], codec=opts["codec"], overwrite=opts["overwrite"],
         progress=not opts["quiet"])
     start = time.perf_counter()
-    try:
-        if mode == "sims":
-            common["chunk_bytes"] = common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES
-            out = ingest_sims(opts["output"], opts["bank"], opts["test"], opts["masks"],
-                              chunk_cols=opts["chunk_cols"], **common)
-        else:
-            out = ingest_embeddings(opts["output"], opts["bank_emb"], opts["test_emb"],
-                                    opts["gallery_emb"], masks=opts["masks"],
-                                    normalise=opts["normalise_embeddings"], **common)
-    except QBScaleError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if mode == "sims":
+        common["chunk_bytes"] = common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES
+        out = ingest_sims(opts["output"], opts["bank"], opts["test"], opts["masks"],
+                          chunk_cols=opts["chunk_cols"], **common)
+    else:
+        out = ingest_embeddings(opts["output"], opts["bank_emb"], opts["test_emb"],
+                                opts["gallery_emb"], masks=opts["masks"],
+                                normalise=opts["normalise_embeddings"], **common)
     if opts["gallery_bank"]:
         from qbscale.storage.gallery_bank import add_gallery_bank
 
-        try:
-            add_gallery_bank(out, opts["gallery_bank"], dtype=opts["dtype"], codec=opts["codec"],
-                             overwrite=True, progress=not opts["quiet"],
-                             chunk_bytes=common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES)
-        except QBScaleError as exc:
-            raise click.ClickException(str(exc)) from exc
-    click.echo(summary(out, time.perf_counter() - start))
+        add_gallery_bank(out, opts["gallery_bank"], dtype=opts["dtype"], codec=opts["codec"],
+                         overwrite=True, progress=not opts["quiet"],
+                         chunk_bytes=common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES)
+    seconds = time.perf_counter() - start
+    click.echo(summary(out, seconds))
+    if opts["json_path"]:
+        write_json(opts["json_path"], "ingest", {"store": out, "mode": mode, "seconds": seconds,
+                                                 "arrays": arrays(out)})

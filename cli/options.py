@@ -1,28 +1,56 @@
-"""Options shared by several commands, and the error bridge."""
+"""Options shared by several commands, the ``--json`` writer and the error bridge."""
 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: where the group's ``-q`` is kept for its subcommands (``ctx.meta`` is shared)
+QUIET_KEY = "qbscale.quiet"
+
 scheduler_option = click.option(
     "--scheduler", default="threads", show_default=True, metavar="NAME|local:N|tcp://HOST:PORT",
     help="threads, processes, synchronous; local:N for a LocalCluster of N worker processes; "
          "or the address of a running dask scheduler.",
 )
-workers_option = click.option("--workers", type=int, default=None,
+workers_option = click.option("--workers", type=click.IntRange(min=1), default=None,
                               help="Threads/processes for the local schedulers.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-hub_k_option = click.option("--k", "k", type=click.IntRange(min=1), default=10,
-                            show_default=True, help="Depth of the top-k lists counted in N_k.")
+
+
+def compute_options(func: F) -> F:
+    """``--scheduler`` and ``--workers``: every command that computes takes both."""
+    return scheduler_option(workers_option(func))
+
+
+def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """A subcommand is quiet when it, or the group (``qbscale -q CMD``), says so."""
+    return bool(value or ctx.meta.get(QUIET_KEY, False))
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, callback=_quiet,
+                            help="No progress bar.")
+depth_option = click.option("--depth", type=click.IntRange(min=1), default=10,
+                            show_default=True,
+                            help="Depth of the top lists counted in N_k (N_k(j): the test "
+                                 "queries with item j in their top DEPTH).")
 activation_k_option = click.option(
-    "--activation-k", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Top-k bank columns per querybank row forming the activation set.")
+    "--k", "--activation-k", "activation_k", type=click.IntRange(min=1), default=1,
+    show_default=True, help="Top-k bank columns per querybank row forming the activation set.")
+
+
+def write_json(path: str | Path, kind: str, payload: dict[str, Any]) -> None:
+    """Write a command's ``--json`` output: ``kind`` and ``qbscale_version`` first."""
+    from qbscale import __version__
+
+    Path(path).write_text(json.dumps({"kind": kind, "qbscale_version": __version__,
+                                      **payload}, indent=2))
 
 
 def library_errors(func: F) -> F:

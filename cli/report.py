@@ -8,11 +8,10 @@ from qbscale.engine.methods import REGISTRY
 
 from .options import (
     activation_k_option,
-    hub_k_option,
+    compute_options,
+    depth_option,
     library_errors,
     quiet_option,
-    scheduler_option,
-    workers_option,
 )
 
 
@@ -26,7 +25,7 @@ from .options import (
 @click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
               help="A method to include; repeat for several (default: every method that can "
                    "run on STORE).")
-@hub_k_option
+@depth_option
 @activation_k_option
 @click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
@@ -34,11 +33,10 @@ from .options import (
 @click.option("--diagnose/--no-diagnose", "with_diagnosis", default=True, show_default=True,
               help="Add the diagnostics of `qbscale diagnose` (hub agreement, domain gap; "
                    "one more read of the bank and the test).")
-@scheduler_option
-@workers_option
+@compute_options
 @quiet_option
 @library_errors
-def report(store: str, output: str, items: str | None, names: tuple[str, ...], k: int,
+def report(store: str, output: str, items: str | None, names: tuple[str, ...], depth: int,
            activation_k: int, gallery_bank: str | None, title: str, with_diagnosis: bool,
            scheduler: str, workers: int | None, quiet: bool) -> None:
     """Write a self-contained HTML report on STORE: metrics and hubness of every
@@ -48,15 +46,15 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], k
     from qbscale.analysis.compare import compare
     from qbscale.analysis.report import write_report
 
-    result = compare(store, list(names) or None, k=k, sweep=True, activation_k=activation_k,
+    result = compare(store, list(names) or None, k=depth, sweep=True, activation_k=activation_k,
                      gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,
                      progress=not quiet)
     diagnosis = None
     if with_diagnosis:
         from qbscale.analysis.diagnose import diagnose
 
-        diagnosis = diagnose(store, k=activation_k, depth=k, scheduler=scheduler,
+        diagnosis = diagnose(store, k=activation_k, depth=depth, scheduler=scheduler,
                              num_workers=workers, progress=not quiet)
     page = write_report(result, output, items, title, diagnosis)
     methods = ", ".join(r.label for r in result.runs)
-    click.echo(f"Wrote {page} ({methods}; N_k at k={k})")
+    click.echo(f"Wrote {page} ({methods}; N_k at depth {depth})")

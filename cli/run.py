@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import click
 from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import compute_options, library_errors, quiet_option, write_json
 
 COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")
 HEADERS = ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", "geom")
@@ -39,18 +38,18 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
                    "(one pass for all).")
-@click.option("--k", "k", type=int, default=1, show_default=True,
+@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Top-k bank columns per querybank row forming the activation set.")
 @click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
-@click.option("--topk", type=int, default=0, help="Save the K best gallery items per query.")
+@click.option("--topk", type=click.IntRange(min=0), default=0,
+              help="Save the K best gallery items per query.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same settings in STORE, computing "
                    "only the row blocks it had not finished.")
-@scheduler_option
-@workers_option
+@compute_options
 @quiet_option
 @click.option("--sims_train_test_path", "--sims-train-test-path", "bank_pkl",
               type=click.Path(exists=True, dir_okay=False),
@@ -121,7 +120,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         click.echo(f"resumed: {done['reused']} of {done['row_blocks']} row blocks were "
                    f"already done; computed {done['computed']}")
     if json_path:
-        Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(json_path, "run", result.to_dict())
 
 
 def _several(names: list[str], results: list[Any], fmt: str, label: str,

@@ -7,12 +7,14 @@ from typing import Any
 
 import click
 
-from .options import library_errors
+from qbscale.storage import layout
+
+from .options import library_errors, quiet_option, write_json
 
 
 @click.command()
 @click.argument("out", metavar="OUT.zarr")
-@click.option("--kind", type=click.Choice(["sims", "embeddings"]), default="sims",
+@click.option("--kind", type=click.Choice(layout.KINDS), default=layout.KIND_SIMS,
               show_default=True, help="Similarity matrices, or embeddings (cosine).")
 @click.option("--bank", "n_bank", type=click.IntRange(min=1), required=True,
               help="Querybank queries.")
@@ -24,8 +26,8 @@ from .options import library_errors
               help="Embedding dimension.")
 @click.option("--queries-per-item", type=click.IntRange(min=1), default=1, show_default=True,
               help="Test query i belongs to gallery item i // N.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float16", "float32", "float64"]),
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(layout.DTYPES),
               default="float32", show_default=True, help="Stored float type.")
 @click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
               help="Target size of a stored chunk, MiB [default: 64 for sims, 4 for "
@@ -33,21 +35,24 @@ from .options import library_errors
 @click.option("--chunk-rows", type=click.IntRange(min=1), help="Rows per chunk.")
 @click.option("--chunk-cols", type=click.IntRange(min=1),
               help="Columns per chunk (sims only; default: whole rows).")
-@click.option("--codec", type=click.Choice(["none", "lz4", "zstd"]), default="none",
+@click.option("--codec", type=click.Choice(layout.CODECS), default=layout.CODECS[0],
               show_default=True, help="Chunk compression.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--query-noise", type=click.FloatRange(min=0), default=4.5, show_default=True,
               help="A query's distance from its item (relative norm): lower is easier.")
 @click.option("--hub-share", type=click.FloatRange(min=0), default=0.25, show_default=True,
               help="Scale of an item's heavy-tailed lean towards a popular direction (hubs).")
 @click.option("--query-lean", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="How much every query leans towards the popular directions.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Write what was stored (arrays, shapes, chunks) as JSON.")
+@quiet_option
 @library_errors
 def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: int,
           queries_per_item: int, seed: int, dtype: str, chunk_mb: float | None,
           chunk_rows: int | None, chunk_cols: int | None, codec: str, overwrite: bool,
-          quiet: bool, query_noise: float, hub_share: float, query_lean: float) -> None:
+          json_path: str | None, quiet: bool, query_noise: float, hub_share: float,
+          query_lean: float) -> None:
     """Write a synthetic experiment store OUT.zarr, chunk by chunk.
 
     Gallery items sit on clusters and lean, by heavy-tailed amounts, towards a
@@ -65,15 +70,23 @@ def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: in
                                    overwrite=overwrite, progress=not quiet)
     start = time.perf_counter()
     path = write(out, spec, kind, **options)
-    click.echo(_summary(path, time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    click.echo(_summary(path, seconds))
+    if json_path:
+        from dataclasses import asdict
+
+        from .ingest import arrays
+
+        write_json(json_path, "synth", {"store": path, "mode": kind, "seconds": seconds,
+                                        "spec": asdict(spec), "arrays": arrays(path)})
 
 
 def _summary(path: str, seconds: float) -> str:
     import zarr
 
     group = zarr.open_group(path, mode="r")
-    names = sorted(group.array_keys())
-    parts = [f"{name} {' x '.join(map(str, group[name].shape))} {group[name].dtype} in chunks "
-             f"of {' x '.join(map(str, group[name].chunks))}" for name in names]
-    size = sum(group[name].nbytes for name in group.array_keys())
+    stored = sorted(group.arrays())
+    parts = [f"{name} {' x '.join(map(str, arr.shape))} {arr.dtype} in chunks "
+             f"of {' x '.join(map(str, arr.chunks))}" for name, arr in stored]
+    size = sum(arr.nbytes for _, arr in stored)
     return f"Wrote {path} in {seconds:.1f} s: {'; '.join(parts)}; {size / 2**30:.2f} GiB."

@@ -217,7 +217,8 @@ def _assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
 
 def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
              scheduler: Any = "threads", progress: bool = False,
-             storage_options: dict[str, Any] | None = None) -> dict[str, float]:
+             storage_options: dict[str, Any] | None = None,
+             num_workers: int | None = None) -> dict[str, float]:
     """Metrics of any stored query x gallery matrix (default: the test sims).
 
     ``array`` may name a 2-D array of shape ``(n_queries, n_gallery)`` or a
@@ -229,7 +230,8 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     experiment = _experiment(store, storage_options)
     source = matrix_source(experiment, array)
     evaluated = Experiment(source, source, experiment.gt, experiment.mask)
-    result = run(evaluated, method="none", scheduler=scheduler, progress=progress)
+    result = run(evaluated, method="none", scheduler=scheduler, num_workers=num_workers,
+                 progress=progress)
     return result.before
 
 
