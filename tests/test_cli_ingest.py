@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from click.testing import CliRunner
 
-from qbscale.cli import cli
 from qbscale.errors import IncompleteStoreError, StoreNotFoundError
 from qbscale.storage import layout
 from qbscale.storage.store import open_experiment
@@ -38,11 +36,15 @@ def files(tmp_path):
     return {"bank": bank, "test": test, "mask": mask, "dir": tmp_path}
 
 
-def run(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(cli, ["ingest", *args])
-    if res.exit_code not in (0, 1, 2):  # anything else is an unexpected exception
-        raise AssertionError(f"exit code {res.exit_code}: {res.output}") from res.exception
-    return res.exit_code, res.output
+@pytest.fixture()
+def run(cli_invoke):
+    """``qbscale ingest ARGS``: ``(exit code, output)``; an escaped exception fails."""
+
+    def invoke(*args: str) -> tuple[int, str]:
+        res = cli_invoke("ingest", *args, exit_code=None)
+        return res.exit_code, res.output
+
+    return invoke
 
 
 def open_store(path) -> xr.Dataset:
@@ -51,7 +53,7 @@ def open_store(path) -> xr.Dataset:
         return xr.open_zarr(str(path))
 
 
-def test_ingest_writes_a_store_and_summarises_it(files):
+def test_ingest_writes_a_store_and_summarises_it(files, run):
     d = files["dir"]
     code, output = run("--bank", str(d / "bank.pkl"), "--test", str(d / "test.npy"),
                        "--masks", str(d / "masks.npy"), "-o", str(d / "exp.zarr"), "--quiet",
@@ -71,7 +73,7 @@ def test_ingest_writes_a_store_and_summarises_it(files):
     assert info["codec"] == "lz4" and info["chunking"]["bank"] == [16, 20]
 
 
-def test_chunk_and_dtype_options(files):
+def test_chunk_and_dtype_options(files, run):
     d = files["dir"]
     write_npz(d / "both.npz", True, bank=files["bank"], test=files["test"])
     code, output = run("--bank", f"{d / 'both.npz'}:bank", "--test", f"{d / 'both.npz'}:test",
@@ -85,7 +87,7 @@ def test_chunk_and_dtype_options(files):
     np.testing.assert_array_equal(group["test"][...], files["test"].astype(np.float16))
 
 
-def test_gt_index_and_queries_per_item_options(files):
+def test_gt_index_and_queries_per_item_options(files, run):
     d = files["dir"]
     np.save(d / "gt.npy", np.arange(40) % 20)
     code, output = run("--bank", str(d / "bank.pkl"), "--test", str(d / "test.npy"),
@@ -97,7 +99,7 @@ def test_gt_index_and_queries_per_item_options(files):
     assert code == 0 and "4 queries per gallery item" in output
 
 
-def test_embeddings_mode(files):
+def test_embeddings_mode(files, run):
     d = files["dir"]
     rng = np.random.default_rng(1)
     for name, rows in (("qb", 30), ("q", 10), ("g", 10)):
@@ -125,7 +127,7 @@ def test_embeddings_mode(files):
     (["--bank", "{d}/bank.pkl", "--test", "{d}/test.npy", "--codec", "gzip"], "gzip"),
     (["--bank", "{d}/bank.pkl", "--test", "{d}/test.npy", "--chunk-mb", "0"], "0"),
 ])
-def test_usage_errors(files, args, message):
+def test_usage_errors(files, args, message, run):
     d = files["dir"]
     code, output = run(*[a.format(d=d) for a in args], "-o", str(d / "x.zarr"))
     assert code == 2
@@ -178,7 +180,7 @@ class _Evil:
         return os.system, (f"touch {self.marker}",)
 
 
-def test_bad_inputs_exit_1_with_a_message_and_no_store(files):
+def test_bad_inputs_exit_1_with_a_message_and_no_store(files, run):
     d = files["dir"]
     for case, (args, message) in _bad_inputs(d).items():
         code, output = run(*args, "-o", str(d / "x.zarr"), "--quiet")
@@ -191,7 +193,7 @@ def test_bad_inputs_exit_1_with_a_message_and_no_store(files):
     assert not (d / "pwned").exists()
 
 
-def test_existing_output_needs_overwrite(files):
+def test_existing_output_needs_overwrite(files, run):
     d = files["dir"]
     args = ["--bank", str(d / "bank.pkl"), "--test", str(d / "test.npy"), "-o", str(d / "e.zarr"),
             "--quiet"]
@@ -201,7 +203,7 @@ def test_existing_output_needs_overwrite(files):
     assert run(*args, "--overwrite")[0] == 0
 
 
-def test_killed_ingest_leaves_nothing_that_looks_complete(tmp_path):
+def test_killed_ingest_leaves_nothing_that_looks_complete(tmp_path, run):
     """SIGKILL mid-write: no store at the output path, the partial one is refused by
     the reader, and a fresh ingest succeeds (clearing the leftovers)."""
     rows, cols = 1024, 65536  # 256 MiB, written twice (bank and test)

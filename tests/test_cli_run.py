@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
 import qbscale
 import qbscale.storage.store
-from qbscale.cli import cli
+from qbscale.cli.run import COLUMNS
 
 from . import reference as ref
 
@@ -32,17 +31,18 @@ def store(problem, tmp_path):
     return qbscale.ingest(tmp_path / "exp.zarr", bank, test, mask, chunk_rows=17, progress=False)
 
 
-def invoke(*args: str) -> str:
-    res = CliRunner().invoke(cli, [*args, "--quiet"])
-    assert res.exit_code == 0, res.output
-    return res.output
+@pytest.fixture()
+def invoke(cli_invoke):
+    """The CLI, quiet, expected to succeed: its output."""
+    return lambda *args: cli_invoke(*args, "--quiet").output
 
 
-def test_run_json_matches_oracle(problem, store, tmp_path):
+def test_run_json_matches_oracle(problem, store, tmp_path, invoke):
     bank, test, mask = problem
     out = tmp_path / "m.json"
     invoke("run", str(store), "--beta", "5,20", "--k", "2", "--json", str(out))
     got = json.loads(out.read_text())
+    assert (got["kind"], got["qbscale_version"]) == ("run", qbscale.__version__)
     gt = np.arange(80) // 2
     assert got["before"] == pytest.approx(ref.metrics(ref.ranks(test, gt), mask))
     for beta in (5.0, 20.0):
@@ -53,7 +53,7 @@ def test_run_json_matches_oracle(problem, store, tmp_path):
 
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "processes"])
-def test_save_scores_then_eval_agrees(problem, store, tmp_path, scheduler):
+def test_save_scores_then_eval_agrees(problem, store, tmp_path, scheduler, invoke):
     bank, test, _ = problem
     out = tmp_path / "run.json"
     invoke("run", str(store), "--method", "is", "--save-scores", "--save-ranks", "--topk", "3",
@@ -67,45 +67,54 @@ def test_save_scores_then_eval_agrees(problem, store, tmp_path, scheduler):
     eval_json = tmp_path / "eval.json"
     invoke("eval", str(store), "--array", "scores", "--json", str(eval_json))
     after = json.loads(out.read_text())["after"]["20.0"]
-    assert json.loads(eval_json.read_text()) == pytest.approx(after)
+    evaluated = json.loads(eval_json.read_text())
+    assert (evaluated.pop("kind"), evaluated.pop("qbscale_version"), evaluated.pop("array")) \
+        == ("eval", qbscale.__version__, "scores")
+    assert evaluated == pytest.approx(after)
 
 
-def test_eval_of_raw_test_matches_baseline(problem, store):
+def test_eval_of_raw_test_matches_baseline(problem, store, invoke):
+    """Every printed figure is the oracle's, rounded to one decimal."""
     _, test, mask = problem
-    output = invoke("eval", str(store))
+    lines = invoke("eval", str(store)).splitlines()
     want = ref.metrics(ref.ranks(test, np.arange(80) // 2), mask)
-    assert f"{round(want['R1'], 1):.1f}" in output.splitlines()[1]
+    assert lines[0].split() == ["method", "beta", "R@1", "R@5", "R@10", "R@50", "MedR",
+                                "MeanR", "geom"]
+    assert lines[1].split() == ["test", "-", *(f"{want[c]:.1f}" for c in COLUMNS)]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--beta", "0"], "beta must be a finite number > 0"),
-    (["--beta", "x"], "--beta takes numbers"),
-    (["--k", "0"], "k must be an integer >= 1"),
-    (["--scheduler", "nonsense"], "unknown scheduler"),
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["--beta", "0"], 1, "Error: beta must be a finite number > 0, got 0.0\n"),
+    (["--beta", "x"], 1, "Error: --beta takes numbers separated by commas, got 'x'\n"),
+    (["--k", "0"], 2, "Error: Invalid value for '--k': 0 is not in the range x>=1.\n"),
+    (["--topk", "-1"], 2, "Error: Invalid value for '--topk': -1 is not in the range x>=0.\n"),
+    (["--workers", "0"], 2, "Error: Invalid value for '--workers': 0 is not in the range x>=1."),
+    (["--scheduler", "nonsense"], 1, "Error: unknown scheduler 'nonsense': use threads, "
+                                     "processes, synchronous, local:N or tcp://HOST:PORT\n"),
 ])
-def test_bad_options_exit_nonzero(store, args, message):
-    res = CliRunner().invoke(cli, ["run", str(store), *args, "--quiet"])
-    assert res.exit_code != 0
+def test_bad_options_exit_with_their_code_and_message(store, args, code, message, cli_invoke):
+    res = cli_invoke("run", str(store), *args, "--quiet", exit_code=code)
     assert message in res.output
 
 
-def test_missing_and_incomplete_stores_are_refused(store, tmp_path):
-    res = CliRunner().invoke(cli, ["run", str(tmp_path / "nowhere.zarr")])
-    assert res.exit_code != 0 and "no qbscale store" in res.output
+def test_missing_and_incomplete_stores_are_refused(store, tmp_path, cli_invoke):
+    res = cli_invoke("run", tmp_path / "nowhere.zarr", exit_code=1)
+    assert res.output == f"Error: no qbscale store at {tmp_path / 'nowhere.zarr'}\n"
     group = zarr.open_group(str(store), mode="r+")
     attrs = dict(group.attrs["qbscale"])
     attrs["complete"] = False
     group.attrs["qbscale"] = attrs
-    res = CliRunner().invoke(cli, ["run", str(store)])
-    assert res.exit_code != 0 and "incomplete" in res.output
+    res = cli_invoke("run", store, exit_code=1)
+    assert res.output == (f"Error: {store} is incomplete (its ingest was interrupted): "
+                          "ingest again with --overwrite\n")
 
 
-def test_run_needs_a_store_or_pickles():
-    res = CliRunner().invoke(cli, ["run"])
-    assert res.exit_code == 2 and "give a STORE" in res.output
+def test_run_needs_a_store_or_pickles(cli_invoke):
+    res = cli_invoke("run", exit_code=2)
+    assert "Error: give a STORE (from `qbscale ingest`) or the --sims_* pickles" in res.output
 
 
-def test_ingest_with_gallery_bank_then_dual_is(problem, tmp_path):
+def test_ingest_with_gallery_bank_then_dual_is(problem, tmp_path, invoke):
     bank, test, _ = problem
     gallery_bank = np.random.default_rng(9).standard_normal((25, 40)).astype(np.float32)
     np.save(tmp_path / "b.npy", bank)

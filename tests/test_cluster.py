@@ -19,10 +19,8 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from click.testing import CliRunner
 
 from qbscale.api import run
-from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.executors.distributed import MALLOC_ENV, DistributedExecutor
 from qbscale.storage.store import open_experiment
@@ -115,12 +113,11 @@ def children() -> set[int]:
             if "resource_tracker" not in " ".join(p.cmdline())}
 
 
-def test_local_cluster_is_started_and_torn_down(data, threaded, tmp_path):
+def test_local_cluster_is_started_and_torn_down(data, threaded, tmp_path, cli_invoke):
     store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=40)
     before = children()
-    result = CliRunner().invoke(cli, ["run", store, "--scheduler", "local:2", "--beta", "10,20",
-                                      "--k", "2", "--topk", "5", "--save-ranks", "--quiet"])
-    assert result.exit_code == 0, result.output
+    cli_invoke("run", store, "--scheduler", "local:2", "--beta", "10,20", "--k", "2", "--topk",
+               "5", "--save-ranks", "--quiet")
     assert_same_as(threaded, store)
     deadline = time.monotonic() + 10
     while children() - before:
@@ -128,11 +125,9 @@ def test_local_cluster_is_started_and_torn_down(data, threaded, tmp_path):
         time.sleep(0.1)
 
 
-def test_bad_addresses_are_clear_errors(tmp_path, data):
+def test_bad_addresses_are_clear_errors(tmp_path, data, cli_invoke):
     store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=400)
-    runner = CliRunner()
-    result = runner.invoke(cli, ["run", store, "--scheduler", "local:zero", "-q"])
-    assert result.exit_code == 1
+    result = cli_invoke("run", store, "--scheduler", "local:zero", "-q", exit_code=1)
     assert "local:N needs N >= 1 worker processes, got 'local:zero'" in result.output
     with socket.socket() as sock:  # a port nobody listens on: bound, then closed
         sock.bind(("127.0.0.1", 0))

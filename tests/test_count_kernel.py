@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qbscale.engine import kernels
@@ -69,7 +69,7 @@ def blocks(draw):
     return block, gt_raw, gt_norm, shift, scales, chosen
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(2.5 * settings.default.max_examples))  # conftest profile
 @given(blocks())
 def test_count_block_equals_dense_float64(case):
     block, gt_raw, gt_norm, shift, scales, chosen = case

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qbscale.api import run
@@ -18,8 +18,7 @@ from qbscale.types import Experiment
 from . import reference as ref
 from .strategies import problems
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings()  # the profile of tests/conftest.py
 
 
 def chunked(array: np.ndarray, rows: int, cols: int) -> NumpyMatrix:
@@ -100,27 +99,29 @@ class Exploding(NumpyMatrix):
         raise AssertionError("graph building read data")
 
 
-def test_building_the_graph_computes_nothing():
+def test_building_the_graph_computes_nothing(no_compute):
     rng = np.random.default_rng(0)
     bank = Exploding(rng.random((20, 6)), (10, 10), (3, 3))
     test = Exploding(rng.random((12, 6)), (6, 6), (6,))
-    plan = build(Experiment(bank, test, np.arange(12) // 2, None), RunConfig.make([5, 20], 2))
+    with no_compute():
+        plan = build(Experiment(bank, test, np.arange(12) // 2, None), RunConfig.make([5, 20], 2))
     assert len(plan.rows) == 2
 
 
-def test_lazy_building_blocks_match_run():
-    import dask
+def test_no_compute_guard_catches_a_computation(no_compute):
+    import dask.array as da
 
+    with pytest.raises(AssertionError, match="computed"), no_compute():
+        da.ones(4, chunks=2).sum().compute()
+
+
+def test_lazy_building_blocks_match_run(no_compute):
     from qbscale.api import lazy
     from qbscale.storage.store import in_memory
 
     rng = np.random.default_rng(3)
     exp = in_memory(rng.random((40, 8)), rng.random((16, 8)), rows_per_block=5)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("computed while building")
-
-    with dask.config.set(scheduler=refuse):
+    with no_compute():
         arrays = lazy(exp, beta=[10, 20])
     assert arrays["ranks"].shape == (2, 16)
     res = run(exp, beta=[10, 20])

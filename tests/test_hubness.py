@@ -8,15 +8,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qbscale
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import compare
 from qbscale.api import run
-from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.storage.store import in_memory
 
@@ -24,8 +22,7 @@ from . import reference as ref
 from .strategies import problems
 from .test_engine import experiment
 
-SETTINGS = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings()  # the profile of tests/conftest.py
 
 
 # ---------------------------------------------------------------- the oracle
@@ -120,14 +117,13 @@ def store(tmp_path_factory):
     return qbscale.ingest(path, bank, test, chunk_rows=25, progress=False), bank, test
 
 
-def test_cli_hubness_matches_the_oracle(store, tmp_path):
+def test_cli_hubness_matches_the_oracle(store, tmp_path, cli_invoke):
     path, bank, test = store
     out = tmp_path / "hub.json"
-    res = CliRunner().invoke(cli, ["hubness", path, "--k", "5", "--method", "is", "--method",
-                                   "csls", "--json", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output
+    res = cli_invoke("hubness", path, "--depth", "5", "--method", "is", "--method", "csls",
+                     "--json", out, "--quiet")
     lines = res.output.splitlines()
-    assert lines[0] == "N_k at k=5 over 60 test queries and 30 gallery items"
+    assert lines[0] == "N_k at depth 5 over 60 test queries and 30 gallery items"
     assert [line.split()[0] for line in lines[2:]] == ["none", "is", "csls"]
     rows = json.loads(out.read_text())["rows"]
     nk_before = oracle_occurrence(test, 5)
@@ -138,7 +134,7 @@ def test_cli_hubness_matches_the_oracle(store, tmp_path):
     assert rows[2]["R1"] == pytest.approx(ref.metrics(ref.ranks(scored, np.arange(60) // 2))["R1"])
 
 
-def test_hubness_reads_without_writing(store):
+def test_hubness_reads_without_writing(store, cli_invoke):
     import zarr
 
     path, _, _ = store
@@ -146,5 +142,5 @@ def test_hubness_reads_without_writing(store):
     result = compare(path, ["nnn"], k=3)
     assert sorted(zarr.open_group(path, mode="r").array_keys()) == before
     assert [r.label for r in result.runs] == ["nnn"]
-    res = CliRunner().invoke(cli, ["hubness", path, "--method", "dual-is", "--quiet"])
-    assert res.exit_code != 0 and "dual-is needs a gallery bank" in res.output
+    res = cli_invoke("hubness", path, "--method", "dual-is", "--quiet", exit_code=1)
+    assert res.output.startswith(f"Error: dual-is needs a gallery bank and {path} has none")

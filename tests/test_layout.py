@@ -36,13 +36,10 @@ def test_no_other_url_test_in_the_code():
     assert len(hits) == 2, hits
 
 
-def test_file_url_store_is_local_throughout(tmp_path):
+def test_file_url_store_is_local_throughout(tmp_path, cli_invoke):
     """ingest to file://, open it, run on it: staged and renamed like a path, its chunks
     read straight from their files, and the CLI's disk usage counted."""
-    from click.testing import CliRunner
-
     from qbscale.api import run
-    from qbscale.cli import cli
     from qbscale.storage.ingest import ingest
     from qbscale.storage.readers import open_matrix
     from qbscale.storage.store import open_experiment
@@ -59,9 +56,7 @@ def test_file_url_store_is_local_throughout(tmp_path):
     assert run(url, beta=20).after[20.0] == run(tmp_path / "exp.zarr", beta=20).after[20.0]
     np.save(tmp_path / "b.npy", bank)
     np.testing.assert_array_equal(open_matrix(f"file://{tmp_path}/b.npy").read(), bank)
-    res = CliRunner().invoke(cli, ["ingest", "--bank", f"file://{tmp_path}/b.npy", "--test",
-                                   str(tmp_path / "b.npy"), "--queries-per-item", "4", "-o",
-                                   f"file://{tmp_path}/cli.zarr", "--quiet"])
-    assert res.exit_code == 0, res.output
+    res = cli_invoke("ingest", "--bank", f"file://{tmp_path}/b.npy", "--test", tmp_path / "b.npy",
+                     "--queries-per-item", "4", "-o", f"file://{tmp_path}/cli.zarr", "--quiet")
     assert "MiB on disk" in res.output
     assert open_experiment(tmp_path / "cli.zarr").test.shape == (20, 5)

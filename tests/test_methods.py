@@ -8,13 +8,11 @@ import json
 import dask
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qbscale
 from qbscale.api import run
-from qbscale.cli import cli
 from qbscale.config import RunConfig
 from qbscale.engine import bankstats, kernels, methods
 from qbscale.engine.plan import build
@@ -28,8 +26,7 @@ from . import reference as ref
 from .strategies import problems
 from .test_engine import Exploding, chunked, experiment
 
-SETTINGS = settings(max_examples=80, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings()  # the profile of tests/conftest.py
 
 #: per method: values of its swept parameter, and its other parameters
 CASES = {
@@ -168,7 +165,7 @@ def test_every_method_has_an_oracle_and_defaults():
     assert (methods.get("nnn").variant.default, p["nnn"]["nnn_k"]) == (0.75, 128)
 
 
-def test_building_the_graph_computes_nothing():
+def test_building_the_graph_computes_nothing(no_compute):
     rng = np.random.default_rng(0)
     bank = Exploding(rng.random((20, 6)), (10, 10), (3, 3))
     test = Exploding(rng.random((12, 6)), (6, 6), (6,))
@@ -176,7 +173,8 @@ def test_building_the_graph_computes_nothing():
     exp = Experiment(bank, test, np.arange(12) // 2, None)
     for method in ("csls", "nnn", "dual-is"):
         config = RunConfig.make(method=method, dynamic=True)
-        plan = build(exp, config, banks={"gallery_bank": gb})
+        with no_compute():
+            plan = build(exp, config, banks={"gallery_bank": gb})
         assert len(plan.rows) == 2
 
 
@@ -194,13 +192,13 @@ def store(tmp_path):
     return path, bank, test, gb
 
 
-def invoke(*args: str) -> str:
-    res = CliRunner().invoke(cli, [*args, "--quiet"])
-    assert res.exit_code == 0, res.output
-    return res.output
+@pytest.fixture()
+def invoke(cli_invoke):
+    """The CLI, quiet, expected to succeed: its output."""
+    return lambda *args: cli_invoke(*args, "--quiet").output
 
 
-def test_cli_methods_on_a_store(store, tmp_path):
+def test_cli_methods_on_a_store(store, tmp_path, cli_invoke, invoke):
     path, bank, test, _ = store
     gt = np.arange(48) // 2
     out = tmp_path / "nnn.json"
@@ -212,13 +210,13 @@ def test_cli_methods_on_a_store(store, tmp_path):
     for alpha in (0.5, 1.0):
         want = ref.ranks(ref.method_scores(test, bank, "nnn", alpha, {"nnn_k": 5}, 1, True), gt)
         assert got["after"][str(alpha)] == pytest.approx(ref.metrics(want))
-    res = CliRunner().invoke(cli, ["run", path, "--method", "is", "--alpha", "1", "--quiet"])
-    assert res.exit_code != 0 and "--alpha applies to nnn, not is" in res.output
-    res = CliRunner().invoke(cli, ["run", path, "--method", "dual-is", "--quiet"])
-    assert res.exit_code != 0 and "dual-is needs a gallery bank" in res.output
+    res = cli_invoke("run", path, "--method", "is", "--alpha", "1", "--quiet", exit_code=2)
+    assert "Error: --alpha applies to nnn, not is\n" in res.output
+    res = cli_invoke("run", path, "--method", "dual-is", "--quiet", exit_code=1)
+    assert res.output.startswith(f"Error: dual-is needs a gallery bank and {path} has none")
 
 
-def test_gallery_bank_in_a_store(store, tmp_path):
+def test_gallery_bank_in_a_store(store, tmp_path, invoke):
     path, bank, test, gb = store
     np.save(tmp_path / "gb.npy", gb)
     add_gallery_bank(path, tmp_path / "gb.npy", chunk_bytes=800, progress=False)

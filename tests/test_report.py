@@ -12,13 +12,11 @@ import subprocess
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import qbscale
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import compare
 from qbscale.analysis.report import load_items, write_report
-from qbscale.cli import cli
 from qbscale.storage.store import in_memory
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -85,14 +83,13 @@ def test_sweep_covers_every_grid_value_in_one_pass(comparison):
         assert grid | {run.default} == set(run.result.after) == set(run.hubness)
 
 
-def test_cli_report_writes_the_page(tmp_path, items):
+def test_cli_report_writes_the_page(tmp_path, items, cli_invoke):
     bank, test, _ = problem(5)
     store = qbscale.ingest(tmp_path / "exp.zarr", bank, test, chunk_rows=30, progress=False)
-    res = CliRunner().invoke(cli, ["report", store, "-o", str(tmp_path / "rep"), "--k", "3",
-                                   "--items", str(items), "--method", "dis", "--method", "nnn",
-                                   "--quiet"])
-    assert res.exit_code == 0, res.output
-    assert res.output.strip() == f"Wrote {tmp_path / 'rep' / 'index.html'} (dis, nnn; N_k at k=3)"
+    res = cli_invoke("report", store, "-o", tmp_path / "rep", "--depth", "3", "--items", items,
+                     "--method", "dis", "--method", "nnn", "--quiet")
+    assert res.output.strip() == \
+        f"Wrote {tmp_path / 'rep' / 'index.html'} (dis, nnn; N_k at depth 3)"
     text = (tmp_path / "rep" / "index.html").read_text()
     assert "<tr><th>nnn</th><td>alpha = 0.75</td>" in text and "dual-is" not in text
 

@@ -14,10 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
 from qbscale.api import run
-from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.storage.resume import FIELDS
 from qbscale.storage.store import open_experiment
@@ -117,14 +115,13 @@ def test_a_failed_run_resumes_computing_only_the_rest(data, uninterrupted, tmp_p
     assert_same_store(store, uninterrupted)
 
 
-def test_resuming_with_other_settings_is_refused(data, tmp_path):
+def test_resuming_with_other_settings_is_refused(data, tmp_path, cli_invoke):
     store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
     interrupted(store, ok=2)
     with pytest.raises(ConfigError, match=r"values=\[10.0, 20.0\] \(now \[30.0\]\)"):
         run(store, resume=True, **{**KW, "beta": 30})
-    result = CliRunner().invoke(cli, ["run", store, "--beta", "10,20", "--k", "3", "--topk", "5",
-                                      "--save-scores", "--save-ranks", "--resume", "-q"])
-    assert result.exit_code == 1
+    result = cli_invoke("run", store, "--beta", "10,20", "--k", "3", "--topk", "5",
+                        "--save-scores", "--save-ranks", "--resume", "-q", exit_code=1)
     assert "k=2 (now 3)" in result.output
 
 
@@ -154,7 +151,7 @@ def _chunk_stats(store: str) -> dict[tuple[int, int], tuple[int, int]]:
     return out
 
 
-def test_a_killed_cli_run_resumes(tmp_path):
+def test_a_killed_cli_run_resumes(tmp_path, cli_invoke):
     bank, test = problem(n_bank=1000, n_gallery=500, queries_per_item=4)
     store = make_store(str(tmp_path / "exp.zarr"), bank, test, chunk_rows=10)
     reference = make_store(str(tmp_path / "ref.zarr"), bank, test, chunk_rows=10)
@@ -175,16 +172,14 @@ def test_a_killed_cli_run_resumes(tmp_path):
     assert 20 <= len(done) < n_blocks, "the kill landed after the run had finished"
     before = _chunk_stats(store)
 
-    resumed = CliRunner().invoke(cli, ["run", store, *flags, "--resume"])
-    assert resumed.exit_code == 0, resumed.output
+    resumed = cli_invoke("run", store, *flags, "--resume")
     assert (f"resumed: {len(done)} of {n_blocks} row blocks were already done; "
             f"computed {n_blocks - len(done)}") in resumed.output
     after = _chunk_stats(store)
     rewritten = {i for (b, i), stat in after.items() if before.get((b, i)) != stat}
     assert rewritten == set(range(n_blocks)) - done  # finished blocks were left alone
 
-    plain = CliRunner().invoke(cli, ["run", reference, *flags])
-    assert plain.exit_code == 0, plain.output
+    plain = cli_invoke("run", reference, *flags)
     assert resumed.output.split("time:")[0] == plain.output.split("time:")[0]
     assert_same_store(store, reference)
 

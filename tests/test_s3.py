@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
 from qbscale.api import run
-from qbscale.cli import cli
 from qbscale.storage.store import open_experiment
 
 from .cluster_fixtures import dask_cluster, make_store, moto_s3, problem, qbscale_cli
@@ -40,11 +38,10 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def local(data, tmp_path_factory):
+def local(data, tmp_path_factory, cli_invoke):
     """The same experiment on local disk, run with the same flags."""
     store = make_store(str(tmp_path_factory.mktemp("local") / "exp.zarr"), *data, chunk_rows=50)
-    result = CliRunner().invoke(cli, ["run", store, *FLAGS, "--save-scores", "-q"])
-    assert result.exit_code == 0, result.output
+    cli_invoke("run", store, *FLAGS, "--save-scores", "-q")
     group = zarr.open_group(store, mode="r")
     return {name: group[name][...] for name in (*SAVED, "scores")}
 
@@ -56,10 +53,9 @@ def assert_same(url: str, local: dict[str, np.ndarray], names: tuple[str, ...] =
     assert "manifest" not in group  # removed once the run completed
 
 
-def test_ingest_and_run_on_s3_match_the_local_store(s3, data, local):
+def test_ingest_and_run_on_s3_match_the_local_store(s3, data, local, cli_invoke):
     url = make_store("s3://qbscale/exp.zarr", *data, chunk_rows=50)
-    result = CliRunner().invoke(cli, ["run", url, *FLAGS, "--save-scores", "-q"])
-    assert result.exit_code == 0, result.output
+    cli_invoke("run", url, *FLAGS, "--save-scores", "-q")
     assert_same(url, local, (*SAVED, "scores"))
 
 

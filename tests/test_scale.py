@@ -8,10 +8,8 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
 import qbscale
-from qbscale.cli import cli
 from qbscale.synth import SynthSpec, synth
 
 from . import reference as ref
@@ -31,12 +29,11 @@ def problem():
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize(("method", "k"), [("dis", 1), ("is", 1), ("dis", 3), ("none", 1)])
-def test_stored_topk_equals_argsort_oracle(problem, tmp_path, layout, method, k):
+def test_stored_topk_equals_argsort_oracle(problem, tmp_path, layout, method, k, cli_invoke):
     bank, test = problem
     url = qbscale.ingest(tmp_path / "exp.zarr", bank, test, progress=False, **LAYOUTS[layout])
-    res = CliRunner().invoke(cli, ["run", str(url), "--beta", "5,20", "--k", str(k),
-                                   "--method", method, "--topk", "6", "--quiet"])
-    assert res.exit_code == 0, res.output
+    cli_invoke("run", url, "--beta", "5,20", "--k", k, "--method", method, "--topk", "6",
+               "--quiet")
     group = zarr.open_group(str(url), mode="r")
     index, score = group["topk_index"][...], group["topk_score"][...]
     assert index.shape == score.shape == ((1 if method == "none" else 2), 60, 6)

@@ -5,20 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
 from qbscale.api import run
-from qbscale.cli import cli
 from qbscale.errors import ConfigError
 from qbscale.storage import layout
 from qbscale.storage.store import in_memory, open_experiment
 from qbscale.synth import GEN_ROWS, SynthSpec, gallery_rows, query_rows, synth
 
 
-def invoke(*args: str) -> str:
-    res = CliRunner().invoke(cli, ["synth", *args, "--quiet"])
-    assert res.exit_code == 0, res.output
-    return res.output
+@pytest.fixture()
+def invoke(cli_invoke):
+    """``qbscale synth ARGS --quiet``, expected to succeed: its output."""
+    return lambda *args: cli_invoke("synth", *args, "--quiet").output
 
 
 def arrays(path) -> dict[str, np.ndarray]:
@@ -26,7 +24,7 @@ def arrays(path) -> dict[str, np.ndarray]:
     return {name: group[name][...] for name in group.array_keys()}
 
 
-def test_cli_writes_a_complete_store(tmp_path):
+def test_cli_writes_a_complete_store(tmp_path, invoke):
     out = tmp_path / "s.zarr"
     text = invoke(str(out), "--bank", "300", "--test", "100", "--gallery", "50", "--dim", "32",
                   "--queries-per-item", "2", "--chunk-rows", "37", "--seed", "3")
@@ -103,19 +101,18 @@ def test_data_are_hubness_prone_and_querybank_normalisation_helps():
     (["--bank", "10", "--test", "10", "--gallery", "20", "--kind", "embeddings",
       "--chunk-cols", "4"], "chunk_cols applies to similarities only"),
 ])
-def test_bad_settings_are_refused_with_the_values(tmp_path, args, message):
-    res = CliRunner().invoke(cli, ["synth", str(tmp_path / "x.zarr"), *args, "--quiet"])
-    assert res.exit_code == 1
+def test_bad_settings_are_refused_with_the_values(tmp_path, args, message, cli_invoke):
+    res = cli_invoke("synth", tmp_path / "x.zarr", *args, "--quiet", exit_code=1)
     assert message in res.output
     assert not (tmp_path / "x.zarr").exists()
 
 
-def test_existing_store_needs_overwrite(tmp_path):
+def test_existing_store_needs_overwrite(tmp_path, cli_invoke, invoke):
     out = tmp_path / "s.zarr"
     invoke(str(out), "--bank", "20", "--test", "10", "--gallery", "10", "--dim", "8")
-    res = CliRunner().invoke(cli, ["synth", str(out), "--bank", "20", "--test", "10",
-                                   "--gallery", "10", "--quiet"])
-    assert res.exit_code == 1 and "overwrite" in res.output
+    res = cli_invoke("synth", out, "--bank", "20", "--test", "10", "--gallery", "10", "--quiet",
+                     exit_code=1)
+    assert f"Error: {out} exists: pass --overwrite" in res.output
     invoke(str(out), "--bank", "20", "--test", "10", "--gallery", "12", "--dim", "8",
            "--overwrite")
     assert open_experiment(out).n_gallery == 12
