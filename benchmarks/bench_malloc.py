@@ -17,18 +17,26 @@ times three ways of doing that on the same ``qbscale run`` of a store made by
 Every variant runs in its own process under ``/usr/bin/time -v`` (peak RSS),
 after one untimed warm-up each, interleaved ``--repeat`` times; the table
 shows medians of wall time (of the whole process, start-up included) and of
-CPU time (user + system, steadier than wall time on a busy machine), and the
+CPU time (user + system, steadier than wall time on a busy machine) and minor
+page faults, and the
 largest peak RSS, with ratios to ``re-exec``.
 
-Verdict (kept in the CLI): ``mallopt``.  On this machine it is as fast as
-the re-exec (the difference is within the noise of a shared 2-core machine)
-and never slower than the defaults, and it is simpler: no second interpreter
-start, no environment variable to stop the re-exec from looping, argv and
-``--help``/``--version`` untouched, and it works the same under a debugger or
+Verdict (kept in the CLI): ``mallopt``, for being as fast and simpler.  On
+a 0.72 GiB store (the defaults below) on this shared 2-core machine (load
+average 13-17), four runs put mallopt's median wall time at 0.95-1.15x the
+re-exec's and its CPU time at 0.95-1.09x: no difference beyond the noise.
+The count that load does not change agrees: minor page faults 12.3k with
+mallopt, 14.8k with the re-exec (its second interpreter start), 16.2k with
+neither; peak RSS is the same for both (0.235 GiB; 0.177 GiB with neither,
+which used 1.13-1.2x the CPU).  mallopt needs no second interpreter start,
+no environment flag to stop the re-exec from looping, leaves argv and
+``--help``/``--version`` alone, and works the same under a debugger or
 ``python -m qbscale.cli``.  Its one limit: ``mallopt`` takes an ``int``, so
 the trim threshold is capped at 2 GiB - 1 (the environment set 16 GiB);
-trimming only returns freed memory to the system, and the run's peak RSS is
-the same either way (see the table).
+trimming only returns freed memory to the system.  Since chunks of
+uncompressed local stores are read with ``np.fromfile`` rather than through
+zarr's byte buffers, the settings matter less than PERF_NOTES measured
+(there: 2-5x faster zarr reads).
 
 usage: python benchmarks/bench_malloc.py [--bank 16000] [--test 8000]
        [--gallery 8000] [--repeat 3] [--dir DIR]
@@ -77,6 +85,14 @@ def cpu(runs: list[Measure]) -> float:
     return median([one(m) for m in runs])
 
 
+def faults(runs: list[Measure]) -> float:
+    """Median minor page faults (``/usr/bin/time -v``), in thousands: what the malloc
+    settings cut, and a count that other work on the machine does not change."""
+    found = [re.search(r"Minor \(reclaiming a frame\) page faults: (\d+)", m.stderr)
+             for m in runs]
+    return median([int(f.group(1)) / 1000 if f else None for f in found])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bank", type=int, default=16000)
@@ -106,11 +122,11 @@ def main() -> None:
     print(machine())
     base_wall, base_rss = wall(runs["re-exec"]), peak(runs["re-exec"])
     base_cpu = cpu(runs["re-exec"])
-    rows = [[name, wall(r), wall(r) / base_wall, cpu(r), cpu(r) / base_cpu, peak(r),
-             peak(r) / base_rss, json.dumps([round(m.wall, 1) for m in r])]
+    rows = [[name, wall(r), wall(r) / base_wall, cpu(r), cpu(r) / base_cpu, faults(r),
+             peak(r), peak(r) / base_rss, json.dumps([round(m.wall, 1) for m in r])]
             for name, r in runs.items()]
     print(table(["variant", "wall s", "wall / re-exec", "CPU s", "CPU / re-exec",
-                 "peak RSS GiB", "RSS / re-exec", "walls"], rows))
+                 "minor faults k", "peak RSS GiB", "RSS / re-exec", "walls"], rows))
 
 
 if __name__ == "__main__":
