@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from .options import (
     activation_k_option,
-    hub_k_option,
+    compute_options,
+    depth_option,
     library_errors,
     quiet_option,
-    scheduler_option,
-    workers_option,
+    write_json,
 )
 
 if TYPE_CHECKING:
@@ -58,21 +56,22 @@ def format_diagnosis(d: Diagnosis) -> str:
 
 @click.command()
 @click.argument("store")
-@click.option("--beta", type=float, default=20.0, show_default=True,
+@click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              show_default=True,
               help="Inverse temperature of the inverted softmax diagnosed.")
 @activation_k_option
-@hub_k_option
+@depth_option
 @click.option("--bank-sample", type=click.IntRange(min=1), default=None, metavar="N",
               help="Use N bank rows drawn at random (only the bank blocks holding them are "
                    "read).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --bank-sample.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of --bank-sample.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the figures and the reading as JSON.")
-@scheduler_option
-@workers_option
+@compute_options
 @quiet_option
 @library_errors
-def diagnose(store: str, beta: float, activation_k: int, k: int, bank_sample: int | None,
+def diagnose(store: str, beta: float, activation_k: int, depth: int, bank_sample: int | None,
              seed: int, json_path: str | None, scheduler: str, workers: int | None,
              quiet: bool) -> None:
     """Will QB-Norm help on STORE, and is its querybank the right one?
@@ -86,8 +85,8 @@ def diagnose(store: str, beta: float, activation_k: int, k: int, bank_sample: in
     """
     from qbscale.analysis.diagnose import diagnose as run_diagnosis
 
-    result = run_diagnosis(store, beta, activation_k, k, bank_sample=bank_sample, seed=seed,
+    result = run_diagnosis(store, beta, activation_k, depth, bank_sample=bank_sample, seed=seed,
                            scheduler=scheduler, num_workers=workers, progress=not quiet)
     click.echo(format_diagnosis(result))
     if json_path:
-        Path(json_path).write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(json_path, "diagnose", result.to_dict())

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -13,7 +11,7 @@ import click
 from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import compute_options, library_errors, quiet_option, write_json
 
 #: ``qbscale run`` options that a saved normaliser fixes
 SETTINGS = ("beta", "k", "method", "dynamic")
@@ -26,15 +24,14 @@ SETTINGS = ("beta", "k", "method", "dynamic")
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
                    "(one pass for all).")
-@click.option("--k", "k", type=int, default=1, show_default=True,
+@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Top-k bank columns per querybank row forming the activation set.")
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write a summary of the normaliser as JSON.")
-@scheduler_option
-@workers_option
+@compute_options
 @quiet_option
 @method_options
 @library_errors
@@ -62,7 +59,7 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str, overwrit
                f"k={summary['k']}; activation set: {summary['activation_size']} of "
                f"{summary['n_gallery']} gallery items")
     if json_path:
-        Path(json_path).write_text(json.dumps(summary, indent=2))
+        write_json(json_path, "fit", summary)
 
 
 def _refuse_existing(output: str, overwrite: bool) -> None:

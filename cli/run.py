@@ -138,8 +138,8 @@ def _several(names: list[str], results: list[Any], fmt: str, label: str,
                    f"tables)\n{tables.text(summary)}")
     if json_path:
         stores = [{"store": name, **r.to_dict()} for name, r in zip(names, results, strict=True)]
-        Path(json_path).write_text(json.dumps(
-            {"stores": stores, "summary": {"ddof": tables.DDOF, "rows": summary}}, indent=2))
+        write_json(json_path, "run", {"stores": stores,
+                                      "summary": {"ddof": tables.DDOF, "rows": summary}})
 
 
 @contextlib.contextmanager

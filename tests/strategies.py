@@ -1,4 +1,4 @@
-"""Hypothesis strategies: QB-Norm problems with ties."""
+"""Hypothesis strategies: QB-Norm problems with ties, and random chunk lengths."""
 
 from __future__ import annotations
 
@@ -45,3 +45,8 @@ def problems(draw: st.DrawFn, max_gallery: int = 12, max_per_item: int = 3) -> P
     beta = draw(st.sampled_from([0.5, 1.0, 20.0, 50.0]))
     k = draw(st.integers(1, max(1, min(4, n_gallery))))
     return Problem(bank, test, mask, np.arange(test.shape[0]) // per_item, beta, k)
+
+
+def chunking(draw: st.DrawFn, n: int) -> int:
+    """A chunk length for an axis of ``n`` (1 .. n)."""
+    return draw(st.integers(1, max(1, n)))

@@ -13,7 +13,7 @@ import zarr
 import qbscale
 from qbscale.storage import layout
 
-COMPUTING = ("run", "eval", "hubness", "report")
+COMPUTING = ("run", "eval", "hubness", "report", "diagnose", "fit")
 BAR = "row/s"  # what the ingest/synth progress bars print
 
 
@@ -72,7 +72,8 @@ def test_quiet_on_the_group_or_on_run(where, store, cli_invoke):
     assert res.stdout.splitlines()[0].split()[:2] == ["method", "beta"]
 
 
-@pytest.mark.parametrize("name", ["ingest", "synth", "run", "eval", "hubness", "report"])
+@pytest.mark.parametrize("name", ["ingest", "synth", "run", "eval", "hubness", "report",
+                                  "diagnose", "fit"])
 def test_every_command_takes_q(name):
     names = {opt for p in _command(name).params for opt in p.opts}
     assert {"-q", "--quiet"} <= names
@@ -95,7 +96,7 @@ def test_computing_commands_share_scheduler_and_workers(name):
 
 @pytest.mark.parametrize("name", COMPUTING)
 def test_workers_below_one_is_a_usage_error(name, store, tmp_path, cli_invoke):
-    extra = ["-o", tmp_path / "rep"] if name == "report" else []
+    extra = ["-o", tmp_path / "out"] if name in ("report", "fit") else []
     res = cli_invoke(name, store, *extra, "--workers", "0", exit_code=2)
     assert "Invalid value for '--workers': 0 is not in the range x>=1." in res.output
 
@@ -103,10 +104,12 @@ def test_workers_below_one_is_a_usage_error(name, store, tmp_path, cli_invoke):
 @pytest.mark.parametrize("name", COMPUTING)
 def test_computing_commands_run_with_workers(name, store, tmp_path, cli_invoke):
     extra = {"report": ["-o", tmp_path / "rep", "--method", "is"],
-             "hubness": ["--method", "is"]}.get(name, [])
+             "hubness": ["--method", "is"], "fit": ["-o", tmp_path / "n.zarr"]}.get(name, [])
     cli_invoke(name, store, *extra, "--scheduler", "threads", "--workers", "1", "-q")
     if name == "report":
         assert (tmp_path / "rep" / "index.html").is_file()
+    if name == "fit":
+        assert qbscale.Normaliser.load(tmp_path / "n.zarr").config.method == "dis"
 
 
 # ---------------------------------------------------------------- --depth and --k
@@ -125,7 +128,7 @@ def test_hubness_depth_and_activation_k_are_separate(store, tmp_path, cli_invoke
     assert got["rows"] == json.loads(json.dumps(want))
 
 
-@pytest.mark.parametrize("name", ["hubness", "report"])
+@pytest.mark.parametrize("name", ["hubness", "report", "diagnose"])
 def test_depth_and_k_must_be_positive(name, store, tmp_path, cli_invoke):
     extra = ["-o", tmp_path / "rep"] if name == "report" else []
     for flag in ("--depth", "--k"):
@@ -142,6 +145,8 @@ def test_every_json_output_names_its_kind_and_version(store, inputs, tmp_path, c
         "run": ["run", store, "--method", "is"],
         "eval": ["eval", store],
         "hubness": ["hubness", store, "--method", "is"],
+        "diagnose": ["diagnose", store],
+        "fit": ["fit", store, "-o", tmp_path / "n.zarr"],
         "ingest": ["ingest", "--bank", inputs / "bank.npy", "--test", inputs / "test.npy",
                    "--queries-per-item", "2", "-o", tmp_path / "i.zarr"],
         "synth": ["synth", tmp_path / "s.zarr", "--bank", "8", "--test", "4", "--gallery", "4",

@@ -6,14 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import qbscale
 from qbscale.analysis import diagnose as dg
 from qbscale.analysis import reading
-from qbscale.cli import cli
 from qbscale.engine.grid import split
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage.sources import NumpyMatrix
@@ -148,15 +146,14 @@ def test_reading_states_its_thresholds():
     assert reading.verdict(0.6, 0.2) == "likely to help"
 
 
-def test_cli_diagnose_writes_json(tmp_path):
+def test_cli_diagnose_writes_json(tmp_path, cli_invoke):
     bank, test = hub_problem()
     store = qbscale.ingest(tmp_path / "exp.zarr", bank, test, progress=False,
                            chunk_rows=128)
     out = tmp_path / "diag.json"
-    res = CliRunner().invoke(cli, ["diagnose", str(store), "--json", str(out), "-q",
-                                   "--activation-k", "2", "--k", "5"])
-    assert res.exit_code == 0, res.output
+    res = cli_invoke("diagnose", store, "--json", out, "-q", "--k", "2", "--depth", "5")
     got = json.loads(out.read_text())
+    assert (got["kind"], got["qbscale_version"]) == ("diagnose", qbscale.__version__)
     want = oracle(bank, test, None, 20.0, 2, depth=5)
     assert got["spearman"] == pytest.approx(want["spearman"], abs=1e-9)
     assert got["ks"] == pytest.approx(want["ks"], abs=1e-12)
@@ -167,8 +164,8 @@ def test_cli_diagnose_writes_json(tmp_path):
     assert got["thresholds"]["agree_strong"] == reading.AGREE_STRONG
     assert "Spearman rho of logZ and N_k" in res.output and got["reading"][:40] in \
         " ".join(res.output.split())
-    bad = CliRunner().invoke(cli, ["diagnose", str(store), "--bank-sample", "5000", "-q"])
-    assert bad.exit_code == 1 and "bank sample of 5000 rows" in bad.output
+    bad = cli_invoke("diagnose", store, "--bank-sample", "5000", "-q", exit_code=1)
+    assert "bank sample of 5000 rows" in bad.output
 
 
 class Counting(NumpyMatrix):

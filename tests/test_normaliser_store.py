@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from click.testing import CliRunner
 
 import qbscale
 import qbscale.storage.sources
-from qbscale.cli import cli
 from qbscale.errors import (
     ConfigError,
     IncompleteStoreError,
@@ -201,28 +199,26 @@ def test_damaged_and_foreign_groups_are_refused(data, store, tmp_path):
         Normaliser.load(partial)
 
 
-def test_normaliser_of_another_gallery_is_refused(data, store, tmp_path):
+def test_normaliser_of_another_gallery_is_refused(data, store, tmp_path, cli_invoke):
     bank, _ = data
     norm = Normaliser.fit(bank[:, :20])
     with pytest.raises(InputError, match="24 gallery items, the normaliser was fitted on 20"):
         qbscale.run(store, normaliser=norm)
     path = norm.save(tmp_path / "n20.zarr")
-    res = CliRunner().invoke(cli, ["run", store, "--normaliser", path, "-q"])
-    assert res.exit_code == 1
+    res = cli_invoke("run", store, "--normaliser", path, "-q", exit_code=1)
     assert "24 gallery items, the normaliser was fitted on 20" in res.output
 
 
-def test_cli_run_refuses_another_embeddings_gallery(embeddings, tmp_path):
+def test_cli_run_refuses_another_embeddings_gallery(embeddings, tmp_path, cli_invoke):
     bank_emb, _, gallery_emb, url = embeddings
     other = gallery_emb.copy()
     other[3] *= 2
     norm = Normaliser.fit(bank_emb=bank_emb, gallery_emb=other)
     path = norm.save(tmp_path / "other.zarr")
-    res = CliRunner().invoke(cli, ["run", url, "--normaliser", path, "-q"])
-    assert res.exit_code == 1 and "another gallery" in res.output
+    res = cli_invoke("run", url, "--normaliser", path, "-q", exit_code=1)
+    assert "another gallery" in res.output
     same = Normaliser.fit(bank_emb=bank_emb, gallery_emb=gallery_emb).save(tmp_path / "s.zarr")
-    res = CliRunner().invoke(cli, ["run", url, "--normaliser", same, "-q"])
-    assert res.exit_code == 0, res.output
+    cli_invoke("run", url, "--normaliser", same, "-q")
 
 
 def test_dual_is_from_a_store_with_its_gallery_bank(data, tmp_path):
@@ -240,23 +236,22 @@ def test_dual_is_from_a_store_with_its_gallery_bank(data, tmp_path):
         Normaliser.fit(bank, method="dual-is")
 
 
-def test_cli_fit_then_run_with_normaliser(store, tmp_path):
+def test_cli_fit_then_run_with_normaliser(store, tmp_path, cli_invoke):
     out, summary = tmp_path / "n.zarr", tmp_path / "fit.json"
-    res = CliRunner().invoke(cli, ["fit", store, "-o", str(out), "--beta", "10,20", "--k", "2",
-                                   "--json", str(summary), "-q"])
-    assert res.exit_code == 0, res.output
+    res = cli_invoke("fit", store, "-o", out, "--beta", "10,20", "--k", "2", "--json", summary,
+                     "-q")
     assert f"Wrote {out}" in res.output and "beta=10,20 k=2" in res.output
     norm = Normaliser.load(out)
     want = Normaliser.fit(store, beta=[10, 20], k=2)
     assert norm.shift.tobytes() == want.shift.tobytes()
     info = json.loads(summary.read_text())
+    assert (info["kind"], info["qbscale_version"]) == ("fit", qbscale.__version__)
     assert info["values"] == [10.0, 20.0] and info["n_gallery"] == 24
     assert info["activation_size"] == int(want.activation.sum())
 
     def metrics(*args):
         path = tmp_path / "m.json"
-        res = CliRunner().invoke(cli, ["run", store, *args, "--json", str(path), "-q"])
-        assert res.exit_code == 0, res.output
+        cli_invoke("run", store, *args, "--json", path, "-q")
         return json.loads(path.read_text())
 
     fitted = metrics("--normaliser", str(out))
@@ -264,25 +259,24 @@ def test_cli_fit_then_run_with_normaliser(store, tmp_path):
     assert fitted["after"] == plain["after"] and fitted["before"] == plain["before"]
     assert fitted["normalised_share"] == plain["normalised_share"]
     assert metrics("--normaliser", str(out), "--k", "2")["after"] == plain["after"]
-    res = CliRunner().invoke(cli, ["run", store, "--normaliser", str(out), "--beta", "30", "-q"])
-    assert res.exit_code == 1 and "the normaliser was fitted with" in res.output
+    res = cli_invoke("run", store, "--normaliser", out, "--beta", "30", "-q", exit_code=1)
+    assert "the normaliser was fitted with" in res.output
 
 
-def test_cli_fit_other_methods_and_errors(store, tmp_path):
+def test_cli_fit_other_methods_and_errors(store, tmp_path, cli_invoke):
     out = tmp_path / "nnn.zarr"
-    res = CliRunner().invoke(cli, ["fit", store, "-o", str(out), "--method", "nnn",
-                                   "--alpha", "0.5,1", "--nnn-k", "7", "-q"])
-    assert res.exit_code == 0, res.output
+    cli_invoke("fit", store, "-o", out, "--method", "nnn", "--alpha", "0.5,1", "--nnn-k", "7",
+               "-q")
     norm = Normaliser.load(out)
     assert norm.config.method == "nnn" and norm.values == (0.5, 1.0)
     assert norm.config.param_dict == {"nnn_k": 7.0}
-    res = CliRunner().invoke(cli, ["run", store, "--normaliser", str(out), "-q"])
-    assert res.exit_code == 0 and "alpha" in res.output
-    res = CliRunner().invoke(cli, ["fit", store, "-o", str(out), "-q"])
-    assert res.exit_code == 1 and "exists" in res.output
-    res = CliRunner().invoke(cli, ["fit", str(tmp_path / "nowhere.zarr"), "-o",
-                                   str(tmp_path / "x.zarr"), "-q"])
-    assert res.exit_code == 1 and "no qbscale store" in res.output
+    res = cli_invoke("run", store, "--normaliser", out, "-q")
+    assert "alpha" in res.output
+    res = cli_invoke("fit", store, "-o", out, "-q", exit_code=1)
+    assert "exists" in res.output
+    res = cli_invoke("fit", tmp_path / "nowhere.zarr", "-o", tmp_path / "x.zarr", "-q",
+                     exit_code=1)
+    assert "no qbscale store" in res.output
     assert not (tmp_path / "x.zarr").exists()
 
 

@@ -130,13 +130,11 @@ def test_report_diagnostics_section(comparison, tmp_path):
     assert "QB-Norm with this bank is" in text
 
 
-def test_cli_report_diagnoses_unless_told_not_to(tmp_path):
+def test_cli_report_diagnoses_unless_told_not_to(tmp_path, cli_invoke):
     bank, test, _ = problem(5)
     store = qbscale.ingest(tmp_path / "exp.zarr", bank, test, chunk_rows=30, progress=False)
     for flag, present in (([], True), (["--no-diagnose"], False)):
         out = tmp_path / f"rep{present}"
-        res = CliRunner().invoke(cli, ["report", store, "-o", str(out), "--method", "dis",
-                                       "-q", *flag])
-        assert res.exit_code == 0, res.output
+        cli_invoke("report", store, "-o", out, "--method", "dis", "-q", *flag)
         assert ("Diagnostics of the querybank" in (out / "index.html").read_text()) is present
         assert (out / "diagnostics.png").exists() is present

@@ -6,11 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import qbscale
 from qbscale.analysis import tables
-from qbscale.cli import cli
 from qbscale.engine.metrics import NAMES
 from qbscale.errors import ConfigError
 from qbscale.storage.store import in_memory
@@ -82,10 +80,9 @@ def stores(tmp_path_factory):
             for n, (b, t) in enumerate(seeds())]
 
 
-def test_cli_several_stores(stores, tmp_path):
+def test_cli_several_stores(stores, tmp_path, cli_invoke):
     out = tmp_path / "m.json"
-    res = CliRunner().invoke(cli, ["run", *stores, "-q", "--json", str(out)])
-    assert res.exit_code == 0, res.output
+    res = cli_invoke("run", *stores, "-q", "--json", out)
     got = json.loads(out.read_text())
     direct = [qbscale.run(s) for s in stores]
     assert [s["store"] for s in got["stores"]] == stores
@@ -100,15 +97,14 @@ def test_cli_several_stores(stores, tmp_path):
     cell = f"{np.mean(r1):.1f}({np.std(r1):.1f})"
     assert cell in res.output.splitlines()[-1]
 
-    md = CliRunner().invoke(cli, ["run", *stores, "-q", "--format", "markdown", "--label", "TT"])
-    assert md.exit_code == 0, md.output
+    md = cli_invoke("run", *stores, "-q", "--format", "markdown", "--label", "TT")
     assert md.output.strip() == expected_markdown(direct, "TT")
 
 
-def test_cli_single_store_output_is_unchanged(stores):
+def test_cli_single_store_output_is_unchanged(stores, cli_invoke):
     from qbscale.cli.run import format_table
 
-    res = CliRunner().invoke(cli, ["run", stores[0], "-q"])
+    res = cli_invoke("run", stores[0], "-q")
     table = format_table(qbscale.run(stores[0]).table())
     assert res.output.startswith(table + "\nnormalised rows: ")
     assert "mean(std)" not in res.output
