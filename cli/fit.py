@@ -67,8 +67,9 @@ def _refuse_existing(output: str, overwrite: bool) -> None:
     import os
 
     from qbscale.errors import StoreExistsError
+    from qbscale.storage import layout
 
-    if not overwrite and "://" not in output and os.path.exists(output):
+    if not overwrite and not layout.is_url(output) and os.path.exists(layout.local_path(output)):
         raise StoreExistsError(f"{output} exists: pass --overwrite to replace it")
 
 
