@@ -123,7 +123,7 @@ def test_spec_validation():
         SynthSpec(10, 10, 0)
 
 
-def test_cli_data_parameters_reach_the_store(tmp_path):
+def test_cli_data_parameters_reach_the_store(tmp_path, invoke):
     out = tmp_path / "p.zarr"
     invoke(str(out), "--bank", "60", "--test", "40", "--gallery", "40", "--dim", "16",
            "--query-noise", "2", "--hub-share", "0.5", "--query-lean", "0.7", "--seed", "2")
