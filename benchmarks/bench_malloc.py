@@ -16,10 +16,9 @@ times three ways of doing that on the same ``qbscale run`` of a store made by
 
 Every variant runs in its own process under ``/usr/bin/time -v`` (peak RSS),
 after one untimed warm-up each, interleaved ``--repeat`` times; the table
-shows medians of wall time (of the whole process, start-up included) and of
-CPU time (user + system, steadier than wall time on a busy machine) and minor
-page faults, and the
-largest peak RSS, with ratios to ``re-exec``.
+shows medians of wall time (of the whole process, start-up included), of CPU
+time (user + system, steadier than wall time on a busy machine) and of minor
+page faults, and the largest peak RSS, with ratios to ``re-exec``.
 
 Verdict (kept in the CLI): ``mallopt``, for being as fast and simpler.  On
 a 0.72 GiB store (the defaults below) on this shared 2-core machine (load
