@@ -30,7 +30,8 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         setting = "-" if row["value"] is None else f"{row['param']}={row['value']:g}"
         lines.append(f"{row['method']:<{width}}{setting:>12}"
-                     + "".join(f"{row[c]:>11{f}}" for c, _, f in COLUMNS))
+                     + "".join(f"{'-':>11}" if row.get(c) is None else f"{row[c]:>11{f}}"
+                               for c, _, f in COLUMNS))
     return "\n".join(lines)
 
 

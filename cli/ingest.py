@@ -70,6 +70,7 @@ def summary(out: str, seconds: float) -> str:
             parts.append(f"{name} ({arr.shape[0]} {arr.dtype})")
     qpi = attrs.get("queries_per_item")
     truth = (f"{qpi} {'query' if qpi == 1 else 'queries'} per gallery item" if qpi
+             else "no ground truth" if attrs.get("ground_truth") is False
              else "ground truth from gt_index")
     disk = _disk_bytes(out)
     size = f"{raw / 2**20:.1f} MiB of data" + (
@@ -88,6 +89,10 @@ def summary(out: str, seconds: float) -> str:
               help="Query i belongs to gallery item i // N (default: queries / gallery).")
 @click.option("--gt-index", metavar="PATH", help="Ground-truth gallery index of every query "
               "(.npy/.pkl of ints), instead of --queries-per-item.")
+@click.option("--no-ground-truth", is_flag=True,
+              help="Store no ground truth (new queries, right answers unknown): runs give "
+                   "top-k hits and scores, no metrics.  Automatic when the queries are not "
+                   "a multiple of the gallery and neither option above is given.")
 @click.option("--bank-emb", metavar="PATH", help="Querybank embeddings (.npy or .zarr).")
 @click.option("--test-emb", metavar="PATH", help="Test query embeddings.")
 @click.option("--gallery-emb", metavar="PATH", help="Gallery embeddings.")
@@ -125,6 +130,7 @@ def ingest(**opts: Any) -> None:
     mode = _mode(opts)
     common: dict[str, Any] = dict(
         queries_per_item=opts["queries_per_item"], gt_index=opts["gt_index"],
+        ground_truth=False if opts["no_ground_truth"] else None,
         chunk_bytes=None if opts["chunk_mb"] is None else max(1, int(opts["chunk_mb"] * 2**20)),
         chunk_rows=opts["chunk_rows"],
         dtype=opts["dtype"], codec=opts["codec"], overwrite=opts["overwrite"],
@@ -146,6 +152,22 @@ def ingest(**opts: Any) -> None:
                          chunk_bytes=common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES)
     seconds = time.perf_counter() - start
     click.echo(summary(out, seconds))
+    _truth_notice(out, opts["no_ground_truth"])
     if opts["json_path"]:
         write_json(opts["json_path"], "ingest", {"store": out, "mode": mode, "seconds": seconds,
                                                  "arrays": arrays(out)})
+
+
+def _truth_notice(out: str, forced: bool) -> None:
+    """One line on stderr when the store has no ground truth."""
+    import zarr
+
+    from qbscale.storage.store import no_ground_truth_notice
+
+    group = zarr.open_group(out, mode="r")
+    if cast("dict[str, Any]", group.attrs[layout.ATTR]).get("ground_truth") is not False:
+        return
+    names = set(group.array_keys())
+    n_queries, n_gallery = (group[layout.TEST].shape if layout.TEST in names else
+                            (group[layout.TEST_EMB].shape[0], group[layout.GALLERY_EMB].shape[0]))
+    click.echo(f"Note: {out}: {no_ground_truth_notice(n_queries, n_gallery, forced)}", err=True)

@@ -14,6 +14,7 @@ from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
 from .options import compute_options, library_errors, quiet_option, write_json
+from .run_outputs import check_hits, hits_option, save_hits, summary_without_truth
 
 COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")
 HEADERS = ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", "geom")
@@ -44,6 +45,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--topk", type=click.IntRange(min=0), default=0,
               help="Save the K best gallery items per query.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
+@hits_option
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
 @click.option("--resume", is_flag=True,
@@ -72,7 +74,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @method_options
 @library_errors
 def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
-        json_path: str | None, save_scores: bool, save_ranks: bool, resume: bool,
+        json_path: str | None, hits_path: str | None, save_scores: bool, save_ranks: bool,
+        resume: bool,
         scheduler: str, workers: int | None, quiet: bool,
         bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, fmt: str,
         label: str, dynamic: bool, gallery_bank: str | None, normaliser_path: str | None,
@@ -89,6 +92,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
 
     given = {"beta": None if beta is None else parse_values(beta), "k": k, "method": method,
              "dynamic": dynamic, **method_kwargs(method, method_opts)}
+    check_hits(hits_path, topk, given, len(stores))
     results = []
     for store in stores or (None,):
         settings, norm = given, None
@@ -103,12 +107,17 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
                 target, scheduler=scheduler, num_workers=workers, topk=topk,
                 save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
                 resume=resume, gallery_bank=gallery_bank, normaliser=norm, **settings))
+            save_hits(hits_path, results[-1], target)
     if len(results) > 1 or fmt == "markdown":
         _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
         return
     result = results[0]
-    click.echo(format_table(result.table()))
-    if result.config.normalises:
+    if not result.has_ground_truth:
+        click.echo(summary_without_truth(result, stores[0] if stores else None, hits_path,
+                                         save_scores))
+    else:
+        click.echo(format_table(result.table()))
+    if result.config.normalises and result.has_ground_truth:
         n_rows = int(result.normalised.size)
         click.echo(
             f"normalised rows: {100 * result.normalised_share:.1f}% of {n_rows}; "
@@ -127,6 +136,10 @@ def _several(names: list[str], results: list[Any], fmt: str, label: str,
              json_path: str | None) -> None:
     """Each store's figures, then the mean(std) rows (:mod:`qbscale.analysis.tables`)."""
     from qbscale.analysis import tables
+
+    from .run_outputs import check_all_have_truth
+
+    check_all_have_truth(names, results)
 
     summary = tables.summarise(results)
     if fmt == "markdown":

@@ -29,6 +29,23 @@ def _experiment(store: str | os.PathLike[str] | Experiment,
     return open_experiment(store, storage_options)
 
 
+def _without_truth(experiment: Experiment, what: str) -> ConfigError:
+    """The error for asking ``what`` of an experiment without a ground truth."""
+    where = experiment.url or "this experiment"
+    return ConfigError(f"{where} has no ground truth (nobody knows the right answers): {what}")
+
+
+def _check_truth(experiment: Experiment, topk: int, save_scores: bool,
+                 save_ranks: bool) -> None:
+    if experiment.gt is not None:
+        return
+    if save_ranks:
+        raise _without_truth(experiment, "there are no ranks to save")
+    if not (topk or save_scores):
+        raise _without_truth(experiment, "a run gives no metrics, so ask for the top-k "
+                             "(topk=K, --topk K) or the scores (save_scores, --save-scores)")
+
+
 @dataclass
 class RunPlan:
     """A planned run: its lazy graph, and where its results go.
@@ -94,6 +111,7 @@ def plan(store: str | os.PathLike[str] | Experiment,
 
     config = RunConfig.make(beta, k, method, topk, dynamic, params)
     experiment = _experiment(store, storage_options)
+    _check_truth(experiment, topk, save_scores, save_ranks)
     if normaliser is not None:
         normaliser = _matching(normaliser, config, experiment)
         banks = None
@@ -107,12 +125,10 @@ def plan(store: str | os.PathLike[str] | Experiment,
         writer = state.writer
         if normaliser is not None and state.bank is None:
             state.bank = normaliser
-    elif save_scores:
-        from qbscale.storage.results import ScoresWriter
-
-        writer = ScoresWriter.create(experiment, config)
     known = state.bank if state is not None and state.bank is not None else normaliser
-    graph = _plan.build(experiment, config, writer, normaliser=known, banks=banks)
+    # in memory, the normalised matrix comes back in the result (RunResult.scores)
+    graph = _plan.build(experiment, config, writer, normaliser=known, banks=banks,
+                        keep_scores=save_scores and experiment.url is None)
     return RunPlan(experiment, config, graph, state, save_scores, save_ranks)
 
 
@@ -153,7 +169,10 @@ def run(store: str | os.PathLike[str] | Experiment,
     topk : also return (and with a store, save) the ``topk`` best gallery
         items of every query after normalisation
     save_scores, save_ranks : write the normalised matrix / the ranks into
-        the store
+        the store; for an in-memory experiment the normalised matrix is
+        returned as ``result.scores`` (n_values, n_queries, n_gallery) float64.
+        Without a ground truth (``Experiment.gt is None``) a run needs
+        ``topk`` or ``save_scores`` and its ``before``/``after`` are None
     normaliser : a fitted :class:`~qbscale.engine.normaliser.Normaliser` (for
         these settings and this gallery): the bank stage is skipped
     resume : continue the interrupted run of the same settings in the store,
@@ -192,20 +211,25 @@ def _assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
               rows: list[RowResult]) -> RunResult:
     rows = sorted(rows, key=lambda r: r.start)
     mask = experiment.mask
-    base = np.concatenate([r.base_rank for r in rows])
+    base = before = after = None
     ranks: dict[float, np.ndarray] = {}
-    if config.normalises:
-        stacked = np.concatenate([r.rank for r in rows if r.rank is not None], axis=1)
-        ranks = {value: stacked[b] for b, value in enumerate(config.values)}
+    if experiment.gt is not None:
+        base = np.concatenate([r.base_rank for r in rows if r.base_rank is not None])
+        if config.normalises:
+            stacked = np.concatenate([r.rank for r in rows if r.rank is not None], axis=1)
+            ranks = {value: stacked[b] for b, value in enumerate(config.values)}
+        before = retrieval_metrics(base, mask)
+        after = {value: retrieval_metrics(r, mask) for value, r in ranks.items()}
     result = RunResult(
         config=config,
-        before=retrieval_metrics(base, mask),
-        after={value: retrieval_metrics(r, mask) for value, r in ranks.items()},
+        before=before,
+        after=after,
         base_ranks=base,
         ranks=ranks,
         normalised=np.concatenate([r.normalised for r in rows]),
         normaliser=norm,
         mask=mask,
+        scores=_kept_scores(rows, experiment),
     )
     if config.topk:
         result.topk_index = np.concatenate([r.topk_idx for r in rows], axis=1)
@@ -213,6 +237,18 @@ def _assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
         if all(r.base_topk_idx is not None for r in rows):  # (resumed blocks lack it)
             result.base_topk_index = np.concatenate([r.base_topk_idx for r in rows])
     return result
+
+
+def _kept_scores(rows: list[RowResult], experiment: Experiment) -> np.ndarray | None:
+    """The normalised rows the tasks kept (in-memory runs), in one array."""
+    if not rows or rows[0].scores is None:
+        return None
+    out = np.empty((rows[0].scores.shape[0], *experiment.test.shape))
+    for row in rows:
+        assert row.scores is not None
+        out[:, row.start:row.start + row.n_rows] = row.scores
+        row.scores = None  # free each block once copied
+    return out
 
 
 def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
@@ -228,10 +264,14 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     from qbscale.storage.results import matrix_source
 
     experiment = _experiment(store, storage_options)
+    if experiment.gt is None:
+        raise _without_truth(experiment, "there is nothing to evaluate against (use "
+                             "`qbscale run --topk K --hits FILE` for its top-k hits)")
     source = matrix_source(experiment, array)
     evaluated = Experiment(source, source, experiment.gt, experiment.mask)
     result = run(evaluated, method="none", scheduler=scheduler, num_workers=num_workers,
                  progress=progress)
+    assert result.before is not None
     return result.before
 
 
@@ -253,6 +293,8 @@ def lazy(store: str | os.PathLike[str] | Experiment,
 
     config = RunConfig.make(beta, k, method, 0, dynamic, params)
     experiment = _experiment(store, storage_options)
+    if experiment.gt is None:
+        raise _without_truth(experiment, "there are no ranks to compute")
     graph = _plan.build(experiment, config, banks=resolve(experiment, config, gallery_bank))
     n_b, n_g = len(config.values), experiment.n_gallery
     sizes = experiment.test.row_chunks

@@ -38,8 +38,9 @@ class Experiment:
     ----------
     bank, test : MatrixSource
         Querybank x gallery and test-query x gallery similarities.
-    gt : (n_queries,) int64
-        Ground-truth gallery index of every test query.
+    gt : (n_queries,) int64 or None
+        Ground-truth gallery index of every test query; None when nobody
+        knows the right answers (runs then give top-k and scores, no metrics).
     mask : (n_queries,) bool or None
         False for queries left out of the metrics.
     url : str or None
@@ -48,7 +49,7 @@ class Experiment:
 
     bank: MatrixSource
     test: MatrixSource
-    gt: np.ndarray
+    gt: np.ndarray | None
     mask: np.ndarray | None
     url: str | None = None
     attrs: dict[str, Any] | None = None
@@ -62,19 +63,28 @@ class Experiment:
     def n_queries(self) -> int:
         return self.test.shape[0]
 
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.gt is not None
+
 
 @dataclass
 class RowResult:
     """Per-query results of one test row block."""
 
     start: int
-    base_rank: np.ndarray  # (r,)
+    base_rank: np.ndarray | None  # (r,); None without a ground truth
     rank: np.ndarray | None  # (n_values, r)
     normalised: np.ndarray  # (r,) bool
     top_idx: np.ndarray  # (r,) raw top-1 gallery index
     topk_idx: np.ndarray | None = None  # (n_values or 1, r, K)
     topk_score: np.ndarray | None = None
     base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
+    scores: np.ndarray | None = None  # (n_values, r, n_gallery) kept for in-memory runs
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.normalised)
 
 
 @dataclass
@@ -83,12 +93,15 @@ class RunResult:
 
     Attributes
     ----------
-    before : metrics of the raw similarities (the baseline)
+    before : metrics of the raw similarities (the baseline); None without a
+        ground truth
     after : ``{value: metrics}`` after normalisation, one per value of the
         method's swept parameter (beta; alpha for nnn, kc for csls); empty
-        for ``method="none"``
-    base_ranks : (n_queries,) 0-based baseline ranks (ties averaged)
-    ranks : ``{value: (n_queries,) ranks}`` after normalisation
+        for ``method="none"``; None without a ground truth
+    base_ranks : (n_queries,) 0-based baseline ranks (ties averaged); None
+        without a ground truth
+    ranks : ``{value: (n_queries,) ranks}`` after normalisation (empty
+        without a ground truth)
     normalised : (n_queries,) bool, rows that were normalised
     normaliser : the fitted :class:`~qbscale.engine.normaliser.Normaliser`
         (its ``shift``: (n_values, n_gallery), ``logZ`` for inverted softmax;
@@ -96,12 +109,15 @@ class RunResult:
     topk_index, topk_score : (n_values, n_queries, K) best items after
         normalisation (with ``topk=K``); ``base_topk_index`` (n_queries, K)
         the best items of the raw scores
+    scores : (n_values, n_queries, n_gallery) float64 normalised matrix, for
+        an in-memory experiment run with ``save_scores=True`` (a store's run
+        writes it into the store instead)
     """
 
     config: RunConfig
-    before: dict[str, float]
-    after: dict[float, dict[str, float]]
-    base_ranks: np.ndarray
+    before: dict[str, float] | None
+    after: dict[float, dict[str, float]] | None
+    base_ranks: np.ndarray | None
     ranks: dict[float, np.ndarray]
     normalised: np.ndarray
     normaliser: Normaliser
@@ -109,6 +125,7 @@ class RunResult:
     topk_index: np.ndarray | None = None
     topk_score: np.ndarray | None = None
     base_topk_index: np.ndarray | None = None
+    scores: np.ndarray | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,15 +144,27 @@ class RunResult:
         return self.normaliser.shift
 
     @property
+    def has_ground_truth(self) -> bool:
+        """False for a run over queries whose right answers nobody knows."""
+        return self.before is not None
+
+    @property
+    def n_queries(self) -> int:
+        return int(self.normalised.size)
+
+    @property
     def normalised_share(self) -> float:
         """Share of (unmasked) test queries whose row was normalised."""
         rows = self.normalised if self.mask is None else self.normalised[self.mask]
         return float(rows.mean()) if rows.size else 0.0
 
     def table(self) -> list[dict[str, Any]]:
-        """Rows of rounded metrics: the baseline, then one per beta."""
+        """Rows of rounded metrics: the baseline, then one per beta (none
+        without a ground truth)."""
         from qbscale.engine.metrics import rounded
 
+        if self.before is None or self.after is None:
+            return []
         rows = [{"method": "none", "beta": None, **rounded(self.before)}]
         for beta, m in self.after.items():
             rows.append({"method": self.config.label, "beta": beta,
@@ -152,12 +181,13 @@ class RunResult:
             "dynamic": self.config.is_dynamic,
             "params": self.config.param_dict,
             "before": self.before,
-            "after": {str(b): m for b, m in self.after.items()},
+            "after": None if self.after is None else {str(b): m for b, m in self.after.items()},
             "table": self.table(),
             "normalised_share": self.normalised_share,
             "activation_size": self.activation_size,
             "n_gallery": self.n_gallery,
-            "n_queries": int(self.base_ranks.size),
-            "n_evaluated": int(self.base_ranks.size if self.mask is None else self.mask.sum()),
+            "n_queries": self.n_queries,
+            "n_evaluated": (0 if self.before is None else
+                            self.n_queries if self.mask is None else int(self.mask.sum())),
             "seconds": self.seconds,
         }

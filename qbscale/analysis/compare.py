@@ -41,8 +41,8 @@ class MethodRun:
 
     @property
     def metrics(self) -> dict[str, float]:
-        """Metrics at the default value."""
-        return self.result.after[self.default]
+        """Metrics at the default value (none without a ground truth)."""
+        return {} if self.result.after is None else self.result.after[self.default]
 
 
 @dataclass
@@ -53,14 +53,14 @@ class Comparison:
     n_queries: int
     n_gallery: int
     n_bank: int
-    before: dict[str, float]
+    before: dict[str, float] | None  #: None without a ground truth (hubness needs none)
     before_occurrence: np.ndarray
     before_hubness: hub.Hubness
     runs: list[MethodRun]
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per method at its default (the baseline first): metrics and hubness."""
-        out = [{"method": "none", "param": "", "value": None, **self.before,
+        out = [{"method": "none", "param": "", "value": None, **(self.before or {}),
                 **_prefixed(self.before_hubness)}]
         for r in self.runs:
             out.append({"method": r.label, "param": r.param, "value": r.default, **r.metrics,

@@ -136,7 +136,7 @@ def occurrences(result: RunResult, k: int | None = None) -> dict[str | float, np
         raise ConfigError("hubness needs the run's top-k lists: run with topk=K")
     out: dict[str | float, np.ndarray] = {
         "before": k_occurrence(result.base_topk_index, result.n_gallery, k, result.mask)}
-    if result.after:
+    if result.config.normalises:
         for b, value in enumerate(result.config.values):
             out[value] = k_occurrence(result.topk_index[b], result.n_gallery, k, result.mask)
     return out

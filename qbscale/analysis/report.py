@@ -130,10 +130,12 @@ def sweep_figure(result: Comparison) -> bytes:
     import matplotlib.pyplot as plt
 
     n = len(result.runs)
+    assert result.before is not None, "checked by write_report"
     fig, axes = plt.subplots(2, n, figsize=(3.0 * n + 1, 5.6), squeeze=False)
     for col, run in enumerate(result.runs):
-        values = sorted(run.result.after)
-        r1 = [run.result.after[v]["R1"] for v in values]
+        after = run.result.after or {}
+        values = sorted(after)
+        r1 = [after[v]["R1"] for v in values]
         skew = [run.hubness[v].skewness for v in values]
         for row, (ys, base, name) in enumerate(((r1, result.before["R1"], "R@1"),
                                                 (skew, result.before_hubness.skewness,
@@ -269,6 +271,11 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
     (:func:`qbscale.analysis.diagnose.diagnose`) adds the diagnostics section
     (:mod:`qbscale.analysis.diagnose_report`).  Returns the page's path.
     """
+    if result.before is None:
+        from qbscale.errors import ConfigError
+
+        raise ConfigError("the report plots metrics, which need a ground truth, and this "
+                          "experiment has none: `qbscale hubness` measures hubness without one")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = load_items(items) if isinstance(items, (str, os.PathLike)) else items

@@ -11,10 +11,12 @@ The graph has two stages, each reading every block of its matrix once:
 2. **test**: one task per test row block counts, for each row, the raw and the
    normalised scores above and equal to the ground truth's (all betas, plus
    the baseline, in the same read), and decides which rows are normalised from
-   the row's raw top-1.  When the test matrix is also chunked along the
-   gallery, each block is read by its own task, the ground-truth scores are
-   gathered from the blocks that hold them (the same keys, so no second read)
-   and per-block counts combine with :data:`~qbscale.engine.reductions.ROW_COUNTS`.
+   the row's raw top-1.  Without a ground truth it counts nothing and only
+   finds the top-1, the top-k and (when asked) the normalised scores.  When
+   the test matrix is also chunked along the gallery, each block is read by
+   its own task, the ground-truth scores are gathered from the blocks that
+   hold them (the same keys, so no second read) and per-block counts combine
+   with :data:`~qbscale.engine.reductions.ROW_COUNTS`.
 
 Tasks are :func:`dask.delayed` calls with explicit keys, so building a plan
 neither computes nor hashes the data.
@@ -107,21 +109,26 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
 
 @dataclass(frozen=True)
 class _RowSpec:
-    """What a test-row task needs besides its block (small, picklable)."""
+    """What a test-row task needs besides its block (small, picklable).
+
+    ``gt`` is None for queries without a ground truth: nothing is counted,
+    the task only finds top-1 (for the normalised flags), top-k and scores.
+    """
 
     start: int
-    gt: np.ndarray
+    gt: np.ndarray | None
     topk: int
+    keep_scores: bool = False  # return the normalised block (in-memory runs)
 
 
-def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
+def _piece_counts(block: np.ndarray, col0: int, gt: np.ndarray, gt_raw: np.ndarray,
                   norm: Normaliser, rows: np.ndarray | None,
                   top_idx: np.ndarray | None = None) -> kernels.RowCounts:
     width = block.shape[1]
     scales = norm.scales
     if norm.shift is None:
         return kernels.count_block(block, col0, gt_raw, None, None, scales, rows, top_idx)
-    gt_norm = kernels.normalised_gt(gt_raw, spec.gt, norm.shift, scales)
+    gt_norm = kernels.normalised_gt(gt_raw, gt, norm.shift, scales)
     shift = norm.shift[:, col0:col0 + width]
     return kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
 
@@ -137,15 +144,18 @@ def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Normaliser
     return out
 
 
-def _finish(spec: _RowSpec, counts: kernels.RowCounts, norm: Normaliser,
-            topks: list[tuple[np.ndarray, np.ndarray]] | None) -> RowResult:
-    flags = norm.flags(counts.top_idx)
-    base = kernels.ranks_from_counts(counts.above, counts.equal)
-    rank = None
-    if counts.norm_above is not None and counts.norm_equal is not None:
-        rank = np.where(flags, kernels.ranks_from_counts(counts.norm_above, counts.norm_equal),
-                        base)
-    result = RowResult(spec.start, base, rank, flags, counts.top_idx)
+def _finish(spec: _RowSpec, norm: Normaliser, top_idx: np.ndarray,
+            counts: kernels.RowCounts | None,
+            topks: list[tuple[np.ndarray, np.ndarray]] | None,
+            scores: np.ndarray | None = None) -> RowResult:
+    flags = norm.flags(top_idx)
+    base = rank = None
+    if counts is not None:  # a ground truth: ranks from the counts
+        base = kernels.ranks_from_counts(counts.above, counts.equal)
+        if counts.norm_above is not None and counts.norm_equal is not None:
+            rank = np.where(flags, kernels.ranks_from_counts(counts.norm_above,
+                                                             counts.norm_equal), base)
+    result = RowResult(spec.start, base, rank, flags, top_idx.astype(np.int64), scores=scores)
     if topks is not None:
         raw = topks[0]
         chosen = [raw] if len(topks) == 1 else [
@@ -162,42 +172,56 @@ def _test_block(src: MatrixSource, spec: _RowSpec, norm: Normaliser, writer: Any
     """Fused task for a test row block that spans the whole gallery."""
     i = offsets(src.row_chunks).index(spec.start)
     block = src.read(i, 0)
-    gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
     top_idx = np.argmax(block, axis=1)
     flags = norm.flags(top_idx)
-    counts = _piece_counts(block, 0, spec, gt_raw, norm, flags, top_idx)
+    counts = None
+    if spec.gt is not None:
+        gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
+        counts = _piece_counts(block, 0, spec.gt, gt_raw, norm, flags, top_idx)
     topks = _piece_topk(block, 0, spec, norm) if spec.topk else None
-    if writer is not None and norm.shift is not None:
-        for b, scores in enumerate(norm.transform(block, 0, flags)):
-            writer.write(b, i, scores)
-    return _finish(spec, counts, norm, topks)
+    kept = None
+    if spec.keep_scores or (writer is not None and norm.shift is not None):
+        scored = norm.transform(block, 0, flags)
+        if writer is not None and norm.shift is not None:
+            for b, scores in enumerate(scored):
+                writer.write(b, i, scores)
+        kept = scored if spec.keep_scores else None
+    return _finish(spec, norm, top_idx, counts, topks, kept)
 
 
-def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
+def _gather_gt(gt: np.ndarray, col_chunks: tuple[int, ...], needed: list[int],
                *blocks: np.ndarray) -> np.ndarray:
     starts = offsets(col_chunks)
-    out = np.empty(len(spec.gt))
+    out = np.empty(len(gt))
     for c, block in zip(needed, blocks, strict=True):
-        here = (spec.gt >= starts[c]) & (spec.gt < starts[c] + col_chunks[c])
+        here = (gt >= starts[c]) & (gt < starts[c] + col_chunks[c])
         rows = np.nonzero(here)[0]
-        out[rows] = block[rows, spec.gt[rows] - starts[c]]
+        out[rows] = block[rows, gt[rows] - starts[c]]
     return out
 
 
-def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray,
-                 norm: Normaliser) -> tuple[kernels.RowCounts, Any]:
-    counts = _piece_counts(block, col0, spec, gt_raw, norm, None)
-    return counts, (_piece_topk(block, col0, spec, norm) if spec.topk else None)
+def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
+                 norm: Normaliser) -> tuple[Any, Any]:
+    """Counts against the ground truth (or, without one, the row top-1) of a piece."""
+    if spec.gt is None or gt_raw is None:
+        first: Any = kernels.row_topk(block, 1, col0)
+    else:
+        first = _piece_counts(block, col0, spec.gt, gt_raw, norm, None)
+    return first, (_piece_topk(block, col0, spec, norm) if spec.topk else None)
 
 
-def _combine_pieces(spec: _RowSpec, norm: Normaliser, *pieces: tuple[kernels.RowCounts, Any]
-                    ) -> RowResult:
-    counts = ROW_COUNTS.tree([p[0] for p in pieces])
+def _combine_pieces(spec: _RowSpec, norm: Normaliser, *pieces: tuple[Any, Any]) -> RowResult:
+    counts = None
+    if spec.gt is None:  # the top-1 merge: ties to the lowest column, as argmax
+        top_idx = row_topk(1).tree([p[0] for p in pieces])[1][:, 0]
+    else:
+        counts = ROW_COUNTS.tree([p[0] for p in pieces])
+        top_idx = counts.top_idx
     topks = None
     if spec.topk:
         merge = row_topk(spec.topk)
         topks = [merge.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
-    return _finish(spec, counts, norm, topks)
+    return _finish(spec, norm, top_idx, counts, topks)
 
 
 def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Keys) -> Delayed:
@@ -205,9 +229,13 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
     starts = offsets(src.col_chunks)
     reads = [delayed(partial(src.read, i))(c, dask_key_name=key("test-read", i, c))
              for c in range(len(src.col_chunks))]
-    needed = sorted({int(np.searchsorted(starts, g, side="right") - 1) for g in np.unique(spec.gt)})
-    gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
-                                 dask_key_name=key("test-gt", i))
+    gt_raw = None
+    if spec.gt is not None:
+        needed = sorted({int(np.searchsorted(starts, g, side="right") - 1)
+                         for g in np.unique(spec.gt)})
+        gt_raw = delayed(_gather_gt)(spec.gt, src.col_chunks, needed,
+                                     *[reads[c] for c in needed],
+                                     dask_key_name=key("test-gt", i))
     pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
                                     dask_key_name=key("test-count", i, c))
               for c in range(len(src.col_chunks))]
@@ -218,8 +246,13 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
           normaliser: Normaliser | None = None,
-          banks: Mapping[str, MatrixSource] | None = None) -> Plan:
+          banks: Mapping[str, MatrixSource] | None = None, keep_scores: bool = False) -> Plan:
     """The lazy graph of a run over ``experiment``; computes nothing.
+
+    Without a ground truth (``experiment.gt is None``) the test stage counts
+    nothing: it finds each row's top-1 (which rows are normalised), the
+    top-k and, with ``keep_scores``, returns the normalised rows
+    (``RowResult.scores``, for in-memory experiments).
 
     ``normaliser`` is the bank stage already done for these settings (a saved
     normaliser, or an interrupted run's, :mod:`qbscale.storage.resume`): it
@@ -234,10 +267,13 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     else:
         norm = fit(experiment, config, key, banks)
     test = experiment.test
+    if keep_scores and len(test.col_chunks) != 1:
+        raise ConfigError("keeping scores needs a test matrix chunked by rows only")
     rows = []
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
-        spec = _RowSpec(start, experiment.gt[start:start + size], config.topk)
+        gt = None if experiment.gt is None else experiment.gt[start:start + size]
+        spec = _RowSpec(start, gt, config.topk, keep_scores)
         if len(test.col_chunks) == 1:
             rows.append(delayed(partial(_test_block, test))(spec, norm, writer,
                                                             dask_key_name=key("test", i)))

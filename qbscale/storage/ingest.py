@@ -19,7 +19,7 @@ from qbscale import __version__
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
 from qbscale.storage.readers import InputMatrix, open_matrix
-from qbscale.storage.store import check_mask, ground_truth
+from qbscale.storage.store import check_mask, ground_truth, resolve_ground_truth
 from qbscale.storage.writer import (
     Target,
     check_options,
@@ -91,13 +91,18 @@ def _open_2d(source: PathOrArray, role: str, options: dict[str, Any] | None) -> 
 
 
 def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
-                  gt_index: PathOrArray | None) -> tuple[int | None, InputMatrix | None,
-                                                         np.ndarray | None]:
-    """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is set.
+                  gt_index: PathOrArray | None, wanted: bool | None = None
+                  ) -> tuple[int | None, InputMatrix | None, np.ndarray | None]:
+    """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is
+    set, or none of them for a store without a ground truth.
 
     The checks are :func:`qbscale.storage.store.ground_truth`'s, run before any data
-    is written, with the file named in their messages.
+    is written, with the file named in their messages; ``wanted`` is
+    :func:`qbscale.storage.store.resolve_ground_truth`'s.
     """
+    if gt_index is None and resolve_ground_truth(n_queries, n_gallery, queries_per_item,
+                                                 wanted=wanted) is None:
+        return None, None, None
     src = None if gt_index is None else open_matrix(gt_index, "gt_index")
     if src is None:
         ground_truth(n_queries, n_gallery, queries_per_item)
@@ -116,11 +121,12 @@ def _read_mask(masks: PathOrArray | None, n_queries: int,
 
 
 def _base_attrs(kind: str, qpi: int | None, targets: list[Target], codec: str,
-                chunk_bytes: int) -> dict[str, Any]:
+                chunk_bytes: int, has_gt: bool = True) -> dict[str, Any]:
     return {
         "version": __version__,
         "kind": kind,
         "queries_per_item": qpi,
+        "ground_truth": has_gt,
         "codec": codec,
         "chunking": {"chunk_bytes": int(chunk_bytes),
                      **{t.name: list(t.chunks) for t in targets}},
@@ -132,7 +138,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
            gt_index: PathOrArray | None = None, chunk_bytes: int = layout.DEFAULT_CHUNK_BYTES,
            chunk_rows: int | None = None, chunk_cols: int | None = None,
            dtype: str | None = None, codec: str = "none", overwrite: bool = False,
-           progress: bool = True, storage_options: dict[str, Any] | None = None) -> str:
+           progress: bool = True, storage_options: dict[str, Any] | None = None,
+           ground_truth: bool | None = None) -> str:
     """Write a querybank and a test similarity matrix into one Zarr v3 store.
 
     Parameters
@@ -150,6 +157,12 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         ``n_queries // n_gallery`` when the queries are a multiple of the gallery.
     gt_index : path or numpy.ndarray, optional
         Ground-truth gallery index of every query, instead of ``queries_per_item``.
+    ground_truth : bool, optional
+        False: store no ground truth (deployment: nobody knows the right
+        answers); True: require one.  By default (None) a test matrix whose
+        queries are not a positive multiple of the gallery, with neither
+        ``queries_per_item`` nor ``gt_index`` given, is stored without one.
+        Either way the store's attribute ``ground_truth`` says which.
     chunk_bytes : int
         Target bytes per stored chunk (whole rows; columns are cut only when one
         row exceeds it).
@@ -196,7 +209,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         if srcs["test"].shape[1] != n_gallery:
             raise InputError(f"{srcs['bank'].label('bank')} has {n_gallery} gallery columns, "
                              f"{srcs['test'].label('test')} has {srcs['test'].shape[1]}")
-        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
+        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index,
+                                        ground_truth)
         mask_src, mask = _read_mask(masks, n_queries, qpi)
         dtypes = {role: stored_dtype(src, src.label(role), stored) for role, src in srcs.items()}
         itemsize = max(d.itemsize for d in dtypes.values())
@@ -205,7 +219,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
                           chunk_shape(srcs[role].shape[0], n_gallery, dtypes[role].itemsize,
                                       chunk_bytes, chunk_rows, cols))
                    for name, role in ((layout.BANK, "bank"), (layout.TEST, "test"))]
-        attrs = _base_attrs(layout.KIND_SIMS, qpi, targets, codec, chunk_bytes)
+        attrs = _base_attrs(layout.KIND_SIMS, qpi, targets, codec, chunk_bytes,
+                            qpi is not None or gt is not None)
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
         write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,
                     inputs, codec, progress)
@@ -220,7 +235,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
                       chunk_rows: int | None = None, dtype: str | None = None,
                       codec: str = "none", overwrite: bool = False, progress: bool = True,
                       storage_options: dict[str, Any] | None = None,
-                      input_storage_options: dict[str, Any] | None = None) -> str:
+                      input_storage_options: dict[str, Any] | None = None,
+                      ground_truth: bool | None = None) -> str:
     """Write querybank, test and gallery embeddings into one Zarr v3 store.
 
     Similarities are then computed block by block when the store is used
@@ -233,7 +249,7 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         The store to create.
     bank_emb, test_emb, gallery_emb : path, URL or numpy.ndarray
         ``(n, dim)`` embeddings: ``.npy``, ``.zarr`` arrays (or ``.npz``/``.pkl``).
-    masks, queries_per_item, gt_index
+    masks, queries_per_item, gt_index, ground_truth
         As for :func:`ingest`, with ``n_gallery`` the gallery embeddings' rows.
     normalise : bool
         Store rows scaled to unit L2 norm (zero rows are refused).
@@ -271,7 +287,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
                 raise InputError(f"{src.label(role)} has dimension {src.shape[1]}, "
                                  f"{srcs[layout.GALLERY_EMB].label(layout.GALLERY_EMB)} has {dim}")
         n_queries, n_gallery = srcs[layout.TEST_EMB].shape[0], srcs[layout.GALLERY_EMB].shape[0]
-        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index)
+        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index,
+                                        ground_truth)
         mask_src, mask = _read_mask(masks, n_queries, qpi)
         targets = []
         for role, src in srcs.items():
@@ -279,7 +296,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
             chunks = chunk_shape(src.shape[0], dim, dt.itemsize, chunk_bytes, chunk_rows, dim)
             targets.append(Target(role, src, dt, chunks,
                                   unit_rows(src.label(role)) if normalise else None))
-        attrs = _base_attrs(layout.KIND_EMBEDDINGS, qpi, targets, codec, chunk_bytes)
+        attrs = _base_attrs(layout.KIND_EMBEDDINGS, qpi, targets, codec, chunk_bytes,
+                            qpi is not None or gt is not None)
         attrs["similarity"] = "cosine" if normalise else "dot"
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
         write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,

@@ -17,6 +17,8 @@ or, for an embeddings experiment (similarities computed on the fly)::
 
 The group attribute ``qbscale`` is a dict with at least ``version``,
 ``kind`` ("sims" or "embeddings"), ``queries_per_item`` (int or None),
+``ground_truth`` (False for a store without one: new queries whose right
+answers nobody knows; absent in older stores, which always have one),
 ``sources`` (per input: file name, sha256, dtype, shape) and ``complete``
 (True only once every array is fully written).  Readers refuse a store whose
 ``complete`` flag is missing: an interrupted ingest never looks finished.

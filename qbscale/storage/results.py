@@ -93,7 +93,7 @@ def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool
         arr[...] = data
         arr.attrs.update({"values": values, "method": result.config.method})
 
-    if save_ranks:
+    if save_ranks and result.base_ranks is not None:  # (no ranks without a ground truth)
         put("ranks_baseline", result.base_ranks, ("query",))
         if result.ranks:
             put("ranks", np.stack([result.ranks[b] for b in result.config.values]),

@@ -57,12 +57,14 @@ FIELDS = {
 }
 
 
-def field_shapes(config: RunConfig, n_queries: int, n_gallery: int) -> dict[str, tuple[int, ...]]:
-    """Shape of every kept field over all queries."""
+def field_shapes(config: RunConfig, n_queries: int, n_gallery: int,
+                 ranks: bool = True) -> dict[str, tuple[int, ...]]:
+    """Shape of every kept field over all queries (``ranks=False``: no ground truth)."""
     n_v = len(config.values)
-    shapes: dict[str, tuple[int, ...]] = {
-        "base_rank": (n_queries,), "normalised": (n_queries,), "top_idx": (n_queries,)}
-    if config.normalises:
+    shapes: dict[str, tuple[int, ...]] = {"normalised": (n_queries,), "top_idx": (n_queries,)}
+    if ranks:
+        shapes["base_rank"] = (n_queries,)
+    if ranks and config.normalises:
         shapes["rank"] = (n_v, n_queries)
     if config.topk:
         k = min(config.topk, n_gallery)
@@ -91,7 +93,7 @@ class Manifest:
 
     def record(self, i: int, row: RowResult) -> RowResult:
         """Store row block ``i``'s results, then its marker; returns ``row``."""
-        stop = row.start + len(row.base_rank)
+        stop = row.start + row.n_rows
         for name in self.fields:
             value = getattr(row, name)
             self.array(name)[_rows(name, row.start, stop)] = value
@@ -166,7 +168,8 @@ class RunState:
         saved = _saved_manifest(experiment) if resume else None
         if saved is not None and dict(saved.attrs["settings"]) != settings:
             raise ConfigError(_mismatch(experiment.url, dict(saved.attrs["settings"]), settings))
-        shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery)
+        shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery,
+                              experiment.gt is not None)
         manifest = Manifest(str(experiment.url), freeze_options(experiment.storage_options),
                             tuple(shapes), uuid.uuid4().hex)
         state = cls(manifest, config, rows)

@@ -61,6 +61,42 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
     return np.arange(n_queries, dtype=np.int64) // qpi
 
 
+def resolve_ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
+                         gt_index: np.ndarray | None = None, label: str = "gt_index",
+                         wanted: bool | None = None) -> np.ndarray | None:
+    """The ground truth, or None for a test matrix that has none.
+
+    ``wanted=True`` requires one (:func:`ground_truth`'s checks and errors);
+    ``wanted=False`` forces none (giving ``queries_per_item`` or ``gt_index``
+    too is an error); ``None`` (automatic) gives none only when nothing was
+    given and the queries are not a positive multiple of the gallery
+    (deployment: new queries whose right answers nobody knows).
+
+    >>> resolve_ground_truth(1000, 3000) is None
+    True
+    >>> resolve_ground_truth(6, 3)
+    array([0, 0, 1, 1, 2, 2])
+    """
+    given = queries_per_item is not None or gt_index is not None
+    if wanted is False:
+        if given:
+            raise ConfigError("no ground truth was asked for: give neither queries_per_item "
+                              "(--queries-per-item) nor gt_index (--gt-index)")
+        return None
+    if wanted is None and not given and (n_queries < n_gallery or n_queries % n_gallery):
+        return None
+    return ground_truth(n_queries, n_gallery, queries_per_item, gt_index, label)
+
+
+def no_ground_truth_notice(n_queries: int, n_gallery: int, forced: bool) -> str:
+    """One line saying a store (or experiment) has no ground truth, and why."""
+    why = ("as asked" if forced else
+           f"test has {n_queries} queries, not a positive multiple of its {n_gallery} "
+           "gallery items")
+    return (f"no ground truth ({why}): runs give top-k hits and scores, no metrics; "
+            "for metrics give --queries-per-item N or --gt-index FILE")
+
+
 def check_gt_index(values: Any, n_queries: int, n_gallery: int,
                    label: str = "gt_index") -> np.ndarray:
     """An explicit ground truth as int64, one gallery index per query.
@@ -142,7 +178,8 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
     names = set(group.array_keys())
     gt_index = group[layout.GT_INDEX][...] if layout.GT_INDEX in names else None
-    gt = ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
+    gt = None if attrs.get("ground_truth") is False else \
+        ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
     mask = group[layout.QUERY_MASK][...] if layout.QUERY_MASK in names else None
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
                       storage_options)
@@ -222,8 +259,13 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
               queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
               rows_per_block: int | None = None, names: tuple[str, str] = ("bank", "test"),
-              ) -> Experiment:
-    """An experiment over in-memory arrays (no store), e.g. loaded pickles."""
+              ground_truth: bool | None = True) -> Experiment:
+    """An experiment over in-memory arrays (no store), e.g. loaded pickles.
+
+    ``ground_truth=False`` (or None: automatic, see :func:`resolve_ground_truth`)
+    gives an experiment without one (``gt=None``): runs return top-k and
+    scores but no metrics.
+    """
     for name, arr in zip(names, (bank, test), strict=True):
         check_matrix(name, arr)
     if bank.shape[1] != test.shape[1]:
@@ -231,6 +273,7 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
                          f"{names[1]} has {test.shape[1]}")
     n_gallery = test.shape[1]
     step = rows_per_block or max(1, 2**24 // n_gallery)
-    gt = ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index)
+    gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index,
+                              wanted=ground_truth)
     return Experiment(NumpyMatrix.wrap(bank, step), NumpyMatrix.wrap(test, step), gt,
                       check_mask(mask, test.shape[0]))

@@ -1,0 +1,375 @@
+"""Hits files: the top-k gallery items of every query, one line (row) per hit.
+
+The format follows the file's suffix:
+
+==========  ==================================================================
+``.parquet``  columns ``query, rank, item, score, variant`` (needs pyarrow:
+              ``pip install 'qbscale[parquet]'``), one row group per block
+``.tsv``      the same columns, tab-separated, with a header line
+``.trec``     the TREC run format that IR evaluation tools read:
+              ``qid Q0 item rank score qbscale`` (one variant per file)
+``.npz``      the same five columns as 1-D arrays (written whole at close)
+==========  ==================================================================
+
+Ranks are 1-based; rows go query by query, then variant, then rank.  A
+*variant* is one value of the method's swept parameter (``dis:beta=20``).
+:class:`HitsWriter` appends blocks of queries in order (a search over
+millions of queries never holds them all); :func:`write_hits` writes one
+array.  A file is written under a hidden temporary name and renamed into
+place when complete, so an interrupted write never looks finished.
+
+Examples
+--------
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "run.trec")
+>>> write_hits(path, np.array([[0.9, 0.5]]), np.array([[3, 1]]))
+>>> print(open(path).read(), end="")
+0 Q0 3 1 0.9 qbscale
+0 Q0 1 2 0.5 qbscale
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from qbscale.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from qbscale.types import Experiment, RunResult
+
+COLUMNS = ("query", "rank", "item", "score", "variant")
+SUFFIXES = (".parquet", ".tsv", ".trec", ".npz")
+#: the run tag of TREC lines
+TREC_TAG = "qbscale"
+PARQUET_HINT = "pip install 'qbscale[parquet]'"
+
+
+def check_hits_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, after checking its suffix, its directory and (for
+    ``.parquet``) that pyarrow is installed; call before any work starts."""
+    out = Path(path)
+    if out.suffix not in SUFFIXES:
+        raise ConfigError(f"hits file {out}: unknown suffix {out.suffix or '(none)'!r}; "
+                          f"use one of {', '.join(SUFFIXES)}")
+    if not out.parent.is_dir():
+        raise ConfigError(f"hits file {out}: no such directory {out.parent}")
+    if out.is_dir():
+        raise ConfigError(f"hits file {out} is a directory")
+    if out.suffix == ".parquet":
+        _pyarrow()
+    return out
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as exc:
+        raise ConfigError(f"writing .parquet hits needs pyarrow: {PARQUET_HINT}") from exc
+    return pyarrow
+
+
+def _blocks(scores: Any, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and indices as (n_values, n_queries, K) arrays of the same shape."""
+    s, idx = np.asarray(scores), np.asarray(indices)
+    if s.ndim == 2:
+        s, idx = s[None], idx[None] if idx.ndim == 2 else idx
+    if s.ndim != 3 or s.shape != idx.shape:
+        raise InputError(f"hits: scores {np.shape(scores)} and indices {np.shape(indices)} "
+                         "must have one shape, (n_queries, K) or (n_values, n_queries, K)")
+    if idx.dtype.kind not in "iu":
+        raise InputError(f"hits: indices hold {idx.dtype} values; expected integers")
+    return s.astype(np.float64), idx.astype(np.int64)
+
+
+def _ids(values: Any, what: str, n: int | None = None) -> np.ndarray:
+    ids = np.asarray(values)
+    if ids.ndim != 1 or (n is not None and ids.size != n):
+        raise InputError(f"hits: {what} ids have shape {ids.shape}, expected ({n},)")
+    if ids.dtype.kind not in "iuU":
+        ids = ids.astype(str)
+    if ids.dtype.kind == "U" and any(any(ch.isspace() for ch in i) for i in ids.tolist()):
+        raise InputError(f"hits: {what} ids may not hold white space")
+    return ids
+
+
+class HitsWriter:
+    """Append blocks of queries' top-k hits, in query order, to one file.
+
+    Parameters
+    ----------
+    path : ``.parquet``, ``.tsv``, ``.trec`` or ``.npz`` (see the module docstring)
+    item_ids : optional (n_gallery,) ids of the gallery items (default: their index)
+    variant : a label, or one per value (default: ``""`` for one value, else
+        the value's index); a ``.trec`` file holds one variant
+
+    Use as a context manager (the file is renamed into place on a clean
+    exit and removed on an error), or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, item_ids: Any = None,
+                 variant: str | Sequence[str] | None = None) -> None:
+        self.path = check_hits_path(path)
+        self.item_ids = None if item_ids is None else _ids(item_ids, "item")
+        self.variants = [variant] if isinstance(variant, str) else \
+            None if variant is None else [str(v) for v in variant]
+        if self.path.suffix == ".trec" and self.variants is not None and len(self.variants) > 1:
+            raise ConfigError(_trec_one(self.path, len(self.variants)))
+        self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.n_queries = 0
+        self._sink = _SINKS[self.path.suffix](self.partial)
+
+    def append(self, scores: Any, indices: Any, query_ids: Any = None) -> None:
+        """Add the hits of the next block of queries.
+
+        ``scores``/``indices``: (r, K) or (n_values, r, K), best first;
+        ``query_ids``: (r,) (default: running integer ids, 0-based).
+        """
+        s, idx = _blocks(scores, indices)
+        n_values, rows, k = s.shape
+        variants = self._variants(n_values)
+        qids = (np.arange(self.n_queries, self.n_queries + rows) if query_ids is None
+                else _ids(query_ids, "query", rows))
+        flat = idx.transpose(1, 0, 2).ravel()
+        if self.item_ids is not None:
+            if flat.size and (flat.min() < 0 or flat.max() >= self.item_ids.size):
+                raise InputError(f"hits: an index is outside the {self.item_ids.size} item ids")
+            items: np.ndarray = self.item_ids[flat]
+        else:
+            items = flat
+        self._sink.write({
+            "query": np.repeat(qids, n_values * k),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), rows * n_values),
+            "item": items,
+            "score": s.transpose(1, 0, 2).ravel(),
+            "variant": np.tile(np.repeat(np.asarray(variants, dtype=str), k), rows),
+        })
+        self.n_queries += rows
+
+    def _variants(self, n_values: int) -> list[str]:
+        if self.variants is None:
+            self.variants = [""] if n_values == 1 else [str(b) for b in range(n_values)]
+        if len(self.variants) != n_values:
+            raise InputError(f"hits: {n_values} values in this block, {len(self.variants)} "
+                             "variant labels")
+        if self.path.suffix == ".trec" and n_values > 1:
+            raise ConfigError(_trec_one(self.path, n_values))
+        return self.variants
+
+    def close(self) -> Path:
+        """Finish the file and move it into place; returns its path."""
+        self._sink.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the half-written file."""
+        try:
+            self._sink.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> HitsWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _trec_one(path: Path, n: int) -> str:
+    return (f"hits file {path}: a TREC run holds one variant, this one has {n}: "
+            "run one value, or write .tsv, .parquet or .npz")
+
+
+class _Sink(Protocol):
+    def write(self, cols: dict[str, np.ndarray]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _TextSink:
+    def __init__(self, path: Path, trec: bool) -> None:
+        self.trec = trec
+        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        if not trec:
+            self.file.write("\t".join(COLUMNS) + "\n")
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        q, rank, item, score, variant = (cols[c].tolist() for c in COLUMNS)
+        if self.trec:
+            lines = [f"{a} Q0 {c} {r} {s!r} {TREC_TAG}\n"
+                     for a, r, c, s in zip(q, rank, item, score, strict=True)]
+        else:
+            lines = [f"{a}\t{r}\t{c}\t{s!r}\t{v}\n"
+                     for a, r, c, s, v in zip(q, rank, item, score, variant, strict=True)]
+        self.file.writelines(lines)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _ParquetSink:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: Any = None
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        pa = _pyarrow()
+        table = pa.table({name: cols[name] for name in COLUMNS})
+        if self.writer is None:
+            self.writer = pa.parquet.ParquetWriter(str(self.path), table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+
+    def close(self) -> None:
+        if self.writer is None:  # no block: an empty file with the columns
+            pa = _pyarrow()
+            empty = pa.table({c: pa.array([], t) for c, t in zip(
+                COLUMNS, (pa.int64(), pa.int64(), pa.int64(), pa.float64(), pa.string()),
+                strict=True)})
+            pa.parquet.write_table(empty, str(self.path))
+            return
+        self.writer.close()
+
+
+class _NpzSink:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        self.parts.append(cols)
+
+    def close(self) -> None:
+        cols = {c: np.concatenate([p[c] for p in self.parts]) if self.parts else
+                np.zeros(0, np.float64 if c == "score" else str if c == "variant" else np.int64)
+                for c in COLUMNS}
+        with open(self.path, "wb") as f:
+            np.savez(f, query=cols["query"], rank=cols["rank"], item=cols["item"],
+                     score=cols["score"], variant=cols["variant"])
+        self.parts = []
+
+
+_SINKS: dict[str, Callable[[Path], _Sink]] = {
+    ".parquet": _ParquetSink,
+    ".tsv": lambda path: _TextSink(path, trec=False),
+    ".trec": lambda path: _TextSink(path, trec=True),
+    ".npz": _NpzSink,
+}
+
+
+def write_hits(path: str | os.PathLike[str], scores: Any, indices: Any, *,
+               query_ids: Any = None, item_ids: Any = None,
+               variant: str | Sequence[str] | None = None) -> None:
+    """Write top-k hits to ``path`` (format by suffix: see the module docstring).
+
+    Parameters
+    ----------
+    scores, indices : (n_queries, K) or (n_values, n_queries, K), best first;
+        indices are gallery positions
+    query_ids : optional (n_queries,) ids (default: 0, 1, ...)
+    item_ids : optional (n_gallery,) ids of the gallery items (default: index)
+    variant : a label, or one per value (see :class:`HitsWriter`)
+    """
+    with HitsWriter(path, item_ids=item_ids, variant=variant) as writer:
+        writer.append(scores, indices, query_ids)
+
+
+def read_hits(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The columns ``query, rank, item, score, variant`` of a hits file.
+
+    Ids are int64 when every one is an integer, else strings; a ``.trec``
+    file's variant column holds its run tag.
+    """
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ConfigError(f"hits file {path}: unknown suffix {path.suffix!r}")
+    if not path.is_file():
+        raise InputError(f"hits file {path}: no such file")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {c: data[c] for c in COLUMNS}
+    if path.suffix == ".parquet":
+        table = _pyarrow().parquet.read_table(str(path))
+        cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in COLUMNS}
+        return {c: v.astype(str) if c == "variant" else _typed(v) for c, v in cols.items()}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".trec":
+        rows = [line.split() for line in lines]
+        if any(len(r) != 6 or r[1] != "Q0" for r in rows):
+            raise InputError(f"{path}: not a TREC run (qid Q0 item rank score tag)")
+        fields = list(zip(*rows, strict=True)) if rows else [()] * 6
+        raw = dict(zip(("query", "q0", "item", "rank", "score", "variant"), fields,
+                       strict=True))
+    else:
+        if not lines or lines[0].split("\t") != list(COLUMNS):
+            raise InputError(f"{path}: expected the header {' '.join(COLUMNS)}")
+        rows = [line.split("\t") for line in lines[1:]]
+        raw = dict(zip(COLUMNS, list(zip(*rows, strict=True)) if rows else [()] * 5,
+                       strict=True))
+    return {"query": _typed(np.asarray(raw["query"], dtype=str)),
+            "rank": np.asarray(raw["rank"], dtype=np.int64),
+            "item": _typed(np.asarray(raw["item"], dtype=str)),
+            "score": np.asarray(raw["score"], dtype=np.float64),
+            "variant": np.asarray(raw["variant"], dtype=str)}
+
+
+def _typed(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind in "iuf":
+        return values
+    try:
+        return values.astype(np.int64)
+    except (ValueError, OverflowError):
+        return values.astype(str)
+
+
+# ------------------------------------------------------------- runs and stores
+
+
+def store_ids(experiment: Experiment) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(query ids, item ids)`` from the store's coordinate arrays ``query`` and
+    ``gallery`` (1-D, as xarray stores coordinates), None where it has none.
+
+    ``qbscale ingest`` writes no coordinates, so a store it wrote gives
+    ``(None, None)`` (integer ids); add them with e.g. ``zarr`` to label hits.
+    """
+    if experiment.url is None:
+        return None, None
+    import zarr
+
+    group = zarr.open_group(experiment.url, mode="r", storage_options=experiment.storage_options)
+    names = set(group.array_keys())
+    out = []
+    for name, n in (("query", experiment.n_queries), ("gallery", experiment.n_gallery)):
+        arr: Any = group[name] if name in names else None
+        out.append(None if arr is None or arr.shape != (n,) else np.asarray(arr[...]))
+    return out[0], out[1]
+
+
+def variant_labels(result: RunResult) -> list[str]:
+    """One label per value of a run: ``dis:beta=20`` (``none`` for the baseline)."""
+    config = result.config
+    if not config.normalises:
+        return [config.label]
+    return [f"{config.label}:{config.variant_name}={v:g}" for v in config.values]
+
+
+def write_run_hits(path: str | os.PathLike[str], result: RunResult,
+                   experiment: Experiment | None = None) -> Path:
+    """Write a run's top-k after normalisation (``run(..., topk=K)``) to ``path``,
+    one variant per value, with the store's ids when it has them."""
+    if result.topk_index is None or result.topk_score is None:
+        raise ConfigError("hits need the run's top-k: run with topk=K (--topk K)")
+    query_ids, item_ids = store_ids(experiment) if experiment is not None else (None, None)
+    with HitsWriter(path, item_ids=item_ids, variant=variant_labels(result)) as writer:
+        writer.append(result.topk_score, result.topk_index, query_ids)
+    return writer.path
