@@ -164,7 +164,7 @@ def _truth_notice(out: str, forced: bool) -> None:
 
     from qbscale.storage.store import no_ground_truth_notice
 
-    group = zarr.open_group(out, mode="r")
+    group: Any = zarr.open_group(out, mode="r")
     if cast("dict[str, Any]", group.attrs[layout.ATTR]).get("ground_truth") is not False:
         return
     names = set(group.array_keys())

@@ -194,9 +194,11 @@ def test_queries_per_item_default_explicit_and_gt_index(tmp_path, rng):
     bank = sims(rng, 30, 50)
     ten = sims(rng, 10, 50)
     with pytest.raises(InputError, match=r"--queries-per-item.*--gt-index") as info:
-        ingest(tmp_path / "a.zarr", bank, ten, progress=False)
+        ingest(tmp_path / "a.zarr", bank, ten, progress=False, ground_truth=True)
     assert "10 queries" in str(info.value) and "50 gallery items" in str(info.value)
     assert not (tmp_path / "a.zarr").exists()
+    out = ingest(tmp_path / "none.zarr", bank, ten, progress=False)  # by default: none
+    assert attrs_of(out)["ground_truth"] is False and open_experiment(out).gt is None
     out = ingest(tmp_path / "a.zarr", bank, ten, queries_per_item=1, progress=False)
     assert attrs_of(out)["queries_per_item"] == 1
     out = ingest(tmp_path / "b.zarr", bank, sims(rng, 100, 50), progress=False)
