@@ -184,3 +184,20 @@ def test_cli_hits_refused_before_work(problem, tmp_path, monkeypatch, args, mess
     res = CliRunner().invoke(cli, ["run", str(store), *args, "--quiet"])
     assert res.exit_code != 0 and message in res.output
     assert "last_run" not in zarr.open_group(str(store), mode="r").attrs["qbscale"]
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_no_query_gives_an_empty_file(tmp_path, suffix):
+    path = tmp_path / f"e{suffix}"
+    HitsWriter(path).close()
+    got = read_hits(path)
+    assert all(got[c].size == 0 for c in ("query", "rank", "item", "score", "variant"))
+
+
+def test_not_a_hits_file(tmp_path):
+    (tmp_path / "x.trec").write_text("1 2 3\n")
+    with pytest.raises(InputError, match="not a TREC run"):
+        read_hits(tmp_path / "x.trec")
+    (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
+    with pytest.raises(InputError, match="expected the header query rank item score variant"):
+        read_hits(tmp_path / "x.tsv")

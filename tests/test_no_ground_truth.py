@@ -232,3 +232,15 @@ def test_hubness_without_ground_truth(problem, store, tmp_path):
     table = res.output.splitlines()
     assert table[0] == f"N_k at k=3 over {N_TEST} test queries and {N_GALLERY} gallery items"
     assert table[2].split()[:3] == ["none", "-", "-"]  # setting, then R@1: none
+
+
+def test_report_needs_a_ground_truth(problem, tmp_path):
+    from qbscale.analysis.compare import compare
+    from qbscale.analysis.report import write_report
+
+    bank, test = problem
+    result = compare(in_memory(bank, test, ground_truth=False), ["dis"], k=3)
+    assert result.before is None and result.rows()[1]["hub_k"] == 3
+    with pytest.raises(ConfigError, match="the report plots metrics, which need a ground truth"):
+        write_report(result, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
