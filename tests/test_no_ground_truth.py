@@ -244,3 +244,24 @@ def test_report_needs_a_ground_truth(problem, tmp_path):
     with pytest.raises(ConfigError, match="the report plots metrics, which need a ground truth"):
         write_report(result, tmp_path / "report")
     assert not (tmp_path / "report").exists()
+
+
+def test_interrupted_run_without_ground_truth_resumes(problem, store, tmp_path):
+    from .test_resume import FailingMatrix
+
+    bank, test = problem
+    kw = {"beta": [10.0, 20.0], "topk": 3, "save_scores": True}
+    experiment = open_experiment(store)
+    experiment.test = FailingMatrix(experiment.test, ok=2)
+    with pytest.raises(RuntimeError, match="cannot read block"):
+        qbscale.run(experiment, scheduler="synchronous", **kw)
+    done = zarr.open_array(str(store), path="manifest/done", mode="r")[...]
+    assert 0 < done.sum() < len(done)
+    res = qbscale.run(store, resume=True, **kw)
+    assert res.extra["resume"]["reused"] == done.sum() and res.before is None
+    group = zarr.open_group(str(store), mode="r")
+    for b, beta in enumerate((10.0, 20.0)):
+        want = ref.scores(test, bank, beta)
+        np.testing.assert_allclose(group["scores"][b], want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(res.topk_index[b], ref.topk(want, 3)[0])
+    np.testing.assert_array_equal(res.normalised, ref.normalised_rows(test, bank, "dis", 1))
