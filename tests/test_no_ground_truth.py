@@ -265,3 +265,9 @@ def test_interrupted_run_without_ground_truth_resumes(problem, store, tmp_path):
         np.testing.assert_allclose(group["scores"][b], want, rtol=1e-12, atol=1e-12)
         np.testing.assert_array_equal(res.topk_index[b], ref.topk(want, 3)[0])
     np.testing.assert_array_equal(res.normalised, ref.normalised_rows(test, bank, "dis", 1))
+
+
+def test_open_dataset_without_ground_truth(store):
+    ds = qbscale.open_dataset(store)
+    assert "gt" not in ds and ds.attrs["ground_truth"] is False
+    assert ds.test.shape == (N_TEST, N_GALLERY)
