@@ -155,6 +155,7 @@ def test_cli_run_hits(problem, tmp_path, suffix, truth):
     np.testing.assert_allclose([g[3] for g in got], [w[3] for w in want], rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")  # str ids
 def test_cli_hits_uses_store_coordinates(problem, tmp_path):
     bank, test = problem
     store = qbscale.ingest(tmp_path / "s.zarr", bank, test, progress=False)
