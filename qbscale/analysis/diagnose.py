@@ -144,7 +144,7 @@ class Diagnosis:
 
     def result_figures(self) -> dict[str, float] | None:
         """R@1 before and after, and the normalised share (None without a ground truth)."""
-        if self.result is None:
+        if self.result is None or self.result.before is None or self.result.after is None:
             return None
         return {"before": self.result.before["R1"],
                 "after": self.result.after[self.config.values[0]]["R1"],
@@ -162,7 +162,7 @@ class Diagnosis:
             "thresholds": dict(THRESHOLDS),
             "reading": reading(self.figures, self.result_figures()),
         }
-        if self.result is not None:
+        if self.result is not None and self.result.after is not None:
             out["before"] = self.result.before
             out["after"] = self.result.after[self.config.values[0]]
             out["normalised_share"] = self.result.normalised_share

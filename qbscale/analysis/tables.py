@@ -49,9 +49,13 @@ def summarise(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     for r in results[1:]:
         if r.config != config:
             raise ConfigError(f"runs with different settings: {config} and {r.config}")
+    befores = [r.before for r in results if r.before is not None]
+    afters = [r.after for r in results if r.after is not None]
+    if len(befores) < len(results) or len(afters) < len(results):
+        raise ConfigError("a run without a ground truth has no metrics to summarise")
     settings: list[tuple[str, float | None, list[dict[str, float]]]] = [
-        ("none", None, [r.before for r in results])]
-    settings += [(config.label, value, [r.after[value] for r in results])
+        ("none", None, befores)]
+    settings += [(config.label, value, [after[value] for after in afters])
                  for value in config.values if config.normalises]
     rows = []
     for method, value, metrics in settings:

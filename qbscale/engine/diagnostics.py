@@ -204,6 +204,7 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None
              for c in range(len(src.col_chunks))]
     gt_raw = None
     if with_gt:
+        assert spec.gt is not None
         needed = sorted({int(np.searchsorted(starts, g, side="right") - 1)
                          for g in np.unique(spec.gt)})
         gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
@@ -225,7 +226,7 @@ def query_parts(experiment: Experiment, norm: Delayed, depth: int, with_gt: bool
     parts = []
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
-        gt = experiment.gt[start:start + size] if with_gt else np.zeros(0, np.int64)
+        gt = None if not with_gt or experiment.gt is None else experiment.gt[start:start + size]
         spec = _RowSpec(start, gt, 0)
         mask = None if experiment.mask is None else experiment.mask[start:start + size]
         if len(test.col_chunks) == 1:

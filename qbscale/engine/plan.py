@@ -121,9 +121,11 @@ class _RowSpec:
     keep_scores: bool = False  # return the normalised block (in-memory runs)
 
 
-def _piece_counts(block: np.ndarray, col0: int, gt: np.ndarray, gt_raw: np.ndarray,
+def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
                   norm: Normaliser, rows: np.ndarray | None,
                   top_idx: np.ndarray | None = None) -> kernels.RowCounts:
+    assert spec.gt is not None, "counting needs a ground truth"
+    gt = spec.gt
     width = block.shape[1]
     scales = norm.scales
     if norm.shift is None:
@@ -144,10 +146,14 @@ def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Normaliser
     return out
 
 
-def _finish(spec: _RowSpec, norm: Normaliser, top_idx: np.ndarray,
-            counts: kernels.RowCounts | None,
+def _finish(spec: _RowSpec, counts: kernels.RowCounts | None, norm: Normaliser,
             topks: list[tuple[np.ndarray, np.ndarray]] | None,
-            scores: np.ndarray | None = None) -> RowResult:
+            top_idx: np.ndarray | None = None, scores: np.ndarray | None = None) -> RowResult:
+    """The RowResult of a row block: ranks from ``counts`` (None without a
+    ground truth: give ``top_idx``, the rows' raw top-1), top-k, kept scores."""
+    if counts is not None:
+        top_idx = counts.top_idx
+    assert top_idx is not None
     flags = norm.flags(top_idx)
     base = rank = None
     if counts is not None:  # a ground truth: ranks from the counts
@@ -177,7 +183,7 @@ def _test_block(src: MatrixSource, spec: _RowSpec, norm: Normaliser, writer: Any
     counts = None
     if spec.gt is not None:
         gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
-        counts = _piece_counts(block, 0, spec.gt, gt_raw, norm, flags, top_idx)
+        counts = _piece_counts(block, 0, spec, gt_raw, norm, flags, top_idx)
     topks = _piece_topk(block, 0, spec, norm) if spec.topk else None
     kept = None
     if spec.keep_scores or (writer is not None and norm.shift is not None):
@@ -186,11 +192,13 @@ def _test_block(src: MatrixSource, spec: _RowSpec, norm: Normaliser, writer: Any
             for b, scores in enumerate(scored):
                 writer.write(b, i, scores)
         kept = scored if spec.keep_scores else None
-    return _finish(spec, norm, top_idx, counts, topks, kept)
+    return _finish(spec, counts, norm, topks, top_idx, kept)
 
 
-def _gather_gt(gt: np.ndarray, col_chunks: tuple[int, ...], needed: list[int],
+def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
                *blocks: np.ndarray) -> np.ndarray:
+    assert spec.gt is not None
+    gt = spec.gt
     starts = offsets(col_chunks)
     out = np.empty(len(gt))
     for c, block in zip(needed, blocks, strict=True):
@@ -206,22 +214,21 @@ def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarra
     if spec.gt is None or gt_raw is None:
         first: Any = kernels.row_topk(block, 1, col0)
     else:
-        first = _piece_counts(block, col0, spec.gt, gt_raw, norm, None)
+        first = _piece_counts(block, col0, spec, gt_raw, norm, None)
     return first, (_piece_topk(block, col0, spec, norm) if spec.topk else None)
 
 
 def _combine_pieces(spec: _RowSpec, norm: Normaliser, *pieces: tuple[Any, Any]) -> RowResult:
-    counts = None
+    counts = top_idx = None
     if spec.gt is None:  # the top-1 merge: ties to the lowest column, as argmax
         top_idx = row_topk(1).tree([p[0] for p in pieces])[1][:, 0]
     else:
         counts = ROW_COUNTS.tree([p[0] for p in pieces])
-        top_idx = counts.top_idx
     topks = None
     if spec.topk:
         merge = row_topk(spec.topk)
         topks = [merge.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
-    return _finish(spec, norm, top_idx, counts, topks)
+    return _finish(spec, counts, norm, topks, top_idx)
 
 
 def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Keys) -> Delayed:
@@ -233,7 +240,7 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
     if spec.gt is not None:
         needed = sorted({int(np.searchsorted(starts, g, side="right") - 1)
                          for g in np.unique(spec.gt)})
-        gt_raw = delayed(_gather_gt)(spec.gt, src.col_chunks, needed,
+        gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed,
                                      *[reads[c] for c in needed],
                                      dask_key_name=key("test-gt", i))
     pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
