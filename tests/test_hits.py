@@ -202,3 +202,15 @@ def test_not_a_hits_file(tmp_path):
     (tmp_path / "x.tsv").write_text("a\tb\n1\t2\n")
     with pytest.raises(InputError, match="expected the header query rank item score variant"):
         read_hits(tmp_path / "x.tsv")
+
+
+def test_cli_hits_of_several_stores_refused(problem, tmp_path):
+    bank, test = problem
+    a = qbscale.ingest(tmp_path / "a.zarr", bank, test, progress=False)
+    b = qbscale.ingest(tmp_path / "b.zarr", bank, test, progress=False, ground_truth=False)
+    res = CliRunner().invoke(cli, ["run", str(a), str(b), "--topk", "2", "--hits",
+                                   str(tmp_path / "h.tsv"), "--quiet"])
+    assert res.exit_code == 2 and "--hits writes the hits of one STORE" in res.output
+    res = CliRunner().invoke(cli, ["run", str(a), str(b), "--topk", "2", "--quiet"])
+    assert res.exit_code == 1
+    assert f"{b} has no ground truth: tables over several stores need metrics" in res.output
