@@ -219,7 +219,7 @@ def test_cli_run_refusals(store):
 def test_hubness_without_ground_truth(problem, store, tmp_path):
     bank, test = problem
     out = tmp_path / "hub.json"
-    res = invoke("hubness", str(store), "--method", "dis", "--method", "nnn", "--k", "3",
+    res = invoke("hubness", str(store), "--method", "dis", "--method", "nnn", "--depth", "3",
                  "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["none", "dis", "nnn"]
@@ -230,7 +230,8 @@ def test_hubness_without_ground_truth(problem, store, tmp_path):
     assert rows[1]["hub_max_occurrence"] == after.max()
     assert rows[1]["hub_antihub_rate"] == pytest.approx(np.mean(after == 0))
     table = res.output.splitlines()
-    assert table[0] == f"N_k at k=3 over {N_TEST} test queries and {N_GALLERY} gallery items"
+    assert table[0] == (f"N_k at depth 3 over {N_TEST} test queries and {N_GALLERY} "
+                        "gallery items")
     assert table[2].split()[:3] == ["none", "-", "-"]  # setting, then R@1: none
 
 
