@@ -22,6 +22,7 @@ COMMANDS = {
     "report": "report:report",
     "diagnose": "diagnose:diagnose",
     "fit": "fit:fit",
+    "sweep": "sweep:sweep",
 }
 
 

@@ -105,11 +105,12 @@ def plan(store: str | os.PathLike[str] | Experiment,
          topk: int = 0, save_scores: bool = False, save_ranks: bool = False,
          storage_options: dict[str, Any] | None = None, resume: bool = False,
          dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
+         bank_sample: int | float | str | None = None, seed: int = 0,
          **params: Any) -> RunPlan:
     """Plan a run (the arguments of :func:`run` but the scheduler's); computes nothing."""
     from qbscale.storage.gallery_bank import resolve
 
-    config = RunConfig.make(beta, k, method, topk, dynamic, params)
+    config = RunConfig.make(beta, k, method, topk, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)
     _check_truth(experiment, topk, save_scores, save_ranks)
     if normaliser is not None:
@@ -152,6 +153,7 @@ def run(store: str | os.PathLike[str] | Experiment,
         save_scores: bool = False, save_ranks: bool = False, progress: bool = False,
         storage_options: dict[str, Any] | None = None, resume: bool = False,
         dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
+        bank_sample: int | float | str | None = None, seed: int = 0,
         **params: Any) -> RunResult:
     """Querybank-normalise a store and evaluate before and after.
 
@@ -183,6 +185,10 @@ def run(store: str | os.PathLike[str] | Experiment,
     gallery_bank : for ``"dual-is"``: gallery-bank x gallery similarities (an
         array, a file or a block source); by default the store's gallery bank
         (:mod:`qbscale.storage.gallery_bank`)
+    bank_sample, seed : use only the querybank rows
+        ``numpy.random.default_rng(seed).permutation(n_bank)[:N]``, ``N`` a
+        count or a fraction in (0, 1] (``N = max(1, floor(f * n_bank + 0.5))``),
+        :mod:`qbscale.engine.subsets`; each bank block is still read once
     **params : the method's parameters, e.g. ``alpha=[0.5, 0.75]`` and
         ``nnn_k=128`` for ``"nnn"``, ``kc=10`` for ``"csls"``,
         ``gallery_beta=20`` for ``"dual-is"``; several values of the swept
@@ -204,7 +210,8 @@ def run(store: str | os.PathLike[str] | Experiment,
     return plan(store, beta, k, method, topk=topk, save_scores=save_scores,
                 save_ranks=save_ranks, storage_options=storage_options, resume=resume,
                 dynamic=dynamic, gallery_bank=gallery_bank, normaliser=normaliser,
-                **params).execute(scheduler, num_workers, progress)
+                bank_sample=bank_sample, seed=seed, **params).execute(scheduler, num_workers,
+                                                                       progress)
 
 
 def _assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qbscale.engine import methods as _methods
+from qbscale.engine import subsets as _subsets
 from qbscale.errors import ConfigError
 
 #: normalisation methods (:mod:`qbscale.engine.methods`): "dis" (dynamic inverted
@@ -32,6 +33,11 @@ class RunConfig:
         always does)
     params : the method's other parameters as ``((name, value), ...)``, every
         one present (:meth:`make` fills in the defaults)
+    bank_sample : use only the querybank rows
+        ``numpy.random.default_rng(seed).permutation(n_bank)[:N]``: ``N`` a
+        count, or a fraction in (0, 1] (:mod:`qbscale.engine.subsets`); None
+        (default) for the whole querybank
+    seed : the permutation's seed (0 when there is no sample)
     """
 
     values: tuple[float, ...] = (20.0,)
@@ -40,6 +46,8 @@ class RunConfig:
     topk: int = 0
     dynamic: bool = False
     params: tuple[tuple[str, float], ...] = ()
+    bank_sample: int | float | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -54,11 +62,15 @@ class RunConfig:
             raise ConfigError(f"k must be an integer >= 1, got {self.k}")
         if int(self.topk) != self.topk or self.topk < 0:
             raise ConfigError(f"topk must be an integer >= 0, got {self.topk}")
+        sample = _subsets.check_sample(self.bank_sample)
+        object.__setattr__(self, "bank_sample", None if sample == _subsets.ALL else sample)
+        seed = _subsets.check_seed(self.seed)
+        object.__setattr__(self, "seed", 0 if self.bank_sample is None else seed)
 
     @classmethod
     def make(cls, values: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
-             topk: int = 0, dynamic: bool = False, params: Mapping[str, Any] | None = None
-             ) -> RunConfig:
+             topk: int = 0, dynamic: bool = False, params: Mapping[str, Any] | None = None,
+             bank_sample: int | float | str | None = None, seed: int = 0) -> RunConfig:
         """Build from a scalar or a list of values (None: the method's default).
 
         ``("is", dynamic=True)`` is ``"dis"``; a value for the method's swept
@@ -80,7 +92,8 @@ class RunConfig:
             values = _methods.get(method).variant.default if method != "none" else 20.0
         seq = tuple(values) if isinstance(values, Iterable) and not isinstance(values, str) \
             else (values,)
-        return cls(seq, int(k), method, int(topk), bool(dynamic), tuple(sorted(rest.items())))
+        return cls(seq, int(k), method, int(topk), bool(dynamic), tuple(sorted(rest.items())),
+                   bank_sample, seed)  # type: ignore[arg-type]  # "all" is checked into None
 
     @property
     def normalises(self) -> bool:

@@ -190,4 +190,6 @@ class RunResult:
             "n_evaluated": (0 if self.before is None else
                             self.n_queries if self.mask is None else int(self.mask.sum())),
             "seconds": self.seconds,
+            **({"bank_sample": self.config.bank_sample, "seed": self.config.seed}
+               if self.config.bank_sample is not None else {}),
         }

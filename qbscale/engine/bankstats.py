@@ -13,6 +13,16 @@ Partials combine with the rules of :mod:`qbscale.engine.reductions`:
   tree over the row blocks (merge, keep the k largest), finished into the
   means the methods ask for.  A million-item gallery with ``k = 128`` never
   holds its whole ``k x n_gallery`` top-k table in one task.
+
+Every partial has a leading *cell* axis: the statistics of several subsets of
+the bank rows (:class:`~qbscale.engine.subsets.Subsets`: a bank sample, or
+every cell of a bank-size sweep) come from the same read of each block, the
+task using only each cell's rows of it.  Without subsets there is one cell,
+every row.  Per block, the log normaliser adds each row's ``exp`` to every
+cell holding it (:func:`~qbscale.engine.kernels.bank_logsumexp_sets`), the
+activation set is the union of the cell's rows' top-k, and a repeat's nested
+sizes get their column top-k from one top-k per *shell* (the rows between two
+sizes), merged cumulatively from the smallest size up.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from dask.delayed import Delayed, delayed
 from qbscale.engine import kernels
 from qbscale.engine.grid import offsets
 from qbscale.engine.methods import BankNeeds, BankStats
+from qbscale.engine.subsets import BlockRows, Subsets
 from qbscale.engine.reductions import (
     ACTIVATION,
     LOG_NORMALISER,
@@ -49,9 +60,9 @@ Key = Callable[..., str]
 class _Piece:
     """What one task computed from its blocks (one row block, some columns)."""
 
-    lse: np.ndarray | None  # (n_values, width)
-    rows: Any  # row top-k (values, global indices), or the activation mask once joined
-    tops: list[np.ndarray] = field(default_factory=list)  # column top-k per segment
+    lse: np.ndarray | None  # (n_cells, n_values, width)
+    rows: Any  # row top-k (values, global indices), or (n_cells, n_gallery) masks once joined
+    tops: list[list[np.ndarray]] = field(default_factory=list)  # per segment, per cell
 
 
 def segment_width(k: int) -> int:
@@ -82,30 +93,53 @@ def tree(parts: list[Any], func: Callable[..., Any], key: Key, name: str) -> Any
 # ---------------------------------------------------------------- tasks
 
 
-def _piece(src: MatrixSource, i: int, c: int, needs: BankNeeds, step: int) -> _Piece:
+def _cell_tops(block: np.ndarray, k: int, cells: BlockRows | None) -> list[np.ndarray]:
+    """Column top-k of every cell's rows: per repeat, one top-k per shell merged
+    cumulatively over the nested sizes; the whole block's for the whole bank."""
+    if cells is None:
+        return [kernels.column_topk(block, k)]
+    merge = column_topk(k)
+    out = []
+    for shell in cells.shell:
+        acc = None
+        for m in range(cells.n_sizes):
+            part = kernels.column_topk(block[shell == m], k)
+            acc = part if acc is None else merge.combine(acc, part)
+            out.append(acc)
+    if cells.whole:
+        out.append(kernels.column_topk(block, k))
+    return out
+
+
+def _piece(src: MatrixSource, i: int, c: int, needs: BankNeeds, step: int,
+           cells: BlockRows | None = None) -> _Piece:
     block = src.read(i, c)
     col0 = offsets(src.col_chunks)[c]
-    lse = kernels.bank_logsumexp(block, np.asarray(needs.betas)) if needs.betas else None
+    members = None if cells is None else cells.members()
+    lse = kernels.bank_logsumexp_sets(block, np.asarray(needs.betas), members) \
+        if needs.betas else None
     rows = kernels.row_topk(block, needs.activation_k, col0) if needs.activation_k else None
-    tops = [kernels.column_topk(block[:, a:b], needs.column_k)
+    tops = [_cell_tops(block[:, a:b], needs.column_k, cells)
             for a, b in segments(block.shape[1], step)]
     return _Piece(lse, rows, tops)
 
 
-def _join(n_gallery: int, needs: BankNeeds, *pieces: _Piece) -> _Piece:
-    """A row block's pieces side by side: logsumexp concatenated, activation mask."""
-    lse = np.concatenate([p.lse for p in pieces], axis=1) if needs.betas else None
+def _join(n_gallery: int, needs: BankNeeds, cells: BlockRows | None, *pieces: _Piece) -> _Piece:
+    """A row block's pieces side by side: logsumexp concatenated, activation masks."""
+    lse = np.concatenate([p.lse for p in pieces], axis=-1) if needs.betas else None
     mask = None
     if needs.activation_k:
         _, idx = row_topk(needs.activation_k).tree([p.rows for p in pieces])
-        mask = topk_to_mask(idx, n_gallery)
+        members = np.ones((1, len(idx)), bool) if cells is None else cells.members()
+        mask = np.stack([topk_to_mask(idx[m], n_gallery) for m in members])
     return _Piece(lse, mask)
 
 
-def _block(src: MatrixSource, i: int, needs: BankNeeds, step: int, n_gallery: int) -> _Piece:
+def _block(src: MatrixSource, i: int, needs: BankNeeds, step: int, n_gallery: int,
+           cells: BlockRows | None = None) -> _Piece:
     """A row block of a bank chunked by rows only: read, compute, join."""
-    piece = _piece(src, i, 0, needs, step)
-    joined = _join(n_gallery, needs, piece)
+    piece = _piece(src, i, 0, needs, step, cells)
+    joined = _join(n_gallery, needs, cells, piece)
     joined.tops = piece.tops
     return joined
 
@@ -118,10 +152,11 @@ def _combine(*parts: _Piece) -> _Piece:
                   each([p.rows for p in parts], ACTIVATION))
 
 
-def _segment_top(j: int, k: int, *holders: _Piece | np.ndarray) -> np.ndarray:
-    """Merge segment ``j``'s column top-k of row blocks (or of earlier merges)."""
+def _segment_top(j: int, k: int, *holders: _Piece | list[np.ndarray]) -> list[np.ndarray]:
+    """Merge segment ``j``'s column top-k of row blocks (or of earlier merges), per cell."""
     parts = [h.tops[j] if isinstance(h, _Piece) else h for h in holders]
-    return column_topk(k).tree(parts)  # type: ignore[no-any-return]
+    merge = column_topk(k)
+    return [merge.tree([p[c] for p in parts]) for c in range(len(parts[0]))]
 
 
 def _means(ks: tuple[int, ...], top: np.ndarray) -> np.ndarray:
@@ -142,9 +177,25 @@ def _means(ks: tuple[int, ...], top: np.ndarray) -> np.ndarray:
     return out
 
 
-def _stats(ks: tuple[int, ...], main: _Piece, *means: np.ndarray) -> BankStats:
-    table = np.concatenate(means, axis=1) if means else np.empty((len(ks), 0))
-    return BankStats(main.lse, {k: table[n] for n, k in enumerate(ks)}, main.rows)
+def _cell_means(ks: tuple[int, ...], tops: list[np.ndarray]) -> list[np.ndarray]:
+    return [_means(ks, top) for top in tops]
+
+
+def _stats(ks: tuple[int, ...], n_cells: int, main: _Piece, *means: list[np.ndarray]
+           ) -> list[BankStats]:
+    """One :class:`BankStats` per cell."""
+    out = []
+    for c in range(n_cells):
+        table = np.concatenate([m[c] for m in means], axis=1) if means \
+            else np.empty((len(ks), 0))
+        out.append(BankStats(None if main.lse is None else main.lse[c],
+                             {k: table[n] for n, k in enumerate(ks)},
+                             None if main.rows is None else main.rows[c]))
+    return out
+
+
+def _first(stats: list[BankStats]) -> BankStats:
+    return stats[0]
 
 
 # ---------------------------------------------------------------- graph
@@ -158,8 +209,7 @@ def _segment_means(needs: BankNeeds, holders: list[Delayed], key: Key, name: str
                                    dask_key_name=key(name, "first", g))
              for g in range(0, len(holders), SPLIT_EVERY)]
     top = tree(first, partial(_segment_top, j, k), key, name)
-    means: Delayed = delayed(_means)(needs.column_means, top, dask_key_name=key(name, "means"))
-    return means
+    return delayed(_cell_means)(needs.column_means, top, dask_key_name=key(name, "means"))
 
 
 def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") -> Delayed:
@@ -168,26 +218,36 @@ def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") 
     One task per block; for a bank chunked along the gallery too, one more
     task per row block joins its pieces.
     """
+    stats = cell_summary(bank, needs, None, key, name)
+    return delayed(_first)(stats, dask_key_name=key(f"{name}-first"))
+
+
+def cell_summary(bank: MatrixSource, needs: BankNeeds, subsets: Subsets | None, key: Key,
+                 name: str = "bank") -> Delayed:
+    """Lazy list of :class:`~qbscale.engine.methods.BankStats`, one per cell of
+    ``subsets`` (None: one, of every row), from one read of each block."""
     n_gallery = bank.shape[1]
-    step = segment_width(needs.column_k) if needs.column_k else 0
+    n_cells = 1 if subsets is None else len(subsets.cells)
+    step = segment_width(needs.column_k * n_cells) if needs.column_k else 0
     rows: list[Delayed] = []
     holders: list[list[Delayed]] = []  # per row block: the tasks holding column top-k
-    for i in range(len(bank.row_chunks)):
+    starts = offsets(bank.row_chunks)
+    for i, size in enumerate(bank.row_chunks):
+        cells = None if subsets is None else subsets.block(starts[i], starts[i] + size)
         if len(bank.col_chunks) == 1:
-            rows.append(delayed(partial(_block, bank))(i, needs, step, n_gallery,
+            rows.append(delayed(partial(_block, bank))(i, needs, step, n_gallery, cells,
                                                         dask_key_name=key(name, i)))
             holders.append([rows[-1]])
             continue
-        pieces = [delayed(partial(_piece, bank))(i, c, needs, step,
+        pieces = [delayed(partial(_piece, bank))(i, c, needs, step, cells,
                                                  dask_key_name=key(name, i, c))
                   for c in range(len(bank.col_chunks))]
-        rows.append(delayed(partial(_join, n_gallery, needs))(
+        rows.append(delayed(partial(_join, n_gallery, needs, cells))(
             *pieces, dask_key_name=key(f"{name}-row", i)))
         holders.append(pieces)
     main = tree(rows, _combine, key, f"{name}-combine")
     means = [_segment_means(needs, [h[c] for h in holders], key, f"{name}-top-{c}-{s}", s)
              for c, width in enumerate(bank.col_chunks)
              for s in range(len(segments(width, step)))]
-    stats: Delayed = delayed(_stats)(needs.column_means, main, *means,
-                                     dask_key_name=key(f"{name}-stats"))
-    return stats
+    return delayed(_stats)(needs.column_means, n_cells, main, *means,
+                           dask_key_name=key(f"{name}-stats"))

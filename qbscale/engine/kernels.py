@@ -46,14 +46,32 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     >>> np.round(bank_logsumexp(b, np.array([1.0])), 4)
     array([[0.6931, 3.1269]])
     """
+    return bank_logsumexp_sets(block, betas, None)[0]
+
+
+def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
+                        members: np.ndarray | None) -> np.ndarray:
+    """:func:`bank_logsumexp` over several sets of the block's rows at once.
+
+    ``members`` is ``(n_sets, n_rows)`` bool (None: one set of every row);
+    returns ``(n_sets, len(betas), n_cols)``, ``-inf`` for a set with no row
+    here.  Each ``exp`` is computed once, shifted by the column maximum of the
+    whole block, and added to every set holding its row, in row order: a set's
+    result depends only on its own rows and the block, so it is the same
+    whichever other sets are computed with it, and the set of every row is
+    :func:`bank_logsumexp` bit for bit.  Where the shifted terms of a set
+    underflow (its rows all far below the block's maximum), those columns are
+    recomputed from the set's rows alone.
+    """
     n_rows, n_cols = block.shape
-    top = block.max(axis=0).astype(np.float64)
-    out = np.empty((len(betas), n_cols))
+    top = block.max(axis=0).astype(np.float64) if n_rows else np.zeros(n_cols)
+    n_sets = 1 if members is None else len(members)
+    out = np.empty((n_sets, len(betas), n_cols))
     step = max(1, SLAB_ELEMENTS // max(n_cols, 1))
     buf = np.empty(step * n_cols)
     for b, beta in enumerate(betas):
         peak = top * beta
-        total = np.zeros(n_cols)
+        totals = np.zeros((n_sets, n_cols))
         for r in range(0, n_rows, step):
             x = block[r:r + step]
             y = buf[: x.size].reshape(x.shape)
@@ -63,12 +81,37 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
             np.multiply(y, beta, out=y)
             np.subtract(y, peak, out=y)
             np.exp(y, out=y)
-            if len(y) == 1:  # wide rows: one row per slab, summed in place
-                np.add(total, y[0], out=total)
-            else:
-                total += y.sum(axis=0)
-        out[b] = peak + np.log(total)
+            for s in range(n_sets):
+                here = None if members is None else members[s, r:r + step]
+                if here is None or here.all():
+                    _add_rows(totals[s], y)
+                elif here.any():
+                    _add_rows(totals[s], y[here])
+        with np.errstate(divide="ignore"):
+            out[:, b] = peak + np.log(totals)
+        if members is not None:
+            _exact_underflow(block, float(beta), members, totals, out[:, b])
     return out
+
+
+def _add_rows(total: np.ndarray, y: np.ndarray) -> None:
+    if len(y) == 1:  # wide rows: one row per slab, summed in place
+        np.add(total, y[0], out=total)
+    else:
+        total += y.sum(axis=0)
+
+
+#: a set's shifted sum below this may have lost terms to underflow: recomputed
+_UNDERFLOW = 1e-280
+
+
+def _exact_underflow(block: np.ndarray, beta: float, members: np.ndarray, totals: np.ndarray,
+                     out: np.ndarray) -> None:
+    """Recompute, from the set's own rows, the columns whose shifted sum underflowed."""
+    for s in np.flatnonzero(members.any(axis=1)):
+        cols = np.flatnonzero(totals[s] < _UNDERFLOW)
+        if len(cols):
+            out[s, cols] = bank_logsumexp(block[members[s]][:, cols], np.array([beta]))[0]
 
 
 def row_topk(block: np.ndarray, k: int, col0: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +227,8 @@ def count_block(
         (:func:`normalised_gt`), or None to skip normalised counting.
     shift : (n_variants, n_cols) per-gallery shifts of these columns.
     scales : (n_variants,) scale of each variant.
-    rows_to_normalise : optional bool mask; rows outside it get zero
+    rows_to_normalise : optional bool mask, ``(n_rows,)`` for every variant or
+        ``(n_variants, n_rows)`` per variant; rows outside it get zero
         normalised counts (their normalised rank is never used).
     top_idx : the rows' ``argmax`` within the block, if already known.
 
@@ -212,12 +256,13 @@ def count_block(
         assert gt_norm is not None and shift is not None
         norm_above = np.zeros((len(scales), n_rows), np.int64)
         norm_equal = np.zeros((len(scales), n_rows), np.int64)
-        chosen = (np.ones(n_rows, bool) if rows_to_normalise is None
-                  else np.asarray(rows_to_normalise, bool))
+        # (n_variants, n_rows): the rows each variant rescores
+        chosen = np.broadcast_to(True if rows_to_normalise is None
+                                 else np.asarray(rows_to_normalise, bool), (len(scales), n_rows))
         # None: no float32 prefilter, every chosen row is scored whole
         floors = candidate_floor(gt_norm, shift, scales, top_val)
         if floors is not None:
-            floors[:, ~chosen] = np.inf  # rows left alone have no candidates
+            floors[~chosen] = np.inf  # rows left alone have no candidates
             shift32 = shift.astype(np.float32)
             scales32 = scales.astype(np.float32)
     step = max(1, COUNT_SLAB_ELEMENTS // max(n_cols, 1))
@@ -228,15 +273,17 @@ def count_block(
         m = mask[: len(x)]
         above[r:r + step] = _row_counts(np.greater(x, gt_same[r:r + step], out=m))
         equal[r:r + step] = _row_counts(np.equal(x, gt_same[r:r + step], out=m))
-        if not normalise or not chosen[r:r + step].any():
+        if not normalise:
             continue
         assert gt_norm is not None and shift is not None
         assert norm_above is not None and norm_equal is not None
         for b, scale in enumerate(scales):
+            if not chosen[b, r:r + step].any():
+                continue
             here = (gt_norm[b, r:r + step], norm_above[b, r:r + step],
                     norm_equal[b, r:r + step])
             if floors is None or approx is None:
-                _dense_counts(x, np.nonzero(chosen[r:r + step])[0], shift[b], scale, *here)
+                _dense_counts(x, np.nonzero(chosen[b, r:r + step])[0], shift[b], scale, *here)
                 continue
             a = approx[: len(x)]
             with np.errstate(over="ignore", under="ignore"):  # bounded below, see the floor

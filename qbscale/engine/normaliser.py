@@ -120,12 +120,18 @@ class Normaliser:
             return np.asarray(self.activation[top_idx])
         return np.zeros(len(top_idx), bool)
 
+    def variant_flags(self, top_idx: np.ndarray) -> np.ndarray:
+        """(n_values, n_rows): :meth:`flags` for each variant (the test stage's view,
+        shared with :class:`~qbscale.engine.stack.Stack`)."""
+        return np.broadcast_to(self.flags(top_idx), (len(self.values), len(top_idx)))
+
     def transform(self, block: np.ndarray, col0: int = 0,
                   flags: np.ndarray | None = None) -> np.ndarray:
         """Normalised scores of a block of test rows: ``(n_values, rows, cols)`` float64.
 
         ``block`` holds columns ``col0:col0 + width`` of the gallery; ``flags``
-        (which rows to normalise) defaults to :meth:`flags` of the block's own
+        (which rows to normalise: ``(rows,)``, or ``(n_values, rows)`` per
+        variant) defaults to :meth:`flags` of the block's own
         row maxima, so give it when the block is not whole rows.
         """
         block = np.asarray(block)
@@ -138,7 +144,8 @@ class Normaliser:
         if self.shift is None:
             return np.asarray(block, dtype=np.float64)[None].copy()
         shift = self.shift[:, col0:col0 + width]
+        flags = np.broadcast_to(flags, (len(self.values), block.shape[0]))
         out = np.empty((len(shift), *block.shape))
         for b, scale in enumerate(self.scales):
-            kernels.score_block(block, shift[b], float(scale), flags, out=out[b])
+            kernels.score_block(block, shift[b], float(scale), flags[b], out=out[b])
         return out

@@ -24,6 +24,7 @@ neither computes nor hashes the data.
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -38,8 +39,14 @@ from qbscale.engine import bankstats, kernels, methods
 from qbscale.engine.grid import offsets
 from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.reductions import ROW_COUNTS, row_topk
+from qbscale.engine.stack import Stack
+from qbscale.engine.subsets import Subsets
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment, MatrixSource, RowResult
+
+
+#: what the test stage scores with: one normaliser, or a stack of cells' normalisers
+Variants = Normaliser | Stack
 
 
 @dataclass
@@ -70,20 +77,64 @@ def _fitted(config: RunConfig, banks: list[str], *stats: methods.BankStats) -> N
     return Normaliser.from_stats(config, dict(zip(banks, stats, strict=True)))
 
 
+def _fitted_cells(configs: list[RunConfig], banks: list[str],
+                  *stats: list[methods.BankStats] | methods.BankStats) -> list[Normaliser]:
+    """One normaliser per cell: the querybank's statistics per cell, the other
+    banks' (``banks[1:]``) shared."""
+    return [Normaliser.from_stats(config, dict(zip(banks, [stats[0][c], *stats[1:]],
+                                                   strict=True)))
+            for c, config in enumerate(configs)]
+
+
+def cell_configs(config: RunConfig, subsets: Subsets) -> list[RunConfig]:
+    """Each cell's settings: ``config`` with the cell's bank sample and seed."""
+    return [replace(config, bank_sample=None, seed=0) if cell.repeat is None
+            else replace(config, bank_sample=cell.size, seed=cell.seed)
+            for cell in subsets.cells]
+
+
 def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
         banks: Mapping[str, MatrixSource] | None = None) -> Delayed:
     """The lazy :class:`Normaliser` of ``config``'s method (:mod:`qbscale.engine.methods`).
 
     One pass over every bank the method reads: the querybank
-    (``experiment.bank``, which also gives the activation set) and the
-    sources in ``banks`` (e.g. ``{"gallery_bank": ...}`` for ``dual-is``).
+    (``experiment.bank``, which also gives the activation set; only the rows
+    of ``config.bank_sample`` when set, :mod:`qbscale.engine.subsets`) and
+    the sources in ``banks`` (e.g. ``{"gallery_bank": ...}`` for ``dual-is``).
     """
     key = key or _Keys()
-    banks = banks or {}
     if not config.normalises:  # the baseline needs nothing from the querybank
-        baseline: Delayed = delayed(Normaliser.baseline, pure=True)(
-            config, experiment.n_gallery, dask_key_name=key("normaliser"))
-        return baseline
+        return delayed(Normaliser.baseline, pure=True)(config, experiment.n_gallery,
+                                                       dask_key_name=key("normaliser"))
+    subsets = Subsets.sample(config.bank_sample, config.seed, experiment.bank.shape[0])
+    return _fit(experiment, [config], subsets, key, banks, single=True)
+
+
+def fit_cells(experiment: Experiment, config: RunConfig, subsets: Subsets,
+              key: _Keys | None = None, banks: Mapping[str, MatrixSource] | None = None
+              ) -> Delayed:
+    """A lazy list of :class:`Normaliser`, one per cell of ``subsets`` (in
+    :attr:`Subsets.cells` order), from one read of every bank block.
+
+    Cell ``(r, N)`` is the normaliser of ``config`` with ``bank_sample=N,
+    seed=subsets.seeds[r]`` (:func:`cell_configs`).
+    """
+    if not config.normalises:
+        raise ConfigError("a bank-size sweep needs a method that normalises, not 'none'")
+    if config.bank_sample is not None:
+        raise ConfigError("a bank-size sweep chooses its own bank samples: "
+                          "give sizes, not bank_sample")
+    if subsets.n_rows != experiment.bank.shape[0]:
+        raise InputError(f"the subsets are of {subsets.n_rows} bank rows, the bank has "
+                         f"{experiment.bank.shape[0]}")
+    return _fit(experiment, cell_configs(config, subsets), subsets, key or _Keys(), banks)
+
+
+def _fit(experiment: Experiment, configs: list[RunConfig], subsets: Subsets | None,
+         key: _Keys, banks: Mapping[str, MatrixSource] | None, single: bool = False
+         ) -> Delayed:
+    config = configs[0]
+    banks = banks or {}
     method = methods.get(config.method)
     needs = method.needs(config.values, config.param_dict)
     query = needs.get(methods.QUERY_BANK, methods.BankNeeds())
@@ -97,11 +148,16 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
         if sources[name].shape[1] != experiment.n_gallery:
             raise InputError(f"{name} has {sources[name].shape[1]} gallery columns, "
                              f"test has {experiment.n_gallery}")
-    stats = {name: bankstats.summary(sources[name], need, key, name)
-             for name, need in needs.items()}
-    fitted: Delayed = delayed(_fitted)(config, list(stats), *stats.values(),
-                                       dask_key_name=key("normaliser"))
-    return fitted
+    names = [methods.QUERY_BANK, *(n for n in needs if n != methods.QUERY_BANK)]
+    stats = [bankstats.cell_summary(sources[methods.QUERY_BANK], needs[methods.QUERY_BANK],
+                                    subsets, key, methods.QUERY_BANK)]
+    stats += [bankstats.summary(sources[name], needs[name], key, name) for name in names[1:]]
+    cells = delayed(_fitted_cells)(configs, names, *stats,
+                                   dask_key_name=key("normaliser-cells" if single
+                                                     else "normaliser"))
+    if single:
+        return delayed(operator.itemgetter(0))(cells, dask_key_name=key("normaliser"))
+    return cells
 
 
 # ---------------------------------------------------------------- test stage
@@ -122,7 +178,7 @@ class _RowSpec:
 
 
 def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
-                  norm: Normaliser, rows: np.ndarray | None,
+                  norm: Variants, rows: np.ndarray | None,
                   top_idx: np.ndarray | None = None) -> kernels.RowCounts:
     assert spec.gt is not None, "counting needs a ground truth"
     gt = spec.gt
@@ -135,7 +191,7 @@ def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarr
     return kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
 
 
-def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Normaliser
+def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Variants
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-K of the raw scores, then of the normalised scores per value."""
     out = [kernels.row_topk(block, spec.topk, col0)]
@@ -146,7 +202,7 @@ def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Normaliser
     return out
 
 
-def _finish(spec: _RowSpec, counts: kernels.RowCounts | None, norm: Normaliser,
+def _finish(spec: _RowSpec, counts: kernels.RowCounts | None, norm: Variants,
             topks: list[tuple[np.ndarray, np.ndarray]] | None,
             top_idx: np.ndarray | None = None, scores: np.ndarray | None = None) -> RowResult:
     """The RowResult of a row block: ranks from ``counts`` (None without a
@@ -155,31 +211,32 @@ def _finish(spec: _RowSpec, counts: kernels.RowCounts | None, norm: Normaliser,
         top_idx = counts.top_idx
     assert top_idx is not None
     flags = norm.flags(top_idx)
+    each = norm.variant_flags(top_idx)  # (n_variants, rows)
     base = rank = None
     if counts is not None:  # a ground truth: ranks from the counts
         base = kernels.ranks_from_counts(counts.above, counts.equal)
         if counts.norm_above is not None and counts.norm_equal is not None:
-            rank = np.where(flags, kernels.ranks_from_counts(counts.norm_above,
-                                                             counts.norm_equal), base)
+            rank = np.where(each, kernels.ranks_from_counts(counts.norm_above,
+                                                            counts.norm_equal), base)
     result = RowResult(spec.start, base, rank, flags, top_idx.astype(np.int64), scores=scores)
     if topks is not None:
         raw = topks[0]
         chosen = [raw] if len(topks) == 1 else [
-            tuple(np.where(flags[:, None], t, r) for t, r in zip(norm, raw, strict=True))
-            for norm in topks[1:]]
+            tuple(np.where(each[v][:, None], t, r) for t, r in zip(scored, raw, strict=True))
+            for v, scored in enumerate(topks[1:])]
         result.topk_idx = np.stack([c[1] for c in chosen]).astype(np.int32)
         result.base_topk_idx = raw[1].astype(np.int32)
         result.topk_score = np.stack([c[0] for c in chosen]).astype(np.float32)
     return result
 
 
-def _test_block(src: MatrixSource, spec: _RowSpec, norm: Normaliser, writer: Any = None
+def _test_block(src: MatrixSource, spec: _RowSpec, norm: Variants, writer: Any = None
                 ) -> RowResult:
     """Fused task for a test row block that spans the whole gallery."""
     i = offsets(src.row_chunks).index(spec.start)
     block = src.read(i, 0)
     top_idx = np.argmax(block, axis=1)
-    flags = norm.flags(top_idx)
+    flags = norm.variant_flags(top_idx)
     counts = None
     if spec.gt is not None:
         gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
@@ -209,7 +266,7 @@ def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
 
 
 def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
-                 norm: Normaliser) -> tuple[Any, Any]:
+                 norm: Variants) -> tuple[Any, Any]:
     """Counts against the ground truth (or, without one, the row top-1) of a piece."""
     if spec.gt is None or gt_raw is None:
         first: Any = kernels.row_topk(block, 1, col0)
@@ -218,7 +275,7 @@ def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarra
     return first, (_piece_topk(block, col0, spec, norm) if spec.topk else None)
 
 
-def _combine_pieces(spec: _RowSpec, norm: Normaliser, *pieces: tuple[Any, Any]) -> RowResult:
+def _combine_pieces(spec: _RowSpec, norm: Variants, *pieces: tuple[Any, Any]) -> RowResult:
     counts = top_idx = None
     if spec.gt is None:  # the top-1 merge: ties to the lowest column, as argmax
         top_idx = row_topk(1).tree([p[0] for p in pieces])[1][:, 0]
@@ -246,13 +303,11 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
     pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
                                     dask_key_name=key("test-count", i, c))
               for c in range(len(src.col_chunks))]
-    row: Delayed = delayed(_combine_pieces)(spec, norm, *pieces,
-                                            dask_key_name=key("test-row", i))
-    return row
+    return delayed(_combine_pieces)(spec, norm, *pieces, dask_key_name=key("test-row", i))
 
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
-          normaliser: Normaliser | None = None,
+          normaliser: Normaliser | Delayed | None = None,
           banks: Mapping[str, MatrixSource] | None = None, keep_scores: bool = False) -> Plan:
     """The lazy graph of a run over ``experiment``; computes nothing.
 
@@ -263,12 +318,16 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
 
     ``normaliser`` is the bank stage already done for these settings (a saved
     normaliser, or an interrupted run's, :mod:`qbscale.storage.resume`): it
-    replaces the bank stage.  ``banks`` holds the extra bank matrices the
-    method reads besides the querybank (``{"gallery_bank": source}`` for
-    ``dual-is``).
+    replaces the bank stage; or a lazy one (a dask ``Delayed`` of a
+    :class:`Normaliser` or of a :class:`~qbscale.engine.stack.Stack`, e.g. the
+    cells of a bank-size sweep) to use as the bank stage.  ``banks`` holds
+    the extra bank matrices the method reads besides the querybank
+    (``{"gallery_bank": source}`` for ``dual-is``).
     """
     key = _Keys()
-    if normaliser is not None:
+    if isinstance(normaliser, Delayed):
+        norm = normaliser
+    elif normaliser is not None:
         normaliser.check_gallery(experiment.n_gallery)
         norm = delayed(normaliser, name=key("normaliser"))
     else:
