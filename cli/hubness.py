@@ -10,10 +10,13 @@ from qbscale.engine.methods import REGISTRY
 
 from .options import (
     activation_k_option,
+    bank_sample,
+    bank_sample_option,
     compute_options,
     depth_option,
     library_errors,
     quiet_option,
+    seed_option,
     write_json,
 )
 
@@ -48,11 +51,14 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the table (metrics and hubness per method) as JSON.")
+@bank_sample_option
+@seed_option
 @compute_options
 @quiet_option
 @library_errors
 def hubness(store: str, names: tuple[str, ...], depth: int, activation_k: int, dynamic: bool,
-            gallery_bank: str | None, json_path: str | None, scheduler: str,
+            gallery_bank: str | None, json_path: str | None, bank_sample_text: str | None,
+            seed: int, scheduler: str,
             workers: int | None, quiet: bool) -> None:
     """Hubness of STORE's retrieval before and after each normaliser.
 
@@ -67,6 +73,7 @@ def hubness(store: str, names: tuple[str, ...], depth: int, activation_k: int, d
 
     result = compare(store, list(names) or None, k=depth, dynamic=dynamic,
                      activation_k=activation_k, gallery_bank=gallery_bank,
+                     bank_sample=bank_sample(bank_sample_text), seed=seed,
                      scheduler=scheduler, num_workers=workers, progress=not quiet)
     click.echo(f"N_k at depth {depth} over {result.n_queries} test queries and {result.n_gallery} "
                "gallery items")

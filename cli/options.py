@@ -52,6 +52,20 @@ def write_json(path: str | Path, kind: str, payload: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps({"kind": kind, "qbscale_version": __version__,
                                       **payload}, indent=2))
 
+bank_sample_option = click.option(
+    "--bank-sample", "bank_sample_text", metavar="N|FRACTION", default=None,
+    help="Use only the querybank rows numpy.random.default_rng(SEED).permutation(n_bank)[:N]; "
+         "N a row count, or a fraction in (0, 1] (N = round half up of fraction * n_bank).")
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+                           help="Seed of the --bank-sample permutation.")
+
+
+def bank_sample(text: str | None) -> int | float | str | None:
+    """The ``--bank-sample`` value parsed (None when not given)."""
+    from qbscale.engine.subsets import parse_sample
+
+    return None if text is None else parse_sample(text)
+
 
 def library_errors(func: F) -> F:
     """Turn qbscale errors into a clean ``Error: ...`` and exit code 1."""

@@ -30,6 +30,10 @@ from .options import (
 @click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
 @click.option("--title", default="Querybank normalisation report", show_default=True)
+@click.option("--sweep", "sweep_path", metavar="SWEEP.json",
+              type=click.Path(exists=True, dir_okay=False),
+              help="A bank-size sweep from `qbscale sweep --json`: adds R@1 against "
+                   "querybank size.")
 @click.option("--diagnose/--no-diagnose", "with_diagnosis", default=True, show_default=True,
               help="Add the diagnostics of `qbscale diagnose` (hub agreement, domain gap; "
                    "one more read of the bank and the test).")
@@ -38,14 +42,16 @@ from .options import (
 @library_errors
 def report(store: str, output: str, items: str | None, names: tuple[str, ...], depth: int,
            activation_k: int, gallery_bank: str | None, title: str, with_diagnosis: bool,
-           scheduler: str, workers: int | None, quiet: bool) -> None:
+           sweep_path: str | None, scheduler: str, workers: int | None, quiet: bool) -> None:
     """Write a self-contained HTML report on STORE: metrics and hubness of every
     method, N_k distributions, R@1 against each method's parameter and the hubs
     that normalisation removed.  One pass over the data per method; the store is
     only read."""
+    from qbscale.analysis.banksize import load_sweep
     from qbscale.analysis.compare import compare
     from qbscale.analysis.report import write_report
 
+    bank_sizes = load_sweep(sweep_path) if sweep_path else None
     result = compare(store, list(names) or None, k=depth, sweep=True, activation_k=activation_k,
                      gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,
                      progress=not quiet)
@@ -55,6 +61,6 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
 
         diagnosis = diagnose(store, k=activation_k, depth=depth, scheduler=scheduler,
                              num_workers=workers, progress=not quiet)
-    page = write_report(result, output, items, title, diagnosis)
+    page = write_report(result, output, items, title, diagnosis, bank_sizes)
     methods = ", ".join(r.label for r in result.runs)
     click.echo(f"Wrote {page} ({methods}; N_k at depth {depth})")

@@ -13,7 +13,15 @@ import click
 from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
-from .options import compute_options, library_errors, quiet_option, write_json
+from .options import (
+    bank_sample,
+    bank_sample_option,
+    compute_options,
+    library_errors,
+    quiet_option,
+    seed_option,
+    write_json,
+)
 from .run_outputs import check_hits, hits_option, save_hits, summary_without_truth
 
 COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")
@@ -51,6 +59,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same settings in STORE, computing "
                    "only the row blocks it had not finished.")
+@bank_sample_option
+@seed_option
 @compute_options
 @quiet_option
 @click.option("--sims_train_test_path", "--sims-train-test-path", "bank_pkl",
@@ -75,7 +85,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @library_errors
 def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         json_path: str | None, hits_path: str | None, save_scores: bool, save_ranks: bool,
-        resume: bool,
+        resume: bool, bank_sample_text: str | None, seed: int,
         scheduler: str, workers: int | None, quiet: bool,
         bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, fmt: str,
         label: str, dynamic: bool, gallery_bank: str | None, normaliser_path: str | None,
@@ -106,7 +116,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
             results.append(run_api(
                 target, scheduler=scheduler, num_workers=workers, topk=topk,
                 save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
-                resume=resume, gallery_bank=gallery_bank, normaliser=norm, **settings))
+                resume=resume, gallery_bank=gallery_bank, normaliser=norm,
+                bank_sample=bank_sample(bank_sample_text), seed=seed, **settings))
             save_hits(hits_path, results[-1], target)
     if len(results) > 1 or fmt == "markdown":
         _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
@@ -123,6 +134,10 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
             f"normalised rows: {100 * result.normalised_share:.1f}% of {n_rows}; "
             f"activation set: {result.activation_size} of {result.n_gallery} gallery items"
         )
+    sample = result.config.bank_sample
+    if sample is not None:
+        what = f"{sample} rows" if isinstance(sample, int) else f"{sample:g} of its rows"
+        click.echo(f"querybank sample: {what}, seed {result.config.seed}")
     click.echo(f"time: {result.seconds:.2f} s")
     if resume:
         done = result.extra["resume"]

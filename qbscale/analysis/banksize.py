@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,6 +209,22 @@ def format_sweep(sweep: dict[str, Any]) -> str:
     lines.append(f"{'none':>10}{'-':>8}{'-':>7}"
                  + "".join(f"{before[k]:>12.1f}" for k, _ in METRICS))
     return "\n".join(lines)
+
+
+def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A bank-size sweep read back from ``qbscale sweep --json`` (a clear error otherwise)."""
+    import json
+
+    from qbscale.errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the bank-size sweep {os.fspath(path)}: {exc}") from None
+    if not isinstance(data, dict) or data.get("kind") != "bank_size_sweep":
+        raise InputError(f"{os.fspath(path)} is not a bank-size sweep "
+                         "(write one with `qbscale sweep --json`)")
+    return data
 
 
 def require_matplotlib() -> None:

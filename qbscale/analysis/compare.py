@@ -88,7 +88,8 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
             k: int = 10, sweep: bool = False, dynamic: bool = False, activation_k: int = 1,
             gallery_bank: Any = None, scheduler: Any = "threads",
             num_workers: int | None = None, progress: bool = False,
-            storage_options: dict[str, Any] | None = None) -> Comparison:
+            storage_options: dict[str, Any] | None = None,
+            bank_sample: int | float | str | None = None, seed: int = 0) -> Comparison:
     """Run every method (default: all that can run) and measure hubness at ``k``.
 
     Parameters
@@ -100,6 +101,8 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
         pass, for metrics against beta / alpha / kc
     dynamic, activation_k : as ``dynamic`` and ``k`` of :func:`qbscale.api.run`
     gallery_bank : for ``dual-is`` (default: the store's)
+    bank_sample, seed : every method uses only these querybank rows
+        (:func:`qbscale.api.run`)
     """
     from qbscale.storage.gallery_bank import resolve
 
@@ -119,7 +122,8 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
                         gallery_bank if methods.GALLERY_BANK in method.banks else None)
         result = run(reading, k=activation_k, method=name, topk=k, dynamic=dynamic,
                      gallery_bank=extra.get(methods.GALLERY_BANK), scheduler=scheduler,
-                     num_workers=num_workers, progress=progress, **swept)
+                     num_workers=num_workers, progress=progress, bank_sample=bank_sample,
+                     seed=seed, **swept)
         nks = hub.occurrences(result, k)
         del nks["before"]
         occurrence = {float(v): nk for v, nk in nks.items()}

@@ -9,7 +9,11 @@ and the same PNGs beside it:
 * R@1 and N_k skewness against each method's swept parameter (beta, alpha,
   kc; one pass per method, every value at once: ``compare(..., sweep=True)``);
 * the hubs before normalisation (top 1% by N_k) and which methods stopped
-  them being hubs, with each item's text when ``items`` are given.
+  them being hubs, with each item's text when ``items`` are given;
+* with ``bank_sizes`` (a *bank-size sweep*, :mod:`qbscale.analysis.banksize`,
+  as ``qbscale sweep --json`` writes it; not to be confused with the
+  *parameter sweeps* above): R@1 against the number of querybank rows, mean
+  and std over repeats, and its table.
 
 matplotlib is imported only inside the functions that draw.
 """
@@ -225,12 +229,41 @@ img { max-width: 100%; } .note { color: #555; font-size: 0.9em; max-width: 900px
 """
 
 
+def bank_size_section(sweep: dict[str, Any], image: str) -> str:
+    """The bank-size sweep's section: its figure (an ``<img>``) and summary table."""
+    from qbscale.analysis.banksize import METRICS, paper
+
+    head = "".join(f"<th>{label}</th>" for _, label in METRICS)
+    body = []
+    for row in sweep["summary"]:
+        cells = "".join(f"<td>{paper(row['mean'][key], row['std'][key])}</td>"
+                        for key, _ in METRICS)
+        act = paper(row["mean"]["activation_size"], row["std"]["activation_size"])
+        body.append(f"<tr><th>{html.escape(row['label'])}</th><td>{row['size']}</td>"
+                    f"<td>{row['value']:g}</td>{cells}<td>{act}</td></tr>")
+    seeds = ", ".join(map(str, sweep["seeds"]))
+    return f"""<h2>R@1 against querybank size</h2>
+{image}
+<table><thead><tr><th>bank size</th><th>rows</th><th>{html.escape(sweep["variant"])}</th>
+{head}<th>activation set</th></tr></thead><tbody>{''.join(body)}</tbody></table>
+<p class=note>{html.escape(sweep["method"])} on bank samples of {sweep["n_bank"]} querybank rows:
+repeat r uses the rows <code>default_rng(seed + r).permutation(n_bank)[:N]</code> (seeds
+{seeds}); mean(std) over the repeats, the band one std either side; all is the whole bank.
+</p>
+"""
+
+
 def render(result: Comparison, images: dict[str, bytes], items: list[str] | None = None,
-           title: str = "Querybank normalisation report", diagnostics: str = "") -> str:
-    """The whole page as a string (figures embedded)."""
+           title: str = "Querybank normalisation report", diagnostics: str = "",
+           bank_sizes: dict[str, Any] | None = None) -> str:
+    """The whole page as a string (figures embedded); ``bank_sizes``: a bank-size
+    sweep (:meth:`qbscale.analysis.banksize.BankSizeSweep.to_dict`) for its section."""
     def img(name: str, alt: str) -> str:
         data = base64.b64encode(images[name]).decode("ascii")
         return f'<img src="data:image/png;base64,{data}" alt="{alt}">'
+
+    sizes = "" if bank_sizes is None else bank_size_section(
+        bank_sizes, img("bank_sizes.png", "R@1 against querybank size"))
 
     setup = (f"{result.n_queries} test queries, {result.n_gallery} gallery items, "
              f"{result.n_bank} querybank queries; N<sub>k</sub> counts each item's "
@@ -252,7 +285,7 @@ of items.  Antihubs: share of items in no top-k list.  Best of each column in bo
 {img("sweeps.png", "R@1 and skewness against each parameter")}
 <p class=note>One pass over the data per method computes every value at once; the star is the
 default, the dashed line the raw similarities.</p>
-<h2>Hubs before normalisation, and after</h2>
+{sizes}<h2>Hubs before normalisation, and after</h2>
 <p>{_lost_summary(result)}  Shaded: no longer among the top 1% by N<sub>k</sub>.</p>
 {hubs_table(result, items)}
 {diagnostics}
@@ -263,13 +296,16 @@ default, the dashed line the raw similarities.</p>
 def write_report(result: Comparison, out_dir: str | os.PathLike[str],
                  items: str | os.PathLike[str] | list[str] | None = None,
                  title: str = "Querybank normalisation report",
-                 diagnosis: Diagnosis | None = None) -> Path:
+                 diagnosis: Diagnosis | None = None,
+                 bank_sizes: dict[str, Any] | None = None) -> Path:
     """Draw the figures and write ``out_dir/index.html`` (and the PNGs beside it).
 
     ``items`` labels the gallery items in the hubs table: a JSON-lines file
     (:func:`load_items`) or a list of strings.  ``diagnosis``
     (:func:`qbscale.analysis.diagnose.diagnose`) adds the diagnostics section
-    (:mod:`qbscale.analysis.diagnose_report`).  Returns the page's path.
+    (:mod:`qbscale.analysis.diagnose_report`).  ``bank_sizes``: a bank-size
+    sweep (:meth:`qbscale.analysis.banksize.BankSizeSweep.to_dict`, or
+    ``qbscale sweep --json`` read back) adds its section.  Returns the page's path.
     """
     if result.before is None:
         from qbscale.errors import ConfigError
@@ -286,8 +322,12 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
 
         images["diagnostics.png"] = diagnosis_figure(diagnosis)
         diagnostics = diagnosis_section(diagnosis, images["diagnostics.png"])
+    if bank_sizes is not None:
+        from qbscale.analysis.banksize import bank_size_figure
+
+        images["bank_sizes.png"] = bank_size_figure(bank_sizes)
     for name, data in images.items():
         (out / name).write_bytes(data)
     page = out / "index.html"
-    page.write_text(render(result, images, labels, title, diagnostics), encoding="utf-8")
+    page.write_text(render(result, images, labels, title, diagnostics, bank_sizes), encoding="utf-8")
     return page

@@ -38,7 +38,6 @@ from dask.delayed import Delayed, delayed
 from qbscale.engine import kernels
 from qbscale.engine.grid import offsets
 from qbscale.engine.methods import BankNeeds, BankStats
-from qbscale.engine.subsets import BlockRows, Subsets
 from qbscale.engine.reductions import (
     ACTIVATION,
     LOG_NORMALISER,
@@ -46,6 +45,7 @@ from qbscale.engine.reductions import (
     row_topk,
     topk_to_mask,
 )
+from qbscale.engine.subsets import BlockRows, Subsets
 from qbscale.types import MatrixSource
 
 #: partials combined per tree task

@@ -44,7 +44,6 @@ from qbscale.engine.subsets import Subsets
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment, MatrixSource, RowResult
 
-
 #: what the test stage scores with: one normaliser, or a stack of cells' normalisers
 Variants = Normaliser | Stack
 
@@ -77,19 +76,18 @@ def _fitted(config: RunConfig, banks: list[str], *stats: methods.BankStats) -> N
     return Normaliser.from_stats(config, dict(zip(banks, stats, strict=True)))
 
 
-def _fitted_cells(configs: list[RunConfig], banks: list[str],
-                  *stats: list[methods.BankStats] | methods.BankStats) -> list[Normaliser]:
+def _fitted_cells(configs: list[RunConfig], banks: list[str], query: list[methods.BankStats],
+                  *others: methods.BankStats) -> list[Normaliser]:
     """One normaliser per cell: the querybank's statistics per cell, the other
     banks' (``banks[1:]``) shared."""
-    return [Normaliser.from_stats(config, dict(zip(banks, [stats[0][c], *stats[1:]],
-                                                   strict=True)))
+    return [Normaliser.from_stats(config, dict(zip(banks, [query[c], *others], strict=True)))
             for c, config in enumerate(configs)]
 
 
 def cell_configs(config: RunConfig, subsets: Subsets) -> list[RunConfig]:
     """Each cell's settings: ``config`` with the cell's bank sample and seed."""
     return [replace(config, bank_sample=None, seed=0) if cell.repeat is None
-            else replace(config, bank_sample=cell.size, seed=cell.seed)
+            else replace(config, bank_sample=cell.size, seed=int(cell.seed or 0))
             for cell in subsets.cells]
 
 
