@@ -116,6 +116,32 @@ def test_each_chunk_read_once(store, fetches, method, options):
         assert fetches.of("bank") == Counter(dict.fromkeys(chunk_keys(store, "bank"), 1))
 
 
+@pytest.mark.parametrize(("method", "options"), [
+    ("dis", {"beta": [5, 20]}),
+    ("csls", {"kc": [1, 4]}),
+])
+def test_bank_size_sweep_reads_each_chunk_once(store, fetches, method, options):
+    """Every size x repeat cell, and the bank sample of a run, from one read of each block."""
+    from qbscale.analysis.banksize import bank_size_sweep
+
+    for rows_per_block in (None, 48):  # stored chunks, and blocks of 3 chunks
+        exp, blocks = instrumented(store, rows_per_block)
+        fetches.counts.clear()
+        sweep = bank_size_sweep(exp, [5, 40, 0.5, "all"], 3, 7, method=method,
+                                scheduler="threads", num_workers=4, **options)
+        assert len(sweep.cells) == 3 * 3 + 1
+        assert set(blocks.values()) == {1}
+        assert {(name, i, c) for name, i, c in blocks} == \
+            {("bank", *ic) for ic in grid(exp.bank)} | {("test", *ic) for ic in grid(exp.test)}
+        for name in ("bank", "test"):
+            assert fetches.of(name) == Counter(dict.fromkeys(chunk_keys(store, name), 1))
+    exp, blocks = instrumented(store)
+    fetches.counts.clear()
+    run(exp, bank_sample=20, seed=3, scheduler="threads")
+    assert set(blocks.values()) == {1} and len(blocks) == len(grid(exp.bank)) + len(grid(exp.test))
+    assert fetches.of("bank") == Counter(dict.fromkeys(chunk_keys(store, "bank"), 1))
+
+
 def test_coarser_blocks_still_read_each_chunk_once(store, fetches):
     exp, blocks = instrumented(store, rows_per_block=48)  # 3 stored chunks a block
     assert len(exp.bank.row_chunks) == 4
