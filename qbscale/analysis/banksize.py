@@ -260,6 +260,11 @@ def bank_size_figure(sweep: dict[str, Any]) -> bytes:
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.25, lw=0)
     ax.axhline(sweep["before"]["R1"], color="grey", ls="--", lw=1, label="no normalisation")
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    ticks = [row["size"] for row in sweep["sizes"]]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel=f"querybank rows (of {sweep['n_bank']}; log scale)", ylabel="R@1 (%)",
            title=f"R@1 against querybank size: mean and std over {sweep['repeats']} "
                  f"repeat{'s' if sweep['repeats'] != 1 else ''}")
