@@ -142,9 +142,16 @@ def _matching(norm: Normaliser, config: RunConfig, experiment: Experiment) -> No
     if fitted != config:
         raise ConfigError(f"the normaliser was fitted with method={norm.config.label} "
                           f"{norm.config.variant_name}={list(norm.config.values)} "
-                          f"k={norm.config.k}; this run asks for method={config.label} "
-                          f"{config.variant_name}={list(config.values)} k={config.k}")
+                          f"k={norm.config.k}{_sample(norm.config)}; this run asks for "
+                          f"method={config.label} {config.variant_name}={list(config.values)} "
+                          f"k={config.k}{_sample(config)}")
     return Normaliser(config, norm.shift, norm.activation, dict(norm.fingerprint))
+
+
+def _sample(config: RunConfig) -> str:
+    if config.bank_sample is None:
+        return ""
+    return f" bank_sample={config.bank_sample} seed={config.seed}"
 
 
 def run(store: str | os.PathLike[str] | Experiment,
@@ -285,7 +292,8 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
 def lazy(store: str | os.PathLike[str] | Experiment,
          beta: float | Iterable[float] | None = None, k: int = 1, method: str = "dis",
          storage_options: dict[str, Any] | None = None, *, dynamic: bool = False,
-         gallery_bank: Any = None, **params: Any) -> dict[str, Any]:
+         gallery_bank: Any = None, bank_sample: int | float | str | None = None,
+         seed: int = 0, **params: Any) -> dict[str, Any]:
     """Dask arrays of a run's building blocks, for composing your own graphs.
 
     Returns ``{"shift": (n_values, n_gallery), "activation": (n_gallery,),
@@ -298,7 +306,7 @@ def lazy(store: str | os.PathLike[str] | Experiment,
 
     from qbscale.storage.gallery_bank import resolve
 
-    config = RunConfig.make(beta, k, method, 0, dynamic, params)
+    config = RunConfig.make(beta, k, method, 0, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)
     if experiment.gt is None:
         raise _without_truth(experiment, "there are no ranks to compute")

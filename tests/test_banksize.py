@@ -266,3 +266,15 @@ def test_report_with_a_bank_size_sweep(store, tmp_path):
     res = CliRunner().invoke(cli, ["report", store, "-o", str(tmp_path / "r2"), "-q",
                                    "--sweep", str(tmp_path / "bad.json")])
     assert res.exit_code != 0 and "not a bank-size sweep" in res.output
+
+
+def test_lazy_and_a_fitted_normaliser_keep_the_sample():
+    bank, test = data()
+    exp = in_memory(bank, test, rows_per_block=40)
+    res = qbscale.run(exp, bank_sample=50, seed=1, scheduler="synchronous")
+    parts = qbscale.api.lazy(exp, bank_sample=50, seed=1)
+    np.testing.assert_array_equal(parts["shift"].compute(scheduler="synchronous"), res.shift)
+    again = qbscale.run(exp, bank_sample=50, seed=1, normaliser=res.normaliser)
+    assert again.after == res.after
+    with pytest.raises(ConfigError, match="bank_sample=50 seed=1; this run asks for"):
+        qbscale.run(exp, normaliser=res.normaliser)
