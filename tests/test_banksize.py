@@ -278,3 +278,9 @@ def test_lazy_and_a_fitted_normaliser_keep_the_sample():
     assert again.after == res.after
     with pytest.raises(ConfigError, match="bank_sample=50 seed=1; this run asks for"):
         qbscale.run(exp, normaliser=res.normaliser)
+    from qbscale.engine.plan import fit
+
+    norm = fit(exp, qbscale.config.RunConfig.make(20.0), bank_sample=50, seed=1).compute(
+        scheduler="synchronous")
+    np.testing.assert_array_equal(norm.shift, res.shift)
+    assert (norm.config.bank_sample, norm.config.seed) == (50, 1)

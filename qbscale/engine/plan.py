@@ -92,14 +92,19 @@ def cell_configs(config: RunConfig, subsets: Subsets) -> list[RunConfig]:
 
 
 def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
-        banks: Mapping[str, MatrixSource] | None = None) -> Delayed:
+        banks: Mapping[str, MatrixSource] | None = None, *,
+        bank_sample: int | float | str | None = None, seed: int | None = None) -> Delayed:
     """The lazy :class:`Normaliser` of ``config``'s method (:mod:`qbscale.engine.methods`).
 
     One pass over every bank the method reads: the querybank
     (``experiment.bank``, which also gives the activation set; only the rows
     of ``config.bank_sample`` when set, :mod:`qbscale.engine.subsets`) and
     the sources in ``banks`` (e.g. ``{"gallery_bank": ...}`` for ``dual-is``).
+    ``bank_sample`` and ``seed``, when given, replace ``config``'s.
     """
+    if bank_sample is not None or seed is not None:
+        config = replace(config, bank_sample=bank_sample,  # type: ignore[arg-type]
+                         seed=config.seed if seed is None else seed)
     key = key or _Keys()
     if not config.normalises:  # the baseline needs nothing from the querybank
         return delayed(Normaliser.baseline, pure=True)(config, experiment.n_gallery,
