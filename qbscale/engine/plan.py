@@ -18,6 +18,12 @@ The graph has two stages, each reading every block of its matrix once:
    hold them (the same keys, so no second read) and per-block counts combine
    with :data:`~qbscale.engine.reductions.ROW_COUNTS`.
 
+The bank stage may fit several querybank subsets from the same reads
+(:func:`fit_cells`, the cells of a bank-size sweep): the test stage then
+scores with a :class:`~qbscale.engine.stack.Stack` of their normalisers,
+counting every cell's variants in its one read, each variant with its own
+activation set.
+
 Tasks are :func:`dask.delayed` calls with explicit keys, so building a plan
 neither computes nor hashes the data.
 """
