@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from qbscale.analysis.metrics import retrieval_metrics
 from qbscale.config import RunConfig
 from qbscale.engine import plan as _plan
+from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.stack import Stack
 from qbscale.engine.subsets import ALL, SampleSpec, Subsets
 from qbscale.executors import get_executor

@@ -209,7 +209,9 @@ def _segment_means(needs: BankNeeds, holders: list[Delayed], key: Key, name: str
                                    dask_key_name=key(name, "first", g))
              for g in range(0, len(holders), SPLIT_EVERY)]
     top = tree(first, partial(_segment_top, j, k), key, name)
-    return delayed(_cell_means)(needs.column_means, top, dask_key_name=key(name, "means"))
+    means: Delayed = delayed(_cell_means)(needs.column_means, top,
+                                          dask_key_name=key(name, "means"))
+    return means
 
 
 def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") -> Delayed:
@@ -219,7 +221,8 @@ def summary(bank: MatrixSource, needs: BankNeeds, key: Key, name: str = "bank") 
     task per row block joins its pieces.
     """
     stats = cell_summary(bank, needs, None, key, name)
-    return delayed(_first)(stats, dask_key_name=key(f"{name}-first"))
+    first: Delayed = delayed(_first)(stats, dask_key_name=key(f"{name}-first"))
+    return first
 
 
 def cell_summary(bank: MatrixSource, needs: BankNeeds, subsets: Subsets | None, key: Key,
@@ -249,5 +252,6 @@ def cell_summary(bank: MatrixSource, needs: BankNeeds, subsets: Subsets | None, 
     means = [_segment_means(needs, [h[c] for h in holders], key, f"{name}-top-{c}-{s}", s)
              for c, width in enumerate(bank.col_chunks)
              for s in range(len(segments(width, step)))]
-    return delayed(_stats)(needs.column_means, n_cells, main, *means,
-                           dask_key_name=key(f"{name}-stats"))
+    stats: Delayed = delayed(_stats)(needs.column_means, n_cells, main, *means,
+                                     dask_key_name=key(f"{name}-stats"))
+    return stats

@@ -46,7 +46,8 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     >>> np.round(bank_logsumexp(b, np.array([1.0])), 4)
     array([[0.6931, 3.1269]])
     """
-    return bank_logsumexp_sets(block, betas, None)[0]
+    out: np.ndarray = bank_logsumexp_sets(block, betas, None)[0]
+    return out
 
 
 def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,

@@ -113,8 +113,9 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
                          seed=config.seed if seed is None else seed)
     key = key or _Keys()
     if not config.normalises:  # the baseline needs nothing from the querybank
-        return delayed(Normaliser.baseline, pure=True)(config, experiment.n_gallery,
-                                                       dask_key_name=key("normaliser"))
+        baseline: Delayed = delayed(Normaliser.baseline, pure=True)(
+            config, experiment.n_gallery, dask_key_name=key("normaliser"))
+        return baseline
     subsets = Subsets.sample(config.bank_sample, config.seed, experiment.bank.shape[0])
     return _fit(experiment, [config], subsets, key, banks, single=True)
 
@@ -161,11 +162,12 @@ def _fit(experiment: Experiment, configs: list[RunConfig], subsets: Subsets | No
     stats = [bankstats.cell_summary(sources[methods.QUERY_BANK], needs[methods.QUERY_BANK],
                                     subsets, key, methods.QUERY_BANK)]
     stats += [bankstats.summary(sources[name], needs[name], key, name) for name in names[1:]]
-    cells = delayed(_fitted_cells)(configs, names, *stats,
-                                   dask_key_name=key("normaliser-cells" if single
-                                                     else "normaliser"))
+    cells: Delayed = delayed(_fitted_cells)(configs, names, *stats,
+                                            dask_key_name=key("normaliser-cells" if single
+                                                              else "normaliser"))
     if single:
-        return delayed(operator.itemgetter(0))(cells, dask_key_name=key("normaliser"))
+        first: Delayed = delayed(operator.itemgetter(0))(cells, dask_key_name=key("normaliser"))
+        return first
     return cells
 
 
@@ -312,7 +314,9 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
     pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
                                     dask_key_name=key("test-count", i, c))
               for c in range(len(src.col_chunks))]
-    return delayed(_combine_pieces)(spec, norm, *pieces, dask_key_name=key("test-row", i))
+    row: Delayed = delayed(_combine_pieces)(spec, norm, *pieces,
+                                            dask_key_name=key("test-row", i))
+    return row
 
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,

@@ -209,7 +209,7 @@ class BlockRows:
 
     @property
     def n_cells(self) -> int:
-        return self.shell.shape[0] * self.n_sizes + int(self.whole)
+        return int(self.shell.shape[0]) * self.n_sizes + int(self.whole)
 
     def members(self) -> np.ndarray:
         """(n_cells, n_block_rows) bool, cells in :attr:`Subsets.cells` order."""
