@@ -56,8 +56,9 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
 
     ``members`` is ``(n_sets, n_rows)`` bool (None: one set of every row);
     returns ``(n_sets, len(betas), n_cols)``, ``-inf`` for a set with no row
-    here.  Each ``exp`` is computed once, shifted by the column maximum of the
-    whole block, and added to every set holding its row, in row order: a set's
+    here.  Each ``exp`` is computed once (and only for rows in some set),
+    shifted by the column maximum of the whole block, and added to every set
+    holding its row, in row order: a set's
     result depends only on its own rows and the block, so it is the same
     whichever other sets are computed with it, and the set of every row is
     :func:`bank_logsumexp` bit for bit.  Where the shifted terms of a set
@@ -75,6 +76,11 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
         totals = np.zeros((n_sets, n_cols))
         for r in range(0, n_rows, step):
             x = block[r:r + step]
+            sets = None if members is None else members[:, r:r + step]
+            if sets is not None:  # rows in no set: no exp
+                used = sets.any(axis=0)
+                if not used.all():
+                    x, sets = x[used], sets[:, used]
             y = buf[: x.size].reshape(x.shape)
             # a separate cast then in-place float64 ops: ~1.3x faster than
             # one mixed-type ufunc call, whose casting goes through buffers
@@ -83,7 +89,7 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
             np.subtract(y, peak, out=y)
             np.exp(y, out=y)
             for s in range(n_sets):
-                here = None if members is None else members[s, r:r + step]
+                here = None if sets is None else sets[s]
                 if here is None or here.all():
                     _add_rows(totals[s], y)
                 elif here.any():
