@@ -329,5 +329,6 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
     for name, data in images.items():
         (out / name).write_bytes(data)
     page = out / "index.html"
-    page.write_text(render(result, images, labels, title, diagnostics, bank_sizes), encoding="utf-8")
+    page.write_text(render(result, images, labels, title, diagnostics, bank_sizes),
+                    encoding="utf-8")
     return page
