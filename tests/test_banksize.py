@@ -248,10 +248,12 @@ def test_cli_sweep_bad_sizes_and_missing_matplotlib(store, monkeypatch, tmp_path
 def test_cli_hubness_with_a_bank_sample(store, tmp_path):
     out = tmp_path / "hub.json"
     invoke("hubness", store, "--method", "dis", "--bank-sample", "40", "--seed", "2",
-           "--k", "3", "--json", str(out))
+           "--k", "2", "--depth", "3", "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
-    res = qbscale.run(store, method="dis", bank_sample=40, seed=2, topk=3)
+    res = qbscale.run(store, method="dis", k=2, bank_sample=40, seed=2, topk=3)
+    plain = qbscale.run(store, method="dis", k=2)
     assert rows[1]["R1"] == res.after[20.0]["R1"]
+    assert res.after != plain.after  # the sample is what the command used
 
 
 def test_report_with_a_bank_size_sweep(store, tmp_path):
