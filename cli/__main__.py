@@ -1,3 +1,3 @@
-from qbscale.cli import main
+from qbscale.cli import main  # type: ignore[import-not-found]  # (cli/ is qbscale.cli)
 
 main()

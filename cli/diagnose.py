@@ -42,7 +42,7 @@ def format_diagnosis(d: Diagnosis) -> str:
         f"  Kolmogorov-Smirnov D                {f['ks']:8.3f}",
         f"test rows DIS normalises              {f['activated_share']:8.3f}",
     ]
-    if d.result is not None:
+    if d.result is not None and d.result.before is not None and d.result.after:
         before, after = d.result.before, d.result.after[d.config.values[0]]
         lines.append("with the ground truth      " + "".join(
             f"{h:>8}" for h in ("R@1", "R@5", "R@10", "MedR", "geom")))

@@ -83,7 +83,7 @@ def describe(norm: Any, path: str, seconds: float) -> dict[str, Any]:
             "fingerprint": dict(norm.fingerprint), "seconds": seconds}
 
 
-def run_settings(path: str, store: str, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def run_settings(path: str, store: str | None, given: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The normaliser at ``path`` and the run settings it implies for ``store``.
 
     ``given`` holds the run's settings that were set on the command line
