@@ -196,7 +196,9 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
                         names=(Path(bank_pkl).name, Path(test_pkl).name))
         return
-    if scheduler.startswith(("tcp://", "tls://")):
+    from qbscale.executors import is_remote
+
+    if is_remote(scheduler):
         raise click.UsageError("workers of a remote cluster cannot see local pickles: "
                                "`qbscale ingest` them into shared storage first")
     from qbscale.storage.ingest import ingest

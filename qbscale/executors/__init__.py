@@ -68,6 +68,15 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+#: address schemes of a running dask scheduler (workers may be on other hosts)
+REMOTE_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")
+
+
+def is_remote(scheduler: Any) -> bool:
+    """True for the address of a running dask scheduler (``tcp://HOST:PORT``, ...)."""
+    return isinstance(scheduler, str) and scheduler.startswith(REMOTE_SCHEMES)
+
+
 def get_executor(scheduler: Any = "threads", num_workers: int | None = None) -> Executor:
     """An executor for a scheduler name, address or ``distributed.Client``."""
     if scheduler is None:
@@ -80,8 +89,7 @@ def get_executor(scheduler: Any = "threads", num_workers: int | None = None) -> 
         from qbscale.executors.local import LocalExecutor
 
         return LocalExecutor(scheduler, num_workers)
-    if scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")) or \
-            scheduler.startswith("local:"):
+    if is_remote(scheduler) or scheduler.startswith("local:"):
         from qbscale.executors.distributed import DistributedExecutor
 
         return DistributedExecutor(address=scheduler)
