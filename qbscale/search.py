@@ -1,0 +1,332 @@
+"""Exact QB-Norm search: new queries in, each query's best gallery items out.
+
+A fitted normaliser (:class:`qbscale.engine.normaliser.Normaliser`) is all a
+search needs besides the gallery::
+
+    scores, indices = search(norm, queries, top_k=10, gallery=gallery_emb)
+
+Similarities ``queries @ gallery.T`` are computed block by block in float32
+(as :class:`~qbscale.storage.sources.EmbeddingMatrix` does), or read from a
+similarity matrix (:func:`search_matrix`); each block yields per-row top-k
+lists (:mod:`qbscale.engine.topk`) that merge across gallery blocks in a
+tree, so memory stays at a few blocks whatever the gallery size.  Per row
+the search keeps both the raw top-k and the normalised top-k of every
+variant; a row's choice is made at the end, from its raw top-1 over the
+whole gallery (the dynamic switch of DIS, :meth:`Normaliser.flags`).
+
+Scores are ``scale * s - shift[j]`` (float64, :func:`qbscale.engine.kernels.exact_scores`)
+on normalised rows and raw ``s`` on the others; ties go to the lowest
+gallery index.  With several values of the swept parameter the results have
+a leading variant axis.  :func:`to_faiss` serves the same scores from any
+faiss index (:mod:`qbscale.faiss_index`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from dask.delayed import Delayed, delayed
+
+from qbscale.engine import topk as _topk
+from qbscale.engine.grid import offsets
+from qbscale.engine.normaliser import Normaliser
+from qbscale.engine.reductions import row_topk
+from qbscale.errors import InputError
+from qbscale.storage.gallery_rows import check_finite, gallery_source, query_source
+
+if TYPE_CHECKING:
+    from qbscale.types import MatrixSource
+
+#: bytes of one float32 similarity block (per task)
+BLOCK_BYTES = 2**26
+#: fewest gallery items per block (keeps the matrix products large)
+MIN_ITEMS = 1024
+#: partial results merged per merge task
+FAN_IN = 8
+
+TopK = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Partial:
+    """Per-row top-k over a slice of the gallery: raw, and one per variant."""
+
+    raw: TopK | None
+    norm: tuple[TopK, ...]
+
+
+def _engine_record(norm: Normaliser) -> Normaliser:
+    """The engine record alone (a subclass may carry a gallery with it)."""
+    return Normaliser(norm.config, norm.shift, norm.activation, dict(norm.fingerprint))
+
+
+def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
+                   smax: float | None = None) -> _Partial:
+    """Top-k lists of one similarity block (gallery columns ``col0:col0+width``)."""
+    width = block.shape[1]
+    mask = np.empty(block.size, bool)
+    raw = _topk.raw_topk(block, k, col0, mask) if norm.rows != "all" else None
+    if norm.shift is None or norm.rows == "none":
+        return _Partial(raw, ())
+    scratch = np.empty(block.size, np.float32)
+    shift = norm.shift[:, col0:col0 + width]
+    return _Partial(raw, tuple(
+        _topk.normalised_topk(block, k, float(scale), shift[b], col0, scratch, mask, smax)
+        for b, scale in enumerate(norm.scales)))
+
+
+def _merge(k: int, *parts: _Partial) -> _Partial:
+    """Merge partials over disjoint gallery slices (ties to the lowest index)."""
+    merge = row_topk(k)
+    raw = None if parts[0].raw is None else merge.tree([p.raw for p in parts])
+    norm = tuple(merge.tree([p.norm[b] for p in parts]) for b in range(len(parts[0].norm)))
+    return _Partial(raw, norm)
+
+
+def _finish(norm: Normaliser, part: _Partial) -> TopK:
+    """``(scores, indices)`` of shape ``(n_values, rows, k)``: each row's
+    normalised list where the row is normalised, its raw list elsewhere."""
+    n_values = len(norm.values)
+    if not part.norm:
+        assert part.raw is not None
+        return (np.repeat(part.raw[0][None], n_values, axis=0),
+                np.repeat(part.raw[1][None], n_values, axis=0))
+    if part.raw is None:
+        return np.stack([v for v, _ in part.norm]), np.stack([i for _, i in part.norm])
+    flags = norm.flags(part.raw[1][:, 0])[:, None]
+    return (np.stack([np.where(flags, v, part.raw[0]) for v, _ in part.norm]),
+            np.stack([np.where(flags, i, part.raw[1]) for _, i in part.norm]))
+
+
+def _tree(parts: list[Any], k: int, name: str) -> Any:
+    """Merge delayed partials in a tree of :data:`FAN_IN` (bounded memory)."""
+    level = 0
+    while len(parts) > 1:
+        parts = [delayed(_merge)(k, *parts[g:g + FAN_IN],
+                                 dask_key_name=f"{name}-merge-{level}-{g // FAN_IN}")
+                 for g in range(0, len(parts), FAN_IN)]
+        level += 1
+    return parts[0]
+
+
+# ----------------------------------------------------------------- tasks
+
+
+def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: int, col0: int,
+                     k: int, norm: Normaliser) -> _Partial:
+    q = np.asarray(queries.read(i, 0), dtype=np.float32)
+    g = np.asarray(gallery.read(c, 0), dtype=np.float32)
+    check_finite(q, offsets(queries.row_chunks)[i], "the queries")
+    check_finite(g, col0, "the gallery embeddings")
+    # |q.g| <= |q| |g| bounds every similarity of the block (float32 rounding
+    # of the product adds far less than the margin of normalised_topk)
+    smax = float(np.sqrt(np.einsum("ij,ij->i", q, q).max(initial=0.0))
+                 * np.sqrt(np.einsum("ij,ij->i", g, g).max(initial=0.0))) * (1 + 2.0**-10)
+    return _block_partial(q @ g.T, col0, k, norm, smax)
+
+
+def _matrix_block(sims: MatrixSource, i: int, c: int, col0: int, k: int,
+                  norm: Normaliser) -> _Partial:
+    block = np.asarray(sims.read(i, c))
+    if block.dtype.kind != "f" or block.dtype.itemsize < 4:
+        block = block.astype(np.float32)
+    return _block_partial(block, col0, k, norm)
+
+
+# ----------------------------------------------------------------- graphs
+
+
+def _graph(norm: Normaliser, n_rows: tuple[int, ...], col_chunks: tuple[int, ...], k: int,
+           task: Any, token: str) -> list[Delayed]:
+    """One delayed ``(scores, indices)`` per query row block."""
+    record = delayed(norm, name=f"qb-search-norm-{token}")
+    cols = offsets(col_chunks)
+    out = []
+    for i in range(len(n_rows)):
+        parts = [delayed(task)(i, c, cols[c], k, record,
+                               dask_key_name=f"qb-search-{i}-{c}-{token}")
+                 for c in range(len(col_chunks))]
+        merged = _tree(parts, k, f"qb-search-{i}-{token}")
+        out.append(delayed(_finish)(record, merged, dask_key_name=f"qb-search-{i}-done-{token}"))
+    return out
+
+
+def _compute(norm: Normaliser, outputs: list[Delayed], scheduler: Any, num_workers: int | None,
+             progress: bool) -> TopK:
+    from qbscale.executors import get_executor
+
+    executor = get_executor(scheduler, num_workers)
+    try:
+        results = executor.compute(outputs, progress)
+    finally:
+        executor.close()
+    scores = np.concatenate([r[0] for r in results], axis=1)
+    indices = np.concatenate([r[1] for r in results], axis=1)
+    if len(norm.values) == 1:
+        return scores[0], indices[0]
+    return scores, indices
+
+
+def _check_k(top_k: int, n_gallery: int) -> int:
+    if int(top_k) != top_k or top_k < 1:
+        raise InputError(f"top_k must be an integer >= 1, got {top_k}")
+    if top_k > n_gallery:
+        raise InputError(f"top_k={top_k} exceeds the gallery's {n_gallery} items")
+    return int(top_k)
+
+
+def block_grid(n_queries: int, n_gallery: int, gallery_chunk: int | None = None,
+               block_rows: int | None = None, tasks: int = 4,
+               block_bytes: int = BLOCK_BYTES) -> tuple[int, int]:
+    """``(query rows, gallery items)`` per similarity block.
+
+    Query blocks are as tall as the budget allows with at least
+    :data:`MIN_ITEMS` gallery items, so the gallery is read once per query
+    block; gallery blocks fill the budget, in whole stored chunks
+    (``gallery_chunk``) when they fit.  When that makes fewer than ``tasks``
+    blocks, queries are split further so every worker has work.
+
+    >>> block_grid(4000, 1_000_000)
+    (4000, 4194)
+    >>> block_grid(4000, 4000)
+    (1000, 4000)
+    """
+    budget = max(1, block_bytes // 4)
+    rows = block_rows or max(1, min(n_queries, budget // MIN_ITEMS))
+    items = min(n_gallery, max(1, budget // rows))
+    if gallery_chunk and items >= gallery_chunk:
+        items = gallery_chunk * (items // gallery_chunk)
+    if block_rows is None:
+        n_blocks = -(-n_gallery // items)
+        if n_blocks * -(-n_queries // rows) < tasks:
+            rows = max(1, -(-n_queries // -(-tasks // n_blocks)))
+    return rows, items
+
+
+def _workers(scheduler: Any, num_workers: int | None) -> int:
+    if num_workers:
+        return int(num_workers)
+    if isinstance(scheduler, str) and scheduler.startswith("local:"):
+        return int(scheduler.split(":")[1] or 1)
+    return os.cpu_count() or 1
+
+
+def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
+           scheduler: Any = "threads", num_workers: int | None = None,
+           block_rows: int | None = None, block_items: int | None = None,
+           progress: bool = False) -> TopK:
+    """Exact QB-Norm top-k of new queries over a gallery of embeddings.
+
+    Parameters
+    ----------
+    norm : a fitted normaliser (:class:`qbscale.engine.normaliser.Normaliser`,
+        or :class:`qbscale.Normaliser`, whose own gallery is used when
+        ``gallery`` is None)
+    queries : (n, d) embeddings: numpy or dask array, or the path of a
+        ``.npy`` file or Zarr array
+    top_k : items per query (at most the gallery's size)
+    gallery : (n_gallery, d) embeddings: numpy or dask array, a Zarr array,
+        the path of a ``.npy`` file, a Zarr array or an embeddings store
+        (its ``gallery_emb``)
+    scheduler, num_workers : as :func:`qbscale.run` (``tcp://`` included)
+    block_rows : queries per block (default: as many as the block budget allows)
+    block_items : gallery items per block (default: the rest of the budget)
+    progress : a progress bar on stderr
+
+    Returns
+    -------
+    scores : float64, ``(n, top_k)``, or ``(n_values, n, top_k)`` with
+        several values: normalised scores on normalised rows, raw elsewhere
+    indices : int64 gallery indices, same shape, best first
+
+    Raises
+    ------
+    InputError
+        The gallery is not the one the normaliser was fitted on (size, or
+        checksum when recorded), dimensions differ, or ``top_k`` is invalid.
+
+    Examples
+    --------
+    >>> from qbscale.config import RunConfig
+    >>> g = np.eye(3, dtype=np.float32)
+    >>> norm = Normaliser(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
+    ...                   np.ones(3, bool))
+    >>> search(norm, np.array([[0.0, 1.0, 0.9]], np.float32), 2, g)[1]
+    array([[2, 1]])
+    """
+    if gallery is None:
+        gallery = getattr(norm, "gallery", None)
+        if gallery is None:
+            raise InputError("no gallery: pass gallery= (the embeddings the normaliser "
+                             "was fitted for)")
+    _check_fingerprint(norm, gallery)
+    gal = gallery_source(gallery, "the gallery embeddings")
+    norm.check_gallery(gal.shape[0], "the gallery embeddings")
+    k = _check_k(top_k, gal.shape[0])
+    n_queries = int(queries.shape[0]) if hasattr(queries, "shape") else None
+    rows, items = block_grid(n_queries or 1, gal.shape[0], gal.chunk, block_rows,
+                             2 * _workers(scheduler, num_workers))
+    qry = query_source(queries, rows, "the queries")
+    if qry.shape[1] != gal.shape[1]:
+        raise InputError(f"the queries have dimension {qry.shape[1]}, the gallery "
+                         f"embeddings {gal.shape[1]}")
+    parts = gal.blocks(block_items or items)
+    record = _engine_record(norm)
+    token = _token()
+
+    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser) -> _Partial:
+        return _embedding_block(qry, parts, i, c, col0, k, nrm)
+
+    outputs = _graph(record, qry.row_chunks, parts.row_chunks, k, task, token)
+    return _compute(record, outputs, scheduler, num_workers, progress)
+
+
+def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
+                  scheduler: Any = "threads", num_workers: int | None = None,
+                  progress: bool = False) -> TopK:
+    """:func:`search` over precomputed similarities (query rows x the gallery).
+
+    ``sims`` is a block source (:class:`~qbscale.storage.sources.ZarrMatrix`,
+    :class:`~qbscale.storage.sources.NumpyMatrix`, a store's ``test``); its
+    blocks are read once each.
+    """
+    norm.check_gallery(sims.shape[1], "the similarity matrix")
+    k = _check_k(top_k, sims.shape[1])
+    record = _engine_record(norm)
+
+    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser) -> _Partial:
+        return _matrix_block(sims, i, c, col0, k, nrm)
+
+    outputs = _graph(record, sims.row_chunks, sims.col_chunks, k, task, _token())
+    return _compute(record, outputs, scheduler, num_workers, progress)
+
+
+def _token() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def _check_fingerprint(norm: Normaliser, gallery: Any) -> None:
+    """The gallery checksum, when the normaliser recorded one and can check it."""
+    check = getattr(norm, "check_gallery_emb", None)
+    if check is None or not norm.fingerprint.get("gallery_sha256"):
+        return
+    if isinstance(gallery, str | os.PathLike):
+        from qbscale.storage.gallery_rows import as_dask
+
+        gallery = as_dask(gallery)
+    check(gallery)
+
+
+def to_faiss(norm: Normaliser, gallery_emb: Any, factory: str = "Flat") -> Any:
+    """A faiss index serving ``norm``'s scores (:class:`qbscale.faiss_index.FaissSearch`)."""
+    from qbscale.faiss_index import FaissSearch
+
+    return FaissSearch.build(norm, gallery_emb, factory)
+
+
+__all__ = ["block_grid", "search", "search_matrix", "to_faiss"]

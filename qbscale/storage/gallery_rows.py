@@ -1,0 +1,126 @@
+"""Embedding matrices read row block by row block, for search.
+
+:func:`gallery_source` and :func:`query_source` turn what a user passes as
+embeddings (a numpy or dask array, a Zarr array, the path of a ``.npy``
+file, of a Zarr array or of an embeddings store) into a small picklable
+block source (:class:`qbscale.types.MatrixSource`): a task reads its own
+rows, in threads, processes or on a cluster, and nothing is read whole.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from qbscale.engine.grid import offsets, split
+from qbscale.errors import InputError
+from qbscale.storage import layout
+
+
+@lru_cache(maxsize=16)
+def _open_path(path: str) -> Any:
+    """A ``.npy`` file memory-mapped, or a Zarr array (a store's ``gallery_emb``)."""
+    if path.endswith(".npy"):
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from exc
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise InputError(f"no .npy file or Zarr array at {path}") from exc
+    if isinstance(node, zarr.Group):
+        if layout.GALLERY_EMB not in set(node.array_keys()):
+            raise InputError(f"{path} is a Zarr group without a {layout.GALLERY_EMB} array")
+        node = node[layout.GALLERY_EMB]
+    return node
+
+
+@dataclass(frozen=True)
+class RowMatrix:
+    """Rows of an (n, d) matrix in blocks (one column block: the dimension).
+
+    ``data`` is an array (numpy, dask, Zarr) or a path opened where the
+    block is read (:func:`_open_path`), so a path travels to workers as text.
+    """
+
+    data: Any
+    shape: tuple[int, int]
+    row_chunks: tuple[int, ...]
+    chunk: int | None = None  # the stored chunk rows, when stored in chunks
+
+    @property
+    def col_chunks(self) -> tuple[int, ...]:
+        return (self.shape[1],)
+
+    def blocks(self, rows: int) -> RowMatrix:
+        """The same matrix in blocks of ``rows`` rows."""
+        return replace(self, row_chunks=split(self.shape[0], max(1, rows)))
+
+    def read(self, i: int, c: int = 0) -> np.ndarray:
+        r0 = offsets(self.row_chunks)[i]
+        data = _open_path(self.data) if isinstance(self.data, str) else self.data
+        block = data[r0:r0 + self.row_chunks[i]]
+        if hasattr(block, "dask"):
+            block = block.compute(scheduler="synchronous")
+        return np.asarray(block)
+
+
+def _open(source: Any, what: str) -> tuple[Any, tuple[int, ...], int | None]:
+    """``(data, shape, stored chunk rows)`` of an embeddings input."""
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        if not os.path.exists(path) and "://" not in path:
+            raise InputError(f"{what}: no such file: {path}")
+        data = _open_path(path)
+        chunks = getattr(data, "chunks", None)
+        return path, tuple(data.shape), int(chunks[0]) if chunks else None
+    shape = tuple(int(s) for s in getattr(source, "shape", ()))
+    chunks = getattr(source, "chunks", None)
+    if chunks is not None and not isinstance(source, np.ndarray):
+        first = chunks[0]
+        chunk = int(first[0]) if isinstance(first, tuple) else int(first)
+        return source, shape, chunk
+    return np.asarray(source), shape, None
+
+
+def _source(source: Any, what: str, rows: int) -> RowMatrix:
+    data, shape, chunk = _open(source, what)
+    if len(shape) != 2 or 0 in shape:
+        raise InputError(f"{what} must be a non-empty (n, dim) matrix, got shape {shape}")
+    dtype = np.dtype(getattr(_open_path(data) if isinstance(data, str) else data, "dtype"))
+    if dtype.kind not in "fiu":
+        raise InputError(f"{what} hold {dtype} values; expected floats")
+    n, d = shape
+    return RowMatrix(data, (n, d), split(n, rows), chunk)
+
+
+def gallery_source(source: Any, what: str = "the gallery embeddings") -> RowMatrix:
+    """The gallery embeddings as a block source (blocks set later with ``.blocks``)."""
+    return _source(source, what, rows=2**62)
+
+
+def query_source(source: Any, rows: int, what: str = "the queries") -> RowMatrix:
+    """Query embeddings in blocks of ``rows`` (read when a task needs them)."""
+    return _source(source, what, rows)
+
+
+def check_finite(block: np.ndarray, first_row: int, what: str) -> None:
+    """Refuse NaN or inf in a block of embeddings, naming the first bad row."""
+    if not np.isfinite(block).all():
+        bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + first_row
+        raise InputError(f"{what} hold non-finite values (row {bad})")
+
+
+def as_dask(path: str | os.PathLike[str]) -> Any:
+    """The embeddings at ``path`` as a dask array (for checksums, read lazily)."""
+    import dask.array as da
+
+    data = _open_path(os.fspath(path))
+    return da.from_array(data, chunks=(max(1, 2**24 // max(1, data.shape[1])), -1))
