@@ -23,6 +23,8 @@ COMMANDS = {
     "diagnose": "diagnose:diagnose",
     "fit": "fit:fit",
     "sweep": "sweep:sweep",
+    "search": "search:search",
+    "index": "search:index",
 }
 
 

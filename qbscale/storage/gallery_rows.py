@@ -94,7 +94,7 @@ def _source(source: Any, what: str, rows: int) -> RowMatrix:
     data, shape, chunk = _open(source, what)
     if len(shape) != 2 or 0 in shape:
         raise InputError(f"{what} must be a non-empty (n, dim) matrix, got shape {shape}")
-    dtype = np.dtype(getattr(_open_path(data) if isinstance(data, str) else data, "dtype"))
+    dtype = np.dtype((_open_path(data) if isinstance(data, str) else data).dtype)
     if dtype.kind not in "fiu":
         raise InputError(f"{what} hold {dtype} values; expected floats")
     n, d = shape

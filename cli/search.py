@@ -1,0 +1,220 @@
+"""``qbscale search`` and ``qbscale index``: a fitted normaliser serving new queries."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+import numpy as np
+
+from .options import library_errors, quiet_option, scheduler_option, workers_option
+
+
+def load_normaliser(path: str) -> Any:
+    """The normaliser saved at ``path`` (``qbscale.Normaliser.load``), or, while
+    that class is not installed, an engine record read from the same layout."""
+    try:
+        public = importlib.import_module("qbscale.normaliser")
+    except ImportError:
+        return _read_saved(path)
+    return public.Normaliser.load(path)
+
+
+def _read_saved(path: str) -> Any:
+    import zarr
+
+    from qbscale.config import RunConfig
+    from qbscale.engine.normaliser import Normaliser
+    from qbscale.errors import InputError
+
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise InputError(f"no normaliser at {path}") from exc
+    attrs = dict(group.attrs.get("qbscale_normaliser") or {})
+    if not attrs.get("complete"):
+        raise InputError(f"{path} is not a complete qbscale normaliser")
+    config = RunConfig(tuple(attrs["values"]), int(attrs["k"]), str(attrs["method"]), 0,
+                       bool(attrs["dynamic"]), tuple(sorted(dict(attrs["params"]).items())))
+    norm = Normaliser(config, np.asarray(group["shift"][...]),
+                      np.asarray(group["activation"][...]), dict(attrs.get("fingerprint") or {}))
+    object.__setattr__(norm, "gallery", attrs.get("gallery"))  # as qbscale.Normaliser has
+    return norm
+
+
+def _sims_source(path: str, rows: int) -> Any:
+    """Similarity rows (``.npy`` memory-mapped, a pickle, ``.npz``, or a
+    store's test matrix) as a block source."""
+    from qbscale.storage.readers import read_array
+    from qbscale.storage.sources import NumpyMatrix
+    from qbscale.storage.store import open_experiment
+
+    if os.path.isdir(path) or "://" in path:
+        return open_experiment(path).test
+    if path.endswith(".npy"):
+        return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows)
+    return NumpyMatrix.wrap(read_array(path), rows)
+
+
+def _variants(norm: Any) -> list[str]:
+    name = norm.config.variant_name
+    return [f"{norm.config.label}:{name}={v:g}" for v in norm.values]
+
+
+def _hits() -> Any:
+    """:mod:`qbscale.storage.hits`, or a minimal ``.npz`` writer until it is installed."""
+    try:
+        return importlib.import_module("qbscale.storage.hits")
+    except ImportError:
+        return _NpzHits
+
+
+class _NpzHits:
+    """Columns ``query, rank, item, score, variant`` in an ``.npz`` (fallback)."""
+
+    def __init__(self, path: str, variant: Any = None) -> None:
+        self.path, self.parts, self.n = path, [], 0
+        self.variants = [variant] if isinstance(variant, str) else list(variant)
+
+    @staticmethod
+    def check_hits_path(path: str) -> None:
+        from qbscale.errors import ConfigError
+
+        if not path.endswith(".npz"):
+            raise ConfigError(f"hits file {path}: only .npz is available here")
+
+    HitsWriter = None  # set below
+
+    def append(self, scores: np.ndarray, indices: np.ndarray) -> None:
+        s = scores if scores.ndim == 3 else scores[None]
+        idx = indices if indices.ndim == 3 else indices[None]
+        n_values, n, k = s.shape
+        q = np.broadcast_to(np.arange(self.n, self.n + n)[:, None, None], (n, n_values, k))
+        v = np.broadcast_to(np.asarray(self.variants)[None, :, None], (n, n_values, k))
+        r = np.broadcast_to(np.arange(1, k + 1), (n, n_values, k))
+        self.parts.append((q, r, idx.transpose(1, 0, 2), s.transpose(1, 0, 2), v))
+        self.n += n
+
+    def __enter__(self) -> _NpzHits:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            cols = [np.concatenate([p[c].ravel() for p in self.parts]) for c in range(5)]
+            np.savez(self.path, **dict(zip(("query", "rank", "item", "score", "variant"),
+                                           cols, strict=True)))
+
+
+_NpzHits.HitsWriter = _NpzHits  # type: ignore[assignment,misc]
+
+
+@click.command()
+@click.argument("normaliser")
+@click.option("--queries", type=click.Path(exists=True), help="Query embeddings (.npy, .zarr).")
+@click.option("--sims", help="Similarities of the queries to the gallery (.npy, .pkl, STORE).")
+@click.option("--gallery-emb", type=click.Path(exists=True),
+              help="Gallery embeddings (.npy, .zarr); default: the normaliser's own.")
+@click.option("--topk", type=click.IntRange(min=1), required=True, help="Hits per query.")
+@click.option("--hits", "hits_path", required=True,
+              help="Output: .parquet, .tsv, .trec or .npz (format by suffix).")
+@click.option("--index", "index_path", type=click.Path(exists=True),
+              help="Search this faiss index (from `qbscale index`) instead of exactly.")
+@click.option("--block-rows", type=click.IntRange(min=1), default=None,
+              help="Queries per block (default: from a 64 MiB similarity block).")
+@scheduler_option
+@workers_option
+@quiet_option
+@library_errors
+def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: str | None,
+           topk: int, hits_path: str, index_path: str | None, block_rows: int | None,
+           scheduler: str, workers: int | None, quiet: bool) -> None:
+    """Top-K gallery items of new queries under NORMALISER, written to a hits file.
+
+    Queries are embeddings (--queries, searched exactly over --gallery-emb or
+    through a faiss --index) or similarity rows against the fitted gallery
+    (--sims); they are searched block by block and the hits appended.
+    """
+    from tqdm import tqdm
+
+    from qbscale import search as qs
+    from qbscale.errors import ConfigError
+
+    if (queries is None) == (sims is None):
+        raise ConfigError("give --queries or --sims (one of them)")
+    if sims is not None and (index_path or gallery_emb):
+        raise ConfigError("--sims are scores against the gallery already: "
+                          "--index and --gallery-emb go with --queries")
+    hits = _hits()
+    hits.check_hits_path(hits_path)
+    norm = load_normaliser(normaliser)
+    if sims is not None:
+        source = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)
+        n_queries = source.shape[0]
+    else:
+        from qbscale.storage.gallery_rows import query_source
+
+        rows = block_rows or qs.block_grid(2**62, norm.n_gallery)[0]
+        source = query_source(queries, rows)
+        n_queries = source.shape[0]
+        index = None
+        if index_path is not None:
+            from qbscale.faiss_index import FaissSearch
+
+            index = FaissSearch.load(index_path, norm)
+        gallery = gallery_emb or getattr(norm, "gallery", None)
+    variants = _variants(norm)
+    with hits.HitsWriter(hits_path, variant=variants if len(variants) > 1 else variants[0]
+                         ) as writer, \
+            tqdm(total=n_queries, unit="query", disable=quiet, file=sys.stderr) as bar:
+        if sims is not None:
+            scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
+                                               num_workers=workers)
+            writer.append(scores, indices)
+            bar.update(n_queries)
+        for i in range(len(source.row_chunks) if sims is None else 0):
+            block = source.read(i)
+            if index is not None:
+                scores, indices = index.search(block, topk)
+            else:
+                scores, indices = qs.search(norm, block, topk, gallery, scheduler=scheduler,
+                                            num_workers=workers)
+            writer.append(scores, indices)
+            bar.update(len(block))
+    how = "faiss index" if sims is None and index is not None else "exact"
+    click.echo(f"Wrote {hits_path}: top {topk} of {norm.n_gallery} items for {n_queries} "
+               f"queries ({norm.config.label} {norm.config.variant_name}="
+               f"{','.join(f'{v:g}' for v in norm.values)}, {how})")
+
+
+@click.command()
+@click.argument("normaliser")
+@click.option("--gallery-emb", type=click.Path(exists=True),
+              help="Gallery embeddings (.npy, .zarr); default: the normaliser's own.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The faiss index file to write.")
+@click.option("--factory", default="Flat", show_default=True,
+              help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index file.")
+@library_errors
+def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
+          overwrite: bool) -> None:
+    """Build a faiss index serving NORMALISER's scores over the gallery."""
+    import time
+
+    from qbscale.errors import ConfigError, StoreExistsError
+    from qbscale.faiss_index import FaissSearch
+
+    if os.path.exists(out) and not overwrite:
+        raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
+    norm = load_normaliser(normaliser)
+    gallery = gallery_emb or getattr(norm, "gallery", None)
+    if gallery is None:
+        raise ConfigError("give --gallery-emb: the normaliser records no gallery")
+    t0 = time.perf_counter()
+    built = FaissSearch.build(norm, gallery, factory)
+    built.save(out)
+    click.echo(f"Wrote {out}: faiss {factory} over {built.index.ntotal} items, dimension "
+               f"{built.dim} + {len(norm.values)} in {time.perf_counter() - t0:.1f} s")

@@ -1,0 +1,162 @@
+"""QB-Norm served by any faiss index (``pip install qbscale[faiss]``).
+
+A normalised score is one inner product of augmented vectors: gallery item
+``j`` is stored as ``[g_j, shift_1j, ..., shift_Vj]`` (one extra coordinate
+per variant) and a query is searched as ``[scale_v q, 0, .., -1, .., 0]``
+(``-1`` at variant ``v``'s coordinate), so::
+
+    <[scale_v q, -e_v], [g_j, shift_j]> = scale_v q.g_j - shift_vj
+
+and the raw score ``q.g_j`` is the same index searched with ``[q, 0, ..., 0]``.
+One index (Flat, HNSW, IVF, ...; any ``faiss.index_factory`` string with the
+inner-product metric) thus serves the raw search that decides the dynamic
+switch (each row's raw top-1) and every variant's normalised search.
+
+faiss scores in float32: with ``Flat`` the results equal :func:`qbscale.search.search`'s
+except where two scores differ by less than float32 precision.
+
+Examples
+--------
+>>> from qbscale.config import RunConfig
+>>> from qbscale.engine.normaliser import Normaliser
+>>> norm = Normaliser(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
+...                   np.ones(3, bool))
+>>> index = FaissSearch.build(norm, np.eye(3, dtype=np.float32))
+>>> index.search(np.array([[0.0, 1.0, 0.9]], np.float32), 2)[1]
+array([[2, 1]])
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qbscale.engine.normaliser import Normaliser
+from qbscale.errors import ConfigError, InputError
+from qbscale.storage.gallery_rows import check_finite, gallery_source
+
+#: gallery rows added to the index at a time
+ADD_ROWS = 65536
+#: training rows for indexes that need training (IVF, PQ)
+TRAIN_ROWS = 100_000
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ConfigError("faiss is not installed: pip install 'qbscale[faiss]' "
+                          "(faiss-cpu)") from exc
+    return faiss
+
+
+@dataclass
+class FaissSearch:
+    """A faiss index over augmented gallery vectors and the normaliser it serves."""
+
+    index: Any
+    norm: Normaliser
+    dim: int
+
+    @classmethod
+    def build(cls, norm: Normaliser, gallery_emb: Any, factory: str = "Flat") -> FaissSearch:
+        """Index ``gallery_emb`` (an array or a path, read block by block)
+        with ``faiss.index_factory(dim + n_values, factory, METRIC_INNER_PRODUCT)``."""
+        faiss = _faiss()
+        gal = gallery_source(gallery_emb, "the gallery embeddings")
+        norm.check_gallery(gal.shape[0], "the gallery embeddings")
+        n, dim = gal.shape
+        n_values = len(norm.values)
+        try:
+            index = faiss.index_factory(dim + n_values, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ConfigError(f"faiss cannot build index {factory!r}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+        blocks = gal.blocks(ADD_ROWS)
+        if not index.is_trained:
+            step = max(1, n // TRAIN_ROWS)
+            sample = np.concatenate([_augment(np.asarray(blocks.read(i))[::step], norm, r0)
+                                     for i, r0 in enumerate(_starts(blocks.row_chunks))])
+            index.train(np.ascontiguousarray(sample[:TRAIN_ROWS * 2]))
+        for i, r0 in enumerate(_starts(blocks.row_chunks)):
+            block = np.asarray(blocks.read(i), dtype=np.float32)
+            check_finite(block, r0, "the gallery embeddings")
+            index.add(_augment(block, norm, r0))
+        return cls(index, norm, dim)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], norm: Normaliser) -> FaissSearch:
+        """An index saved by :meth:`save`, checked against ``norm``."""
+        faiss = _faiss()
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise InputError(f"no such faiss index: {path}")
+        try:
+            index = faiss.read_index(path)
+        except RuntimeError as exc:
+            raise InputError(f"{path} is not a faiss index: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        dim = index.d - len(norm.values)
+        if index.ntotal != norm.n_gallery or dim < 1:
+            raise InputError(f"{path} indexes {index.ntotal} items of dimension {index.d}; "
+                             f"the normaliser has {norm.n_gallery} items and "
+                             f"{len(norm.values)} values (dimension + {len(norm.values)})")
+        return cls(index, norm, dim)
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the index (``faiss.write_index``), via a temporary name."""
+        faiss = _faiss()
+        path = os.fspath(path)
+        tmp = f"{path}.partial-{os.getpid()}"
+        faiss.write_index(self.index, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, indices)`` as :func:`qbscale.search.search` returns them
+        (float32 scores from faiss, cast to float64)."""
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise InputError(f"the queries have shape {q.shape}; the index expects "
+                             f"(n, {self.dim})")
+        check_finite(q, 0, "the queries")
+        if int(top_k) != top_k or not 1 <= top_k <= self.index.ntotal:
+            raise InputError(f"top_k must be between 1 and {self.index.ntotal}, got {top_k}")
+        norm, n_values = self.norm, len(self.norm.values)
+        extra = np.zeros((len(q), n_values), np.float32)
+        raw = None
+        if norm.rows != "all" or norm.shift is None:
+            raw = self.index.search(np.hstack([q, extra]), top_k)
+        if norm.shift is None or norm.rows == "none":
+            assert raw is not None
+            out = [raw] * n_values
+        else:
+            flags = norm.flags(raw[1][:, 0]) if raw is not None else None
+            out = []
+            for v, scale in enumerate(norm.scales):
+                side = extra.copy()
+                side[:, v] = -1.0
+                found = self.index.search(np.hstack([q * np.float32(scale), side]), top_k)
+                if flags is not None and raw is not None:
+                    found = tuple(np.where(flags[:, None], f, r) for f, r in zip(found, raw,
+                                                                                 strict=True))
+                out.append(found)
+        scores = np.stack([o[0] for o in out]).astype(np.float64)
+        indices = np.stack([o[1] for o in out]).astype(np.int64)
+        return (scores[0], indices[0]) if n_values == 1 else (scores, indices)
+
+
+def _starts(chunks: tuple[int, ...]) -> list[int]:
+    return [int(x) for x in np.cumsum((0, *chunks[:-1]))]
+
+
+def _augment(block: np.ndarray, norm: Normaliser, r0: int) -> np.ndarray:
+    """``[g_j, shift_1j, .., shift_Vj]`` (zeros when there is no shift), float32."""
+    n_values = len(norm.values)
+    side = np.zeros((len(block), n_values), np.float32)
+    if norm.shift is not None:
+        side[:] = norm.shift[:, r0:r0 + len(block)].T
+    return np.ascontiguousarray(np.hstack([block.astype(np.float32), side]))

@@ -1,0 +1,261 @@
+"""Exact search against a dense top-k oracle; faiss against exact search; the CLI."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qbscale.cli import cli
+from qbscale.config import RunConfig
+from qbscale.engine import topk as topk_kernels
+from qbscale.engine.normaliser import Normaliser
+from qbscale.engine.plan import fit
+from qbscale.errors import InputError
+from qbscale.search import search, search_matrix
+from qbscale.storage.sources import NumpyMatrix
+from qbscale.storage.store import in_memory
+
+from . import reference as ref
+from .test_embeddings import exact_vectors
+
+METHODS = [("none", False), ("is", False), ("dis", False), ("csls", False),
+           ("csls", True), ("nnn", False), ("nnn", True)]
+
+
+def fitted(bank_emb: np.ndarray, gallery: np.ndarray, method: str, dynamic: bool,
+           values: list[float] | None = None, k: int = 1) -> Normaliser:
+    """An engine normaliser fitted on ``bank_emb @ gallery.T``."""
+    bank = bank_emb @ gallery.T
+    params: dict = {"nnn_k": 3} if method == "nnn" else {}
+    if values is None:
+        values = {"csls": [2.0, 3.0], "nnn": [0.5, 1.0]}.get(method, [4.0, 8.0])
+    name = {"csls": "kc", "nnn": "alpha"}.get(method, "beta")
+    params[name] = values
+    config = RunConfig.make(None, k=k, method=method, dynamic=dynamic, params=params)
+    experiment = in_memory(bank, bank[: gallery.shape[0]], queries_per_item=1)
+    return fit(experiment, config).compute(scheduler="synchronous")
+
+
+def oracle(norm: Normaliser, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense top-k of the scored matrix, full stable sorts (ties to the lowest index)."""
+    sims = sims.astype(np.float64)
+    top1 = np.argsort(-sims, axis=1, kind="stable")[:, 0]
+    rows = norm.flags(top1)
+    scores, indices = [], []
+    for v, scale in enumerate(norm.scales):
+        scored = sims.copy()
+        if norm.shift is not None:
+            scored[rows] = scale * sims[rows] - norm.shift[v]
+        idx, val = ref.topk(scored, k)
+        scores.append(val)
+        indices.append(idx)
+    return np.stack(scores), np.stack(indices)
+
+
+def variants(x: tuple[np.ndarray, np.ndarray], n_values: int) -> tuple[np.ndarray, np.ndarray]:
+    return x if n_values > 1 else (x[0][None], x[1][None])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31), method=st.sampled_from(METHODS),
+       n_gallery=st.integers(3, 70), n_queries=st.integers(1, 30),
+       top_k=st.integers(1, 12), block_rows=st.integers(4, 31), block_items=st.integers(6, 71),
+       k=st.integers(1, 3))
+def test_search_equals_dense_oracle(seed, method, n_gallery, n_queries, top_k, block_rows,
+                                    block_items, k):
+    rng = np.random.default_rng(seed)
+    gallery = exact_vectors(rng, n_gallery)
+    queries = exact_vectors(rng, n_queries)
+    norm = fitted(exact_vectors(rng, 40), gallery, *method, k=k)
+    top_k = min(top_k, n_gallery)
+    got = variants(search(norm, queries, top_k, gallery, scheduler="synchronous",
+                          block_rows=block_rows, block_items=block_items),
+                   len(norm.values))
+    want = oracle(norm, queries @ gallery.T, top_k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), method=st.sampled_from(METHODS),
+       rows=st.integers(3, 25), cols=st.integers(5, 60), top_k=st.integers(1, 9))
+def test_search_matrix_equals_dense_oracle(seed, method, rows, cols, top_k):
+    """Similarity rows in blocks of any shape, ties plentiful (values on a grid)."""
+    rng = np.random.default_rng(seed)
+    gallery = exact_vectors(rng, 50)
+    norm = fitted(exact_vectors(rng, 30), gallery, *method)
+    sims = (rng.integers(-8, 9, (37, 50)) / 8).astype(np.float32)
+    source = NumpyMatrix(sims, tuple(np.diff([*range(0, 37, rows), 37])),
+                         tuple(np.diff([*range(0, 50, cols), 50])))
+    got = variants(search_matrix(norm, source, top_k, scheduler="synchronous"),
+                   len(norm.values))
+    want = oracle(norm, sims, top_k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), n_cols=st.integers(1, 700), top_k=st.integers(1, 20),
+       scale=st.sampled_from([1.0, 20.0, 1e-3, 1e35]), grid=st.booleans())
+def test_topk_kernels(seed, n_cols, top_k, scale, grid):
+    """Segment floors and the float32 prefilter (or its float64 fallback) are exact."""
+    rng = np.random.default_rng(seed)
+    block = rng.standard_normal((9, n_cols)).astype(np.float32)
+    if grid:  # many ties
+        block = np.round(block * 2) / 2
+    shift = np.round(rng.standard_normal(n_cols) * 4) / 4
+    k = min(top_k, n_cols)
+    idx, val = ref.topk(block.astype(np.float64), k)
+    got = topk_kernels.raw_topk(block, k, col0=5)
+    np.testing.assert_array_equal(got[1], idx + 5)
+    np.testing.assert_array_equal(got[0], val)
+    exact = scale * block.astype(np.float64) - shift
+    idx, val = ref.topk(exact, k)
+    got = topk_kernels.normalised_topk(block, k, scale, shift)
+    np.testing.assert_array_equal(got[1], idx)
+    np.testing.assert_array_equal(got[0], val)
+
+
+@pytest.fixture(scope="module")
+def pycode_small():
+    rng = np.random.default_rng(3)
+    gallery = rng.standard_normal((900, 24)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    queries = gallery[rng.integers(0, 900, 300)] + 0.3 * rng.standard_normal((300, 24))
+    bank = gallery[rng.integers(0, 900, 600)] + 0.3 * rng.standard_normal((600, 24))
+    return bank.astype(np.float32), gallery, queries.astype(np.float32)
+
+
+def test_gallery_inputs_and_errors(pycode_small, tmp_path):
+    bank, gallery, queries = pycode_small
+    norm = fitted(bank, gallery, "dis", False, [20.0])
+    want = search(norm, queries, 5, gallery)
+    np.save(tmp_path / "g.npy", gallery)
+    zarr.create_array(tmp_path / "g.zarr", data=gallery, chunks=(128, 24))
+    import dask.array as da
+
+    for other in (tmp_path / "g.npy", str(tmp_path / "g.zarr"),
+                  da.from_array(gallery, chunks=(200, 24))):
+        got = search(norm, da.from_array(queries, chunks=(70, 24)), 5, other, block_rows=64)
+        np.testing.assert_array_equal(got[1], want[1])
+        # float32 BLAS products may differ by an ulp with the block shape
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    with pytest.raises(InputError, match="899 gallery items, the normaliser was fitted on 900"):
+        search(norm, queries, 5, gallery[:899])
+    with pytest.raises(InputError, match="dimension 23"):
+        search(norm, queries[:, :23], 5, gallery)
+    with pytest.raises(InputError, match="top_k=901 exceeds"):
+        search(norm, queries, 901, gallery)
+    bad = queries.copy()
+    bad[17, 3] = np.nan
+    with pytest.raises(InputError, match="non-finite values \\(row 17\\)"):
+        search(norm, bad, 5, gallery)
+    with pytest.raises(InputError, match="no gallery"):
+        search(norm, queries, 5)
+
+
+faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_faiss_flat_equals_search(pycode_small, method, tmp_path):
+    """Flat faiss equals exact search but where two scores are within float32
+    precision of each other (counted; each such swap is checked to be one)."""
+    from qbscale.faiss_index import FaissSearch
+
+    bank, gallery, queries = pycode_small
+    norm = fitted(bank, gallery, *method, values=None)
+    exact = variants(search(norm, queries, 10, gallery), len(norm.values))
+    index = FaissSearch.build(norm, gallery, "Flat")
+    index = FaissSearch.load(index.save(tmp_path / "i.faiss"), norm)
+    approx = variants(index.search(queries, 10), len(norm.values))
+    differ = approx[1] != exact[1]
+    # float32 scores carry ~1e-7 relative error: a swap needs a near-tie
+    scale = np.abs(exact[0]).max() * 2.0**-20
+    swapped = np.abs(approx[0] - exact[0]) > scale
+    assert differ.mean() <= 0.01, f"{differ.sum()} of {differ.size} hits differ"
+    assert not swapped.any()
+    np.testing.assert_allclose(approx[0], exact[0], atol=scale)
+
+
+def save_normaliser(norm: Normaliser, path, gallery=None) -> None:
+    """Write ``norm`` as qbscale.Normaliser.save does (the public class when present)."""
+    try:
+        public = importlib.import_module("qbscale.normaliser")
+    except ImportError:
+        attrs = {"format": 1, "method": norm.config.method, "values": list(norm.values),
+                 "variant": norm.config.variant_name, "k": norm.config.k,
+                 "params": norm.config.param_dict, "dynamic": norm.config.dynamic,
+                 "fingerprint": dict(norm.fingerprint), "gallery": gallery,
+                 "complete": True}
+        group = zarr.open_group(path, mode="w")
+        group.create_array("shift", data=norm.shift)
+        group.create_array("activation", data=norm.activation)
+        group.attrs["qbscale_normaliser"] = attrs
+        return
+    public.Normaliser(norm.config, norm.shift, norm.activation, dict(norm.fingerprint),
+                      gallery=gallery).save(path)
+
+
+def read_back(path) -> dict[str, np.ndarray]:
+    try:
+        return importlib.import_module("qbscale.storage.hits").read_hits(path)
+    except ImportError:
+        with np.load(path) as data:
+            return {c: data[c] for c in data.files}
+
+
+def hits_arrays(hits: dict[str, np.ndarray], n_queries: int, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    return (hits["score"].reshape(n_queries, -1, k).transpose(1, 0, 2),
+            hits["item"].reshape(n_queries, -1, k).transpose(1, 0, 2))
+
+
+def invoke(*args: str) -> str:
+    res = CliRunner().invoke(cli, [*args, "--quiet"] if args[0] == "search" else list(args))
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_cli_search_and_index(pycode_small, tmp_path):
+    bank, gallery, queries = pycode_small
+    norm = fitted(bank, gallery, "dis", False, [10.0, 20.0])
+    save_normaliser(norm, str(tmp_path / "norm.zarr"))
+    np.save(tmp_path / "q.npy", queries)
+    np.save(tmp_path / "g.npy", gallery)
+    np.save(tmp_path / "s.npy", queries @ gallery.T)
+    want = search(norm, queries, 7, gallery)
+    out = invoke("search", str(tmp_path / "norm.zarr"), "--queries", str(tmp_path / "q.npy"),
+                 "--gallery-emb", str(tmp_path / "g.npy"), "--topk", "7",
+                 "--hits", str(tmp_path / "hits.npz"), "--block-rows", "45")
+    assert "for 300 queries" in out
+    hits = read_back(tmp_path / "hits.npz")
+    np.testing.assert_array_equal(hits["query"].reshape(300, -1)[:, 0], np.arange(300))
+    got = hits_arrays(hits, 300, 7)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)  # BLAS: an ulp per block shape
+    invoke("search", str(tmp_path / "norm.zarr"), "--sims", str(tmp_path / "s.npy"),
+           "--topk", "7", "--hits", str(tmp_path / "sims.npz"))
+    got = hits_arrays(read_back(tmp_path / "sims.npz"), 300, 7)
+    np.testing.assert_array_equal(got[1], want[1])
+    out = invoke("index", str(tmp_path / "norm.zarr"), "--gallery-emb", str(tmp_path / "g.npy"),
+                 "-o", str(tmp_path / "i.faiss"))
+    assert "faiss Flat over 900 items" in out
+    invoke("search", str(tmp_path / "norm.zarr"), "--queries", str(tmp_path / "q.npy"),
+           "--index", str(tmp_path / "i.faiss"), "--topk", "7",
+           "--hits", str(tmp_path / "faiss.npz"))
+    got = hits_arrays(read_back(tmp_path / "faiss.npz"), 300, 7)
+    assert (got[1] == want[1]).mean() > 0.99
+    res = CliRunner().invoke(cli, ["search", str(tmp_path / "norm.zarr"), "--queries",
+                                   str(tmp_path / "q.npy"), "--gallery-emb",
+                                   str(tmp_path / "q.npy"), "--topk", "3", "--hits",
+                                   str(tmp_path / "bad.npz"), "-q"])
+    assert res.exit_code == 1
+    assert "300 gallery items, the normaliser was fitted on 900" in res.output
+    assert not (tmp_path / "bad.npz").exists()
