@@ -8,6 +8,9 @@ per variant) and a query is searched as ``[scale_v q, 0, .., -1, .., 0]``
     <[scale_v q, -e_v], [g_j, shift_j]> = scale_v q.g_j - shift_vj
 
 and the raw score ``q.g_j`` is the same index searched with ``[q, 0, ..., 0]``.
+Each variant's shifts are stored centred (``shift - mean(shift)``, the mean
+added back to the scores found): uncentred, the extra coordinate would
+dominate every inner product and a graph index (HNSW) would lose its way.
 One index (Flat, HNSW, IVF, ...; any ``faiss.index_factory`` string with the
 inner-product metric) thus serves the raw search that decides the dynamic
 switch (each row's raw top-1) and every variant's normalised search.
@@ -61,10 +64,20 @@ class FaissSearch:
     norm: Normaliser
     dim: int
 
+    @property
+    def centre(self) -> np.ndarray:
+        """The mean shift of each variant (removed from the stored shifts)."""
+        return _centre(self.norm)
+
     @classmethod
-    def build(cls, norm: Normaliser, gallery_emb: Any, factory: str = "Flat") -> FaissSearch:
+    def build(cls, norm: Normaliser, gallery_emb: Any, factory: str = "Flat",
+              params: str | None = None) -> FaissSearch:
         """Index ``gallery_emb`` (an array or a path, read block by block)
-        with ``faiss.index_factory(dim + n_values, factory, METRIC_INNER_PRODUCT)``."""
+        with ``faiss.index_factory(dim + n_values, factory, METRIC_INNER_PRODUCT)``.
+
+        ``params`` are faiss search parameters (``"efSearch=128"``, ``"nprobe=16"``);
+        by default ``efSearch=128`` for HNSW and ``nprobe=16`` for IVF indexes.
+        """
         faiss = _faiss()
         gal = gallery_source(gallery_emb, "the gallery embeddings")
         norm.check_gallery(gal.shape[0], "the gallery embeddings")
@@ -85,6 +98,11 @@ class FaissSearch:
             block = np.asarray(blocks.read(i), dtype=np.float32)
             check_finite(block, r0, "the gallery embeddings")
             index.add(_augment(block, norm, r0))
+        if params is None:
+            params = ",".join(p for p, key in (("efSearch=128", "HNSW"), ("nprobe=16", "IVF"))
+                              if key in factory) or None
+        if params:
+            faiss.ParameterSpace().set_index_parameters(index, params)
         return cls(index, norm, dim)
 
     @classmethod
@@ -140,6 +158,7 @@ class FaissSearch:
                 side = extra.copy()
                 side[:, v] = -1.0
                 found = self.index.search(np.hstack([q * np.float32(scale), side]), top_k)
+                found = (found[0].astype(np.float64) - self.centre[v], found[1])
                 if flags is not None and raw is not None:
                     found = tuple(np.where(flags[:, None], f, r) for f, r in zip(found, raw,
                                                                                  strict=True))
@@ -153,10 +172,17 @@ def _starts(chunks: tuple[int, ...]) -> list[int]:
     return [int(x) for x in np.cumsum((0, *chunks[:-1]))]
 
 
+def _centre(norm: Normaliser) -> np.ndarray:
+    if norm.shift is None:
+        return np.zeros(len(norm.values))
+    return np.asarray(norm.shift.mean(axis=1))
+
+
 def _augment(block: np.ndarray, norm: Normaliser, r0: int) -> np.ndarray:
-    """``[g_j, shift_1j, .., shift_Vj]`` (zeros when there is no shift), float32."""
+    """``[g_j, shift_1j - c_1, .., shift_Vj - c_V]`` (``c`` the mean shift of
+    each variant; zeros when there is no shift), float32."""
     n_values = len(norm.values)
     side = np.zeros((len(block), n_values), np.float32)
     if norm.shift is not None:
-        side[:] = norm.shift[:, r0:r0 + len(block)].T
+        side[:] = (norm.shift[:, r0:r0 + len(block)] - _centre(norm)[:, None]).T
     return np.ascontiguousarray(np.hstack([block.astype(np.float32), side]))

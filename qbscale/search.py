@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 BLOCK_BYTES = 2**26
 #: fewest gallery items per block (keeps the matrix products large)
 MIN_ITEMS = 1024
+#: elements of a row slab scored at a time (1 MiB of float32 stays in cache)
+SLAB_ELEMENTS = 2**18
 #: partial results merged per merge task
 FAN_IN = 8
 
@@ -65,17 +67,34 @@ def _engine_record(norm: Normaliser) -> Normaliser:
 
 def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
                    smax: float | None = None) -> _Partial:
-    """Top-k lists of one similarity block (gallery columns ``col0:col0+width``)."""
-    width = block.shape[1]
-    mask = np.empty(block.size, bool)
-    raw = _topk.raw_topk(block, k, col0, mask) if norm.rows != "all" else None
-    if norm.shift is None or norm.rows == "none":
-        return _Partial(raw, ())
-    scratch = np.empty(block.size, np.float32)
-    shift = norm.shift[:, col0:col0 + width]
-    return _Partial(raw, tuple(
-        _topk.normalised_topk(block, k, float(scale), shift[b], col0, scratch, mask, smax)
-        for b, scale in enumerate(norm.scales)))
+    """Top-k lists of one similarity block (gallery columns ``col0:col0+width``).
+
+    Rows go through in slabs of about :data:`SLAB_ELEMENTS`, so the float32
+    scores, masks and floors of a slab stay in cache while they are used.
+    """
+    n_rows, width = block.shape
+    step = max(1, SLAB_ELEMENTS // max(width, 1))
+    want_raw = norm.rows != "all" or norm.shift is None
+    want_norm = norm.shift is not None and norm.rows != "none"
+    scratch = np.empty(min(n_rows, step) * width, np.float32) if want_norm else None
+    shift = norm.shift[:, col0:col0 + width] if want_norm and norm.shift is not None else None
+    if smax is None and want_norm:
+        smax = max(abs(float(block.max())), abs(float(block.min())))
+    raw: list[TopK] = []
+    normed: list[list[TopK]] = [[] for _ in norm.values] if want_norm else []
+    for r in range(0, n_rows, step):
+        slab = block[r:r + step]
+        if want_raw:
+            raw.append(_topk.raw_topk(slab, k, col0))
+        if shift is not None:
+            for b, scale in enumerate(norm.scales):
+                normed[b].append(_topk.normalised_topk(slab, k, float(scale), shift[b], col0,
+                                                       scratch, smax))
+    return _Partial(_stack(raw) if want_raw else None, tuple(_stack(n) for n in normed))
+
+
+def _stack(parts: list[TopK]) -> TopK:
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _merge(k: int, *parts: _Partial) -> _Partial:
@@ -322,11 +341,14 @@ def _check_fingerprint(norm: Normaliser, gallery: Any) -> None:
     check(gallery)
 
 
-def to_faiss(norm: Normaliser, gallery_emb: Any, factory: str = "Flat") -> Any:
-    """A faiss index serving ``norm``'s scores (:class:`qbscale.faiss_index.FaissSearch`)."""
+def to_faiss(norm: Normaliser, gallery_emb: Any, factory: str = "Flat",
+             params: str | None = None) -> Any:
+    """A faiss index serving ``norm``'s scores: ``.search(queries, top_k)``
+    returns what :func:`search` returns, ``.save(path)`` writes it
+    (:class:`qbscale.faiss_index.FaissSearch`; ``params`` e.g. ``"efSearch=256"``)."""
     from qbscale.faiss_index import FaissSearch
 
-    return FaissSearch.build(norm, gallery_emb, factory)
+    return FaissSearch.build(norm, gallery_emb, factory, params)
 
 
 __all__ = ["block_grid", "search", "search_matrix", "to_faiss"]

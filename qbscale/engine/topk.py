@@ -11,8 +11,9 @@ Finding a row's top-k without sorting or partitioning the whole row:
 1. a *floor*: cut the row into at least ``k`` segments and take the ``k``-th
    largest segment maximum.  At least ``k`` entries (the maxima themselves)
    are at or above it, so every entry of the row's top-k is too;
-2. the *candidates*, entries at or above the floor, usually a few times
-   ``k`` per row, are sorted by (value descending, index ascending).
+2. the *candidates*, entries at or above the floor, are found by scanning
+   only the segments whose maximum reaches it (:func:`candidates`), and
+   sorted by (value descending, index ascending).
 
 Normalised scores are compared in float64 (:func:`qbscale.engine.kernels.exact_scores`),
 but the block is scored in float32 first: with ``E`` a bound on the float32
@@ -32,56 +33,64 @@ import numpy as np
 
 from qbscale.engine.kernels import exact_scores
 
-#: segments per requested item when bounding the k-th largest value
+#: entries per segment when bounding the k-th largest value (short segments:
+#: few entries to scan in the segments that reach the floor)
+SEGMENT_LENGTH = 16
+#: fewest segments per requested item (short rows use a partition instead)
 SEGMENTS_PER_K = 8
-#: fewest segments (short rows use a partition instead)
-MIN_SEGMENTS = 32
 #: relative float32 error allowed for ``fl32(fl32(c * s) - o)`` (5.1 * 2**-24 suffices)
 FLOAT32_ERROR = 2.0**-20
 #: magnitudes above which the float32 prefilter is not used
 FLOAT32_SAFE = 1e30
 
 
-def kth_floor(block: np.ndarray, k: int) -> np.ndarray:
-    """Per row, a value with at least ``k`` entries of the row at or above it.
+def _round_down(floor: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``floor`` in ``dtype``, never above the float64 value."""
+    out = floor.astype(dtype)
+    return np.where(out > floor, np.nextafter(out, dtype.type(-np.inf)), out)
 
-    The ``k``-th largest of the maxima of ``>= k`` disjoint segments: a lower
-    bound of the row's ``k``-th largest value, found in one pass.
 
-    >>> kth_floor(np.arange(12.0).reshape(1, 12), 2)[0] <= 10.0
-    True
+def candidates(block: np.ndarray, k: int, margin: float = 0.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of every entry ``>= f - margin``, ``f`` a per-row floor
+    with at least ``k`` entries of the row at or above it.
+
+    The row is cut into ``>= k`` interleaved segments (segment ``s`` holds
+    columns ``s, s + S, s + 2 S, ...``); ``f`` is the ``k``-th largest segment
+    maximum.  Only segments whose maximum reaches the floor are scanned, so
+    the block is read once (the maxima) and a few segments per row again.
+
+    >>> candidates(np.array([[1.0, 5.0, 3.0, 4.0]]), 2)
+    (array([0, 0]), array([1, 3]))
     """
     n_rows, n_cols = block.shape
     k = min(k, n_cols)
-    n_seg = max(k * SEGMENTS_PER_K, MIN_SEGMENTS)
-    length = n_cols // n_seg
-    if length < 2 or not block.flags.c_contiguous:
-        return np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
+    n_seg = n_cols // SEGMENT_LENGTH
+    length = n_cols // max(n_seg, 1)
+    if n_seg < k * SEGMENTS_PER_K or not block.flags.c_contiguous:
+        kth = np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
+        floor = _round_down(kth.astype(np.float64) - margin, block.dtype)
+        return np.nonzero(block >= floor[:, None])
     main = n_seg * length
     itemsize = block.itemsize
-    # segment s of a row holds columns s, s + n_seg, s + 2 n_seg, ...: the
-    # maximum over the middle axis runs along contiguous memory
+    # the maximum over the middle axis runs along contiguous memory
     strided = np.lib.stride_tricks.as_strided(
         block, (n_rows, length, n_seg), (n_cols * itemsize, n_seg * itemsize, itemsize),
         writeable=False)
     maxima = strided.max(axis=1)
+    tail = block[:, main:]
+    every = np.concatenate([maxima, tail.max(axis=1, keepdims=True)], axis=1) \
+        if main < n_cols else maxima
+    kth = np.partition(every, every.shape[1] - k, axis=1)[:, every.shape[1] - k]
+    floor = _round_down(kth.astype(np.float64) - margin, block.dtype)
+    seg_r, seg_s = np.nonzero(maxima >= floor[:, None])
+    values = strided[seg_r, :, seg_s]  # (segments, length): the scanned entries
+    hit, pos = np.divmod(np.flatnonzero(values >= floor[seg_r, None]), length)
+    rows, cols = seg_r[hit], seg_s[hit] + n_seg * pos
     if main < n_cols:
-        maxima = np.concatenate([maxima, block[:, main:].max(axis=1, keepdims=True)], axis=1)
-    width = maxima.shape[1]
-    return np.partition(maxima, width - k, axis=1)[:, width - k]
-
-
-def at_least(block: np.ndarray, floor: np.ndarray, mask: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """``(rows, cols)`` of the entries ``>= floor`` of their row, row-major.
-
-    ``mask`` is an optional bool buffer of at least ``block.size`` elements.
-    """
-    if mask is None or mask.size < block.size:
-        mask = np.empty(block.size, bool)
-    hit = mask[: block.size].reshape(block.shape)
-    np.greater_equal(block, floor[:, None], out=hit)
-    rows, cols = np.divmod(np.flatnonzero(hit), block.shape[1])
+        tail_r, tail_c = np.nonzero(tail >= floor[:, None])
+        rows = np.concatenate([rows, tail_r])
+        cols = np.concatenate([cols, tail_c + main])
     return rows, cols
 
 
@@ -89,7 +98,7 @@ def from_candidates(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_ro
                     k: int, col0: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The best ``k`` of each row's candidates, ties to the lowest column.
 
-    ``rows`` is sorted ascending and every row has at least ``k`` candidates.
+    Every row has at least ``k`` candidates.
     Returns float64 values and int64 global indices (``col0`` added), shape
     ``(n_rows, k)``.
     """
@@ -99,17 +108,15 @@ def from_candidates(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_ro
     return values[take].astype(np.float64), cols[take].astype(np.int64) + col0
 
 
-def raw_topk(block: np.ndarray, k: int, col0: int = 0, mask: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def raw_topk(block: np.ndarray, k: int, col0: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The ``min(k, n_cols)`` largest entries of each row (ties to the lowest column).
 
     Returns ``(values, indices)``: float64 values, int64 global column indices,
-    by decreasing value then increasing index.  ``mask``: an optional bool
-    buffer of at least ``block.size`` elements.
+    by decreasing value then increasing index.
     """
     n_rows, n_cols = block.shape
     k = min(k, n_cols)
-    rows, cols = at_least(block, kth_floor(block, k), mask)
+    rows, cols = candidates(block, k)
     return from_candidates(rows, cols, block[rows, cols], n_rows, k, col0)
 
 
@@ -130,19 +137,19 @@ def _error_bound(block: np.ndarray, scale: float, shift: np.ndarray,
 
 
 def normalised_topk(block: np.ndarray, k: int, scale: float, shift: np.ndarray, col0: int = 0,
-                    scratch: np.ndarray | None = None, mask: np.ndarray | None = None,
-                    smax: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    scratch: np.ndarray | None = None, smax: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of ``scale * s - shift`` per row, scored as :func:`exact_scores` (float64).
 
-    ``shift`` covers the block's columns.  ``scratch`` (float32) and ``mask``
-    (bool) are optional buffers of at least ``block.size`` elements; ``smax``
+    ``shift`` covers the block's columns.  ``scratch`` is an optional float32
+    buffer of at least ``block.size`` elements; ``smax``
     an optional bound on ``|s|`` over the block (e.g. from embedding norms).
 
     Let ``n`` be an entry's exact score and ``a = fl32(fl32(c32 * s32) - o32)``
     its float32 score; at most five relative roundings separate them, so
     ``|a - n| <= 5.1 * 2**-24 * (|c s| + |o|) <= E``, with ``E`` from the
     block's largest ``|s|`` and ``|o|`` (plus 1e-30 for underflow).  At least
-    ``k`` entries have ``a >= f`` (``f`` the :func:`kth_floor` of ``a``), so
+    ``k`` entries have ``a >= f`` (``f`` the floor of :func:`candidates` on ``a``), so
     their exact scores are ``>= f - E`` and so is the row's ``k``-th best
     exact score ``t``.  An entry with ``n >= t`` then has ``a >= n - E >=
     f - 2 E``: the candidates ``a >= f - 2 E`` hold the exact top-k, ties at
@@ -159,17 +166,13 @@ def normalised_topk(block: np.ndarray, k: int, scale: float, shift: np.ndarray, 
     error = _error_bound(block, scale, shift, smax)
     if error is None:  # every entry in float64
         exact = exact_scores(block, scale, shift)
-        return raw_topk(exact, k, col0, mask)
+        return raw_topk(exact, k, col0)
     if scratch is None or scratch.size < block.size:
         scratch = np.empty(block.size, np.float32)
     approx = scratch[: block.size].reshape(block.shape)
     with np.errstate(over="ignore", under="ignore"):
         np.multiply(block, np.float32(scale), out=approx, casting="same_kind")
         np.subtract(approx, shift.astype(np.float32), out=approx)
-    floor = kth_floor(approx, k).astype(np.float64) - 2 * error
-    floor32 = floor.astype(np.float32)
-    # rounding to float32 must not raise the floor
-    floor32 = np.where(floor32 > floor, np.nextafter(floor32, np.float32(-np.inf)), floor32)
-    rows, cols = at_least(approx, floor32, mask)
+    rows, cols = candidates(approx, k, 2 * error)
     values = exact_scores(block[rows, cols], scale, shift[cols])
     return from_candidates(rows, cols, values, n_rows, k, col0)
