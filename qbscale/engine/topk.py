@@ -70,7 +70,8 @@ def candidates(block: np.ndarray, k: int, margin: float = 0.0
     if n_seg < k * SEGMENTS_PER_K or not block.flags.c_contiguous:
         kth = np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
         floor = _round_down(kth.astype(np.float64) - margin, block.dtype)
-        return np.nonzero(block >= floor[:, None])
+        rows, cols = np.nonzero(block >= floor[:, None])
+        return rows, cols
     main = n_seg * length
     itemsize = block.itemsize
     # the maximum over the middle axis runs along contiguous memory
