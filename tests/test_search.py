@@ -259,3 +259,20 @@ def test_cli_search_and_index(pycode_small, tmp_path):
     assert res.exit_code == 1
     assert "300 gallery items, the normaliser was fitted on 900" in res.output
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_search_demo_runs_at_full_size(tmp_path, capsys):
+    """examples/search_demo.py on the shipped pycode embeddings: the hits' R@1
+    equals qbscale run's (the script returns 1 otherwise)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "search_demo.py"
+    spec = importlib.util.spec_from_file_location("search_demo", path)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "R@1 with DIS beta=20: hits 44.825, run 44.825" in out
+    assert (tmp_path / "hits.npz").exists()
