@@ -14,35 +14,10 @@ from .options import library_errors, quiet_option, scheduler_option, workers_opt
 
 
 def load_normaliser(path: str) -> Any:
-    """The normaliser saved at ``path`` (``qbscale.Normaliser.load``), or, while
-    that class is not installed, an engine record read from the same layout."""
-    try:
-        public = importlib.import_module("qbscale.normaliser")
-    except ImportError:
-        return _read_saved(path)
-    return public.Normaliser.load(path)
+    """The normaliser saved at ``path`` (:meth:`qbscale.Normaliser.load`)."""
+    from qbscale.normaliser import Normaliser
 
-
-def _read_saved(path: str) -> Any:
-    import zarr
-
-    from qbscale.config import RunConfig
-    from qbscale.engine.normaliser import Normaliser
-    from qbscale.errors import InputError
-
-    try:
-        group = zarr.open_group(path, mode="r")
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        raise InputError(f"no normaliser at {path}") from exc
-    attrs = dict(group.attrs.get("qbscale_normaliser") or {})
-    if not attrs.get("complete"):
-        raise InputError(f"{path} is not a complete qbscale normaliser")
-    config = RunConfig(tuple(attrs["values"]), int(attrs["k"]), str(attrs["method"]), 0,
-                       bool(attrs["dynamic"]), tuple(sorted(dict(attrs["params"]).items())))
-    norm = Normaliser(config, np.asarray(group["shift"][...]),
-                      np.asarray(group["activation"][...]), dict(attrs.get("fingerprint") or {}))
-    object.__setattr__(norm, "gallery", attrs.get("gallery"))  # as qbscale.Normaliser has
-    return norm
+    return Normaliser.load(path)
 
 
 def _sims_source(path: str, rows: int) -> Any:

@@ -185,22 +185,10 @@ def test_faiss_flat_equals_search(pycode_small, method, tmp_path):
 
 
 def save_normaliser(norm: Normaliser, path, gallery=None) -> None:
-    """Write ``norm`` as qbscale.Normaliser.save does (the public class when present)."""
-    try:
-        public = importlib.import_module("qbscale.normaliser")
-    except ImportError:
-        attrs = {"format": 1, "method": norm.config.method, "values": list(norm.values),
-                 "variant": norm.config.variant_name, "k": norm.config.k,
-                 "params": norm.config.param_dict, "dynamic": norm.config.dynamic,
-                 "fingerprint": dict(norm.fingerprint), "gallery": gallery,
-                 "complete": True}
-        group = zarr.open_group(path, mode="w")
-        group.create_array("shift", data=norm.shift)
-        group.create_array("activation", data=norm.activation)
-        group.attrs["qbscale_normaliser"] = attrs
-        return
-    public.Normaliser(norm.config, norm.shift, norm.activation, dict(norm.fingerprint),
-                      gallery=gallery).save(path)
+    from qbscale.normaliser import Normaliser as Public
+
+    Public(norm.config, norm.shift, norm.activation, dict(norm.fingerprint),
+           gallery=gallery).save(path)
 
 
 def read_back(path) -> dict[str, np.ndarray]:
