@@ -264,3 +264,16 @@ def test_search_demo_runs_at_full_size(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "R@1 with DIS beta=20: hits 44.825, run 44.825" in out
     assert (tmp_path / "hits.npz").exists()
+
+
+def test_search_on_worker_processes(pycode_small, tmp_path):
+    """Tasks travel to other processes (a LocalCluster, as with tcp://): sources
+    given by path are reopened there; the hits equal the threaded search's."""
+    bank, gallery, queries = pycode_small
+    norm = fitted(bank, gallery, "dis", False, [20.0])
+    np.save(tmp_path / "g.npy", gallery)
+    want = search(norm, queries, 5, gallery, block_rows=100)
+    got = search(norm, queries, 5, str(tmp_path / "g.npy"), scheduler="local:1",
+                 block_rows=100, block_items=300)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
