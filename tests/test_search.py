@@ -277,3 +277,29 @@ def test_search_on_worker_processes(pycode_small, tmp_path):
                  block_rows=100, block_items=300)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+
+
+def test_public_normaliser_gallery_and_checksum(pycode_small, tmp_path):
+    """A qbscale.Normaliser fitted from embeddings searches its own gallery and
+    refuses other embeddings of the same size (checksum); --sims from a store."""
+    import qbscale
+
+    bank, gallery, queries = pycode_small
+    np.save(tmp_path / "g.npy", gallery)
+    norm = qbscale.Normaliser.fit(bank_emb=bank, gallery_emb=str(tmp_path / "g.npy"), beta=20)
+    want = search(norm, queries, 5, gallery)
+    got = search(norm, queries, 5)  # its own gallery, by path
+    np.testing.assert_array_equal(got[1], want[1])
+    other = gallery.copy()
+    other[5] *= -1
+    with pytest.raises(InputError):
+        search(norm, queries, 5, other)
+    norm.save(tmp_path / "norm.zarr")
+    sims = queries @ gallery.T
+    qbscale.ingest(tmp_path / "exp.zarr", bank @ gallery.T, sims, gt_index=np.arange(300) % 900,
+                   progress=False)
+    invoke("search", str(tmp_path / "norm.zarr"), "--sims", str(tmp_path / "exp.zarr"),
+           "--topk", "5", "--hits", str(tmp_path / "store.npz"))
+    got = hits_arrays(read_back(tmp_path / "store.npz"), 300, 5)
+    np.testing.assert_array_equal(got[1][0], search_matrix(norm, NumpyMatrix.wrap(sims, 64),
+                                                           5)[1])
