@@ -285,10 +285,10 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     gal = gallery_source(gallery, "the gallery embeddings")
     norm.check_gallery(gal.shape[0], "the gallery embeddings")
     k = _check_k(top_k, gal.shape[0])
-    n_queries = int(queries.shape[0]) if hasattr(queries, "shape") else None
-    rows, items = block_grid(n_queries or 1, gal.shape[0], gal.chunk, block_rows,
+    qry = query_source(queries, 2**62, "the queries")
+    rows, items = block_grid(qry.shape[0], gal.shape[0], gal.chunk, block_rows,
                              2 * _workers(scheduler, num_workers))
-    qry = query_source(queries, rows, "the queries")
+    qry = qry.blocks(rows)
     if qry.shape[1] != gal.shape[1]:
         raise InputError(f"the queries have dimension {qry.shape[1]}, the gallery "
                          f"embeddings {gal.shape[1]}")
