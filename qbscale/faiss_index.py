@@ -30,7 +30,7 @@ Examples
 ...                   np.ones(3, bool))
 >>> index = FaissSearch.build(norm, np.eye(3, dtype=np.float32))
 >>> index.search(np.array([[0.0, 1.0, 0.9]], np.float32), 2)[1]
-array([[2, 1]])
+array([[2, 0]])
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     >>> norm = Normaliser(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
     ...                   np.ones(3, bool))
     >>> search(norm, np.array([[0.0, 1.0, 0.9]], np.float32), 2, g)[1]
-    array([[2, 1]])
+    array([[2, 0]])
     """
     if gallery is None:
         gallery = getattr(norm, "gallery", None)
