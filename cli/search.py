@@ -51,7 +51,8 @@ class _NpzHits:
     """Columns ``query, rank, item, score, variant`` in an ``.npz`` (fallback)."""
 
     def __init__(self, path: str, variant: Any = None) -> None:
-        self.path, self.parts, self.n = path, [], 0
+        self.path, self.n = path, 0
+        self.parts: list[tuple[np.ndarray, ...]] = []
         self.variants = [variant] if isinstance(variant, str) else list(variant)
 
     @staticmethod
@@ -79,8 +80,10 @@ class _NpzHits:
     def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
             cols = [np.concatenate([p[c].ravel() for p in self.parts]) for c in range(5)]
-            np.savez(self.path, **dict(zip(("query", "rank", "item", "score", "variant"),
-                                           cols, strict=True)))
+            tmp = f"{self.path}.partial-{os.getpid()}.npz"  # renamed when complete
+            np.savez(tmp, query=cols[0], rank=cols[1], item=cols[2], score=cols[3],
+                     variant=cols[4])
+            os.replace(tmp, self.path)
 
 
 _NpzHits.HitsWriter = _NpzHits  # type: ignore[assignment,misc]
