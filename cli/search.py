@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from typing import Any
@@ -37,56 +36,6 @@ def _sims_source(path: str, rows: int) -> Any:
 def _variants(norm: Any) -> list[str]:
     name = norm.config.variant_name
     return [f"{norm.config.label}:{name}={v:g}" for v in norm.values]
-
-
-def _hits() -> Any:
-    """:mod:`qbscale.storage.hits`, or a minimal ``.npz`` writer until it is installed."""
-    try:
-        return importlib.import_module("qbscale.storage.hits")
-    except ImportError:
-        return _NpzHits
-
-
-class _NpzHits:
-    """Columns ``query, rank, item, score, variant`` in an ``.npz`` (fallback)."""
-
-    def __init__(self, path: str, variant: Any = None) -> None:
-        self.path, self.n = path, 0
-        self.parts: list[tuple[np.ndarray, ...]] = []
-        self.variants = [variant] if isinstance(variant, str) else list(variant)
-
-    @staticmethod
-    def check_hits_path(path: str) -> None:
-        from qbscale.errors import ConfigError
-
-        if not path.endswith(".npz"):
-            raise ConfigError(f"hits file {path}: only .npz is available here")
-
-    HitsWriter = None  # set below
-
-    def append(self, scores: np.ndarray, indices: np.ndarray) -> None:
-        s = scores if scores.ndim == 3 else scores[None]
-        idx = indices if indices.ndim == 3 else indices[None]
-        n_values, n, k = s.shape
-        q = np.broadcast_to(np.arange(self.n, self.n + n)[:, None, None], (n, n_values, k))
-        v = np.broadcast_to(np.asarray(self.variants)[None, :, None], (n, n_values, k))
-        r = np.broadcast_to(np.arange(1, k + 1), (n, n_values, k))
-        self.parts.append((q, r, idx.transpose(1, 0, 2), s.transpose(1, 0, 2), v))
-        self.n += n
-
-    def __enter__(self) -> _NpzHits:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if exc[0] is None:
-            cols = [np.concatenate([p[c].ravel() for p in self.parts]) for c in range(5)]
-            tmp = f"{self.path}.partial-{os.getpid()}.npz"  # renamed when complete
-            np.savez(tmp, query=cols[0], rank=cols[1], item=cols[2], score=cols[3],
-                     variant=cols[4])
-            os.replace(tmp, self.path)
-
-
-_NpzHits.HitsWriter = _NpzHits  # type: ignore[assignment,misc]
 
 
 @click.command()
@@ -125,7 +74,8 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     if sims is not None and (index_path or gallery_emb):
         raise ConfigError("--sims are scores against the gallery already: "
                           "--index and --gallery-emb go with --queries")
-    hits = _hits()
+    from qbscale.storage import hits
+
     hits.check_hits_path(hits_path)
     norm = load_normaliser(normaliser)
     if sims is not None:

@@ -30,6 +30,7 @@ import qbscale
 from qbscale.config import RunConfig
 from qbscale.engine.plan import fit
 from qbscale.search import search
+from qbscale.storage.hits import write_hits
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
 from qbscale.storage.store import embedding_grid
 from qbscale.types import Experiment
@@ -69,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
     hits_file = out / "hits.npz"
-    try:
-        from qbscale.storage.hits import write_hits
-    except ImportError:  # hits files come with qbscale.storage.hits
-        np.savez(hits_file, scores=scores, indices=indices)
-    else:
-        write_hits(hits_file, scores, indices, variant=f"dis:beta={args.beta:g}")
+    write_hits(hits_file, scores, indices, variant=f"dis:beta={args.beta:g}")
     print(f"hits written to {hits_file}")
 
     result = qbscale.run(exp, beta=args.beta, method="dis", normaliser=norm)

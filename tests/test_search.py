@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import zarr
@@ -192,11 +190,9 @@ def save_normaliser(norm: Normaliser, path, gallery=None) -> None:
 
 
 def read_back(path) -> dict[str, np.ndarray]:
-    try:
-        return importlib.import_module("qbscale.storage.hits").read_hits(path)
-    except ImportError:
-        with np.load(path) as data:
-            return {c: data[c] for c in data.files}
+    from qbscale.storage.hits import read_hits
+
+    return read_hits(path)
 
 
 def hits_arrays(hits: dict[str, np.ndarray], n_queries: int, k: int
@@ -229,16 +225,18 @@ def test_cli_search_and_index(pycode_small, tmp_path):
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], atol=1e-5)  # BLAS: an ulp per block shape
     invoke("search", str(tmp_path / "norm.zarr"), "--sims", str(tmp_path / "s.npy"),
-           "--topk", "7", "--hits", str(tmp_path / "sims.npz"))
-    got = hits_arrays(read_back(tmp_path / "sims.npz"), 300, 7)
+           "--topk", "7", "--hits", str(tmp_path / "sims.tsv"))
+    hits = read_back(tmp_path / "sims.tsv")
+    got = hits_arrays(hits, 300, 7)
     np.testing.assert_array_equal(got[1], want[1])
+    assert set(hits["variant"]) == {"dis:beta=10", "dis:beta=20"}
     out = invoke("index", str(tmp_path / "norm.zarr"), "--gallery-emb", str(tmp_path / "g.npy"),
                  "-o", str(tmp_path / "i.faiss"))
     assert "faiss Flat over 900 items" in out
     invoke("search", str(tmp_path / "norm.zarr"), "--queries", str(tmp_path / "q.npy"),
            "--index", str(tmp_path / "i.faiss"), "--topk", "7",
-           "--hits", str(tmp_path / "faiss.npz"))
-    got = hits_arrays(read_back(tmp_path / "faiss.npz"), 300, 7)
+           "--hits", str(tmp_path / "faiss.parquet"))
+    got = hits_arrays(read_back(tmp_path / "faiss.parquet"), 300, 7)
     assert (got[1] == want[1]).mean() > 0.99
     res = CliRunner().invoke(cli, ["search", str(tmp_path / "norm.zarr"), "--queries",
                                    str(tmp_path / "q.npy"), "--gallery-emb",
