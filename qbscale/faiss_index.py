@@ -91,7 +91,7 @@ class FaissSearch:
         """
         faiss = _faiss()
         gal = gallery_source(gallery_emb, "the gallery embeddings")
-        norm.check_gallery(gal.shape[0], "the gallery embeddings")
+        norm.check_gallery(gal.shape[0], "the gallery")
         n, dim = gal.shape
         n_values = len(norm.values)
         try:

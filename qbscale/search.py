@@ -281,9 +281,9 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
         if gallery is None:
             raise InputError("no gallery: pass gallery= (the embeddings the normaliser "
                              "was fitted for)")
-    _check_fingerprint(norm, gallery)
     gal = gallery_source(gallery, "the gallery embeddings")
-    norm.check_gallery(gal.shape[0], "the gallery embeddings")
+    norm.check_gallery(gal.shape[0], "the gallery")
+    _check_fingerprint(norm, gallery)  # reads the gallery once: after the size check
     k = _check_k(top_k, gal.shape[0])
     qry = query_source(queries, 2**62, "the queries")
     rows, items = block_grid(qry.shape[0], gal.shape[0], gal.chunk, block_rows,
