@@ -199,14 +199,14 @@ class Normaliser(_engine.Normaliser):
         """Top-``top_k`` gallery items of each query after normalisation:
         ``(scores, indices)`` (:func:`qbscale.search.search`); ``gallery``
         defaults to the gallery embeddings fitted on."""
-        from qbscale.search import search  # type: ignore[import-not-found, unused-ignore]
+        from qbscale.search import search
 
         return search(self, queries, top_k, self.gallery if gallery is None else gallery, **kw)
 
     def to_faiss(self, gallery_emb: Any, factory: str = "Flat") -> Any:
         """A FAISS index that ranks ``gallery_emb`` as this normaliser does
         (:func:`qbscale.search.to_faiss`)."""
-        from qbscale.search import to_faiss  # type: ignore[import-not-found, unused-ignore]
+        from qbscale.search import to_faiss
 
         return to_faiss(self, gallery_emb, factory)
 
