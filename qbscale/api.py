@@ -61,10 +61,21 @@ class RunPlan:
     state: Any = None  # a resume.RunState when the run keeps a manifest
     save_scores: bool = False
     save_ranks: bool = False
+    lock: Any = None  # a storage.lock.StoreLock while the run writes into its store
 
     def execute(self, scheduler: Any = "threads", num_workers: int | None = None,
                 progress: bool = False) -> RunResult:
-        """Compute the plan with ``scheduler`` (see :func:`run`), then save its results."""
+        """Compute the plan with ``scheduler`` (see :func:`run`), then save its results.
+
+        The store's writer lock, taken by :func:`plan`, is released at the end,
+        also on errors."""
+        try:
+            return self._execute(scheduler, num_workers, progress)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _execute(self, scheduler: Any, num_workers: int | None, progress: bool) -> RunResult:
         t0 = time.perf_counter()
         outputs = self.graph.outputs() if self.state is None else self.state.outputs(self.graph)
         values: list[Any] = []
@@ -85,18 +96,12 @@ class RunPlan:
         return result
 
     def save(self, result: RunResult) -> None:
-        """Write ranks, top-k and the run summary into the store; close the manifest."""
-        experiment = self.experiment
-        if experiment.url is not None and (self.save_ranks or self.config.topk
-                                           or self.save_scores):
-            from qbscale.storage.results import write_results
-
-            write_results(experiment, result, save_ranks=self.save_ranks,
-                          save_scores=self.save_scores)
+        """Write ranks, top-k and the run summary into the store and publish them
+        atomically (:func:`qbscale.storage.results.publish`)."""
         if self.state is not None:
             from qbscale.storage.resume import finish
 
-            finish(experiment)
+            finish(self.state, result, save_ranks=self.save_ranks)
             result.extra["resume"] = self.state.summary()
 
 
@@ -118,19 +123,39 @@ def plan(store: str | os.PathLike[str] | Experiment,
         banks = None
     else:
         banks = resolve(experiment, config, gallery_bank)
-    writer = state = None
+    writer = state = lock = None
     if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
         from qbscale.storage.resume import RunState
 
-        state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
+        lock = _lock(experiment, "a resumed run" if resume else "a run saving results")
+        try:
+            state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         writer = state.writer
         if normaliser is not None and state.bank is None:
             state.bank = normaliser
     known = state.bank if state is not None and state.bank is not None else normaliser
-    # in memory, the normalised matrix comes back in the result (RunResult.scores)
-    graph = _plan.build(experiment, config, writer, normaliser=known, banks=banks,
-                        keep_scores=save_scores and experiment.url is None)
-    return RunPlan(experiment, config, graph, state, save_scores, save_ranks)
+    try:
+        # in memory, the normalised matrix comes back in the result (RunResult.scores)
+        graph = _plan.build(experiment, config, writer, normaliser=known, banks=banks,
+                            keep_scores=save_scores and experiment.url is None)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return RunPlan(experiment, config, graph, state, save_scores, save_ranks, lock)
+
+
+def _lock(experiment: Experiment, purpose: str) -> Any:
+    """The store's writer lock (:mod:`qbscale.storage.lock`), None without a store."""
+    if experiment.url is None:
+        return None
+    from qbscale.storage.lock import StoreLock
+
+    return StoreLock.acquire(str(experiment.url), experiment.storage_options, purpose)
 
 
 def _matching(norm: Normaliser, config: RunConfig, experiment: Experiment) -> Normaliser:

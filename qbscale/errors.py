@@ -35,3 +35,11 @@ class StoreExistsError(QBScaleError, FileExistsError):
 
 class ConfigError(QBScaleError, ValueError):
     """An option has an invalid value (beta <= 0, k < 1, unknown method, ...)."""
+
+
+class DamagedStoreError(QBScaleError, OSError):
+    """A chunk of a store is missing or fails its checksum."""
+
+
+class StoreLockedError(QBScaleError, RuntimeError):
+    """Another run holds the store's writer lock."""

@@ -21,14 +21,49 @@ if TYPE_CHECKING:
     from qbscale.types import Experiment, RunResult
 
 SCORES = "scores"
+#: where each run's arrays go: ``runs/<token>/<name>``
+RUNS = "runs"
+#: the result arrays a run saves (read through the ``last_run`` pointer)
+RESULT_NAMES = (SCORES, "ranks", "ranks_baseline", "topk_index", "topk_score")
 
 
-def _group(experiment: Experiment) -> Any:
+def new_prefix() -> str:
+    """A fresh run prefix, ``runs/<token>``."""
+    return f"{RUNS}/{uuid.uuid4().hex}"
+
+
+def published_prefix(attrs: dict[str, Any] | None) -> str | None:
+    """The prefix of the published run in a store's ``qbscale`` attributes (None
+    before the first run, or for a store whose results sit at the top level)."""
+    last = (attrs or {}).get("last_run") or {}
+    prefix = last.get("prefix")
+    return str(prefix) if prefix else None
+
+
+def result_path(attrs: dict[str, Any] | None, name: str) -> str:
+    """Where result array ``name`` (``scores``, ``ranks``, ...) of the last run is."""
+    prefix = published_prefix(attrs)
+    return f"{prefix}/{name}" if prefix and name in RESULT_NAMES else name
+
+
+def open_result(store: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The last published run's array ``name`` (``scores``, ``ranks``, ``topk_index``, ...).
+
+    Reads go through the ``last_run`` pointer of the store, so a reader sees
+    one run's results, never a mix.
+
+    >>> open_result("exp.zarr", "ranks")[...]  # doctest: +SKIP
+    """
     import zarr
 
-    if experiment.url is None:
-        raise ConfigError("results can only be saved into a store (this run has none)")
-    return zarr.open_group(experiment.url, mode="a", storage_options=experiment.storage_options)
+    group = zarr.open_group(store, mode="r", storage_options=storage_options)
+    attrs: Any = group.attrs.get(layout.ATTR) or {}
+    path = result_path(dict(attrs), name)
+    try:
+        return zarr.open_array(store, path=path, mode="r", storage_options=storage_options)
+    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+        raise InputError(f"{store} has no saved {name!r} (run with --save-scores, "
+                         "--save-ranks or --topk)") from exc
 
 
 @lru_cache(maxsize=32)
@@ -53,43 +88,49 @@ class ScoresWriter:
     options: tuple[tuple[str, Any], ...]
     row_chunks: tuple[int, ...]
     token: str = ""  # one per run: see :func:`writable_array`
+    prefix: str = ""  # the run's ``runs/<token>``
+
+    @property
+    def path(self) -> str:
+        return f"{self.prefix}/{SCORES}" if self.prefix else SCORES
 
     @classmethod
-    def create(cls, experiment: Experiment, config: RunConfig) -> ScoresWriter:
-        import zarr
+    def create(cls, experiment: Experiment, config: RunConfig, prefix: str) -> ScoresWriter:
+        from qbscale.storage.integrity import create_array
 
         test = experiment.test
+        if experiment.url is None:
+            raise ConfigError("results can only be saved into a store (this run has none)")
         if len(test.col_chunks) != 1:
             raise ConfigError("saving scores needs a test matrix chunked by rows only")
-        group = _group(experiment)
         rows = test.row_chunks[0]
-        scores = zarr.create_array(
-            group.store, name=SCORES, shape=(len(config.values), *test.shape), dtype="float64",
-            chunks=(1, rows, test.shape[1]), compressors=None, overwrite=True,
+        scores = create_array(
+            str(experiment.url), f"{prefix}/{SCORES}", shape=(len(config.values), *test.shape),
+            dtype="float64", chunks=(1, rows, test.shape[1]), overwrite=True,
             dimension_names=("beta", "query", "gallery"),
+            storage_options=experiment.storage_options,
         )
-        # not group[SCORES]: with consolidated metadata that is the previous run's array
         scores.attrs.update({"values": list(config.values), "method": config.method})
         return cls(str(experiment.url), freeze_options(experiment.storage_options),
-                   test.row_chunks, uuid.uuid4().hex)
+                   test.row_chunks, uuid.uuid4().hex, prefix)
 
     def write(self, b: int, i: int, block: np.ndarray) -> None:
-        arr = writable_array(self.url, SCORES, self.options, self.token)
+        arr = writable_array(self.url, self.path, self.options, self.token)
         r0 = offsets(self.row_chunks)[i]
         arr[b, r0:r0 + block.shape[0], :] = block
 
 
-def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool,
-                  save_scores: bool) -> None:
-    """Store ranks / top-k arrays and a summary of the run in the group."""
-    import zarr
+def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
+                  save_ranks: bool) -> None:
+    """Store the ranks / top-k arrays of a run under its ``prefix`` (unpublished)."""
+    from qbscale.storage.integrity import create_array
 
-    group = _group(experiment)
     values = list(result.config.values)
 
     def put(name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
-        arr = zarr.create_array(group.store, name=name, shape=data.shape, dtype=data.dtype,
-                                chunks=data.shape, overwrite=True, dimension_names=dims)
+        arr = create_array(str(experiment.url), f"{prefix}/{name}", shape=data.shape,
+                           dtype=data.dtype, chunks=data.shape, overwrite=True,
+                           dimension_names=dims, storage_options=experiment.storage_options)
         arr[...] = data
         arr.attrs.update({"values": values, "method": result.config.method})
 
@@ -101,12 +142,34 @@ def write_results(experiment: Experiment, result: RunResult, *, save_ranks: bool
     if result.topk_index is not None and result.topk_score is not None:
         put("topk_index", result.topk_index, ("beta", "query", "topk"))
         put("topk_score", result.topk_score, ("beta", "query", "topk"))
-    runs = dict(group.attrs.get(layout.ATTR) or {})
-    runs["last_run"] = result.to_dict() | {"saved_scores": save_scores}
-    group.attrs[layout.ATTR] = runs
-    from qbscale.storage.writer import consolidate
 
-    consolidate(group.store)
+
+def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> None:
+    """Make the run under ``prefix`` the store's results, atomically.
+
+    The root ``zarr.json`` (attributes with ``last_run`` pointing at
+    ``prefix``, and consolidated metadata) is replaced in one write; only then
+    are the previous run's arrays deleted.
+    """
+    from qbscale.storage.publish import delete_nodes, replace_root_attrs
+
+    url = str(experiment.url)
+    old = dict(_root_attrs(experiment))
+    previous = published_prefix(old)
+    attrs = {**old, "last_run": {**summary, "prefix": prefix}}
+    replace_root_attrs(url, experiment.storage_options, attrs)
+    stale = [previous] if previous and previous != prefix else []
+    stale += [name for name in RESULT_NAMES if not previous]  # results of older versions
+    delete_nodes(url, experiment.storage_options, stale)
+
+
+def _root_attrs(experiment: Experiment) -> dict[str, Any]:
+    import zarr
+
+    group = zarr.open_group(str(experiment.url), mode="r", use_consolidated=False,
+                            storage_options=experiment.storage_options)
+    attrs: Any = group.attrs.get(layout.ATTR) or {}
+    return dict(attrs)
 
 
 def matrix_source(experiment: Experiment, array: str) -> MatrixSource:
@@ -118,13 +181,14 @@ def matrix_source(experiment: Experiment, array: str) -> MatrixSource:
     match = re.fullmatch(r"(\w+)(?:\[(\d+)\])?", array)
     if match is None or experiment.url is None:
         raise InputError(f"cannot evaluate {array!r}: name a stored array, e.g. scores[0]")
-    name, index = match.group(1), match.group(2)
+    name, index = result_path(experiment.attrs, match.group(1)), match.group(2)
     try:
         arr = _open_zarr(experiment.url, name, freeze_options(experiment.storage_options))
     except KeyError as exc:
-        raise InputError(f"{experiment.url} has no array {name!r}") from exc
+        raise InputError(f"{experiment.url} has no array {match.group(1)!r}") from exc
     prefix = (int(index),) if index is not None else (0,) * (arr.ndim - 2)
     source = ZarrMatrix.open(experiment.url, name, experiment.storage_options, index=prefix)
     if source.shape != experiment.test.shape:
-        raise InputError(f"{name} has shape {source.shape}, expected {experiment.test.shape}")
+        raise InputError(f"{match.group(1)} has shape {source.shape}, "
+                         f"expected {experiment.test.shape}")
     return source

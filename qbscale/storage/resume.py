@@ -1,7 +1,8 @@
 """Resuming an interrupted run: a manifest of the finished test row blocks.
 
-A run that saves into a store (scores, ranks or top-k) keeps its progress in
-the store's ``manifest`` group while it runs::
+A run that saves into a store (scores, ranks or top-k) writes everything
+under its own prefix ``runs/<token>/`` (:mod:`qbscale.storage.results`), and
+keeps its progress in that prefix's ``manifest`` group while it runs::
 
     manifest/shift, activation   the fitted normaliser, once computed
     manifest/bank_done  (1,)     1 once they are stored
@@ -14,7 +15,9 @@ and results), and every write covers whole chunks, so a task rerun after a
 lost worker, or a block recomputed after an interruption, rewrites identical
 bytes.  ``run(..., resume=True)`` checks that the manifest was written with
 the same settings over the same inputs, loads the finished blocks and computes
-only the others.  A run that completes deletes its manifest.
+only the others.  A run that completes deletes its manifest and is published
+(:func:`qbscale.storage.results.publish`); a new run that does not resume
+deletes the prefixes of interrupted runs first.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from qbscale.engine.grid import offsets
 from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.plan import Plan
 from qbscale.errors import ConfigError
-from qbscale.storage.results import SCORES, ScoresWriter, writable_array
+from qbscale.storage.results import (
+    RUNS,
+    SCORES,
+    ScoresWriter,
+    new_prefix,
+    publish,
+    published_prefix,
+    writable_array,
+    write_results,
+)
 from qbscale.storage.sources import freeze_options
 from qbscale.types import RowResult
 
@@ -87,9 +99,14 @@ class Manifest:
     options: tuple[tuple[str, Any], ...]
     fields: tuple[str, ...]
     token: str
+    prefix: str  # the run's runs/<token>
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}/{GROUP}"
 
     def array(self, name: str) -> Any:
-        return writable_array(self.url, f"{GROUP}/{name}", self.options, self.token)
+        return writable_array(self.url, f"{self.group}/{name}", self.options, self.token)
 
     def record(self, i: int, row: RowResult) -> RowResult:
         """Store row block ``i``'s results, then its marker; returns ``row``."""
@@ -102,14 +119,14 @@ class Manifest:
 
     def record_bank(self, norm: Normaliser) -> None:
         """Store the fitted normaliser, then its marker (one task: it may create arrays)."""
-        import zarr
+        from qbscale.storage.integrity import create_array
 
         if norm.shift is None:
             return
         for name, value in (("shift", norm.shift), ("activation", norm.activation)):
-            zarr.create_array(self.url, name=f"{GROUP}/{name}", shape=value.shape,
-                              dtype=value.dtype, compressors=None, overwrite=True,
-                              storage_options=dict(self.options) or None)[...] = value
+            create_array(self.url, f"{self.group}/{name}", shape=value.shape,
+                         dtype=value.dtype, chunks=value.shape, overwrite=True,
+                         storage_options=dict(self.options) or None)[...] = value
         self.array(BANK_DONE)[0] = 1
 
 
@@ -132,15 +149,42 @@ def _open(experiment: Experiment, path: str = "", mode: Literal["r", "r+", "w"] 
                            storage_options=experiment.storage_options)
 
 
-def _saved_manifest(experiment: Experiment) -> Any:
-    """The manifest group, or None when there is none (or it was never finished)."""
+def _pending(experiment: Experiment) -> dict[str, Any]:
+    """``{prefix: manifest group}`` of the unpublished runs with a finished manifest."""
     import zarr
 
+    missing = (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError,
+               zarr.errors.NodeNotFoundError)
     try:
-        group = _open(experiment, GROUP)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return None
-    return group if "settings" in group.attrs else None
+        runs = _open(experiment, RUNS)
+    except missing:
+        return {}
+    published = published_prefix(_open(experiment).attrs.get("qbscale"))
+    found = {}
+    for key in sorted(runs.group_keys()):
+        prefix = f"{RUNS}/{key}"
+        if prefix == published:
+            continue
+        try:
+            group = _open(experiment, f"{prefix}/{GROUP}")
+        except missing:
+            group = None
+        found[prefix] = group if group is not None and "settings" in group.attrs else None
+    return found
+
+
+def _pick(experiment: Experiment, pending: dict[str, Any], settings: dict[str, Any]
+          ) -> tuple[str, Any] | None:
+    """The pending run with these settings; a mismatch error if others exist only."""
+    usable = {p: g for p, g in pending.items() if g is not None}
+    for prefix, group in usable.items():
+        if dict(group.attrs["settings"]) == settings:
+            return prefix, group
+    if usable:
+        newest = max(usable.values(), key=lambda g: str(g.attrs.get("created", "")))
+        raise ConfigError(_mismatch(str(experiment.url), dict(newest.attrs["settings"]),
+                                    settings))
+    return None
 
 
 @dataclass
@@ -150,6 +194,8 @@ class RunState:
     manifest: Manifest
     config: RunConfig
     row_chunks: tuple[int, ...]
+    experiment: Experiment
+    save_scores: bool = False
     writer: ScoresWriter | None = None
     bank: Normaliser | None = None
     done: dict[int, RowResult] = field(default_factory=dict)
@@ -165,19 +211,24 @@ class RunState:
         if any(r != rows[0] for r in rows[:-1]) or rows[-1] > rows[0]:
             raise ConfigError(f"saving a run needs equal test row blocks, got {rows}")
         settings = _settings(experiment, config, save_scores)
-        saved = _saved_manifest(experiment) if resume else None
-        if saved is not None and dict(saved.attrs["settings"]) != settings:
-            raise ConfigError(_mismatch(experiment.url, dict(saved.attrs["settings"]), settings))
+        pending = _pending(experiment)
+        picked = _pick(experiment, pending, settings) if resume else None
+        if picked is None:  # a fresh run: interrupted ones are abandoned
+            from qbscale.storage.publish import delete_nodes
+
+            delete_nodes(str(experiment.url), experiment.storage_options, pending)
+        prefix = picked[0] if picked is not None else new_prefix()
         shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery,
                               experiment.gt is not None)
         manifest = Manifest(str(experiment.url), freeze_options(experiment.storage_options),
-                            tuple(shapes), uuid.uuid4().hex)
-        state = cls(manifest, config, rows)
-        if saved is None:
-            state.writer = ScoresWriter.create(experiment, config) if save_scores else None
-            _create(experiment, config, shapes, settings)
+                            tuple(shapes), uuid.uuid4().hex, prefix)
+        state = cls(manifest, config, rows, experiment, save_scores)
+        if picked is None:
+            state.writer = ScoresWriter.create(experiment, config, prefix) if save_scores \
+                else None
+            _create(experiment, manifest.group, shapes, settings)
         else:
-            state._load(experiment, saved, save_scores)
+            state._load(experiment, picked[1], save_scores)
         return state
 
     def _load(self, experiment: Experiment, group: Any, save_scores: bool) -> None:
@@ -193,7 +244,8 @@ class RunState:
             self.bank = Normaliser(self.config, np.asarray(group["shift"][...]),
                                    np.asarray(group["activation"][...]))
         if save_scores:
-            self.writer = _existing_writer(experiment, self.config, self.row_chunks)
+            self.writer = _existing_writer(experiment, self.config, self.row_chunks,
+                                           self.manifest.prefix)
 
     @property
     def n_blocks(self) -> int:
@@ -234,32 +286,36 @@ class RunState:
                 "computed": self.n_blocks - len(self.done), "bank_reused": self.bank is not None}
 
 
-def _create(experiment: Experiment, config: RunConfig, shapes: dict[str, tuple[int, ...]],
+def _create(experiment: Experiment, path: str, shapes: dict[str, tuple[int, ...]],
             settings: dict[str, Any]) -> None:
-    import zarr
+    """The manifest group ``path``: its arrays, then its settings (written last)."""
+    from datetime import datetime, timezone
 
-    group = _open(experiment, GROUP, mode="w")
+    from qbscale.storage.integrity import create_array
+
+    group = _open(experiment, path, mode="w")
     rows = experiment.test.row_chunks[0]
 
     def put(name: str, shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...]) -> None:
-        zarr.create_array(group.store, name=f"{GROUP}/{name}", shape=shape, dtype=dtype,
-                          chunks=chunks, compressors=None, fill_value=0, overwrite=True)
+        create_array(group.store, f"{path}/{name}", shape=shape, dtype=dtype, chunks=chunks,
+                     fill_value=0, overwrite=True)  # unwritten markers read as 0
 
     for name, shape in shapes.items():
         dtype, axis = FIELDS[name]
         put(name, shape, dtype, tuple(rows if a == axis else n for a, n in enumerate(shape)))
     put(DONE, (len(experiment.test.row_chunks),), "uint8", (1,))
     put(BANK_DONE, (1,), "uint8", (1,))
+    group.attrs["created"] = datetime.now(timezone.utc).isoformat()
     group.attrs["settings"] = settings  # last: a manifest without it is ignored
 
 
-def _existing_writer(experiment: Experiment, config: RunConfig, rows: tuple[int, ...]
-                     ) -> ScoresWriter:
+def _existing_writer(experiment: Experiment, config: RunConfig, rows: tuple[int, ...],
+                     prefix: str) -> ScoresWriter:
     import zarr
 
     want = (len(config.values), *experiment.test.shape)
     try:
-        arr = zarr.open_array(experiment.url, path=SCORES, mode="r",
+        arr = zarr.open_array(experiment.url, path=f"{prefix}/{SCORES}", mode="r",
                               storage_options=experiment.storage_options)
         shape = tuple(arr.shape)
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError):
@@ -269,7 +325,7 @@ def _existing_writer(experiment: Experiment, config: RunConfig, rows: tuple[int,
             f"{experiment.url} has a manifest but its {SCORES} array has shape {shape}, "
             f"expected {want}: run without resuming to start over")
     return ScoresWriter(str(experiment.url), freeze_options(experiment.storage_options), rows,
-                        uuid.uuid4().hex)
+                        uuid.uuid4().hex, prefix)
 
 
 def _mismatch(url: str, saved: dict[str, Any], wanted: dict[str, Any]) -> str:
@@ -279,19 +335,18 @@ def _mismatch(url: str, saved: dict[str, Any], wanted: dict[str, Any]) -> str:
             "or run without resuming to start over")
 
 
-def finish(experiment: Experiment) -> None:
-    """Delete the manifest of a completed run (and refresh consolidated metadata)."""
-    import zarr
+def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
+    """Complete a run: its ranks / top-k under its prefix, its manifest deleted, then
+    published (or, when it saved nothing, its prefix deleted)."""
+    from qbscale.storage.publish import delete_nodes
 
-    root = _open(experiment, mode="r+")
-    if GROUP in set(root.group_keys()):
-        del root[GROUP]
-    try:
-        consolidated = zarr.open_group(experiment.url, mode="r",
-                                       storage_options=experiment.storage_options)
-        if consolidated.metadata.consolidated_metadata is not None:
-            from qbscale.storage.writer import consolidate
-
-            consolidate(root.store)
-    except (FileNotFoundError, KeyError):  # pragma: no cover - the store was just written
-        return
+    experiment, prefix = state.experiment, state.manifest.prefix
+    url, options = str(experiment.url), experiment.storage_options
+    saving = save_ranks or state.save_scores or bool(state.config.topk)
+    if saving:
+        write_results(experiment, prefix, result, save_ranks=save_ranks)
+    delete_nodes(url, options, [state.manifest.group])
+    if saving:
+        publish(experiment, prefix, result.to_dict() | {"saved_scores": state.save_scores})
+    else:
+        delete_nodes(url, options, [prefix])

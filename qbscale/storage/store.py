@@ -177,12 +177,34 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
     if bank.shape[1] != test.shape[1]:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
     names = set(group.array_keys())
-    gt_index = group[layout.GT_INDEX][...] if layout.GT_INDEX in names else None
+    gt_index = _vector(url, group, layout.GT_INDEX, storage_options) \
+        if layout.GT_INDEX in names else None
     gt = None if attrs.get("ground_truth") is False else \
         ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
-    mask = group[layout.QUERY_MASK][...] if layout.QUERY_MASK in names else None
+    mask = _vector(url, group, layout.QUERY_MASK, storage_options) \
+        if layout.QUERY_MASK in names else None
+    _notice_unchecked(url, group, names)
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
                       storage_options)
+
+
+def _vector(url: str, group: Any, name: str, options: dict[str, Any] | None) -> np.ndarray:
+    from qbscale.storage.integrity import read_array
+    from qbscale.storage.sources import freeze_options
+
+    return read_array(url, name, group[name], freeze_options(options))
+
+
+def _notice_unchecked(url: str, group: Any, names: set[str]) -> None:
+    """One line on stderr when the store's matrices carry no chunk checksums."""
+    import sys
+
+    from qbscale.storage.integrity import has_checksums
+
+    matrices = [n for n in (layout.BANK, layout.TEST, layout.GALLERY_EMB) if n in names]
+    if matrices and not all(has_checksums(group[n]) for n in matrices):
+        print(f"notice: {url} was written before chunk checksums: damaged chunks cannot be "
+              "detected (ingest it again to add them)", file=sys.stderr)
 
 
 def _sources(url: str, attrs: dict[str, Any], options: dict[str, Any] | None,

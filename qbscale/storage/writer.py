@@ -301,12 +301,12 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
     all) and the error is raised at the end.  An array of that name already
     in ``group`` is replaced.
     """
-    import zarr
+    from qbscale.storage.integrity import create_array
 
     src = target.source
-    arr = zarr.create_array(group.store, name=target.name, shape=src.shape, dtype=target.dtype,
-                            chunks=target.chunks, compressors=compressors(codec),
-                            dimension_names=layout.DIMS[target.name], overwrite=True)
+    arr = create_array(group.store, target.name, shape=src.shape, dtype=target.dtype,
+                       chunks=target.chunks, compressor=compressors(codec),
+                       dimension_names=layout.DIMS[target.name], overwrite=True)
     row_bytes = src.shape[1] * target.dtype.itemsize
     chunk_rows = target.chunks[0]
     step = chunk_rows * max(1, READ_BYTES // max(1, chunk_rows * row_bytes))
@@ -326,12 +326,12 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
 def write_vector(group: zarr.Group, name: str, values: np.ndarray, codec: str,
                  chunk_bytes: int) -> None:
     """Write a small 1-D array (query mask, ground truth) in one go."""
-    import zarr
+    from qbscale.storage.integrity import create_array
 
     rows = max(1, min(len(values), chunk_bytes // values.dtype.itemsize))
-    arr = zarr.create_array(group.store, name=name, shape=values.shape, dtype=values.dtype,
-                            chunks=(rows,), compressors=compressors(codec),
-                            dimension_names=layout.DIMS[name])
+    arr = create_array(group.store, name, shape=values.shape, dtype=values.dtype,
+                       chunks=(rows,), compressor=compressors(codec),
+                       dimension_names=layout.DIMS[name])
     arr[...] = values
 
 
