@@ -25,6 +25,8 @@ COMMANDS = {
     "sweep": "sweep:sweep",
     "search": "search:search",
     "index": "search:index",
+    "check": "check:check",
+    "unlock": "unlock:unlock",
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterable
@@ -15,7 +16,7 @@ from qbscale.config import RunConfig
 from qbscale.engine import plan as _plan
 from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.normaliser import Normaliser
-from qbscale.errors import ConfigError
+from qbscale.errors import ConfigError, StoreFullError
 from qbscale.executors import get_executor
 from qbscale.storage.sources import forget_open_arrays
 from qbscale.storage.store import open_experiment
@@ -71,6 +72,11 @@ class RunPlan:
         also on errors."""
         try:
             return self._execute(scheduler, num_workers, progress)
+        except OSError as exc:
+            if self.state is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.state.discard()
+            raise _no_space(self.experiment, exc) from exc
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -130,9 +136,11 @@ def plan(store: str | os.PathLike[str] | Experiment,
         lock = _lock(experiment, "a resumed run" if resume else "a run saving results")
         try:
             state = RunState.open(experiment, config, save_scores=save_scores, resume=resume)
-        except BaseException:
+        except BaseException as exc:
             if lock is not None:
                 lock.release()
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _no_space(experiment, exc) from exc
             raise
         writer = state.writer
         if normaliser is not None and state.bank is None:
@@ -147,6 +155,12 @@ def plan(store: str | os.PathLike[str] | Experiment,
             lock.release()
         raise
     return RunPlan(experiment, config, graph, state, save_scores, save_ranks, lock)
+
+
+def _no_space(experiment: Experiment, exc: OSError) -> StoreFullError:
+    return StoreFullError(f"store {experiment.url}: no space left while saving this run "
+                          f"({exc.strerror}): nothing was published, its partial arrays "
+                          "were removed")
 
 
 def _lock(experiment: Experiment, purpose: str) -> Any:

@@ -43,3 +43,7 @@ class DamagedStoreError(QBScaleError, OSError):
 
 class StoreLockedError(QBScaleError, RuntimeError):
     """Another run holds the store's writer lock."""
+
+
+class StoreFullError(QBScaleError, OSError):
+    """The store's filesystem ran out of space while a run wrote into it."""

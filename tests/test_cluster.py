@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-import zarr
 
 from qbscale.api import run
 from qbscale.errors import ConfigError
 from qbscale.executors.distributed import MALLOC_ENV, DistributedExecutor
+from qbscale.storage.results import open_result
 from qbscale.storage.store import open_experiment
 
 from .cluster_fixtures import SlowMatrix, dask_cluster, make_store, problem, qbscale_cli
@@ -50,8 +50,8 @@ def threaded(data, tmp_path_factory):
 
 
 def saved(store: str) -> dict[str, np.ndarray]:
-    group = zarr.open_group(store, mode="r")
-    return {name: group[name][...] for name in ("ranks", "ranks_baseline", "topk_index")}
+    return {name: open_result(store, name)[...]
+            for name in ("ranks", "ranks_baseline", "topk_index")}
 
 
 def assert_same_as(reference, store: str) -> None:
@@ -99,11 +99,10 @@ def test_api_with_a_client_and_other_settings_on_the_same_store(cluster, data, t
         assert client.status == "running"  # a client passed in is left open
     for beta in BETAS:
         np.testing.assert_array_equal(res.ranks[beta], ref.ranks[beta])
-    scores = zarr.open_group(store, mode="r")["scores"]
+    scores = open_result(store, "scores")[...]
     assert scores.shape == (2, *data[1].shape)
     want = run(store, beta=BETAS, k=2, save_scores=True)  # threads, rewrites the scores
-    np.testing.assert_array_equal(zarr.open_group(store, mode="r")["scores"][...],
-                                  scores[...])
+    np.testing.assert_array_equal(open_result(store, "scores")[...], scores)
     assert want.activation_size == res.activation_size
 
 

@@ -100,11 +100,11 @@ def test_store_run_prints_reference_figures(pickles, tmp_path, cli_invoke):
     summary = json.loads(json_path.read_text())
     assert summary["after"]["20.0"]["MeanR"] == pytest.approx(39.4025)
     assert summary["activation_size"] == 2447
-    import zarr
+    from qbscale.storage.results import open_result
 
-    group = zarr.open_group(str(store), mode="r")
-    assert group["ranks"].shape == (2, 4000)
-    assert group["ranks_baseline"][...].mean() + 1 == pytest.approx(34.5487, abs=1e-4)
+    assert open_result(str(store), "ranks").shape == (2, 4000)
+    assert open_result(str(store), "ranks_baseline")[...].mean() + 1 == pytest.approx(34.5487,
+                                                                                       abs=1e-4)
 
 
 def test_reference_figures_agree_with_the_cli_constants():

@@ -51,10 +51,10 @@ class ChunkFetches:
 
 
     def wrap_direct(self, read):
-        def counted(url, key, dtype):
+        def counted(url, key, *args):
             with self.lock:
                 self.counts[key] += 1
-            return read(url, key, dtype)
+            return read(url, key, *args)
 
         return counted
 

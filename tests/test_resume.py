@@ -17,6 +17,7 @@ import zarr
 
 from qbscale.api import run
 from qbscale.errors import ConfigError
+from qbscale.storage.results import open_result
 from qbscale.storage.resume import FIELDS
 from qbscale.storage.store import open_experiment
 from qbscale.types import RowResult
@@ -26,6 +27,11 @@ from .cluster_fixtures import make_store, problem, qbscale_cli
 KW: dict[str, Any] = {"beta": [10.0, 20.0], "k": 2, "topk": 5, "save_scores": True,
                       "save_ranks": True}
 RESULTS = ("scores", "ranks", "ranks_baseline", "topk_index", "topk_score")
+
+
+def manifests(store: str) -> list[Path]:
+    """The manifest groups of the store's unpublished runs."""
+    return sorted(Path(store).glob("runs/*/manifest"))
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,12 @@ def uninterrupted(data, tmp_path_factory):
 def assert_same_store(store: str, reference: str) -> None:
     got, want = zarr.open_group(store, mode="r"), zarr.open_group(reference, mode="r")
     assert sorted(got.keys()) == sorted(want.keys())
-    assert "manifest" not in got
+    assert manifests(store) == []
+    assert len([p for p in Path(store).glob("runs/*") if p.is_dir()]) == 1  # published only
     for name in RESULTS:
-        np.testing.assert_array_equal(got[name][...], want[name][...], err_msg=name)
-        assert dict(got[name].attrs) == dict(want[name].attrs)
+        mine, theirs = open_result(store, name), open_result(reference, name)
+        np.testing.assert_array_equal(mine[...], theirs[...], err_msg=name)
+        assert dict(mine.attrs) == dict(theirs.attrs)
 
 
 def interrupted(store: str, ok: int) -> None:
@@ -99,7 +107,8 @@ def test_manifest_keeps_every_row_result_field():
 def test_a_failed_run_resumes_computing_only_the_rest(data, uninterrupted, tmp_path):
     store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
     interrupted(store, ok=4)
-    done = np.flatnonzero(zarr.open_array(store, path="manifest/done", mode="r")[...])
+    [manifest] = manifests(store)
+    done = np.flatnonzero(zarr.open_array(str(manifest / "done"), mode="r")[...])
     assert 0 < len(done) <= 4
     experiment = open_experiment(store)
     experiment.bank = CountingMatrix(experiment.bank)
@@ -143,7 +152,7 @@ def test_a_fresh_run_discards_an_old_manifest(data, uninterrupted, tmp_path):
 
 def _chunk_stats(store: str) -> dict[tuple[int, int], tuple[int, int]]:
     """(beta, row block) -> (inode, mtime_ns) of every scores chunk file."""
-    root = Path(store) / "scores" / "c"
+    [root] = Path(store).glob("runs/*/scores/c")
     out = {}
     for path in root.glob("*/*/0"):
         stat = path.stat()
@@ -158,11 +167,11 @@ def test_a_killed_cli_run_resumes(tmp_path, cli_invoke):
     reference = make_store(str(tmp_path / "ref.zarr"), bank, test, chunk_rows=10)
     flags = ["--beta", "10,20", "--topk", "5", "--save-scores", "--save-ranks", "-q"]
     n_blocks = 200
-    markers = Path(store) / "manifest" / "done" / "c"
-
     proc = qbscale_cli("run", store, *flags, "--workers", "1")
     deadline = time.monotonic() + 120
+    markers = Path(store) / "missing"
     while not (markers.exists() and len(os.listdir(markers)) >= 20):
+        markers = next(Path(store).glob("runs/*/manifest/done/c"), markers)
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.002)
@@ -173,6 +182,10 @@ def test_a_killed_cli_run_resumes(tmp_path, cli_invoke):
     assert 20 <= len(done) < n_blocks, "the kill landed after the run had finished"
     before = _chunk_stats(store)
 
+    locked = cli_invoke("run", store, *flags, "--resume", exit_code=1)
+    assert "is locked by" in locked.output and "no longer running" in locked.output
+    unlocked = cli_invoke("unlock", store)
+    assert f"PID {proc.pid}" in unlocked.output
     resumed = cli_invoke("run", store, *flags, "--resume")
     assert (f"resumed: {len(done)} of {n_blocks} row blocks were already done; "
             f"computed {n_blocks - len(done)}") in resumed.output
@@ -201,3 +214,9 @@ def test_every_method_resumes_to_the_same_store(data, tmp_path, method):
     assert sorted(got.keys()) == sorted(want.keys())
     for name in got.array_keys():
         np.testing.assert_array_equal(got[name][...], want[name][...], err_msg=name)
+    assert manifests(store) == []
+    names = [n for n in RESULTS if (n != "scores" or kw["save_scores"])
+             and (n != "ranks" or method != "none")]
+    for name in names:
+        np.testing.assert_array_equal(open_result(store, name)[...],
+                                      open_result(reference, name)[...], err_msg=name)

@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from qbscale.api import run
+from qbscale.storage.results import open_result
 from qbscale.storage.store import open_experiment
 
 from .cluster_fixtures import dask_cluster, make_store, moto_s3, problem, qbscale_cli
@@ -42,15 +43,15 @@ def local(data, tmp_path_factory, cli_invoke):
     """The same experiment on local disk, run with the same flags."""
     store = make_store(str(tmp_path_factory.mktemp("local") / "exp.zarr"), *data, chunk_rows=50)
     cli_invoke("run", store, *FLAGS, "--save-scores", "-q")
-    group = zarr.open_group(store, mode="r")
-    return {name: group[name][...] for name in (*SAVED, "scores")}
+    return {name: open_result(store, name)[...] for name in (*SAVED, "scores")}
 
 
 def assert_same(url: str, local: dict[str, np.ndarray], names: tuple[str, ...] = SAVED) -> None:
-    group = zarr.open_group(url, mode="r")
     for name in names:
-        np.testing.assert_array_equal(group[name][...], local[name], err_msg=name)
-    assert "manifest" not in group  # removed once the run completed
+        np.testing.assert_array_equal(open_result(url, name)[...], local[name], err_msg=name)
+    group = zarr.open_group(url, mode="r", use_consolidated=False)
+    assert list(group["runs"].group_keys()) == [open_result(url, "ranks").path.split("/")[1]]
+    assert "manifest" not in group["runs"][next(iter(group["runs"].group_keys()))]
 
 
 def test_ingest_and_run_on_s3_match_the_local_store(s3, data, local, cli_invoke):

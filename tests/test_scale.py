@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-import zarr
 
 import qbscale
+from qbscale.storage.results import open_result
 from qbscale.synth import SynthSpec, synth
 
 from . import reference as ref
@@ -34,8 +34,8 @@ def test_stored_topk_equals_argsort_oracle(problem, tmp_path, layout, method, k,
     url = qbscale.ingest(tmp_path / "exp.zarr", bank, test, progress=False, **LAYOUTS[layout])
     cli_invoke("run", url, "--beta", "5,20", "--k", k, "--method", method, "--topk", "6",
                "--quiet")
-    group = zarr.open_group(str(url), mode="r")
-    index, score = group["topk_index"][...], group["topk_score"][...]
+    index = open_result(str(url), "topk_index")[...]
+    score = open_result(str(url), "topk_score")[...]
     assert index.shape == score.shape == ((1 if method == "none" else 2), 60, 6)
     for b, beta in enumerate([5.0, 20.0][:index.shape[0]]):
         want = test.astype(np.float64) if method == "none" else \

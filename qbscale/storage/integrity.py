@@ -74,7 +74,9 @@ def chunk_key(name: str, arr: Any, coords: tuple[int, ...]) -> str:
 
 def damaged(url: str, key: str, why: str = "missing") -> DamagedStoreError:
     """The one-line error of a missing or damaged chunk."""
-    return DamagedStoreError(f"store {url}: chunk {key} is {why}: {REPAIR}")
+    fix = "run again with the same options, or restore it" if key.startswith("runs/") \
+        else REPAIR
+    return DamagedStoreError(f"store {url}: chunk {key} is {why}: {fix}")
 
 
 def chunks_of(arr: Any, index: tuple[int, ...], rows: slice, cols: slice

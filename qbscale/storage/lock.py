@@ -76,6 +76,10 @@ def describe(info: dict[str, Any]) -> str:
 
 def _refused(url: str, info: dict[str, Any] | None) -> StoreLockedError:
     held = describe(info) if info else "another run"
+    if info and holder_alive(info) is False:
+        return StoreLockedError(
+            f"store {url} is locked by {held}, which is no longer running: break its lock "
+            f"with `qbscale unlock {url}`, then rerun (with --resume to keep its work)")
     return StoreLockedError(
         f"store {url} is locked by {held}: one writer at a time. If that run is dead, "
         f"break the lock with `qbscale unlock {url}`")
@@ -127,10 +131,14 @@ def _create_local(url: str, path: str, data: bytes) -> None:
     except FileNotFoundError as exc:
         raise ConfigError(f"cannot lock {url}: no such store directory") from exc
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # e.g. a full disk: leave no torn lock behind
+        os.remove(path)
+        raise
 
 
 def _create_remote(url: str, options: dict[str, Any] | None, data: bytes, token: str) -> None:

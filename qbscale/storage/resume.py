@@ -224,9 +224,13 @@ class RunState:
                             tuple(shapes), uuid.uuid4().hex, prefix)
         state = cls(manifest, config, rows, experiment, save_scores)
         if picked is None:
-            state.writer = ScoresWriter.create(experiment, config, prefix) if save_scores \
-                else None
-            _create(experiment, manifest.group, shapes, settings)
+            try:
+                state.writer = ScoresWriter.create(experiment, config, prefix) \
+                    if save_scores else None
+                _create(experiment, manifest.group, shapes, settings)
+            except BaseException:
+                state.discard()
+                raise
         else:
             state._load(experiment, picked[1], save_scores)
         return state
@@ -280,6 +284,13 @@ class RunState:
         computed = dict(zip(self.missing, it, strict=True))
         return norm, [self.done[i] if i in self.done else computed[i]
                       for i in range(self.n_blocks)]
+
+    def discard(self) -> None:
+        """Delete this run's prefix (its partial arrays and manifest)."""
+        from qbscale.storage.publish import delete_nodes
+
+        delete_nodes(str(self.experiment.url), self.experiment.storage_options,
+                     [self.manifest.prefix])
 
     def summary(self) -> dict[str, Any]:
         return {"row_blocks": self.n_blocks, "reused": len(self.done),

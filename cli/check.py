@@ -1,0 +1,41 @@
+"""``qbscale check``: verify every chunk of a store."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .options import library_errors, quiet_option
+
+
+@click.command()
+@click.argument("store")
+@click.option("--repair-hint", is_flag=True,
+              help="Also say, per damaged array, how to get it back.")
+@quiet_option
+@library_errors
+def check(store: str, repair_hint: bool, quiet: bool) -> None:
+    """Verify every chunk of STORE (checksums, sizes, presence); exit 1 if any is bad.
+
+    Reads one chunk at a time: memory stays at a chunk whatever the store's size.
+    """
+    import zarr
+
+    from qbscale.storage.check import check_store
+    from qbscale.storage.check import repair_hint as hints
+
+    report = check_store(store, progress=not quiet)
+    for key, why in sorted(report.bad.items()):
+        click.echo(f"{key}: {why}")
+    if report.unchecked:
+        click.echo(f"notice: {len(report.unchecked)} array(s) carry no checksums (written "
+                   f"before them): {', '.join(report.unchecked)}")
+    click.echo(f"{store}: {report.chunks} chunks in {report.arrays} arrays checked, "
+               f"{len(report.bad)} bad")
+    if repair_hint and report.bad:
+        attrs = dict(zarr.open_group(store, mode="r").attrs.get("qbscale") or {})
+        for line in hints(report, attrs):
+            click.echo(f"hint: {line}")
+    if report.bad:
+        sys.exit(1)
