@@ -1,0 +1,198 @@
+"""One writer at a time, results published atomically, a full disk handled:
+two writers racing on one store (local and S3) never leave results other than
+those of a run that exited 0 (the last one to publish)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from qbscale.api import evaluate, run
+from qbscale.cli import cli
+from qbscale.errors import StoreFullError, StoreLockedError
+from qbscale.storage.lock import KEY, StoreLock, break_lock, read_lock
+from qbscale.storage.results import ScoresWriter, open_result
+
+from .cluster_fixtures import make_store, moto_s3, problem, qbscale_cli
+
+
+@pytest.fixture()
+def store(tmp_path):
+    bank, test = problem(n_bank=400, n_gallery=200)
+    return make_store(str(tmp_path / "exp.zarr"), bank, test, chunk_rows=20)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [*args, "-q"])
+
+
+def test_a_second_writer_is_refused_at_once_and_readers_are_not(store):
+    with StoreLock.acquire(store, purpose="a test"):
+        assert read_lock(store)["pid"] == os.getpid()
+        for flags in (["--save-scores"], ["--save-ranks"], ["--topk", "3"], ["--resume"]):
+            res = invoke("run", store, *flags)
+            assert res.exit_code == 1, flags
+            assert res.output.startswith(f"Error: store {store} is locked by a test by PID "
+                                         f"{os.getpid()} on ")
+            assert "one writer at a time" in res.output
+        with pytest.raises(StoreLockedError):
+            run(store, save_ranks=True)
+        assert invoke("run", store).exit_code == 0  # readers go on
+        assert invoke("eval", store).exit_code == 0
+        assert invoke("hubness", store).exit_code == 0
+    assert read_lock(store) is None
+    assert invoke("run", store, "--save-ranks").exit_code == 0
+    assert not (Path(store) / KEY).exists()  # released after the run
+
+
+def test_a_failed_run_releases_its_lock(store):
+    with pytest.raises(ValueError):
+        run(store, beta=-1, save_ranks=True)
+    assert read_lock(store) is None
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_unlock_breaks_a_stale_lock_only(store):
+    assert CliRunner().invoke(cli, ["unlock", store]).output.strip() == f"{store} is not locked"
+    lock = StoreLock.acquire(store, purpose="a test")
+    res = CliRunner().invoke(cli, ["unlock", store])  # the holder (this process) is alive
+    assert res.exit_code == 1 and "still running: not breaking its lock" in res.output
+    lock.release()
+    info = {"host": os.uname().nodename, "pid": dead_pid(), "started": "2026-01-01T00:00:00",
+            "token": "x", "purpose": "a run saving results"}
+    (Path(store) / KEY).write_text(json.dumps(info))
+    res = invoke("run", store, "--save-ranks")
+    assert res.exit_code == 1 and "which is no longer running" in res.output
+    res = CliRunner().invoke(cli, ["unlock", store])
+    assert res.exit_code == 0
+    assert res.output.strip() == (f"broke the lock of a run saving results by PID {info['pid']} "
+                                  f"on {info['host']} since 2026-01-01T00:00:00")
+    assert invoke("run", store, "--save-ranks").exit_code == 0
+    other = {**info, "host": "elsewhere.example", "pid": os.getpid()}
+    (Path(store) / KEY).write_text(json.dumps(other))
+    assert break_lock(store) == other  # another host's lock: broken as asked
+
+
+# ------------------------------------------------------------------ racing writers
+
+
+def race(store: str, rounds: int, tmp: Path, env: dict[str, str] | None = None) -> int:
+    """Two CLI writers with different betas at once, ``rounds`` times; checks what each
+    round leaves; returns how many runs were refused."""
+    rng = random.Random(0)
+    refused = 0
+    for r in range(rounds):
+        procs, outs = {}, {}
+        for beta in (20, 30):
+            outs[beta] = tmp / f"r{r}-{beta}.json"
+            procs[beta] = qbscale_cli("run", store, "--beta", str(beta), "--save-scores",
+                                      "--save-ranks", "-q", "--json", str(outs[beta]), env=env)
+            if rng.random() < 0.3:
+                procs[beta].wait()  # now and then, one after the other
+        winners = {}
+        for beta, proc in procs.items():
+            _, err = proc.communicate(timeout=300)
+            if proc.returncode == 0:
+                winners[beta] = json.loads(outs[beta].read_text())
+            else:
+                assert proc.returncode == 1, err.decode()[-2000:]
+                assert b"is locked by a run saving results" in err, err.decode()[-2000:]
+                refused += 1
+        assert winners, "neither run succeeded"
+        published = zarr.open_group(store, mode="r").attrs["qbscale"]["last_run"]
+        [beta] = published["values"]
+        assert int(beta) in winners  # a run that exited 0 ...
+        want = winners[int(beta)]
+        scores = open_result(store, "scores")
+        assert scores.attrs["values"] == [beta]
+        # ... and nothing but its results: scores, ranks and the summary agree
+        assert evaluate(store, "scores") == pytest.approx(want["after"][str(float(beta))])
+        ranks = open_result(store, "ranks")[0]
+        assert float(np.mean(ranks) + 1) == pytest.approx(want["after"][str(float(beta))]["MeanR"])
+        assert read_lock(store) is None
+    return refused
+
+
+def test_two_writers_on_one_local_store(store, tmp_path):
+    assert race(store, rounds=4, tmp=tmp_path) >= 1  # the runs did collide
+    runs = [p for p in (Path(store) / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1  # earlier runs' arrays are gone
+
+
+def test_two_writers_on_one_s3_store(tmp_path):
+    bank, test = problem(n_bank=400, n_gallery=200)
+    with moto_s3("race") as endpoint:
+        url = make_store("s3://race/exp.zarr", bank, test, chunk_rows=20)
+        first = StoreLock.acquire(url)  # a conditional put: exclusive on S3 too
+        with pytest.raises(StoreLockedError, match="is locked by a run by PID"):
+            StoreLock.acquire(url)
+        first.release()
+        assert read_lock(url) is None
+        env = {"AWS_ENDPOINT_URL": endpoint}
+        race(url, rounds=2, tmp=tmp_path, env=env)
+
+
+# ------------------------------------------------------------------ a full disk
+
+
+def test_a_full_disk_during_save_scores_leaves_nothing(store, monkeypatch):
+    before = sorted(p.relative_to(store) for p in Path(store).rglob("*"))
+
+    def full(self, b, i, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ScoresWriter, "write", full)
+    res = invoke("run", store, "--save-scores")
+    assert res.exit_code == 1
+    assert res.output == (f"Error: store {store}: no space left while saving this run (No space "
+                          "left on device): nothing was published, its partial arrays were "
+                          "removed\n")
+    after = sorted(p.relative_to(store) for p in Path(store).rglob("*"))
+    assert [p for p in after if p not in before] == [Path("runs"), Path("runs/zarr.json")]
+    assert read_lock(store) is None
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 2.5 MB tmpfs (needs root and mount; skipped where unavailable)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(mnt)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_really_full_disk_during_save_scores(small_disk):
+    bank, test = problem(n_bank=800, n_gallery=400, queries_per_item=1)
+    store = make_store(str(small_disk / "exp.zarr"), bank, test, chunk_rows=100)
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    assert free < 3 * 400 * 400 * 8  # three betas of float64 scores do not fit
+    res = invoke("run", store, "--save-scores", "--beta", "10,20,30")
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: store {store}: no space left while saving this run")
+    assert len(res.output.strip().splitlines()) == 1
+    assert [p.name for p in (Path(store) / "runs").iterdir()] == ["zarr.json"]
+    assert read_lock(store) is None
+    with pytest.raises(StoreFullError):
+        run(store, beta=[10, 20, 30], save_scores=True)
+    assert invoke("run", store, "--save-ranks").exit_code == 0  # what fits still works
