@@ -196,3 +196,36 @@ def test_a_really_full_disk_during_save_scores(small_disk):
     with pytest.raises(StoreFullError):
         run(store, beta=[10, 20, 30], save_scores=True)
     assert invoke("run", store, "--save-ranks").exit_code == 0  # what fits still works
+
+
+def test_without_conditional_puts_the_lock_is_read_back(monkeypatch):
+    """Where the server refuses conditional puts: written if absent, kept only if
+    its token is read back after the pause (a rival's later write wins)."""
+    import uuid
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    import qbscale.storage.lock as lock_module
+
+    real = MemoryFileSystem.pipe_file
+
+    def no_create(self, path, value, mode="overwrite", **kw):
+        if mode == "create":
+            raise NotImplementedError("no conditional puts here")
+        return real(self, path, value, **kw)
+
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file", no_create)
+    url = f"memory://locks-{uuid.uuid4().hex}/exp.zarr"
+    first = StoreLock.acquire(url, purpose="the first")
+    with pytest.raises(StoreLockedError, match="locked by the first"):
+        StoreLock.acquire(url)
+    first.release()
+
+    def rival_writes(seconds):  # another writer's put lands during our pause
+        MemoryFileSystem().pipe_file(f"{url.removeprefix('memory://')}/{KEY}",
+                                     json.dumps({"pid": 1, "host": "h", "token": "t",
+                                                 "purpose": "the rival"}).encode())
+
+    monkeypatch.setattr(lock_module.time, "sleep", rival_writes)
+    with pytest.raises(StoreLockedError, match="locked by the rival"):
+        StoreLock.acquire(url)
