@@ -108,8 +108,13 @@ def checked_read(url: str, name: str, arr: Any, options: tuple[tuple[str, Any], 
     A chunk that zarr cannot decode (checksum mismatch, bad compression, wrong
     size) raises :class:`DamagedStoreError` naming it.
     """
-    *index, rows, cols = selection
-    coords = list(chunks_of(arr, tuple(index), rows, cols))
+    if len(selection) == 1:  # a vector
+        step = int((arr.shards or arr.chunks)[0])
+        stop = selection[0].stop
+        coords: list[tuple[int, ...]] = [(i,) for i in range(-(-stop // step))]
+    else:
+        *index, rows, cols = selection
+        coords = list(chunks_of(arr, tuple(index), rows, cols))
     for c in coords:
         if not exists(url, options, chunk_key(name, arr, c)):
             raise damaged(url, chunk_key(name, arr, c))
@@ -135,17 +140,7 @@ def _why(arr: Any) -> str:
 
 def read_array(url: str, name: str, arr: Any, options: tuple[tuple[str, Any], ...] = ()
                ) -> np.ndarray:
-    """A whole small array (mask, ground truth), every chunk checked."""
-    if arr.ndim != 1:
-        return np.asarray(arr[...])
-    try:
-        coords = [(i,) for i in range(-(-int(arr.shape[0]) // int(arr.chunks[0])))]
-        for c in coords:
-            if not exists(url, options, chunk_key(name, arr, c)):
-                raise damaged(url, chunk_key(name, arr, c))
-        return np.asarray(arr[...])
-    except (ValueError, RuntimeError, TypeError) as exc:
-        if isinstance(exc, DamagedStoreError):
-            raise
-        bad = next((c for c in coords if not _decodes(arr, c)), coords[0])
-        raise damaged(url, chunk_key(name, arr, bad), _why(arr)) from exc
+    """A whole small 1-D array (mask, ground truth), every chunk checked."""
+    n = int(arr.shape[0])
+    return checked_read(url, name, arr, options, (slice(0, n),)) if arr.ndim == 1 and n else \
+        np.asarray(arr[...])
