@@ -144,7 +144,7 @@ def test_a_worker_killed_mid_run(cluster, data, threaded, tmp_path):
     experiment.bank = SlowMatrix(experiment.bank, 0.05)
     experiment.test = SlowMatrix(experiment.test, 0.1)
     n_blocks = len(experiment.test.row_chunks)
-    markers = Path(store) / "manifest" / "done" / "c"
+    markers = Path(store) / "missing"
     outcome: dict[str, object] = {}
 
     def go() -> None:
@@ -161,6 +161,7 @@ def test_a_worker_killed_mid_run(cluster, data, threaded, tmp_path):
     deadline = time.monotonic() + 60
     while not (markers.exists() and len(os.listdir(markers)) >= 2):
         assert thread.is_alive() and time.monotonic() < deadline, outcome
+        markers = next(Path(store).glob("runs/*/manifest/done/c"), markers)
         time.sleep(0.01)
     os.kill(victim, signal.SIGKILL)
     done_at_kill = len(os.listdir(markers))
