@@ -145,6 +145,10 @@ def test_two_writers_on_one_s3_store(tmp_path):
         assert read_lock(url) is None
         env = {"AWS_ENDPOINT_URL": endpoint}
         race(url, rounds=2, tmp=tmp_path, env=env)
+        from qbscale.storage.check import check_store
+
+        report = check_store(url)  # every chunk on S3 verified too
+        assert report.ok and report.arrays == 4 and not report.unchecked
 
 
 # ------------------------------------------------------------------ a full disk

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""What chunk checksums cost: the same store with and without crc32c.
+
+A synthetic similarity store (``qbscale synth --kind sims``, whole-row 64 MiB
+chunks, uncompressed, crc32c as written by qbscale) and an exact copy with the
+checksums stripped (each chunk file's last 4 bytes cut, ``crc32c`` dropped
+from the codecs: a store as written before checksums).  Interleaved
+``--repeat`` times, each in its own process with the CLI's malloc settings:
+
+* ``read``: every block of bank and test through ``ZarrMatrix.read`` (the
+  direct chunk-file reads a run uses), 2 threads;
+* ``run``: ``qbscale run STORE --beta 20`` (DIS).
+
+Medians of process wall times and, in brackets, of the pass alone.
+
+usage: python benchmarks/bench_checksums.py [--gb 1] [--repeat 5] [--gallery 50000] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    MALLOC_ENV,
+    PYTHON,
+    interleaved,
+    machine,
+    median,
+    qbscale_command,
+    synth_store,
+    table,
+    wall,
+    workdir,
+)
+
+READ = """\
+import sys, time
+from concurrent.futures import ThreadPoolExecutor
+from qbscale.storage.sources import ZarrMatrix
+url = sys.argv[1]
+start = time.perf_counter()
+for name in ("bank", "test"):
+    m = ZarrMatrix.open(url, name)
+    blocks = [(i, c) for i in range(len(m.row_chunks)) for c in range(len(m.col_chunks))]
+    with ThreadPoolExecutor(2) as pool:
+        total = sum(float(b[0, 0]) for b in pool.map(lambda ic: m.read(*ic), blocks))
+print(f"time: {time.perf_counter() - start:.3f} s")
+"""
+
+
+def strip_checksums(src: Path, dst: Path) -> None:
+    """Copy the store at ``src`` to ``dst`` as if written without crc32c."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    for name in ("bank", "test"):
+        meta_path = dst / name / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        meta["codecs"] = [c for c in meta["codecs"] if c["name"] != "crc32c"]
+        meta["fill_value"] = 0.0
+        meta_path.write_text(json.dumps(meta))
+        for chunk in (dst / name / "c").rglob("*"):
+            if chunk.is_file():
+                with open(chunk, "r+b") as fh:
+                    fh.truncate(chunk.stat().st_size - 4)
+    (dst / "zarr.json").write_text(
+        json.dumps({k: v for k, v in json.loads((dst / "zarr.json").read_text()).items()
+                    if k != "consolidated_metadata"}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gb", type=float, default=1.0, help="bank + test GB")
+    parser.add_argument("--gallery", type=int, default=50000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
+    args = parser.parse_args()
+    print(machine())
+    root = workdir(args.dir, "qbscale-bench-checksums")
+    rows = int(args.gb * 1e9 / 4 / args.gallery)
+    bank, test = rows * 3 // 4, rows - rows * 3 // 4
+    crc = synth_store(root / "crc32c.zarr", "--kind", "sims", "--bank", str(bank), "--test",
+                      str(test), "--gallery", str(args.gallery), "--queries-per-item", "1")
+    plain = root / "plain.zarr"
+    strip_checksums(crc, plain)
+    commands = {}
+    for label, store in (("crc32c", crc), ("none", plain)):
+        commands[f"read {label}"] = ([PYTHON, "-c", READ, str(store)], MALLOC_ENV)
+        commands[f"run {label}"] = ([*qbscale_command(), "run", str(store), "--beta", "20",
+                                     "-q"], None)
+    runs = interleaved(commands, args.repeat)
+    out = []
+    for label in ("none", "crc32c"):
+        read, run = runs[f"read {label}"], runs[f"run {label}"]
+        inner_read = median([m.seconds() for m in read])
+        inner_run = median([m.seconds() for m in run])
+        out.append([label, f"{wall(read):.2f} ({inner_read:.2f})",
+                    f"{wall(run):.2f} ({inner_run:.2f})", f"{inner_run / inner_read:.2f}"])
+    base_read = median([m.seconds() for m in runs["read none"]])
+    base_run = median([m.seconds() for m in runs["run none"]])
+    crc_read = median([m.seconds() for m in runs["read crc32c"]])
+    crc_run = median([m.seconds() for m in runs["run crc32c"]])
+    print(f"\n{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery}); medians of "
+          f"{args.repeat}: process wall (pass alone)")
+    print(table(["checksums", "read s", "run s", "run/read (pass)"], out))
+    print(f"crc32c / none, pass alone: read {crc_read / base_read:.2f}x, "
+          f"run {crc_run / base_run:.2f}x")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
