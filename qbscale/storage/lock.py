@@ -5,7 +5,9 @@ A run that writes into a store (``--save-scores``, ``--save-ranks``,
 object with the holder's host, PID, start time and a random token, and deletes
 it when it ends (also on errors).  Creation is exclusive:
 
-* local disk and shared filesystems: ``open(O_CREAT | O_EXCL)``;
+* local disk and shared filesystems: the lock is written whole to a unique
+  temporary name, then hard-linked to ``qbscale.lock`` (atomic, fails if it
+  exists; ``open(O_CREAT | O_EXCL)`` where hard links are not supported);
 * object storage (s3fs): a conditional put (``If-None-Match: *``), which
   AWS S3 and moto honour; where the server refuses conditional puts, the lock
   is written only if absent, then read back after a pause and kept only if it
@@ -20,6 +22,7 @@ is a live process on this host.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -124,12 +127,36 @@ class StoreLock:
 
 
 def _create_local(url: str, path: str, data: bytes) -> None:
+    """Write the lock whole beside ``path``, then hard-link it into place: the link
+    is atomic and fails if ``path`` exists, so nobody reads a half-written lock."""
+    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cannot lock {url}: no such store directory") from exc
+    except OSError:  # e.g. a full disk: leave nothing behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _refused(url, read_lock(url)) from None
+    except OSError:  # a filesystem without hard links: exclusive create instead
+        _create_exclusive(url, path, data)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def _create_exclusive(url: str, path: str, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         raise _refused(url, read_lock(url)) from None
-    except FileNotFoundError as exc:
-        raise ConfigError(f"cannot lock {url}: no such store directory") from exc
     try:
         try:
             os.write(fd, data)
