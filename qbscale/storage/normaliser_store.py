@@ -77,6 +77,7 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     """
     import zarr
 
+    from qbscale.storage.integrity import create_array
     from qbscale.storage.writer import consolidate, staging
 
     attrs = _attrs(config, fingerprint, gallery)
@@ -87,9 +88,8 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     with staging(os.fspath(out), overwrite, storage_options) as stage:
         group = stage.create_group({ATTR: attrs})
         for key, (value, dims) in arrays.items():
-            arr = zarr.create_array(group.store, name=key, shape=value.shape, dtype=value.dtype,
-                                    chunks=value.shape, compressors=None,
-                                    dimension_names=dims)
+            arr = create_array(group.store, key, shape=value.shape, dtype=value.dtype,
+                               chunks=value.shape, dimension_names=dims)
             arr[...] = value
         consolidate(group.store)
         zarr.open_group(group.store, mode="r+").attrs.update({ATTR: {**attrs,
