@@ -285,12 +285,22 @@ class RunState:
         return norm, [self.done[i] if i in self.done else computed[i]
                       for i in range(self.n_blocks)]
 
-    def discard(self) -> None:
-        """Delete this run's prefix (its partial arrays and manifest)."""
+    def discard(self, settle: float = 0.2, tries: int = 15) -> None:
+        """Delete this run's prefix (its partial arrays and manifest).
+
+        Tasks still in flight when the run failed may write a chunk after the
+        deletion: it is repeated until the prefix stays gone for ``settle``
+        seconds (at most ``tries`` times)."""
+        import time
+
         from qbscale.storage.publish import delete_nodes
 
-        delete_nodes(str(self.experiment.url), self.experiment.storage_options,
-                     [self.manifest.prefix])
+        url, options = str(self.experiment.url), self.experiment.storage_options
+        for _ in range(tries):
+            delete_nodes(url, options, [self.manifest.prefix])
+            time.sleep(settle)
+            if not _any_under(url, options, self.manifest.prefix):
+                return
 
     def summary(self) -> dict[str, Any]:
         return {"row_blocks": self.n_blocks, "reused": len(self.done),
@@ -318,6 +328,14 @@ def _create(experiment: Experiment, path: str, shapes: dict[str, tuple[int, ...]
     put(BANK_DONE, (1,), "uint8", (1,))
     group.attrs["created"] = datetime.now(timezone.utc).isoformat()
     group.attrs["settings"] = settings  # last: a manifest without it is ignored
+
+
+def _any_under(url: str, options: dict[str, Any] | None, prefix: str) -> bool:
+    """True while anything is stored under ``prefix``."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+    return bool(fs.exists(f"{root.rstrip('/')}/{prefix}"))
 
 
 def _existing_writer(experiment: Experiment, config: RunConfig, rows: tuple[int, ...],
