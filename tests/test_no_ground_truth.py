@@ -5,6 +5,7 @@ the refusals, against the dense oracle."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import qbscale
 from qbscale.analysis.hubness import k_occurrence
 from qbscale.cli import cli
 from qbscale.errors import ConfigError, InputError
+from qbscale.storage.results import open_result
 from qbscale.storage.store import in_memory, open_experiment
 
 from . import reference as ref
@@ -153,8 +155,7 @@ def test_store_chunked_both_ways_equals_dense(problem, tmp_path_factory, chunk_r
         np.testing.assert_array_equal(res.topk_index[b], ref.topk(want, 3)[0])
     np.testing.assert_array_equal(res.base_topk_index, ref.topk(test.astype(np.float64), 3)[0])
     np.testing.assert_array_equal(res.normalised, ref.normalised_rows(test, bank, "dis", 2))
-    stored = zarr.open_group(str(out), mode="r")
-    np.testing.assert_array_equal(stored["topk_index"][...], res.topk_index)
+    np.testing.assert_array_equal(open_result(str(out), "topk_index")[...], res.topk_index)
 
 
 def test_in_memory_save_scores_with_ground_truth_returns_the_matrix(problem):
@@ -198,8 +199,10 @@ def test_cli_run_topk_and_scores(problem, store, tmp_path):
     group = zarr.open_group(str(store), mode="r")
     for b, beta in enumerate((10.0, 20.0)):
         want = ref.scores(test, bank, beta)
-        np.testing.assert_allclose(group["scores"][b], want, rtol=1e-12, atol=1e-12)
-        np.testing.assert_array_equal(group["topk_index"][b], ref.topk(want, 4)[0])
+        np.testing.assert_allclose(open_result(str(store), "scores")[b], want, rtol=1e-12,
+                                   atol=1e-12)
+        np.testing.assert_array_equal(open_result(str(store), "topk_index")[b],
+                                      ref.topk(want, 4)[0])
     assert group.attrs["qbscale"]["last_run"]["before"] is None
 
 
@@ -256,14 +259,15 @@ def test_interrupted_run_without_ground_truth_resumes(problem, store, tmp_path):
     experiment.test = FailingMatrix(experiment.test, ok=2)
     with pytest.raises(RuntimeError, match="cannot read block"):
         qbscale.run(experiment, scheduler="synchronous", **kw)
-    done = zarr.open_array(str(store), path="manifest/done", mode="r")[...]
+    [manifest] = Path(store).glob("runs/*/manifest")
+    done = zarr.open_array(str(manifest / "done"), mode="r")[...]
     assert 0 < done.sum() < len(done)
     res = qbscale.run(store, resume=True, **kw)
     assert res.extra["resume"]["reused"] == done.sum() and res.before is None
-    group = zarr.open_group(str(store), mode="r")
     for b, beta in enumerate((10.0, 20.0)):
         want = ref.scores(test, bank, beta)
-        np.testing.assert_allclose(group["scores"][b], want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(open_result(str(store), "scores")[b], want, rtol=1e-12,
+                                   atol=1e-12)
         np.testing.assert_array_equal(res.topk_index[b], ref.topk(want, 3)[0])
     np.testing.assert_array_equal(res.normalised, ref.normalised_rows(test, bank, "dis", 1))
 

@@ -92,8 +92,10 @@ def chunks_of(arr: Any, index: tuple[int, ...], rows: slice, cols: slice
 
 def exists(url: str, options: tuple[tuple[str, Any], ...], key: str) -> bool:
     """True when key ``key`` of the store at ``url`` exists."""
-    if "://" not in url or url.startswith("file://"):
-        return os.path.isfile(os.path.join(url.removeprefix("file://"), key))
+    from qbscale.storage.layout import is_url, local_path
+
+    if not is_url(url):
+        return os.path.isfile(os.path.join(local_path(url), key))
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url, **dict(options))

@@ -42,9 +42,9 @@ VERIFY_PAUSE = 0.5
 
 def _local(url: str) -> str | None:
     """The local directory of ``url``, or None for an fsspec URL."""
-    if "://" in url and not url.startswith("file://"):
-        return None
-    return url.removeprefix("file://")
+    from qbscale.storage.layout import is_url, local_path
+
+    return None if is_url(url) else local_path(url)
 
 
 def _fs(url: str, options: dict[str, Any] | None) -> tuple[Any, str]:

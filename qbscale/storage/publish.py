@@ -25,9 +25,9 @@ ROOT = "zarr.json"
 
 
 def _local(url: str) -> str | None:
-    if "://" in url and not url.startswith("file://"):
-        return None
-    return url.removeprefix("file://")
+    from qbscale.storage.layout import is_url, local_path
+
+    return None if is_url(url) else local_path(url)
 
 
 async def _root_metadata(url: str, options: dict[str, Any] | None,
