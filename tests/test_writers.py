@@ -148,7 +148,7 @@ def test_two_writers_on_one_s3_store(tmp_path):
         from qbscale.storage.check import check_store
 
         report = check_store(url)  # every chunk on S3 verified too
-        assert report.ok and report.arrays == 4 and not report.unchecked
+        assert report.ok and report.arrays == 5 and not report.unchecked  # bank, test, 3 results
 
 
 # ------------------------------------------------------------------ a full disk
