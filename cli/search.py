@@ -22,11 +22,12 @@ def load_normaliser(path: str) -> Any:
 def _sims_source(path: str, rows: int) -> Any:
     """Similarity rows (``.npy`` memory-mapped, a pickle, ``.npz``, or a
     store's test matrix) as a block source."""
+    from qbscale.storage.layout import is_url
     from qbscale.storage.readers import read_array
     from qbscale.storage.sources import NumpyMatrix
     from qbscale.storage.store import open_experiment
 
-    if os.path.isdir(path) or "://" in path:
+    if os.path.isdir(path) or is_url(path):
         return open_experiment(path).test
     if path.endswith(".npy"):
         return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows)
