@@ -20,8 +20,6 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
 
     Reads one chunk at a time: memory stays at a chunk whatever the store's size.
     """
-    import zarr
-
     from qbscale.storage.check import check_store
     from qbscale.storage.check import repair_hint as hints
 
@@ -34,8 +32,7 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
     click.echo(f"{store}: {report.chunks} chunks in {report.arrays} arrays checked, "
                f"{len(report.bad)} bad")
     if repair_hint and report.bad:
-        attrs = dict(zarr.open_group(store, mode="r").attrs.get("qbscale") or {})
-        for line in hints(report, attrs):
+        for line in hints(report):
             click.echo(f"hint: {line}")
     if report.bad:
         sys.exit(1)

@@ -90,7 +90,7 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     """
     from tqdm import tqdm
 
-    url = os.fspath(url).removeprefix("file://")
+    url = layout.local_path(os.fspath(url))
     options = freeze_options(storage_options)
     arrays = _arrays(url, storage_options)
     report = CheckReport(url, arrays=len(arrays))
@@ -112,9 +112,15 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     return report
 
 
-def repair_hint(report: CheckReport, attrs: dict[str, Any]) -> list[str]:
-    """One line per damaged array: how to get it back."""
+def repair_hint(report: CheckReport, storage_options: dict[str, Any] | None = None
+                ) -> list[str]:
+    """One line per damaged array of ``report``'s store: how to get it back."""
+    import zarr
+
     from qbscale.storage.results import published_prefix
+
+    group = zarr.open_group(report.url, mode="r", storage_options=storage_options)
+    attrs: dict[str, Any] = dict(group.attrs.get(layout.ATTR) or {})  # type: ignore[arg-type]
 
     sources = attrs.get("sources") or {}
     published = published_prefix(attrs)
