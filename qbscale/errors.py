@@ -35,3 +35,11 @@ class StoreExistsError(QBScaleError, FileExistsError):
 
 class ConfigError(QBScaleError, ValueError):
     """An option has an invalid value (beta <= 0, k < 1, unknown method, ...)."""
+
+
+class OutputError(QBScaleError, OSError):
+    """Writing an output failed (disk full, read-only, missing directory, ...)."""
+
+
+class GroundTruthWarning(UserWarning):
+    """The ground truth leaves most of the gallery without a query."""

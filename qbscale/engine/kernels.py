@@ -46,7 +46,9 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     >>> np.round(bank_logsumexp(b, np.array([1.0])), 4)
     array([[0.6931, 3.1269]])
     """
-    out: np.ndarray = bank_logsumexp_sets(block, betas, None)[0]
+    # beta * s beyond float64 gives inf/nan here, refused by the Normaliser
+    with np.errstate(over="ignore", invalid="ignore"):
+        out: np.ndarray = bank_logsumexp_sets(block, betas, None)[0]
     return out
 
 

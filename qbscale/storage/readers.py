@@ -49,16 +49,32 @@ _PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, Attri
                   IndexError, KeyError, OverflowError, struct.error)
 
 
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol 0-2 pickles use it, and nothing more.
+
+    Pickles of protocol 0-2 have no bytes type, so an array's buffer is
+    written as a latin-1 string and rebuilt by ``_codecs.encode(text,
+    "latin1")``.  Only that call is admitted: str in, latin-1, bytes out.
+    """
+    if type(text) is not str or encoding not in ("latin1", "latin-1", "iso-8859-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}):"
+                                " only latin-1 text is accepted")
+    return text.encode("latin-1")
+
+
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     """The only globals a pickled plain ndarray refers to, as numpy 1.x and 2.x name them.
 
     The callables come from numpy's own reduce methods, so nothing private is
-    imported (and numpy 2 warns about nothing).
+    imported (and numpy 2 warns about nothing).  Protocol 0-2 pickles also
+    name ``_codecs.encode`` (their array buffers are latin-1 strings), which
+    is admitted only for that (:func:`_latin1`).
     """
     reconstruct = np.empty(0).__reduce__()[0]
     frombuffer = np.empty(0).__reduce_ex__(5)[0]
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
-                                           ("numpy", "dtype"): np.dtype}
+                                           ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1}
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
@@ -78,7 +94,7 @@ class SafeUnpickler(pickle.Unpickler):
     file : binary file
         The open pickle.
     name : str
-        The file name, for error messages.
+        The path as given, for error messages.
     """
 
     _allowed = _numpy_globals()
@@ -111,12 +127,14 @@ def load_pickle(path: str | os.PathLike[str]) -> np.ndarray:
         The file is truncated or corrupt, or holds something other than an
         ndarray, or an object-dtype array.
     """
-    name = os.path.basename(os.fspath(path))
+    name = os.fspath(path)
     try:
         with open(path, "rb") as f:
             obj = SafeUnpickler(f, name).load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise UnsafePickleError(f"{name}: {exc}") from None
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc}") from exc
     except _PICKLE_ERRORS as exc:
