@@ -76,6 +76,14 @@ def test_protocol_0_to_2_pickles_load(tmp_path, rng, protocol, dtype):
         assert got.tobytes() == arr.tobytes() and got.shape == arr.shape
 
 
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_old_pickles_are_recognised_without_a_suffix(tmp_path, rng, protocol):
+    arr = rng.standard_normal((3, 4)).astype(np.float32)
+    path = tmp_path / "sims.bin"
+    path.write_bytes(pickle.dumps(arr, protocol=protocol))
+    assert readers.open_matrix(path).read().tobytes() == arr.tobytes()
+
+
 def test_codecs_encode_admits_latin1_text_only(tmp_path):
     # _codecs.encode with another codec (or on bytes) could do anything a codec does
     evil = b"c_codecs\nencode\n(Vabc\nVrot13\ntR."

@@ -249,6 +249,8 @@ def _read_npy_header(fp: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtyp
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
     except (ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise InputError(f"{name} is truncated or has a corrupt .npy header: {exc}") from exc
+    if any(int(s) < 0 for s in shape):
+        raise InputError(f"{name} has a corrupt .npy header: negative shape {tuple(shape)}")
     return tuple(int(s) for s in shape), bool(fortran), np.dtype(dtype)
 
 
@@ -401,7 +403,7 @@ def _sniff(path: str) -> str:
         return "npy"
     if head[:4] in _ZIP_MAGICS:
         return "npz"
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" or head.startswith(b"cnumpy"):  # protocol 2-5, or 0-1
         return "pickle"
     suffix = Path(path).suffix.lower()
     known = {".npy": "npy", ".npz": "npz", ".zarr": "zarr", **dict.fromkeys(_PICKLE_SUFFIXES,
