@@ -79,11 +79,13 @@ def library_errors(func: F) -> F:
 
         with warnings.catch_warnings():
             warnings.simplefilter("always", GroundTruthWarning)
-            shown = warnings.showwarning
+            shown, seen = warnings.showwarning, set()
 
             def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
                 if issubclass(category, GroundTruthWarning):
-                    click.echo(f"Warning: {message}", err=True)
+                    if str(message) not in seen:  # once, however often the store is opened
+                        seen.add(str(message))
+                        click.echo(f"Warning: {message}", err=True)
                 else:
                     shown(message, category, *rest, **kw)
 

@@ -319,9 +319,15 @@ NEGATIVE_SHAPE = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shap
                                  bytes(24))
 
 
+#: found by the thorough profile: numpy tokenizes this header and raises TokenError
+NUL_IN_HEADER = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': \x001, 6), }",
+                                bytes(24))
+
+
 @FUZZ
 @given(data=npy_files())
 @example(data=NEGATIVE_SHAPE)
+@example(data=NUL_IN_HEADER)
 def test_npy_reader(workdir, data):
     path = _fresh(workdir, "npy") / "x.npy"
     path.write_bytes(data)

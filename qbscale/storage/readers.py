@@ -24,6 +24,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -46,7 +47,10 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pck", ".p"}
 #: what a corrupt pickle can raise while loading (besides UnsafePickleError)
 _PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
-                  IndexError, KeyError, OverflowError, struct.error)
+                  IndexError, KeyError, OverflowError, struct.error, MemoryError, RecursionError)
+#: what numpy's .npy header parsing can raise on a corrupt header (it may tokenize it)
+_NPY_HEADER_ERRORS = (ValueError, SyntaxError, EOFError, struct.error, TypeError, KeyError,
+                      OverflowError, MemoryError, tokenize.TokenError)
 
 
 def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
@@ -247,7 +251,7 @@ def _read_npy_header(fp: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtyp
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    except (ValueError, SyntaxError, EOFError, struct.error) as exc:
+    except _NPY_HEADER_ERRORS as exc:
         raise InputError(f"{name} is truncated or has a corrupt .npy header: {exc}") from exc
     if any(int(s) < 0 for s in shape):
         raise InputError(f"{name} has a corrupt .npy header: negative shape {tuple(shape)}")
