@@ -262,15 +262,22 @@ def check_reader(path: Path, kind: str) -> None:
         np.ascontiguousarray(want).tobytes()
 
 
-def check_ingest(tmp: Path, bank: Path) -> None:
-    """``qbscale ingest`` of ``bank``: a correct store, or ``Error: ...`` and exit code 1."""
+def check_ingest(tmp: Path, fuzzed: Path, role: str) -> None:
+    """``qbscale ingest`` with ``fuzzed`` as ``role``: a correct store, or ``Error: ...``
+    and exit code 1 with nothing left behind."""
     rng = np.random.default_rng(0)
-    test = tmp / "test.npy"
-    np.save(test, rng.standard_normal((N_GALLERY, N_GALLERY)).astype(np.float32))
+    files = {}
+    for name, rows in (("bank", 9), ("test", N_GALLERY)):
+        files[name] = tmp / f"{name}.npy"
+        np.save(files[name], rng.standard_normal((rows, N_GALLERY)).astype(np.float32))
+    files[role] = fuzzed
     out = tmp / "out.zarr"
+    args = ["ingest", "--bank", str(files["bank"]), "--test", str(files["test"]),
+            "-o", str(out), "--quiet"]
+    if role in ("masks", "gt-index"):
+        args += [f"--{role}", str(fuzzed)]
     with alarm():
-        res = CliRunner().invoke(cli, ["ingest", "--bank", str(bank), "--test", str(test),
-                                       "-o", str(out), "--quiet", "--overwrite"])
+        res = CliRunner().invoke(cli, args)
     if res.exit_code != 0:
         assert res.exit_code == 1 and isinstance(res.exception, SystemExit), \
             repr(res.exception)
@@ -278,12 +285,17 @@ def check_ingest(tmp: Path, bank: Path) -> None:
         assert len(errors) == 1 and "Traceback" not in res.output, res.output
         assert not out.exists() and not [p for p in tmp.iterdir() if ".partial-" in p.name]
         return
-    want = readers.open_matrix(bank).read()
-    stored = np.asarray(open_experiment(out).bank.read(0, 0))
-    for i in range(1, len(open_experiment(out).bank.row_chunks)):
-        stored = np.concatenate([stored, open_experiment(out).bank.read(i, 0)])
-    assert stored.shape == want.shape
-    np.testing.assert_array_equal(stored, want.astype(stored.dtype))
+    experiment = open_experiment(out)
+    want = readers.open_matrix(fuzzed).read()
+    if role == "masks":
+        np.testing.assert_array_equal(experiment.mask, want.ravel().astype(bool))
+    elif role == "gt-index":
+        np.testing.assert_array_equal(experiment.gt, want.ravel())
+    else:
+        source = experiment.bank if role == "bank" else experiment.test
+        stored = np.concatenate([source.read(i, 0) for i in range(len(source.row_chunks))])
+        assert stored.shape == want.shape
+        np.testing.assert_array_equal(stored, want.astype(stored.dtype))
 
 
 @pytest.fixture(scope="module")
@@ -359,17 +371,18 @@ def test_pickle_reader_runs_nothing(workdir, data):
 
 
 @FUZZ
-@given(data=st.data(), kind=st.sampled_from(["npy", "npz", "pkl"]))
-def test_ingest_of_malformed_files(workdir, data, kind):
+@given(data=st.data(), kind=st.sampled_from(["npy", "npz", "pkl"]),
+       role=st.sampled_from(["bank", "bank", "test", "masks", "gt-index"]))
+def test_ingest_of_malformed_files(workdir, data, kind, role):
     case = _fresh(workdir, "ingest")
     marker = case / MARKER
     strategy = {"npy": npy_files(), "npz": npz_files(), "pkl": pickle_files(str(marker))}[kind]
-    bank = case / f"bank.{kind}"
-    blob = data.draw(strategy) if kind != "npy" or not data.draw(st.booleans()) else \
+    fuzzed = case / f"fuzzed.{kind}"
+    blob = data.draw(strategy) if kind != "npy" or data.draw(st.integers(0, 7)) else \
         NEGATIVE_SHAPE
     assume(blob)
-    bank.write_bytes(blob)
-    check_ingest(case, bank)
+    fuzzed.write_bytes(blob)
+    check_ingest(case, fuzzed, role)
     assert not marker.exists(), "a pickle payload ran"
 
 
