@@ -204,7 +204,8 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
 
         mask = read_array(mask_pkl) if mask_pkl else None
         yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
-                        names=(Path(bank_pkl).name, Path(test_pkl).name))
+                        names=(Path(bank_pkl).name, Path(test_pkl).name),
+                        mask_name=f"query mask ({mask_pkl})")
         return
     from qbscale.executors import is_remote
 

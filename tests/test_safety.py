@@ -120,10 +120,13 @@ def test_protocol_2_pycode_pickles_match_the_legacy_ones(tmp_path):
 
 # --- 2. scales beyond float64 ---------------------------------------------------------------
 
-def test_beta_overflowing_the_bank_is_refused(rng):
+@pytest.mark.parametrize("rows_per_block", [None, 7])
+def test_beta_overflowing_the_bank_is_refused(rng, rows_per_block):
     bank, test = problem(rng, scale=150.0)
-    with pytest.raises(QBScaleError, match=r"beta=1e\+308.*float64"):
-        qbscale.run(in_memory(bank, test), beta=1e308)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an error, not RuntimeWarnings and a figure
+        with pytest.raises(QBScaleError, match=r"beta=1e\+308.*float64"):
+            qbscale.run(in_memory(bank, test, rows_per_block=rows_per_block), beta=1e308)
 
 
 def test_beta_overflowing_the_test_rows_is_refused(rng):
@@ -175,6 +178,10 @@ def test_all_zero_mask_is_refused_at_ingest_and_in_memory(rng, tmp_path):
                  "--test", str(write_pickle(test, tmp_path / "t.pkl")),
                  "--masks", str(write_pickle(zeros, tmp_path / "m.pkl")),
                  "-o", str(tmp_path / "e.zarr"), "--quiet")
+    assert_one_line_error(res, "m.pkl", "masks every one of the 40 test queries")
+    res = invoke("run", "--sims_train_test_path", str(tmp_path / "b.pkl"),
+                 "--sims_test_path", str(tmp_path / "t.pkl"),
+                 "--test_query_masks_path", str(tmp_path / "m.pkl"), "--quiet")
     assert_one_line_error(res, "m.pkl", "masks every one of the 40 test queries")
 
 

@@ -311,7 +311,7 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
               queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
               rows_per_block: int | None = None, names: tuple[str, str] = ("bank", "test"),
-              ground_truth: bool | None = True) -> Experiment:
+              ground_truth: bool | None = True, mask_name: str = "query mask") -> Experiment:
     """An experiment over in-memory arrays (no store), e.g. loaded pickles.
 
     ``ground_truth=False`` (or None: automatic, see :func:`resolve_ground_truth`)
@@ -328,4 +328,4 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
     gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index,
                               wanted=ground_truth)
     return Experiment(NumpyMatrix.wrap(bank, step), NumpyMatrix.wrap(test, step), gt,
-                      check_mask(mask, test.shape[0]))
+                      check_mask(mask, test.shape[0], label=mask_name))
