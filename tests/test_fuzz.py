@@ -346,8 +346,37 @@ def test_npy_reader(workdir, data):
     check_reader(path, "npy")
 
 
+def _npz_example(compressed: bool) -> bytearray:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(
+        buf, a=np.arange(12, dtype=np.float32).reshape(2, N_GALLERY))
+    return bytearray(buf.getvalue())
+
+
+def _zip_version_64() -> bytes:
+    """Found by the thorough profile: zipfile raises NotImplementedError."""
+    data = _npz_example(False)
+    data[data.index(b"PK\x01\x02") + 6] = 64  # version needed to extract: 6.4
+    return bytes(data)
+
+
+def _bad_deflate() -> bytes:
+    """Found by the thorough profile: zlib.error while reading the member's header."""
+    data = _npz_example(True)
+    name_len, extra_len = struct.unpack("<HH", data[26:30])
+    start = 30 + name_len + extra_len
+    data[start:start + 4] = b"\xff" * 4  # an invalid deflate block type
+    return bytes(data)
+
+
+ZIP_VERSION_64 = _zip_version_64()
+BAD_DEFLATE = _bad_deflate()
+
+
 @FUZZ
 @given(data=npz_files())
+@example(data=ZIP_VERSION_64)
+@example(data=BAD_DEFLATE)
 def test_npz_reader(workdir, data):
     path = _fresh(workdir, "npz") / "x.npz"
     path.write_bytes(data)
@@ -378,8 +407,10 @@ def test_ingest_of_malformed_files(workdir, data, kind, role):
     marker = case / MARKER
     strategy = {"npy": npy_files(), "npz": npz_files(), "pkl": pickle_files(str(marker))}[kind]
     fuzzed = case / f"fuzzed.{kind}"
-    blob = data.draw(strategy) if kind != "npy" or data.draw(st.integers(0, 7)) else \
-        NEGATIVE_SHAPE
+    found = {"npy": [NEGATIVE_SHAPE, NUL_IN_HEADER], "npz": [ZIP_VERSION_64, BAD_DEFLATE],
+             "pkl": [b""]}[kind]  # regressions found by the thorough profile
+    pick = data.draw(st.integers(0, 3 * len(found)))
+    blob = found[pick] if pick < len(found) else data.draw(strategy)
     assume(blob)
     fuzzed.write_bytes(blob)
     check_ingest(case, fuzzed, role)

@@ -48,6 +48,10 @@ _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pck", ".p"}
 #: what a corrupt pickle can raise while loading (besides UnsafePickleError)
 _PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
                   IndexError, KeyError, OverflowError, struct.error, MemoryError, RecursionError)
+#: what reading a corrupt zip member can raise (NotImplementedError: unknown zip
+#: version or compression; RuntimeError: encrypted)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError,
+               RuntimeError, ValueError, struct.error, OverflowError, MemoryError)
 #: what numpy's .npy header parsing can raise on a corrupt header (it may tokenize it)
 _NPY_HEADER_ERRORS = (ValueError, SyntaxError, EOFError, struct.error, TypeError, KeyError,
                       OverflowError, MemoryError, tokenize.TokenError)
@@ -327,7 +331,9 @@ class NpzInput(InputMatrix):
                 label = self.member.removesuffix(".npy")
                 with zf.open(self.member) as fp:
                     shape, self.fortran, dtype = _read_npy_header(fp, f"{base}:{label}")
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except InputError:
+            raise
+        except _ZIP_ERRORS as exc:
             raise InputError(f"{base} is not a readable .npz archive: {exc}") from exc
         self._init(f"{base}:{label}", path, shape, dtype)
 
@@ -363,7 +369,9 @@ class NpzInput(InputMatrix):
                                          f" of {self.shape[0]}")
                     yield r0, np.frombuffer(data, self.dtype).reshape(n, *self.shape[1:])
                 fp.read(1)  # reaching the end verifies the member's CRC
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        except InputError:
+            raise
+        except _ZIP_ERRORS as exc:
             raise InputError(f"{self.name} is corrupt: {exc}") from exc
 
     def _extract(self, directory: str) -> str:
@@ -372,7 +380,7 @@ class NpzInput(InputMatrix):
             with zipfile.ZipFile(self.file) as zf, zf.open(self.member) as src, \
                     open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, IO_BYTES)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise InputError(f"{self.name} is corrupt: {exc}") from exc
         return target
 
