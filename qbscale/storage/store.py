@@ -42,7 +42,9 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
     Query ``i`` belongs to item ``i // queries_per_item``; by default
     ``queries_per_item = n_queries // n_gallery`` as in the reference code.
     An explicit ``gt_index`` (named ``label`` in errors) is checked by
-    :func:`check_gt_index`.
+    :func:`check_gt_index`.  A mapping that leaves most of the gallery without
+    a query is refused, or warned about when it was given explicitly
+    (:func:`check_coverage`).
 
     >>> ground_truth(6, 3)
     array([0, 0, 1, 1, 2, 2])
