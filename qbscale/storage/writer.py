@@ -250,12 +250,14 @@ class RemoteStage:
 
 
 def is_qbscale_store(meta: bytes) -> bool:
-    """True when ``meta`` (a group's ``zarr.json``) is a qbscale store's, even an unfinished one."""
+    """True when ``meta`` (a group's ``zarr.json``) is one qbscale wrote, even unfinished:
+    an experiment store (``qbscale`` attribute) or a saved normaliser (``qbscale_normaliser``)."""
     try:
         attrs = json.loads(meta).get("attributes") or {}
     except (ValueError, AttributeError):
         return False
-    return isinstance(attrs, dict) and layout.ATTR in attrs
+    return isinstance(attrs, dict) and any(
+        key == layout.ATTR or key.startswith(f"{layout.ATTR}_") for key in attrs)
 
 
 def output_error(exc: OSError, out: str) -> OutputError:
