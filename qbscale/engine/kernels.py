@@ -46,12 +46,12 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     >>> np.round(bank_logsumexp(b, np.array([1.0])), 4)
     array([[0.6931, 3.1269]])
     """
-    # beta * s beyond float64 gives inf/nan here, refused by the Normaliser
-    with np.errstate(over="ignore", invalid="ignore"):
-        out: np.ndarray = bank_logsumexp_sets(block, betas, None)[0]
+    out: np.ndarray = bank_logsumexp_sets(block, betas, None)[0]
     return out
 
 
+# beta * s beyond float64 gives inf/nan here, refused by the Normaliser
+@np.errstate(over="ignore", invalid="ignore")
 def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
                         members: np.ndarray | None) -> np.ndarray:
     """:func:`bank_logsumexp` over several sets of the block's rows at once.
