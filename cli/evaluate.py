@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from .options import compute_options, library_errors, quiet_option, write_json
+from .options import (
+    check_output_file,
+    compute_options,
+    library_errors,
+    quiet_option,
+    write_json,
+)
 from .run import format_table
 
 
@@ -22,6 +28,7 @@ def evaluate(store: str, array: str, json_path: str | None, scheduler: str,
     from qbscale.api import evaluate as evaluate_api
     from qbscale.engine.metrics import rounded
 
+    check_output_file(json_path)
     metrics = evaluate_api(store, array, scheduler=scheduler, num_workers=workers,
                            progress=not quiet)
     click.echo(format_table([{"method": array, "beta": None, **rounded(metrics)}]))

@@ -12,6 +12,7 @@ from .options import (
     activation_k_option,
     bank_sample,
     bank_sample_option,
+    check_output_file,
     compute_options,
     depth_option,
     library_errors,
@@ -71,6 +72,7 @@ def hubness(store: str, names: tuple[str, ...], depth: int, activation_k: int, d
     """
     from qbscale.analysis.compare import compare
 
+    check_output_file(json_path)
     result = compare(store, list(names) or None, k=depth, dynamic=dynamic,
                      activation_k=activation_k, gallery_bank=gallery_bank,
                      bank_sample=bank_sample(bank_sample_text), seed=seed,

@@ -10,7 +10,7 @@ import click
 
 from qbscale.storage import layout
 
-from .options import library_errors, quiet_option, write_json
+from .options import check_output_file, library_errors, quiet_option, write_json
 
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
@@ -128,6 +128,7 @@ def ingest(**opts: Any) -> None:
     from qbscale.storage.ingest import ingest_embeddings
 
     mode = _mode(opts)
+    check_output_file(opts["json_path"])
     common: dict[str, Any] = dict(
         queries_per_item=opts["queries_per_item"], gt_index=opts["gt_index"],
         ground_truth=False if opts["no_ground_truth"] else None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,15 +70,59 @@ def bank_sample(text: str | None) -> int | float | str | None:
 
 
 def library_errors(func: F) -> F:
-    """Turn qbscale errors into a clean ``Error: ...`` and exit code 1."""
+    """Turn qbscale errors and OSErrors into a clean ``Error: ...`` and exit code 1,
+    and qbscale's warnings into ``Warning: ...`` lines on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from qbscale.errors import QBScaleError
+        from qbscale.errors import GroundTruthWarning, QBScaleError
 
-        try:
-            return func(*args, **kwargs)
-        except QBScaleError as exc:
-            raise click.ClickException(str(exc)) from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", GroundTruthWarning)
+            shown, seen = warnings.showwarning, set()
+
+            def show(message: Any, category: Any, *rest: Any, **kw: Any) -> None:
+                if issubclass(category, GroundTruthWarning):
+                    if str(message) not in seen:  # once, however often the store is opened
+                        seen.add(str(message))
+                        click.echo(f"Warning: {message}", err=True)
+                else:
+                    shown(message, category, *rest, **kw)
+
+            warnings.showwarning = show
+            try:
+                return func(*args, **kwargs)
+            except QBScaleError as exc:
+                raise click.ClickException(str(exc)) from exc
+            except OSError as exc:
+                raise click.ClickException(os_error_message(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_message(exc: OSError) -> str:
+    """``path: cause`` of an OSError, on one line."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename else reason
+
+
+def check_output_file(path: str | None) -> None:
+    """Fail before any work when ``path`` (a file to write, e.g. ``--json``) cannot be written."""
+    if not path:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise click.ClickException(f"cannot write {path}: no directory {parent}")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise click.ClickException(f"cannot write {path}: directory {parent} is not writable")
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before any work when the directory ``path`` cannot be created or written."""
+    if os.path.isdir(path):
+        if not os.access(path, os.W_OK):
+            raise click.ClickException(f"cannot write into {path}: not writable")
+        return
+    if os.path.exists(path):
+        raise click.ClickException(f"cannot write into {path}: it is a file")
+    check_output_file(path)

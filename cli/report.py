@@ -8,6 +8,7 @@ from qbscale.engine.methods import REGISTRY
 
 from .options import (
     activation_k_option,
+    check_output_dir,
     compute_options,
     depth_option,
     library_errors,
@@ -47,6 +48,8 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
     method, N_k distributions, R@1 against each method's parameter and the hubs
     that normalisation removed.  One pass over the data per method; the store is
     only read."""
+    check_report_dependencies()
+    check_output_dir(output)
     from qbscale.analysis.banksize import load_sweep
     from qbscale.analysis.compare import compare
     from qbscale.analysis.report import write_report
@@ -64,3 +67,12 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
     page = write_report(result, output, items, title, diagnosis, bank_sizes)
     methods = ", ".join(r.label for r in result.runs)
     click.echo(f"Wrote {page} ({methods}; N_k at depth {depth})")
+
+
+def check_report_dependencies() -> None:
+    """Fail before any work when matplotlib (the ``report`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            'qbscale report needs matplotlib: pip install "qbscale[report]"') from None

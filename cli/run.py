@@ -16,6 +16,7 @@ from .method_options import method_kwargs, method_options
 from .options import (
     bank_sample,
     bank_sample_option,
+    check_output_file,
     compute_options,
     library_errors,
     quiet_option,
@@ -100,6 +101,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
     from qbscale.api import run as run_api
     from qbscale.config import parse_values
 
+    check_output_file(json_path)
     given = {"beta": None if beta is None else parse_values(beta), "k": k, "method": method,
              "dynamic": dynamic, **method_kwargs(method, method_opts)}
     check_hits(hits_path, topk, given, len(stores))
@@ -111,7 +113,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
 
             norm, settings = run_settings(normaliser_path, store,
                                           given_settings(click.get_current_context(), given))
-        with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks,
+        with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks or topk > 0,
                      scheduler) as target:
             results.append(run_api(
                 target, scheduler=scheduler, num_workers=workers, topk=topk,
@@ -129,11 +131,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
     else:
         click.echo(format_table(result.table()))
     if result.config.normalises and result.has_ground_truth:
-        n_rows = int(result.normalised.size)
-        click.echo(
-            f"normalised rows: {100 * result.normalised_share:.1f}% of {n_rows}; "
-            f"activation set: {result.activation_size} of {result.n_gallery} gallery items"
-        )
+        click.echo(f"normalised rows: {normalised_rows(result)}; activation set: "
+                   f"{result.activation_size} of {result.n_gallery} gallery items")
     sample = result.config.bank_sample
     if sample is not None:
         what = f"{sample} rows" if isinstance(sample, int) else f"{sample:g} of its rows"
@@ -170,6 +169,17 @@ def _several(names: list[str], results: list[Any], fmt: str, label: str,
                                       "summary": {"ddof": tables.DDOF, "rows": summary}})
 
 
+def normalised_rows(result: Any) -> str:
+    """``"72.9% of 4000"``, or ``"75.0% of 3600 evaluated (400 masked)"``: the share
+    of the rows the metrics count, over that many rows."""
+    total = int(result.normalised.size)
+    evaluated = total if result.mask is None else int(result.mask.sum())
+    share = f"{100 * result.normalised_share:.1f}%"
+    if evaluated == total:
+        return f"{share} of {total}"
+    return f"{share} of {evaluated} evaluated ({total - evaluated} masked)"
+
+
 @contextlib.contextmanager
 def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
             mask_pkl: str | None, saving: bool, scheduler: str) -> Iterator[Any]:
@@ -186,15 +196,16 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     if not (bank_pkl and test_pkl):
         raise click.UsageError("--sims_train_test_path and --sims_test_path go together")
     if saving:
-        raise click.UsageError("--save-scores/--save-ranks need a store: "
-                               "run `qbscale ingest` first")
+        raise click.UsageError("--save-scores/--save-ranks/--topk need a store to save "
+                               "into: run `qbscale ingest` first")
     if scheduler in ("threads", "synchronous", "sync"):
         from qbscale.storage.readers import read_array
         from qbscale.storage.store import in_memory
 
         mask = read_array(mask_pkl) if mask_pkl else None
         yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
-                        names=(Path(bank_pkl).name, Path(test_pkl).name))
+                        names=(Path(bank_pkl).name, Path(test_pkl).name),
+                        mask_name=f"query mask ({mask_pkl})")
         return
     from qbscale.executors import is_remote
 

@@ -37,6 +37,14 @@ class ConfigError(QBScaleError, ValueError):
     """An option has an invalid value (beta <= 0, k < 1, unknown method, ...)."""
 
 
+class OutputError(QBScaleError, OSError):
+    """Writing an output failed (disk full, read-only, missing directory, ...)."""
+
+
+class GroundTruthWarning(UserWarning):
+    """The ground truth leaves most of the gallery without a query."""
+
+
 class DamagedStoreError(QBScaleError, OSError):
     """A chunk of a store is missing or fails its checksum."""
 
@@ -45,5 +53,5 @@ class StoreLockedError(QBScaleError, RuntimeError):
     """Another run holds the store's writer lock."""
 
 
-class StoreFullError(QBScaleError, OSError):
+class StoreFullError(OutputError):
     """The store's filesystem ran out of space while a run wrote into it."""

@@ -336,7 +336,7 @@ def test_existing_output_and_overwrite(tmp_path, pair, rng):
     assert same_bits(stored(out, "bank"), other) and leftovers(tmp_path) == []
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    with pytest.raises(StoreExistsError, match="not a Zarr store"):
+    with pytest.raises(StoreExistsError, match="not a qbscale store"):
         ingest(tmp_path / "notes", bank, test, overwrite=True, progress=False)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 

@@ -112,13 +112,6 @@ def test_pickle_of_something_else_is_refused(tmp_path):
         readers.load_pickle(tmp_path / "objects.pkl")
 
 
-def test_protocol_2_pickles_name_codecs_and_are_refused(tmp_path, rng):
-    """Protocol 0-2 encode the array bytes through ``_codecs.encode``: not admitted."""
-    (tmp_path / "p2.pkl").write_bytes(pickle.dumps(sims(rng, 2, 2), protocol=2))
-    with pytest.raises(UnsafePickleError, match=r"_codecs\.encode"):
-        readers.load_pickle(tmp_path / "p2.pkl")
-
-
 @pytest.mark.parametrize("cut", [0, 1, 40, -1, -200])
 def test_truncated_pickle_is_an_input_error(tmp_path, rng, cut):
     blob = pickle.dumps(sims(rng, 20, 20), protocol=4)

@@ -169,11 +169,12 @@ def _means(ks: tuple[int, ...], top: np.ndarray) -> np.ndarray:
     out = np.empty((len(ks), top.shape[1]))
     total = np.zeros(top.shape[1])
     done = 0
-    for n, k in sorted(enumerate(ks), key=lambda nk: nk[1]):
-        for row in top[done:min(k, len(top))]:
-            total += row
-        done = max(done, min(k, len(top)))
-        out[n] = total / done
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/nan: refused by the Normaliser
+        for n, k in sorted(enumerate(ks), key=lambda nk: nk[1]):
+            for row in top[done:min(k, len(top))]:
+                total += row
+            done = max(done, min(k, len(top)))
+            out[n] = total / done
     return out
 
 

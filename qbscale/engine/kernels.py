@@ -50,6 +50,8 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     return out
 
 
+# beta * s beyond float64 gives inf/nan here, refused by the Normaliser
+@np.errstate(over="ignore", invalid="ignore")
 def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
                         members: np.ndarray | None) -> np.ndarray:
     """:func:`bank_logsumexp` over several sets of the block's rows at once.

@@ -67,8 +67,26 @@ class Normaliser:
             if shift.shape != want:
                 raise InputError(f"shift has shape {shift.shape}, expected {want} "
                                  f"({len(self.config.values)} values x {act.size} items)")
+            self._check_finite(shift)
             object.__setattr__(self, "shift", shift)
         self.fingerprint.setdefault("n_gallery", int(act.size))
+
+    def _check_finite(self, shift: np.ndarray) -> None:
+        """Refuse shifts that over- or underflowed float64 (``beta * s`` beyond 1.8e308)."""
+        bad = ~np.isfinite(shift)
+        if not bad.any():
+            return
+        b, j = (int(x[0]) for x in np.nonzero(bad))
+        name = self.config.variant_name
+        raise InputError(
+            f"{name}={self.config.values[b]:g}: the {self.config.method} shift of gallery item "
+            f"{j} is {shift[b, j]} ({bad.sum()} of {bad.size} are not finite): the bank's "
+            f"scaled similarities are beyond float64's range (~1.8e308); use a smaller {name}")
+
+    def check_range(self, top_val: np.ndarray, gt_norm: np.ndarray, shift: np.ndarray,
+                    first_row: int = 0) -> None:
+        """:func:`check_range` with this normaliser's settings."""
+        check_range(self.config, self.scales, top_val, gt_norm, shift, first_row)
 
     @classmethod
     def baseline(cls, config: RunConfig, n_gallery: int) -> Normaliser:
@@ -79,7 +97,8 @@ class Normaliser:
     def from_stats(cls, config: RunConfig, stats: dict[str, methods.BankStats]) -> Normaliser:
         """Combine the bank statistics of ``config``'s method into a normaliser."""
         method = methods.get(config.method)
-        shift = method.shifts(config.values, config.param_dict, stats)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/nan: refused on creation
+            shift = method.shifts(config.values, config.param_dict, stats)
         activation = stats[methods.QUERY_BANK].activation
         assert activation is not None
         return cls(config, np.asarray(shift, dtype=np.float64), activation)
@@ -149,3 +168,35 @@ class Normaliser:
         for b, scale in enumerate(self.scales):
             kernels.score_block(block, shift[b], float(scale), flags[b], out=out[b])
         return out
+
+
+def check_range(config: RunConfig, scales: np.ndarray, top_val: np.ndarray, gt_norm: np.ndarray,
+                shift: np.ndarray, first_row: int = 0) -> None:
+    """Refuse test rows whose normalised scores overflow float64.
+
+    ``scales`` holds one scale per variant (stacked normalisers repeat the
+    values); ``top_val`` are the rows' raw maxima, ``gt_norm`` their ground
+    truths' normalised scores (``(n_values, rows)``), ``shift`` the shifts of the
+    block's columns.  The largest score of a row is at most
+    ``scale * max(s) - min(shift)``; when that or a ground truth's score is
+    not finite, counts, ranks and scores would be wrong, so this raises.
+    (Scores overflowing to ``-inf`` stay below every finite ground truth.)
+    """
+    if not len(top_val) or not shift.size:
+        return
+    top = float(np.max(top_val))
+    with np.errstate(over="ignore", invalid="ignore"):
+        peak = scales * top - shift.min(axis=1)
+    ok_gt = np.isfinite(gt_norm).all(axis=1)
+    bad = np.flatnonzero(~(np.isfinite(peak) & ok_gt))
+    if not bad.size:
+        return
+    b = int(bad[0])
+    row = first_row + int(np.argmax(top_val) if ok_gt[b] else
+                          np.flatnonzero(~np.isfinite(gt_norm[b]))[0])
+    name = config.variant_name
+    value = config.values[b % len(config.values)]
+    raise InputError(
+        f"{name}={value:g}: the normalised scores of test row {row} are "
+        f"beyond float64's range (~1.8e308; scale {scales[b]:g}, largest test "
+        f"similarity {top:g}); use a smaller {name}")

@@ -43,7 +43,7 @@ from dask.delayed import Delayed, delayed
 from qbscale.config import RunConfig
 from qbscale.engine import bankstats, kernels, methods
 from qbscale.engine.grid import offsets
-from qbscale.engine.normaliser import Normaliser
+from qbscale.engine.normaliser import Normaliser, check_range
 from qbscale.engine.reductions import ROW_COUNTS, row_topk
 from qbscale.engine.stack import Stack
 from qbscale.engine.subsets import Subsets
@@ -197,9 +197,13 @@ def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarr
     scales = norm.scales
     if norm.shift is None:
         return kernels.count_block(block, col0, gt_raw, None, None, scales, rows, top_idx)
-    gt_norm = kernels.normalised_gt(gt_raw, gt, norm.shift, scales)
-    shift = norm.shift[:, col0:col0 + width]
-    return kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
+    with np.errstate(over="ignore", invalid="ignore"):  # refused just below
+        gt_norm = kernels.normalised_gt(gt_raw, gt, norm.shift, scales)
+        shift = norm.shift[:, col0:col0 + width]
+        counts = kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
+    config = norm.config if isinstance(norm, Normaliser) else norm.members[0].config
+    check_range(config, scales, counts.top_val, gt_norm, shift, spec.start)
+    return counts
 
 
 def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Variants

@@ -66,7 +66,13 @@ def _merge_counts(a: RowCounts, b: RowCounts) -> RowCounts:
     )
 
 
-LOG_NORMALISER = Reduction("log_normaliser", np.logaddexp)
+def _logaddexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.logaddexp``, quiet about inf/nan partials (the Normaliser refuses them)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.logaddexp(a, b)  # type: ignore[no-any-return]
+
+
+LOG_NORMALISER = Reduction("log_normaliser", _logaddexp)
 ACTIVATION = Reduction("activation", np.logical_or)
 
 

@@ -24,6 +24,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -46,19 +47,42 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_SUFFIXES = {".pkl", ".pickle", ".pck", ".p"}
 #: what a corrupt pickle can raise while loading (besides UnsafePickleError)
 _PICKLE_ERRORS = (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
-                  IndexError, KeyError, OverflowError, struct.error)
+                  IndexError, KeyError, OverflowError, struct.error, MemoryError, RecursionError)
+#: what reading a corrupt zip member can raise (NotImplementedError: unknown zip
+#: version or compression; RuntimeError: encrypted)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError,
+               RuntimeError, ValueError, struct.error, OverflowError, MemoryError)
+#: what numpy's .npy header parsing can raise on a corrupt header (it may tokenize it)
+_NPY_HEADER_ERRORS = (ValueError, SyntaxError, EOFError, struct.error, TypeError, KeyError,
+                      OverflowError, MemoryError, tokenize.TokenError)
+
+
+def _latin1(text: Any, encoding: Any = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol 0-2 pickles use it, and nothing more.
+
+    Pickles of protocol 0-2 have no bytes type, so an array's buffer is
+    written as a latin-1 string and rebuilt by ``_codecs.encode(text,
+    "latin1")``.  Only that call is admitted: str in, latin-1, bytes out.
+    """
+    if type(text) is not str or encoding not in ("latin1", "latin-1", "iso-8859-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r}):"
+                                " only latin-1 text is accepted")
+    return text.encode("latin-1")
 
 
 def _numpy_globals() -> dict[tuple[str, str], Any]:
     """The only globals a pickled plain ndarray refers to, as numpy 1.x and 2.x name them.
 
     The callables come from numpy's own reduce methods, so nothing private is
-    imported (and numpy 2 warns about nothing).
+    imported (and numpy 2 warns about nothing).  Protocol 0-2 pickles also
+    name ``_codecs.encode`` (their array buffers are latin-1 strings), which
+    is admitted only for that (:func:`_latin1`).
     """
     reconstruct = np.empty(0).__reduce__()[0]
     frombuffer = np.empty(0).__reduce_ex__(5)[0]
     allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray,
-                                           ("numpy", "dtype"): np.dtype}
+                                           ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1}
     for core in ("numpy.core", "numpy._core"):
         allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
@@ -78,7 +102,7 @@ class SafeUnpickler(pickle.Unpickler):
     file : binary file
         The open pickle.
     name : str
-        The file name, for error messages.
+        The path as given, for error messages.
     """
 
     _allowed = _numpy_globals()
@@ -111,12 +135,14 @@ def load_pickle(path: str | os.PathLike[str]) -> np.ndarray:
         The file is truncated or corrupt, or holds something other than an
         ndarray, or an object-dtype array.
     """
-    name = os.path.basename(os.fspath(path))
+    name = os.fspath(path)
     try:
         with open(path, "rb") as f:
             obj = SafeUnpickler(f, name).load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise UnsafePickleError(f"{name}: {exc}") from None
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc}") from exc
     except _PICKLE_ERRORS as exc:
@@ -229,8 +255,10 @@ def _read_npy_header(fp: Any, name: str) -> tuple[tuple[int, ...], bool, np.dtyp
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
-    except (ValueError, SyntaxError, EOFError, struct.error) as exc:
+    except _NPY_HEADER_ERRORS as exc:
         raise InputError(f"{name} is truncated or has a corrupt .npy header: {exc}") from exc
+    if any(int(s) < 0 for s in shape):
+        raise InputError(f"{name} has a corrupt .npy header: negative shape {tuple(shape)}")
     return tuple(int(s) for s in shape), bool(fortran), np.dtype(dtype)
 
 
@@ -303,7 +331,9 @@ class NpzInput(InputMatrix):
                 label = self.member.removesuffix(".npy")
                 with zf.open(self.member) as fp:
                     shape, self.fortran, dtype = _read_npy_header(fp, f"{base}:{label}")
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except InputError:
+            raise
+        except _ZIP_ERRORS as exc:
             raise InputError(f"{base} is not a readable .npz archive: {exc}") from exc
         self._init(f"{base}:{label}", path, shape, dtype)
 
@@ -339,7 +369,9 @@ class NpzInput(InputMatrix):
                                          f" of {self.shape[0]}")
                     yield r0, np.frombuffer(data, self.dtype).reshape(n, *self.shape[1:])
                 fp.read(1)  # reaching the end verifies the member's CRC
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+        except InputError:
+            raise
+        except _ZIP_ERRORS as exc:
             raise InputError(f"{self.name} is corrupt: {exc}") from exc
 
     def _extract(self, directory: str) -> str:
@@ -348,7 +380,7 @@ class NpzInput(InputMatrix):
             with zipfile.ZipFile(self.file) as zf, zf.open(self.member) as src, \
                     open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, IO_BYTES)
-        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise InputError(f"{self.name} is corrupt: {exc}") from exc
         return target
 
@@ -383,7 +415,7 @@ def _sniff(path: str) -> str:
         return "npy"
     if head[:4] in _ZIP_MAGICS:
         return "npz"
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" or head.startswith(b"cnumpy"):  # protocol 2-5, or 0-1
         return "pickle"
     suffix = Path(path).suffix.lower()
     known = {".npy": "npy", ".npz": "npz", ".zarr": "zarr", **dict.fromkeys(_PICKLE_SUFFIXES,

@@ -186,6 +186,11 @@ def matrix_source(experiment: Experiment, array: str) -> MatrixSource:
         arr = _open_zarr(experiment.url, name, freeze_options(experiment.storage_options))
     except KeyError as exc:
         raise InputError(f"{experiment.url} has no array {match.group(1)!r}") from exc
+    if arr.ndim < 2 or (index is not None and (arr.ndim != 3 or int(index) >= arr.shape[0])):
+        slices = f"{arr.shape[0]} slice{'s' * (arr.shape[0] != 1)}" if arr.ndim == 3 else \
+            "no slices"
+        raise InputError(f"cannot evaluate {array!r}: {match.group(1)} has shape {arr.shape} "
+                         f"({slices})")
     prefix = (int(index),) if index is not None else (0,) * (arr.ndim - 2)
     source = ZarrMatrix.open(experiment.url, name, experiment.storage_options, index=prefix)
     if source.shape != experiment.test.shape:

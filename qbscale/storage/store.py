@@ -10,13 +10,21 @@ outputs.  See :mod:`qbscale.storage.layout` for the store contract.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from qbscale.engine.grid import split
-from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreNotFoundError
+from qbscale.errors import (
+    ConfigError,
+    GroundTruthWarning,
+    IncompleteStoreError,
+    InputError,
+    QBScaleError,
+    StoreNotFoundError,
+)
 from qbscale.storage import layout
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
 from qbscale.types import Experiment, MatrixSource
@@ -34,7 +42,9 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
     Query ``i`` belongs to item ``i // queries_per_item``; by default
     ``queries_per_item = n_queries // n_gallery`` as in the reference code.
     An explicit ``gt_index`` (named ``label`` in errors) is checked by
-    :func:`check_gt_index`.
+    :func:`check_gt_index`.  A mapping that leaves most of the gallery without
+    a query is refused, or warned about when it was given explicitly
+    (:func:`check_coverage`).
 
     >>> ground_truth(6, 3)
     array([0, 0, 1, 1, 2, 2])
@@ -42,7 +52,10 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
     if gt_index is not None:
         if queries_per_item is not None:
             raise ConfigError("give queries_per_item or gt_index, not both")
-        return check_gt_index(gt_index, n_queries, n_gallery, label)
+        gt = check_gt_index(gt_index, n_queries, n_gallery, label)
+        check_coverage(gt, n_gallery, explicit=True)
+        return gt
+    explicit = queries_per_item is not None
     if queries_per_item is None:
         if n_queries < n_gallery or n_queries % n_gallery:
             raise InputError(
@@ -58,7 +71,9 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
             f"{n_gallery} gallery items: it must divide the queries into at most "
             f"{n_gallery} items"
         )
-    return np.arange(n_queries, dtype=np.int64) // qpi
+    gt = np.arange(n_queries, dtype=np.int64) // qpi
+    check_coverage(gt, n_gallery, explicit)
+    return gt
 
 
 def resolve_ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
@@ -143,7 +158,33 @@ def check_mask(mask: Any, n_queries: int, queries_per_item: int | None = None,
             pos = np.unravel_index(int(bad[0]), values.shape)
             raise InputError(f"{label} holds {bad.size} values other than 0/1; "
                              f"the first is {values[pos].item()!r} at {tuple(int(p) for p in pos)}")
-    return values.ravel().astype(bool)
+    flat = values.ravel().astype(bool)
+    if n_queries and not flat.any():
+        raise InputError(f"{label} masks every one of the {n_queries} test queries: "
+                         "nothing would be evaluated")
+    return flat
+
+
+def check_coverage(gt: np.ndarray, n_gallery: int, explicit: bool = True) -> None:
+    """Refuse (or, for a mapping asked for explicitly, warn about) a ground truth
+    that leaves most of the gallery without a query.
+
+    Fewer than half of the items having a query usually means a wrong
+    ``queries_per_item`` (20 captions per video assumed, one per item given):
+    the metrics would be near zero without a word.  An explicit mapping may
+    be intended (10,000 queries against a million items), so it is only
+    warned about, with the figures (:class:`~qbscale.errors.GroundTruthWarning`).
+    """
+    covered = int(np.unique(gt).size)
+    if 2 * covered >= n_gallery:
+        return
+    message = (f"{gt.size} test queries map onto {covered} of {n_gallery} gallery items "
+               f"({100 * covered / n_gallery:.1f}%); the other items can only rank as "
+               "wrong answers")
+    if not explicit:
+        raise InputError(f"{message}: give queries_per_item or gt_index explicitly if "
+                         "this is intended")
+    warnings.warn(message, GroundTruthWarning, stacklevel=2)
 
 
 def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
@@ -157,11 +198,24 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
     IncompleteStoreError
         The store was never marked complete (an interrupted ingest).
     """
+    url = layout.local_path(os.fspath(url))  # file:// is local: direct chunk reads apply
+    forget_open_arrays()  # a store may have been rewritten since last opened
+    try:
+        return _open(url, storage_options, rows_per_block)
+    except QBScaleError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        forget_open_arrays()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{url} is corrupt: a zarr.json of the store cannot be read "
+                         f"({type(exc).__name__}: {first})") from exc
+
+
+def _open(url: str, storage_options: dict[str, Any] | None,
+          rows_per_block: int | None) -> Experiment:
     import zarr
 
-    url = layout.local_path(os.fspath(url))  # file:// is local: direct chunk reads apply
     group: Any
-    forget_open_arrays()  # a store may have been rewritten since last opened
     try:
         group = zarr.open_group(url, mode="r", storage_options=storage_options)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
@@ -281,7 +335,7 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
               queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
               rows_per_block: int | None = None, names: tuple[str, str] = ("bank", "test"),
-              ground_truth: bool | None = True) -> Experiment:
+              ground_truth: bool | None = True, mask_name: str = "query mask") -> Experiment:
     """An experiment over in-memory arrays (no store), e.g. loaded pickles.
 
     ``ground_truth=False`` (or None: automatic, see :func:`resolve_ground_truth`)
@@ -298,4 +352,4 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
     gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index,
                               wanted=ground_truth)
     return Experiment(NumpyMatrix.wrap(bank, step), NumpyMatrix.wrap(test, step), gt,
-                      check_mask(mask, test.shape[0]))
+                      check_mask(mask, test.shape[0], label=mask_name))

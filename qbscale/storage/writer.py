@@ -10,11 +10,13 @@ their own host (a PID means nothing on another machine sharing the directory).  
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qbscale.errors import ConfigError, InputError, StoreExistsError
+from qbscale.errors import ConfigError, InputError, OutputError, QBScaleError, StoreExistsError
 from qbscale.storage import layout
 from qbscale.storage.readers import InputMatrix
 
@@ -135,11 +137,19 @@ class LocalStage:
             if not overwrite:
                 raise StoreExistsError(f"{self.final} exists: pass --overwrite "
                                        "(overwrite=True) to replace it")
-            if not (self.path / "zarr.json").is_file() and any(self.path.iterdir()):
-                raise StoreExistsError(f"{self.final} exists and is not a Zarr store: "
+            if not self.path.is_dir():
+                raise StoreExistsError(f"{self.final} is a file, not a store directory: "
                                        "not replacing it")
+            if any(self.path.iterdir()) and not is_qbscale_store(
+                    (self.path / "zarr.json").read_bytes()
+                    if (self.path / "zarr.json").is_file() else b""):
+                raise StoreExistsError(f"{self.final} exists and is not a qbscale store "
+                                       "(nor empty): not replacing it")
         if not self.path.parent.is_dir():
             raise ConfigError(f"cannot write {self.final}: no directory {self.path.parent}")
+        if not os.access(self.path.parent, os.W_OK):
+            raise OutputError(f"cannot write {self.final}: directory {self.path.parent} "
+                              "is not writable")
         self.target = self.path.with_name(f".{self.path.name}.partial-{_owner()}")
         _remove_stale(self.path)
 
@@ -150,7 +160,12 @@ class LocalStage:
         return zarr.create_group(os.fspath(self.target), attributes=attrs)
 
     def discard(self) -> None:
-        shutil.rmtree(self.target, ignore_errors=True)
+        """Remove the staging directory, also what writes still in flight add to it."""
+        for _ in range(50):
+            shutil.rmtree(self.target, ignore_errors=True)
+            if not self.target.exists():
+                return
+            time.sleep(0.02)
 
     def commit(self) -> None:
         """Move the finished store into place (the old one goes only now)."""
@@ -212,8 +227,10 @@ class RemoteStage:
             if not overwrite:
                 raise StoreExistsError(f"{url} exists: pass --overwrite (overwrite=True) "
                                        "to replace it")
-            if not self.fs.exists(f"{self.root}/zarr.json"):
-                raise StoreExistsError(f"{url} exists and is not a Zarr store: not replacing it")
+            meta = f"{self.root}/zarr.json"
+            if not is_qbscale_store(self.fs.cat_file(meta) if self.fs.exists(meta) else b""):
+                raise StoreExistsError(f"{url} exists and is not a qbscale store: "
+                                       "not replacing it")
             self.replace = True
 
     def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
@@ -232,6 +249,26 @@ class RemoteStage:
         """Nothing to move: the ``complete`` attribute, written last, commits."""
 
 
+def is_qbscale_store(meta: bytes) -> bool:
+    """True when ``meta`` (a group's ``zarr.json``) is one qbscale wrote, even unfinished:
+    an experiment store (``qbscale`` attribute) or a saved normaliser (``qbscale_normaliser``)."""
+    try:
+        attrs = json.loads(meta).get("attributes") or {}
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(attrs, dict) and any(
+        key == layout.ATTR or key.startswith(f"{layout.ATTR}_") for key in attrs)
+
+
+def output_error(exc: OSError, out: str) -> OutputError:
+    """A one-line :class:`OutputError` for an OSError met while writing ``out``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    name = os.fspath(exc.filename) if exc.filename else ""
+    if name and os.path.basename(os.fspath(out)) not in name:  # an input, not the store
+        return OutputError(f"{name}: {reason}")
+    return OutputError(f"cannot write {out}: {reason}")
+
+
 @contextmanager
 def staging(out: str, overwrite: bool,
             storage_options: dict[str, Any] | None) -> Iterator[LocalStage | RemoteStage]:
@@ -240,16 +277,35 @@ def staging(out: str, overwrite: bool,
     Raises
     ------
     StoreExistsError
-        ``out`` exists and ``overwrite`` is False, or it is not a Zarr store.
+        ``out`` exists and ``overwrite`` is False, or it is neither a qbscale
+        store nor empty, or it is a file.
+    OutputError
+        Writing failed (disk full, read-only, ...); nothing is left behind.
     """
-    stage = RemoteStage(out, overwrite, storage_options) if layout.is_url(out) else \
-        LocalStage(out, overwrite)
+    try:
+        stage = RemoteStage(out, overwrite, storage_options) if layout.is_url(out) else \
+            LocalStage(out, overwrite)
+    except OSError as exc:
+        if isinstance(exc, QBScaleError):
+            raise
+        raise output_error(exc, out) from exc
     try:
         yield stage
+    except OSError as exc:
+        stage.discard()
+        if isinstance(exc, QBScaleError):
+            raise
+        raise output_error(exc, out) from exc
     except BaseException:
         stage.discard()
         raise
-    stage.commit()
+    try:
+        stage.commit()
+    except OSError as exc:
+        stage.discard()
+        if isinstance(exc, QBScaleError):
+            raise
+        raise output_error(exc, out) from exc
 
 
 class FiniteCheck:
