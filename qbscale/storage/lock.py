@@ -190,15 +190,7 @@ def _release(url: str, options: dict[str, Any] | None, token: str) -> None:
     info = read_lock(url, options)
     if not info or info.get("token") != token:
         return
-    local = _local(url)
-    try:
-        if local is not None:
-            os.remove(os.path.join(local, KEY))
-        else:
-            fs, path = _fs(url, options)
-            fs.rm_file(path)
-    except FileNotFoundError:
-        return
+    _remove(url, options)
 
 
 def holder_alive(info: dict[str, Any]) -> bool | None:
@@ -228,6 +220,12 @@ def break_lock(url: str, options: dict[str, Any] | None = None) -> dict[str, Any
     if holder_alive(info):
         raise StoreLockedError(f"store {url} is locked by {describe(info)}, which is still "
                                "running: not breaking its lock")
+    _remove(url, options)
+    return info
+
+
+def _remove(url: str, options: dict[str, Any] | None) -> None:
+    """Delete the lock object (gone already is fine)."""
     local = _local(url)
     try:
         if local is not None:
@@ -236,5 +234,4 @@ def break_lock(url: str, options: dict[str, Any] | None = None) -> dict[str, Any
             fs, path = _fs(url, options)
             fs.rm_file(path)
     except FileNotFoundError:
-        pass
-    return info
+        return

@@ -282,27 +282,29 @@ def staging(out: str, overwrite: bool,
     OutputError
         Writing failed (disk full, read-only, ...); nothing is left behind.
     """
-    try:
+    with _one_line_errors(out):
         stage = RemoteStage(out, overwrite, storage_options) if layout.is_url(out) else \
             LocalStage(out, overwrite)
-    except OSError as exc:
-        if isinstance(exc, QBScaleError):
-            raise
-        raise output_error(exc, out) from exc
     try:
-        yield stage
-    except OSError as exc:
-        stage.discard()
-        if isinstance(exc, QBScaleError):
-            raise
-        raise output_error(exc, out) from exc
+        with _one_line_errors(out):
+            yield stage
     except BaseException:
         stage.discard()
         raise
     try:
-        stage.commit()
-    except OSError as exc:
+        with _one_line_errors(out):
+            stage.commit()
+    except BaseException:
         stage.discard()
+        raise
+
+
+@contextmanager
+def _one_line_errors(out: str) -> Iterator[None]:
+    """An OSError inside becomes an OutputError naming ``out`` (qbscale's own pass)."""
+    try:
+        yield
+    except OSError as exc:
         if isinstance(exc, QBScaleError):
             raise
         raise output_error(exc, out) from exc
