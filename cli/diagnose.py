@@ -9,10 +9,13 @@ import click
 
 from .options import (
     activation_k_option,
+    bank_sample,
+    bank_sample_option,
     compute_options,
     depth_option,
     library_errors,
     quiet_option,
+    seed_option,
     write_json,
 )
 
@@ -61,19 +64,16 @@ def format_diagnosis(d: Diagnosis) -> str:
               help="Inverse temperature of the inverted softmax diagnosed.")
 @activation_k_option
 @depth_option
-@click.option("--bank-sample", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Use N bank rows drawn at random (only the bank blocks holding them are "
-                   "read).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of --bank-sample.")
+@bank_sample_option
+@seed_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write the figures and the reading as JSON.")
 @compute_options
 @quiet_option
 @library_errors
-def diagnose(store: str, beta: float, activation_k: int, depth: int, bank_sample: int | None,
-             seed: int, json_path: str | None, scheduler: str, workers: int | None,
-             quiet: bool) -> None:
+def diagnose(store: str, beta: float, activation_k: int, depth: int,
+             bank_sample_text: str | None, seed: int, json_path: str | None, scheduler: str,
+             workers: int | None, quiet: bool) -> None:
     """Will QB-Norm help on STORE, and is its querybank the right one?
 
     Without a ground truth: how well the bank's view of the hubs (logZ, the
@@ -85,7 +85,8 @@ def diagnose(store: str, beta: float, activation_k: int, depth: int, bank_sample
     """
     from qbscale.analysis.diagnose import diagnose as run_diagnosis
 
-    result = run_diagnosis(store, beta, activation_k, depth, bank_sample=bank_sample, seed=seed,
+    result = run_diagnosis(store, beta, activation_k, depth,
+                           bank_sample=bank_sample(bank_sample_text), seed=seed,
                            scheduler=scheduler, num_workers=workers, progress=not quiet)
     click.echo(format_diagnosis(result))
     if json_path:

@@ -11,10 +11,20 @@ import click
 from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
-from .options import compute_options, library_errors, quiet_option, write_json
+from .options import (
+    bank_sample,
+    bank_sample_option,
+    compute_options,
+    library_errors,
+    quiet_option,
+    seed_option,
+    write_json,
+)
 
 #: ``qbscale run`` options that a saved normaliser fixes
-SETTINGS = ("beta", "k", "method", "dynamic")
+SETTINGS = ("beta", "k", "method", "dynamic", "bank_sample", "seed")
+#: the command-line parameter of a setting, where it is named otherwise
+PARAMETERS = {"bank_sample": "bank_sample_text"}
 
 
 @click.command()
@@ -28,6 +38,8 @@ SETTINGS = ("beta", "k", "method", "dynamic")
               help="Top-k bank columns per querybank row forming the activation set.")
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
+@bank_sample_option
+@seed_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write a summary of the normaliser as JSON.")
@@ -35,8 +47,9 @@ SETTINGS = ("beta", "k", "method", "dynamic")
 @quiet_option
 @method_options
 @library_errors
-def fit(store: str, output: str, beta: str | None, k: int, method: str, overwrite: bool,
-        json_path: str | None, scheduler: str, workers: int | None, quiet: bool,
+def fit(store: str, output: str, beta: str | None, k: int, method: str,
+        bank_sample_text: str | None, seed: int, overwrite: bool, json_path: str | None,
+        scheduler: str, workers: int | None, quiet: bool,
         dynamic: bool, gallery_bank: str | None, **method_opts: Any) -> None:
     """Fit a normaliser on the bank of STORE (read once) and write it to NORM.zarr.
 
@@ -50,16 +63,24 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str, overwrit
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
                           method=method, dynamic=dynamic, gallery_bank=gallery_bank,
                           scheduler=scheduler, num_workers=workers, progress=not quiet,
+                          bank_sample=bank_sample(bank_sample_text), seed=seed,
                           **method_kwargs(method, method_opts))
     out = norm.save(output, overwrite=overwrite)
     seconds = time.perf_counter() - t0
     summary = describe(norm, out, seconds)
     click.echo(f"Wrote {out} in {seconds:.1f} s: {summary['label']} "
                f"{summary['variant']}={','.join(f'{v:g}' for v in summary['values'])} "
-               f"k={summary['k']}; activation set: {summary['activation_size']} of "
+               f"k={summary['k']}{_sample_text(norm.config)}; "
+               f"activation set: {summary['activation_size']} of "
                f"{summary['n_gallery']} gallery items")
     if json_path:
         write_json(json_path, "fit", summary)
+
+
+def _sample_text(config: Any) -> str:
+    if config.bank_sample is None:
+        return ""
+    return f" bank_sample={config.bank_sample} seed={config.seed}"
 
 
 def _refuse_existing(output: str, overwrite: bool) -> None:
@@ -79,6 +100,7 @@ def describe(norm: Any, path: str, seconds: float) -> dict[str, Any]:
     return {"path": path, "method": config.method, "label": config.label,
             "variant": config.variant_name, "values": list(config.values), "k": config.k,
             "params": config.param_dict, "dynamic": config.is_dynamic,
+            "bank_sample": config.bank_sample, "seed": config.seed,
             "n_gallery": norm.n_gallery, "activation_size": int(norm.activation.sum()),
             "fingerprint": dict(norm.fingerprint), "seconds": seconds}
 
@@ -87,8 +109,8 @@ def run_settings(path: str, store: str | None, given: dict[str, Any]) -> tuple[A
     """The normaliser at ``path`` and the run settings it implies for ``store``.
 
     ``given`` holds the run's settings that were set on the command line
-    (beta, k, method, dynamic and method parameters); the others come from the
-    normaliser, so ``qbscale run STORE --normaliser NORM.zarr`` needs no more.
+    (beta, k, method, dynamic, bank_sample, seed and method parameters); the
+    others come from the normaliser, so ``qbscale run STORE --normaliser NORM.zarr`` needs no more.
     A given setting that differs from the normaliser's is refused by the run.
     """
     from qbscale.normaliser import Normaliser
@@ -99,6 +121,7 @@ def run_settings(path: str, store: str | None, given: dict[str, Any]) -> tuple[A
     config = norm.config
     settings: dict[str, Any] = {"beta": list(config.values), "k": config.k,
                                 "method": config.method, "dynamic": config.dynamic,
+                                "bank_sample": config.bank_sample, "seed": config.seed,
                                 **config.param_dict}
     if config.variant_name != "beta":
         settings[config.variant_name] = settings.pop("beta")
@@ -114,7 +137,8 @@ def given_settings(ctx: click.Context, settings: dict[str, Any]) -> dict[str, An
 
     out = {}
     for name, value in settings.items():
-        source = ctx.get_parameter_source(name) if name in SETTINGS else None
+        source = ctx.get_parameter_source(PARAMETERS.get(name, name)) \
+            if name in SETTINGS else None
         if name not in SETTINGS or source not in (ParameterSource.DEFAULT, None):
             out[name] = value
     return out

@@ -105,6 +105,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
     given = {"beta": None if beta is None else parse_values(beta), "k": k, "method": method,
              "dynamic": dynamic, **method_kwargs(method, method_opts)}
     check_hits(hits_path, topk, given, len(stores))
+    given.update(bank_sample=bank_sample(bank_sample_text), seed=seed)
     results = []
     for store in stores or (None,):
         settings, norm = given, None
@@ -118,8 +119,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
             results.append(run_api(
                 target, scheduler=scheduler, num_workers=workers, topk=topk,
                 save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
-                resume=resume, gallery_bank=gallery_bank, normaliser=norm,
-                bank_sample=bank_sample(bank_sample_text), seed=seed, **settings))
+                resume=resume, gallery_bank=gallery_bank, normaliser=norm, **settings))
             save_hits(hits_path, results[-1], target)
     if len(results) > 1 or fmt == "markdown":
         _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)

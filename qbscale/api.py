@@ -123,6 +123,7 @@ def plan(store: str | os.PathLike[str] | Experiment,
 
     config = RunConfig.make(beta, k, method, topk, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)
+    config = config.resolved(experiment.bank.shape[0])  # a fraction as its row count
     _check_truth(experiment, topk, save_scores, save_ranks)
     if normaliser is not None:
         normaliser = _matching(normaliser, config, experiment)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,18 @@ class RunConfig:
             else (values,)
         return cls(seq, int(k), method, int(topk), bool(dynamic), tuple(sorted(rest.items())),
                    bank_sample, seed)  # type: ignore[arg-type]  # "all" is checked into None
+
+    def resolved(self, n_bank: int) -> RunConfig:
+        """This config with ``bank_sample`` as the row count it means in a bank of
+        ``n_bank`` rows (None for every row), so a fraction and the equal count
+        are one setting (:func:`qbscale.engine.subsets.sample_size`)."""
+        if self.bank_sample is None:
+            return self
+        n = _subsets.sample_size(self.bank_sample, n_bank)
+        sample = None if n == n_bank else n
+        if sample == self.bank_sample:
+            return self
+        return dataclasses.replace(self, bank_sample=sample)
 
     @property
     def normalises(self) -> bool:

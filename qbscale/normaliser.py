@@ -57,7 +57,8 @@ class Normaliser(_engine.Normaliser):
             method: str = "dis", dynamic: bool = False, bank_emb: Any = None,
             gallery_emb: Any = None, gallery_bank: Any = None, scheduler: Any = "threads",
             num_workers: int | None = None, storage_options: dict[str, Any] | None = None,
-            progress: bool = False, **params: Any) -> Normaliser:
+            progress: bool = False, bank_sample: int | float | str | None = None,
+            seed: int = 0, **params: Any) -> Normaliser:
         """Fit on a querybank: every block of the bank is read once.
 
         Parameters
@@ -81,6 +82,11 @@ class Normaliser(_engine.Normaliser):
         scheduler, num_workers : where the bank stage runs (as :func:`qbscale.run`)
         storage_options : fsspec options of a store URL
         progress : show a progress bar on stderr
+        bank_sample, seed : fit on the bank rows
+            ``numpy.random.default_rng(seed).permutation(n_bank)[:N]`` only
+            (``N`` a count, a fraction in (0, 1] or "all"), as
+            ``qbscale.run(..., bank_sample=, seed=)``; the fitted config keeps
+            the sample as its row count
         **params : the method's other parameters, and its swept one when it
             is not beta (``alpha=[0.5, 0.75]``, ``nnn_k=128``, ``kc=10``,
             ``gallery_beta=20``)
@@ -92,7 +98,7 @@ class Normaliser(_engine.Normaliser):
         from qbscale import fitting
         from qbscale.config import RunConfig
 
-        config = RunConfig.make(beta, k, method, 0, dynamic, params)
+        config = RunConfig.make(beta, k, method, 0, dynamic, params, bank_sample, seed)
         if not config.normalises:
             raise ConfigError("method none has nothing to fit: choose one of "
                               "dis, is, csls, nnn, dual-is")
@@ -108,7 +114,7 @@ class Normaliser(_engine.Normaliser):
         else:
             inputs = fitting.from_array(bank, config, gallery_bank)
         norm = fitting.fit_engine(inputs, config, scheduler, num_workers, progress)
-        return cls(config, norm.shift, norm.activation, dict(inputs.fingerprint),
+        return cls(norm.config, norm.shift, norm.activation, dict(inputs.fingerprint),
                    gallery=inputs.gallery)
 
     # ------------------------------------------------------------ reading

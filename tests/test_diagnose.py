@@ -13,7 +13,8 @@ import qbscale
 from qbscale.analysis import diagnose as dg
 from qbscale.analysis import reading
 from qbscale.engine.grid import split
-from qbscale.errors import ConfigError, InputError
+from qbscale.engine.subsets import sample_rows
+from qbscale.errors import ConfigError
 from qbscale.storage.sources import NumpyMatrix
 from qbscale.types import Experiment
 
@@ -95,11 +96,43 @@ def test_bank_sample_reads_the_sampled_rows():
     bank, test = hub_problem()
     exp = Experiment(chunked(bank, 70, 300), chunked(test, 64, 120), np.arange(300), None)
     d = dg.diagnose(exp, 20.0, 1, bank_sample=250, seed=5, scheduler="synchronous")
-    rows = np.sort(np.random.default_rng(5).choice(900, 250, replace=False))
+    rows = np.random.default_rng(5).permutation(900)[:250]  # the documented sample
     check(d, oracle(bank[rows], test, None, 20.0, 1))
     assert (d.n_bank, d.n_bank_total) == (250, 900)
-    with pytest.raises(InputError, match="bank sample of 901 rows: the bank has 900 rows"):
+    with pytest.raises(ConfigError, match="bank_sample 901 is more than the bank's 900 rows"):
         dg.diagnose(exp, bank_sample=901)
+
+
+@pytest.mark.parametrize(("sample", "seed"), [(250, 5), (0.1, 2), (1, 0), ("all", 3)])
+def test_bank_sample_is_the_runs_sample(sample, seed):
+    """diagnose --bank-sample N --seed S reads the bank rows run --bank-sample N --seed S
+    uses: the same logZ and activation set, and both the oracle's on those rows."""
+    bank, test = hub_problem()
+    exp = Experiment(chunked(bank, 70, 300), chunked(test, 64, 120), np.arange(300), None)
+    d = dg.diagnose(exp, 20.0, 2, bank_sample=sample, seed=seed, scheduler="synchronous")
+    run = qbscale.run(exp, 20.0, 2, bank_sample=sample, seed=seed, scheduler="synchronous")
+    # the same rows; summed block by block in another order, so equal to rounding
+    np.testing.assert_allclose(d.log_z, run.normaliser.shift[0], rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(d.activation, run.normaliser.activation)
+    assert d.result is not None and d.result.after == run.after
+    rows = sample_rows(sample, seed, 900)
+    np.testing.assert_allclose(d.log_z, ref.log_normaliser(bank[rows], 20.0), rtol=1e-12)
+    np.testing.assert_array_equal(d.activation, ref.activation_set(bank[rows], 2))
+    assert d.n_bank == len(rows)
+    assert run.normaliser.config.bank_sample == (None if sample == "all" else len(rows))
+
+
+def test_cli_bank_sample_is_the_runs_sample(tmp_path, cli_invoke):
+    bank, test = hub_problem()
+    store = qbscale.ingest(tmp_path / "s.zarr", bank, test, chunk_rows=128, progress=False)
+    out = tmp_path / "d.json"
+    cli_invoke("diagnose", store, "--bank-sample", "0.2", "--seed", "7", "--json", out, "-q")
+    got = json.loads(out.read_text())
+    run = qbscale.run(store, beta=20, bank_sample=180, seed=7)
+    assert got["n_bank"] == 180 and got["after"] == run.after[20.0]
+    assert got["activation_share"] == pytest.approx(float(run.normaliser.activation.mean()))
+    res = cli_invoke("diagnose", store, "--bank-sample", "901", "-q", exit_code=1)
+    assert "bank_sample 901 is more than the bank's 900 rows" in res.output
 
 
 def test_without_ground_truth():
@@ -165,7 +198,7 @@ def test_cli_diagnose_writes_json(tmp_path, cli_invoke):
     assert "Spearman rho of logZ and N_k" in res.output and got["reading"][:40] in \
         " ".join(res.output.split())
     bad = cli_invoke("diagnose", store, "--bank-sample", "5000", "-q", exit_code=1)
-    assert "bank sample of 5000 rows" in bad.output
+    assert "bank_sample 5000 is more than the bank's 900 rows" in bad.output
 
 
 class Counting(NumpyMatrix):
@@ -191,6 +224,6 @@ def test_every_block_read_once(cols):
     # a bank sample reads only the blocks holding a sampled row, once each
     b = Counting(bank, 100, cols)
     dg.diagnose(Experiment(b, t, np.arange(300), None), bank_sample=3, seed=1)
-    rows = np.sort(np.random.default_rng(1).choice(900, 3, replace=False))
+    rows = sample_rows(3, 1, 900)
     assert {i for i, _ in b.reads} == set((rows // 100).tolist())
     assert set(b.reads.values()) == {1}

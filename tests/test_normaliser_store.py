@@ -28,6 +28,7 @@ from qbscale.storage.store import open_experiment
 
 from . import reference as ref
 from .test_read_once import ChunkFetches, chunk_keys
+from .test_resume import FailingMatrix, manifests
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +296,90 @@ def test_save_and_load_on_s3(data):
             norm.save(url)
         with pytest.raises(StoreNotFoundError):
             Normaliser.load("s3://qbscale-norm/nowhere.zarr")
+
+
+# ---------------------------------------------------------------- bank samples
+
+
+def test_a_sampled_normaliser_keeps_its_sample_through_save_and_load(data, store, tmp_path):
+    bank, _ = data
+    fitted = Normaliser.fit(store, k=2, bank_sample=30, seed=4)
+    loaded = Normaliser.load(fitted.save(tmp_path / "n.zarr"))
+    assert (loaded.config.bank_sample, loaded.config.seed) == (30, 4)
+    assert loaded.config == fitted.config
+    rows = np.random.default_rng(4).permutation(90)[:30]
+    close(loaded.shift[0], ref.log_normaliser(bank[rows], 20.0))
+    np.testing.assert_array_equal(loaded.activation, ref.activation_set(bank[rows], 2))
+    want = qbscale.run(store, k=2, bank_sample=30, seed=4)
+    np.testing.assert_array_equal(want.shift, loaded.shift)
+    for norm in (fitted, loaded):
+        got = qbscale.run(store, k=2, bank_sample=30, seed=4, normaliser=norm)
+        assert got.after == want.after and got.before == want.before
+        np.testing.assert_array_equal(got.normalised, want.normalised)
+    with pytest.raises(ConfigError, match=r"bank_sample=30 seed=4; this run asks for .* k=2$"):
+        qbscale.run(store, k=2, normaliser=loaded)
+    # from an array: the same rows, a fraction kept as its count (0.25 * 90 = 22.5 -> 23)
+    arr = Normaliser.fit(bank, bank_sample=0.25, seed=4)
+    assert (arr.config.bank_sample, arr.config.seed) == (23, 4)
+    close(arr.shift[0], ref.log_normaliser(bank[np.random.default_rng(4).permutation(90)[:23]],
+                                           20.0))
+    assert Normaliser.fit(bank, bank_sample="all", seed=4).config.bank_sample is None
+
+
+def test_a_fraction_and_its_count_are_one_setting(store, tmp_path):
+    plan = qbscale.api.plan(store, bank_sample=0.25, seed=3)
+    assert (plan.config.bank_sample, plan.config.seed) == (23, 3)
+    assert qbscale.api.plan(store, bank_sample=1.0, seed=3).config.bank_sample is None
+    norm = Normaliser.fit(store, bank_sample=0.25, seed=3)
+    assert norm.config.bank_sample == 23
+    want = qbscale.run(store, bank_sample=23, seed=3)
+    for spec in (23, 0.25, 0.2556):  # 0.2556 * 90 = 23.004 -> 23
+        assert qbscale.run(store, bank_sample=spec, seed=3, normaliser=norm).after == want.after
+    with pytest.raises(ConfigError, match=r"bank_sample=23 seed=3; this run asks for "
+                                          r"method=dis beta=\[20.0\] k=1 bank_sample=24 seed=3"):
+        qbscale.run(store, bank_sample=24, seed=3, normaliser=norm)
+    # --resume: an interrupted run of 0.25 is resumed by the run of 23 rows, not of 24
+    copy = str(shutil.copytree(store, tmp_path / "copy.zarr"))
+    experiment = open_experiment(copy)
+    experiment.test = FailingMatrix(experiment.test, ok=6)
+    with pytest.raises(RuntimeError, match="cannot read block"):
+        qbscale.run(experiment, bank_sample=0.25, seed=3, save_ranks=True,
+                    scheduler="synchronous")
+    [manifest] = manifests(copy)
+    done = int(zarr.open_array(str(manifest / "done"), mode="r")[...].sum())
+    with pytest.raises(ConfigError, match=r"bank_sample=23 \(now 24\)"):
+        qbscale.run(copy, bank_sample=24, seed=3, save_ranks=True, resume=True)
+    again = qbscale.run(copy, bank_sample=23, seed=3, save_ranks=True, resume=True)
+    assert 0 < done == again.extra["resume"]["reused"] and again.after == want.after
+
+
+def test_cli_fit_a_sample_then_run_with_it(data, store, tmp_path, cli_invoke):
+    out, summary = tmp_path / "n.zarr", tmp_path / "fit.json"
+    res = cli_invoke("fit", store, "-o", out, "--bank-sample", "0.25", "--seed", "3",
+                     "--json", summary, "-q")
+    assert "bank_sample=23 seed=3" in res.output
+    info = json.loads(summary.read_text())
+    assert (info["bank_sample"], info["seed"]) == (23, 3)
+    norm = Normaliser.load(out)
+    assert (norm.config.bank_sample, norm.config.seed) == (23, 3)
+    want = Normaliser.fit(store, bank_sample=23, seed=3)
+    assert norm.shift.tobytes() == want.shift.tobytes()
+
+    def metrics(*args):
+        path = tmp_path / "m.json"
+        cli_invoke("run", store, *args, "--json", path, "-q")
+        return json.loads(path.read_text())
+
+    plain = metrics("--bank-sample", "23", "--seed", "3")
+    assert (plain["bank_sample"], plain["seed"]) == (23, 3)
+    for given in ((), ("--bank-sample", "23"), ("--bank-sample", "0.25", "--seed", "3")):
+        got = metrics("--normaliser", str(out), *given)
+        assert got["after"] == plain["after"] and got["before"] == plain["before"]
+        assert (got["bank_sample"], got["seed"]) == (23, 3)
+    res = cli_invoke("run", store, "--normaliser", out, "--bank-sample", "24", "-q",
+                     exit_code=1)
+    assert "bank_sample=23 seed=3; this run asks for" in res.output
+    assert "bank_sample=24 seed=3" in res.output
+    res = cli_invoke("run", store, "--normaliser", out, "--bank-sample", "all", "-q",
+                     exit_code=1)
+    assert "bank_sample=23 seed=3; this run asks for method=dis beta=[20.0] k=1\n" in res.output

@@ -173,7 +173,8 @@ class Diagnosis:
 
 
 def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: int = 1,
-             depth: int = 10, *, method: str = "dis", bank_sample: int | None = None,
+             depth: int = 10, *, method: str = "dis",
+             bank_sample: int | float | str | None = None,
              seed: int = 0, evaluate: bool = True, scheduler: Any = "threads",
              num_workers: int | None = None, progress: bool = False,
              storage_options: dict[str, Any] | None = None) -> Diagnosis:
@@ -185,8 +186,11 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     beta, k, method : the normaliser diagnosed (``"dis"`` or ``"is"``), as in
         :func:`qbscale.run`
     depth : the top-k depth of ``N_k``
-    bank_sample : use this many bank rows, drawn at random with ``seed``
-        (only the bank blocks holding one are read)
+    bank_sample, seed : use only the bank rows
+        ``numpy.random.default_rng(seed).permutation(n_bank)[:N]`` (``N`` a
+        count, a fraction in (0, 1] or "all"), the rows of
+        ``qbscale.run(..., bank_sample=, seed=)`` (:mod:`qbscale.engine.subsets`);
+        only the bank blocks holding one are read
     evaluate : with a ground truth, also measure the run before and after in
         the same test read
     scheduler, num_workers, progress, storage_options : as in :func:`qbscale.run`
@@ -197,6 +201,7 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     """
     from qbscale.api import _assemble
     from qbscale.engine import diagnostics
+    from qbscale.engine.subsets import check_seed, sample_rows
     from qbscale.executors import get_executor
     from qbscale.storage.store import open_experiment
 
@@ -204,8 +209,9 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     diagnostics.check_method(method)
     config = RunConfig.make(float(beta), k, method)
     bank = exp.bank
-    if bank_sample is not None:
-        bank = diagnostics.RowSample(bank, _sample(bank.shape[0], bank_sample, seed))
+    rows = sample_rows(bank_sample, check_seed(seed), bank.shape[0])
+    if rows.size < bank.shape[0]:  # the rows of run(..., bank_sample=, seed=)
+        bank = diagnostics.RowSample(bank, np.sort(rows))
     with_gt = evaluate and getattr(exp, "gt", None) is not None
     graph = diagnostics.build(exp, bank, config, depth, with_gt)
     executor = get_executor(scheduler, num_workers)
@@ -225,10 +231,3 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     return Diagnosis(config, min(depth, exp.n_gallery), bank.shape[0], exp.bank.shape[0],
                      int(mask.sum()), exp.n_gallery, norm.shift[0], norm.activation, nk,
                      view.top1, top1, float(norm.activation[top_idx].mean()), result)
-
-
-def _sample(n_bank: int, size: int, seed: int) -> np.ndarray:
-    if not 1 <= size <= n_bank:
-        raise InputError(f"bank sample of {size} rows: the bank has {n_bank} rows")
-    return np.sort(np.random.default_rng(seed).choice(n_bank, size, replace=False))
-

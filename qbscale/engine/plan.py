@@ -116,6 +116,7 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
         baseline: Delayed = delayed(Normaliser.baseline, pure=True)(
             config, experiment.n_gallery, dask_key_name=key("normaliser"))
         return baseline
+    config = config.resolved(experiment.bank.shape[0])
     subsets = Subsets.sample(config.bank_sample, config.seed, experiment.bank.shape[0])
     return _fit(experiment, [config], subsets, key, banks, single=True)
 

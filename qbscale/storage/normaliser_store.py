@@ -59,7 +59,8 @@ def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
 
     return {"format": FORMAT, "method": config.method, "values": list(config.values),
             "variant": config.variant_name, "k": config.k, "params": config.param_dict,
-            "dynamic": config.dynamic, "fingerprint": dict(fingerprint),
+            "dynamic": config.dynamic, "bank_sample": config.bank_sample,
+            "seed": config.seed, "fingerprint": dict(fingerprint),
             "bank_checksum": fingerprint.get("bank_checksum"),
             "gallery_sha256": fingerprint.get("gallery_sha256"),
             "gallery": gallery, "version": __version__, "complete": False}
@@ -156,7 +157,8 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     attrs = _meta(url, group)
     try:
         config = RunConfig(tuple(attrs["values"]), int(attrs["k"]), str(attrs["method"]), 0,
-                           bool(attrs["dynamic"]), tuple(sorted(dict(attrs["params"]).items())))
+                           bool(attrs["dynamic"]), tuple(sorted(dict(attrs["params"]).items())),
+                           attrs.get("bank_sample"), int(attrs.get("seed", 0)))
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"the normaliser {url} has invalid settings: {exc}") from exc
     fingerprint = dict(attrs.get("fingerprint") or {})
