@@ -107,7 +107,7 @@ class ScoresWriter:
         scores = create_array(
             str(experiment.url), f"{prefix}/{SCORES}", shape=(len(config.values), *test.shape),
             dtype="float64", chunks=(1, rows, test.shape[1]), overwrite=True,
-            dimension_names=("beta", "query", "gallery"),
+            dimension_names=(config.variant_name, "query", "gallery"),
             storage_options=experiment.storage_options,
         )
         scores.attrs.update({"values": list(config.values), "method": config.method})
@@ -126,6 +126,7 @@ def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
     from qbscale.storage.integrity import create_array
 
     values = list(result.config.values)
+    variant = result.config.variant_name  # beta, alpha or kc: the axis of the swept values
 
     def put(name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
         arr = create_array(str(experiment.url), f"{prefix}/{name}", shape=data.shape,
@@ -138,10 +139,10 @@ def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
         put("ranks_baseline", result.base_ranks, ("query",))
         if result.ranks:
             put("ranks", np.stack([result.ranks[b] for b in result.config.values]),
-                ("beta", "query"))
+                (variant, "query"))
     if result.topk_index is not None and result.topk_score is not None:
-        put("topk_index", result.topk_index, ("beta", "query", "topk"))
-        put("topk_score", result.topk_score, ("beta", "query", "topk"))
+        put("topk_index", result.topk_index, (variant, "query", "topk"))
+        put("topk_score", result.topk_score, (variant, "query", "topk"))
 
 
 def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> None:
