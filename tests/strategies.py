@@ -50,3 +50,14 @@ def problems(draw: st.DrawFn, max_gallery: int = 12, max_per_item: int = 3) -> P
 def chunking(draw: st.DrawFn, n: int) -> int:
     """A chunk length for an axis of ``n`` (1 .. n)."""
     return draw(st.integers(1, max(1, n)))
+
+
+class Draws:
+    """Stands in for ``st.data()`` in an ``@example``: ``draw`` returns the
+    given values in order (Hypothesis's report lists them as "Draw 1: ...")."""
+
+    def __init__(self, *values: object) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: object, label: object = None) -> object:
+        return self.values.pop(0)

@@ -80,6 +80,27 @@ def test_logsumexp_and_topk_kernels(data):
     np.testing.assert_array_equal(vals, want_val)
 
 
+@pytest.mark.parametrize("n_rows", [9, 200, 70_000])
+def test_equal_columns_get_the_same_bits_in_any_chunk_width(n_rows):
+    """A column's logZ does not depend on its block's width or its place in it:
+    numpy sums a lone column pairwise and a wide block row by row, and slab
+    heights follow the width, so equal gallery columns in column chunks of
+    different widths lost their exact tie to the last bit."""
+    rng = np.random.default_rng(n_rows)
+    col = (rng.standard_normal((n_rows, 1)) * 3).astype(np.float32)
+    betas = np.array([0.5, 20.0])
+    alone = kernels.bank_logsumexp(col, betas)
+    members = rng.random((3, n_rows)) < 0.5
+    sets = kernels.bank_logsumexp_sets(col, betas, members)
+    for width in (2, 3, 17, 300):
+        block = (rng.standard_normal((n_rows, width)) * 3).astype(np.float32)
+        for at in (0, width - 1):
+            block[:, at] = col[:, 0]
+            assert kernels.bank_logsumexp(block, betas)[:, [at]].tobytes() == alone.tobytes()
+            got = kernels.bank_logsumexp_sets(block, betas, members)[..., [at]]
+            assert got.tobytes() == sets.tobytes()
+
+
 def test_large_beta_times_similarity_stays_finite():
     """Un-normalised dot products of ~50 with beta 20: exp would overflow."""
     rng = np.random.default_rng(1)

@@ -72,7 +72,9 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     n_sets = 1 if members is None else len(members)
     out = np.empty((n_sets, len(betas), n_cols))
     step = max(1, SLAB_ELEMENTS // max(n_cols, 1))
-    buf = np.empty(step * n_cols)
+    # row 0 of a slab is left for the running total (see _add_rows)
+    buf = np.empty((step + 1) * n_cols)
+    part = None if members is None else np.empty_like(buf)
     for b, beta in enumerate(betas):
         peak = top * beta
         totals = np.zeros((n_sets, n_cols))
@@ -83,7 +85,8 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
                 used = sets.any(axis=0)
                 if not used.all():
                     x, sets = x[used], sets[:, used]
-            y = buf[: x.size].reshape(x.shape)
+            slab = buf[: (len(x) + 1) * n_cols].reshape(len(x) + 1, n_cols)
+            y = slab[1:]
             # a separate cast then in-place float64 ops: ~1.3x faster than
             # one mixed-type ufunc call, whose casting goes through buffers
             np.copyto(y, x)
@@ -93,9 +96,11 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
             for s in range(n_sets):
                 here = None if sets is None else sets[s]
                 if here is None or here.all():
-                    _add_rows(totals[s], y)
-                elif here.any():
-                    _add_rows(totals[s], y[here])
+                    _add_rows(totals[s], slab)
+                elif here.any() and part is not None:
+                    rows = part[: (int(here.sum()) + 1) * n_cols].reshape(-1, n_cols)
+                    np.compress(here, y, axis=0, out=rows[1:])
+                    _add_rows(totals[s], rows)
         with np.errstate(divide="ignore"):
             out[:, b] = peak + np.log(totals)
         if members is not None:
@@ -103,11 +108,24 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     return out
 
 
-def _add_rows(total: np.ndarray, y: np.ndarray) -> None:
-    if len(y) == 1:  # wide rows: one row per slab, summed in place
-        np.add(total, y[0], out=total)
+def _add_rows(total: np.ndarray, rows: np.ndarray) -> None:
+    """``total += rows[1] + rows[2] + ...``, strictly in row order (``rows[0]`` is scratch).
+
+    Each column's sum is ``((total + r1) + r2) + ...`` whatever the slab
+    boundaries or the block's width, so a column gets the same bits in any
+    column chunk (two equal gallery columns stay exactly tied).  numpy's own
+    ``sum(axis=0)`` adds the rows of a wide table in sequence, but sums a
+    lone column pairwise, and ``total + slab.sum(axis=0)`` would group the
+    terms by slab: both would make the result depend on the chunking.
+    """
+    if len(rows) == 2:  # wide rows: one row per slab, summed in place
+        np.add(total, rows[1], out=total)
+    elif rows.shape[1] == 1:  # accumulate, unlike reduce, never sums pairwise
+        rows[0] = total
+        total[:] = np.add.accumulate(rows[:, 0])[-1]
     else:
-        total += y.sum(axis=0)
+        rows[0] = total
+        np.add.reduce(rows, axis=0, out=total)
 
 
 #: a set's shifted sum below this may have lost terms to underflow: recomputed
