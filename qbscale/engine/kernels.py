@@ -60,8 +60,9 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     returns ``(n_sets, len(betas), n_cols)``, ``-inf`` for a set with no row
     here.  Each ``exp`` is computed once (and only for rows in some set),
     shifted by the column maximum of the whole block, and added to every set
-    holding its row, in row order: a set's
-    result depends only on its own rows and the block, so it is the same
+    holding its row, in row order (:func:`_add_rows`): a column's result
+    does not depend on the block's width or the column's place in it, and a
+    set's result depends only on its own rows and the block, so it is the same
     whichever other sets are computed with it, and the set of every row is
     :func:`bank_logsumexp` bit for bit.  Where the shifted terms of a set
     underflow (its rows all far below the block's maximum), those columns are
