@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -94,10 +95,20 @@ def library_errors(func: F) -> F:
                 return func(*args, **kwargs)
             except QBScaleError as exc:
                 raise click.ClickException(str(exc)) from exc
+            except BrokenPipeError:  # stdout's reader left (`qbscale run ... | head`)
+                _silence_stdout()
+                sys.exit(1)
             except OSError as exc:
                 raise click.ClickException(os_error_message(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush cannot fail
+    again (the recipe of Python's signal documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def os_error_message(exc: OSError) -> str:

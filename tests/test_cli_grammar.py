@@ -243,3 +243,19 @@ def test_tune_malloc_applies_the_settings_on_glibc():
                                                                    or ""):
         pytest.skip("not glibc")
     assert tune_malloc() is True
+
+
+def test_a_reader_that_leaves_early_is_no_error(store):
+    """`qbscale run STORE | head -1`: no `Error: Broken pipe`, no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "qbscale.cli", "run", str(store), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves, as `head -1` does
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert first.startswith(b"method")
+    assert "Error" not in err and "Traceback" not in err
