@@ -15,6 +15,7 @@ from .options import (
     bank_sample,
     bank_sample_option,
     compute_options,
+    k_option,
     library_errors,
     quiet_option,
     seed_option,
@@ -34,8 +35,7 @@ PARAMETERS = {"bank_sample": "bank_sample_text"}
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
                    "(one pass for all).")
-@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Top-k bank columns per querybank row forming the activation set.")
+@k_option
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
 @bank_sample_option

@@ -43,9 +43,14 @@ depth_option = click.option("--depth", type=click.IntRange(min=1), default=10,
                             show_default=True,
                             help="Depth of the top lists counted in N_k (N_k(j): the test "
                                  "queries with item j in their top DEPTH).")
+_K_HELP = "Top-k bank columns per querybank row forming the activation set."
+#: the activation set's k (the seed's flag), as parameter ``k``
+k_option = click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
+                        help=_K_HELP)
+#: the same, as parameter ``activation_k`` (commands whose library call has another k)
 activation_k_option = click.option(
     "--k", "--activation-k", "activation_k", type=click.IntRange(min=1), default=1,
-    show_default=True, help="Top-k bank columns per querybank row forming the activation set.")
+    show_default=True, help=_K_HELP)
 
 
 def write_json(path: str | Path, kind: str, payload: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from .options import (
     bank_sample_option,
     check_output_file,
     compute_options,
+    k_option,
     library_errors,
     quiet_option,
     seed_option,
@@ -48,8 +49,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
                    "(one pass for all).")
-@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Top-k bank columns per querybank row forming the activation set.")
+@k_option
 @click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
 @click.option("--topk", type=click.IntRange(min=0), default=0,
               help="Save the K best gallery items per query.")

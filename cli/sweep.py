@@ -11,7 +11,7 @@ import click
 from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import compute_options, k_option, library_errors, quiet_option
 
 
 @click.command()
@@ -25,16 +25,14 @@ from .options import library_errors, quiet_option, scheduler_option, workers_opt
               help="Seed of the first repeat.")
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20.")
-@click.option("--k", "k", type=int, default=1, show_default=True,
-              help="Top-k bank columns per querybank row forming the activation set.")
+@k_option
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Write every cell and the summary as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Draw R@1 against querybank size into this PNG (needs matplotlib).")
-@scheduler_option
-@workers_option
+@compute_options
 @quiet_option
 @method_options
 @library_errors
