@@ -46,6 +46,9 @@ BLOCK_BYTES = 2**26
 MIN_ITEMS = 1024
 #: elements of a row slab scored at a time (1 MiB of float32 stays in cache)
 SLAB_ELEMENTS = 2**18
+#: elements of a row slab of a grouped block (only its segment maxima are
+#: computed for every entry, so slabs are large: fewer, larger numpy calls)
+GROUPED_SLAB_ELEMENTS = 2**22
 #: partial results merged per merge task
 FAN_IN = 8
 
@@ -66,22 +69,43 @@ def _engine_record(norm: Normaliser) -> Normaliser:
 
 
 def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
-                   smax: float | None = None) -> _Partial:
+                   smax: float | None = None, order: np.ndarray | None = None,
+                   state: _Partial | None = None) -> _Partial:
     """Top-k lists of one similarity block (gallery columns ``col0:col0+width``).
 
-    Rows go through in slabs of about :data:`SLAB_ELEMENTS`, so the float32
-    scores, masks and floors of a slab stay in cache while they are used.
+    With ``order`` (from :func:`_grouping`), ``block[:, p]`` holds column
+    ``col0 + order[p]`` and one pass over the block's segment maxima serves
+    every list (:func:`qbscale.engine.topk.grouped_topk`), and ``state`` (the
+    same rows' lists over earlier gallery blocks) sets running thresholds.
+    The result includes ``state``.  Rows go through
+    in slabs of about :data:`SLAB_ELEMENTS`, so the float32 scores, masks and
+    floors of a slab stay in cache while they are used.
     """
     n_rows, width = block.shape
     step = max(1, SLAB_ELEMENTS // max(width, 1))
     want_raw = norm.rows != "all" or norm.shift is None
     want_norm = norm.shift is not None and norm.rows != "none"
-    scratch = np.empty(min(n_rows, step) * width, np.float32) if want_norm else None
     shift = norm.shift[:, col0:col0 + width] if want_norm and norm.shift is not None else None
-    if smax is None and want_norm:
-        smax = max(abs(float(block.max())), abs(float(block.min())))
     raw: list[TopK] = []
     normed: list[list[TopK]] = [[] for _ in norm.values] if want_norm else []
+    if order is not None and shift is not None:
+        variants = [_topk.GroupedShift(float(scale), shift[b], order)
+                    for b, scale in enumerate(norm.scales)]
+        step = max(1, GROUPED_SLAB_ELEMENTS // max(width, 1))
+        for r in range(0, n_rows, step):
+            prev = None if state is None else (
+                _rows(state.raw, r, step), [(n[0][r:r + step], n[1][r:r + step])
+                                            for n in state.norm])
+            slab_raw, slab_norm = _topk.grouped_topk(block[r:r + step], k, variants, order,
+                                                     col0, want_raw, prev)
+            if slab_raw is not None:
+                raw.append(slab_raw)
+            for b, pair in enumerate(slab_norm):
+                normed[b].append(pair)
+        return _Partial(_stack(raw) if want_raw else None, tuple(_stack(n) for n in normed))
+    scratch = np.empty(min(n_rows, step) * width, np.float32) if want_norm else None
+    if smax is None and want_norm:
+        smax = max(abs(float(block.max())), abs(float(block.min())))
     for r in range(0, n_rows, step):
         slab = block[r:r + step]
         if want_raw:
@@ -90,7 +114,23 @@ def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
             for b, scale in enumerate(norm.scales):
                 normed[b].append(_topk.normalised_topk(slab, k, float(scale), shift[b], col0,
                                                        scratch, smax))
-    return _Partial(_stack(raw) if want_raw else None, tuple(_stack(n) for n in normed))
+    part = _Partial(_stack(raw) if want_raw else None, tuple(_stack(n) for n in normed))
+    return part if state is None else _merge(k, state, part)
+
+
+def _rows(pair: TopK | None, start: int, count: int) -> TopK | None:
+    return None if pair is None else (pair[0][start:start + count], pair[1][start:start + count])
+
+
+def _grouping(norm: Normaliser, col0: int, width: int, k: int) -> np.ndarray | None:
+    """The column order grouping similar shifts (of the first variant) into
+    segments, when the search scores normalised lists and the bounds apply."""
+    if norm.shift is None or norm.rows == "none":
+        return None
+    shift = norm.shift[:, col0:col0 + width]
+    if not _topk.can_group(width, k, np.asarray(norm.scales), shift):
+        return None
+    return _topk.grouped_order(shift[0])
 
 
 def _stack(parts: list[TopK]) -> TopK:
@@ -135,40 +175,59 @@ def _tree(parts: list[Any], k: int, name: str) -> Any:
 
 
 def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: int, col0: int,
-                     k: int, norm: Normaliser) -> _Partial:
+                     k: int, norm: Normaliser, state: _Partial | None) -> _Partial:
     q = np.asarray(queries.read(i, 0), dtype=np.float32)
     g = np.asarray(gallery.read(c, 0), dtype=np.float32)
-    check_finite(q, offsets(queries.row_chunks)[i], "the queries")
-    check_finite(g, col0, "the gallery embeddings")
+    # squared norms: finite only when every entry is (checked precisely otherwise)
+    q_norms = np.einsum("ij,ij->i", q, q)
+    g_norms = np.einsum("ij,ij->i", g, g)
+    if not np.isfinite(q_norms).all():
+        check_finite(q, offsets(queries.row_chunks)[i], "the queries")
+    if not np.isfinite(g_norms).all():
+        check_finite(g, col0, "the gallery embeddings")
     # |q.g| <= |q| |g| bounds every similarity of the block (float32 rounding
     # of the product adds far less than the margin of normalised_topk)
-    smax = float(np.sqrt(np.einsum("ij,ij->i", q, q).max(initial=0.0))
-                 * np.sqrt(np.einsum("ij,ij->i", g, g).max(initial=0.0))) * (1 + 2.0**-10)
-    return _block_partial(q @ g.T, col0, k, norm, smax)
+    smax = float(np.sqrt(q_norms.max(initial=0.0)) * np.sqrt(g_norms.max(initial=0.0))
+                 ) * (1 + 2.0**-10)
+    order = _grouping(norm, col0, g.shape[0], k)
+    if order is not None:
+        g = g[order]
+    return _block_partial(q @ g.T, col0, k, norm, smax, order, state)
 
 
 def _matrix_block(sims: MatrixSource, i: int, c: int, col0: int, k: int,
-                  norm: Normaliser) -> _Partial:
+                  norm: Normaliser, state: _Partial | None) -> _Partial:
     block = np.asarray(sims.read(i, c))
     if block.dtype.kind != "f" or block.dtype.itemsize < 4:
         block = block.astype(np.float32)
-    return _block_partial(block, col0, k, norm)
+    return _block_partial(block, col0, k, norm, state=state)
 
 
 # ----------------------------------------------------------------- graphs
 
 
 def _graph(norm: Normaliser, n_rows: tuple[int, ...], col_chunks: tuple[int, ...], k: int,
-           task: Any, token: str) -> list[Delayed]:
-    """One delayed ``(scores, indices)`` per query row block."""
+           task: Any, token: str, chains: int) -> list[Delayed]:
+    """One delayed ``(scores, indices)`` per query row block.
+
+    A row block's gallery blocks are dealt to ``chains`` chains (block ``c``
+    to chain ``c % chains``); each task takes its chain's lists so far, whose
+    ``k``-th best scores let it skip most of its block, and the chains merge
+    at the end.  ``chains`` tasks per row block can run at once.
+    """
     record = delayed(norm, name=f"qb-search-norm-{token}")
     cols = offsets(col_chunks)
+    chains = max(1, min(chains, len(col_chunks)))
     out = []
     for i in range(len(n_rows)):
-        parts = [delayed(task)(i, c, cols[c], k, record,
-                               dask_key_name=f"qb-search-{i}-{c}-{token}")
-                 for c in range(len(col_chunks))]
-        merged = _tree(parts, k, f"qb-search-{i}-{token}")
+        ends = []
+        for w in range(chains):
+            state = None
+            for c in range(w, len(col_chunks), chains):
+                state = delayed(task)(i, c, cols[c], k, record, state,
+                                      dask_key_name=f"qb-search-{i}-{c}-{token}")
+            ends.append(state)
+        merged = _tree(ends, k, f"qb-search-{i}-{token}")
         out.append(delayed(_finish)(record, merged, dask_key_name=f"qb-search-{i}-done-{token}"))
     return out
 
@@ -296,10 +355,12 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     record = _engine_record(norm)
     token = _token()
 
-    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser) -> _Partial:
-        return _embedding_block(qry, parts, i, c, col0, k, nrm)
+    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
+             state: _Partial | None) -> _Partial:
+        return _embedding_block(qry, parts, i, c, col0, k, nrm, state)
 
-    outputs = _graph(record, qry.row_chunks, parts.row_chunks, k, task, token)
+    chains = -(-2 * _workers(scheduler, num_workers) // len(qry.row_chunks))
+    outputs = _graph(record, qry.row_chunks, parts.row_chunks, k, task, token, chains)
     return _compute(record, outputs, scheduler, num_workers, progress)
 
 
@@ -316,10 +377,12 @@ def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
     k = _check_k(top_k, sims.shape[1])
     record = _engine_record(norm)
 
-    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser) -> _Partial:
-        return _matrix_block(sims, i, c, col0, k, nrm)
+    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
+             state: _Partial | None) -> _Partial:
+        return _matrix_block(sims, i, c, col0, k, nrm, state)
 
-    outputs = _graph(record, sims.row_chunks, sims.col_chunks, k, task, _token())
+    chains = -(-2 * _workers(scheduler, num_workers) // len(sims.row_chunks))
+    outputs = _graph(record, sims.row_chunks, sims.col_chunks, k, task, _token(), chains)
     return _compute(record, outputs, scheduler, num_workers, progress)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import zarr
@@ -118,6 +120,56 @@ def test_topk_kernels(seed, n_cols, top_k, scale, grid):
     got = topk_kernels.normalised_topk(block, k, scale, shift)
     np.testing.assert_array_equal(got[1], idx)
     np.testing.assert_array_equal(got[0], val)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), n_cols=st.integers(1, 600), n_blocks=st.integers(1, 4),
+       top_k=st.integers(1, 12), scale=st.sampled_from([1.0, 20.0, 1e-3, 1e35, 1e308]),
+       n_variants=st.integers(0, 2), grid=st.booleans(), rising=st.booleans(),
+       layout=st.sampled_from(["grouped", "random", "identity"]),
+       group_length=st.sampled_from([2, 4, 32]))
+def test_grouped_topk_chain(seed, n_cols, n_blocks, top_k, scale, n_variants, grid, rising,
+                            layout, group_length):
+    """Shift-grouped blocks chained over the gallery equal the dense top-k.
+
+    Any column order is exact (grouping only makes the bounds tight); rows
+    that rise along the gallery make every block beat the running
+    threshold, so the per-row block floor is exercised too.
+    """
+    from unittest import mock
+
+    rng = np.random.default_rng(seed)
+    full = rng.standard_normal((9, n_cols)).astype(np.float32)
+    if grid:  # many ties
+        full = np.round(full * 2) / 2
+    if rising:
+        full = np.sort(full, axis=1)
+    shifts = np.round(rng.standard_normal((n_variants, n_cols)) * rng.choice([0.25, 4.0])) / 4
+    scales = [scale] * n_variants
+    cuts = np.unique(np.r_[0, np.sort(rng.integers(0, n_cols + 1, n_blocks - 1)), n_cols])
+    with mock.patch.object(topk_kernels, "GROUP_LENGTH", group_length), \
+            mock.patch.object(topk_kernels, "SEGMENTS_PER_K", 1):
+        k = min(top_k, int(np.diff(cuts).min()) // group_length)
+        if k < 1 or not topk_kernels.can_group(n_cols, k, np.array(scales), shifts):
+            return
+        state = None
+        for c0, c1 in itertools.pairwise(cuts):
+            width = c1 - c0
+            order = {"grouped": topk_kernels.grouped_order(shifts[0, c0:c1]) if n_variants
+                     else np.arange(width),
+                     "random": rng.permutation(width),
+                     "identity": np.arange(width)}[layout]
+            variants = [topk_kernels.GroupedShift(sc, sh[c0:c1], order)
+                        for sc, sh in zip(scales, shifts, strict=True)]
+            block = np.ascontiguousarray(full[:, c0:c1][:, order])
+            state = topk_kernels.grouped_topk(block, k, variants, order, int(c0), True, state)
+    idx, val = ref.topk(full.astype(np.float64), k)
+    np.testing.assert_array_equal(state[0][1], idx)
+    np.testing.assert_array_equal(state[0][0], val)
+    for b in range(n_variants):
+        idx, val = ref.topk(scale * full.astype(np.float64) - shifts[b], k)
+        np.testing.assert_array_equal(state[1][b][1], idx)
+        np.testing.assert_array_equal(state[1][b][0], val)
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,8 @@ FLOAT32_ERROR = 2.0**-20
 #: magnitudes above which the float32 prefilter is not used
 FLOAT32_SAFE = 1e30
 
+TopK = tuple[np.ndarray, np.ndarray]
+
 
 def _round_down(floor: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``floor`` in ``dtype``, never above the float64 value."""
@@ -177,3 +179,184 @@ def normalised_topk(block: np.ndarray, k: int, scale: float, shift: np.ndarray, 
     rows, cols = candidates(approx, k, 2 * error)
     values = exact_scores(block[rows, cols], scale, shift[cols])
     return from_candidates(rows, cols, values, n_rows, k, col0)
+
+
+# ------------------------------------------------- blocks grouped by shift
+#
+# A search computes its similarity block with the gallery's columns in an
+# order of its choosing (it reorders the gallery embeddings before the
+# product).  Placing columns of neighbouring shifts in one segment makes the
+# segment maxima of the *raw* block bound the normalised scores too:
+# with ``c > 0`` and rounding monotone, every entry ``j`` of a segment with
+# raw maximum ``m`` and shifts in ``[lo, hi]`` has
+#
+#     fl(fl(c m) - hi)  <=  exact(argmax entry)    and    exact(j)  <=  fl(fl(c m) - lo)
+#
+# (``exact`` as :func:`qbscale.engine.kernels.exact_scores`).  The ``k``-th
+# largest lower bound is a floor with ``k`` entries at or above it, and only
+# segments whose upper bound reaches the floor can hold the top-k: one pass
+# over the block (the maxima) serves the raw list and every variant's.
+
+
+#: entries per segment of a grouped block (its bounds prune whole segments,
+#: so longer segments than :data:`SEGMENT_LENGTH` mean fewer bounds to compare)
+GROUP_LENGTH = 32
+
+
+def _layout(n_cols: int) -> tuple[int, int]:
+    """``(segments, length)`` of a grouped row of ``n_cols`` (interleaved as in
+    :func:`candidates`, segments of about :data:`GROUP_LENGTH`)."""
+    n_seg = n_cols // GROUP_LENGTH
+    return n_seg, n_cols // max(n_seg, 1)
+
+
+def can_group(n_cols: int, k: int, scales: np.ndarray, shift: np.ndarray) -> bool:
+    """Whether :func:`grouped_topk` applies: enough segments for ``k``, positive
+    finite scales and finite shifts (the bounds need monotone rounding)."""
+    scales = np.asarray(scales, np.float64)
+    return (_layout(n_cols)[0] >= min(k, n_cols) * SEGMENTS_PER_K
+            and bool(np.all(np.isfinite(scales) & (scales > 0)))
+            and bool(np.isfinite(shift).all()))
+
+
+def grouped_order(key: np.ndarray) -> np.ndarray:
+    """A column order whose segments each hold neighbouring values of ``key``.
+
+    Position ``p`` of the reordered row holds column ``order[p]``; segment
+    ``s`` (positions ``s, s + S, s + 2 S, ...``) holds the ``s``-th run of
+    ``length`` columns by increasing key, and the tail the largest keys.
+
+    >>> grouped_order(np.array([5.0, 0.0, 4.0, 1.0] * 8))[:4]
+    array([1, 3, 2, 0])
+    """
+    n = len(key)
+    n_seg, length = _layout(n)
+    ranked = np.argsort(key, kind="stable")
+    if n_seg == 0:
+        return ranked
+    main = n_seg * length
+    i = np.arange(main)
+    order = np.empty(n, np.int64)
+    order[i // length + n_seg * (i % length)] = ranked[:main]
+    order[main:] = ranked[main:]
+    return order
+
+
+class GroupedShift:
+    """One variant's shift in a block's column order, with per-segment bounds."""
+
+    def __init__(self, scale: float, shift: np.ndarray, order: np.ndarray) -> None:
+        n_seg, length = _layout(len(order))
+        self.scale = float(scale)
+        self.shift = np.ascontiguousarray(shift[order], dtype=np.float64)
+        main = self.shift[: n_seg * length].reshape(length, n_seg)
+        self.low = main.min(axis=0)
+        self.high = main.max(axis=0)
+
+
+#: candidate segments per requested item a row may have before its own
+#: block floor (a partition of its bounds) tightens the running threshold
+SEGMENT_BUDGET = 4
+
+Lists = tuple[TopK | None, list[TopK]]
+
+
+def _floors(lower: np.ndarray, upper: np.ndarray, tail: np.ndarray, k: int,
+            threshold: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row floors and the segments whose upper bound reaches them.
+
+    ``lower``/``upper`` bound each segment's best score (some entry of the
+    segment scores at least ``lower``, none more than ``upper``); ``tail``
+    holds exact scores of the columns outside the segments.  Without a
+    ``threshold`` a row's floor is its ``k``-th largest lower bound (``k``
+    entries reach it).  With one (the running ``k``-th best score of earlier
+    blocks) no partition is needed, except in rows where more than
+    :data:`SEGMENT_BUDGET` segments per item reach it.
+    """
+    width = lower.shape[1] + tail.shape[1]
+    k = min(k, width)
+
+    def block_floor(rows: np.ndarray | slice) -> np.ndarray:
+        every = np.concatenate([lower[rows], tail[rows]], axis=1) if tail.shape[1] else lower[rows]
+        return np.partition(every, width - k, axis=1)[:, width - k]
+
+    floor = block_floor(slice(None)) if threshold is None else threshold.copy()
+    seg_r, seg_s = np.nonzero(upper >= floor[:, None])
+    if threshold is not None and len(seg_r) > SEGMENT_BUDGET * k:
+        heavy = np.flatnonzero(np.bincount(seg_r, minlength=len(floor)) > SEGMENT_BUDGET * k)
+        if len(heavy):
+            floor[heavy] = np.maximum(floor[heavy], block_floor(heavy))
+            keep = upper[seg_r, seg_s] >= floor[seg_r]
+            seg_r, seg_s = seg_r[keep], seg_s[keep]
+    return floor, seg_r, seg_s
+
+
+def _threshold(state: TopK | None, k: int) -> np.ndarray | None:
+    """Each row's ``k``-th best score so far (None until every row has ``k``)."""
+    if state is None or state[0].shape[1] < k:
+        return None
+    return np.ascontiguousarray(state[0][:, k - 1])
+
+
+def _merge_into(state: TopK | None, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                n_rows: int, k: int) -> TopK:
+    """The best ``k`` of ``state`` and the new candidates (global columns)."""
+    if state is not None:
+        held = state[0].shape[1]
+        rows = np.concatenate([np.repeat(np.arange(n_rows), held), rows])
+        cols = np.concatenate([state[1].ravel(), cols])
+        values = np.concatenate([state[0].ravel(), values])
+    return from_candidates(rows, cols, values, n_rows, k)
+
+
+def grouped_topk(block: np.ndarray, k: int, variants: list[GroupedShift], order: np.ndarray,
+                 col0: int = 0, want_raw: bool = True, state: Lists | None = None) -> Lists:
+    """Raw and normalised top-k of a block whose columns are in ``order``.
+
+    ``block[:, p]`` holds gallery column ``col0 + order[p]`` (C-contiguous,
+    float32 or float64); ``variants`` come from :class:`GroupedShift` for the
+    same ``order`` and satisfy :func:`can_group`.  Returns the raw
+    ``(values, indices)`` (None unless ``want_raw``) and one pair per variant,
+    exactly as :func:`raw_topk` and :func:`normalised_topk` on the block in
+    gallery order: float64 values, ties to the lowest gallery index.
+
+    ``state``, lists of the same rows over other gallery columns (an earlier
+    call's result), is merged in; its ``k``-th best scores are running
+    thresholds below which nothing of this block is looked at.
+    """
+    n_rows, n_cols = block.shape
+    n_seg, length = _layout(n_cols)
+    main = n_seg * length
+    itemsize = block.itemsize
+    strided = np.lib.stride_tricks.as_strided(
+        block, (n_rows, length, n_seg), (n_cols * itemsize, n_seg * itemsize, itemsize),
+        writeable=False)
+    top = exact_scores(strided.max(axis=1), 1.0, 0.0)  # segment maxima in float64
+    tail = block[:, main:]
+    held = 0 if state is None else (state[1][0] if state[0] is None else state[0])[0].shape[1]
+    k_out = min(k, held + n_cols)
+
+    def collect(lower: np.ndarray, upper: np.ndarray, tail_scores: np.ndarray,
+                shift: np.ndarray | None, scale: float, prev: TopK | None) -> TopK:
+        floor, seg_r, seg_s = _floors(lower, upper, tail_scores, k, _threshold(prev, k))
+        values = strided[seg_r, :, seg_s]
+        cols = seg_s[:, None] + n_seg * np.arange(length)
+        if shift is not None:
+            values = exact_scores(values, scale, shift[cols])
+        hit = values >= floor[seg_r, None]
+        tail_r, tail_c = np.nonzero(tail_scores >= floor[:, None])
+        rows = np.concatenate([np.broadcast_to(seg_r[:, None], cols.shape)[hit], tail_r])
+        found = np.concatenate([cols[hit], tail_c + main])
+        scores = np.concatenate([values[hit], tail_scores[tail_r, tail_c]])
+        return _merge_into(prev, rows, order[found] + col0, scores, n_rows, k_out)
+
+    raw = None
+    if want_raw:
+        raw = collect(top, top, tail, None, 1.0, None if state is None else state[0])
+    normed = []
+    for b, v in enumerate(variants):
+        scaled = np.multiply(top, v.scale)
+        normed.append(collect(scaled - v.high, scaled - v.low,
+                              exact_scores(tail, v.scale, v.shift[main:]), v.shift, v.scale,
+                              None if state is None else state[1][b]))
+    return raw, normed
