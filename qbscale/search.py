@@ -232,13 +232,14 @@ def _graph(norm: Normaliser, n_rows: tuple[int, ...], col_chunks: tuple[int, ...
     return out
 
 
-def _compute(norm: Normaliser, outputs: list[Delayed], scheduler: Any, num_workers: int | None,
+def _compute(norm: Normaliser, build: Any, scheduler: Any, num_workers: int | None,
              progress: bool) -> TopK:
+    """Build the graph for the executor's parallelism (``build(threads)``), run it."""
     from qbscale.executors import get_executor
 
     executor = get_executor(scheduler, num_workers)
     try:
-        results = executor.compute(outputs, progress)
+        results = executor.compute(build(executor.threads), progress)
     finally:
         executor.close()
     scores = np.concatenate([r[0] for r in results], axis=1)
@@ -282,14 +283,6 @@ def block_grid(n_queries: int, n_gallery: int, gallery_chunk: int | None = None,
         if n_blocks * -(-n_queries // rows) < tasks:
             rows = max(1, -(-n_queries // -(-tasks // n_blocks)))
     return rows, items
-
-
-def _workers(scheduler: Any, num_workers: int | None) -> int:
-    if num_workers:
-        return int(num_workers)
-    if isinstance(scheduler, str) and scheduler.startswith("local:"):
-        return int(scheduler.split(":")[1] or 1)
-    return os.cpu_count() or 1
 
 
 def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
@@ -345,23 +338,26 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     _check_fingerprint(norm, gallery)  # reads the gallery once: after the size check
     k = _check_k(top_k, gal.shape[0])
     qry = query_source(queries, 2**62, "the queries")
-    rows, items = block_grid(qry.shape[0], gal.shape[0], gal.chunk, block_rows,
-                             2 * _workers(scheduler, num_workers))
-    qry = qry.blocks(rows)
     if qry.shape[1] != gal.shape[1]:
         raise InputError(f"the queries have dimension {qry.shape[1]}, the gallery "
                          f"embeddings {gal.shape[1]}")
-    parts = gal.blocks(block_items or items)
     record = _engine_record(norm)
     token = _token()
 
-    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
-             state: _Partial | None) -> _Partial:
-        return _embedding_block(qry, parts, i, c, col0, k, nrm, state)
+    def build(threads: int) -> list[Delayed]:
+        rows, items = block_grid(qry.shape[0], gal.shape[0], gal.chunk, block_rows,
+                                 2 * threads)
+        blocks = qry.blocks(rows)
+        parts = gal.blocks(block_items or items)
 
-    chains = -(-2 * _workers(scheduler, num_workers) // len(qry.row_chunks))
-    outputs = _graph(record, qry.row_chunks, parts.row_chunks, k, task, token, chains)
-    return _compute(record, outputs, scheduler, num_workers, progress)
+        def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
+                 state: _Partial | None) -> _Partial:
+            return _embedding_block(blocks, parts, i, c, col0, k, nrm, state)
+
+        return _graph(record, blocks.row_chunks, parts.row_chunks, k, task, token,
+                      -(-2 * threads // len(blocks.row_chunks)))
+
+    return _compute(record, build, scheduler, num_workers, progress)
 
 
 def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
@@ -381,9 +377,11 @@ def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
              state: _Partial | None) -> _Partial:
         return _matrix_block(sims, i, c, col0, k, nrm, state)
 
-    chains = -(-2 * _workers(scheduler, num_workers) // len(sims.row_chunks))
-    outputs = _graph(record, sims.row_chunks, sims.col_chunks, k, task, _token(), chains)
-    return _compute(record, outputs, scheduler, num_workers, progress)
+    def build(threads: int) -> list[Delayed]:
+        return _graph(record, sims.row_chunks, sims.col_chunks, k, task, _token(),
+                      -(-2 * threads // len(sims.row_chunks)))
+
+    return _compute(record, build, scheduler, num_workers, progress)
 
 
 def _token() -> str:

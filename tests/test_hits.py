@@ -90,6 +90,20 @@ def test_streamed_blocks_equal_one_write(hits, tmp_path, suffix):
     assert as_rows(read_hits(parts)) == as_rows(read_hits(whole))
 
 
+def test_npz_blocks_of_different_id_widths(tmp_path, hits):
+    """Blocks are spooled to disk and joined at close: string ids of any width."""
+    scores, indices = hits
+    qids = np.array(["a", "bb", "ccc", "dddddddd", "e", "ffff", "g"])
+    items = np.array([f"item-{'x' * j}" for j in range(10)])
+    path = tmp_path / "h.npz"
+    with HitsWriter(path, item_ids=items, variant=["b10", "b20"]) as writer:
+        for r0, r1 in ((0, 1), (1, 4), (4, 4), (4, 7)):
+            writer.append(scores[:, r0:r1], indices[:, r0:r1], qids[r0:r1])
+        assert len(list(tmp_path.glob(".*spool"))) == 1
+    assert as_rows(read_hits(path)) == long_form(scores, indices, qids, items, ["b10", "b20"])
+    assert [p.name for p in tmp_path.iterdir()] == ["h.npz"]
+
+
 def test_bad_paths_refused_before_writing(tmp_path, hits):
     with pytest.raises(ConfigError, match=r"unknown suffix '\.csv'; use one of \.parquet"):
         write_hits(tmp_path / "h.csv", *hits)
@@ -108,9 +122,10 @@ def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, hits):
         write_hits(tmp_path / "h.parquet", *hits)
 
 
-def test_interrupted_writer_leaves_nothing(tmp_path, hits):
-    with pytest.raises(RuntimeError), HitsWriter(tmp_path / "h.tsv") as writer:
-        writer.append(hits[0][:, :2], hits[1][:, :2])
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_interrupted_writer_leaves_nothing(tmp_path, hits, suffix):
+    with pytest.raises(RuntimeError), HitsWriter(tmp_path / f"h{suffix}") as writer:
+        writer.append(hits[0][:1, :2], hits[1][:1, :2])
         raise RuntimeError("stop")
     assert list(tmp_path.iterdir()) == []
 

@@ -62,6 +62,11 @@ def tune_malloc() -> bool:
 
 
 class Executor(Protocol):
+    @property
+    def threads(self) -> int:
+        """Tasks that can run at once."""
+        ...
+
     def compute(self, outputs: list[Any], progress: bool,
                 setup: Sequence[Callable[[], object]] = ()) -> list[Any]: ...
 

@@ -52,6 +52,14 @@ class DistributedExecutor:
         self.client = client
 
     @property
+    def threads(self) -> int:
+        """Worker threads of the cluster, now."""
+        try:
+            return max(1, sum(self.client.nthreads().values()))
+        except Exception:  # a sizing hint only
+            return 1
+
+    @property
     def dashboard_link(self) -> str | None:
         """The scheduler's dashboard, or None when it serves none."""
         try:

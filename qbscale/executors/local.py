@@ -18,6 +18,13 @@ class LocalExecutor:
         self.scheduler = "synchronous" if scheduler == "sync" else scheduler
         self.num_workers = num_workers
 
+    @property
+    def threads(self) -> int:
+        """Tasks that can run at once."""
+        if self.scheduler == "synchronous":
+            return 1
+        return self.num_workers or os.cpu_count() or 1
+
     def compute(self, outputs: list[Any], progress: bool = False,
                 setup: Sequence[Callable[[], object]] = ()) -> list[Any]:
         """Compute ``outputs``; ``setup`` is for worker processes of a cluster and
@@ -44,8 +51,7 @@ class LocalExecutor:
         matrix product then has a core, instead of every product starting a
         thread per core (a search over a million items ran 1.2x faster).  As
         dask's distributed workers do (``OPENBLAS_NUM_THREADS=1``)."""
-        workers = self.num_workers or os.cpu_count() or 1
-        if self.scheduler != "threads" or workers < 2:
+        if self.scheduler != "threads" or self.threads < 2:
             yield
             return
         from threadpoolctl import threadpool_limits

@@ -8,7 +8,7 @@ The format follows the file's suffix:
 ``.tsv``      the same columns, tab-separated, with a header line
 ``.trec``     the TREC run format that IR evaluation tools read:
               ``qid Q0 item rank score qbscale`` (one variant per file)
-``.npz``      the same five columns as 1-D arrays (written whole at close)
+``.npz``      the same five columns as 1-D arrays (blocks spooled to disk)
 ==========  ==================================================================
 
 Ranks are 1-based; rows go query by query, then variant, then rank.  A
@@ -171,7 +171,7 @@ class HitsWriter:
     def abort(self) -> None:
         """Drop the half-written file."""
         try:
-            self._sink.close()
+            getattr(self._sink, "discard", self._sink.close)()
         finally:
             self.partial.unlink(missing_ok=True)
 
@@ -242,21 +242,59 @@ class _ParquetSink:
 
 
 class _NpzSink:
+    """Columns spooled block by block to a scratch file beside the output, then
+    copied into the ``.npz`` one block at a time (memory: one block)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.spool_path = path.with_name(path.name + ".spool")
+        self.spool = open(self.spool_path, "w+b")  # noqa: SIM115 - closed by close()
+        self.blocks: list[dict[str, tuple[np.dtype, int, int]]] = []
 
     def write(self, cols: dict[str, np.ndarray]) -> None:
-        self.parts.append(cols)
+        entry = {}
+        for c in COLUMNS:
+            data = np.ascontiguousarray(cols[c])
+            entry[c] = (data.dtype, data.size, self.spool.tell())
+            self.spool.write(data.tobytes())
+        self.blocks.append(entry)
 
     def close(self) -> None:
-        cols = {c: np.concatenate([p[c] for p in self.parts]) if self.parts else
-                np.zeros(0, np.float64 if c == "score" else str if c == "variant" else np.int64)
-                for c in COLUMNS}
-        with open(self.path, "wb") as f:
-            np.savez(f, query=cols["query"], rank=cols["rank"], item=cols["item"],
-                     score=cols["score"], variant=cols["variant"])
-        self.parts = []
+        import zipfile
+
+        try:
+            if self.spool.closed:
+                return
+            with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED) as archive:
+                for c in COLUMNS:
+                    self._member(archive, c)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        self.spool.close()
+        self.spool_path.unlink(missing_ok=True)
+
+    def _member(self, archive: Any, column: str) -> None:
+        parts = [b[column] for b in self.blocks]
+        if not parts:
+            dtype = np.dtype(np.float64 if column == "score" else
+                             "<U1" if column == "variant" else np.int64)
+        else:
+            try:
+                dtype = np.result_type(*[dt for dt, _, _ in parts])
+            except TypeError as exc:
+                raise InputError(f"hits file {self.path}: the {column} ids of the blocks "
+                                 f"mix types ({', '.join(str(dt) for dt, _, _ in parts)})"
+                                 ) from exc
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": (sum(n for _, n, _ in parts),)}
+        with archive.open(f"{column}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_2_0(member, header)
+            for dt, count, offset in parts:
+                self.spool.seek(offset)
+                block = np.fromfile(self.spool, dtype=dt, count=count)
+                member.write(block.astype(dtype, copy=False).tobytes())
 
 
 _SINKS: dict[str, Callable[[Path], _Sink]] = {
