@@ -73,10 +73,19 @@ def summary_without_truth(result: RunResult, store: str | None, hits: str | None
     if result.topk_index is not None:
         places = [hits] if hits else []
         if store:
-            places.append(f"{store} (topk_index, topk_score)")
+            places.append(f"{store}/{_run_folder(store)} (topk_index, topk_score)")
         lines.append(f"top-{result.topk_index.shape[-1]} hits: "
                      f"{', '.join(places) or 'not saved (give --hits FILE)'}")
     if save_scores:
         shape = f"{len(result.config.values)} x {n_queries} x {n_gallery}"
-        lines.append(f"normalised scores: {store}/scores ({shape} float64)")
+        lines.append(f"normalised scores: {store}/{_run_folder(store)}scores ({shape} float64)")
+    if store and (save_scores or result.topk_index is not None):
+        lines.append("read them with qbscale.open_result(STORE, NAME) (the last run's)")
     return "\n".join(lines)
+
+
+def _run_folder(store: str) -> str:
+    """``runs/<token>/``: where the last run published its arrays in ``store``."""
+    from qbscale.storage.results import published_path
+
+    return published_path(store, "scores")[: -len("scores")]

@@ -18,6 +18,7 @@ _LAZY = {
     "ingest_embeddings": "qbscale.storage.ingest",
     "open_experiment": "qbscale.storage.store",
     "open_dataset": "qbscale.storage.dataset",
+    "open_result": "qbscale.storage.results",
     "RunResult": "qbscale.types",
     "plan": "qbscale.api",
     "RunPlan": "qbscale.api",

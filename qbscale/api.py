@@ -96,7 +96,7 @@ class RunPlan:
             norm, *rows = values
         else:
             norm, rows = self.state.merge(values)
-        result = _assemble(self.config, self.experiment, norm, rows)
+        result = assemble(self.config, self.experiment, norm, rows)
         result.seconds = time.perf_counter() - t0
         self.save(result)
         return result
@@ -261,8 +261,9 @@ def run(store: str | os.PathLike[str] | Experiment,
                                                                        progress)
 
 
-def _assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
-              rows: list[RowResult]) -> RunResult:
+def assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
+             rows: list[RowResult]) -> RunResult:
+    """The RunResult of computed row blocks (any order): ranks, metrics, hits."""
     rows = sorted(rows, key=lambda r: r.start)
     mask = experiment.mask
     base = before = after = None

@@ -5,6 +5,7 @@ the refusals, against the dense oracle."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import qbscale
 from qbscale.analysis.hubness import k_occurrence
 from qbscale.cli import cli
 from qbscale.errors import ConfigError, InputError
-from qbscale.storage.results import open_result
+from qbscale.storage.results import open_result, published_path
 from qbscale.storage.store import in_memory, open_experiment
 
 from . import reference as ref
@@ -193,8 +194,13 @@ def test_cli_run_topk_and_scores(problem, store, tmp_path):
     act = int(ref.activation_set(bank, 1).sum())
     assert lines[1] == (f"normalised rows: {share:.1f}% of {N_TEST}; activation set: {act} of "
                         f"{N_GALLERY} gallery items")
-    assert lines[2] == f"top-4 hits: {store} (topk_index, topk_score)"
-    assert lines[3] == f"normalised scores: {store}/scores (2 x {N_TEST} x {N_GALLERY} float64)"
+    folder = published_path(str(store), "scores")[:-len("scores")]
+    assert re.fullmatch(r"runs/[0-9a-f]{32}/", folder)
+    assert lines[2] == f"top-4 hits: {store}/{folder} (topk_index, topk_score)"
+    assert lines[3] == (f"normalised scores: {store}/{folder}scores "
+                        f"(2 x {N_TEST} x {N_GALLERY} float64)")
+    assert lines[4] == "read them with qbscale.open_result(STORE, NAME) (the last run's)"
+    assert (qbscale.open_result(str(store), "scores")[...].shape == (2, N_TEST, N_GALLERY))
     assert "R@1" not in res.output
     group = zarr.open_group(str(store), mode="r")
     for b, beta in enumerate((10.0, 20.0)):

@@ -55,6 +55,33 @@ def test_a_second_writer_is_refused_at_once_and_readers_are_not(store):
     assert not (Path(store) / KEY).exists()  # released after the run
 
 
+def test_replacing_or_extending_a_locked_store_is_refused(store):
+    """ingest --overwrite and add_gallery_bank write into the store too: while a
+    run holds its lock they stop at once and leave the store as it was."""
+    from qbscale.storage.gallery_bank import add_gallery_bank
+    from qbscale.storage.ingest import ingest
+
+    bank, test = problem(n_bank=400, n_gallery=200)
+    def contents():
+        return {p.relative_to(store): p.read_bytes() for p in Path(store).rglob("*")
+                if p.is_file() and p.name != KEY}
+
+    before = contents()
+    with StoreLock.acquire(store, purpose="a test"):
+        with pytest.raises(StoreLockedError, match=f"store {store} is locked by a test"):
+            ingest(store, bank, test, progress=False, overwrite=True)
+        with pytest.raises(StoreLockedError, match="one writer at a time"):
+            add_gallery_bank(store, bank[:50], progress=False)
+        assert contents() == before
+        assert not [p for p in Path(store).parent.iterdir() if p.name.startswith(".")]
+    # unlocked: both go through and leave no lock behind
+    add_gallery_bank(store, bank[:50], progress=False)
+    assert run(store, method="dual-is").after is not None
+    ingest(store, bank[:300], test, progress=False, overwrite=True)
+    assert read_lock(store) is None
+    assert run(store).n_queries == test.shape[0]
+
+
 def test_a_failed_run_releases_its_lock(store):
     with pytest.raises(ValueError):
         run(store, beta=-1, save_ranks=True)

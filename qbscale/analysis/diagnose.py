@@ -199,7 +199,7 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     -------
     Diagnosis
     """
-    from qbscale.api import _assemble
+    from qbscale.api import assemble
     from qbscale.engine import diagnostics
     from qbscale.engine.subsets import check_seed, sample_rows
     from qbscale.executors import get_executor
@@ -227,7 +227,7 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     top1 = np.concatenate([p.top1 for p in parts])[mask]
     top_idx = np.concatenate([p.top_idx for p in parts])[mask]
     norm = view.normaliser
-    result = _assemble(config, exp, norm, [p.row for p in parts]) if with_gt else None
+    result = assemble(config, exp, norm, [p.row for p in parts]) if with_gt else None
     return Diagnosis(config, min(depth, exp.n_gallery), bank.shape[0], exp.bank.shape[0],
                      int(mask.sum()), exp.n_gallery, norm.shift[0], norm.activation, nk,
                      view.top1, top1, float(norm.activation[top_idx].mean()), result)

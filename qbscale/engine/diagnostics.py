@@ -33,7 +33,7 @@ from qbscale.engine import kernels, methods
 from qbscale.engine.bankstats import tree
 from qbscale.engine.grid import offsets
 from qbscale.engine.normaliser import Normaliser
-from qbscale.engine.plan import _finish, _gather_gt, _Keys, _piece_counts, _RowSpec
+from qbscale.engine.plan import Keys, RowSpec, finish_rows, gather_gt, piece_counts
 from qbscale.engine.reductions import ROW_COUNTS, row_topk, topk_to_mask
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment, MatrixSource, RowResult
@@ -132,7 +132,7 @@ def check_method(method: str) -> None:
 def bank_view(bank: MatrixSource, config: RunConfig, key: Any = None) -> Delayed:
     """Lazy :class:`BankView` of ``bank`` for an ``is``/``dis`` ``config``."""
     check_method(config.method)
-    key = key or _Keys()
+    key = key or Keys()
     betas = np.asarray(config.values, dtype=np.float64)
     k = max(config.k, 1)
     parts = [delayed(partial(_bank_block, bank))(i, betas, k, dask_key_name=key("dbank", i))
@@ -157,17 +157,17 @@ class QueryPart:
     row: RowResult | None  # the run's counts (None without a ground truth)
 
 
-def _part(spec: _RowSpec, mask: np.ndarray | None, depth: int,
+def _part(spec: RowSpec, mask: np.ndarray | None, depth: int,
           top: tuple[np.ndarray, np.ndarray], counts: kernels.RowCounts | None,
           norm: Normaliser) -> QueryPart:
     values, idx = top
     listed = idx[:, :depth] if mask is None else idx[np.asarray(mask, bool), :depth]
     items, n = np.unique(listed, return_counts=True)
-    row = None if counts is None else _finish(spec, counts, norm, None)
+    row = None if counts is None else finish_rows(spec, counts, norm, None)
     return QueryPart(spec.start, items, n.astype(np.int64), values[:, 0], idx[:, 0], row)
 
 
-def _test_block(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None,
+def _test_block(src: MatrixSource, i: int, spec: RowSpec, mask: np.ndarray | None,
                 depth: int, norm: Normaliser, with_gt: bool) -> QueryPart:
     """A test row block spanning the whole gallery: read once, everything from it."""
     block = src.read(i, 0)
@@ -176,18 +176,18 @@ def _test_block(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | No
     if with_gt:
         gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
         top_idx = top[1][:, 0]
-        counts = _piece_counts(block, 0, spec, gt_raw, norm, norm.flags(top_idx), top_idx)
+        counts = piece_counts(block, 0, spec, gt_raw, norm, norm.flags(top_idx), top_idx)
     return _part(spec, mask, depth, top, counts, norm)
 
 
-def _test_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
+def _test_piece(spec: RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
                 depth: int, norm: Normaliser) -> tuple[Any, kernels.RowCounts | None]:
     top = kernels.row_topk(block, depth, col0)
-    counts = None if gt_raw is None else _piece_counts(block, col0, spec, gt_raw, norm, None)
+    counts = None if gt_raw is None else piece_counts(block, col0, spec, gt_raw, norm, None)
     return top, counts
 
 
-def _test_combine(spec: _RowSpec, mask: np.ndarray | None, depth: int, norm: Normaliser,
+def _test_combine(spec: RowSpec, mask: np.ndarray | None, depth: int, norm: Normaliser,
                   *pieces: tuple[Any, kernels.RowCounts | None]) -> QueryPart:
     top = row_topk(depth).tree([p[0] for p in pieces])
     counts = None
@@ -196,7 +196,7 @@ def _test_combine(spec: _RowSpec, mask: np.ndarray | None, depth: int, norm: Nor
     return _part(spec, mask, depth, top, counts, norm)
 
 
-def _test_row(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None,
+def _test_row(src: MatrixSource, i: int, spec: RowSpec, mask: np.ndarray | None,
               depth: int, norm: Delayed, with_gt: bool, key: Any) -> Delayed:
     """Tasks for a test row block chunked along the gallery too (each block read once)."""
     starts = offsets(src.col_chunks)
@@ -207,7 +207,7 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None
         assert spec.gt is not None
         needed = sorted({int(np.searchsorted(starts, g, side="right") - 1)
                          for g in np.unique(spec.gt)})
-        gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
+        gt_raw = delayed(gather_gt)(spec, src.col_chunks, needed, *[reads[c] for c in needed],
                                      dask_key_name=key("dtest-gt", i))
     pieces = [delayed(_test_piece)(spec, starts[c], reads[c], gt_raw, depth, norm,
                                    dask_key_name=key("dtest-piece", i, c))
@@ -220,14 +220,14 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, mask: np.ndarray | None
 def query_parts(experiment: Experiment, norm: Delayed, depth: int, with_gt: bool,
                key: Any = None) -> list[Delayed]:
     """Lazy :class:`QueryPart` per test row block (``with_gt``: the run's counts too)."""
-    key = key or _Keys()
+    key = key or Keys()
     test = experiment.test
     depth = min(depth, test.shape[1])
     parts = []
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
         gt = None if not with_gt or experiment.gt is None else experiment.gt[start:start + size]
-        spec = _RowSpec(start, gt, 0)
+        spec = RowSpec(start, gt, 0)
         mask = None if experiment.mask is None else experiment.mask[start:start + size]
         if len(test.col_chunks) == 1:
             parts.append(delayed(partial(_test_block, test))(
@@ -247,7 +247,7 @@ def build(experiment: Experiment, bank: MatrixSource, config: RunConfig, depth: 
     if bank.shape[1] != experiment.n_gallery:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, "
                          f"test has {experiment.n_gallery}")
-    key = _Keys()
+    key = Keys()
     view = bank_view(bank, config, key)
     norm = delayed(_normaliser_of)(view, dask_key_name=key("dnorm"))
     return [view, *query_parts(experiment, norm, depth, with_gt, key)]

@@ -67,7 +67,9 @@ class Plan:
         return [self.normaliser, *self.rows]
 
 
-class _Keys:
+class Keys:
+    """Task names of one graph (a fresh token per plan)."""
+
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex[:12]
 
@@ -97,7 +99,7 @@ def cell_configs(config: RunConfig, subsets: Subsets) -> list[RunConfig]:
             for cell in subsets.cells]
 
 
-def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
+def fit(experiment: Experiment, config: RunConfig, key: Keys | None = None,
         banks: Mapping[str, MatrixSource] | None = None, *,
         bank_sample: int | float | str | None = None, seed: int | None = None) -> Delayed:
     """The lazy :class:`Normaliser` of ``config``'s method (:mod:`qbscale.engine.methods`).
@@ -111,7 +113,7 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
     if bank_sample is not None or seed is not None:
         config = replace(config, bank_sample=bank_sample,  # type: ignore[arg-type]
                          seed=config.seed if seed is None else seed)
-    key = key or _Keys()
+    key = key or Keys()
     if not config.normalises:  # the baseline needs nothing from the querybank
         baseline: Delayed = delayed(Normaliser.baseline, pure=True)(
             config, experiment.n_gallery, dask_key_name=key("normaliser"))
@@ -122,7 +124,7 @@ def fit(experiment: Experiment, config: RunConfig, key: _Keys | None = None,
 
 
 def fit_cells(experiment: Experiment, config: RunConfig, subsets: Subsets,
-              key: _Keys | None = None, banks: Mapping[str, MatrixSource] | None = None
+              key: Keys | None = None, banks: Mapping[str, MatrixSource] | None = None
               ) -> Delayed:
     """A lazy list of :class:`Normaliser`, one per cell of ``subsets`` (in
     :attr:`Subsets.cells` order), from one read of every bank block.
@@ -138,11 +140,11 @@ def fit_cells(experiment: Experiment, config: RunConfig, subsets: Subsets,
     if subsets.n_rows != experiment.bank.shape[0]:
         raise InputError(f"the subsets are of {subsets.n_rows} bank rows, the bank has "
                          f"{experiment.bank.shape[0]}")
-    return _fit(experiment, cell_configs(config, subsets), subsets, key or _Keys(), banks)
+    return _fit(experiment, cell_configs(config, subsets), subsets, key or Keys(), banks)
 
 
 def _fit(experiment: Experiment, configs: list[RunConfig], subsets: Subsets | None,
-         key: _Keys, banks: Mapping[str, MatrixSource] | None, single: bool = False
+         key: Keys, banks: Mapping[str, MatrixSource] | None, single: bool = False
          ) -> Delayed:
     config = configs[0]
     banks = banks or {}
@@ -176,7 +178,7 @@ def _fit(experiment: Experiment, configs: list[RunConfig], subsets: Subsets | No
 
 
 @dataclass(frozen=True)
-class _RowSpec:
+class RowSpec:
     """What a test-row task needs besides its block (small, picklable).
 
     ``gt`` is None for queries without a ground truth: nothing is counted,
@@ -189,7 +191,7 @@ class _RowSpec:
     keep_scores: bool = False  # return the normalised block (in-memory runs)
 
 
-def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarray,
+def piece_counts(block: np.ndarray, col0: int, spec: RowSpec, gt_raw: np.ndarray,
                   norm: Variants, rows: np.ndarray | None,
                   top_idx: np.ndarray | None = None) -> kernels.RowCounts:
     assert spec.gt is not None, "counting needs a ground truth"
@@ -207,7 +209,7 @@ def _piece_counts(block: np.ndarray, col0: int, spec: _RowSpec, gt_raw: np.ndarr
     return counts
 
 
-def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Variants
+def _piece_topk(block: np.ndarray, col0: int, spec: RowSpec, norm: Variants
                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Top-K of the raw scores, then of the normalised scores per value."""
     out = [kernels.row_topk(block, spec.topk, col0)]
@@ -218,9 +220,10 @@ def _piece_topk(block: np.ndarray, col0: int, spec: _RowSpec, norm: Variants
     return out
 
 
-def _finish(spec: _RowSpec, counts: kernels.RowCounts | None, norm: Variants,
-            topks: list[tuple[np.ndarray, np.ndarray]] | None,
-            top_idx: np.ndarray | None = None, scores: np.ndarray | None = None) -> RowResult:
+def finish_rows(spec: RowSpec, counts: kernels.RowCounts | None, norm: Variants,
+                topks: list[tuple[np.ndarray, np.ndarray]] | None,
+                top_idx: np.ndarray | None = None, scores: np.ndarray | None = None
+                ) -> RowResult:
     """The RowResult of a row block: ranks from ``counts`` (None without a
     ground truth: give ``top_idx``, the rows' raw top-1), top-k, kept scores."""
     if counts is not None:
@@ -246,7 +249,7 @@ def _finish(spec: _RowSpec, counts: kernels.RowCounts | None, norm: Variants,
     return result
 
 
-def _test_block(src: MatrixSource, spec: _RowSpec, norm: Variants, writer: Any = None
+def _test_block(src: MatrixSource, spec: RowSpec, norm: Variants, writer: Any = None
                 ) -> RowResult:
     """Fused task for a test row block that spans the whole gallery."""
     i = offsets(src.row_chunks).index(spec.start)
@@ -256,7 +259,7 @@ def _test_block(src: MatrixSource, spec: _RowSpec, norm: Variants, writer: Any =
     counts = None
     if spec.gt is not None:
         gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
-        counts = _piece_counts(block, 0, spec, gt_raw, norm, flags, top_idx)
+        counts = piece_counts(block, 0, spec, gt_raw, norm, flags, top_idx)
     topks = _piece_topk(block, 0, spec, norm) if spec.topk else None
     kept = None
     if spec.keep_scores or (writer is not None and norm.shift is not None):
@@ -265,11 +268,12 @@ def _test_block(src: MatrixSource, spec: _RowSpec, norm: Variants, writer: Any =
             for b, scores in enumerate(scored):
                 writer.write(b, i, scores)
         kept = scored if spec.keep_scores else None
-    return _finish(spec, counts, norm, topks, top_idx, kept)
+    return finish_rows(spec, counts, norm, topks, top_idx, kept)
 
 
-def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
-               *blocks: np.ndarray) -> np.ndarray:
+def gather_gt(spec: RowSpec, col_chunks: tuple[int, ...], needed: list[int],
+              *blocks: np.ndarray) -> np.ndarray:
+    """Each row's own ground-truth score, from the column blocks that hold them."""
     assert spec.gt is not None
     gt = spec.gt
     starts = offsets(col_chunks)
@@ -281,17 +285,17 @@ def _gather_gt(spec: _RowSpec, col_chunks: tuple[int, ...], needed: list[int],
     return out
 
 
-def _count_piece(spec: _RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
+def _count_piece(spec: RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
                  norm: Variants) -> tuple[Any, Any]:
     """Counts against the ground truth (or, without one, the row top-1) of a piece."""
     if spec.gt is None or gt_raw is None:
         first: Any = kernels.row_topk(block, 1, col0)
     else:
-        first = _piece_counts(block, col0, spec, gt_raw, norm, None)
+        first = piece_counts(block, col0, spec, gt_raw, norm, None)
     return first, (_piece_topk(block, col0, spec, norm) if spec.topk else None)
 
 
-def _combine_pieces(spec: _RowSpec, norm: Variants, *pieces: tuple[Any, Any]) -> RowResult:
+def _combine_pieces(spec: RowSpec, norm: Variants, *pieces: tuple[Any, Any]) -> RowResult:
     counts = top_idx = None
     if spec.gt is None:  # the top-1 merge: ties to the lowest column, as argmax
         top_idx = row_topk(1).tree([p[0] for p in pieces])[1][:, 0]
@@ -301,10 +305,10 @@ def _combine_pieces(spec: _RowSpec, norm: Variants, *pieces: tuple[Any, Any]) ->
     if spec.topk:
         merge = row_topk(spec.topk)
         topks = [merge.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
-    return _finish(spec, counts, norm, topks, top_idx)
+    return finish_rows(spec, counts, norm, topks, top_idx)
 
 
-def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Keys) -> Delayed:
+def _test_row(src: MatrixSource, i: int, spec: RowSpec, norm: Delayed, key: Keys) -> Delayed:
     """Tasks for a test row block chunked along the gallery too."""
     starts = offsets(src.col_chunks)
     reads = [delayed(partial(src.read, i))(c, dask_key_name=key("test-read", i, c))
@@ -313,7 +317,7 @@ def _test_row(src: MatrixSource, i: int, spec: _RowSpec, norm: Delayed, key: _Ke
     if spec.gt is not None:
         needed = sorted({int(np.searchsorted(starts, g, side="right") - 1)
                          for g in np.unique(spec.gt)})
-        gt_raw = delayed(_gather_gt)(spec, src.col_chunks, needed,
+        gt_raw = delayed(gather_gt)(spec, src.col_chunks, needed,
                                      *[reads[c] for c in needed],
                                      dask_key_name=key("test-gt", i))
     pieces = [delayed(_count_piece)(spec, starts[c], reads[c], gt_raw, norm,
@@ -342,7 +346,7 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     the extra bank matrices the method reads besides the querybank
     (``{"gallery_bank": source}`` for ``dual-is``).
     """
-    key = _Keys()
+    key = Keys()
     if isinstance(normaliser, Delayed):
         norm = normaliser
     elif normaliser is not None:
@@ -357,7 +361,7 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
         gt = None if experiment.gt is None else experiment.gt[start:start + size]
-        spec = _RowSpec(start, gt, config.topk, keep_scores)
+        spec = RowSpec(start, gt, config.topk, keep_scores)
         if len(test.col_chunks) == 1:
             rows.append(delayed(partial(_test_block, test))(spec, norm, writer,
                                                             dask_key_name=key("test", i)))

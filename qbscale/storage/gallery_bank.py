@@ -136,15 +136,17 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     if (name in set(group.array_keys()) or RECORD in (experiment.attrs or {})) and not overwrite:
         raise StoreExistsError(f"{url} already has a gallery bank: pass overwrite=True "
                                "(--overwrite) to replace it")
-    _set_record(group, None)  # from here until the end, the bank counts as unfinished
-    unit = (experiment.attrs or {}).get("similarity") == "cosine"
-    _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
+    from qbscale.storage.lock import StoreLock
     from qbscale.storage.writer import consolidate
 
-    consolidate(group.store)
-    record = {"array": name, "file": None if src.path is None else src.name,
-              "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
-    _set_record(group, record)
+    with StoreLock.acquire(url, storage_options, "adding a gallery bank"):
+        _set_record(group, None)  # from here until the end, the bank counts as unfinished
+        unit = (experiment.attrs or {}).get("similarity") == "cosine"
+        _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
+        consolidate(group.store)
+        record = {"array": name, "file": None if src.path is None else src.name,
+                  "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
+        _set_record(group, record)
     return url
 
 

@@ -46,6 +46,16 @@ def result_path(attrs: dict[str, Any] | None, name: str) -> str:
     return f"{prefix}/{name}" if prefix and name in RESULT_NAMES else name
 
 
+def published_path(store: str, name: str, storage_options: dict[str, Any] | None = None
+                   ) -> str:
+    """The path inside ``store`` of the last published run's array ``name``
+    (``runs/<token>/scores``; what :func:`open_result` opens)."""
+    import zarr
+
+    group = zarr.open_group(store, mode="r", storage_options=storage_options)
+    return result_path(dict(group.attrs.get(layout.ATTR) or {}), name)
+
+
 def open_result(store: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
     """The last published run's array ``name`` (``scores``, ``ranks``, ``topk_index``, ...).
 
@@ -56,9 +66,7 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
     """
     import zarr
 
-    group = zarr.open_group(store, mode="r", storage_options=storage_options)
-    attrs: Any = group.attrs.get(layout.ATTR) or {}
-    path = result_path(dict(attrs), name)
+    path = published_path(store, name, storage_options)
     try:
         return zarr.open_array(store, path=path, mode="r", storage_options=storage_options)
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:

@@ -152,6 +152,9 @@ class LocalStage:
                               "is not writable")
         self.target = self.path.with_name(f".{self.path.name}.partial-{_owner()}")
         _remove_stale(self.path)
+        # the store being replaced stays locked until it is gone: no run writes
+        # its results into it meanwhile (they would land in the new store)
+        self.lock = _lock_old(self.final, None) if self.path.is_dir() else None
 
     def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
         import zarr
@@ -161,11 +164,15 @@ class LocalStage:
 
     def discard(self) -> None:
         """Remove the staging directory, also what writes still in flight add to it."""
-        for _ in range(50):
-            shutil.rmtree(self.target, ignore_errors=True)
-            if not self.target.exists():
-                return
-            time.sleep(0.02)
+        try:
+            for _ in range(50):
+                shutil.rmtree(self.target, ignore_errors=True)
+                if not self.target.exists():
+                    return
+                time.sleep(0.02)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def commit(self) -> None:
         """Move the finished store into place (the old one goes only now)."""
@@ -180,6 +187,16 @@ class LocalStage:
             raise StoreExistsError(f"{self.final} appeared while writing: {exc}") from exc
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _lock_old(url: str, options: dict[str, Any] | None) -> Any:
+    """The lock of a store about to be replaced (:class:`StoreLockedError` while a
+    run writes into it)."""
+    from qbscale.storage.lock import StoreLock
+
+    return StoreLock.acquire(url, options, "replacing the store (--overwrite)")
 
 
 def _owner() -> str:
@@ -232,6 +249,7 @@ class RemoteStage:
                 raise StoreExistsError(f"{url} exists and is not a qbscale store: "
                                        "not replacing it")
             self.replace = True
+        self.lock = _lock_old(url, storage_options) if self.replace else None
 
     def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
         import zarr
@@ -242,11 +260,17 @@ class RemoteStage:
         return zarr.create_group(self.final, attributes=attrs, storage_options=self.options)
 
     def discard(self) -> None:
-        if self.created and self.fs.exists(self.root):
-            self.fs.rm(self.root, recursive=True)
+        try:
+            if self.created and self.fs.exists(self.root):
+                self.fs.rm(self.root, recursive=True)
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def commit(self) -> None:
         """Nothing to move: the ``complete`` attribute, written last, commits."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def is_qbscale_store(meta: bytes) -> bool:
@@ -452,6 +476,8 @@ def consolidate(store: Any) -> None:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # the lock of a run or replacement (qbscale.lock) is no zarr node
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized")
         zarr.consolidate_metadata(store)
 
 
