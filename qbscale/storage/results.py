@@ -53,7 +53,8 @@ def published_path(store: str, name: str, storage_options: dict[str, Any] | None
     import zarr
 
     group = zarr.open_group(store, mode="r", storage_options=storage_options)
-    return result_path(dict(group.attrs.get(layout.ATTR) or {}), name)
+    attrs: Any = group.attrs.get(layout.ATTR) or {}
+    return result_path(dict(attrs), name)
 
 
 def open_result(store: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
