@@ -84,8 +84,10 @@ def summary_without_truth(result: RunResult, store: str | None, hits: str | None
     return "\n".join(lines)
 
 
-def _run_folder(store: str) -> str:
+def _run_folder(store: str | None) -> str:
     """``runs/<token>/``: where the last run published its arrays in ``store``."""
     from qbscale.storage.results import published_path
 
+    if store is None:
+        return ""
     return published_path(store, "scores")[: -len("scores")]
