@@ -82,6 +82,29 @@ def test_search_equals_dense_oracle(seed, method, n_gallery, n_queries, top_k, b
     np.testing.assert_array_equal(got[0], want[0])
 
 
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31), method=st.sampled_from(METHODS),
+       n_gallery=st.integers(1600, 4000), top_k=st.integers(1, 6),
+       block_items=st.integers(1536, 2100), workers=st.integers(1, 3))
+def test_search_over_shift_grouped_blocks(seed, method, n_gallery, top_k, block_items, workers):
+    """Gallery blocks wide enough to be reordered by shift (segments of 32, at
+    least 8 per item; a narrower last block is not), dealt to chains: still
+    the dense top-k, ties included."""
+    rng = np.random.default_rng(seed)
+    gallery = exact_vectors(rng, n_gallery)
+    queries = exact_vectors(rng, 37)
+    norm = fitted(exact_vectors(rng, 60), gallery, *method)
+    if norm.shift is not None and norm.rows != "none":
+        assert topk_kernels.can_group(block_items, top_k, np.asarray(norm.scales),
+                                      norm.shift[:, :block_items])
+    got = variants(search(norm, queries, top_k, gallery, scheduler="threads",
+                          num_workers=workers, block_rows=16, block_items=block_items),
+                   len(norm.values))
+    want = oracle(norm, queries @ gallery.T, top_k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), method=st.sampled_from(METHODS),
        rows=st.integers(3, 25), cols=st.integers(5, 60), top_k=st.integers(1, 9))
