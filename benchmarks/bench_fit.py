@@ -16,7 +16,9 @@ each in its own process under ``/usr/bin/time -v``:
 Each process reports the bytes its read calls returned (``rchar`` of
 ``/proc/self/io``, page-cache hits included), shown as a multiple of the
 bank's size: "one read of the bank" is a ratio of 1.0 (plus the test rows for
-the runs).  The table shows medians of wall times and the largest peak RSS.
+the runs).  The table shows medians of wall times and the largest peak RSS,
+then the machine's floor: the bare read plus numpy's float64 ``exp`` of every
+bank entry (its rate measured here, spread over all cores).
 
 usage: python benchmarks/bench_fit.py [--size 16] [--gallery 50000]
        [--test 2000] [--repeat 3] [--dir DIR] [--keep]
@@ -25,6 +27,7 @@ usage: python benchmarks/bench_fit.py [--size 16] [--gallery 50000]
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -74,6 +77,21 @@ def read_bytes(runs: list[Measure]) -> float:
     return median([float(f.group(1)) if f else None for f in found])
 
 
+def exp_rate(repeat: int = 5) -> float:
+    """numpy's float64 ``exp``, elements per second on one core (median)."""
+    import time
+
+    import numpy as np
+
+    y = np.random.default_rng(0).standard_normal(2**24)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.exp(y, out=y.copy())
+        times.append(time.perf_counter() - start)
+    return float(y.size / median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=float, default=16.0, help="bank GB (float32)")
@@ -113,11 +131,18 @@ def main() -> None:
         rows.append([name, f"{seconds:.1f}", f"{seconds / floor:.2f}",
                      f"{read_bytes(measured) / bank_bytes:.2f}", f"{peak(measured):.2f}"])
     bank_stage = wall(runs["run"]) - wall(runs["run --normaliser"])
+    rate = exp_rate()
+    cores = os.cpu_count() or 1
+    exp_s = n_bank * args.gallery / rate / cores
     print(f"\nmedians of {args.repeat} interleaved runs (process wall, start-up included); "
           "read = bytes read / bank bytes")
     print(table(["command", "seconds", "vs read bank", "read", "peak RSS GiB"], rows))
     print(f"\nrun's bank stage (run - run --normaliser): {bank_stage:.1f} s; "
           f"fit / bank stage: {wall(runs['fit']) / bank_stage:.2f}")
+    print(f"the machine's floor: numpy's float64 exp at {rate / 1e9:.2f} G/s per core takes "
+          f"{exp_s:.1f} s for the bank's {n_bank * args.gallery / 1e9:.1f} G entries on "
+          f"{cores} cores; read bank + exp = {floor + exp_s:.1f} s; fit / that: "
+          f"{wall(runs['fit']) / (floor + exp_s):.2f}")
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 
