@@ -68,7 +68,19 @@ def _engine_record(norm: Normaliser) -> Normaliser:
     return Normaliser(norm.config, norm.shift, norm.activation, dict(norm.fingerprint))
 
 
-def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
+class _Product:
+    """``q @ g.T`` computed a row slab at a time when sliced (``product[r0:r1]``),
+    so each slab is still in cache when its top-k lists are taken."""
+
+    def __init__(self, q: np.ndarray, g: np.ndarray) -> None:
+        self.q, self.g_t = q, g.T
+        self.shape = (q.shape[0], g.shape[0])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.asarray(self.q[rows] @ self.g_t)
+
+
+def _block_partial(block: np.ndarray | _Product, col0: int, k: int, norm: Normaliser,
                    smax: float | None = None, order: np.ndarray | None = None,
                    state: _Partial | None = None) -> _Partial:
     """Top-k lists of one similarity block (gallery columns ``col0:col0+width``).
@@ -77,7 +89,8 @@ def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
     ``col0 + order[p]`` and one pass over the block's segment maxima serves
     every list (:func:`qbscale.engine.topk.grouped_topk`), and ``state`` (the
     same rows' lists over earlier gallery blocks) sets running thresholds.
-    The result includes ``state``.  Rows go through
+    The result includes ``state``.  ``block`` may be a :class:`_Product`
+    (with ``order`` only).  Rows go through
     in slabs of about :data:`SLAB_ELEMENTS`, so the float32 scores, masks and
     floors of a slab stay in cache while they are used.
     """
@@ -103,6 +116,7 @@ def _block_partial(block: np.ndarray, col0: int, k: int, norm: Normaliser,
             for b, pair in enumerate(slab_norm):
                 normed[b].append(pair)
         return _Partial(_stack(raw) if want_raw else None, tuple(_stack(n) for n in normed))
+    assert isinstance(block, np.ndarray)
     scratch = np.empty(min(n_rows, step) * width, np.float32) if want_norm else None
     if smax is None and want_norm:
         smax = max(abs(float(block.max())), abs(float(block.min())))
@@ -190,9 +204,9 @@ def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: in
     smax = float(np.sqrt(q_norms.max(initial=0.0)) * np.sqrt(g_norms.max(initial=0.0))
                  ) * (1 + 2.0**-10)
     order = _grouping(norm, col0, g.shape[0], k)
-    if order is not None:
-        g = g[order]
-    return _block_partial(q @ g.T, col0, k, norm, smax, order, state)
+    if order is None:
+        return _block_partial(q @ g.T, col0, k, norm, smax, None, state)
+    return _block_partial(_Product(q, g[order]), col0, k, norm, smax, order, state)
 
 
 def _matrix_block(sims: MatrixSource, i: int, c: int, col0: int, k: int,

@@ -300,7 +300,21 @@ def _threshold(state: TopK | None, k: int) -> np.ndarray | None:
 
 def _merge_into(state: TopK | None, rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
                 n_rows: int, k: int) -> TopK:
-    """The best ``k`` of ``state`` and the new candidates (global columns)."""
+    """The best ``k`` of ``state`` and the new candidates (global columns).
+
+    Once ``state`` holds ``k`` per row, rows without a new candidate keep
+    their lists as they are, and only the others are merged.
+    """
+    if state is not None and state[0].shape[1] == k:
+        touched = np.unique(rows)
+        if len(touched) < n_rows:
+            values_out, indices_out = state[0].copy(), state[1].copy()
+            if len(touched):
+                merged = _merge_into((state[0][touched], state[1][touched]),
+                                     np.searchsorted(touched, rows), cols, values,
+                                     len(touched), k)
+                values_out[touched], indices_out[touched] = merged
+            return values_out, indices_out
     if state is not None:
         held = state[0].shape[1]
         rows = np.concatenate([np.repeat(np.arange(n_rows), held), rows])
