@@ -92,6 +92,10 @@ class RunPlan:
                 values = executor.compute(outputs, progress, setup=(forget_open_arrays,))
             finally:
                 executor.close()
+        if outputs:
+            from qbscale.storage.store import check_unchanged
+
+            check_unchanged(self.experiment)
         if self.state is None:
             norm, *rows = values
         else:

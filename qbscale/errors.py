@@ -49,6 +49,10 @@ class DamagedStoreError(QBScaleError, OSError):
     """A chunk of a store is missing or fails its checksum."""
 
 
+class StoreChangedError(DamagedStoreError):
+    """The store was replaced (``ingest --overwrite``) while a run read it."""
+
+
 class StoreLockedError(QBScaleError, RuntimeError):
     """Another run holds the store's writer lock."""
 

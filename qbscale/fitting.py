@@ -198,4 +198,7 @@ def fit_engine(inputs: Inputs, config: Any, scheduler: Any = "threads",
         (norm,) = executor.compute([lazy], progress)
     finally:
         executor.close()
+    from qbscale.storage.store import check_unchanged
+
+    check_unchanged(inputs.experiment)
     return norm

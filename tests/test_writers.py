@@ -82,6 +82,28 @@ def test_replacing_or_extending_a_locked_store_is_refused(store):
     assert run(store).n_queries == test.shape[0]
 
 
+def test_a_store_replaced_while_a_run_reads_it_is_refused(store):
+    """A read-only run takes no lock: an ingest --overwrite may land while it
+    reads.  What it read is refused (nothing reported, nothing saved), even
+    when the new store holds the same data; a fresh run then works."""
+    from qbscale.api import plan
+    from qbscale.config import RunConfig
+    from qbscale.errors import StoreChangedError
+    from qbscale.fitting import fit_engine, from_store
+    from qbscale.storage.ingest import ingest
+
+    config = RunConfig.make(20.0)
+    opened, fitting = plan(store), from_store(store, config)
+    bank, test = problem(n_bank=400, n_gallery=200)
+    ingest(store, bank, test, chunk_rows=20, progress=False, overwrite=True)  # same data
+    with pytest.raises(StoreChangedError, match=f"store {store} was replaced while this run "
+                                                "read it"):
+        opened.execute()
+    with pytest.raises(StoreChangedError):
+        fit_engine(fitting, config)
+    assert run(store).after == plan(store).execute().after
+
+
 def test_a_failed_run_releases_its_lock(store):
     with pytest.raises(ValueError):
         run(store, beta=-1, save_ranks=True)

@@ -23,6 +23,7 @@ from qbscale.errors import (
     IncompleteStoreError,
     InputError,
     QBScaleError,
+    StoreChangedError,
     StoreNotFoundError,
 )
 from qbscale.storage import layout
@@ -240,6 +241,40 @@ def _open(url: str, storage_options: dict[str, Any] | None,
     _notice_unchecked(url, group, names)
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
                       storage_options)
+
+
+def check_unchanged(experiment: Experiment) -> None:
+    """Refuse what was read from a store that has since been replaced.
+
+    Every ingest gives its store a fresh ``store_id``; a run compares the id
+    it opened with the one there now, after reading and before reporting or
+    saving anything (stores written before the id existed: their inputs'
+    checksums).  A read-only run takes no lock, so an ``ingest --overwrite``
+    of the same path may land while it reads: its figures could then mix two
+    stores.
+
+    Raises
+    ------
+    StoreChangedError
+        The store at ``experiment.url`` is not the one that was opened.
+    """
+    import zarr
+
+    if experiment.url is None or not experiment.attrs:
+        return
+    key = "store_id" if "store_id" in experiment.attrs else "sources"
+    try:
+        group = zarr.open_group(experiment.url, mode="r", use_consolidated=False,
+                                storage_options=experiment.storage_options)
+        attrs: Any = group.attrs.get(layout.ATTR) or {}
+        now = dict(attrs)
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+        now = {}
+    if not now.get("complete") or now.get(key) != experiment.attrs.get(key):
+        raise StoreChangedError(
+            f"store {experiment.url} was replaced while this run read it (an ingest "
+            "--overwrite?): its figures could mix two stores, so nothing was reported "
+            "or saved; run again")
 
 
 def _vector(url: str, group: Any, name: str, options: dict[str, Any] | None) -> np.ndarray:

@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -453,7 +454,9 @@ def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
 
     present = {role: src for role, src in inputs.items() if src is not None}
     sources = {role: describe(src) for role, src in present.items()}
-    attrs = {**attrs, "sources": sources, "complete": False}
+    # a fresh id per write: a reader that sees it change knows the store was
+    # replaced under it (qbscale.storage.store.check_unchanged)
+    attrs = {**attrs, "store_id": uuid.uuid4().hex, "sources": sources, "complete": False}
     total = sum(t.source.shape[0] for t in targets)
     with Hashes(present) as hashes:
         group = stage.create_group({layout.ATTR: attrs})
