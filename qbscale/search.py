@@ -384,6 +384,8 @@ def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
     blocks are read once each.
     """
     norm.check_gallery(sims.shape[1], "the similarity matrix")
+    if sims.shape[0] == 0:
+        raise InputError(f"the similarity matrix has no rows (shape {tuple(sims.shape)})")
     k = _check_k(top_k, sims.shape[1])
     record = _engine_record(norm)
 

@@ -229,6 +229,8 @@ def test_gallery_inputs_and_errors(pycode_small, tmp_path):
     bad[17, 3] = np.nan
     with pytest.raises(InputError, match="non-finite values \\(row 17\\)"):
         search(norm, bad, 5, gallery)
+    with pytest.raises(InputError, match=r"the similarity matrix has no rows \(shape \(0, 900\)\)"):
+        search_matrix(norm, NumpyMatrix(np.zeros((0, 900), np.float32), (), (900,)), 5)
     with pytest.raises(InputError, match="no gallery"):
         search(norm, queries, 5)
 
