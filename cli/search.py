@@ -75,7 +75,9 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     if sims is not None and (index_path or gallery_emb):
         raise ConfigError("--sims are scores against the gallery already: "
                           "--index and --gallery-emb go with --queries")
+    from qbscale.engine.grid import offsets
     from qbscale.storage import hits
+    from qbscale.storage.gallery_rows import check_finite
 
     hits.check_hits_path(hits_path)
     norm = load_normaliser(normaliser)
@@ -105,6 +107,8 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):
             block = source.read(i)
+            # rows numbered in the whole file (a search sees one block)
+            check_finite(block, offsets(source.row_chunks)[i], source.what)
             if index is not None:
                 scores, indices = index.search(block, topk)
             else:

@@ -196,9 +196,9 @@ def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: in
     q_norms = np.einsum("ij,ij->i", q, q)
     g_norms = np.einsum("ij,ij->i", g, g)
     if not np.isfinite(q_norms).all():
-        check_finite(q, offsets(queries.row_chunks)[i], "the queries")
+        check_finite(q, offsets(queries.row_chunks)[i], getattr(queries, "what", "the queries"))
     if not np.isfinite(g_norms).all():
-        check_finite(g, col0, "the gallery embeddings")
+        check_finite(g, col0, getattr(gallery, "what", "the gallery embeddings"))
     # |q.g| <= |q| |g| bounds every similarity of the block (float32 rounding
     # of the product adds far less than the margin of normalised_topk)
     smax = float(np.sqrt(q_norms.max(initial=0.0)) * np.sqrt(g_norms.max(initial=0.0))
@@ -353,8 +353,8 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     k = _check_k(top_k, gal.shape[0])
     qry = query_source(queries, 2**62, "the queries")
     if qry.shape[1] != gal.shape[1]:
-        raise InputError(f"the queries have dimension {qry.shape[1]}, the gallery "
-                         f"embeddings {gal.shape[1]}")
+        raise InputError(f"{qry.what} have dimension {qry.shape[1]}, {gal.what} "
+                         f"{gal.shape[1]}")
     record = _engine_record(norm)
     token = _token()
 

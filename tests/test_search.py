@@ -322,6 +322,17 @@ def test_cli_search_and_index(pycode_small, tmp_path):
     assert res.exit_code == 1
     assert "300 gallery items, the normaliser was fitted on 900" in res.output
     assert not (tmp_path / "bad.npz").exists()
+    bad = queries.copy()
+    bad[211, 3] = np.nan  # in the fifth block of 45 rows: named by its row in the file
+    np.save(tmp_path / "nan.npy", bad)
+    res = CliRunner().invoke(cli, ["search", str(tmp_path / "norm.zarr"), "--queries",
+                                   str(tmp_path / "nan.npy"), "--gallery-emb",
+                                   str(tmp_path / "g.npy"), "--topk", "3", "--block-rows", "45",
+                                   "--hits", str(tmp_path / "nan.tsv"), "-q"])
+    assert res.exit_code == 1
+    assert res.output == (f"Error: the queries ({tmp_path / 'nan.npy'}) hold non-finite "
+                          "values (row 211)\n")
+    assert not (tmp_path / "nan.tsv").exists()
 
 
 def test_search_demo_runs_at_full_size(tmp_path, capsys):

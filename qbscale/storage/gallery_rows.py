@@ -54,6 +54,7 @@ class RowMatrix:
     shape: tuple[int, int]
     row_chunks: tuple[int, ...]
     chunk: int | None = None  # the stored chunk rows, when stored in chunks
+    what: str = "the embeddings"  # for messages: "the queries (q.npy)"
 
     @property
     def col_chunks(self) -> tuple[int, ...]:
@@ -92,13 +93,15 @@ def _open(source: Any, what: str) -> tuple[Any, tuple[int, ...], int | None]:
 
 def _source(source: Any, what: str, rows: int) -> RowMatrix:
     data, shape, chunk = _open(source, what)
+    if isinstance(data, str):
+        what = f"{what} ({data})"
     if len(shape) != 2 or 0 in shape:
         raise InputError(f"{what} must be a non-empty (n, dim) matrix, got shape {shape}")
     dtype = np.dtype((_open_path(data) if isinstance(data, str) else data).dtype)
     if dtype.kind not in "fiu":
         raise InputError(f"{what} hold {dtype} values; expected floats")
     n, d = shape
-    return RowMatrix(data, (n, d), split(n, rows), chunk)
+    return RowMatrix(data, (n, d), split(n, rows), chunk, what)
 
 
 def gallery_source(source: Any, what: str = "the gallery embeddings") -> RowMatrix:
