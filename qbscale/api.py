@@ -330,6 +330,9 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     evaluated = Experiment(source, source, experiment.gt, experiment.mask)
     result = run(evaluated, method="none", scheduler=scheduler, num_workers=num_workers,
                  progress=progress)
+    from qbscale.storage.store import check_unchanged
+
+    check_unchanged(experiment)
     assert result.before is not None
     return result.before
 

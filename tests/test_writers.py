@@ -104,6 +104,35 @@ def test_a_store_replaced_while_a_run_reads_it_is_refused(store):
     assert run(store).after == plan(store).execute().after
 
 
+@pytest.mark.parametrize("command", ["run", "eval", "hubness", "diagnose", "sweep", "fit"])
+def test_a_store_replaced_during_the_computation_is_refused(store, command):
+    """The replacement lands as the computation starts (a dask callback): every
+    command that reads a store stops with the error, exit code 1."""
+    from dask.callbacks import Callback
+
+    from qbscale.storage.ingest import ingest
+
+    bank, test = problem(n_bank=400, n_gallery=200, seed=1)
+    replaced = []
+
+    def replace(dsk, state):
+        if not replaced:
+            replaced.append(ingest(store, bank, test, chunk_rows=20, progress=False,
+                                   overwrite=True))
+
+    norm = Path(store).parent / "norm.zarr"
+    args = {"sweep": ["--bank-sizes", "100,200", "--repeats", "1"],
+            "fit": ["-o", str(norm)]}.get(command, [])
+    with Callback(start_state=replace):
+        res = CliRunner().invoke(cli, [command, store, *args, "-q"])
+    assert replaced
+    assert res.exit_code == 1, res.output
+    assert res.output == (f"Error: store {store} was replaced while this run read it (an "
+                          "ingest --overwrite?): its figures could mix two stores, so nothing "
+                          "was reported or saved; run again\n")
+    assert not norm.exists()
+
+
 def test_a_failed_run_releases_its_lock(store):
     with pytest.raises(ValueError):
         run(store, beta=-1, save_ranks=True)

@@ -30,6 +30,7 @@ from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.stack import Stack
 from qbscale.engine.subsets import ALL, SampleSpec, Subsets
 from qbscale.executors import get_executor
+from qbscale.storage.store import check_unchanged
 from qbscale.types import Experiment, RowResult
 
 #: metrics summarised per size (key, header)
@@ -139,6 +140,7 @@ def bank_size_sweep(store: str | os.PathLike[str] | Experiment, sizes: Sequence[
         stacked, *rows = executor.compute(graph.outputs(), progress)
     finally:
         executor.close()
+    check_unchanged(experiment)
     result = _assemble(config, experiment, subsets, sizes, stacked, rows)
     result.seconds = time.perf_counter() - t0
     return result

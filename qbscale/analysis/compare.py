@@ -105,6 +105,7 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
         (:func:`qbscale.api.run`)
     """
     from qbscale.storage.gallery_bank import resolve
+    from qbscale.storage.store import check_unchanged
 
     experiment = store if isinstance(store, Experiment) else \
         open_experiment(store, storage_options)
@@ -129,6 +130,7 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
         occurrence = {float(v): nk for v, nk in nks.items()}
         runs.append(MethodRun(config.label, result, float(method.variant.default), occurrence,
                               {v: hub.Hubness.of(nk, k) for v, nk in occurrence.items()}))
+    check_unchanged(experiment)  # the runs read through a copy without its url
     first = runs[0].result
     before = hub.occurrences(first, k)["before"]
     return Comparison(k, experiment.n_queries, experiment.n_gallery, experiment.bank.shape[0],

@@ -219,6 +219,9 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
         view, *parts = executor.compute(graph, progress)
     finally:
         executor.close()
+    from qbscale.storage.store import check_unchanged
+
+    check_unchanged(exp)
     parts.sort(key=lambda p: p.start)
     mask = np.ones(exp.n_queries, bool) if exp.mask is None else np.asarray(exp.mask, bool)
     nk = np.zeros(exp.n_gallery, np.int64)
