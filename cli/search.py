@@ -19,19 +19,21 @@ def load_normaliser(path: str) -> Any:
     return Normaliser.load(path)
 
 
-def _sims_source(path: str, rows: int) -> Any:
+def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     """Similarity rows (``.npy`` memory-mapped, a pickle, ``.npz``, or a
-    store's test matrix) as a block source."""
+    store's test matrix) as a block source, and the store's experiment (None
+    for a file)."""
     from qbscale.storage.layout import is_url
     from qbscale.storage.readers import read_array
     from qbscale.storage.sources import NumpyMatrix
     from qbscale.storage.store import open_experiment
 
     if os.path.isdir(path) or is_url(path):
-        return open_experiment(path).test
+        experiment = open_experiment(path)
+        return experiment.test, experiment
     if path.endswith(".npy"):
-        return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows)
-    return NumpyMatrix.wrap(read_array(path), rows)
+        return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows), None
+    return NumpyMatrix.wrap(read_array(path), rows), None
 
 
 def _variants(norm: Any) -> list[str]:
@@ -82,7 +84,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     hits.check_hits_path(hits_path)
     norm = load_normaliser(normaliser)
     if sims is not None:
-        source = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)
+        source, sims_store = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)
         n_queries = source.shape[0]
     else:
         from qbscale.storage.gallery_rows import query_source
@@ -103,6 +105,10 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
         if sims is not None:
             scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
                                                num_workers=workers)
+            if sims_store is not None:
+                from qbscale.storage.store import check_unchanged
+
+                check_unchanged(sims_store)
             writer.append(scores, indices)
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):

@@ -104,7 +104,8 @@ def test_a_store_replaced_while_a_run_reads_it_is_refused(store):
     assert run(store).after == plan(store).execute().after
 
 
-@pytest.mark.parametrize("command", ["run", "eval", "hubness", "diagnose", "sweep", "fit"])
+@pytest.mark.parametrize("command", ["run", "eval", "hubness", "diagnose", "sweep", "fit",
+                                     "search"])
 def test_a_store_replaced_during_the_computation_is_refused(store, command):
     """The replacement lands as the computation starts (a dask callback): every
     command that reads a store stops with the error, exit code 1."""
@@ -120,17 +121,21 @@ def test_a_store_replaced_during_the_computation_is_refused(store, command):
             replaced.append(ingest(store, bank, test, chunk_rows=20, progress=False,
                                    overwrite=True))
 
-    norm = Path(store).parent / "norm.zarr"
-    args = {"sweep": ["--bank-sizes", "100,200", "--repeats", "1"],
-            "fit": ["-o", str(norm)]}.get(command, [])
+    norm, hits = Path(store).parent / "norm.zarr", Path(store).parent / "hits.tsv"
+    argv = {"sweep": [store, "--bank-sizes", "100,200", "--repeats", "1"],
+            "fit": [store, "-o", str(norm)],
+            "search": [str(norm), "--sims", store, "--topk", "3", "--hits", str(hits)]
+            }.get(command, [store])
+    if command == "search":
+        assert invoke("fit", store, "-o", str(norm)).exit_code == 0
     with Callback(start_state=replace):
-        res = CliRunner().invoke(cli, [command, store, *args, "-q"])
+        res = CliRunner().invoke(cli, [command, *argv, "-q"])
     assert replaced
     assert res.exit_code == 1, res.output
     assert res.output == (f"Error: store {store} was replaced while this run read it (an "
                           "ingest --overwrite?): its figures could mix two stores, so nothing "
                           "was reported or saved; run again\n")
-    assert not norm.exists()
+    assert norm.exists() == (command == "search") and not hits.exists()
 
 
 def test_a_failed_run_releases_its_lock(store):
