@@ -49,6 +49,10 @@ SLAB_ELEMENTS = 2**18
 #: elements of a row slab of a grouped block (only its segment maxima are
 #: computed for every entry, so slabs are large: fewer, larger numpy calls)
 GROUPED_SLAB_ELEMENTS = 2**22
+#: fewest tasks a search is cut into (queries split when the gallery is small);
+#: fixed, not taken from the scheduler, so that block shapes, and with them the
+#: float32 products, are the same under every scheduler
+TASKS = 16
 #: partial results merged per merge task
 FAN_IN = 8
 
@@ -272,7 +276,7 @@ def _check_k(top_k: int, n_gallery: int) -> int:
 
 
 def block_grid(n_queries: int, n_gallery: int, gallery_chunk: int | None = None,
-               block_rows: int | None = None, tasks: int = 4,
+               block_rows: int | None = None, tasks: int = TASKS,
                block_bytes: int = BLOCK_BYTES) -> tuple[int, int]:
     """``(query rows, gallery items)`` per similarity block.
 
@@ -285,7 +289,7 @@ def block_grid(n_queries: int, n_gallery: int, gallery_chunk: int | None = None,
     >>> block_grid(4000, 1_000_000)
     (4000, 4194)
     >>> block_grid(4000, 4000)
-    (1000, 4000)
+    (250, 4000)
     """
     budget = max(1, block_bytes // 4)
     rows = block_rows or max(1, min(n_queries, budget // MIN_ITEMS))
@@ -359,8 +363,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     token = _token()
 
     def build(threads: int) -> list[Delayed]:
-        rows, items = block_grid(qry.shape[0], gal.shape[0], gal.chunk, block_rows,
-                                 2 * threads)
+        rows, items = block_grid(qry.shape[0], gal.shape[0], gal.chunk, block_rows)
         blocks = qry.blocks(rows)
         parts = gal.blocks(block_items or items)
 

@@ -121,3 +121,19 @@ def test_pycode_embeddings_give_the_reference_figures(tmp_path):
         [44.9, 71.1, 79.1, 91.1, 2.0, 34.5]
     assert [table[1][m] for m in ("R1", "R5", "R10", "R50", "MedR", "MeanR")] == \
         [44.8, 71.3, 78.5, 90.4, 2.0, 39.4]
+
+
+def test_runs_on_embeddings_have_the_same_bits_on_every_scheduler(tmp_path):
+    """Products of the pycode embeddings (not exact in float32): the top-k
+    scores, ranks and the shift are the same bits on every scheduler."""
+    url = ingest_embeddings(tmp_path / "pycode.zarr", PYCODE / "querybank.npy",
+                            PYCODE / "queries_test.npy", PYCODE / "gallery_test.npy",
+                            dtype="float32", progress=False)
+    want = run(url, beta=20, topk=5, scheduler="synchronous")
+    for scheduler, workers in (("threads", 2), ("threads", 3), ("processes", 2)):
+        got = run(url, beta=20, topk=5, scheduler=scheduler, num_workers=workers)
+        for name in ("topk_score", "topk_index", "shift", "ranks", "base_ranks"):
+            a, b = getattr(got, name), getattr(want, name)
+            if isinstance(a, dict):
+                a, b = np.stack(list(a.values())), np.stack(list(b.values()))
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: {scheduler} {workers}")

@@ -105,6 +105,20 @@ def test_npz_blocks_of_different_id_widths(tmp_path, hits):
     assert [p.name for p in tmp_path.iterdir()] == ["h.npz"]
 
 
+def test_npz_refuses_ids_that_would_lose_digits(tmp_path, hits):
+    """uint64 and int64 query ids would meet in float64: refused at close, and
+    the half-written file is gone."""
+    scores, indices = hits
+    path = tmp_path / "h.npz"
+    writer = HitsWriter(path)
+    writer.append(scores[:, :2], indices[:, :2], np.array([2**63 + 1, 5], np.uint64))
+    writer.append(scores[:, 2:4], indices[:, 2:4], np.array([-1, 7], np.int64))
+    with pytest.raises(InputError, match=r"the query ids of the blocks mix types "
+                                         r"\(int64, uint64\)"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_paths_refused_before_writing(tmp_path, hits):
     with pytest.raises(ConfigError, match=r"unknown suffix '\.csv'; use one of \.parquet"):
         write_hits(tmp_path / "h.csv", *hits)

@@ -105,6 +105,23 @@ def test_search_over_shift_grouped_blocks(seed, method, n_gallery, top_k, block_
     np.testing.assert_array_equal(got[0], want[0])
 
 
+def test_search_has_the_same_bits_on_every_scheduler():
+    """Float32 products of random (inexact) embeddings depend on BLAS's thread
+    count and the block shapes; both are fixed whatever the scheduler, so the
+    scores are bit for bit the same on all of them."""
+    rng = np.random.default_rng(11)
+    gallery = rng.standard_normal((6000, 48)).astype(np.float32)
+    queries = rng.standard_normal((300, 48)).astype(np.float32)
+    bank = rng.standard_normal((500, 48)).astype(np.float32)
+    norm = fitted(bank, gallery, "dis", False, [20.0])
+    want = search(norm, queries, 8, gallery, scheduler="synchronous")
+    for scheduler, workers in (("threads", 1), ("threads", 2), ("threads", 3),
+                               ("processes", 2), ("local:2", None)):
+        got = search(norm, queries, 8, gallery, scheduler=scheduler, num_workers=workers)
+        np.testing.assert_array_equal(got[1], want[1], err_msg=f"{scheduler} {workers}")
+        np.testing.assert_array_equal(got[0], want[0], err_msg=f"{scheduler} {workers}")
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), method=st.sampled_from(METHODS),
        rows=st.integers(3, 25), cols=st.integers(5, 60), top_k=st.integers(1, 9))

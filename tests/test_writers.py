@@ -104,6 +104,31 @@ def test_a_store_replaced_while_a_run_reads_it_is_refused(store):
     assert run(store).after == plan(store).execute().after
 
 
+def test_a_gallery_bank_replaced_or_a_torn_store_json_is_refused(store):
+    """add_gallery_bank --overwrite changes the store in place (same store_id):
+    its record is compared too; a zarr.json caught mid-rewrite is a change."""
+    from qbscale.api import plan
+    from qbscale.errors import StoreChangedError
+    from qbscale.storage.gallery_bank import add_gallery_bank
+
+    bank, _ = problem(n_bank=400, n_gallery=200, seed=2)
+    add_gallery_bank(store, bank[:50], progress=False)
+    opened = plan(store, method="dual-is")
+    add_gallery_bank(store, bank[50:100], progress=False, overwrite=True)  # same shape
+    with pytest.raises(StoreChangedError, match="was replaced while this run read it"):
+        opened.execute()
+    meta = Path(store) / "zarr.json"
+    whole = meta.read_bytes()
+    opened = plan(store)
+    meta.write_bytes(whole[: len(whole) // 2])
+    try:
+        with pytest.raises(StoreChangedError):
+            opened.execute()
+    finally:
+        meta.write_bytes(whole)
+    assert plan(store, method="dual-is").execute().after is not None
+
+
 @pytest.mark.parametrize("command", ["run", "eval", "hubness", "diagnose", "sweep", "fit",
                                      "search"])
 def test_a_store_replaced_during_the_computation_is_refused(store, command):

@@ -369,7 +369,8 @@ def grouped_topk(block: np.ndarray, k: int, variants: list[GroupedShift], order:
         raw = collect(top, top, tail, None, 1.0, None if state is None else state[0])
     normed = []
     for b, v in enumerate(variants):
-        scaled = np.multiply(top, v.scale)
+        with np.errstate(over="ignore"):  # huge scales: inf, as exact_scores gives
+            scaled = np.multiply(top, v.scale)
         normed.append(collect(scaled - v.high, scaled - v.low,
                               exact_scores(tail, v.scale, v.shift[main:]), v.shift, v.scale,
                               None if state is None else state[1][b]))

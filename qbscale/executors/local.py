@@ -10,6 +10,35 @@ from typing import Any
 
 import dask
 
+#: the limit a worker process keeps (see :func:`one_blas_thread_for_good`)
+_PROCESS_LIMIT: list[Any] = []
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while tasks compute, whatever the scheduler.
+
+    Parallelism comes from dask: each task's matrix product gets a core
+    instead of every product starting a thread per core (a search over a
+    million items ran 1.2x faster on 2 cores).  It also makes float32
+    products the same bits under every scheduler, for the same block shapes:
+    BLAS's results depend on its thread count, and dask's distributed workers
+    already run one BLAS thread (``OPENBLAS_NUM_THREADS=1`` from their nanny).
+    """
+    import numpy  # noqa: F401 - loads BLAS, so that the limit finds it
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def one_blas_thread_for_good() -> None:
+    """:func:`one_blas_thread` for the life of a worker process (its initializer)."""
+    import numpy  # noqa: F401 - loads BLAS, so that the limit finds it
+    from threadpoolctl import threadpool_limits
+
+    _PROCESS_LIMIT.append(threadpool_limits(limits=1, user_api="blas"))
+
 
 class LocalExecutor:
     """Run with ``dask.compute(scheduler=...)``; a tqdm bar on stderr."""
@@ -37,27 +66,15 @@ class LocalExecutor:
                                   "optimize_graph": False}
         if self.num_workers:
             kwargs["num_workers"] = self.num_workers
-        with self._one_blas_thread():
+        if self.scheduler == "processes":
+            kwargs["initializer"] = one_blas_thread_for_good
+        with one_blas_thread():
             if not progress:
                 return list(dask.compute(*outputs, **kwargs))
             from tqdm.dask import TqdmCallback
 
             with TqdmCallback(desc="qbscale", file=sys.stderr, unit="task", leave=False):
                 return list(dask.compute(*outputs, **kwargs))
-
-    @contextlib.contextmanager
-    def _one_blas_thread(self) -> Iterator[None]:
-        """BLAS on one thread while several dask threads compute: each task's
-        matrix product then has a core, instead of every product starting a
-        thread per core (a search over a million items ran 1.2x faster).  As
-        dask's distributed workers do (``OPENBLAS_NUM_THREADS=1``)."""
-        if self.scheduler != "threads" or self.threads < 2:
-            yield
-            return
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
 
     def close(self) -> None:
         return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,7 +38,7 @@ SIMS = GALLERY_BANK
 EMBEDDINGS = layout.GALLERY_BANK_EMB
 DIMS = {SIMS: layout.DIMS[SIMS], EMBEDDINGS: layout.DIMS[EMBEDDINGS]}
 #: the record in the store's ``qbscale`` attribute
-RECORD = "gallery_bank"
+RECORD = layout.GALLERY_BANK_RECORD
 
 
 def _open_store(url: str, options: dict[str, Any] | None) -> Any:
@@ -144,7 +145,10 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
         unit = (experiment.attrs or {}).get("similarity") == "cosine"
         _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
         consolidate(group.store)
-        record = {"array": name, "file": None if src.path is None else src.name,
+        # a fresh id: a reader that sees the record change knows the bank was
+        # replaced under it (storage.store.check_unchanged)
+        record = {"array": name, "id": uuid.uuid4().hex,
+                  "file": None if src.path is None else src.name,
                   "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
         _set_record(group, record)
     return url

@@ -164,7 +164,11 @@ class HitsWriter:
 
     def close(self) -> Path:
         """Finish the file and move it into place; returns its path."""
-        self._sink.close()
+        try:
+            self._sink.close()
+        except BaseException:  # a file that failed to finish never looks finished
+            self.partial.unlink(missing_ok=True)
+            raise
         os.replace(self.partial, self.path)
         return self.path
 
@@ -275,18 +279,24 @@ class _NpzSink:
         self.spool.close()
         self.spool_path.unlink(missing_ok=True)
 
+    def _dtype(self, column: str, kinds: list[np.dtype]) -> np.dtype:
+        """The column's dtype over all blocks (refusing ids that would lose digits)."""
+        if not kinds:
+            return np.dtype(np.float64 if column == "score" else
+                            "<U1" if column == "variant" else np.int64)
+        try:
+            dtype: np.dtype = np.result_type(*kinds)
+        except TypeError:
+            dtype = np.dtype(object)
+        if dtype.kind == "O" or (dtype.kind == "f" and all(k.kind in "iu" for k in kinds)):
+            # e.g. uint64 and int64 ids would meet in float64, losing ids above 2**53
+            raise InputError(f"hits file {self.path}: the {column} ids of the blocks "
+                             f"mix types ({', '.join(sorted({str(k) for k in kinds}))})")
+        return dtype
+
     def _member(self, archive: Any, column: str) -> None:
         parts = [b[column] for b in self.blocks]
-        if not parts:
-            dtype = np.dtype(np.float64 if column == "score" else
-                             "<U1" if column == "variant" else np.int64)
-        else:
-            try:
-                dtype = np.result_type(*[dt for dt, _, _ in parts])
-            except TypeError as exc:
-                raise InputError(f"hits file {self.path}: the {column} ids of the blocks "
-                                 f"mix types ({', '.join(str(dt) for dt, _, _ in parts)})"
-                                 ) from exc
+        dtype = self._dtype(column, [dt for dt, _, _ in parts])
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                   "shape": (sum(n for _, n, _ in parts),)}
         with archive.open(f"{column}.npy", "w", force_zip64=True) as member:

@@ -40,6 +40,8 @@ GALLERY_EMB = "gallery_emb"
 #: a gallery bank (for ``dual-is``), see :mod:`qbscale.storage.gallery_bank`
 GALLERY_BANK = "gallery_bank"
 GALLERY_BANK_EMB = "gallery_bank_emb"
+#: the key of the ``qbscale`` attribute recording a finished gallery bank
+GALLERY_BANK_RECORD = "gallery_bank"
 
 DIMS = {
     BANK: ("bank_query", "gallery"),

@@ -262,15 +262,17 @@ def check_unchanged(experiment: Experiment) -> None:
 
     if experiment.url is None or not experiment.attrs:
         return
-    key = "store_id" if "store_id" in experiment.attrs else "sources"
+    # the store, and its gallery bank (replaced in place by add_gallery_bank)
+    keys = ("store_id" if "store_id" in experiment.attrs else "sources",
+            layout.GALLERY_BANK_RECORD)
     try:
         group = zarr.open_group(experiment.url, mode="r", use_consolidated=False,
                                 storage_options=experiment.storage_options)
         attrs: Any = group.attrs.get(layout.ATTR) or {}
         now = dict(attrs)
-    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
-        now = {}
-    if not now.get("complete") or now.get(key) != experiment.attrs.get(key):
+    except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        now = {}  # gone, or its zarr.json being rewritten: not the store that was read
+    if not now.get("complete") or any(now.get(k) != experiment.attrs.get(k) for k in keys):
         raise StoreChangedError(
             f"store {experiment.url} was replaced while this run read it (an ingest "
             "--overwrite?): its figures could mix two stores, so nothing was reported "

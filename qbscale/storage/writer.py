@@ -194,10 +194,13 @@ class LocalStage:
 
 def _lock_old(url: str, options: dict[str, Any] | None) -> Any:
     """The lock of a store about to be replaced (:class:`StoreLockedError` while a
-    run writes into it)."""
+    run writes into it); None for a store nobody can write into (read-only)."""
     from qbscale.storage.lock import StoreLock
 
-    return StoreLock.acquire(url, options, "replacing the store (--overwrite)")
+    try:
+        return StoreLock.acquire(url, options, "replacing the store (--overwrite)")
+    except PermissionError:
+        return None
 
 
 def _owner() -> str:
@@ -250,6 +253,8 @@ class RemoteStage:
                 raise StoreExistsError(f"{url} exists and is not a qbscale store: "
                                        "not replacing it")
             self.replace = True
+        # held until create_group deletes the old store (the lock with it); the
+        # new one counts as incomplete until it is finished, so no run writes into it
         self.lock = _lock_old(url, storage_options) if self.replace else None
 
     def create_group(self, attrs: dict[str, Any]) -> zarr.Group:
