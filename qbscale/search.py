@@ -94,9 +94,10 @@ def _block_partial(block: np.ndarray | _Product, col0: int, k: int, norm: Normal
     every list (:func:`qbscale.engine.topk.grouped_topk`), and ``state`` (the
     same rows' lists over earlier gallery blocks) sets running thresholds.
     The result includes ``state``.  ``block`` may be a :class:`_Product`
-    (with ``order`` only).  Rows go through
-    in slabs of about :data:`SLAB_ELEMENTS`, so the float32 scores, masks and
-    floors of a slab stay in cache while they are used.
+    (with ``order`` only).  Rows go through in slabs of about
+    :data:`SLAB_ELEMENTS` (:data:`GROUPED_SLAB_ELEMENTS` for a grouped block),
+    so the float32 scores, masks and floors of a slab stay in cache while they
+    are used.
     """
     n_rows, width = block.shape
     step = max(1, SLAB_ELEMENTS // max(width, 1))
