@@ -52,6 +52,24 @@ def _round_down(floor: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.where(out > floor, np.nextafter(out, dtype.type(-np.inf)), out)
 
 
+def _layout(n_cols: int, segment_length: int) -> tuple[int, int]:
+    """``(segments, length)`` of a row of ``n_cols`` cut into interleaved
+    segments of about ``segment_length`` (the tail: ``n_cols - segments * length``)."""
+    n_seg = n_cols // segment_length
+    return n_seg, n_cols // max(n_seg, 1)
+
+
+def _segments(block: np.ndarray, n_seg: int, length: int) -> np.ndarray:
+    """A read-only ``(rows, length, n_seg)`` view: ``[r, t, s]`` is column
+    ``s + n_seg * t`` of row ``r``, so a maximum over the middle axis runs
+    along contiguous memory."""
+    n_rows, n_cols = block.shape
+    itemsize = block.itemsize
+    return np.lib.stride_tricks.as_strided(
+        block, (n_rows, length, n_seg), (n_cols * itemsize, n_seg * itemsize, itemsize),
+        writeable=False)
+
+
 def candidates(block: np.ndarray, k: int, margin: float = 0.0
                ) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` of every entry ``>= f - margin``, ``f`` a per-row floor
@@ -65,21 +83,16 @@ def candidates(block: np.ndarray, k: int, margin: float = 0.0
     >>> candidates(np.array([[1.0, 5.0, 3.0, 4.0]]), 2)
     (array([0, 0]), array([1, 3]))
     """
-    n_rows, n_cols = block.shape
+    n_cols = block.shape[1]
     k = min(k, n_cols)
-    n_seg = n_cols // SEGMENT_LENGTH
-    length = n_cols // max(n_seg, 1)
+    n_seg, length = _layout(n_cols, SEGMENT_LENGTH)
     if n_seg < k * SEGMENTS_PER_K or not block.flags.c_contiguous:
         kth = np.partition(block, n_cols - k, axis=1)[:, n_cols - k]
         floor = _round_down(kth.astype(np.float64) - margin, block.dtype)
         rows, cols = np.nonzero(block >= floor[:, None])
         return rows, cols
     main = n_seg * length
-    itemsize = block.itemsize
-    # the maximum over the middle axis runs along contiguous memory
-    strided = np.lib.stride_tricks.as_strided(
-        block, (n_rows, length, n_seg), (n_cols * itemsize, n_seg * itemsize, itemsize),
-        writeable=False)
+    strided = _segments(block, n_seg, length)
     maxima = strided.max(axis=1)
     tail = block[:, main:]
     every = np.concatenate([maxima, tail.max(axis=1, keepdims=True)], axis=1) \
@@ -203,18 +216,11 @@ def normalised_topk(block: np.ndarray, k: int, scale: float, shift: np.ndarray, 
 GROUP_LENGTH = 32
 
 
-def _layout(n_cols: int) -> tuple[int, int]:
-    """``(segments, length)`` of a grouped row of ``n_cols`` (interleaved as in
-    :func:`candidates`, segments of about :data:`GROUP_LENGTH`)."""
-    n_seg = n_cols // GROUP_LENGTH
-    return n_seg, n_cols // max(n_seg, 1)
-
-
 def can_group(n_cols: int, k: int, scales: np.ndarray, shift: np.ndarray) -> bool:
     """Whether :func:`grouped_topk` applies: enough segments for ``k``, positive
     finite scales and finite shifts (the bounds need monotone rounding)."""
     scales = np.asarray(scales, np.float64)
-    return (_layout(n_cols)[0] >= min(k, n_cols) * SEGMENTS_PER_K
+    return (_layout(n_cols, GROUP_LENGTH)[0] >= min(k, n_cols) * SEGMENTS_PER_K
             and bool(np.all(np.isfinite(scales) & (scales > 0)))
             and bool(np.isfinite(shift).all()))
 
@@ -226,11 +232,14 @@ def grouped_order(key: np.ndarray) -> np.ndarray:
     ``s`` (positions ``s, s + S, s + 2 S, ...``) holds the ``s``-th run of
     ``length`` columns by increasing key, and the tail the largest keys.
 
-    >>> grouped_order(np.array([5.0, 0.0, 4.0, 1.0] * 8))[:4]
-    array([1, 3, 2, 0])
+    Two segments of 32: the 32 smallest keys in segment 0 (even positions),
+    the rest in segment 1 (odd positions):
+
+    >>> grouped_order(np.arange(64.0)[::-1])[:4]
+    array([63, 31, 62, 30])
     """
     n = len(key)
-    n_seg, length = _layout(n)
+    n_seg, length = _layout(n, GROUP_LENGTH)
     ranked = np.argsort(key, kind="stable")
     if n_seg == 0:
         return ranked
@@ -246,7 +255,7 @@ class GroupedShift:
     """One variant's shift in a block's column order, with per-segment bounds."""
 
     def __init__(self, scale: float, shift: np.ndarray, order: np.ndarray) -> None:
-        n_seg, length = _layout(len(order))
+        n_seg, length = _layout(len(order), GROUP_LENGTH)
         self.scale = float(scale)
         self.shift = np.ascontiguousarray(shift[order], dtype=np.float64)
         main = self.shift[: n_seg * length].reshape(length, n_seg)
@@ -339,12 +348,9 @@ def grouped_topk(block: np.ndarray, k: int, variants: list[GroupedShift], order:
     thresholds below which nothing of this block is looked at.
     """
     n_rows, n_cols = block.shape
-    n_seg, length = _layout(n_cols)
+    n_seg, length = _layout(n_cols, GROUP_LENGTH)
     main = n_seg * length
-    itemsize = block.itemsize
-    strided = np.lib.stride_tricks.as_strided(
-        block, (n_rows, length, n_seg), (n_cols * itemsize, n_seg * itemsize, itemsize),
-        writeable=False)
+    strided = _segments(block, n_seg, length)
     top = exact_scores(strided.max(axis=1), 1.0, 0.0)  # segment maxima in float64
     tail = block[:, main:]
     held = 0 if state is None else (state[1][0] if state[0] is None else state[0])[0].shape[1]
