@@ -51,14 +51,20 @@ def refuse(*args, **kwargs):
     raise AssertionError("dask computed while building a graph")
 
 
+def case(p, method, data):
+    """A method's values and parameters, and a gallery bank for dual-is:
+    ``(values, params, gallery_bank or None, extra keyword arguments)``."""
+    values, params = CASES[method]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    gb = gallery_bank_for(p, rng) if method == "dual-is" else None
+    return values, params, gb, ({"gallery_bank": gb} if gb is not None else {})
+
+
 @SETTINGS
 @given(p=problems(), method=st.sampled_from(sorted(CASES)), dynamic=st.booleans(),
        data=st.data())
 def test_normalise_numpy_equals_oracle(p, method, dynamic, data):
-    values, params = CASES[method]
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    gb = gallery_bank_for(p, rng) if method == "dual-is" else None
-    extra = {"gallery_bank": gb} if gb is not None else {}
+    values, params, gb, extra = case(p, method, data)
     got = normalise(p.test, p.bank, k=p.k, method=method, dynamic=dynamic,
                     **swept(method, values), **params, **extra)
     want = oracle(p, method, values, params, dynamic, gb)
@@ -76,10 +82,7 @@ def test_normalise_numpy_equals_oracle(p, method, dynamic, data):
 @given(p=problems(), method=st.sampled_from(sorted(CASES)), dynamic=st.booleans(),
        data=st.data())
 def test_dask_transform_equals_numpy_over_chunkings(p, method, dynamic, data):
-    values, params = CASES[method]
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    gb = gallery_bank_for(p, rng) if method == "dual-is" else None
-    extra = {"gallery_bank": gb} if gb is not None else {}
+    values, params, gb, extra = case(p, method, data)
     n_q, n_g = p.test.shape
     chunks = (data.draw(st.integers(1, n_q)), data.draw(st.integers(1, n_g)))
     bank_chunks = (data.draw(st.integers(1, len(p.bank))), data.draw(st.integers(1, n_g)))
