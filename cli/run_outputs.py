@@ -70,24 +70,25 @@ def summary_without_truth(result: RunResult, store: str | None, hits: str | None
     if result.config.normalises:
         lines.append(f"normalised rows: {100 * result.normalised_share:.1f}% of {n_queries}; "
                      f"activation set: {result.activation_size} of {n_gallery} gallery items")
+    saved = bool(store) and (save_scores or result.topk_index is not None)
+    folder = f"{store}/{_run_folder(store)}" if saved and store else ""  # one read
     if result.topk_index is not None:
         places = [hits] if hits else []
         if store:
-            places.append(f"{store}/{_run_folder(store)} (topk_index, topk_score)")
+            places.append(f"{folder} (topk_index, topk_score)")
         lines.append(f"top-{result.topk_index.shape[-1]} hits: "
                      f"{', '.join(places) or 'not saved (give --hits FILE)'}")
     if save_scores:
         shape = f"{len(result.config.values)} x {n_queries} x {n_gallery}"
-        lines.append(f"normalised scores: {store}/{_run_folder(store)}scores ({shape} float64)")
-    if store and (save_scores or result.topk_index is not None):
+        lines.append(f"normalised scores: {folder}scores ({shape} float64)")
+    if saved:
         lines.append("read them with qbscale.open_result(STORE, NAME) (the last run's)")
     return "\n".join(lines)
 
 
-def _run_folder(store: str | None) -> str:
-    """``runs/<token>/``: where the last run published its arrays in ``store``."""
+def _run_folder(store: str) -> str:
+    """``runs/<token>/``: where the last run published its arrays in ``store``
+    (read once from the store's attributes)."""
     from qbscale.storage.results import published_path
 
-    if store is None:
-        return ""
     return published_path(store, "scores")[: -len("scores")]
