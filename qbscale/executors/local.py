@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -14,9 +13,9 @@ import dask
 _PROCESS_LIMIT: list[Any] = []
 
 
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """BLAS on one thread while tasks compute, whatever the scheduler.
+def one_blas_thread() -> Any:
+    """BLAS limited to one thread, from now until the returned limit is
+    restored (a context manager: ``with one_blas_thread(): ...``).
 
     Parallelism comes from dask: each task's matrix product gets a core
     instead of every product starting a thread per core (a search over a
@@ -24,20 +23,17 @@ def one_blas_thread() -> Iterator[None]:
     products the same bits under every scheduler, for the same block shapes:
     BLAS's results depend on its thread count, and dask's distributed workers
     already run one BLAS thread (``OPENBLAS_NUM_THREADS=1`` from their nanny).
+    numpy is imported first: it loads BLAS, which the limit must find.
     """
-    import numpy  # noqa: F401 - loads BLAS, so that the limit finds it
+    import numpy  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def one_blas_thread_for_good() -> None:
     """:func:`one_blas_thread` for the life of a worker process (its initializer)."""
-    import numpy  # noqa: F401 - loads BLAS, so that the limit finds it
-    from threadpoolctl import threadpool_limits
-
-    _PROCESS_LIMIT.append(threadpool_limits(limits=1, user_api="blas"))
+    _PROCESS_LIMIT.append(one_blas_thread())
 
 
 class LocalExecutor:
