@@ -153,20 +153,25 @@ def ingest(**opts: Any) -> None:
                          chunk_bytes=common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES)
     seconds = time.perf_counter() - start
     click.echo(summary(out, seconds))
-    _truth_notice(out, opts["no_ground_truth"])
+    _truth_notice(out, opts["no_ground_truth"],
+                  inferred=opts["queries_per_item"] is None and opts["gt_index"] is None)
     if opts["json_path"]:
         write_json(opts["json_path"], "ingest", {"store": out, "mode": mode, "seconds": seconds,
                                                  "arrays": arrays(out)})
 
 
-def _truth_notice(out: str, forced: bool) -> None:
-    """One line on stderr when the store has no ground truth."""
+def _truth_notice(out: str, forced: bool, inferred: bool) -> None:
+    """One line on stderr when the store has no ground truth, or one it inferred."""
     import zarr
 
-    from qbscale.storage.store import no_ground_truth_notice
+    from qbscale.storage.store import inferred_ground_truth_notice, no_ground_truth_notice
 
     group: Any = zarr.open_group(out, mode="r")
-    if cast("dict[str, Any]", group.attrs[layout.ATTR]).get("ground_truth") is not False:
+    attrs = cast("dict[str, Any]", group.attrs[layout.ATTR])
+    if attrs.get("ground_truth") is not False:
+        if inferred and attrs.get("queries_per_item"):
+            click.echo(f"Note: {out}: {inferred_ground_truth_notice(attrs['queries_per_item'])}",
+                       err=True)
         return
     names = set(group.array_keys())
     n_queries, n_gallery = (group[layout.TEST].shape if layout.TEST in names else

@@ -33,8 +33,18 @@ def compute_options(func: F) -> F:
 
 
 def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    """A subcommand is quiet when it, or the group (``qbscale -q CMD``), says so."""
-    return bool(value or ctx.meta.get(QUIET_KEY, False))
+    """A subcommand is quiet when it, or the group (``qbscale -q CMD``), says so, and
+    when stderr is not a terminal: a bar's carriage returns would otherwise land in a
+    log or between the results when stdout and stderr share a pipe (as tqdm's own
+    ``disable=None`` does)."""
+    return bool(value or ctx.meta.get(QUIET_KEY, False) or not _stderr_is_terminal())
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, callback=_quiet,
@@ -51,6 +61,13 @@ k_option = click.option("--k", "k", type=click.IntRange(min=1), default=1, show_
 activation_k_option = click.option(
     "--k", "--activation-k", "activation_k", type=click.IntRange(min=1), default=1,
     show_default=True, help=_K_HELP)
+
+
+def topk_notice(topk: int, n_gallery: int) -> None:
+    """One line on stderr when ``--topk`` asks for more items than the gallery has."""
+    if topk > n_gallery:
+        click.echo(f"Note: --topk {topk} is more than the gallery's {n_gallery} items: "
+                   f"each query lists all {n_gallery}", err=True)
 
 
 def write_json(path: str | Path, kind: str, payload: dict[str, Any]) -> None:

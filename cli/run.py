@@ -22,6 +22,7 @@ from .options import (
     library_errors,
     quiet_option,
     seed_option,
+    topk_notice,
     write_json,
 )
 from .run_outputs import check_hits, hits_option, save_hits, summary_without_truth
@@ -121,6 +122,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
                 save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
                 resume=resume, gallery_bank=gallery_bank, normaliser=norm, **settings))
             save_hits(hits_path, results[-1], target)
+            topk_notice(topk, results[-1].n_gallery)
     if len(results) > 1 or fmt == "markdown":
         _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
         return

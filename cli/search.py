@@ -9,7 +9,13 @@ from typing import Any
 import click
 import numpy as np
 
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import (
+    library_errors,
+    quiet_option,
+    scheduler_option,
+    topk_notice,
+    workers_option,
+)
 
 
 def load_normaliser(path: str) -> Any:
@@ -123,6 +129,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
             writer.append(scores, indices)
             bar.update(len(block))
     how = "faiss index" if sims is None and index is not None else "exact"
+    topk_notice(topk, norm.n_gallery)
     click.echo(f"Wrote {hits_path}: top {topk} of {norm.n_gallery} items for {n_queries} "
                f"queries ({norm.config.label} {norm.config.variant_name}="
                f"{','.join(f'{v:g}' for v in norm.values)}, {how})")
@@ -137,9 +144,10 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
 @click.option("--factory", default="Flat", show_default=True,
               help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index file.")
+@quiet_option
 @library_errors
 def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
-          overwrite: bool) -> None:
+          overwrite: bool, quiet: bool) -> None:
     """Build a faiss index serving NORMALISER's scores over the gallery."""
     import time
 

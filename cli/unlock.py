@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
-from .options import library_errors
+from .options import library_errors, quiet_option
 
 
 @click.command()
 @click.argument("store")
+@quiet_option
 @library_errors
-def unlock(store: str) -> None:
+def unlock(store: str, quiet: bool) -> None:
     """Delete STORE's writer lock, left by a run that died.
 
     Refused while the run holding it is alive on this host; a lock taken on
     another host is broken as asked (make sure that run is gone).
     """
+    from qbscale.errors import StoreNotFoundError
+    from qbscale.storage.layout import is_url, local_path
     from qbscale.storage.lock import break_lock, describe
 
+    if not is_url(store) and not os.path.isdir(local_path(store)):
+        raise StoreNotFoundError(f"no store at {store}: nothing to unlock")
     info = break_lock(store)
     if info is None:
         click.echo(f"{store} is not locked")

@@ -269,11 +269,15 @@ def _compute(norm: Normaliser, build: Any, scheduler: Any, num_workers: int | No
 
 
 def _check_k(top_k: int, n_gallery: int) -> int:
-    if int(top_k) != top_k or top_k < 1:
+    """``top_k`` as an int, at most the gallery's size (every item is listed then,
+    as a run's ``topk`` does).
+
+    >>> _check_k(10, 4)
+    4
+    """
+    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
         raise InputError(f"top_k must be an integer >= 1, got {top_k}")
-    if top_k > n_gallery:
-        raise InputError(f"top_k={top_k} exceeds the gallery's {n_gallery} items")
-    return int(top_k)
+    return min(int(top_k), n_gallery)
 
 
 def block_grid(n_queries: int, n_gallery: int, gallery_chunk: int | None = None,
@@ -317,7 +321,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
         ``gallery`` is None)
     queries : (n, d) embeddings: numpy or dask array, or the path of a
         ``.npy`` file or Zarr array
-    top_k : items per query (at most the gallery's size)
+    top_k : items per query (more than the gallery's size lists every item)
     gallery : (n_gallery, d) embeddings: numpy or dask array, a Zarr array,
         the path of a ``.npy`` file, a Zarr array or an embeddings store
         (its ``gallery_emb``)

@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 import qbscale
+from qbscale.cli import COMMANDS
 from qbscale.storage import layout
 
 COMPUTING = ("run", "eval", "hubness", "report", "diagnose", "fit")
@@ -43,8 +44,14 @@ def _command(name):
 # ---------------------------------------------------------------- -q / --quiet
 
 
+@pytest.fixture
+def terminal(monkeypatch):
+    """stderr taken for a terminal (bars are drawn only on one)."""
+    monkeypatch.setattr("qbscale.cli.options._stderr_is_terminal", lambda: True)
+
+
 @pytest.mark.parametrize("where", ["group", "command", "neither"])
-def test_quiet_on_the_group_or_on_ingest(where, inputs, tmp_path, cli_invoke):
+def test_quiet_on_the_group_or_on_ingest(where, inputs, tmp_path, cli_invoke, terminal):
     args = ["ingest", "--bank", inputs / "bank.npy", "--test", inputs / "test.npy",
             "--queries-per-item", "2", "-o", tmp_path / "x.zarr"]
     args = {"group": ["-q", *args], "command": [*args, "-q"], "neither": args}[where]
@@ -54,7 +61,7 @@ def test_quiet_on_the_group_or_on_ingest(where, inputs, tmp_path, cli_invoke):
 
 
 @pytest.mark.parametrize("where", ["group", "command", "neither"])
-def test_quiet_on_the_group_or_on_synth(where, tmp_path, cli_invoke):
+def test_quiet_on_the_group_or_on_synth(where, tmp_path, cli_invoke, terminal):
     args = ["synth", tmp_path / "s.zarr", "--bank", "12", "--test", "6", "--gallery", "6",
             "--dim", "4"]
     args = {"group": ["-q", *args], "command": [*args, "-q"], "neither": args}[where]
@@ -64,7 +71,7 @@ def test_quiet_on_the_group_or_on_synth(where, tmp_path, cli_invoke):
 
 
 @pytest.mark.parametrize("where", ["group", "command", "neither"])
-def test_quiet_on_the_group_or_on_run(where, store, cli_invoke):
+def test_quiet_on_the_group_or_on_run(where, store, cli_invoke, terminal):
     args = {"group": ["-q", "run", store], "command": ["run", store, "-q"],
             "neither": ["run", store]}[where]
     res = cli_invoke(*args)
@@ -72,8 +79,14 @@ def test_quiet_on_the_group_or_on_run(where, store, cli_invoke):
     assert res.stdout.splitlines()[0].split()[:2] == ["method", "beta"]
 
 
-@pytest.mark.parametrize("name", ["ingest", "synth", "run", "eval", "hubness", "report",
-                                  "diagnose", "fit"])
+def test_no_bar_when_stderr_is_not_a_terminal(store, cli_invoke):
+    """A bar's carriage returns would land between the results in a shared pipe or log."""
+    res = cli_invoke("run", store)
+    assert "qbscale:" not in res.stderr and "\r" not in res.stderr, res.stderr
+    assert res.stdout.splitlines()[0].split()[:2] == ["method", "beta"]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_takes_q(name):
     names = {opt for p in _command(name).params for opt in p.opts}
     assert {"-q", "--quiet"} <= names
@@ -259,3 +272,23 @@ def test_a_reader_that_leaves_early_is_no_error(store):
     proc.wait(timeout=120)
     assert first.startswith(b"method")
     assert "Error" not in err and "Traceback" not in err
+
+
+def test_unlock_of_a_missing_store_is_an_error(tmp_path, cli_invoke):
+    res = cli_invoke("unlock", tmp_path / "missing.zarr", "-q", exit_code=1)
+    missing = tmp_path / "missing.zarr"
+    assert res.stderr.strip() == f"Error: no store at {missing}: nothing to unlock"
+
+
+def test_topk_beyond_the_gallery_lists_every_item_with_a_notice(store, tmp_path, cli_invoke):
+    """run --topk and search --topk treat K > gallery alike: every item, and a note."""
+    res = cli_invoke("run", store, "--topk", "15", "--hits", tmp_path / "h.tsv")
+    assert "Note: --topk 15 is more than the gallery's 10 items: each query lists all 10" \
+        in res.stderr
+    lines = (tmp_path / "h.tsv").read_text().splitlines()
+    assert len(lines) == 1 + 20 * 10
+    cli_invoke("fit", store, "-o", tmp_path / "n.zarr")
+    res = cli_invoke("search", tmp_path / "n.zarr", "--sims", store, "--topk", "15",
+                     "--hits", tmp_path / "s.tsv")
+    assert "each query lists all 10" in res.stderr
+    assert len((tmp_path / "s.tsv").read_text().splitlines()) == 1 + 20 * 10

@@ -61,7 +61,9 @@ def test_topk_equals_argsort_oracle(p, method, topk, data):
     want = ref.scores(p.test, p.bank, p.beta, p.k, method)
     idx, val = ref.topk(want, min(topk, p.test.shape[1]))
     np.testing.assert_array_equal(res.topk_index[0], idx)
-    np.testing.assert_array_equal(res.topk_score[0], val.astype(np.float32))
+    # float64 scores; logZ's summation order may differ from the oracle's in the last bit
+    assert res.topk_score.dtype == np.float64
+    np.testing.assert_allclose(res.topk_score[0], val, rtol=1e-13, atol=1e-13)
 
 
 @SETTINGS

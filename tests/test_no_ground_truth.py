@@ -114,7 +114,16 @@ def test_cli_ingest_notice_on_stderr(problem, tmp_path):
     assert open_experiment(tmp_path / "c.zarr").gt is None
     res = invoke("ingest", "--bank", str(tmp_path / "b.npy"), "--test", str(tmp_path / "t2.npy"),
                  "-o", str(tmp_path / "d.zarr"))
-    assert res.stderr == "" and open_experiment(tmp_path / "d.zarr").gt is not None
+    # a ground truth inferred from the shapes is said, with the way out
+    assert res.stderr.splitlines() == [
+        f"Note: {tmp_path / 'd.zarr'}: ground truth inferred from the shapes: query i is the "
+        "query of gallery item i (1 per item); if these are new queries whose right "
+        "answers nobody knows, ingest again with --no-ground-truth (or set it with "
+        "--queries-per-item or --gt-index)"]
+    assert open_experiment(tmp_path / "d.zarr").gt is not None
+    res = invoke("ingest", "--bank", str(tmp_path / "b.npy"), "--test", str(tmp_path / "t2.npy"),
+                 "-o", str(tmp_path / "e.zarr"), "--queries-per-item", "1")
+    assert res.stderr == "" and open_experiment(tmp_path / "e.zarr").gt is not None
 
 
 # ------------------------------------------------------------------ runs
@@ -138,7 +147,7 @@ def test_in_memory_run_equals_dense(rows, seed, method, topk):
     np.testing.assert_allclose(res.scores[0], want, rtol=1e-12, atol=1e-12)
     idx, score = ref.topk(want, topk)
     np.testing.assert_array_equal(res.topk_index[0], idx)
-    np.testing.assert_allclose(res.topk_score[0], score.astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(res.topk_score[0], score, rtol=1e-12)
     rows_normalised = ref.normalised_rows(test, bank, "dis" if method == "dis" else "is", 1)
     np.testing.assert_array_equal(res.normalised, rows_normalised)
 

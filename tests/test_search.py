@@ -240,8 +240,13 @@ def test_gallery_inputs_and_errors(pycode_small, tmp_path):
         search(norm, queries, 5, gallery[:899])
     with pytest.raises(InputError, match="dimension 23"):
         search(norm, queries[:, :23], 5, gallery)
-    with pytest.raises(InputError, match="top_k=901 exceeds"):
-        search(norm, queries, 901, gallery)
+    every = search(norm, queries, 901, gallery)  # more than the gallery: every item, ranked
+    assert every[1].shape == (len(queries), 900)
+    np.testing.assert_array_equal(every[1][:, :5], want[1])
+    np.testing.assert_array_equal(np.sort(every[1], axis=1),
+                                  np.broadcast_to(np.arange(900), (len(queries), 900)))
+    with pytest.raises(InputError, match="top_k must be an integer >= 1, got 0"):
+        search(norm, queries, 0, gallery)
     bad = queries.copy()
     bad[17, 3] = np.nan
     with pytest.raises(InputError, match="non-finite values \\(row 17\\)"):

@@ -245,7 +245,7 @@ def finish_rows(spec: RowSpec, counts: kernels.RowCounts | None, norm: Variants,
             for v, scored in enumerate(topks[1:])]
         result.topk_idx = np.stack([c[1] for c in chosen]).astype(np.int32)
         result.base_topk_idx = raw[1].astype(np.int32)
-        result.topk_score = np.stack([c[0] for c in chosen]).astype(np.float32)
+        result.topk_score = np.stack([c[0] for c in chosen]).astype(np.float64)
     return result
 
 

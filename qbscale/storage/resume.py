@@ -64,7 +64,7 @@ FIELDS = {
     "normalised": ("bool", 0),
     "top_idx": ("int64", 0),
     "topk_idx": ("int32", 1),
-    "topk_score": ("float32", 1),
+    "topk_score": ("float64", 1),
     "base_topk_idx": ("int32", 0),
 }
 

@@ -113,6 +113,20 @@ def no_ground_truth_notice(n_queries: int, n_gallery: int, forced: bool) -> str:
             "for metrics give --queries-per-item N or --gt-index FILE")
 
 
+def inferred_ground_truth_notice(queries_per_item: int) -> str:
+    """One line saying the ground truth was inferred from the shapes, and how to change it.
+
+    >>> inferred_ground_truth_notice(1)[:60]
+    'ground truth inferred from the shapes: query i is the query '
+    """
+    n = int(queries_per_item)
+    which = "i" if n == 1 else f"i // {n}"
+    return (f"ground truth inferred from the shapes: query i is the query of gallery item "
+            f"{which} ({n} per item); if these are new queries whose right answers nobody "
+            "knows, ingest again with --no-ground-truth (or set it with --queries-per-item "
+            "or --gt-index)")
+
+
 def check_gt_index(values: Any, n_queries: int, n_gallery: int,
                    label: str = "gt_index") -> np.ndarray:
     """An explicit ground truth as int64, one gallery index per query.
