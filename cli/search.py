@@ -104,7 +104,8 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
             tqdm(total=n_queries, unit="query", disable=quiet, file=sys.stderr) as bar:
         if sims is not None:
             scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
-                                               num_workers=workers)
+                                               num_workers=workers,
+                                               what=f"the similarities ({sims})")
             if sims_store is not None:
                 from qbscale.storage.store import check_unchanged
 

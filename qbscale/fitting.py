@@ -43,7 +43,8 @@ class Inputs:
 @dataclass(frozen=True)
 class DaskMatrix:
     """A dask array as a block source: block ``(i, c)`` is its chunk, computed
-    (synchronously, inside the task that reads it) and checked to be finite."""
+    (synchronously, inside the task that reads it) and checked to be finite
+    (a NaN or inf named by its row and column in the whole array)."""
 
     array: Any
     label: str = "bank"
@@ -61,12 +62,11 @@ class DaskMatrix:
         return tuple(int(n) for n in self.array.chunks[1])
 
     def read(self, i: int, c: int) -> np.ndarray:
-        from qbscale.storage.writer import FiniteCheck
+        from qbscale.engine.grid import offsets
+        from qbscale.storage.gallery_rows import check_finite
 
         block = np.asarray(self.array.blocks[i, c].compute(scheduler="synchronous"))
-        check = FiniteCheck(f"{self.label} (row block {i}, column block {c})")
-        check(block, 0)
-        check.raise_if_bad()
+        check_finite(block, offsets(self.row_chunks)[i], self.label, offsets(self.col_chunks)[c])
         return block
 
 

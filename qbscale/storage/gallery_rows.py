@@ -114,11 +114,27 @@ def query_source(source: Any, rows: int, what: str = "the queries") -> RowMatrix
     return _source(source, what, rows)
 
 
-def check_finite(block: np.ndarray, first_row: int, what: str) -> None:
-    """Refuse NaN or inf in a block of embeddings, naming the first bad row."""
-    if not np.isfinite(block).all():
-        bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + first_row
-        raise InputError(f"{what} hold non-finite values (row {bad})")
+def check_finite(block: np.ndarray, first_row: int, what: str, first_col: int = 0) -> None:
+    """Refuse NaN or inf in a 2-D block, naming the first bad value and where it is
+    in the whole matrix (the block starts at row ``first_row``, column ``first_col``).
+
+    The one finiteness check of arrays given to search and transform (ingest
+    counts them all with :class:`qbscale.storage.writer.FiniteCheck`).
+
+    >>> check_finite(np.array([[1.0, 2.0], [np.inf, np.nan]]), 40, "the queries")
+    Traceback (most recent call last):
+    ...
+    qbscale.errors.InputError: non-finite value inf at row 41, column 0 of the queries
+    """
+    if block.dtype.kind not in "fc" or block.size == 0:
+        return  # integers are finite
+    # min and max are NaN or inf exactly when some value is (no mask allocated)
+    if np.isfinite(block.min()) and np.isfinite(block.max()):
+        return
+    finite = np.isfinite(block)
+    row, col = (int(x) for x in np.unravel_index(int(np.argmin(finite)), finite.shape))
+    raise InputError(f"non-finite value {block[row, col]} at row {first_row + row}, "
+                     f"column {first_col + col} of {what}")
 
 
 def as_dask(path: str | os.PathLike[str]) -> Any:
