@@ -36,6 +36,16 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     return NumpyMatrix.wrap(read_array(path), rows), None
 
 
+def _recorded_gallery(norm: Any) -> Any:
+    """The gallery embeddings the normaliser recorded, or a one-line error
+    pointing to --gallery-emb (none recorded, or not found)."""
+    from qbscale.errors import ConfigError
+
+    if norm.gallery is None:
+        raise ConfigError("give --gallery-emb: the normaliser records no gallery")
+    return norm.fitted_gallery("pass --gallery-emb PATH")
+
+
 def _variants(norm: Any) -> list[str]:
     name = norm.config.variant_name
     return [f"{norm.config.label}:{name}={v:g}" for v in norm.values]
@@ -92,12 +102,15 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
         rows = block_rows or qs.block_grid(2**62, norm.n_gallery)[0]
         source = query_source(queries, rows)
         n_queries = source.shape[0]
-        index = None
+        index, gallery = None, None
         if index_path is not None:
             from qbscale.faiss_index import FaissSearch
 
             index = FaissSearch.load(index_path, norm)
-        gallery = gallery_emb or getattr(norm, "gallery", None)
+        elif gallery_emb is None:
+            gallery = _recorded_gallery(norm)
+        else:
+            gallery = gallery_emb
     variants = _variants(norm)
     with hits.HitsWriter(hits_path, variant=variants if len(variants) > 1 else variants[0]
                          ) as writer, \
@@ -144,15 +157,13 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     """Build a faiss index serving NORMALISER's scores over the gallery."""
     import time
 
-    from qbscale.errors import ConfigError, StoreExistsError
+    from qbscale.errors import StoreExistsError
     from qbscale.faiss_index import FaissSearch
 
     if os.path.exists(out) and not overwrite:
         raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
     norm = load_normaliser(normaliser)
-    gallery = gallery_emb or getattr(norm, "gallery", None)
-    if gallery is None:
-        raise ConfigError("give --gallery-emb: the normaliser records no gallery")
+    gallery = gallery_emb or _recorded_gallery(norm)
     t0 = time.perf_counter()
     built = FaissSearch.build(norm, gallery, factory)
     built.save(out)

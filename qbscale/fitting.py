@@ -181,9 +181,21 @@ def from_embeddings(bank_emb: Any, gallery_emb: Any, config: Any,
     banks = _extra_banks(config, gallery_bank)
     identity = {"n_gallery": int(gallery.shape[0]), "gallery_sha256": fp.checksum(gallery),
               "bank_checksum": fp.bank_checksum(bank)}
-    kept = gallery_emb if isinstance(gallery_emb, str | os.PathLike) else unwrap(gallery_emb)
-    return Inputs(_experiment(sims), banks, identity,
-                  os.fspath(kept) if isinstance(kept, os.PathLike) else kept)
+    kept = absolute(os.fspath(gallery_emb)) if isinstance(gallery_emb, str | os.PathLike) \
+        else unwrap(gallery_emb)
+    return Inputs(_experiment(sims), banks, identity, kept)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (against the working directory now), so a
+    normaliser recording it is found from anywhere; URLs (``s3://``) unchanged.
+
+    >>> absolute("s3://bucket/g.npy"), absolute("/data/g.npy")
+    ('s3://bucket/g.npy', '/data/g.npy')
+    """
+    from qbscale.storage.layout import is_url, local_path
+
+    return path if is_url(path) else os.path.abspath(local_path(path))
 
 
 def fit_engine(inputs: Inputs, config: Any, scheduler: Any = "threads",

@@ -288,13 +288,11 @@ def test_relative_gallery_of_an_old_normaliser(embeddings, tmp_path, monkeypatch
     group = zarr.open_group(str(tmp_path / "a" / "norm.zarr"), mode="r+")
     group.attrs["qbscale_normaliser"] = {**group.attrs["qbscale_normaliser"], "gallery": "g.npy"}
     want = norm.search(queries, 4, gallery, scheduler="synchronous")
-    monkeypatch.chdir(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
     code = ("import numpy as np, qbscale; n = qbscale.Normaliser.load('a/norm.zarr'); "
             "print(n.gallery); print(n.search(np.load('q.npy'), 4)[1].tolist())")
     np.save(tmp_path / "q.npy", queries)
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, check=True).stdout.splitlines()
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
     assert out == [str(tmp_path / "a" / "g.npy"), str(want[1].tolist())]
     (tmp_path / "elsewhere").mkdir()  # not beside the normaliser: the working directory
     np.save(tmp_path / "elsewhere" / "g.npy", gallery)
