@@ -205,7 +205,7 @@ def test_k_beyond_the_gallery_is_refused(data, k):
     from qbscale.storage.store import in_memory
 
     with pytest.raises(ConfigError, match=want):
-        qbscale.run(in_memory(bank, test, queries_per_item=1, gt_index=np.arange(15) % 12),
+        qbscale.run(in_memory(bank, test, gt_index=np.arange(15) % 12),
                     k=k, scheduler="synchronous")
     Normaliser.fit(bank, k=12, scheduler="synchronous")  # every item: allowed
 
