@@ -87,9 +87,9 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     if sims is not None and (index_path or gallery_emb):
         raise ConfigError("--sims are scores against the gallery already: "
                           "--index and --gallery-emb go with --queries")
+    from qbscale.engine.checks import check_finite
     from qbscale.engine.grid import offsets
     from qbscale.storage import hits
-    from qbscale.storage.gallery_rows import check_finite
 
     hits.check_hits_path(hits_path)
     norm = load_normaliser(normaliser)

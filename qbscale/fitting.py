@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.engine import fingerprint as fp
+from qbscale.engine.checks import check_finite, check_similarities
 from qbscale.engine.grid import split
 from qbscale.errors import InputError
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
@@ -63,7 +64,6 @@ class DaskMatrix:
 
     def read(self, i: int, c: int) -> np.ndarray:
         from qbscale.engine.grid import offsets
-        from qbscale.storage.gallery_rows import check_finite
 
         block = np.asarray(self.array.blocks[i, c].compute(scheduler="synchronous"))
         check_finite(block, offsets(self.row_chunks)[i], self.label, offsets(self.col_chunks)[c])
@@ -83,19 +83,12 @@ def is_dask(array: Any) -> bool:
     return hasattr(array, "dask") and hasattr(array, "chunks")
 
 
-def _check_2d(name: str, data: Any) -> None:
-    if len(data.shape) != 2 or 0 in data.shape:
-        raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {tuple(data.shape)}")
-    if np.dtype(data.dtype).kind != "f":
-        raise InputError(f"{name} holds {data.dtype} values; expected floats")
-
-
 def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
     from qbscale.storage.store import check_matrix
 
     data = unwrap(array)
-    _check_2d(name, data)
+    check_similarities(data, name)
     if is_dask(data):
         return DaskMatrix(data if rows_per_block is None
                           else data.rechunk((rows_per_block, -1)), name)
@@ -161,7 +154,7 @@ def _embeddings(name: str, array: Any) -> Any:
 
         return open_embeddings(os.fspath(array), name)
     data = unwrap(array)
-    _check_2d(name, data)
+    check_similarities(data, name)
     return data
 
 

@@ -31,11 +31,12 @@ import numpy as np
 from dask.delayed import Delayed, delayed
 
 from qbscale.engine import topk as _topk
+from qbscale.engine.checks import check_finite, check_similarities
 from qbscale.engine.grid import offsets
 from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.reductions import row_topk
 from qbscale.errors import InputError
-from qbscale.storage.gallery_rows import check_finite, gallery_source, query_source
+from qbscale.storage.gallery_rows import gallery_source, query_source
 
 if TYPE_CHECKING:
     from qbscale.types import MatrixSource
@@ -390,7 +391,7 @@ def search_matrix(norm: Normaliser, sims: Any, top_k: int, *,
     ``sims`` is a block source (:class:`~qbscale.storage.sources.ZarrMatrix`,
     :class:`~qbscale.storage.sources.NumpyMatrix`, a store's ``test``) or a
     numpy / dask array or :class:`xarray.DataArray`; its blocks are read once
-    each.  Real floats or integers only; a block holding NaN or inf fails its
+    each.  Floats only; a block holding NaN or inf fails its
     task with an :class:`~qbscale.errors.InputError` naming the value's row
     and column in ``sims`` (``what`` names ``sims`` in messages).
     """
@@ -414,9 +415,7 @@ def search_matrix(norm: Normaliser, sims: Any, top_k: int, *,
 
 def _sims_source(sims: Any, what: str) -> MatrixSource:
     """``sims`` as a block source, refused unless a non-empty 2-D array of
-    real floats or integers (:func:`qbscale.transform.check_similarities`)."""
-    from qbscale.transform import check_similarities
-
+    floats (:func:`qbscale.engine.checks.check_similarities`)."""
     if hasattr(sims, "row_chunks") and hasattr(sims, "read"):  # a block source
         data = getattr(sims, "array", sims)
         if hasattr(data, "dtype"):

@@ -7,11 +7,10 @@ set, which needs the row's argmax over the whole gallery: for a dask array
 chunked along the gallery it is computed first, lazily (``da.argmax``), and
 handed to every block of the row.  Nothing here computes a dask array.
 
-Input is checked before anything is scored (:func:`check_similarities`): a
-non-empty 2-D array of real floats or integers (cast to float64), every value
-finite.  A dask array is checked block by block as its blocks are computed,
-the task of a block with NaN or inf raising with the value's row and column
-in the whole array.
+Input is checked before anything is scored (:mod:`qbscale.engine.checks`):
+a non-empty 2-D array of floats, every value finite.  A dask array is
+checked block by block as its blocks are computed, the task of a block with
+NaN or inf raising with the value's row and column in the whole array.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.engine import kernels
-from qbscale.errors import InputError
-from qbscale.storage.gallery_rows import check_finite
+from qbscale.engine.checks import check_finite, check_similarities
 
 if TYPE_CHECKING:
     from qbscale.engine.normaliser import Normaliser
@@ -31,22 +29,6 @@ if TYPE_CHECKING:
 def _variants(norm: Normaliser, scores: np.ndarray) -> np.ndarray:
     """``(n_values, rows, cols)`` scores, or ``(rows, cols)`` for a single value."""
     return scores[0] if len(norm.values) == 1 else scores
-
-
-def check_similarities(sims: Any, what: str = "the similarity matrix") -> None:
-    """Refuse anything but a non-empty 2-D array (numpy or dask) of real floats
-    or integers; bool, complex, object and strings are refused.
-
-    >>> check_similarities(np.zeros((3, 4), complex))
-    Traceback (most recent call last):
-    ...
-    qbscale.errors.InputError: the similarity matrix must be a non-empty real floating or \
-integer 2-D array; got complex128 of shape (3, 4)
-    """
-    dtype, shape = np.dtype(sims.dtype), tuple(int(n) for n in sims.shape)
-    if dtype.kind not in "fiu" or len(shape) != 2 or 0 in shape:
-        raise InputError(f"{what} must be a non-empty real floating or integer 2-D array; "
-                         f"got {dtype} of shape {shape}")
 
 
 def _check(norm: Normaliser, sims: Any, what: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.engine.checks import check_finite as check_finite  # its old home
 from qbscale.engine.grid import offsets, split
 from qbscale.errors import InputError
 from qbscale.storage import layout
@@ -112,29 +113,6 @@ def gallery_source(source: Any, what: str = "the gallery embeddings") -> RowMatr
 def query_source(source: Any, rows: int, what: str = "the queries") -> RowMatrix:
     """Query embeddings in blocks of ``rows`` (read when a task needs them)."""
     return _source(source, what, rows)
-
-
-def check_finite(block: np.ndarray, first_row: int, what: str, first_col: int = 0) -> None:
-    """Refuse NaN or inf in a 2-D block, naming the first bad value and where it is
-    in the whole matrix (the block starts at row ``first_row``, column ``first_col``).
-
-    The one finiteness check of arrays given to search and transform (ingest
-    counts them all with :class:`qbscale.storage.writer.FiniteCheck`).
-
-    >>> check_finite(np.array([[1.0, 2.0], [np.inf, np.nan]]), 40, "the queries")
-    Traceback (most recent call last):
-    ...
-    qbscale.errors.InputError: non-finite value inf at row 41, column 0 of the queries
-    """
-    if block.dtype.kind not in "fc" or block.size == 0:
-        return  # integers are finite
-    # min and max are NaN or inf exactly when some value is (no mask allocated)
-    if np.isfinite(block.min()) and np.isfinite(block.max()):
-        return
-    finite = np.isfinite(block)
-    row, col = (int(x) for x in np.unravel_index(int(np.argmin(finite)), finite.shape))
-    raise InputError(f"non-finite value {block[row, col]} at row {first_row + row}, "
-                     f"column {first_col + col} of {what}")
 
 
 def as_dask(path: str | os.PathLike[str]) -> Any:
