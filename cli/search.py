@@ -23,6 +23,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     """Similarity rows (``.npy`` memory-mapped, a pickle, ``.npz``, or a
     store's test matrix) as a block source, and the store's experiment (None
     for a file)."""
+    from qbscale.engine.checks import check_similarities
     from qbscale.storage.layout import is_url
     from qbscale.storage.readers import read_array
     from qbscale.storage.sources import NumpyMatrix
@@ -32,8 +33,11 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
         experiment = open_experiment(path)
         return experiment.test, experiment
     if path.endswith(".npy"):
-        return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows), None
-    return NumpyMatrix.wrap(read_array(path), rows), None
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    else:
+        array = read_array(path)
+    check_similarities(array, f"the similarities ({path})")
+    return NumpyMatrix.wrap(array, rows), None
 
 
 def _recorded_gallery(norm: Any) -> Any:

@@ -166,7 +166,10 @@ class Normaliser(_engine.Normaliser):
         Raises
         ------
         InputError
-            ``sims`` is not 2-D, or has another number of gallery columns.
+            ``sims`` is not a non-empty 2-D array of floats (integers, bool,
+            complex, object and strings are refused), has another number of
+            gallery columns, or holds NaN or inf (named by row and column;
+            for a dask array, raised by the task computing that block).
         """
         from qbscale import transform
 
@@ -257,6 +260,15 @@ def normalise(test: Any, bank: Any, beta: float | Iterable[float] | None = None,
     The normalised scores, float64, in ``test``'s kind (a dask array stays
     lazy): ``(rows, gallery)``, or ``(n_values, rows, gallery)`` for several
     values.
+
+    Raises
+    ------
+    InputError
+        ``test`` or ``bank`` is not a non-empty 2-D array of floats, their
+        gallery sizes differ, or either holds NaN or inf.
+    ConfigError
+        A setting is invalid (``beta <= 0``, ``k`` not an integer in
+        ``[1, n_gallery]``, an unknown method).
 
     Examples
     --------

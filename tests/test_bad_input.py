@@ -171,6 +171,18 @@ def test_a_list_is_refused_by_name(data):
         in_memory(bank, test.tolist())
 
 
+@pytest.mark.parametrize(("spoil", "got"), [BAD_KINDS[0], BAD_KINDS[4], BAD_KINDS[6],
+                                             BAD_KINDS[7]])
+def test_cli_search_sims_refuses_bad_kinds(data, tmp_path, cli_invoke, spoil, got):
+    bank, test = data
+    fitted(bank).save(tmp_path / "norm.zarr")
+    np.save(tmp_path / "s.npy", spoil(test))
+    res = cli_invoke("search", tmp_path / "norm.zarr", "--sims", tmp_path / "s.npy", "--topk", 2,
+                     "--hits", tmp_path / "h.tsv", "-q", exit_code=1)
+    assert res.output == (f"Error: the similarities ({tmp_path / 's.npy'}) must be a non-empty "
+                          f"2-D array of floats; got {got}\n")
+
+
 def test_other_gallery_size_is_refused(data):
     bank, test = data
     with pytest.raises(InputError, match=r"^the similarity matrix has 11 gallery items, the "
