@@ -10,7 +10,8 @@ Layout (``xarray.open_zarr(path)`` reads it as a Dataset)::
 The group attribute ``qbscale_normaliser`` holds ``format``, ``method``,
 ``values``, ``variant``, ``k``, ``params``, ``dynamic``, ``fingerprint``
 (gallery size and checksums, :mod:`qbscale.engine.fingerprint`), ``gallery`` (the
-path of the gallery embeddings, when fitted from a file or a store),
+absolute path or URL of the gallery embeddings, when fitted from a file or a
+store; :func:`recorded_gallery` reads older, relative ones),
 ``version`` and ``complete``.  A local group is written under a hidden
 staging name and renamed into place when complete
 (:func:`qbscale.storage.writer.staging`); a remote one gets ``complete``
