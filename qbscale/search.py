@@ -353,10 +353,10 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     array([[2, 0]])
     """
     if gallery is None:
-        gallery = getattr(norm, "gallery", None)
-        if gallery is None:
+        if getattr(norm, "gallery", None) is None:
             raise InputError("no gallery: pass gallery= (the embeddings the normaliser "
                              "was fitted for)")
+        gallery = norm.fitted_gallery()  # type: ignore[attr-defined]
     gal = gallery_source(gallery, "the gallery embeddings")
     norm.check_gallery(gal.shape[0], "the gallery")
     _check_fingerprint(norm, gallery)  # reads the gallery once: after the size check

@@ -15,7 +15,7 @@ import xarray as xr
 import qbscale
 from qbscale import Normaliser, normalise
 from qbscale.errors import ConfigError, InputError
-from qbscale.search import search_matrix
+from qbscale.search import search, search_matrix
 from qbscale.storage.sources import NumpyMatrix
 from qbscale.storage.store import in_memory
 
@@ -344,6 +344,8 @@ def test_missing_recorded_gallery_says_where_it_came_from(embeddings, tmp_path, 
     with pytest.raises(InputError, match=f"^gallery embeddings {tmp_path / 'g.npy'} recorded "
                                          "by normaliser norm.zarr not found; pass gallery="):
         Normaliser.load("norm.zarr").search(queries, 2)
+    with pytest.raises(InputError, match=r"recorded by normaliser norm\.zarr not found"):
+        search(Normaliser.load("norm.zarr"), queries, 2)
 
 
 def test_store_gallery_is_recorded_absolute(embeddings, tmp_path, monkeypatch):
