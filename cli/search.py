@@ -29,6 +29,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     """Similarity rows (``.npy`` memory-mapped, a pickle, ``.npz``, or a
     store's test matrix) as a block source, and the store's experiment (None
     for a file)."""
+    from qbscale.engine.checks import check_similarities
     from qbscale.storage.layout import is_url
     from qbscale.storage.readers import read_array
     from qbscale.storage.sources import NumpyMatrix
@@ -38,8 +39,21 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
         experiment = open_experiment(path)
         return experiment.test, experiment
     if path.endswith(".npy"):
-        return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows), None
-    return NumpyMatrix.wrap(read_array(path), rows), None
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    else:
+        array = read_array(path)
+    check_similarities(array, f"the similarities ({path})")
+    return NumpyMatrix.wrap(array, rows), None
+
+
+def _recorded_gallery(norm: Any) -> Any:
+    """The gallery embeddings the normaliser recorded, or a one-line error
+    pointing to --gallery-emb (none recorded, or not found)."""
+    from qbscale.errors import ConfigError
+
+    if norm.gallery is None:
+        raise ConfigError("give --gallery-emb: the normaliser records no gallery")
+    return norm.fitted_gallery("pass --gallery-emb PATH")
 
 
 def _variants(norm: Any) -> list[str]:
@@ -83,9 +97,9 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     if sims is not None and (index_path or gallery_emb):
         raise ConfigError("--sims are scores against the gallery already: "
                           "--index and --gallery-emb go with --queries")
+    from qbscale.engine.checks import check_finite
     from qbscale.engine.grid import offsets
     from qbscale.storage import hits
-    from qbscale.storage.gallery_rows import check_finite
 
     hits.check_hits_path(hits_path)
     norm = load_normaliser(normaliser)
@@ -98,19 +112,23 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
         rows = block_rows or qs.block_grid(2**62, norm.n_gallery)[0]
         source = query_source(queries, rows)
         n_queries = source.shape[0]
-        index = None
+        index, gallery = None, None
         if index_path is not None:
             from qbscale.faiss_index import FaissSearch
 
             index = FaissSearch.load(index_path, norm)
-        gallery = gallery_emb or getattr(norm, "gallery", None)
+        elif gallery_emb is None:
+            gallery = _recorded_gallery(norm)
+        else:
+            gallery = gallery_emb
     variants = _variants(norm)
     with hits.HitsWriter(hits_path, variant=variants if len(variants) > 1 else variants[0]
                          ) as writer, \
             tqdm(total=n_queries, unit="query", disable=quiet, file=sys.stderr) as bar:
         if sims is not None:
             scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
-                                               num_workers=workers)
+                                               num_workers=workers,
+                                               what=f"the similarities ({sims})")
             if sims_store is not None:
                 from qbscale.storage.store import check_unchanged
 
@@ -151,15 +169,13 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     """Build a faiss index serving NORMALISER's scores over the gallery."""
     import time
 
-    from qbscale.errors import ConfigError, StoreExistsError
+    from qbscale.errors import StoreExistsError
     from qbscale.faiss_index import FaissSearch
 
     if os.path.exists(out) and not overwrite:
         raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
     norm = load_normaliser(normaliser)
-    gallery = gallery_emb or getattr(norm, "gallery", None)
-    if gallery is None:
-        raise ConfigError("give --gallery-emb: the normaliser records no gallery")
+    gallery = gallery_emb or _recorded_gallery(norm)
     t0 = time.perf_counter()
     built = FaissSearch.build(norm, gallery, factory)
     built.save(out)

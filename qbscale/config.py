@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,16 @@ from qbscale.errors import ConfigError
 #: softmax, rows whose top-1 is in the activation set), "is" (every row),
 #: "csls", "nnn", "dual-is", and "none" (baseline only)
 METHODS = _methods.NAMES
+
+
+def _integer(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int, refused unless it is a whole number >= ``minimum``
+    (``1.5``, ``"2"``, ``None`` and ``True`` are refused, not truncated or cast)."""
+    whole = isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value) and float(value).is_integer()
+    if not whole or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(float(value))
 
 
 @dataclass(frozen=True)
@@ -59,10 +71,8 @@ class RunConfig:
             values, params = _methods.BETA.check_all(self.values), ()
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "params", params)
-        if int(self.k) != self.k or self.k < 1:
-            raise ConfigError(f"k must be an integer >= 1, got {self.k}")
-        if int(self.topk) != self.topk or self.topk < 0:
-            raise ConfigError(f"topk must be an integer >= 0, got {self.topk}")
+        object.__setattr__(self, "k", _integer(self.k, "k", 1))
+        object.__setattr__(self, "topk", _integer(self.topk, "topk", 0))
         sample = _subsets.check_sample(self.bank_sample)
         object.__setattr__(self, "bank_sample", None if sample == _subsets.ALL else sample)
         seed = _subsets.check_seed(self.seed)
@@ -93,7 +103,7 @@ class RunConfig:
             values = _methods.get(method).variant.default if method != "none" else 20.0
         seq = tuple(values) if isinstance(values, Iterable) and not isinstance(values, str) \
             else (values,)
-        return cls(seq, int(k), method, int(topk), bool(dynamic), tuple(sorted(rest.items())),
+        return cls(seq, k, method, topk, bool(dynamic), tuple(sorted(rest.items())),
                    bank_sample, seed)  # type: ignore[arg-type]  # "all" is checked into None
 
     def resolved(self, n_bank: int) -> RunConfig:

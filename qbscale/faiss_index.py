@@ -41,9 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.engine.checks import check_finite
 from qbscale.engine.normaliser import Normaliser
 from qbscale.errors import ConfigError, InputError
-from qbscale.storage.gallery_rows import check_finite, gallery_source
+from qbscale.storage.gallery_rows import gallery_source
 
 #: gallery rows added to the index at a time
 ADD_ROWS = 65536

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.engine import fingerprint as fp
+from qbscale.engine.checks import check_finite, check_similarities
 from qbscale.engine.grid import split
 from qbscale.errors import InputError
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
@@ -43,7 +44,8 @@ class Inputs:
 @dataclass(frozen=True)
 class DaskMatrix:
     """A dask array as a block source: block ``(i, c)`` is its chunk, computed
-    (synchronously, inside the task that reads it) and checked to be finite."""
+    (synchronously, inside the task that reads it) and checked to be finite
+    (a NaN or inf named by its row and column in the whole array)."""
 
     array: Any
     label: str = "bank"
@@ -61,12 +63,10 @@ class DaskMatrix:
         return tuple(int(n) for n in self.array.chunks[1])
 
     def read(self, i: int, c: int) -> np.ndarray:
-        from qbscale.storage.writer import FiniteCheck
+        from qbscale.engine.grid import offsets
 
         block = np.asarray(self.array.blocks[i, c].compute(scheduler="synchronous"))
-        check = FiniteCheck(f"{self.label} (row block {i}, column block {c})")
-        check(block, 0)
-        check.raise_if_bad()
+        check_finite(block, offsets(self.row_chunks)[i], self.label, offsets(self.col_chunks)[c])
         return block
 
 
@@ -83,19 +83,12 @@ def is_dask(array: Any) -> bool:
     return hasattr(array, "dask") and hasattr(array, "chunks")
 
 
-def _check_2d(name: str, data: Any) -> None:
-    if len(data.shape) != 2 or 0 in data.shape:
-        raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {tuple(data.shape)}")
-    if np.dtype(data.dtype).kind != "f":
-        raise InputError(f"{name} holds {data.dtype} values; expected floats")
-
-
 def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
     from qbscale.storage.store import check_matrix
 
     data = unwrap(array)
-    _check_2d(name, data)
+    check_similarities(data, name)
     if is_dask(data):
         return DaskMatrix(data if rows_per_block is None
                           else data.rechunk((rows_per_block, -1)), name)
@@ -161,7 +154,7 @@ def _embeddings(name: str, array: Any) -> Any:
 
         return open_embeddings(os.fspath(array), name)
     data = unwrap(array)
-    _check_2d(name, data)
+    check_similarities(data, name)
     return data
 
 
@@ -181,9 +174,21 @@ def from_embeddings(bank_emb: Any, gallery_emb: Any, config: Any,
     banks = _extra_banks(config, gallery_bank)
     identity = {"n_gallery": int(gallery.shape[0]), "gallery_sha256": fp.checksum(gallery),
               "bank_checksum": fp.bank_checksum(bank)}
-    kept = gallery_emb if isinstance(gallery_emb, str | os.PathLike) else unwrap(gallery_emb)
-    return Inputs(_experiment(sims), banks, identity,
-                  os.fspath(kept) if isinstance(kept, os.PathLike) else kept)
+    kept = absolute(os.fspath(gallery_emb)) if isinstance(gallery_emb, str | os.PathLike) \
+        else unwrap(gallery_emb)
+    return Inputs(_experiment(sims), banks, identity, kept)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (against the working directory now), so a
+    normaliser recording it is found from anywhere; URLs (``s3://``) unchanged.
+
+    >>> absolute("s3://bucket/g.npy"), absolute("/data/g.npy")
+    ('s3://bucket/g.npy', '/data/g.npy')
+    """
+    from qbscale.storage.layout import is_url, local_path
+
+    return path if is_url(path) else os.path.abspath(local_path(path))
 
 
 def fit_engine(inputs: Inputs, config: Any, scheduler: Any = "threads",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.engine import normaliser as _engine
-from qbscale.errors import ConfigError
+from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment
 
 
@@ -37,8 +37,10 @@ class Normaliser(_engine.Normaliser):
     activation : (n_gallery,) bool, the union of the bank rows' top-k items
     fingerprint : ``n_gallery``, ``bank_checksum`` and, when fitted from
         gallery embeddings, ``gallery_sha256`` (:mod:`qbscale.engine.fingerprint`)
-    gallery : the gallery embeddings it was fitted with (an array, or the path
-        of a ``.npy`` file or Zarr array), for :meth:`search`; None otherwise
+    gallery : the gallery embeddings it was fitted with (an array, or the
+        absolute path or URL of a ``.npy`` file or Zarr array), for
+        :meth:`search`; None otherwise
+    origin : the path it was loaded from (:meth:`load`), for messages
 
     Examples
     --------
@@ -49,6 +51,7 @@ class Normaliser(_engine.Normaliser):
     """
 
     gallery: Any = field(default=None, repr=False)
+    origin: str | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ fitting
 
@@ -163,7 +166,10 @@ class Normaliser(_engine.Normaliser):
         Raises
         ------
         InputError
-            ``sims`` is not 2-D, or has another number of gallery columns.
+            ``sims`` is not a non-empty 2-D array of floats (integers, bool,
+            complex, object and strings are refused), has another number of
+            gallery columns, or holds NaN or inf (named by row and column;
+            for a dask array, raised by the task computing that block).
         """
         from qbscale import transform
 
@@ -197,9 +203,21 @@ class Normaliser(_engine.Normaliser):
 
         saved = load(path, storage_options)
         return cls(saved.config, saved.shift, saved.activation, saved.fingerprint,
-                   gallery=saved.gallery)
+                   gallery=saved.gallery, origin=os.fspath(path))
 
     # ------------------------------------------------------------ search
+
+    def fitted_gallery(self, remedy: str = "pass gallery=") -> Any:
+        """:attr:`gallery`, or a clear :class:`~qbscale.errors.InputError` when it
+        is a local path that no longer exists (naming the normaliser that
+        recorded it, and ``remedy``: how to give the gallery instead)."""
+        from qbscale.storage.layout import is_url
+
+        gallery = self.gallery
+        if isinstance(gallery, str) and not is_url(gallery) and not os.path.exists(gallery):
+            source = f" recorded by normaliser {self.origin}" if self.origin else ""
+            raise InputError(f"gallery embeddings {gallery}{source} not found; {remedy}")
+        return gallery
 
     def search(self, queries: Any, top_k: int, gallery: Any = None, **kw: Any) -> Any:
         """Top-``top_k`` gallery items of each query after normalisation:
@@ -207,7 +225,8 @@ class Normaliser(_engine.Normaliser):
         defaults to the gallery embeddings fitted on."""
         from qbscale.search import search
 
-        return search(self, queries, top_k, self.gallery if gallery is None else gallery, **kw)
+        return search(self, queries, top_k, self.fitted_gallery() if gallery is None else gallery,
+                      **kw)
 
     def to_faiss(self, gallery_emb: Any, factory: str = "Flat") -> Any:
         """A FAISS index that ranks ``gallery_emb`` as this normaliser does
@@ -241,6 +260,15 @@ def normalise(test: Any, bank: Any, beta: float | Iterable[float] | None = None,
     The normalised scores, float64, in ``test``'s kind (a dask array stays
     lazy): ``(rows, gallery)``, or ``(n_values, rows, gallery)`` for several
     values.
+
+    Raises
+    ------
+    InputError
+        ``test`` or ``bank`` is not a non-empty 2-D array of floats, their
+        gallery sizes differ, or either holds NaN or inf.
+    ConfigError
+        A setting is invalid (``beta <= 0``, ``k`` not an integer in
+        ``[1, n_gallery]``, an unknown method).
 
     Examples
     --------

@@ -31,11 +31,12 @@ import numpy as np
 from dask.delayed import Delayed, delayed
 
 from qbscale.engine import topk as _topk
+from qbscale.engine.checks import check_finite, check_similarities
 from qbscale.engine.grid import offsets
 from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.reductions import row_topk
 from qbscale.errors import InputError
-from qbscale.storage.gallery_rows import check_finite, gallery_source, query_source
+from qbscale.storage.gallery_rows import gallery_source, query_source
 
 if TYPE_CHECKING:
     from qbscale.types import MatrixSource
@@ -215,11 +216,15 @@ def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: in
 
 
 def _matrix_block(sims: MatrixSource, i: int, c: int, col0: int, k: int,
-                  norm: Normaliser, state: _Partial | None) -> _Partial:
+                  norm: Normaliser, state: _Partial | None, what: str) -> _Partial:
     block = np.asarray(sims.read(i, c))
     if block.dtype.kind != "f" or block.dtype.itemsize < 4:
         block = block.astype(np.float32)
-    return _block_partial(block, col0, k, norm, state=state)
+    # the extremes are finite exactly when every value is (checked precisely otherwise)
+    top, bottom = float(block.max()), float(block.min())
+    if not (np.isfinite(top) and np.isfinite(bottom)):
+        check_finite(block, offsets(sims.row_chunks)[i], what, col0)
+    return _block_partial(block, col0, k, norm, max(abs(top), abs(bottom)), state=state)
 
 
 # ----------------------------------------------------------------- graphs
@@ -352,10 +357,10 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     array([[2, 0]])
     """
     if gallery is None:
-        gallery = getattr(norm, "gallery", None)
-        if gallery is None:
+        if getattr(norm, "gallery", None) is None:
             raise InputError("no gallery: pass gallery= (the embeddings the normaliser "
                              "was fitted for)")
+        gallery = norm.fitted_gallery()  # type: ignore[attr-defined]
     gal = gallery_source(gallery, "the gallery embeddings")
     norm.check_gallery(gal.shape[0], "the gallery")
     _check_fingerprint(norm, gallery)  # reads the gallery once: after the size check
@@ -382,16 +387,20 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     return _compute(record, build, scheduler, num_workers, progress)
 
 
-def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
+def search_matrix(norm: Normaliser, sims: Any, top_k: int, *,
                   scheduler: Any = "threads", num_workers: int | None = None,
-                  progress: bool = False) -> TopK:
+                  progress: bool = False, what: str = "the similarity matrix") -> TopK:
     """:func:`search` over precomputed similarities (query rows x the gallery).
 
     ``sims`` is a block source (:class:`~qbscale.storage.sources.ZarrMatrix`,
-    :class:`~qbscale.storage.sources.NumpyMatrix`, a store's ``test``); its
-    blocks are read once each.
+    :class:`~qbscale.storage.sources.NumpyMatrix`, a store's ``test``) or a
+    numpy / dask array or :class:`xarray.DataArray`; its blocks are read once
+    each.  Floats only; a block holding NaN or inf fails its
+    task with an :class:`~qbscale.errors.InputError` naming the value's row
+    and column in ``sims`` (``what`` names ``sims`` in messages).
     """
-    norm.check_gallery(sims.shape[1], "the similarity matrix")
+    sims = _sims_source(sims, what)
+    norm.check_gallery(sims.shape[1], what)
     if sims.shape[0] == 0:
         raise InputError(f"the similarity matrix has no rows (shape {tuple(sims.shape)})")
     k = _check_k(top_k, sims.shape[1])
@@ -399,13 +408,31 @@ def search_matrix(norm: Normaliser, sims: MatrixSource, top_k: int, *,
 
     def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
              state: _Partial | None) -> _Partial:
-        return _matrix_block(sims, i, c, col0, k, nrm, state)
+        return _matrix_block(sims, i, c, col0, k, nrm, state, what)
 
     def build(threads: int) -> list[Delayed]:
         return _graph(record, sims.row_chunks, sims.col_chunks, k, task, _token(),
                       -(-2 * threads // len(sims.row_chunks)))
 
     return _compute(record, build, scheduler, num_workers, progress)
+
+
+def _sims_source(sims: Any, what: str) -> MatrixSource:
+    """``sims`` as a block source, refused unless a non-empty 2-D array of
+    floats (:func:`qbscale.engine.checks.check_similarities`)."""
+    if hasattr(sims, "row_chunks") and hasattr(sims, "read"):  # a block source
+        data = getattr(sims, "array", sims)
+        if hasattr(data, "dtype"):
+            check_similarities(data, what)
+        return sims  # type: ignore[no-any-return]
+    from qbscale.fitting import DaskMatrix, is_dask, unwrap
+    from qbscale.storage.sources import NumpyMatrix
+
+    data = unwrap(sims)
+    check_similarities(data, what)
+    if is_dask(data):
+        return DaskMatrix(data, what)
+    return NumpyMatrix.wrap(data, max(1, BLOCK_BYTES // 4 // data.shape[1]))
 
 
 def _token() -> str:

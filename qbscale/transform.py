@@ -6,6 +6,11 @@ dynamic method normalises a row when its raw top-1 item is in the activation
 set, which needs the row's argmax over the whole gallery: for a dask array
 chunked along the gallery it is computed first, lazily (``da.argmax``), and
 handed to every block of the row.  Nothing here computes a dask array.
+
+Input is checked before anything is scored (:mod:`qbscale.engine.checks`):
+a non-empty 2-D array of floats, every value finite.  A dask array is
+checked block by block as its blocks are computed, the task of a block with
+NaN or inf raising with the value's row and column in the whole array.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.engine import kernels
-from qbscale.errors import InputError
+from qbscale.engine.checks import check_finite, check_similarities
 
 if TYPE_CHECKING:
     from qbscale.engine.normaliser import Normaliser
@@ -26,18 +31,33 @@ def _variants(norm: Normaliser, scores: np.ndarray) -> np.ndarray:
     return scores[0] if len(norm.values) == 1 else scores
 
 
-def _check(norm: Normaliser, shape: tuple[int, ...], what: str) -> None:
-    if len(shape) != 2:
-        raise InputError(f"{what} must be 2-D (rows, gallery), got shape {tuple(shape)}")
-    norm.check_gallery(int(shape[1]), what)
+def _check(norm: Normaliser, sims: Any, what: str) -> None:
+    check_similarities(sims, what)
+    norm.check_gallery(int(sims.shape[1]), what)
 
 
 def transform_numpy(norm: Normaliser, sims: Any, what: str = "the similarity matrix"
                     ) -> np.ndarray:
     """Normalised scores of a numpy block of whole rows."""
     sims = np.asarray(sims)
-    _check(norm, sims.shape, what)
+    _check(norm, sims, what)
+    check_finite(sims, 0, what)
     return _variants(norm, norm.transform(sims))
+
+
+def _finite(block: np.ndarray, what: str, block_info: Any = None) -> np.ndarray:
+    """``block``, once checked finite (rows and columns named in the whole array)."""
+    (r0, _), (c0, _) = block_info[0]["array-location"]
+    check_finite(block, r0, what, c0)
+    return block
+
+
+def checked_dask(sims: Any, what: str = "the similarity matrix") -> Any:
+    """``sims`` with every block checked finite by the task that computes it."""
+    from dask.base import tokenize
+
+    return sims.map_blocks(_finite, what=what, dtype=sims.dtype,
+                           name="qbscale-finite-" + tokenize(sims, what))
 
 
 def _activated(top: np.ndarray, activation: np.ndarray) -> np.ndarray:
@@ -63,8 +83,9 @@ def transform_dask(norm: Normaliser, sims: Any, what: str = "the similarity matr
     import dask.array as da
     from dask.base import tokenize
 
-    _check(norm, sims.shape, what)
+    _check(norm, sims, what)
     assert norm.shift is not None
+    sims = checked_dask(sims, what)  # argmax included: a NaN would win it
     if norm.rows == "dynamic":
         flags = da.argmax(sims, axis=1).map_blocks(_activated, activation=norm.activation,
                                                    dtype=bool)

@@ -147,6 +147,9 @@ def _fit(experiment: Experiment, configs: list[RunConfig], subsets: Subsets | No
          key: Keys, banks: Mapping[str, MatrixSource] | None, single: bool = False
          ) -> Delayed:
     config = configs[0]
+    if config.k > experiment.n_gallery:
+        raise ConfigError(f"k={config.k} exceeds the gallery's {experiment.n_gallery} items "
+                          "(the activation set is each bank row's top k items)")
     banks = banks or {}
     method = methods.get(config.method)
     needs = method.needs(config.values, config.param_dict)

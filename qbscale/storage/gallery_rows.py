@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.engine.checks import check_finite as check_finite  # its old home
 from qbscale.engine.grid import offsets, split
 from qbscale.errors import InputError
 from qbscale.storage import layout
@@ -112,13 +113,6 @@ def gallery_source(source: Any, what: str = "the gallery embeddings") -> RowMatr
 def query_source(source: Any, rows: int, what: str = "the queries") -> RowMatrix:
     """Query embeddings in blocks of ``rows`` (read when a task needs them)."""
     return _source(source, what, rows)
-
-
-def check_finite(block: np.ndarray, first_row: int, what: str) -> None:
-    """Refuse NaN or inf in a block of embeddings, naming the first bad row."""
-    if not np.isfinite(block).all():
-        bad = int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0]) + first_row
-        raise InputError(f"{what} hold non-finite values (row {bad})")
 
 
 def as_dask(path: str | os.PathLike[str]) -> Any:

@@ -10,7 +10,8 @@ Layout (``xarray.open_zarr(path)`` reads it as a Dataset)::
 The group attribute ``qbscale_normaliser`` holds ``format``, ``method``,
 ``values``, ``variant``, ``k``, ``params``, ``dynamic``, ``fingerprint``
 (gallery size and checksums, :mod:`qbscale.engine.fingerprint`), ``gallery`` (the
-path of the gallery embeddings, when fitted from a file or a store),
+absolute path or URL of the gallery embeddings, when fitted from a file or a
+store; :func:`recorded_gallery` reads older, relative ones),
 ``version`` and ``complete``.  A local group is written under a hidden
 staging name and renamed into place when complete
 (:func:`qbscale.storage.writer.staging`); a remote one gets ``complete``
@@ -177,7 +178,29 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
         raise InputError(f"the normaliser {url} is damaged: its shift holds "
                          f"{int(np.count_nonzero(~np.isfinite(shift)))} non-finite values")
     return Saved(config, shift.astype(np.float64, copy=False), activation, fingerprint,
-                 attrs.get("gallery"))
+                 recorded_gallery(attrs.get("gallery"), url))
+
+
+def recorded_gallery(gallery: str | None, url: str) -> str | None:
+    """The gallery path a normaliser at ``url`` recorded, as a path that works
+    from any directory.
+
+    Normalisers record it absolute (or as a URL); older ones recorded it as
+    typed, relative to where they were fitted: it is looked for beside the
+    normaliser (in the directory holding it), then in the working directory,
+    and kept as recorded when in neither.
+    """
+    from qbscale.storage import layout
+
+    if gallery is None or layout.is_url(gallery) or os.path.isabs(gallery):
+        return gallery
+    places = [] if layout.is_url(url) else [os.path.dirname(os.path.abspath(
+        layout.local_path(url).rstrip("/")))]
+    for place in [*places, os.getcwd()]:
+        candidate = os.path.abspath(os.path.join(place, gallery))
+        if os.path.exists(candidate):
+            return candidate
+    return gallery
 
 
 # ---------------------------------------------------------------- inputs of a fit
@@ -204,7 +227,9 @@ def store_fingerprint(experiment: Experiment) -> tuple[dict[str, Any], str | Non
         return out, None
     gallery = _store_array(experiment, layout.GALLERY_EMB)
     out["gallery_sha256"] = checksum(gallery)
-    return out, f"{str(experiment.url).rstrip('/')}/{layout.GALLERY_EMB}"
+    url = str(experiment.url).rstrip("/")
+    url = url if layout.is_url(url) else os.path.abspath(url)  # found from anywhere
+    return out, f"{url}/{layout.GALLERY_EMB}"
 
 
 def _store_array(experiment: Experiment, name: str) -> Any:

@@ -372,12 +372,10 @@ def embedding_grid(n_queries: int, gallery_chunk: int, rows_per_block: int | Non
 
 def check_matrix(name: str, arr: np.ndarray) -> None:
     """Refuse anything but a non-empty, finite, 2-D float matrix."""
-    if arr.ndim != 2 or 0 in arr.shape:
-        raise InputError(f"{name} must be a non-empty 2-D matrix, got shape {arr.shape}")
-    if arr.dtype.kind != "f":
-        raise InputError(f"{name} holds {arr.dtype} values; similarities must be floats")
+    from qbscale.engine.checks import check_similarities
     from qbscale.storage.writer import FiniteCheck  # the check ingest streams blocks through
 
+    check_similarities(arr, name)
     finite = FiniteCheck(name)
     finite(arr, 0)
     finite.raise_if_bad()
