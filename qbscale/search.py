@@ -280,8 +280,9 @@ def _check_k(top_k: int, n_gallery: int) -> int:
     >>> _check_k(10, 4)
     4
     """
-    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
-        raise InputError(f"top_k must be an integer >= 1, got {top_k}")
+    whole = isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool)
+    if not whole or top_k < 1:
+        raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
     return min(int(top_k), n_gallery)
 
 
