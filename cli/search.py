@@ -24,6 +24,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     store's test matrix) as a block source, and the store's experiment (None
     for a file)."""
     from qbscale.storage.layout import is_url
+    from qbscale.storage.paths import check_regular
     from qbscale.storage.readers import read_array
     from qbscale.storage.sources import NumpyMatrix
     from qbscale.storage.store import open_experiment
@@ -31,6 +32,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     if os.path.isdir(path) or is_url(path):
         experiment = open_experiment(path)
         return experiment.test, experiment
+    check_regular(path)
     if path.endswith(".npy"):
         return NumpyMatrix.wrap(np.load(path, mmap_mode="r", allow_pickle=False), rows), None
     return NumpyMatrix.wrap(read_array(path), rows), None
@@ -145,9 +147,15 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
 
     from qbscale.errors import ConfigError, StoreExistsError
     from qbscale.faiss_index import FaissSearch
+    from qbscale.storage.paths import check_not_input
 
-    if os.path.exists(out) and not overwrite:
-        raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
+    check_not_input(out, (normaliser, gallery_emb))
+    if os.path.lexists(out):
+        if not overwrite:
+            raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
+        from qbscale.faiss_index import check_replaceable
+
+        check_replaceable(out)
     norm = load_normaliser(normaliser)
     gallery = gallery_emb or getattr(norm, "gallery", None)
     if gallery is None:
