@@ -178,6 +178,18 @@ def _umask() -> int:
 # ------------------------------------------------- 2. two writers of one new path
 
 
+@pytest.fixture(params=["renameat2", "fallback"])
+def renames(request):
+    """Publishing through renameat2, or (where it is missing) the flock fallback."""
+    if request.param == "renameat2":
+        yield request.param
+        return
+    from qbscale.storage import rename
+
+    with mock.patch.object(rename, "_renameat2", lambda: None):
+        yield request.param
+
+
 def _racing_commit(competitor: list[str]):
     """A LocalStage.commit that first lets ``qbscale COMPETITOR`` finish in full."""
     real = writer.LocalStage.commit
@@ -191,7 +203,7 @@ def _racing_commit(competitor: list[str]):
     return commit
 
 
-def test_two_ingests_to_one_new_path_the_second_is_refused(tmp_path, inputs):
+def test_two_ingests_to_one_new_path_the_second_is_refused(tmp_path, inputs, renames):
     out = tmp_path / "exp.zarr"
     commit = _racing_commit(ingest_args(inputs, out))
     with mock.patch.object(writer.LocalStage, "commit", commit):
@@ -202,7 +214,7 @@ def test_two_ingests_to_one_new_path_the_second_is_refused(tmp_path, inputs):
     open_experiment(out)
 
 
-def test_two_overwriting_ingests_leave_one_whole_store(tmp_path, inputs):
+def test_two_overwriting_ingests_leave_one_whole_store(tmp_path, inputs, renames):
     out = tmp_path / "exp.zarr"
     commit = _racing_commit(ingest_args(inputs, out, "--overwrite"))
     with mock.patch.object(writer.LocalStage, "commit", commit):
@@ -215,7 +227,7 @@ def test_two_overwriting_ingests_leave_one_whole_store(tmp_path, inputs):
     open_experiment(out)
 
 
-def test_two_fits_to_one_new_path_the_second_is_refused(store, tmp_path):
+def test_two_fits_to_one_new_path_the_second_is_refused(store, tmp_path, renames):
     out = tmp_path / "n.zarr"
     commit = _racing_commit(["fit", str(store), "-o", str(out), "-q"])
     with mock.patch.object(writer.LocalStage, "commit", commit):
@@ -465,3 +477,28 @@ def test_the_old_output_is_whole_until_the_last_rename(store, norm, tmp_path, in
     with mock.patch.object(rename, "exchange", exchange):
         assert invoke(*args).exit_code == 0
     assert seen == [True] and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["ingest", "fit"])
+def test_eio_at_the_publishing_rename_keeps_the_previous_output(store, norm, tmp_path, inputs,
+                                                                 command):
+    target = store if command == "ingest" else norm
+    before = snapshot(target)
+    real = os.rename
+
+    def failing(src, dst, *args, **kwargs):  # the staged output cannot move into place
+        if os.path.basename(src).startswith(f".{target.name}.partial-"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(src))
+        return real(src, dst, *args, **kwargs)
+
+    args = ingest_args(inputs, store, "--overwrite") if command == "ingest" else \
+        ["fit", str(store), "-o", str(norm), "--overwrite", "-q"]
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(ImportError):
+            from qbscale.storage import rename  # renameat2 unavailable: os.rename it is
+
+            stack.enter_context(mock.patch.object(rename, "_renameat2", lambda: None))
+        stack.enter_context(mock.patch("os.rename", failing))
+        one_line_error(invoke(*args), str(target), "Input/output error")
+    assert snapshot(target) == before and leftovers(tmp_path) == []
+    assert invoke(*args).exit_code == 0

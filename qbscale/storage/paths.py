@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from qbscale.errors import ConfigError, InputError, StoreExistsError
+from qbscale.storage.lock import KEY as LOCK
 
 #: kind -> the group attribute that marks it
 KINDS = {"experiment store": "qbscale", "normaliser": "qbscale_normaliser"}
@@ -68,9 +69,9 @@ def what_is(path: Path) -> str:
     if not path.is_dir():
         return file_type(os.stat(path).st_mode) if path.exists() else "a dangling link"
     meta = path / "zarr.json"
-    if not meta.is_file():
-        return "a directory that is not a qbscale store" if any(path.iterdir()) \
-            else "an empty directory"
+    if not meta.is_file():  # (the lock of a writer replacing it leaves it empty)
+        return "a directory that is not a qbscale store" if any(
+            p.name != LOCK for p in path.iterdir()) else "an empty directory"
     kind = describe_kind(meta.read_bytes())
     if kind is not None:
         return f"a qbscale {kind}"

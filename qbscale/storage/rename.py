@@ -106,7 +106,9 @@ def exchange(src: Path, dst: Path) -> None:
     """
     if _try_renameat2(src, dst, RENAME_EXCHANGE):
         return
-    aside = f"{os.fspath(src)}.swap"
+    # (a name no cleanup removes: should the way back fail too, the old data stays here)
+    head, name = os.path.split(os.path.abspath(dst))
+    aside = os.path.join(head, f".{name}.replaced-{os.getpid()}")
     with _parent_locked(dst):
         os.rename(dst, aside)
         try:

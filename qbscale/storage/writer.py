@@ -190,6 +190,8 @@ class LocalStage:
         """
         try:
             self._publish()
+        except StoreExistsError:
+            raise
         except FileExistsError as exc:  # another writer won the race
             raise StoreExistsError(f"{self.final} appeared while this {self.kind} was "
                                    "written (another writer?): not replacing it; pass "
