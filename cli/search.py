@@ -84,6 +84,9 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     from qbscale.storage.gallery_rows import check_finite
 
     hits.check_hits_path(hits_path)
+    from qbscale.storage.paths import check_not_input
+
+    check_not_input(hits_path, (normaliser, queries, sims, gallery_emb, index_path))
     norm = load_normaliser(normaliser)
     if sims is not None:
         source, sims_store = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)

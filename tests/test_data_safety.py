@@ -502,3 +502,12 @@ def test_eio_at_the_publishing_rename_keeps_the_previous_output(store, norm, tmp
         one_line_error(invoke(*args), str(target), "Input/output error")
     assert snapshot(target) == before and leftovers(tmp_path) == []
     assert invoke(*args).exit_code == 0
+
+
+def test_hits_never_replace_an_input(norm, tmp_path):
+    sims = tmp_path / "q.npz"
+    np.savez(sims, s=np.zeros((3, 50), np.float32))
+    before = sims.read_bytes()
+    res = invoke("search", norm, "--sims", sims, "--topk", "1", "--hits", sims, "-q")
+    one_line_error(res, f"output {sims} is the input {sims}")
+    assert sims.read_bytes() == before

@@ -337,6 +337,7 @@ class RemoteStage:
 
     def discard(self) -> None:
         try:
+            settle_zarr_writes()
             if self.created and self.fs.exists(self.root):
                 self.fs.rm(self.root, recursive=True)
         finally:
