@@ -4,7 +4,9 @@ small module each and are imported only when invoked (fast start-up)."""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -60,6 +62,36 @@ def _computes(args: list[str]) -> bool:
     return bool(args) and not {"--help", "--version"} & set(args)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (SLURM, Kubernetes, dask-jobqueue stopping the job).
+
+    Raised in the main thread by the handler :func:`main` installs, and, like
+    KeyboardInterrupt, no ``except Exception`` catches it: every cleanup path
+    (staging directories, locks, partial files) runs as the stack unwinds."""
+
+
+#: exit status of a process ended by SIGTERM (128 + 15), as shells report it
+TERMINATED_EXIT = 128 + signal.SIGTERM
+#: the flags of ``qbscale run`` that make it write into its store
+_SAVING = ("--save-scores", "--save-ranks", "--topk", "--resume")
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut cleanup
+    raise Terminated(signum)
+
+
+def terminated_message(args: list[str]) -> str:
+    """The one line printed when SIGTERM stopped ``qbscale ARGS``."""
+    command = next((a for a in args if a in COMMANDS), None)
+    if command != "run":
+        return "Error: terminated (SIGTERM); nothing was written"
+    if any(a.split("=")[0] in _SAVING for a in args):
+        return ("Error: terminated (SIGTERM); nothing was published and the store's lock was "
+                "released: rerun with --resume to reuse the finished row blocks")
+    return "Error: terminated (SIGTERM); nothing was written"
+
+
 def main(args: list[str] | None = None) -> None:
     """Console-script entry point: tune malloc, then run the click group.
 
@@ -72,8 +104,17 @@ def main(args: list[str] | None = None) -> None:
     the interpreter (``benchmarks/bench_malloc.py`` compares the two).  Nothing is
     tuned for ``--help``, ``--version`` or a bare ``qbscale``; library users who
     want the settings call ``tune_malloc()`` themselves.
+
+    SIGTERM is handled like Ctrl-C (:class:`Terminated`): the command's cleanup
+    runs, one ``Error: terminated (SIGTERM); ...`` line is printed and the exit
+    status is 143.
     """
     args = sys.argv[1:] if args is None else list(args)
     if _computes(args):
         tune_malloc()
-    cli(args=args, prog_name="qbscale")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        cli(args=args, prog_name="qbscale")
+    except Terminated:
+        click.echo(terminated_message(args), err=True)
+        sys.exit(TERMINATED_EXIT)

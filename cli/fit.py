@@ -58,7 +58,7 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
     from qbscale.config import parse_values
     from qbscale.normaliser import Normaliser
 
-    _refuse_existing(output, overwrite)
+    _refuse_existing(output, overwrite, (store, gallery_bank))
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
                           method=method, dynamic=dynamic, gallery_bank=gallery_bank,
@@ -83,15 +83,24 @@ def _sample_text(config: Any) -> str:
     return f" bank_sample={config.bank_sample} seed={config.seed}"
 
 
-def _refuse_existing(output: str, overwrite: bool) -> None:
-    """Fail before fitting, not after, when the output exists (local paths)."""
-    import os
+def _refuse_existing(output: str, overwrite: bool, inputs: tuple[str | None, ...]) -> None:
+    """Fail before fitting, not after, when the output exists (local paths) and may
+    not be replaced, or is one of the inputs."""
+    from pathlib import Path
 
     from qbscale.errors import StoreExistsError
     from qbscale.storage import layout
+    from qbscale.storage.paths import check_not_input, check_replaceable
 
-    if not overwrite and not layout.is_url(output) and os.path.exists(layout.local_path(output)):
+    check_not_input(output, inputs)
+    if layout.is_url(output):
+        return
+    path = Path(layout.local_path(output))
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
         raise StoreExistsError(f"{output} exists: pass --overwrite to replace it")
+    check_replaceable(path, "normaliser", output)
 
 
 def describe(norm: Any, path: str, seconds: float) -> dict[str, Any]:

@@ -126,9 +126,11 @@ def ingest(**opts: Any) -> None:
     """Write similarity matrices (or embeddings) into one Zarr experiment store."""
     from qbscale.storage.ingest import ingest as ingest_sims
     from qbscale.storage.ingest import ingest_embeddings
+    from qbscale.storage.paths import check_not_input
 
     mode = _mode(opts)
     check_output_file(opts["json_path"])
+    check_not_input(opts["output"], (opts["gallery_bank"],))
     common: dict[str, Any] = dict(
         queries_per_item=opts["queries_per_item"], gt_index=opts["gt_index"],
         ground_truth=False if opts["no_ground_truth"] else None,

@@ -54,6 +54,10 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
     from qbscale.analysis.compare import compare
     from qbscale.analysis.report import write_report
 
+    if items:
+        from qbscale.storage.paths import check_regular
+
+        check_regular(items)  # before the work, not after it
     bank_sizes = load_sweep(sweep_path) if sweep_path else None
     result = compare(store, list(names) or None, k=depth, sweep=True, activation_k=activation_k,
                      gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,

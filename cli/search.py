@@ -31,6 +31,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     for a file)."""
     from qbscale.engine.checks import check_similarities
     from qbscale.storage.layout import is_url
+    from qbscale.storage.paths import check_regular
     from qbscale.storage.readers import read_array
     from qbscale.storage.sources import NumpyMatrix
     from qbscale.storage.store import open_experiment
@@ -38,6 +39,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     if os.path.isdir(path) or is_url(path):
         experiment = open_experiment(path)
         return experiment.test, experiment
+    check_regular(path)
     if path.endswith(".npy"):
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     else:
@@ -102,6 +104,9 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     from qbscale.storage import hits
 
     hits.check_hits_path(hits_path)
+    from qbscale.storage.paths import check_not_input
+
+    check_not_input(hits_path, (normaliser, queries, sims, gallery_emb, index_path))
     norm = load_normaliser(normaliser)
     if sims is not None:
         source, sims_store = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)
@@ -171,9 +176,15 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
 
     from qbscale.errors import StoreExistsError
     from qbscale.faiss_index import FaissSearch
+    from qbscale.storage.paths import check_not_input
 
-    if os.path.exists(out) and not overwrite:
-        raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
+    check_not_input(out, (normaliser, gallery_emb))
+    if os.path.lexists(out):
+        if not overwrite:
+            raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
+        from qbscale.faiss_index import check_replaceable
+
+        check_replaceable(out)
     norm = load_normaliser(normaliser)
     gallery = gallery_emb or _recorded_gallery(norm)
     t0 = time.perf_counter()

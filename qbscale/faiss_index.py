@@ -36,6 +36,7 @@ array([[2, 0]])
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ import numpy as np
 
 from qbscale.engine.checks import check_finite
 from qbscale.engine.normaliser import Normaliser
-from qbscale.errors import ConfigError, InputError
+from qbscale.errors import ConfigError, InputError, OutputError, StoreExistsError
 from qbscale.storage.gallery_rows import gallery_source
 
 #: gallery rows added to the index at a time
@@ -124,6 +125,9 @@ class FaissSearch:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise InputError(f"no such faiss index: {path}")
+        from qbscale.storage.paths import check_regular
+
+        check_regular(path)
         try:
             index = faiss.read_index(path)
         except RuntimeError as exc:
@@ -137,12 +141,22 @@ class FaissSearch:
         return cls(index, norm, dim)
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        """Write the index (``faiss.write_index``), via a temporary name."""
+        """Write the index (``faiss.write_index``) beside ``path``, then rename it
+        into place with the mode a new file gets (:mod:`qbscale.storage.atomic`)."""
+        from qbscale.storage.atomic import partial_path, publish_file
+
         faiss = _faiss()
         path = os.fspath(path)
-        tmp = f"{path}.partial-{os.getpid()}"
-        faiss.write_index(self.index, tmp)
-        os.replace(tmp, path)
+        tmp = partial_path(path)
+        try:
+            faiss.write_index(self.index, os.fspath(tmp))
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, RuntimeError | OSError):
+                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                raise OutputError(f"could not write {path}: {reason}") from exc
+            raise
+        publish_file(tmp, path)
         return path
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +192,31 @@ class FaissSearch:
         scores = np.stack([o[0] for o in out]).astype(np.float64)
         indices = np.stack([o[1] for o in out]).astype(np.int64)
         return (scores[0], indices[0]) if n_values == 1 else (scores, indices)
+
+
+def check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse to replace ``path`` unless it is a faiss index file (``--overwrite``).
+
+    A faiss index begins with a four-letter code starting with ``I``
+    (``IxF2``, ``IHNf``, ``IwFl``, ...); anything else, a directory or a
+    FIFO included, is left alone.
+
+    Raises
+    ------
+    StoreExistsError
+        Naming ``path`` and what it is.
+    """
+    from qbscale.storage.paths import file_type
+
+    path = os.fspath(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise StoreExistsError(f"{path} exists and is {file_type(mode)}, not a faiss index: "
+                               "not replacing it")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if len(head) < 4 or head[:1] != b"I" or not head.isalnum():
+        raise StoreExistsError(f"{path} exists and is not a faiss index: not replacing it")
 
 
 def _starts(chunks: tuple[int, ...]) -> list[int]:

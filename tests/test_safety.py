@@ -7,7 +7,6 @@ wrong figure.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pickle
@@ -26,6 +25,7 @@ from qbscale.errors import InputError, QBScaleError, UnsafePickleError
 from qbscale.storage import readers
 from qbscale.storage.store import in_memory
 
+from ._faults import read_only_dir, tmpfs
 from ._ingest_fixtures import MAKE_PICKLES, PYCODE, write_pickle
 
 
@@ -286,26 +286,6 @@ def test_corrupt_zarr_json_is_one_line(store, content, needle):
         assert_one_line_error(res, store, needle)
 
 
-@contextlib.contextmanager
-def read_only_dir(path: Path):
-    """``path`` as a directory nobody can write into (a read-only tmpfs as root)."""
-    path.mkdir()
-    if os.geteuid() != 0:
-        path.chmod(0o500)
-        try:
-            yield path
-        finally:
-            path.chmod(0o700)
-        return
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot make a read-only directory here (root without mount)")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
-
-
 def test_read_only_output_directory_is_one_line(rng, tmp_path, store):
     with read_only_dir(tmp_path / "ro") as ro:
         res = invoke(*_ingest_args(rng, tmp_path, ro / "exp.zarr"))
@@ -342,16 +322,6 @@ def test_report_without_matplotlib_fails_before_work(store, tmp_path):
     assert_one_line_error(res, "matplotlib", 'pip install "qbscale[report]"')
 
 
-def _full_disk(path: Path):
-    """A 2 MiB tmpfs at ``path`` (root), else None."""
-    path.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)],
-            capture_output=True).returncode:
-        return None
-    return path
-
-
 def _ingest_big(rng, tmp_path: Path, out: Path):
     bank = rng.standard_normal((2000, 500)).astype(np.float32)
     test = rng.standard_normal((500, 500)).astype(np.float32)
@@ -362,15 +332,10 @@ def _ingest_big(rng, tmp_path: Path, out: Path):
 
 
 def test_full_disk_during_ingest_is_one_line_and_leaves_nothing(rng, tmp_path):
-    disk = _full_disk(tmp_path / "disk")
-    if disk is None:
-        pytest.skip("no tmpfs here: test_ingest_write_errors_... covers it")
-    try:
+    with tmpfs(tmp_path / "disk", "2m") as disk:  # (test_ingest_write_errors_... elsewhere)
         res = _ingest_big(rng, tmp_path, disk / "exp.zarr")
         assert_one_line_error(res, str(disk / "exp.zarr"), "No space left on device")
         assert list(disk.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO, errno.EDQUOT])

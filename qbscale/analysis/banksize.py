@@ -218,7 +218,9 @@ def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:
     import json
 
     from qbscale.errors import InputError
+    from qbscale.storage.paths import check_regular
 
+    check_regular(path)
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

@@ -57,6 +57,9 @@ def load_items(path: str | os.PathLike[str]) -> list[str]:
     Each line is an object; the label is the first non-blank line of its
     ``code``, else of its ``text``, ``query``, ``caption`` or ``id`` field.
     """
+    from qbscale.storage.paths import check_regular
+
+    check_regular(path)
     opener: Any = gzip.open if os.fspath(path).endswith(".gz") else open
     labels = []
     with opener(path, "rt", encoding="utf-8") as fh:

@@ -79,7 +79,7 @@ def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str]) 
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(partial)
-        raise OutputError(f"could not write {os.fspath(path)}: {_reason(exc)}") from exc
+        raise _failed(path, exc) from exc
     _fsync_dir(Path(path).parent)
 
 
@@ -94,6 +94,13 @@ def _fsync_dir(directory: Path) -> None:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _failed(path: str | os.PathLike[str], exc: OSError) -> OutputError:
+    """``could not write PATH: reason``, keeping the errno (ENOSPC stays recognisable)."""
+    error = OutputError(f"could not write {os.fspath(path)}: {_reason(exc)}")
+    error.errno = exc.errno
+    return error
 
 
 @contextlib.contextmanager
@@ -122,14 +129,14 @@ def replacing(path: str | os.PathLike[str], mode: str = "wb",
     try:
         fh = open(partial, mode, encoding=(encoding or "utf-8") if mode == "w" else None)  # noqa: SIM115
     except OSError as exc:
-        raise OutputError(f"could not write {os.fspath(path)}: {_reason(exc)}") from exc
+        raise _failed(path, exc) from exc
     try:
         with fh:
             yield fh
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(partial)
-        raise OutputError(f"could not write {os.fspath(path)}: {_reason(exc)}") from exc
+        raise _failed(path, exc) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(partial)

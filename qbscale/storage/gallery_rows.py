@@ -20,6 +20,7 @@ from qbscale.engine.checks import check_finite as check_finite  # its old home
 from qbscale.engine.grid import offsets, split
 from qbscale.errors import InputError
 from qbscale.storage import layout
+from qbscale.storage.paths import check_regular
 
 
 @lru_cache(maxsize=16)
@@ -80,6 +81,7 @@ def _open(source: Any, what: str) -> tuple[Any, tuple[int, ...], int | None]:
         path = os.fspath(source)
         if not os.path.exists(path) and "://" not in path:
             raise InputError(f"{what}: no such file: {path}")
+        check_regular(path, dir_ok=True)  # a directory is a Zarr array
         data = _open_path(path)
         chunks = getattr(data, "chunks", None)
         return path, tuple(data.shape), int(chunks[0]) if chunks else None

@@ -169,7 +169,9 @@ class HitsWriter:
         except BaseException:  # a file that failed to finish never looks finished
             self.partial.unlink(missing_ok=True)
             raise
-        os.replace(self.partial, self.path)
+        from qbscale.storage.atomic import publish_file
+
+        publish_file(self.partial, self.path)  # fsynced, with the umask's mode
         return self.path
 
     def abort(self) -> None:

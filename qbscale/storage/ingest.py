@@ -203,7 +203,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
     'exp.zarr'
     """
     stored = check_options(codec, dtype)
-    with staging(os.fspath(out), overwrite, storage_options) as stage:
+    with staging(os.fspath(out), overwrite, storage_options,
+                 inputs=(bank, test, masks, gt_index)) as stage:
         srcs = {role: _open_2d(src, role, None) for role, src in (("bank", bank), ("test", test))}
         (n_bank, n_gallery), n_queries = srcs["bank"].shape, srcs["test"].shape[0]
         if srcs["test"].shape[1] != n_gallery:
@@ -279,7 +280,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
     chunk_bytes = layout.EMBEDDING_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     roles = ((layout.BANK_EMB, bank_emb), (layout.TEST_EMB, test_emb),
              (layout.GALLERY_EMB, gallery_emb))
-    with staging(os.fspath(out), overwrite, storage_options) as stage:
+    with staging(os.fspath(out), overwrite, storage_options,
+                 inputs=(bank_emb, test_emb, gallery_emb, masks, gt_index)) as stage:
         srcs = {role: _open_2d(src, role, input_storage_options) for role, src in roles}
         dim = srcs[layout.GALLERY_EMB].shape[1]
         for role, src in srcs.items():

@@ -87,7 +87,8 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     arrays = {SHIFT: (shift, (name, "gallery")),
               name: (np.asarray(config.values, np.float64), (name,)),
               ACTIVATION: (activation, ("gallery",))}
-    with staging(os.fspath(out), overwrite, storage_options) as stage:
+    with staging(os.fspath(out), overwrite, storage_options, kind="normaliser",
+                 inputs=(gallery,)) as stage:
         group = stage.create_group({ATTR: attrs})
         for key, (value, dims) in arrays.items():
             arr = create_array(group.store, key, shape=value.shape, dtype=value.dtype,
@@ -242,6 +243,9 @@ def _store_array(experiment: Experiment, name: str) -> Any:
 
 def open_embeddings(path: str, name: str) -> Any:
     """Embeddings in a file: a ``.npy`` (memory-mapped) or a Zarr array (as dask)."""
+    from qbscale.storage.paths import check_regular
+
+    check_regular(path, dir_ok=True)
     if os.path.isfile(path) and path.endswith(".npy"):
         try:
             return np.load(path, mmap_mode="r")

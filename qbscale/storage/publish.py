@@ -10,11 +10,9 @@ never a mix.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -68,17 +66,11 @@ def replace_root_attrs(url: str, options: dict[str, Any] | None, attrs: dict[str
         fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         fs.pipe_file(f"{root.rstrip('/')}/{ROOT}", data)  # one PUT: atomic
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{ROOT}.", dir=local)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, os.path.join(local, ROOT))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    from qbscale.storage.atomic import write_bytes
+
+    # beside and renamed, with the replaced file's mode (mkstemp's 0600 would
+    # lock other users out of the store)
+    write_bytes(os.path.join(local, ROOT), data)
 
 
 def delete_nodes(url: str, options: dict[str, Any] | None, paths: Iterable[str]) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from qbscale.errors import InputError, UnsafePickleError
 from qbscale.storage import layout
+from qbscale.storage.paths import check_regular
 
 __all__ = ["ArrayInput", "InputMatrix", "NpyInput", "NpzInput", "SafeUnpickler", "ZarrInput",
            "file_sha256", "load_pickle", "open_matrix", "read_array"]
@@ -136,6 +137,7 @@ def load_pickle(path: str | os.PathLike[str]) -> np.ndarray:
         ndarray, or an object-dtype array.
     """
     name = os.fspath(path)
+    check_regular(path)  # a FIFO would block forever
     try:
         with open(path, "rb") as f:
             obj = SafeUnpickler(f, name).load()
@@ -459,6 +461,7 @@ def open_matrix(source: str | os.PathLike[str] | np.ndarray, name: str | None = 
     path, member = _split_member(layout.local_path(path))
     if not os.path.exists(path):
         raise InputError(f"no such file: {path}")
+    check_regular(path, dir_ok=member is None)  # a directory is a Zarr array
     fmt = "npz" if member is not None else _sniff(path)
     if fmt == "npy":
         return NpyInput(path)

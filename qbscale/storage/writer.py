@@ -10,7 +10,7 @@ their own host (a PID means nothing on another machine sharing the directory).  
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import socket
@@ -30,6 +30,7 @@ import numpy as np
 
 from qbscale.errors import ConfigError, InputError, OutputError, QBScaleError, StoreExistsError
 from qbscale.storage import layout
+from qbscale.storage.paths import check_not_input, check_replaceable, describe_kind
 from qbscale.storage.readers import InputMatrix
 
 if TYPE_CHECKING:
@@ -129,23 +130,25 @@ READ_BYTES = 64 * 2**20
 
 
 class LocalStage:
-    """A local store written in a hidden sibling directory, renamed into place."""
+    """A local store written in a hidden sibling directory, renamed into place.
 
-    def __init__(self, out: str, overwrite: bool) -> None:
+    ``kind`` (``"experiment store"`` or ``"normaliser"``) is the only thing
+    ``overwrite`` replaces (:func:`qbscale.storage.paths.check_replaceable`).
+    The finished store is renamed into place without replacing anything that
+    appeared meanwhile (:func:`qbscale.storage.rename.rename_noreplace`); with
+    ``overwrite`` it is swapped with the old one in one step, so the old store
+    stays whole until that last rename.
+    """
+
+    def __init__(self, out: str, overwrite: bool, kind: str = "experiment store") -> None:
         self.path = Path(layout.local_path(out))
         self.final = os.fspath(self.path)
+        self.overwrite, self.kind = overwrite, kind
         if self.path.exists() or self.path.is_symlink():
             if not overwrite:
                 raise StoreExistsError(f"{self.final} exists: pass --overwrite "
                                        "(overwrite=True) to replace it")
-            if not self.path.is_dir():
-                raise StoreExistsError(f"{self.final} is a file, not a store directory: "
-                                       "not replacing it")
-            if any(self.path.iterdir()) and not is_qbscale_store(
-                    (self.path / "zarr.json").read_bytes()
-                    if (self.path / "zarr.json").is_file() else b""):
-                raise StoreExistsError(f"{self.final} exists and is not a qbscale store "
-                                       "(nor empty): not replacing it")
+            check_replaceable(self.path, kind, self.final)
         if not self.path.parent.is_dir():
             raise ConfigError(f"cannot write {self.final}: no directory {self.path.parent}")
         if not os.access(self.path.parent, os.W_OK):
@@ -164,11 +167,12 @@ class LocalStage:
         return zarr.create_group(os.fspath(self.target), attributes=attrs)
 
     def discard(self) -> None:
-        """Remove the staging directory, also what writes still in flight add to it."""
+        """Remove the staging directory, once zarr's writes still in flight are over."""
         try:
+            settle_zarr_writes()
             for _ in range(50):
-                shutil.rmtree(self.target, ignore_errors=True)
-                if not self.target.exists():
+                _remove_tree(self.target)
+                if not os.path.lexists(self.target):
                     return
                 time.sleep(0.02)
         finally:
@@ -176,20 +180,83 @@ class LocalStage:
                 self.lock.release()
 
     def commit(self) -> None:
-        """Move the finished store into place (the old one goes only now)."""
-        old = None
-        if self.path.exists() or self.path.is_symlink():
-            old = self.path.with_name(f".{self.path.name}.old-{_owner()}")
-            os.rename(self.path, old)
+        """Move the finished store into place (an old one is swapped out only now).
+
+        Raises
+        ------
+        StoreExistsError
+            Something appeared at the path while the store was written (and
+            ``overwrite`` was not given), or what appeared is not of this kind.
+        """
         try:
-            os.rename(self.target, self.path)
-        except OSError as exc:  # another ingest won the race
-            self.discard()
-            raise StoreExistsError(f"{self.final} appeared while writing: {exc}") from exc
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self._publish()
+        except StoreExistsError:
+            raise
+        except FileExistsError as exc:  # another writer won the race
+            raise StoreExistsError(f"{self.final} appeared while this {self.kind} was "
+                                   "written (another writer?): not replacing it; pass "
+                                   "--overwrite to replace it") from exc
+        _remove_tree(self.target)  # the old store, swapped out
         if self.lock is not None:
             self.lock.release()
+
+    def _publish(self) -> None:
+        from qbscale.storage.rename import exchange, rename_noreplace
+
+        for _ in range(10):
+            try:
+                rename_noreplace(self.target, self.path)
+                return
+            except FileExistsError:
+                if not self.overwrite:
+                    raise
+            check_replaceable(self.path, self.kind, self.final)  # what appeared meanwhile
+            if self.lock is None and self.path.is_dir():
+                self.lock = _lock_old(self.final, None)
+            try:
+                exchange(self.target, self.path)
+                return
+            except FileNotFoundError:  # removed meanwhile: try again
+                continue
+        raise OutputError(f"cannot write {self.final}: it keeps changing under this writer")
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory tree (or the link, or the file) at ``path``; gone is fine."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(OSError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def settle_zarr_writes(timeout: float = 60.0) -> None:
+    """Wait for every task still running on zarr's event loop (chunk writes left in
+    flight when a write failed or was interrupted), and swallow their errors: a
+    staging directory is removed only once nothing writes into it any more, and
+    no "Task was destroyed but it is pending" is printed at exit."""
+    import asyncio
+    import concurrent.futures
+
+    try:
+        from zarr.core.sync import loop
+    except ImportError:
+        return
+    running = loop[0]
+    if running is None or running.is_closed() or not running.is_running():
+        return
+
+    async def pending() -> None:
+        me = asyncio.current_task()
+        while tasks := [t for t in asyncio.all_tasks() if t is not me]:
+            done, _ = await asyncio.wait(tasks)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: no "never retrieved" message
+
+    future = asyncio.run_coroutine_threadsafe(pending(), running)
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        future.result(timeout)
 
 
 def _lock_old(url: str, options: dict[str, Any] | None) -> Any:
@@ -236,7 +303,8 @@ def _alive(pid: int) -> bool:
 class RemoteStage:
     """A store at a fsspec URL, written in place (``complete`` is set last)."""
 
-    def __init__(self, url: str, overwrite: bool, storage_options: dict[str, Any] | None) -> None:
+    def __init__(self, url: str, overwrite: bool, storage_options: dict[str, Any] | None,
+                 kind: str = "experiment store") -> None:
         import fsspec
 
         self.final = self.target = url
@@ -249,9 +317,11 @@ class RemoteStage:
                 raise StoreExistsError(f"{url} exists: pass --overwrite (overwrite=True) "
                                        "to replace it")
             meta = f"{self.root}/zarr.json"
-            if not is_qbscale_store(self.fs.cat_file(meta) if self.fs.exists(meta) else b""):
-                raise StoreExistsError(f"{url} exists and is not a qbscale store: "
-                                       "not replacing it")
+            found = describe_kind(self.fs.cat_file(meta) if self.fs.exists(meta) else b"")
+            if found != kind:
+                raise StoreExistsError(f"{url} exists and is "
+                                       f"{'not a qbscale store' if found is None else 'a ' + found}"
+                                       f", not a {kind}: not replacing it")
             self.replace = True
         # held until create_group deletes the old store (the lock with it); the
         # new one counts as incomplete until it is finished, so no run writes into it
@@ -267,6 +337,7 @@ class RemoteStage:
 
     def discard(self) -> None:
         try:
+            settle_zarr_writes()
             if self.created and self.fs.exists(self.root):
                 self.fs.rm(self.root, recursive=True)
         finally:
@@ -279,17 +350,6 @@ class RemoteStage:
             self.lock.release()
 
 
-def is_qbscale_store(meta: bytes) -> bool:
-    """True when ``meta`` (a group's ``zarr.json``) is one qbscale wrote, even unfinished:
-    an experiment store (``qbscale`` attribute) or a saved normaliser (``qbscale_normaliser``)."""
-    try:
-        attrs = json.loads(meta).get("attributes") or {}
-    except (ValueError, AttributeError):
-        return False
-    return isinstance(attrs, dict) and any(
-        key == layout.ATTR or key.startswith(f"{layout.ATTR}_") for key in attrs)
-
-
 def output_error(exc: OSError, out: str) -> OutputError:
     """A one-line :class:`OutputError` for an OSError met while writing ``out``."""
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -300,21 +360,26 @@ def output_error(exc: OSError, out: str) -> OutputError:
 
 
 @contextmanager
-def staging(out: str, overwrite: bool,
-            storage_options: dict[str, Any] | None) -> Iterator[LocalStage | RemoteStage]:
-    """Where to write ``out``; removed on any error, committed on success.
+def staging(out: str, overwrite: bool, storage_options: dict[str, Any] | None,
+            kind: str = "experiment store", inputs: Sequence[object] = ()
+            ) -> Iterator[LocalStage | RemoteStage]:
+    """Where to write ``out``, a qbscale ``kind``; removed on any error, committed on success.
 
     Raises
     ------
     StoreExistsError
         ``out`` exists and ``overwrite`` is False, or it is neither a qbscale
-        store nor empty, or it is a file.
+        ``kind`` nor an empty directory (a file, another store, another group);
+        or something appeared at ``out`` while it was written.
+    ConfigError
+        ``out`` is, holds or lies inside one of ``inputs``.
     OutputError
         Writing failed (disk full, read-only, ...); nothing is left behind.
     """
+    check_not_input(out, inputs)
     with _one_line_errors(out):
-        stage = RemoteStage(out, overwrite, storage_options) if layout.is_url(out) else \
-            LocalStage(out, overwrite)
+        stage = RemoteStage(out, overwrite, storage_options, kind) if layout.is_url(out) \
+            else LocalStage(out, overwrite, kind)
     try:
         with _one_line_errors(out):
             yield stage

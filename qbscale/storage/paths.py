@@ -1,0 +1,139 @@
+"""What is at a path, before anything is read from or written to it.
+
+* :func:`check_regular` refuses an input that is not a regular file (a FIFO,
+  a socket, a device, a directory where a file is expected): reading one
+  would block forever or read without end.
+* :func:`check_replaceable` lets ``--overwrite`` replace only an output of the
+  same kind (an experiment store by ``ingest``, a normaliser by ``fit``).
+* :func:`check_not_input` refuses an output that is, holds or lies inside one
+  of the command's inputs.
+
+>>> describe_kind(b'{"attributes": {"qbscale_normaliser": {}}}')
+'normaliser'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+
+from qbscale.errors import ConfigError, InputError, StoreExistsError
+from qbscale.storage.lock import KEY as LOCK
+
+#: kind -> the group attribute that marks it
+KINDS = {"experiment store": "qbscale", "normaliser": "qbscale_normaliser"}
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+            (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISDIR, "a directory"))
+
+
+def file_type(mode: int) -> str:
+    """``"a FIFO"``, ``"a socket"``, ... for a non-regular ``st_mode`` (else ``"a file"``)."""
+    return next((name for test, name in _SPECIAL if test(mode)), "a file")
+
+
+def check_regular(path: str | os.PathLike[str], dir_ok: bool = False) -> None:
+    """Refuse an existing input ``path`` that is not a regular file (nor, with
+    ``dir_ok``, a directory), before anything opens it.
+
+    Raises
+    ------
+    InputError
+        ``input x.pkl is not a regular file (a FIFO)``.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the reader says so
+    if stat.S_ISREG(mode) or (dir_ok and stat.S_ISDIR(mode)):
+        return
+    raise InputError(f"input {os.fspath(path)} is not a regular file ({file_type(mode)})")
+
+
+def describe_kind(meta: bytes) -> str | None:
+    """The qbscale kind of a group from its ``zarr.json`` (None: not qbscale's)."""
+    try:
+        attrs = json.loads(meta).get("attributes") or {}
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(attrs, dict):
+        return None
+    return next((kind for kind, key in KINDS.items() if key in attrs), None)
+
+
+def what_is(path: Path) -> str:
+    """What an existing local ``path`` is, for messages and :func:`check_replaceable`."""
+    if not path.is_dir():
+        return file_type(os.stat(path).st_mode) if path.exists() else "a dangling link"
+    meta = path / "zarr.json"
+    if not meta.is_file():  # (the lock of a writer replacing it leaves it empty)
+        return "a directory that is not a qbscale store" if any(
+            p.name != LOCK for p in path.iterdir()) else "an empty directory"
+    kind = describe_kind(meta.read_bytes())
+    if kind is not None:
+        return f"a qbscale {kind}"
+    return "a Zarr group that is not a qbscale store" if b'"group"' in meta.read_bytes() \
+        else "a Zarr node that is not a qbscale store"
+
+
+def check_replaceable(path: Path, kind: str, shown: str | None = None) -> None:
+    """Refuse to replace ``path`` unless it is an empty directory or a qbscale ``kind``.
+
+    Raises
+    ------
+    StoreExistsError
+        ``exp.zarr exists and is a qbscale experiment store, not a normaliser:
+        not replacing it`` (likewise for a file, a FIFO, another directory).
+    """
+    what = what_is(path)
+    if what in ("an empty directory", f"a qbscale {kind}"):
+        return
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise StoreExistsError(f"{shown or path} exists and is {what}, not {article} {kind}: "
+                           "not replacing it")
+
+
+def _local(path: str | os.PathLike[str]) -> Path | None:
+    from qbscale.storage.layout import is_url, local_path
+
+    text = os.fspath(path)
+    if is_url(text):
+        return None
+    base = local_path(text)
+    if ".npz:" in base:  # file.npz:member
+        base = base.rsplit(":", 1)[0]
+    return Path(os.path.realpath(base))
+
+
+def check_not_input(out: str | os.PathLike[str], inputs: Iterable[object]) -> None:
+    """Refuse an output that is an input, holds one, or lies inside one.
+
+    ``inputs`` may hold paths, URLs, arrays or None (only local paths count).
+
+    Raises
+    ------
+    ConfigError
+        ``output exp.zarr is the input exp.zarr: write elsewhere``.
+    """
+    target = _local(out)
+    if target is None:
+        return
+    for given in inputs:
+        if not isinstance(given, str | os.PathLike):
+            continue
+        source = _local(given)
+        if source is None:
+            continue
+        if source == target:
+            how = "is"
+        elif target in source.parents:
+            how = "holds"
+        elif source in target.parents:
+            how = "lies inside"
+        else:
+            continue
+        raise ConfigError(f"output {os.fspath(out)} {how} the input {os.fspath(given)}: "
+                          "an output never replaces an input; write elsewhere")
