@@ -367,6 +367,7 @@ def _mismatch(url: str, saved: dict[str, Any], wanted: dict[str, Any]) -> str:
 def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
     """Complete a run: its ranks / top-k under its prefix, its manifest deleted, then
     published (or, when it saved nothing, its prefix deleted)."""
+    from qbscale.storage.integrity import record_manifests
     from qbscale.storage.publish import delete_nodes
 
     experiment, prefix = state.experiment, state.manifest.prefix
@@ -376,6 +377,7 @@ def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
         write_results(experiment, prefix, result, save_ranks=save_ranks)
     delete_nodes(url, options, [state.manifest.group])
     if saving:
+        record_manifests(url, options, prefix)
         publish(experiment, prefix, result.to_dict() | {"saved_scores": state.save_scores})
     else:
         delete_nodes(url, options, [prefix])
