@@ -91,7 +91,9 @@ def writable_array(url: str, name: str, options: tuple[tuple[str, Any], ...], to
     """
     import zarr
 
-    return zarr.open_array(url, path=name, mode="r+", storage_options=dict(options) or None)
+    arr = zarr.open_array(url, path=name, mode="r+", storage_options=dict(options) or None)
+    # every chunk stored, fill values included: an absent chunk is never data
+    return arr.with_config({"write_empty_chunks": True})
 
 
 @dataclass(frozen=True)
