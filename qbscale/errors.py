@@ -17,6 +17,11 @@ class InputError(QBScaleError, ValueError):
     """An input file or array is malformed: wrong shape, NaN, bad mask, ..."""
 
 
+class NotFiniteError(InputError):
+    """Scores came out NaN or inf: ``beta * s`` beyond float64's range, or (when
+    the message says so) input data that are not finite."""
+
+
 class UnsafePickleError(QBScaleError, pickle.UnpicklingError):
     """A pickle asked for something other than a plain numpy array."""
 
