@@ -215,7 +215,7 @@ def record(url: str, options: dict[str, Any] | None, names: list[str]) -> None:
         A chunk of one of them is missing (every chunk of an array qbscale
         writes is stored, fill values included).
     """
-    from qbscale.storage.integrity import damaged
+    from qbscale.errors import DamagedStoreError
 
     for name in names:
         meta = read_json(url, options, f"{name}/zarr.json")
@@ -226,7 +226,8 @@ def record(url: str, options: dict[str, Any] | None, names: list[str]) -> None:
         for chunk in chunk_keys(own["shape"], own["chunks"]):
             got = read_tail(url, options, f"{name}/{chunk}")
             if got is None:
-                raise damaged(url, f"{name}/{chunk}")
+                raise DamagedStoreError(f"store {url}: chunk {name}/{chunk} is missing "
+                                        "right after it was written: nothing was published")
             tails[chunk] = got
         _write(url, options, f"{name}/{FILE}", json.dumps(build(meta, tails)).encode())
 
