@@ -224,3 +224,28 @@ def test_a_byte_swapped_dtype_is_named(tmp_path):
                                   ">f4 (big-endian; qbscale writes little-endian): its "
                                   "zarr.json was edited; restore it or ingest again")
     assert "float64" not in res.output
+
+
+def test_a_gallery_bank_gets_a_chunk_manifest_and_swaps_in_it_are_refused(tmp_path):
+    from qbscale.storage.gallery_bank import add_gallery_bank
+
+    store = ingest(tmp_path / "exp.zarr")
+    rng = np.random.default_rng(3)
+    add_gallery_bank(store, rng.random((90, 100), dtype=np.float32), chunk_bytes=30 * 400,
+                     progress=False)
+    manifest = json.loads((Path(store) / "gallery_bank" / FILE).read_text())
+    assert sorted(manifest["crc32c"]) == ["c/0/0", "c/1/0", "c/2/0"]
+    swap(Path(store) / "gallery_bank" / "c" / "0" / "0",
+         Path(store) / "gallery_bank" / "c" / "1" / "0")
+    res = invoke("run", store, "--method", "dual-is", "--beta", "20")
+    assert res.exit_code == 1 and "R@" not in res.output
+    assert "chunk gallery_bank/c/" in res.output and "is not the chunk written there" \
+        in res.output
+
+
+def test_an_unreadable_chunk_manifest_is_one_line(ran):
+    (Path(ran) / "test" / FILE).write_text("{garbage")
+    res = invoke("run", ran)
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert res.output.startswith(f"Error: store {ran}: array test: its chunk manifest "
+                                 f"{FILE} cannot be read")

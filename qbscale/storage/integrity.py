@@ -7,6 +7,12 @@ zarr verifies them on every read.  Float arrays are filled with NaN and every
 chunk is written (``write_empty_chunks``), so a chunk that is absent is never
 part of the data: a read that finds one missing or damaged stops with
 :class:`~qbscale.errors.DamagedStoreError` instead of returning fill values.
+
+Each published array also has a chunk manifest (:mod:`qbscale.storage.manifest`)
+binding every chunk's checksum to its place.  Readers open stores through
+:func:`open_group` / :func:`verified_store`, a zarr store wrapper that refuses a
+missing chunk and one that is not the chunk recorded there (also under xarray
+and dask); the direct chunk-file reads check the same (:func:`verified_body`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.errors import DamagedStoreError
+from qbscale.storage import manifest
 
 CHECKSUM = "crc32c"
 #: message of every missing / damaged chunk error
@@ -162,16 +169,12 @@ def forget() -> None:
 
 
 def _unreadable_manifest(url: str, name: str, exc: Exception) -> DamagedStoreError:
-    from qbscale.storage.manifest import FILE
-
-    return DamagedStoreError(f"store {url}: the chunk manifest {name}/{FILE} cannot be read "
-                             f"({exc}): {REPAIR}")
+    return DamagedStoreError(f"store {url}: the chunk manifest {name}/{manifest.FILE} "
+                             f"cannot be read ({exc}): {REPAIR}")
 
 
 def _manifest(url: str, name: str, options: tuple[tuple[str, Any], ...] = (),
               fresh: bool = False) -> dict[str, Any] | None:
-    from qbscale.storage import manifest
-
     if fresh or (url, name) not in _MANIFESTS:
         try:
             _MANIFESTS[(url, name)] = manifest.load(url, dict(options) or None, name)
@@ -188,15 +191,13 @@ def verify_position(url: str, key: str, crc: int, size: int,
     A dict lookup per chunk; the manifest is read once per process (and again
     on a mismatch, in case the store was rewritten meanwhile).
     """
-    from qbscale.storage.manifest import problem, split_key
-
-    parts = split_key(key)
+    parts = manifest.split_key(key)
     if parts is None:
         return
     why: str | None = None
     for fresh in (False, True):
         expected = _manifest(url, parts[0], options, fresh)
-        why = None if expected is None else problem(expected, parts[1], crc, size)
+        why = None if expected is None else manifest.problem(expected, parts[1], crc, size)
         if why is None:
             return
     raise damaged(url, key, str(why))
@@ -245,10 +246,8 @@ def _verified_store_class() -> Any:
             return (VerifiedStore.wrap, (self._store, self.url))
 
         async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
-            from qbscale.storage.manifest import split_key
-
             buf = await self._store.get(key, prototype, byte_range)
-            if byte_range is not None or split_key(key) is None:
+            if byte_range is not None or manifest.split_key(key) is None:
                 return buf
             if buf is None:
                 raise damaged(self.url, key)
@@ -259,8 +258,6 @@ def _verified_store_class() -> Any:
 
         async def _preload(self, key: str, prototype: Any) -> None:
             """Read the chunk's array manifest through this store, once."""
-            from qbscale.storage import manifest
-
             name = (manifest.split_key(key) or (key, ""))[0]
             if (self.url, name) in _MANIFESTS:
                 return
@@ -280,9 +277,7 @@ def _verified_store_class() -> Any:
 
 
 def _tail(buf: Any) -> tuple[int, int]:
-    from qbscale.storage.manifest import tail
-
-    return tail(buf.as_numpy_array())
+    return manifest.tail(buf.as_numpy_array())
 
 
 def open_group(url: str, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -305,8 +300,6 @@ def verified_store(url: str, options: dict[str, Any] | None = None) -> Any:
 def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "") -> None:
     """Write the chunk manifest of every array at or below ``prefix`` of the store
     (:func:`qbscale.storage.manifest.record`): the last step before publishing."""
-    from qbscale.storage import manifest
-
     url = os.fspath(url)
     manifest.record(url, options, manifest.arrays_under(url, options, prefix))
 
@@ -322,9 +315,7 @@ def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
         ``store X: array test: the root zarr.json says shape [100, 100], its own
         zarr.json [200, 100]: ...``, for the first problem found.
     """
-    from qbscale.storage.manifest import layout_problems
-
-    for name, problems in layout_problems(url, options, names, required).items():
+    for name, problems in manifest.layout_problems(url, options, names, required).items():
         raise DamagedStoreError(f"store {url}: array {name} {problems[0]}"
                                 if problems[0].startswith("has ") else
                                 f"store {url}: array {name}: {problems[0]}")
@@ -335,9 +326,9 @@ def check_store_metadata(url: str, options: dict[str, Any] | None, names: set[st
     """:func:`check_metadata` of a store's inputs among ``names`` (its arrays, as the
     root zarr.json lists them) and of the arrays of its published run ``prefix``."""
     from qbscale.storage import layout
-    from qbscale.storage.manifest import arrays_under
 
     inputs = [n for n in layout.DIMS if n in names]
     check_metadata(url, options, inputs)
     if prefix:
-        check_metadata(url, options, arrays_under(url, options, prefix), required=False)
+        check_metadata(url, options, manifest.arrays_under(url, options, prefix),
+                       required=False)

@@ -218,9 +218,10 @@ def store_fingerprint(experiment: Experiment) -> tuple[dict[str, Any], str | Non
 
 def _store_array(experiment: Experiment, name: str) -> Any:
     import dask.array as da
-    import zarr
 
-    group = zarr.open_group(experiment.url, mode="r", storage_options=experiment.storage_options)
+    from qbscale.storage.integrity import open_group
+
+    group = open_group(str(experiment.url), experiment.storage_options)  # chunks verified
     return da.from_zarr(group[name])
 
 
