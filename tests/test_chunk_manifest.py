@@ -249,3 +249,18 @@ def test_an_unreadable_chunk_manifest_is_one_line(ran):
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert res.output.startswith(f"Error: store {ran}: array test: its chunk manifest "
                                  f"{FILE} cannot be read")
+
+
+def test_gallery_embeddings_opened_by_path_refuse_a_missing_chunk(tmp_path):
+    from qbscale.storage.gallery_rows import _open_path
+    from qbscale.storage.normaliser_store import open_embeddings
+
+    rng = np.random.default_rng(5)
+    emb = [rng.standard_normal((n, 8)).astype(np.float32) for n in (70, 30, 30)]
+    store = str(qbscale.ingest_embeddings(tmp_path / "emb.zarr", *emb, chunk_rows=16,
+                                          progress=False))
+    (Path(store) / "gallery_emb" / "c" / "1" / "0").unlink()
+    for node in (_open_path(store), _open_path(f"{store}/gallery_emb"),
+                 open_embeddings(f"{store}/gallery_emb", "gallery")):
+        with pytest.raises(DamagedStoreError, match=r"chunk (gallery_emb/)?c/1/0 is missing"):
+            np.asarray(node[...])

@@ -169,7 +169,7 @@ def forget() -> None:
 
 
 def _unreadable_manifest(url: str, name: str, exc: Exception) -> DamagedStoreError:
-    return DamagedStoreError(f"store {url}: the chunk manifest {name}/{manifest.FILE} "
+    return DamagedStoreError(f"store {url}: the chunk manifest {manifest.path(name)} "
                              f"cannot be read ({exc}): {REPAIR}")
 
 
@@ -261,7 +261,7 @@ def _verified_store_class() -> Any:
             name = (manifest.split_key(key) or (key, ""))[0]
             if (self.url, name) in _MANIFESTS:
                 return
-            data = await self._store.get(f"{name}/{manifest.FILE}", prototype)
+            data = await self._store.get(manifest.path(name), prototype)
             try:
                 _MANIFESTS[(self.url, name)] = None if data is None else \
                     manifest.check_manifest(json.loads(data.to_bytes()))

@@ -32,17 +32,23 @@ import numpy as np
 FILE = "qbscale_chunks.json"
 FORMAT = 1
 #: a chunk key of the default v3 encoding: ``<array path>/c/<i>/<j>...``
-CHUNK_KEY = re.compile(r"(?P<array>.+)/(?P<chunk>c(?:/\d+)*)")
+CHUNK_KEY = re.compile(r"(?:(?P<array>.+)/)?(?P<chunk>c(?:/\d+)+)")
 
 
 def split_key(key: str) -> tuple[str, str] | None:
-    """``(array path, chunk key in it)`` of a chunk key, None for any other key.
+    """``(array path, chunk key in it)`` of a chunk key, None for any other key
+    (the path is ``""`` for a store that is one array).
 
-    >>> split_key("runs/ab/scores/c/0/2/0"), split_key("test/zarr.json")
-    (('runs/ab/scores', 'c/0/2/0'), None)
+    >>> split_key("runs/ab/scores/c/0/2/0"), split_key("test/zarr.json"), split_key("c/1")
+    (('runs/ab/scores', 'c/0/2/0'), None, ('', 'c/1'))
     """
     match = CHUNK_KEY.fullmatch(key)
-    return None if match is None else (match["array"], match["chunk"])
+    return None if match is None else (match["array"] or "", match["chunk"])
+
+
+def path(name: str) -> str:
+    """The key of array ``name``'s chunk manifest (``""``: the store is the array)."""
+    return f"{name}/{FILE}" if name else FILE
 
 
 def describe(meta: Any) -> dict[str, Any]:
@@ -202,7 +208,7 @@ def load(url: str, options: dict[str, Any] | None, name: str) -> dict[str, Any] 
     ValueError
         The manifest is there but unreadable.
     """
-    manifest = read_json(url, options, f"{name}/{FILE}")
+    manifest = read_json(url, options, path(name))
     return None if manifest is None else check_manifest(manifest)
 
 
@@ -229,7 +235,7 @@ def record(url: str, options: dict[str, Any] | None, names: list[str]) -> None:
                 raise DamagedStoreError(f"store {url}: chunk {name}/{chunk} is missing "
                                         "right after it was written: nothing was published")
             tails[chunk] = got
-        _write(url, options, f"{name}/{FILE}", json.dumps(build(meta, tails)).encode())
+        _write(url, options, path(name), json.dumps(build(meta, tails)).encode())
 
 
 def _write(url: str, options: dict[str, Any] | None, key: str, data: bytes) -> None:

@@ -235,8 +235,10 @@ def open_embeddings(path: str, name: str) -> Any:
     import dask.array as da
     import zarr
 
-    try:
-        return da.from_zarr(zarr.open_array(path, mode="r"))
+    from qbscale.storage.integrity import verified_store
+
+    try:  # every chunk read verified: a missing one is an error, not its fill value
+        return da.from_zarr(zarr.open_array(verified_store(path), mode="r"))
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{name} ({path}) is neither a .npy file nor a Zarr array: "
                          f"{exc}") from exc
