@@ -75,7 +75,8 @@ class RunPlan:
         except NotFiniteError as exc:  # an overflow, or stored data that are not finite?
             from qbscale.storage.finite import nonfinite_error
 
-            raise nonfinite_error(self.experiment) or exc from exc
+            raise nonfinite_error(self.experiment, self.config.values, exc.input_data) \
+                or exc from exc
         except OSError as exc:
             if self.state is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

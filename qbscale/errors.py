@@ -18,8 +18,12 @@ class InputError(QBScaleError, ValueError):
 
 
 class NotFiniteError(InputError):
-    """Scores came out NaN or inf: ``beta * s`` beyond float64's range, or (when
-    the message says so) input data that are not finite."""
+    """Scores came out NaN or inf: ``beta * s`` beyond float64's range, or
+    (``input_data``) similarities that are not finite themselves."""
+
+    def __init__(self, message: str, *, input_data: bool = False) -> None:
+        super().__init__(message)
+        self.input_data = input_data
 
 
 class UnsafePickleError(QBScaleError, pickle.UnpicklingError):

@@ -264,3 +264,13 @@ def test_gallery_embeddings_opened_by_path_refuse_a_missing_chunk(tmp_path):
                  open_embeddings(f"{store}/gallery_emb", "gallery")):
         with pytest.raises(DamagedStoreError, match=r"chunk (gallery_emb/)?c/1/0 is missing"):
             np.asarray(node[...])
+
+
+def test_inf_in_the_stored_bank_is_named_not_an_overflow(tmp_path):
+    store = ingest(tmp_path / "exp.zarr", chunk_rows=20)
+    zarr.open_array(store, path="bank", mode="r+")[123, 45] = np.inf
+    (Path(store) / "bank" / FILE).unlink()
+    res = invoke("run", store, "--beta", "20")
+    assert res.exit_code == 1
+    assert res.output.strip() == (f"Error: store {store}: bank row 123 has inf (column 45); "
+                                  "the input data are not finite: re-ingest it")

@@ -189,7 +189,7 @@ def check_range(config: RunConfig, scales: np.ndarray, top_val: np.ndarray, gt_n
         value = top_val[int(nonfinite[0])]
         raise NotFiniteError(f"test row {first_row + int(nonfinite[0])} has "
                              f"{'NaN' if np.isnan(value) else value}; the input data are "
-                             "not finite")
+                             "not finite", input_data=True)
     top = float(np.max(top_val))
     with np.errstate(over="ignore", invalid="ignore"):
         peak = scales * top - shift.min(axis=1)

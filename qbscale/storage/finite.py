@@ -45,10 +45,29 @@ def scan(source: MatrixSource) -> tuple[int, int, float] | None:
     return None
 
 
-def nonfinite_error(experiment: Experiment) -> InputError | None:
+def overflow_possible(values: tuple[float, ...], dtypes: list[str]) -> bool:
+    """Whether ``value * s`` can pass float64's range for similarities of ``dtypes``
+    (never for float32 data and values below ~5e269).
+
+    >>> overflow_possible((20.0,), ["float32"]), overflow_possible((20.0,), ["float64"])
+    (False, True)
+    """
+    largest = max((abs(float(v)) for v in values), default=1.0)
+    return any(largest * float(np.finfo(np.dtype(d)).max) >= float(np.finfo(np.float64).max)
+               for d in dtypes)
+
+
+def nonfinite_error(experiment: Experiment, values: tuple[float, ...] = (),
+                    input_data: bool = False) -> InputError | None:
     """The error naming the first NaN or inf of a store experiment's inputs (test
-    first, then bank), or None when they are finite (a real overflow) or in memory."""
-    if experiment.url is None:
+    first, then bank), or None when they are finite (a real overflow) or in memory.
+
+    The inputs are scanned (read whole, stopping at the first NaN or inf) only
+    when the engine found a non-finite similarity (``input_data``) or when
+    ``values`` cannot overflow with the stored dtypes: then they must hold one.
+    """
+    dtypes = [str(getattr(s, "dtype", "float64")) for s in (experiment.test, experiment.bank)]
+    if experiment.url is None or not (input_data or not overflow_possible(values, dtypes)):
         return None
     for name, source in (("test", experiment.test), ("bank", experiment.bank)):
         found = scan(source)
