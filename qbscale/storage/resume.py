@@ -50,6 +50,7 @@ from qbscale.storage.resume_check import (
     block_keys,
     done_blocks,
     flags,
+    stored_normaliser,
     templates,
 )
 from qbscale.storage.sources import freeze_options
@@ -264,15 +265,7 @@ class RunState:
                          for name in self.manifest.fields})
             self.done[i] = RowResult(start=start, **part)
         if self.config.normalises and flags(group, BANK_DONE)[0]:
-            from qbscale.storage.integrity import open_group
-
-            try:  # every chunk verified: a missing activation chunk is not "none active"
-                stored = open_group(url, options, path=self.manifest.group,
-                                    use_consolidated=False)
-                self.bank = Normaliser(self.config, np.asarray(stored["shift"][...]),
-                                       np.asarray(stored["activation"][...]))
-            except (OSError, ValueError, RuntimeError, TypeError, KeyError):
-                self.bank = None  # computed again
+            self.bank = stored_normaliser(url, options, self.manifest.group, self.config)
         if save_scores:
             self.writer = _existing_writer(experiment, self.config, self.row_chunks,
                                            self.manifest.prefix)

@@ -12,9 +12,13 @@ after the run stopped).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from qbscale.config import RunConfig
+    from qbscale.engine.normaliser import Normaliser
 
 #: the array of recorded chunk CRCs in a run's manifest group
 CRC = "crc"
@@ -117,3 +121,18 @@ def done_blocks(url: str, options: dict[str, Any] | None, group: Any, done: str,
         good = intact(url, options, block_keys(keys, int(i)), _recorded(group, int(i)))
         (ok if good else rejected).append(int(i))
     return ok, rejected
+
+
+def stored_normaliser(url: str, options: dict[str, Any] | None, path: str,
+                      config: RunConfig) -> Normaliser | None:
+    """The normaliser a run stored in its manifest group ``path``, every chunk verified
+    (a missing activation chunk is not "nothing activated"); None if it cannot be read."""
+    from qbscale.engine.normaliser import Normaliser
+    from qbscale.storage.integrity import open_group
+
+    try:
+        stored = open_group(url, options, path=path, use_consolidated=False)
+        return Normaliser(config, np.asarray(stored["shift"][...]),
+                          np.asarray(stored["activation"][...]))
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError):
+        return None  # computed again
