@@ -16,7 +16,8 @@ from .options import library_errors, quiet_option
 @quiet_option
 @library_errors
 def check(store: str, repair_hint: bool, quiet: bool) -> None:
-    """Verify every chunk of STORE (checksums, sizes, presence); exit 1 if any is bad.
+    """Verify every chunk of STORE (checksums, sizes, presence, places) and every
+    array's metadata; exit 1 if anything is bad.
 
     Reads one chunk at a time: memory stays at a chunk whatever the store's size.
     """
@@ -29,6 +30,10 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
     if report.unchecked:
         click.echo(f"notice: {len(report.unchecked)} array(s) carry no checksums (written "
                    f"before them): {', '.join(report.unchecked)}")
+    if report.unplaced:
+        click.echo(f"notice: {len(report.unplaced)} array(s) have no chunk manifest (written "
+                   f"before them): chunk positions are not checked: "
+                   f"{', '.join(report.unplaced)}")
     click.echo(f"{store}: {report.chunks} chunks in {report.arrays} arrays checked, "
                f"{len(report.bad)} bad")
     if repair_hint and report.bad:

@@ -144,6 +144,10 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         done = result.extra["resume"]
         click.echo(f"resumed: {done['reused']} of {done['row_blocks']} row blocks were "
                    f"already done; computed {done['computed']}")
+        if done.get("rejected"):
+            click.echo(f"notice: {len(done['rejected'])} finished row block(s) had missing, "
+                       f"damaged or moved chunks and were computed again: "
+                       f"{', '.join(map(str, done['rejected']))}")
     if json_path:
         write_json(json_path, "run", result.to_dict())
 

@@ -16,7 +16,7 @@ from qbscale.config import RunConfig
 from qbscale.engine import plan as _plan
 from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.normaliser import Normaliser
-from qbscale.errors import ConfigError, StoreFullError
+from qbscale.errors import ConfigError, NotFiniteError, StoreFullError
 from qbscale.executors import get_executor
 from qbscale.storage.sources import forget_open_arrays
 from qbscale.storage.store import open_experiment
@@ -72,6 +72,11 @@ class RunPlan:
         also on errors."""
         try:
             return self._execute(scheduler, num_workers, progress)
+        except NotFiniteError as exc:  # an overflow, or stored data that are not finite?
+            from qbscale.storage.finite import nonfinite_error
+
+            raise nonfinite_error(self.experiment, self.config.values, exc.input_data) \
+                or exc from exc
         except OSError as exc:
             if self.state is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise

@@ -17,6 +17,15 @@ class InputError(QBScaleError, ValueError):
     """An input file or array is malformed: wrong shape, NaN, bad mask, ..."""
 
 
+class NotFiniteError(InputError):
+    """Scores came out NaN or inf: ``beta * s`` beyond float64's range, or
+    (``input_data``) similarities that are not finite themselves."""
+
+    def __init__(self, message: str, *, input_data: bool = False) -> None:
+        super().__init__(message)
+        self.input_data = input_data
+
+
 class UnsafePickleError(QBScaleError, pickle.UnpicklingError):
     """A pickle asked for something other than a plain numpy array."""
 

@@ -17,6 +17,7 @@ import qbscale
 import qbscale.storage.sources
 from qbscale.errors import (
     ConfigError,
+    DamagedStoreError,
     IncompleteStoreError,
     InputError,
     StoreExistsError,
@@ -188,7 +189,8 @@ def test_damaged_and_foreign_groups_are_refused(data, store, tmp_path):
     truncated = shutil.copytree(path, tmp_path / "truncated.zarr")
     chunk = truncated / "shift" / "c" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:5])
-    with pytest.raises(InputError, match="damaged"):
+    with pytest.raises(DamagedStoreError, match=f"store {truncated}: chunk shift/c/0/0 is "
+                                                r"damaged \(5 bytes"):
         Normaliser.load(truncated)
     partial = shutil.copytree(path, tmp_path / "partial.zarr")
     group = zarr.open_group(partial, mode="r+")

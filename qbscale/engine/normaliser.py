@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.engine import kernels, methods
-from qbscale.errors import InputError
+from qbscale.errors import InputError, NotFiniteError
 
 if TYPE_CHECKING:
     from qbscale.config import RunConfig
@@ -78,7 +78,7 @@ class Normaliser:
             return
         b, j = (int(x[0]) for x in np.nonzero(bad))
         name = self.config.variant_name
-        raise InputError(
+        raise NotFiniteError(
             f"{name}={self.config.values[b]:g}: the {self.config.method} shift of gallery item "
             f"{j} is {shift[b, j]} ({bad.sum()} of {bad.size} are not finite): the bank's "
             f"scaled similarities are beyond float64's range (~1.8e308); use a smaller {name}")
@@ -184,6 +184,12 @@ def check_range(config: RunConfig, scales: np.ndarray, top_val: np.ndarray, gt_n
     """
     if not len(top_val) or not shift.size:
         return
+    nonfinite = np.flatnonzero(~np.isfinite(top_val))
+    if nonfinite.size:  # a raw similarity, not beta * s: the input is not finite
+        value = top_val[int(nonfinite[0])]
+        raise NotFiniteError(f"test row {first_row + int(nonfinite[0])} has "
+                             f"{'NaN' if np.isnan(value) else value}; the input data are "
+                             "not finite", input_data=True)
     top = float(np.max(top_val))
     with np.errstate(over="ignore", invalid="ignore"):
         peak = scales * top - shift.min(axis=1)
@@ -196,7 +202,7 @@ def check_range(config: RunConfig, scales: np.ndarray, top_val: np.ndarray, gt_n
                           np.flatnonzero(~np.isfinite(gt_norm[b]))[0])
     name = config.variant_name
     value = config.values[b % len(config.values)]
-    raise InputError(
+    raise NotFiniteError(
         f"{name}={value:g}: the normalised scores of test row {row} are "
         f"beyond float64's range (~1.8e308; scale {scales[b]:g}, largest test "
         f"similarity {top:g}); use a smaller {name}")

@@ -2,7 +2,11 @@
 
 Each chunk of each array is read once and checked: present, of the right
 size, its crc32c matching (arrays written with checksums) or decodable (older
-ones).  Memory stays at one chunk.  The chunks of a resume manifest may be
+ones), and the chunk its array's chunk manifest records at its place (arrays
+written before manifests: not checked, and named).  Every array's
+``zarr.json`` is read as JSON first (a garbage one is one bad entry, not a
+traceback) and compared with its copy in the root ``zarr.json`` and with its
+manifest.  Memory stays at one chunk.  The chunks of a resume manifest may be
 absent by design (a block not yet done); every other absent chunk is bad.
 """
 
@@ -10,42 +14,61 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from qbscale.errors import DamagedStoreError
-from qbscale.storage import layout
+from qbscale.storage import integrity, layout
 from qbscale.storage.integrity import chunk_key, exists, has_checksums
-from qbscale.storage.sources import _direct_codecs, freeze_options, read_chunk_file
+from qbscale.storage.sources import _direct_codecs, freeze_options
+
+#: how :func:`qbscale.storage.manifest.layout_problems` starts an unreadable zarr.json
+UNREADABLE = ("its zarr.json cannot", "its zarr.json is missing")
 
 
 @dataclass
 class CheckReport:
-    """What :func:`check_store` found: ``bad`` maps chunk keys to what is wrong."""
+    """What :func:`check_store` found: ``bad`` maps chunk keys (or an array's
+    ``zarr.json``, or an array whose metadata disagrees) to what is wrong."""
 
     url: str
     arrays: int = 0
     chunks: int = 0
     bad: dict[str, str] = field(default_factory=dict)
     unchecked: list[str] = field(default_factory=list)  # arrays without checksums
+    unplaced: list[str] = field(default_factory=list)  # arrays without a chunk manifest
 
     @property
     def ok(self) -> bool:
         return not self.bad
 
 
-def _arrays(url: str, options: dict[str, Any] | None) -> list[tuple[str, Any]]:
+def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
+            ) -> list[tuple[str, Any]]:
+    """The store's arrays that zarr can open; the others go to ``report.bad``."""
     import zarr
 
-    group = zarr.open_group(url, mode="r", use_consolidated=False, storage_options=options)
-    with warnings.catch_warnings():  # the lock object is not a zarr node
-        warnings.filterwarnings("ignore", message="Object at .* is not recognized")
-        members = list(group.members(max_depth=None))
-    return sorted((name, node) for name, node in members if isinstance(node, zarr.Array))
+    from qbscale.storage.manifest import arrays_under, layout_problems
+
+    names = arrays_under(url, options, "")
+    problems = layout_problems(url, options, names)
+    out = []
+    for name in names:
+        if name in problems and problems[name][0].startswith(UNREADABLE):
+            report.bad[f"{name}/zarr.json"] = problems[name][0].removeprefix("its zarr.json ")
+            continue
+        try:
+            arr = zarr.open_array(url, path=name, mode="r", storage_options=options)
+        except Exception as exc:  # any unreadable metadata: one line, never a traceback
+            report.bad[f"{name}/zarr.json"] = (f"cannot be read ({type(exc).__name__}: "
+                                               f"{str(exc).splitlines()[0] if str(exc) else ''})")
+            continue
+        if name in problems:
+            report.bad[name] = problems[name][0]
+        out.append((name, arr))
+    return out
 
 
 def _grid(arr: Any) -> Iterator[tuple[int, ...]]:
@@ -54,17 +77,29 @@ def _grid(arr: Any) -> Iterator[tuple[int, ...]]:
 
 
 def _problem(url: str, name: str, arr: Any, coords: tuple[int, ...],
-             options: tuple[tuple[str, Any], ...], optional: bool) -> str | None:
+             options: tuple[tuple[str, Any], ...], optional: bool,
+             recorded: dict[str, Any] | None) -> str | None:
     """What is wrong with one chunk (None if nothing)."""
+    from qbscale.storage import manifest
+
     key = chunk_key(name, arr, coords)
     raw = _direct_codecs(arr)
     if raw is not None and "://" not in url:
         if optional and not os.path.isfile(os.path.join(url, key)):
             return None
         try:
-            data = read_chunk_file(url, key, np.dtype(np.uint8), raw)
-        except DamagedStoreError as exc:
-            return "missing" if "missing" in str(exc) else "damaged (crc32c mismatch)"
+            data = np.fromfile(os.path.join(url, key), dtype=np.uint8)
+        except FileNotFoundError:
+            return "missing"
+        if raw:
+            crc, size = manifest.tail(data)
+            if data.size < 4 or integrity.crc32c(data[:-4]) != crc:
+                return "damaged (crc32c mismatch)"
+            placed = None if recorded is None else \
+                manifest.problem(recorded, key[len(name) + 1:], crc, size)
+            if placed is not None:
+                return placed
+            data = data[:-4]
         want = int(np.prod([int(c) for c in arr.chunks])) * arr.dtype.itemsize
         return None if data.size == want else f"damaged ({data.size} bytes, expected {want})"
     if not exists(url, options, key):
@@ -74,6 +109,9 @@ def _problem(url: str, name: str, arr: Any, coords: tuple[int, ...],
             tuple(slice(c * s, (c + 1) * s) for c, s in zip(coords, arr.shards, strict=True))]
     except (ValueError, RuntimeError, TypeError):
         return "damaged (crc32c mismatch)" if has_checksums(arr) else "damaged (cannot decode)"
+    if recorded is not None:
+        got = manifest.read_tail(url, dict(options) or None, key)
+        return None if got is None else manifest.problem(recorded, key[len(name) + 1:], *got)
     return None
 
 
@@ -84,16 +122,22 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     Returns
     -------
     CheckReport
-        ``bad`` lists each missing or damaged chunk by key (e.g.
-        ``test/c/2/0``); ``unchecked`` names arrays written before checksums
-        (only presence and size or decoding were checked).
+        ``bad`` lists each missing, damaged or misplaced chunk by key (e.g.
+        ``test/c/2/0``), each unreadable ``zarr.json`` (``test/zarr.json``)
+        and each array whose metadata disagrees with its copies (``test``);
+        ``unchecked`` names arrays written before checksums (only presence
+        and size or decoding were checked), ``unplaced`` those written before
+        chunk manifests (chunk positions not checked).
     """
     from tqdm import tqdm
 
+    from qbscale.storage import manifest
+
     url = layout.local_path(os.fspath(url))
     options = freeze_options(storage_options)
-    arrays = _arrays(url, storage_options)
-    report = CheckReport(url, arrays=len(arrays))
+    report = CheckReport(url)
+    arrays = _arrays(url, storage_options, report)
+    report.arrays = len(arrays)
     total = sum(int(np.prod(arr.cdata_shape)) if arr.shards is None else
                 len(list(_grid(arr))) for _, arr in arrays)
     with tqdm(total=total, unit="chunk", file=sys.stderr, disable=not progress,
@@ -102,11 +146,18 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
             if not has_checksums(arr):
                 report.unchecked.append(name)
             optional = f"/{'manifest'}/" in f"/{name}"
+            try:
+                recorded = None if optional else manifest.load(url, storage_options, name)
+            except ValueError:
+                recorded = None  # reported by _arrays
+            if recorded is None and not optional:
+                report.unplaced.append(name)
             bar.set_postfix_str(name)
             for coords in _grid(arr):
-                why = _problem(url, name, arr, tuple(int(c) for c in coords), options, optional)
+                c = tuple(int(i) for i in coords)
+                why = _problem(url, name, arr, c, options, optional, recorded)
                 if why is not None:
-                    report.bad[chunk_key(name, arr, tuple(int(c) for c in coords))] = why
+                    report.bad[chunk_key(name, arr, c)] = why
                 report.chunks += 1
                 bar.update()
     return report

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.storage import layout
+from qbscale.storage.integrity import verified_store
 from qbscale.storage.results import published_prefix
 from qbscale.storage.store import open_experiment
 
@@ -37,12 +38,13 @@ def open_dataset(store: str | os.PathLike[str],
     import xarray as xr
 
     experiment = open_experiment(store, storage_options)  # checks the store is complete
-    ds = xr.open_zarr(os.fspath(store), storage_options=storage_options, zarr_format=3,
-                      chunks={})
+    # every chunk read verified: a missing one is an error, not its fill value
+    verified = verified_store(layout.local_path(os.fspath(store)), storage_options)
+    ds = xr.open_zarr(verified, zarr_format=3, chunks={})
     prefix = published_prefix(experiment.attrs)
     if prefix is not None:  # the last run's results, through its pointer
-        ds = ds.merge(xr.open_zarr(os.fspath(store), group=prefix, zarr_format=3, chunks={},
-                                   storage_options=storage_options, consolidated=False))
+        ds = ds.merge(xr.open_zarr(verified, group=prefix, zarr_format=3, chunks={},
+                                   consolidated=False))
     coords = {dim: np.arange(ds.sizes[dim]) for dim in ("bank_query", "query", "gallery")
               if dim in ds.sizes}
     last = (experiment.attrs or {}).get("last_run") or {}

@@ -137,6 +137,7 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     if (name in set(group.array_keys()) or RECORD in (experiment.attrs or {})) and not overwrite:
         raise StoreExistsError(f"{url} already has a gallery bank: pass overwrite=True "
                                "(--overwrite) to replace it")
+    from qbscale.storage.integrity import record_manifests
     from qbscale.storage.lock import StoreLock
     from qbscale.storage.writer import consolidate
 
@@ -144,6 +145,7 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
         _set_record(group, None)  # from here until the end, the bank counts as unfinished
         unit = (experiment.attrs or {}).get("similarity") == "cosine"
         _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
+        record_manifests(url, storage_options, name)
         consolidate(group.store)
         # a fresh id: a reader that sees the record change knows the bank was
         # replaced under it (storage.store.check_unchanged)

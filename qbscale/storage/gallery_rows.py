@@ -33,8 +33,10 @@ def _open_path(path: str) -> Any:
             raise InputError(f"cannot read {path}: {exc}") from exc
     import zarr
 
-    try:
-        node = zarr.open(path, mode="r")
+    from qbscale.storage.integrity import verified_store
+
+    try:  # every chunk read verified: a missing one is an error, not its fill value
+        node = zarr.open(verified_store(path), mode="r")
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise InputError(f"no .npy file or Zarr array at {path}") from exc
     if isinstance(node, zarr.Group):

@@ -7,10 +7,17 @@ zarr verifies them on every read.  Float arrays are filled with NaN and every
 chunk is written (``write_empty_chunks``), so a chunk that is absent is never
 part of the data: a read that finds one missing or damaged stops with
 :class:`~qbscale.errors.DamagedStoreError` instead of returning fill values.
+
+Each published array also has a chunk manifest (:mod:`qbscale.storage.manifest`)
+binding every chunk's checksum to its place.  Readers open stores through
+:func:`open_group` / :func:`verified_store`, a zarr store wrapper that refuses a
+missing chunk and one that is not the chunk recorded there (also under xarray
+and dask); the direct chunk-file reads check the same (:func:`verified_body`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.errors import DamagedStoreError
+from qbscale.storage import manifest
 
 CHECKSUM = "crc32c"
 #: message of every missing / damaged chunk error
@@ -117,9 +125,10 @@ def checked_read(url: str, name: str, arr: Any, options: tuple[tuple[str, Any], 
     else:
         *index, rows, cols = selection
         coords = list(chunks_of(arr, tuple(index), rows, cols))
-    for c in coords:
-        if not exists(url, options, chunk_key(name, arr, c)):
-            raise damaged(url, chunk_key(name, arr, c))
+    if not isinstance(arr.store, VerifiedStore.cls or ()):  # a verified store checks itself
+        for c in coords:
+            if not exists(url, options, chunk_key(name, arr, c)):
+                raise damaged(url, chunk_key(name, arr, c))
     try:
         return np.asarray(arr[selection])
     except (ValueError, RuntimeError, TypeError) as exc:
@@ -146,3 +155,180 @@ def read_array(url: str, name: str, arr: Any, options: tuple[tuple[str, Any], ..
     n = int(arr.shape[0])
     return checked_read(url, name, arr, options, (slice(0, n),)) if arr.ndim == 1 and n else \
         np.asarray(arr[...])
+
+
+# ---------------------------------------------------------------- chunk manifests
+
+#: ``{(url, array): manifest or None}``: the chunk manifests read by this process
+_MANIFESTS: dict[tuple[str, str], dict[str, Any] | None] = {}
+
+
+def forget() -> None:
+    """Drop the chunk manifests read so far (a store may have been rewritten)."""
+    _MANIFESTS.clear()
+
+
+def _unreadable_manifest(url: str, name: str, exc: Exception) -> DamagedStoreError:
+    return DamagedStoreError(f"store {url}: the chunk manifest {manifest.path(name)} "
+                             f"cannot be read ({exc}): {REPAIR}")
+
+
+def _manifest(url: str, name: str, options: tuple[tuple[str, Any], ...] = (),
+              fresh: bool = False) -> dict[str, Any] | None:
+    if fresh or (url, name) not in _MANIFESTS:
+        try:
+            _MANIFESTS[(url, name)] = manifest.load(url, dict(options) or None, name)
+        except ValueError as exc:
+            raise _unreadable_manifest(url, name, exc) from exc
+    return _MANIFESTS[(url, name)]
+
+
+def verify_position(url: str, key: str, crc: int, size: int,
+                    options: tuple[tuple[str, Any], ...] = ()) -> None:
+    """Refuse chunk ``key`` of ``(crc, size)`` unless its array's manifest says it is
+    the chunk written there (arrays without a manifest: nothing to compare).
+
+    A dict lookup per chunk; the manifest is read once per process (and again
+    on a mismatch, in case the store was rewritten meanwhile).
+    """
+    parts = manifest.split_key(key)
+    if parts is None:
+        return
+    why: str | None = None
+    for fresh in (False, True):
+        expected = _manifest(url, parts[0], options, fresh)
+        why = None if expected is None else manifest.problem(expected, parts[1], crc, size)
+        if why is None:
+            return
+    raise damaged(url, key, str(why))
+
+
+def verified_body(url: str, key: str, raw: np.ndarray, checksum: bool) -> np.ndarray:
+    """The bytes of chunk file ``key`` (``raw``) without their checksum, after checking
+    its crc32c and its place (:func:`verify_position`); ``checksum=False``: ``raw``."""
+    if not checksum:
+        return raw
+    body = raw[:-4]
+    stored = int(raw[-4:].view("<u4")[0]) if raw.size >= 4 else -1
+    if raw.size < 4 or crc32c(body) != stored:
+        raise damaged(url, key, "damaged (its crc32c checksum does not match)")
+    verify_position(url, key, stored, int(raw.size))
+    return body
+
+
+class VerifiedStore:
+    """Factory of :class:`zarr.storage.WrapperStore` subclasses (zarr imported lazily)."""
+
+    cls: Any = None
+
+    @classmethod
+    def wrap(cls, inner: Any, url: str) -> Any:
+        if cls.cls is None:
+            cls.cls = _verified_store_class()
+        return cls.cls(inner, url)
+
+
+def _verified_store_class() -> Any:
+    from zarr.storage import WrapperStore
+
+    class Verified(WrapperStore[Any]):
+        """Every chunk read is present and, with a chunk manifest, the one written there:
+        :class:`DamagedStoreError` otherwise, never zarr's fill value."""
+
+        def __init__(self, store: Any, url: str = "") -> None:
+            super().__init__(store)
+            self.url = url
+
+        def _with_store(self, store: Any) -> Any:
+            return type(self)(store, self.url)
+
+        def __reduce__(self) -> Any:
+            return (VerifiedStore.wrap, (self._store, self.url))
+
+        async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            buf = await self._store.get(key, prototype, byte_range)
+            if byte_range is not None or manifest.split_key(key) is None:
+                return buf
+            if buf is None:
+                raise damaged(self.url, key)
+            await self._preload(key, prototype)
+            crc, size = _tail(buf)
+            verify_position(self.url, key, crc, size, self._options())
+            return buf
+
+        async def _preload(self, key: str, prototype: Any) -> None:
+            """Read the chunk's array manifest through this store, once."""
+            name = (manifest.split_key(key) or (key, ""))[0]
+            if (self.url, name) in _MANIFESTS:
+                return
+            data = await self._store.get(manifest.path(name), prototype)
+            try:
+                _MANIFESTS[(self.url, name)] = None if data is None else \
+                    manifest.check_manifest(json.loads(data.to_bytes()))
+            except ValueError as exc:
+                raise _unreadable_manifest(self.url, name, exc) from exc
+
+        def _options(self) -> tuple[tuple[str, Any], ...]:
+            fs = getattr(self._store, "fs", None)
+            return tuple(sorted(getattr(fs, "storage_options", {}).items())) \
+                if fs is not None else ()
+
+    return Verified
+
+
+def _tail(buf: Any) -> tuple[int, int]:
+    return manifest.tail(buf.as_numpy_array())
+
+
+def open_group(url: str, options: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """:func:`zarr.open_group` (read-only) on the store at ``url``, every chunk read
+    verified (:class:`VerifiedStore`); ``kwargs`` go to zarr (``path``, ``use_consolidated``)."""
+    import zarr
+
+    return zarr.open_group(verified_store(url, options), mode="r", **kwargs)
+
+
+def verified_store(url: str, options: dict[str, Any] | None = None) -> Any:
+    """The store at ``url`` (local path or fsspec URL), every chunk read verified."""
+    from zarr.core.sync import sync
+    from zarr.storage._common import make_store_path
+
+    path = sync(make_store_path(url, mode="r", storage_options=options))
+    return VerifiedStore.wrap(path.store, url)
+
+
+def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "") -> None:
+    """Write the chunk manifest of every array at or below ``prefix`` of the store
+    (:func:`qbscale.storage.manifest.record`): the last step before publishing."""
+    url = os.fspath(url)
+    manifest.record(url, options, manifest.arrays_under(url, options, prefix))
+
+
+def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
+                   required: bool = True) -> None:
+    """Refuse arrays ``names`` of the store at ``url`` whose metadata is unreadable or
+    disagrees with its other copies (:func:`qbscale.storage.manifest.layout_problems`).
+
+    Raises
+    ------
+    DamagedStoreError
+        ``store X: array test: the root zarr.json says shape [100, 100], its own
+        zarr.json [200, 100]: ...``, for the first problem found.
+    """
+    for name, problems in manifest.layout_problems(url, options, names, required).items():
+        raise DamagedStoreError(f"store {url}: array {name} {problems[0]}"
+                                if problems[0].startswith("has ") else
+                                f"store {url}: array {name}: {problems[0]}")
+
+
+def check_store_metadata(url: str, options: dict[str, Any] | None, names: set[str],
+                         prefix: str | None) -> None:
+    """:func:`check_metadata` of a store's inputs among ``names`` (its arrays, as the
+    root zarr.json lists them) and of the arrays of its published run ``prefix``."""
+    from qbscale.storage import layout
+
+    inputs = [n for n in layout.DIMS if n in names]
+    check_metadata(url, options, inputs)
+    if prefix:
+        check_metadata(url, options, manifest.arrays_under(url, options, prefix),
+                       required=False)

@@ -22,6 +22,10 @@ answers nobody knows; absent in older stores, which always have one),
 ``sources`` (per input: file name, sha256, dtype, shape) and ``complete``
 (True only once every array is fully written).  Readers refuse a store whose
 ``complete`` flag is missing: an interrupted ingest never looks finished.
+
+Every array qbscale publishes has, beside its ``zarr.json``, a chunk manifest
+``<array>/qbscale_chunks.json`` (:mod:`qbscale.storage.manifest`): the CRC-32C
+and size of each of its chunks by key, and its shape, chunks and dtype.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import numpy as np
 from qbscale.config import RunConfig
 from qbscale.errors import (
     ConfigError,
+    DamagedStoreError,
     IncompleteStoreError,
     InputError,
     StoreNotFoundError,
@@ -79,7 +80,7 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     """
     import zarr
 
-    from qbscale.storage.integrity import create_array
+    from qbscale.storage.integrity import create_array, record_manifests
     from qbscale.storage.writer import consolidate, staging
 
     attrs = _attrs(config, fingerprint, gallery)
@@ -94,6 +95,7 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
             arr = create_array(group.store, key, shape=value.shape, dtype=value.dtype,
                                chunks=value.shape, dimension_names=dims)
             arr[...] = value
+        record_manifests(os.fspath(stage.target), storage_options)
         consolidate(group.store)
         zarr.open_group(group.store, mode="r+").attrs.update({ATTR: {**attrs,
                                                                      "complete": True}})
@@ -103,9 +105,10 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
 def _group(url: str, storage_options: dict[str, Any] | None) -> Any:
     import zarr
 
-    try:
-        return zarr.open_group(url, mode="r", storage_options=storage_options,
-                               use_consolidated=False)
+    from qbscale.storage.integrity import open_group
+
+    try:  # every chunk read verified: a missing one is an error, not its fill value
+        return open_group(url, storage_options, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as exc:
         raise StoreNotFoundError(f"no normaliser at {url}") from exc
     except (ValueError, TypeError, OSError) as exc:  # unreadable metadata
@@ -131,6 +134,8 @@ def _meta(url: str, group: Any) -> dict[str, Any]:
 def _array(url: str, group: Any, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
     try:
         value = np.asarray(group[name][...])
+    except DamagedStoreError:  # a missing or misplaced chunk: named by the store
+        raise
     except Exception as exc:  # a missing or corrupt array: say which
         raise InputError(f"the normaliser {url} is damaged: its {name!r} array cannot be "
                          f"read ({type(exc).__name__}: {exc})") from exc
@@ -154,6 +159,8 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
         format, or damaged: missing arrays, wrong shapes, non-finite shifts,
         settings that do not validate.
     """
+    from qbscale.storage.integrity import check_metadata
+
     url = os.fspath(url)
     group = _group(url, storage_options)
     attrs = _meta(url, group)
@@ -168,6 +175,8 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     if not isinstance(n_gallery, int) or n_gallery < 1:
         raise InputError(f"the normaliser {url} is damaged: no gallery size in its fingerprint")
     n_values = len(config.values)
+    check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name],
+                   required=False)  # a missing array: named by _array
     shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
     activation = _array(url, group, ACTIVATION, (n_gallery,), "b")
     values = _array(url, group, config.variant_name, (n_values,), "f")
@@ -235,9 +244,10 @@ def store_fingerprint(experiment: Experiment) -> tuple[dict[str, Any], str | Non
 
 def _store_array(experiment: Experiment, name: str) -> Any:
     import dask.array as da
-    import zarr
 
-    group = zarr.open_group(experiment.url, mode="r", storage_options=experiment.storage_options)
+    from qbscale.storage.integrity import open_group
+
+    group = open_group(str(experiment.url), experiment.storage_options)  # chunks verified
     return da.from_zarr(group[name])
 
 
@@ -254,8 +264,10 @@ def open_embeddings(path: str, name: str) -> Any:
     import dask.array as da
     import zarr
 
-    try:
-        return da.from_zarr(zarr.open_array(path, mode="r"))
+    from qbscale.storage.integrity import verified_store
+
+    try:  # every chunk read verified: a missing one is an error, not its fill value
+        return da.from_zarr(zarr.open_array(verified_store(path), mode="r"))
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{name} ({path}) is neither a .npy file nor a Zarr array: "
                          f"{exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -67,9 +68,13 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
     """
     import zarr
 
+    from qbscale.storage.integrity import check_metadata, verified_store
+
     path = published_path(store, name, storage_options)
-    try:
-        return zarr.open_array(store, path=path, mode="r", storage_options=storage_options)
+    check_metadata(os.fspath(store), storage_options, [path], required=False)
+    try:  # every chunk read verified: a missing one is an error, not its fill value
+        return zarr.open_array(verified_store(os.fspath(store), storage_options), path=path,
+                               mode="r")
     except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
         raise InputError(f"{store} has no saved {name!r} (run with --save-scores, "
                          "--save-ranks or --topk)") from exc
@@ -86,7 +91,9 @@ def writable_array(url: str, name: str, options: tuple[tuple[str, Any], ...], to
     """
     import zarr
 
-    return zarr.open_array(url, path=name, mode="r+", storage_options=dict(options) or None)
+    arr = zarr.open_array(url, path=name, mode="r+", storage_options=dict(options) or None)
+    # every chunk stored, fill values included: an absent chunk is never data
+    return arr.with_config({"write_empty_chunks": True})
 
 
 @dataclass(frozen=True)

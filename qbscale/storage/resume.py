@@ -44,6 +44,15 @@ from qbscale.storage.results import (
     writable_array,
     write_results,
 )
+from qbscale.storage.resume_check import (
+    CRC,
+    block_crcs,
+    block_keys,
+    done_blocks,
+    flags,
+    stored_normaliser,
+    templates,
+)
 from qbscale.storage.sources import freeze_options
 from qbscale.types import RowResult
 
@@ -100,6 +109,7 @@ class Manifest:
     fields: tuple[str, ...]
     token: str
     prefix: str  # the run's runs/<token>
+    keys: tuple[str, ...] = ()  # the chunks a row block writes: resume_check.templates
 
     @property
     def group(self) -> str:
@@ -114,6 +124,9 @@ class Manifest:
         for name in self.fields:
             value = getattr(row, name)
             self.array(name)[_rows(name, row.start, stop)] = value
+        if self.keys:  # what the block wrote, bound to its place, before its marker
+            self.array(CRC)[i] = block_crcs(self.url, dict(self.options) or None,
+                                            block_keys(self.keys, i))
         self.array(DONE)[i] = 1
         return row
 
@@ -200,6 +213,7 @@ class RunState:
     bank: Normaliser | None = None
     done: dict[int, RowResult] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)  # finished blocks found damaged
 
     @classmethod
     def open(cls, experiment: Experiment, config: RunConfig, *, save_scores: bool,
@@ -220,14 +234,17 @@ class RunState:
         prefix = picked[0] if picked is not None else new_prefix()
         shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery,
                               experiment.gt is not None)
+        keys = templates(prefix, f"{prefix}/{GROUP}",
+                         {n: (len(s), FIELDS[n][1]) for n, s in shapes.items()},
+                         len(config.values) if save_scores else 0)
         manifest = Manifest(str(experiment.url), freeze_options(experiment.storage_options),
-                            tuple(shapes), uuid.uuid4().hex, prefix)
+                            tuple(shapes), uuid.uuid4().hex, prefix, keys)
         state = cls(manifest, config, rows, experiment, save_scores)
         if picked is None:
             try:
                 state.writer = ScoresWriter.create(experiment, config, prefix) \
                     if save_scores else None
-                _create(experiment, manifest.group, shapes, settings)
+                _create(experiment, manifest.group, shapes, settings, len(keys))
             except BaseException:
                 state.discard()
                 raise
@@ -236,17 +253,19 @@ class RunState:
         return state
 
     def _load(self, experiment: Experiment, group: Any, save_scores: bool) -> None:
-        flags = np.asarray(group[DONE][...])
-        values = {name: np.asarray(group[name][...]) for name in self.manifest.fields}
+        """The finished blocks whose chunks are intact (the others are computed again,
+        :mod:`qbscale.storage.resume_check`), and the stored normaliser if it reads."""
+        url, options = str(experiment.url), experiment.storage_options
+        ok, self.rejected = done_blocks(url, options, group, DONE, self.manifest.keys)
         starts = offsets(self.row_chunks)
-        for i in np.flatnonzero(flags):
+        for i in ok:
             start, stop = starts[i], starts[i] + self.row_chunks[i]
             part: dict[str, Any] = dict.fromkeys(FIELDS)  # fields this run has not
-            part.update({name: v[_rows(name, start, stop)] for name, v in values.items()})
-            self.done[int(i)] = RowResult(start=start, **part)
-        if self.config.normalises and group[BANK_DONE][0]:
-            self.bank = Normaliser(self.config, np.asarray(group["shift"][...]),
-                                   np.asarray(group["activation"][...]))
+            part.update({name: np.asarray(group[name][_rows(name, start, stop)])
+                         for name in self.manifest.fields})
+            self.done[i] = RowResult(start=start, **part)
+        if self.config.normalises and flags(group, BANK_DONE)[0]:
+            self.bank = stored_normaliser(url, options, self.manifest.group, self.config)
         if save_scores:
             self.writer = _existing_writer(experiment, self.config, self.row_chunks,
                                            self.manifest.prefix)
@@ -304,11 +323,12 @@ class RunState:
 
     def summary(self) -> dict[str, Any]:
         return {"row_blocks": self.n_blocks, "reused": len(self.done),
-                "computed": self.n_blocks - len(self.done), "bank_reused": self.bank is not None}
+                "computed": self.n_blocks - len(self.done), "bank_reused": self.bank is not None,
+                "rejected": list(self.rejected)}
 
 
 def _create(experiment: Experiment, path: str, shapes: dict[str, tuple[int, ...]],
-            settings: dict[str, Any]) -> None:
+            settings: dict[str, Any], n_keys: int) -> None:
     """The manifest group ``path``: its arrays, then its settings (written last)."""
     from datetime import datetime, timezone
 
@@ -326,6 +346,7 @@ def _create(experiment: Experiment, path: str, shapes: dict[str, tuple[int, ...]
         put(name, shape, dtype, tuple(rows if a == axis else n for a, n in enumerate(shape)))
     put(DONE, (len(experiment.test.row_chunks),), "uint8", (1,))
     put(BANK_DONE, (1,), "uint8", (1,))
+    put(CRC, (len(experiment.test.row_chunks), n_keys), "uint32", (1, n_keys))
     group.attrs["created"] = datetime.now(timezone.utc).isoformat()
     group.attrs["settings"] = settings  # last: a manifest without it is ignored
 
@@ -367,6 +388,7 @@ def _mismatch(url: str, saved: dict[str, Any], wanted: dict[str, Any]) -> str:
 def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
     """Complete a run: its ranks / top-k under its prefix, its manifest deleted, then
     published (or, when it saved nothing, its prefix deleted)."""
+    from qbscale.storage.integrity import record_manifests
     from qbscale.storage.publish import delete_nodes
 
     experiment, prefix = state.experiment, state.manifest.prefix
@@ -376,6 +398,7 @@ def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
         write_results(experiment, prefix, result, save_ranks=save_ranks)
     delete_nodes(url, options, [state.manifest.group])
     if saving:
+        record_manifests(url, options, prefix)
         publish(experiment, prefix, result.to_dict() | {"saved_scores": state.save_scores})
     else:
         delete_nodes(url, options, [prefix])

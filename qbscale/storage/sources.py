@@ -27,10 +27,9 @@ from qbscale.types import MatrixSource
 
 @lru_cache(maxsize=64)
 def _open_zarr(url: str, name: str, options: tuple[tuple[str, Any], ...]) -> Any:
-    import zarr
+    from qbscale.storage.integrity import open_group
 
-    group = zarr.open_group(url, mode="r", storage_options=dict(options) or None)
-    return group[name]
+    return open_group(url, dict(options) or None)[name]
 
 
 def forget_open_arrays() -> None:
@@ -65,24 +64,21 @@ def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False)
     """The values of chunk file ``key`` of the local store ``url``, its crc32c verified.
 
     With ``checksum`` the file's last 4 bytes must be the little-endian CRC-32C
-    of the rest.
+    of the rest, and the chunk the one its array's chunk manifest records there.
 
     Raises
     ------
     DamagedStoreError
-        The file is absent, or its checksum does not match.
+        The file is absent, its checksum does not match, or it is not the
+        chunk written at ``key``.
     """
-    from qbscale.storage.integrity import crc32c, damaged
+    from qbscale.storage.integrity import damaged, verified_body
 
     try:
         raw = np.fromfile(os.path.join(url, key), dtype=np.uint8)
     except FileNotFoundError:
         raise damaged(url, key) from None
-    if not checksum:
-        return raw.view(dtype) if raw.size % dtype.itemsize == 0 else raw
-    body = raw[:-4]
-    if raw.size < 4 or crc32c(body) != int(raw[-4:].view("<u4")[0]):
-        raise damaged(url, key, "damaged (its crc32c checksum does not match)")
+    body = verified_body(url, key, raw, checksum)  # crc32c, and the chunk's place
     return body.view(dtype) if body.size % dtype.itemsize == 0 else body
 
 

@@ -26,7 +26,8 @@ from qbscale.errors import (
     StoreChangedError,
     StoreNotFoundError,
 )
-from qbscale.storage import layout
+from qbscale.storage import integrity, layout
+from qbscale.storage.results import published_prefix
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
 from qbscale.types import Experiment, MatrixSource
 
@@ -215,6 +216,7 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
     """
     url = layout.local_path(os.fspath(url))  # file:// is local: direct chunk reads apply
     forget_open_arrays()  # a store may have been rewritten since last opened
+    integrity.forget()
     try:
         return _open(url, storage_options, rows_per_block)
     except QBScaleError:
@@ -242,10 +244,11 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         raise IncompleteStoreError(
             f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
         )
+    names = set(group.array_keys())
+    integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs))
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
     if bank.shape[1] != test.shape[1]:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
-    names = set(group.array_keys())
     gt_index = _vector(url, group, layout.GT_INDEX, storage_options) \
         if layout.GT_INDEX in names else None
     gt = None if attrs.get("ground_truth") is False else \

@@ -30,6 +30,7 @@ import numpy as np
 
 from qbscale.errors import ConfigError, InputError, OutputError, QBScaleError, StoreExistsError
 from qbscale.storage import layout
+from qbscale.storage.integrity import record_manifests
 from qbscale.storage.paths import check_not_input, check_replaceable, describe_kind
 from qbscale.storage.readers import InputMatrix
 
@@ -540,6 +541,7 @@ def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
                 write_vector(group, name, values, codec, attrs["chunking"]["chunk_bytes"])
         for role, digest in hashes.results().items():
             sources[role]["sha256"] = digest
+    record_manifests(os.fspath(stage.target), getattr(stage, "options", None))
     finish(group, {**attrs, "sources": sources, "complete": True})
 
 
