@@ -1,0 +1,3 @@
+"""Placeholder"""
+def setup(app):
+    return {"parallel_read_safe": True}
