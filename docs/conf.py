@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "qbscale"
 author = "the qbscale authors"
-copyright = "the qbscale authors, MIT licence"  # noqa: A001
+copyright = "the qbscale authors, MIT licence"
 release = version = qbscale.__version__
 
 extensions = [
@@ -65,7 +65,7 @@ html_theme_options = {
 html_static_path: list[str] = []
 
 
-def _literal_help(app, ctx, lines):  # noqa: ARG001 (sphinx-click's event signature)
+def _literal_help(app, ctx, lines):
     """Click help is plain text: keep ``*`` and ``|`` in it from meaning reST markup."""
     import re
 
