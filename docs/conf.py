@@ -75,7 +75,22 @@ def _literal_help(app, ctx, lines):
             lines[i] = line.replace("|", r"\|")
 
 
+def _command_names() -> None:
+    """Name each command as the ``qbscale`` group does (``eval`` lives in a function
+    named ``evaluate``): sphinx-click titles a command with its click name."""
+    import click
+
+    from qbscale.cli import COMMANDS, cli
+
+    ctx = click.Context(cli, info_name="qbscale")
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None, name
+        command.name = name
+
+
 def setup(app):
+    _command_names()
     for event in ("sphinx-click-process-description", "sphinx-click-process-options",
                   "sphinx-click-process-arguments", "sphinx-click-process-usage"):
         app.connect(event, _literal_help)

@@ -116,6 +116,25 @@ def test_skipped_blocks_are_few_and_named():
     assert len(skipped) <= MAX_SKIPPED, f"too many skipped blocks:\n{listing}"
 
 
+def test_api_reference_lists_every_public_name():
+    import qbscale
+
+    listed = set(re.findall(r"^   (\S+)$", (ROOT / "docs" / "api.rst").read_text(), re.M))
+    missing = [n for n in qbscale.__all__ if n != "__version__" and n not in listed]
+    assert not missing, f"docs/api.rst lacks {missing}"
+    assert ".. click:: qbscale.cli:cli" in (ROOT / "docs" / "cli.rst").read_text()
+
+
+def test_readme_is_short_and_tests_as_ci_does():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert len(readme.splitlines()) < 200
+    install = re.search(r'pip install --quiet (-e "\.\[[a-z,]+\]")', ci)
+    pytest_line = re.search(r"^(python -m pytest .*)$", ci, re.M)
+    assert install and pytest_line, "the install or test line of .ci/run moved"
+    assert f"pip install {install[1]} && {pytest_line[1]}" in readme
+
+
 def _run_shell(block: Block, code: str, cwd: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONUNBUFFERED": "1"}
