@@ -1,0 +1,97 @@
+"""Draw the documentation's figures from the shipped pycode data at build time.
+
+Before an HTML build reads its sources, this runs the commands a user would,
+on the embeddings in ``examples/data/pycode`` (4000 Python functions, 7951
+querybank queries), into ``docs/_build/figures``:
+
+* ``qbscale ingest --bank-emb ... --test-emb ... --gallery-emb ...``
+* ``qbscale sweep ... --json sweep.json --plot sweep.png`` (R@1 against
+  querybank size)
+* ``qbscale report ... --sweep sweep.json`` (the HTML report; its PNGs are the
+  hubness, parameter-sweep and diagnostics figures the pages show)
+
+The pages include the PNGs as ``/_build/figures/...``; the report is copied to
+``report/`` in the HTML output.  The figures are drawn again only when the
+qbscale sources, the data or this file changed (a stamp of their contents);
+it takes about 40 s on 2 cores.  ``QBSCALE_DOCS_FIGURES=0`` skips them (the
+pages then warn about missing images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sphinx.util import logging
+
+LOG = logging.getLogger(__name__)
+DOCS = Path(__file__).resolve().parents[1]
+ROOT = DOCS.parent
+DATA = ROOT / "examples" / "data" / "pycode"
+OUT = DOCS / "_build" / "figures"
+SOURCES = [ROOT / "qbscale", ROOT / "cli", DATA, Path(__file__)]
+
+
+def _stamp() -> str:
+    digest = hashlib.sha256()
+    for root in SOURCES:
+        files = [root] if root.is_file() else sorted(root.rglob("*"))
+        for path in files:
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(ROOT)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _qbscale(*args: str | Path) -> None:
+    command = [sys.executable, "-m", "qbscale.cli", "-q", *map(str, args)]
+    LOG.info("figures: qbscale %s", " ".join(map(str, args)))
+    proc = subprocess.run(command, cwd=OUT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def draw() -> None:
+    """Run the commands above into :data:`OUT` (the store and report replaced)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    _qbscale("ingest", "--bank-emb", DATA / "querybank.npy", "--test-emb",
+             DATA / "queries_test.npy", "--gallery-emb", DATA / "gallery_test.npy",
+             "-o", "pycode.zarr", "--overwrite")
+    _qbscale("sweep", "pycode.zarr", "--bank-sizes", "250,1000,4000,all", "--repeats", "3",
+             "--json", "sweep.json", "--plot", "sweep.png")
+    shutil.rmtree(OUT / "report", ignore_errors=True)
+    _qbscale("report", "pycode.zarr", "-o", "report", "--items",
+             DATA / "items_test.jsonl.gz", "--sweep", "sweep.json",
+             "--title", "qbscale report: pycode")
+    for name in ("occurrence.png", "sweeps.png", "diagnostics.png"):
+        shutil.copy(OUT / "report" / name, OUT / name)
+
+
+def _on_init(app) -> None:
+    if app.builder.format != "html" or os.environ.get("QBSCALE_DOCS_FIGURES") == "0":
+        return
+    stamp, stamp_file = _stamp(), OUT / "stamp"
+    if stamp_file.exists() and stamp_file.read_text() == stamp:
+        LOG.info("figures: up to date in %s", OUT)
+        return
+    start = time.perf_counter()
+    draw()
+    stamp_file.write_text(stamp)
+    LOG.info("figures: drawn in %.1f s", time.perf_counter() - start)
+
+
+def _on_finished(app, exception) -> None:
+    report = OUT / "report"
+    if exception is None and app.builder.format == "html" and report.is_dir():
+        shutil.copytree(report, Path(app.outdir) / "report", dirs_exist_ok=True)
+
+
+def setup(app):
+    app.connect("builder-inited", _on_init)
+    app.connect("build-finished", _on_finished)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
