@@ -14,6 +14,7 @@ from .method_options import method_kwargs, method_options
 from .options import (
     bank_sample,
     bank_sample_option,
+    check_output_file,
     compute_options,
     k_option,
     library_errors,
@@ -59,6 +60,7 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
     from qbscale.normaliser import Normaliser
 
     _refuse_existing(output, overwrite)
+    check_output_file(json_path)
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
                           method=method, dynamic=dynamic, gallery_bank=gallery_bank,

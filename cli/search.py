@@ -9,7 +9,13 @@ from typing import Any
 import click
 import numpy as np
 
-from .options import library_errors, quiet_option, scheduler_option, workers_option
+from .options import (
+    check_output_file,
+    library_errors,
+    quiet_option,
+    scheduler_option,
+    workers_option,
+)
 
 
 def load_normaliser(path: str) -> Any:
@@ -148,6 +154,7 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
 
     if os.path.exists(out) and not overwrite:
         raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
+    check_output_file(out)
     norm = load_normaliser(normaliser)
     gallery = gallery_emb or getattr(norm, "gallery", None)
     if gallery is None:

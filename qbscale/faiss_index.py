@@ -136,12 +136,27 @@ class FaissSearch:
         return cls(index, norm, dim)
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        """Write the index (``faiss.write_index``), via a temporary name."""
+        """Write the index (``faiss.write_index``) beside ``path``, then rename it
+        into place (:func:`qbscale.storage.atomic.publish_file`).
+
+        Raises
+        ------
+        OutputError
+            The index could not be written (full disk, ...); ``path`` is as it was.
+        """
+        from qbscale.errors import OutputError
+        from qbscale.storage.atomic import partial_path, publish_file
+
         faiss = _faiss()
         path = os.fspath(path)
-        tmp = f"{path}.partial-{os.getpid()}"
-        faiss.write_index(self.index, tmp)
-        os.replace(tmp, path)
+        tmp = partial_path(path)
+        try:
+            faiss.write_index(self.index, os.fspath(tmp))
+        except (RuntimeError, OSError) as exc:  # faiss reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise OutputError(f"could not write {path}: {reason}") from exc
+        publish_file(tmp, path)
         return path
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:

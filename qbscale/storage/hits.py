@@ -30,15 +30,17 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from qbscale.errors import ConfigError, InputError
+from qbscale.errors import ConfigError, InputError, OutputError
+from qbscale.storage.atomic import check_writable, partial_path, publish_file
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment, RunResult
@@ -63,6 +65,7 @@ def check_hits_path(path: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"hits file {out} is a directory")
     if out.suffix == ".parquet":
         _pyarrow()
+    check_writable(out)
     return out
 
 
@@ -121,9 +124,10 @@ class HitsWriter:
             None if variant is None else [str(v) for v in variant]
         if self.path.suffix == ".trec" and self.variants is not None and len(self.variants) > 1:
             raise ConfigError(_trec_one(self.path, len(self.variants)))
-        self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.partial = partial_path(self.path)
         self.n_queries = 0
-        self._sink = _SINKS[self.path.suffix](self.partial)
+        with self._failing():
+            self._sink = _SINKS[self.path.suffix](self.partial)
 
     def append(self, scores: Any, indices: Any, query_ids: Any = None) -> None:
         """Add the hits of the next block of queries.
@@ -143,14 +147,28 @@ class HitsWriter:
             items: np.ndarray = self.item_ids[flat]
         else:
             items = flat
-        self._sink.write({
-            "query": np.repeat(qids, n_values * k),
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), rows * n_values),
-            "item": items,
-            "score": s.transpose(1, 0, 2).ravel(),
-            "variant": np.tile(np.repeat(np.asarray(variants, dtype=str), k), rows),
-        })
+        with self._failing():
+            self._sink.write({
+                "query": np.repeat(qids, n_values * k),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), rows * n_values),
+                "item": items,
+                "score": s.transpose(1, 0, 2).ravel(),
+                "variant": np.tile(np.repeat(np.asarray(variants, dtype=str), k), rows),
+            })
         self.n_queries += rows
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """An OSError of the sink (full disk, EIO) as an OutputError naming the file;
+        the half-written file is removed."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            self.abort()
+            raise OutputError(f"could not write {self.path}: "
+                              f"{exc.strerror or exc}") from exc
 
     def _variants(self, n_values: int) -> list[str]:
         if self.variants is None:
@@ -163,19 +181,24 @@ class HitsWriter:
         return self.variants
 
     def close(self) -> Path:
-        """Finish the file and move it into place; returns its path."""
+        """Finish the file and move it into place (:func:`~qbscale.storage.atomic.publish_file`:
+        the umask's mode, fsynced, renamed); returns its path."""
         try:
-            self._sink.close()
+            with self._failing():
+                self._sink.close()
         except BaseException:  # a file that failed to finish never looks finished
             self.partial.unlink(missing_ok=True)
             raise
-        os.replace(self.partial, self.path)
+        publish_file(self.partial, self.path)
         return self.path
 
     def abort(self) -> None:
         """Drop the half-written file."""
+        sink = getattr(self, "_sink", None)
         try:
-            getattr(self._sink, "discard", self._sink.close)()
+            with contextlib.suppress(OSError):
+                if sink is not None:
+                    getattr(sink, "discard", sink.close)()
         finally:
             self.partial.unlink(missing_ok=True)
 
