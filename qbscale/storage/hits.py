@@ -431,11 +431,13 @@ def store_ids(experiment: Experiment) -> tuple[np.ndarray | None, np.ndarray | N
         return None, None
     import zarr
 
-    group = zarr.open_group(experiment.url, mode="r", storage_options=experiment.storage_options)
-    names = set(group.array_keys())
     out = []
     for name, n in (("query", experiment.n_queries), ("gallery", experiment.n_gallery)):
-        arr: Any = group[name] if name in names else None
+        try:  # directly: the consolidated metadata is refreshed only when a run publishes
+            arr: Any = zarr.open_array(experiment.url, path=name, mode="r",
+                                       storage_options=experiment.storage_options)
+        except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
+            arr = None
         out.append(None if arr is None or arr.shape != (n,) else np.asarray(arr[...]))
     return out[0], out[1]
 
