@@ -67,7 +67,7 @@ def format_diagnosis(d: Diagnosis) -> str:
 @depth_option
 @bank_sample_option
 @seed_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write the figures and the reading as JSON.")
 @compute_options
 @quiet_option

@@ -42,7 +42,7 @@ PARAMETERS = {"bank_sample": "bank_sample_text"}
 @bank_sample_option
 @seed_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write a summary of the normaliser as JSON.")
 @compute_options
 @quiet_option

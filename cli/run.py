@@ -54,7 +54,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
 @click.option("--topk", type=click.IntRange(min=0), default=0,
               help="Save the K best gallery items per query.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
+@click.option("--json", "json_path", type=click.Path(), help="Write metrics as JSON.")
 @hits_option
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")

@@ -138,7 +138,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
 @click.argument("normaliser")
 @click.option("--gallery-emb", type=click.Path(exists=True),
               help="Gallery embeddings (.npy, .zarr); default: the normaliser's own.")
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "out", required=True, type=click.Path(),
               help="The faiss index file to write.")
 @click.option("--factory", default="Flat", show_default=True,
               help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")
@@ -152,9 +152,9 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     from qbscale.errors import ConfigError, StoreExistsError
     from qbscale.faiss_index import FaissSearch
 
+    check_output_file(out)
     if os.path.exists(out) and not overwrite:
         raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
-    check_output_file(out)
     norm = load_normaliser(normaliser)
     gallery = gallery_emb or getattr(norm, "gallery", None)
     if gallery is None:

@@ -28,9 +28,9 @@ from .options import check_output_file, compute_options, k_option, library_error
 @k_option
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write every cell and the summary as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_path", type=click.Path(),
               help="Draw R@1 against querybank size into this PNG (needs matplotlib).")
 @compute_options
 @quiet_option

@@ -44,7 +44,7 @@ from .options import check_output_file, library_errors, quiet_option, write_json
               help="Scale of an item's heavy-tailed lean towards a popular direction (hubs).")
 @click.option("--query-lean", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="How much every query leans towards the popular directions.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write what was stored (arrays, shapes, chunks) as JSON.")
 @quiet_option
 @library_errors

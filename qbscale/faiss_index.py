@@ -137,7 +137,10 @@ class FaissSearch:
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the index (``faiss.write_index``) beside ``path``, then rename it
-        into place (:func:`qbscale.storage.atomic.publish_file`).
+        into place (:func:`qbscale.storage.atomic.replacing`).
+
+        The bytes go through Python's file object (faiss's own writer only warns
+        when its close fails, so a full disk would leave a truncated index).
 
         Raises
         ------
@@ -145,18 +148,16 @@ class FaissSearch:
             The index could not be written (full disk, ...); ``path`` is as it was.
         """
         from qbscale.errors import OutputError
-        from qbscale.storage.atomic import partial_path, publish_file
+        from qbscale.storage.atomic import replacing
 
         faiss = _faiss()
         path = os.fspath(path)
-        tmp = partial_path(path)
         try:
-            faiss.write_index(self.index, os.fspath(tmp))
-        except (RuntimeError, OSError) as exc:  # faiss reports a failed write as RuntimeError
-            tmp.unlink(missing_ok=True)
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-            raise OutputError(f"could not write {path}: {reason}") from exc
-        publish_file(tmp, path)
+            with replacing(path) as fh:
+                faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))
+        except RuntimeError as exc:  # faiss's own report of a failed write
+            raise OutputError(f"could not write {path}: "
+                              f"{str(exc).strip().splitlines()[-1]}") from exc
         return path
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:

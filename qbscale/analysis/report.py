@@ -72,22 +72,26 @@ def load_items(path: str | os.PathLike[str]) -> list[str]:
     labels: list[str] = []
     n = 0  # lines read
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
+        with opener(path, "rb") as fh:  # decoded line by line: errors name their line
             for n, line in enumerate(fh, 1):
                 if line.strip():
                     labels.append(_label(line, f"{os.fspath(path)}, line {n}"))
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise InputError(f"{os.fspath(path)}, line {n + 1}: cannot read it ({reason})") from exc
     return labels
 
 
-def _label(line: str, where: str) -> str:
+def _label(line: bytes, where: str) -> str:
     """The label of one JSON line (see :func:`load_items`); ``where`` names it in errors."""
     from qbscale.errors import InputError
 
     try:
-        item = json.loads(line)
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: not UTF-8 ({exc})") from exc
+    try:
+        item = json.loads(text)
     except ValueError as exc:
         raise InputError(f"{where}: not JSON ({exc})") from exc
     if not isinstance(item, dict):
@@ -96,8 +100,8 @@ def _label(line: str, where: str) -> str:
     if not any(f in item for f in fields):
         raise InputError(f"{where}: no {', '.join(fields[:-1])} or {fields[-1]} field "
                          f"(it has {', '.join(sorted(map(str, item))) or 'none'})")
-    text = next((str(item[f]) for f in fields if item.get(f)), "")
-    first = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    label = next((str(item[f]) for f in fields if item.get(f)), "")
+    first = next((part.strip() for part in label.splitlines() if part.strip()), "")
     return first[:120]
 
 

@@ -249,23 +249,33 @@ class _ParquetSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.writer: Any = None
+        self.file: Any = None  # ours to close, also when the writer's close fails
 
     def write(self, cols: dict[str, np.ndarray]) -> None:
         pa = _pyarrow()
         table = pa.table({name: cols[name] for name in COLUMNS})
         if self.writer is None:
-            self.writer = pa.parquet.ParquetWriter(str(self.path), table.schema)
+            self.file = pa.OSFile(str(self.path), "wb")
+            self.writer = pa.parquet.ParquetWriter(self.file, table.schema)
         self.writer.write_table(table.cast(self.writer.schema))
 
     def close(self) -> None:
-        if self.writer is None:  # no block: an empty file with the columns
+        if self.file is None:  # no block: an empty file with the columns
             pa = _pyarrow()
             empty = pa.table({c: pa.array([], t) for c, t in zip(
                 COLUMNS, (pa.int64(), pa.int64(), pa.int64(), pa.float64(), pa.string()),
                 strict=True)})
             pa.parquet.write_table(empty, str(self.path))
             return
-        self.writer.close()
+        try:
+            if self.writer is not None:  # (None when writing its header failed)
+                self.writer.close()
+        finally:
+            self.file.close()
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 class _NpzSink:
