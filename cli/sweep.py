@@ -72,9 +72,8 @@ def sweep(store: str, bank_sizes: str, repeats: int, seed: int, beta: str | None
                f"(seeds {seeds}); mean(std) over repeats")
     click.echo(format_sweep(data))
     click.echo(f"time: {result.seconds:.2f} s")
-    plot = bank_size_figure(data) if plot_path else None
     with atomic.held():  # both files, or neither
         if json_path:
             atomic.write_text(json_path, json.dumps(data, indent=2))
-        if plot_path and plot is not None:
-            atomic.write_bytes(plot_path, plot)
+        if plot_path:
+            atomic.write_bytes(plot_path, bank_size_figure(data))
