@@ -11,6 +11,7 @@ from .options import (
     activation_k_option,
     bank_sample,
     bank_sample_option,
+    check_output_file,
     compute_options,
     depth_option,
     library_errors,
@@ -66,7 +67,7 @@ def format_diagnosis(d: Diagnosis) -> str:
 @depth_option
 @bank_sample_option
 @seed_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write the figures and the reading as JSON.")
 @compute_options
 @quiet_option
@@ -85,6 +86,7 @@ def diagnose(store: str, beta: float, activation_k: int, depth: int,
     """
     from qbscale.analysis.diagnose import diagnose as run_diagnosis
 
+    check_output_file(json_path)
     result = run_diagnosis(store, beta, activation_k, depth,
                            bank_sample=bank_sample(bank_sample_text), seed=seed,
                            scheduler=scheduler, num_workers=workers, progress=not quiet)

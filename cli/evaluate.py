@@ -18,7 +18,7 @@ from .run import format_table
 @click.argument("store")
 @click.option("--array", default="test", show_default=True,
               help="Stored matrix to evaluate: test, scores, scores[1], ...")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
+@click.option("--json", "json_path", type=click.Path(), help="Write metrics as JSON.")
 @compute_options
 @quiet_option
 @library_errors

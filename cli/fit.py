@@ -14,6 +14,7 @@ from .method_options import method_kwargs, method_options
 from .options import (
     bank_sample,
     bank_sample_option,
+    check_output_file,
     compute_options,
     k_option,
     library_errors,
@@ -41,7 +42,7 @@ PARAMETERS = {"bank_sample": "bank_sample_text"}
 @bank_sample_option
 @seed_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write a summary of the normaliser as JSON.")
 @compute_options
 @quiet_option
@@ -59,6 +60,7 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
     from qbscale.normaliser import Normaliser
 
     _refuse_existing(output, overwrite, (store, gallery_bank))
+    check_output_file(json_path)
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
                           method=method, dynamic=dynamic, gallery_bank=gallery_bank,

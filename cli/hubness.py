@@ -50,7 +50,7 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
               help="Rescore only rows whose top-1 is in the activation set.")
 @click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write the table (metrics and hubness per method) as JSON.")
 @bank_sample_option
 @seed_option

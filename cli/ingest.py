@@ -118,7 +118,7 @@ def summary(out: str, seconds: float) -> str:
               help="Chunk compression.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (once the new "
               "one is complete).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write what was stored (arrays, shapes, chunks) as JSON.")
 @quiet_option
 @library_errors

@@ -71,11 +71,13 @@ def topk_notice(topk: int, n_gallery: int) -> None:
 
 
 def write_json(path: str | Path, kind: str, payload: dict[str, Any]) -> None:
-    """Write a command's ``--json`` output: ``kind`` and ``qbscale_version`` first."""
+    """Write a command's ``--json`` output: ``kind`` and ``qbscale_version`` first
+    (beside and renamed, :func:`qbscale.storage.atomic.write_text`)."""
     from qbscale import __version__
+    from qbscale.storage.atomic import write_text
 
-    Path(path).write_text(json.dumps({"kind": kind, "qbscale_version": __version__,
-                                      **payload}, indent=2))
+    write_text(path, json.dumps({"kind": kind, "qbscale_version": __version__, **payload},
+                                indent=2))
 
 bank_sample_option = click.option(
     "--bank-sample", "bank_sample_text", metavar="N|FRACTION", default=None,
@@ -140,22 +142,25 @@ def os_error_message(exc: OSError) -> str:
 
 
 def check_output_file(path: str | None) -> None:
-    """Fail before any work when ``path`` (a file to write, e.g. ``--json``) cannot be written."""
+    """Fail before any work when ``path`` (a file to write, e.g. ``--json``) cannot be
+    written: no directory, a directory that refuses a new file, or a target that is
+    not a regular file (:func:`qbscale.storage.atomic.check_writable`)."""
     if not path:
         return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise click.ClickException(f"cannot write {path}: no directory {parent}")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise click.ClickException(f"cannot write {path}: directory {parent} is not writable")
+    from qbscale.storage.atomic import check_writable
+
+    check_writable(path)
 
 
-def check_output_dir(path: str) -> None:
-    """Fail before any work when the directory ``path`` cannot be created or written."""
+def check_output_dir(path: str, probe: str = "index.html") -> None:
+    """Fail before any work when the folder ``path`` cannot be created, or (when it
+    exists) its file ``probe`` cannot be written."""
+    from qbscale.errors import OutputError
+    from qbscale.storage.atomic import check_writable
+
     if os.path.isdir(path):
-        if not os.access(path, os.W_OK):
-            raise click.ClickException(f"cannot write into {path}: not writable")
+        check_writable(os.path.join(path, probe))
         return
-    if os.path.exists(path):
-        raise click.ClickException(f"cannot write into {path}: it is a file")
-    check_output_file(path)
+    if os.path.lexists(path):
+        raise OutputError(f"cannot write into {path}: it exists and is not a directory")
+    check_writable(path)

@@ -52,12 +52,9 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
     check_output_dir(output)
     from qbscale.analysis.banksize import load_sweep
     from qbscale.analysis.compare import compare
-    from qbscale.analysis.report import write_report
+    from qbscale.analysis.report import load_items, write_report
 
-    if items:
-        from qbscale.storage.paths import check_regular
-
-        check_regular(items)  # before the work, not after it
+    labels = load_items(items) if items else None
     bank_sizes = load_sweep(sweep_path) if sweep_path else None
     result = compare(store, list(names) or None, k=depth, sweep=True, activation_k=activation_k,
                      gallery_bank=gallery_bank, scheduler=scheduler, num_workers=workers,
@@ -68,7 +65,7 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
 
         diagnosis = diagnose(store, k=activation_k, depth=depth, scheduler=scheduler,
                              num_workers=workers, progress=not quiet)
-    page = write_report(result, output, items, title, diagnosis, bank_sizes)
+    page = write_report(result, output, labels, title, diagnosis, bank_sizes)
     methods = ", ".join(r.label for r in result.runs)
     click.echo(f"Wrote {page} ({methods}; N_k at depth {depth})")
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
 from qbscale.config import METHODS
+from qbscale.storage.atomic import held
 
 from .method_options import method_kwargs, method_options
 from .options import (
@@ -54,7 +55,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
 @click.option("--topk", type=click.IntRange(min=0), default=0,
               help="Save the K best gallery items per query.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write metrics as JSON.")
+@click.option("--json", "json_path", type=click.Path(), help="Write metrics as JSON.")
 @hits_option
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
@@ -108,23 +109,29 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
     check_hits(hits_path, topk, given, len(stores))
     given.update(bank_sample=bank_sample(bank_sample_text), seed=seed)
     results = []
-    for store in stores or (None,):
-        settings, norm = given, None
-        if normaliser_path:
-            from .fit import given_settings, run_settings
+    one = len(stores) <= 1 and fmt != "markdown"
+    # the hits and --json files are written before the store's results are replaced,
+    # and renamed into place after: a failure of either keeps every earlier output
+    with held():
+        for store in stores or (None,):
+            settings, norm = given, None
+            if normaliser_path:
+                from .fit import given_settings, run_settings
 
-            norm, settings = run_settings(normaliser_path, store,
-                                          given_settings(click.get_current_context(), given))
-        with _target(store, bank_pkl, test_pkl, mask_pkl, save_scores or save_ranks or topk > 0,
-                     scheduler) as target:
-            results.append(run_api(
-                target, scheduler=scheduler, num_workers=workers, topk=topk,
-                save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
-                resume=resume, gallery_bank=gallery_bank, normaliser=norm, **settings))
-            save_hits(hits_path, results[-1], target)
-            topk_notice(topk, results[-1].n_gallery)
-    if len(results) > 1 or fmt == "markdown":
-        _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
+                norm, settings = run_settings(normaliser_path, store,
+                                              given_settings(click.get_current_context(), given))
+            with _target(store, bank_pkl, test_pkl, mask_pkl,
+                         save_scores or save_ranks or topk > 0, scheduler) as target:
+                results.append(run_api(
+                    target, scheduler=scheduler, num_workers=workers, topk=topk,
+                    save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
+                    resume=resume, gallery_bank=gallery_bank, normaliser=norm,
+                    before_publish=_outputs(hits_path, json_path if one else None, target),
+                    **settings))
+                topk_notice(topk, results[-1].n_gallery)
+        if not one:
+            _several(list(stores) or [str(test_pkl)], results, fmt, label, json_path)
+    if not one:
         return
     result = results[0]
     if not result.has_ground_truth:
@@ -148,13 +155,25 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
             click.echo(f"notice: {len(done['rejected'])} finished row block(s) had missing, "
                        f"damaged or moved chunks and were computed again: "
                        f"{', '.join(map(str, done['rejected']))}")
-    if json_path:
-        write_json(json_path, "run", result.to_dict())
+
+
+def _outputs(hits_path: str | None, json_path: str | None,
+             target: Any) -> Callable[[Any], None]:
+    """What writes a run's hits file and ``--json`` (each beside its target, renamed
+    into place when the command's :func:`~qbscale.storage.atomic.held` block ends)."""
+
+    def write(result: Any) -> None:
+        save_hits(hits_path, result, target)
+        if json_path:
+            write_json(json_path, "run", result.to_dict())
+
+    return write
 
 
 def _several(names: list[str], results: list[Any], fmt: str, label: str,
              json_path: str | None) -> None:
-    """Each store's figures, then the mean(std) rows (:mod:`qbscale.analysis.tables`)."""
+    """Each store's figures, then the mean(std) rows (:mod:`qbscale.analysis.tables`)
+    and the ``--json`` of them all."""
     from qbscale.analysis import tables
 
     from .run_outputs import check_all_have_truth

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from qbscale.types import RunResult
 
 hits_option = click.option(
-    "--hits", "hits_path", type=click.Path(dir_okay=False), metavar="FILE",
+    "--hits", "hits_path", type=click.Path(), metavar="FILE",
     help="Write the top-k hits after normalisation (needs --topk): .parquet, .tsv, .trec "
          "(TREC run, one value) or .npz.")
 

@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from .options import (
+    check_output_file,
     library_errors,
     quiet_option,
     scheduler_option,
@@ -162,7 +163,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
 @click.argument("normaliser")
 @click.option("--gallery-emb", type=click.Path(exists=True),
               help="Gallery embeddings (.npy, .zarr); default: the normaliser's own.")
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "out", required=True, type=click.Path(),
               help="The faiss index file to write.")
 @click.option("--factory", default="Flat", show_default=True,
               help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")
@@ -178,6 +179,7 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     from qbscale.faiss_index import FaissSearch
     from qbscale.storage.paths import check_not_input
 
+    check_output_file(out)
     check_not_input(out, (normaliser, gallery_emb))
     if os.path.lexists(out):
         if not overwrite:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from qbscale.config import METHODS
+from qbscale.storage import atomic
 
 from .method_options import method_kwargs, method_options
-from .options import compute_options, k_option, library_errors, quiet_option
+from .options import check_output_file, compute_options, k_option, library_errors, quiet_option
 
 
 @click.command()
@@ -28,9 +28,9 @@ from .options import compute_options, k_option, library_errors, quiet_option
 @k_option
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write every cell and the summary as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+@click.option("--plot", "plot_path", type=click.Path(),
               help="Draw R@1 against querybank size into this PNG (needs matplotlib).")
 @compute_options
 @quiet_option
@@ -57,6 +57,8 @@ def sweep(store: str, bank_sizes: str, repeats: int, seed: int, beta: str | None
 
     if plot_path:
         require_matplotlib()
+    check_output_file(json_path)
+    check_output_file(plot_path)
     sizes = [parse_sample(part, "--bank-sizes") for part in bank_sizes.split(",")
              if part.strip()]
     result = bank_size_sweep(store, sizes, repeats, seed,
@@ -70,7 +72,8 @@ def sweep(store: str, bank_sizes: str, repeats: int, seed: int, beta: str | None
                f"(seeds {seeds}); mean(std) over repeats")
     click.echo(format_sweep(data))
     click.echo(f"time: {result.seconds:.2f} s")
-    if json_path:
-        Path(json_path).write_text(json.dumps(data, indent=2))
-    if plot_path:
-        Path(plot_path).write_bytes(bank_size_figure(data))
+    with atomic.held():  # both files, or neither
+        if json_path:
+            atomic.write_text(json_path, json.dumps(data, indent=2))
+        if plot_path:
+            atomic.write_bytes(plot_path, bank_size_figure(data))

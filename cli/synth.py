@@ -9,7 +9,7 @@ import click
 
 from qbscale.storage import layout
 
-from .options import library_errors, quiet_option, write_json
+from .options import check_output_file, library_errors, quiet_option, write_json
 
 
 @click.command()
@@ -44,7 +44,7 @@ from .options import library_errors, quiet_option, write_json
               help="Scale of an item's heavy-tailed lean towards a popular direction (hubs).")
 @click.option("--query-lean", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="How much every query leans towards the popular directions.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+@click.option("--json", "json_path", type=click.Path(),
               help="Write what was stored (arrays, shapes, chunks) as JSON.")
 @quiet_option
 @library_errors
@@ -62,6 +62,7 @@ def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: in
     from qbscale.synth import SynthSpec
     from qbscale.synth import synth as write
 
+    check_output_file(json_path)
     spec = SynthSpec(n_bank, n_test, n_gallery, dim, queries_per_item, seed,
                      query_noise=query_noise, hub_share=hub_share, query_lean=query_lean)
     chunk_bytes = None if chunk_mb is None else max(1, int(chunk_mb * 2**20))

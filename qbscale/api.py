@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,13 +65,17 @@ class RunPlan:
     lock: Any = None  # a storage.lock.StoreLock while the run writes into its store
 
     def execute(self, scheduler: Any = "threads", num_workers: int | None = None,
-                progress: bool = False) -> RunResult:
+                progress: bool = False,
+                before_publish: Callable[[RunResult], None] | None = None) -> RunResult:
         """Compute the plan with ``scheduler`` (see :func:`run`), then save its results.
 
-        The store's writer lock, taken by :func:`plan`, is released at the end,
-        also on errors."""
+        ``before_publish(result)`` runs once the results are saved under the
+        run's unpublished prefix, before they replace the store's earlier ones
+        (without a store: once they are computed); when it raises, nothing is
+        published.  The store's writer lock, taken by :func:`plan`, is released
+        at the end, also on errors."""
         try:
-            return self._execute(scheduler, num_workers, progress)
+            return self._execute(scheduler, num_workers, progress, before_publish)
         except NotFiniteError as exc:  # an overflow, or stored data that are not finite?
             from qbscale.storage.finite import nonfinite_error
 
@@ -86,7 +90,8 @@ class RunPlan:
             if self.lock is not None:
                 self.lock.release()
 
-    def _execute(self, scheduler: Any, num_workers: int | None, progress: bool) -> RunResult:
+    def _execute(self, scheduler: Any, num_workers: int | None, progress: bool,
+                 before_publish: Callable[[RunResult], None] | None) -> RunResult:
         t0 = time.perf_counter()
         outputs = self.graph.outputs() if self.state is None else self.state.outputs(self.graph)
         values: list[Any] = []
@@ -107,17 +112,22 @@ class RunPlan:
             norm, rows = self.state.merge(values)
         result = assemble(self.config, self.experiment, norm, rows)
         result.seconds = time.perf_counter() - t0
-        self.save(result)
+        self.save(result, before_publish)
         return result
 
-    def save(self, result: RunResult) -> None:
+    def save(self, result: RunResult,
+             before_publish: Callable[[RunResult], None] | None = None) -> None:
         """Write ranks, top-k and the run summary into the store and publish them
-        atomically (:func:`qbscale.storage.results.publish`)."""
+        atomically (:func:`qbscale.storage.results.publish`), calling
+        ``before_publish(result)`` just before."""
         if self.state is not None:
             from qbscale.storage.resume import finish
 
-            finish(self.state, result, save_ranks=self.save_ranks)
             result.extra["resume"] = self.state.summary()
+            finish(self.state, result, save_ranks=self.save_ranks,
+                   before_publish=before_publish)
+        elif before_publish is not None:
+            before_publish(result)
 
 
 def plan(store: str | os.PathLike[str] | Experiment,
@@ -210,6 +220,7 @@ def run(store: str | os.PathLike[str] | Experiment,
         storage_options: dict[str, Any] | None = None, resume: bool = False,
         dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
         bank_sample: int | float | str | None = None, seed: int = 0,
+        before_publish: Callable[[RunResult], None] | None = None,
         **params: Any) -> RunResult:
     """Querybank-normalise a store and evaluate before and after.
 
@@ -245,6 +256,10 @@ def run(store: str | os.PathLike[str] | Experiment,
         ``numpy.random.default_rng(seed).permutation(n_bank)[:N]``, ``N`` a
         count or a fraction in (0, 1] (``N = max(1, floor(f * n_bank + 0.5))``),
         :mod:`qbscale.engine.subsets`; each bank block is still read once
+    before_publish : called with the result once it is saved under the run's
+        own prefix, before the store's earlier results are replaced (e.g. to
+        write files that must exist before the store's results change); when
+        it raises, the run's arrays are deleted and nothing is published
     **params : the method's parameters, e.g. ``alpha=[0.5, 0.75]`` and
         ``nnn_k=128`` for ``"nnn"``, ``kc=10`` for ``"csls"``,
         ``gallery_beta=20`` for ``"dual-is"``; several values of the swept
@@ -267,7 +282,7 @@ def run(store: str | os.PathLike[str] | Experiment,
                 save_ranks=save_ranks, storage_options=storage_options, resume=resume,
                 dynamic=dynamic, gallery_bank=gallery_bank, normaliser=normaliser,
                 bank_sample=bank_sample, seed=seed, **params).execute(scheduler, num_workers,
-                                                                       progress)
+                                                                       progress, before_publish)
 
 
 def assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,

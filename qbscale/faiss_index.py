@@ -142,21 +142,26 @@ class FaissSearch:
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write the index (``faiss.write_index``) beside ``path``, then rename it
-        into place with the mode a new file gets (:mod:`qbscale.storage.atomic`)."""
-        from qbscale.storage.atomic import partial_path, publish_file
+        into place (:func:`qbscale.storage.atomic.replacing`).
+
+        The bytes go through Python's file object (faiss's own writer only warns
+        when its close fails, so a full disk would leave a truncated index).
+
+        Raises
+        ------
+        OutputError
+            The index could not be written (full disk, ...); ``path`` is as it was.
+        """
+        from qbscale.storage.atomic import replacing
 
         faiss = _faiss()
         path = os.fspath(path)
-        tmp = partial_path(path)
         try:
-            faiss.write_index(self.index, os.fspath(tmp))
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, RuntimeError | OSError):
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-                raise OutputError(f"could not write {path}: {reason}") from exc
-            raise
-        publish_file(tmp, path)
+            with replacing(path) as fh:
+                faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))
+        except RuntimeError as exc:  # faiss's own report of a failed write
+            raise OutputError(f"could not write {path}: "
+                              f"{str(exc).strip().splitlines()[-1]}") from exc
         return path
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:

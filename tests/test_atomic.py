@@ -56,3 +56,59 @@ def test_check_writable_refuses_missing_directories_and_non_files(tmp_path):
         atomic.check_writable(tmp_path / "fifo")
     atomic.check_writable(tmp_path / "ok.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_held_renames_together_at_the_end(tmp_path):
+    (tmp_path / "a").write_bytes(b"old a")
+    with atomic.held():
+        atomic.write_bytes(tmp_path / "a", b"new a")
+        atomic.write_bytes(tmp_path / "b", b"new b")
+        assert (tmp_path / "a").read_bytes() == b"old a"
+        assert not (tmp_path / "b").exists()
+    assert (tmp_path / "a").read_bytes() == b"new a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+def test_held_drops_every_file_when_the_block_fails(tmp_path):
+    (tmp_path / "a").write_bytes(b"old a")
+    with pytest.raises(RuntimeError), atomic.held():
+        atomic.write_bytes(tmp_path / "a", b"new a")
+        atomic.write_bytes(tmp_path / "b", b"new b")
+        raise RuntimeError("the store's publication failed")
+    assert (tmp_path / "a").read_bytes() == b"old a"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_building_a_new_folder_renames_it_into_place(tmp_path):
+    with atomic.building(tmp_path / "rep") as staging:
+        (staging / "index.html").write_text("page")
+        assert not (tmp_path / "rep").exists()
+    assert (tmp_path / "rep" / "index.html").read_text() == "page"
+    assert [p.name for p in tmp_path.iterdir()] == ["rep"]
+
+
+def test_building_into_a_folder_keeps_other_files_and_the_old_ones_on_failure(tmp_path):
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "index.html").write_text("old page")
+    (rep / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=str(rep / "a.png")), atomic.building(rep) as staging:
+        (staging / "index.html").write_text("new page")
+        raise OSError(28, "No space left on device", str(staging / "a.png"))
+    assert {p.name: p.read_text() for p in rep.iterdir()} == {"index.html": "old page",
+                                                              "notes.txt": "mine"}
+    with atomic.building(rep) as staging:
+        (staging / "index.html").write_text("new page")
+    assert {p.name: p.read_text() for p in rep.iterdir()} == {"index.html": "new page",
+                                                              "notes.txt": "mine"}
+
+
+def test_write_now_is_renamed_at_once_inside_held(tmp_path):
+    """A store's own files (root zarr.json, manifests) are published under its lock:
+    never deferred to the end of a command's block."""
+    with atomic.held():
+        atomic.write_now(tmp_path / "zarr.json", b"{}")
+        atomic.write_bytes(tmp_path / "hits.tsv", b"x")
+        assert (tmp_path / "zarr.json").read_bytes() == b"{}"
+        assert not (tmp_path / "hits.tsv").exists()
+    assert (tmp_path / "hits.tsv").read_bytes() == b"x"

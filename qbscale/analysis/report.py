@@ -26,6 +26,7 @@ import html
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ import numpy as np
 
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import Comparison
+from qbscale.storage.atomic import building
 
 if TYPE_CHECKING:
     from qbscale.analysis.diagnose import Diagnosis
@@ -56,22 +58,54 @@ def load_items(path: str | os.PathLike[str]) -> list[str]:
 
     Each line is an object; the label is the first non-blank line of its
     ``code``, else of its ``text``, ``query``, ``caption`` or ``id`` field.
+
+    Raises
+    ------
+    InputError
+        A line is not a JSON object with one of those fields, or the file
+        cannot be read (e.g. a damaged ``.gz``); the message names the file
+        and the line.
     """
+    from qbscale.errors import InputError
     from qbscale.storage.paths import check_regular
 
     check_regular(path)
+
     opener: Any = gzip.open if os.fspath(path).endswith(".gz") else open
-    labels = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            text = next((str(item[f]) for f in ("code", "text", "query", "caption", "id")
-                         if item.get(f)), "")
-            first = next((part.strip() for part in text.splitlines() if part.strip()), "")
-            labels.append(first[:120])
+    labels: list[str] = []
+    n = 0  # lines read
+    try:
+        with opener(path, "rb") as fh:  # decoded line by line: errors name their line
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    labels.append(_label(line, f"{os.fspath(path)}, line {n}"))
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise InputError(f"{os.fspath(path)}, line {n + 1}: cannot read it ({reason})") from exc
     return labels
+
+
+def _label(line: bytes, where: str) -> str:
+    """The label of one JSON line (see :func:`load_items`); ``where`` names it in errors."""
+    from qbscale.errors import InputError
+
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: not UTF-8 ({exc})") from exc
+    try:
+        item = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{where}: not JSON ({exc})") from exc
+    if not isinstance(item, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    fields = ("code", "text", "query", "caption", "id")
+    if not any(f in item for f in fields):
+        raise InputError(f"{where}: no {', '.join(fields[:-1])} or {fields[-1]} field "
+                         f"(it has {', '.join(sorted(map(str, item))) or 'none'})")
+    label = next((str(item[f]) for f in fields if item.get(f)), "")
+    first = next((part.strip() for part in label.splitlines() if part.strip()), "")
+    return first[:120]
 
 
 # ---------------------------------------------------------------- figures
@@ -303,6 +337,10 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
                  bank_sizes: dict[str, Any] | None = None) -> Path:
     """Draw the figures and write ``out_dir/index.html`` (and the PNGs beside it).
 
+    The files are written into a hidden staging folder and moved into place
+    once all are written (:func:`qbscale.storage.atomic.building`): a failure
+    (full disk, bad ``items``) leaves ``out_dir`` as it was.
+
     ``items`` labels the gallery items in the hubs table: a JSON-lines file
     (:func:`load_items`) or a list of strings.  ``diagnosis``
     (:func:`qbscale.analysis.diagnose.diagnose`) adds the diagnostics section
@@ -315,8 +353,6 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
 
         raise ConfigError("the report plots metrics, which need a ground truth, and this "
                           "experiment has none: `qbscale hubness` measures hubness without one")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     labels = load_items(items) if isinstance(items, (str, os.PathLike)) else items
     images = {"occurrence.png": occurrence_figure(result), "sweeps.png": sweep_figure(result)}
     diagnostics = ""
@@ -329,9 +365,11 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
         from qbscale.analysis.banksize import bank_size_figure
 
         images["bank_sizes.png"] = bank_size_figure(bank_sizes)
-    for name, data in images.items():
-        (out / name).write_bytes(data)
-    page = out / "index.html"
-    page.write_text(render(result, images, labels, title, diagnostics, bank_sizes),
-                    encoding="utf-8")
-    return page
+    page = render(result, images, labels, title, diagnostics, bank_sizes)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with building(out) as staging:  # a failure leaves an earlier report as it was
+        for name, data in images.items():
+            (staging / name).write_bytes(data)
+        (staging / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"

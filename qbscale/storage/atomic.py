@@ -20,17 +20,22 @@ caller's block) removes the sibling and leaves ``NAME`` as it was.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import secrets
+import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from qbscale.errors import OutputError
 
 _UMASK_LOCK = threading.Lock()
+#: the renames :func:`held` holds back: (partial, path) pairs, None outside it
+_HELD: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar(
+    "qbscale_held_files", default=None)
 
 
 def umask() -> int:
@@ -66,7 +71,8 @@ def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str]) 
     """fsync ``partial``, give it the mode a new ``path`` gets, rename it over ``path``.
 
     On failure ``partial`` is removed and ``path`` is untouched; the error is an
-    :class:`OutputError` naming ``path``.
+    :class:`OutputError` naming ``path``.  Inside :func:`held` the rename waits
+    for the end of the block.
     """
     try:
         os.chmod(partial, new_file_mode(path))
@@ -75,12 +81,60 @@ def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str]) 
             os.fsync(fd)
         finally:
             os.close(fd)
+        pending = _HELD.get()
+        if pending is not None:
+            pending.append((os.fspath(partial), os.fspath(path)))
+            return
         os.replace(partial, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(partial)
         raise _failed(path, exc) from exc
     _fsync_dir(Path(path).parent)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Rename the files written inside the block into place together, at its end.
+
+    Each file is written and fsynced beside its target as usual (so a full
+    disk fails inside the block), but :func:`publish_file` only records the
+    rename.  When the block ends cleanly the files are renamed, in the order
+    written; when it raises, every held file is removed and every target is
+    left as it was.  A command that writes several outputs, or publishes a
+    store's results, does it all inside one block.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with held():
+    ...     write_text(d / "a.txt", "new")
+    ...     print(sorted(p.name for p in d.iterdir() if not p.name.startswith(".")))
+    []
+    >>> (d / "a.txt").read_text()
+    'new'
+    """
+    pending: list[tuple[str, str]] = []
+    token = _HELD.set(pending)
+    try:
+        yield
+    except BaseException:
+        _remove(partial for partial, _ in pending)
+        raise
+    finally:
+        _HELD.reset(token)
+    for i, (partial, path) in enumerate(pending):
+        try:
+            os.replace(partial, path)
+        except OSError as exc:
+            _remove(partial for partial, _ in pending[i:])
+            raise OutputError(f"could not write {path}: {_reason(exc)}") from exc
+        _fsync_dir(Path(path).parent)
+
+
+def _remove(paths: Iterable[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -144,10 +198,77 @@ def replacing(path: str | os.PathLike[str], mode: str = "wb",
     publish_file(partial, path)
 
 
+@contextlib.contextmanager
+def building(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden staging folder for the files of folder ``path``; move them in at the end.
+
+    When ``path`` does not exist the staging folder is its sibling, renamed to
+    ``path`` once complete; when it does (an earlier report, perhaps beside
+    other files) the staging folder is inside it and each file is renamed
+    over its namesake (:func:`publish_file`), so other files are kept.  On any
+    failure the staging folder is removed and ``path`` is as it was; an
+    OSError becomes an :class:`OutputError` naming the file under ``path``.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> with building(d / "rep") as staging:
+    ...     _ = (staging / "index.html").write_text("<html>")
+    >>> sorted(p.name for p in (d / "rep").iterdir()), sorted(p.name for p in d.iterdir())
+    (['index.html'], ['rep'])
+    """
+    out = Path(path)
+    existed = out.is_dir()
+    staging = out / partial_path(out).name if existed else partial_path(out)
+    try:
+        staging.mkdir()
+    except OSError as exc:
+        raise OutputError(f"could not write {out}: {_reason(exc)}") from exc
+    try:
+        yield staging
+        files = sorted(staging.iterdir())
+        for file in files:
+            os.chmod(file, new_file_mode(out / file.name if existed else None))
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if not existed:
+            os.rename(staging, out)
+            _fsync_dir(out.parent)
+            return
+        for file in files:
+            publish_file(file, out / file.name)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        inside = exc.filename and Path(os.fsdecode(exc.filename)).parent == staging
+        name = Path(os.fsdecode(exc.filename)).name if inside else ""
+        raise OutputError(f"could not write {out / name if name else out}: "
+                          f"{_reason(exc)}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging)
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` beside and rename (see :func:`replacing`)."""
     with replacing(path, "wb") as fh:
         fh.write(data)
+
+
+def write_now(path: str | os.PathLike[str], data: bytes) -> None:
+    """:func:`write_bytes`, renamed at once even inside :func:`held`.
+
+    For a store's own files (its root ``zarr.json``, chunk manifests): they are
+    published while the store's lock is held, so their rename cannot wait for
+    the end of a command's block (the lock would be gone by then).
+    """
+    token = _HELD.set(None)
+    try:
+        write_bytes(path, data)
+    finally:
+        _HELD.reset(token)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -30,24 +30,26 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qbscale.errors import ConfigError, InputError
+from qbscale.errors import ConfigError, InputError, OutputError
+from qbscale.storage.atomic import check_writable, partial_path, publish_file
+from qbscale.storage.hit_sinks import COLUMNS, PARQUET_HINT, SINKS, TREC_TAG, _pyarrow
+
+__all__ = ["COLUMNS", "PARQUET_HINT", "SUFFIXES", "TREC_TAG", "HitsWriter", "check_hits_path",
+           "read_hits", "store_ids", "variant_labels", "write_hits", "write_run_hits"]
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment, RunResult
 
-COLUMNS = ("query", "rank", "item", "score", "variant")
 SUFFIXES = (".parquet", ".tsv", ".trec", ".npz")
-#: the run tag of TREC lines
-TREC_TAG = "qbscale"
-PARQUET_HINT = "pip install 'qbscale[parquet]'"
 
 
 def check_hits_path(path: str | os.PathLike[str]) -> Path:
@@ -63,16 +65,8 @@ def check_hits_path(path: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"hits file {out} is a directory")
     if out.suffix == ".parquet":
         _pyarrow()
+    check_writable(out)
     return out
-
-
-def _pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError as exc:
-        raise ConfigError(f"writing .parquet hits needs pyarrow: {PARQUET_HINT}") from exc
-    return pyarrow
 
 
 def _blocks(scores: Any, indices: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +115,10 @@ class HitsWriter:
             None if variant is None else [str(v) for v in variant]
         if self.path.suffix == ".trec" and self.variants is not None and len(self.variants) > 1:
             raise ConfigError(_trec_one(self.path, len(self.variants)))
-        self.partial = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}")
+        self.partial = partial_path(self.path)
         self.n_queries = 0
-        self._sink = _SINKS[self.path.suffix](self.partial)
+        with self._failing():
+            self._sink = SINKS[self.path.suffix](self.partial)
 
     def append(self, scores: Any, indices: Any, query_ids: Any = None) -> None:
         """Add the hits of the next block of queries.
@@ -143,14 +138,28 @@ class HitsWriter:
             items: np.ndarray = self.item_ids[flat]
         else:
             items = flat
-        self._sink.write({
-            "query": np.repeat(qids, n_values * k),
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), rows * n_values),
-            "item": items,
-            "score": s.transpose(1, 0, 2).ravel(),
-            "variant": np.tile(np.repeat(np.asarray(variants, dtype=str), k), rows),
-        })
+        with self._failing():
+            self._sink.write({
+                "query": np.repeat(qids, n_values * k),
+                "rank": np.tile(np.arange(1, k + 1, dtype=np.int64), rows * n_values),
+                "item": items,
+                "score": s.transpose(1, 0, 2).ravel(),
+                "variant": np.tile(np.repeat(np.asarray(variants, dtype=str), k), rows),
+            })
         self.n_queries += rows
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """An OSError of the sink (full disk, EIO) as an OutputError naming the file;
+        the half-written file is removed."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            self.abort()
+            raise OutputError(f"could not write {self.path}: "
+                              f"{exc.strerror or exc}") from exc
 
     def _variants(self, n_values: int) -> list[str]:
         if self.variants is None:
@@ -163,21 +172,24 @@ class HitsWriter:
         return self.variants
 
     def close(self) -> Path:
-        """Finish the file and move it into place; returns its path."""
+        """Finish the file and move it into place (:func:`~qbscale.storage.atomic.publish_file`:
+        the umask's mode, fsynced, renamed); returns its path."""
         try:
-            self._sink.close()
+            with self._failing():
+                self._sink.close()
         except BaseException:  # a file that failed to finish never looks finished
             self.partial.unlink(missing_ok=True)
             raise
-        from qbscale.storage.atomic import publish_file
-
-        publish_file(self.partial, self.path)  # fsynced, with the umask's mode
+        publish_file(self.partial, self.path)
         return self.path
 
     def abort(self) -> None:
         """Drop the half-written file."""
+        sink = getattr(self, "_sink", None)
         try:
-            getattr(self._sink, "discard", self._sink.close)()
+            with contextlib.suppress(OSError):
+                if sink is not None:
+                    getattr(sink, "discard", sink.close)()
         finally:
             self.partial.unlink(missing_ok=True)
 
@@ -195,126 +207,6 @@ class HitsWriter:
 def _trec_one(path: Path, n: int) -> str:
     return (f"hits file {path}: a TREC run holds one variant, this one has {n}: "
             "run one value, or write .tsv, .parquet or .npz")
-
-
-class _Sink(Protocol):
-    def write(self, cols: dict[str, np.ndarray]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _TextSink:
-    def __init__(self, path: Path, trec: bool) -> None:
-        self.trec = trec
-        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        if not trec:
-            self.file.write("\t".join(COLUMNS) + "\n")
-
-    def write(self, cols: dict[str, np.ndarray]) -> None:
-        q, rank, item, score, variant = (cols[c].tolist() for c in COLUMNS)
-        if self.trec:
-            lines = [f"{a} Q0 {c} {r} {s!r} {TREC_TAG}\n"
-                     for a, r, c, s in zip(q, rank, item, score, strict=True)]
-        else:
-            lines = [f"{a}\t{r}\t{c}\t{s!r}\t{v}\n"
-                     for a, r, c, s, v in zip(q, rank, item, score, variant, strict=True)]
-        self.file.writelines(lines)
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _ParquetSink:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.writer: Any = None
-
-    def write(self, cols: dict[str, np.ndarray]) -> None:
-        pa = _pyarrow()
-        table = pa.table({name: cols[name] for name in COLUMNS})
-        if self.writer is None:
-            self.writer = pa.parquet.ParquetWriter(str(self.path), table.schema)
-        self.writer.write_table(table.cast(self.writer.schema))
-
-    def close(self) -> None:
-        if self.writer is None:  # no block: an empty file with the columns
-            pa = _pyarrow()
-            empty = pa.table({c: pa.array([], t) for c, t in zip(
-                COLUMNS, (pa.int64(), pa.int64(), pa.int64(), pa.float64(), pa.string()),
-                strict=True)})
-            pa.parquet.write_table(empty, str(self.path))
-            return
-        self.writer.close()
-
-
-class _NpzSink:
-    """Columns spooled block by block to a scratch file beside the output, then
-    copied into the ``.npz`` one block at a time (memory: one block)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.spool_path = path.with_name(path.name + ".spool")
-        self.spool = open(self.spool_path, "w+b")  # noqa: SIM115 - closed by close()
-        self.blocks: list[dict[str, tuple[np.dtype, int, int]]] = []
-
-    def write(self, cols: dict[str, np.ndarray]) -> None:
-        entry = {}
-        for c in COLUMNS:
-            data = np.ascontiguousarray(cols[c])
-            entry[c] = (data.dtype, data.size, self.spool.tell())
-            self.spool.write(data.tobytes())
-        self.blocks.append(entry)
-
-    def close(self) -> None:
-        import zipfile
-
-        try:
-            if self.spool.closed:
-                return
-            with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED) as archive:
-                for c in COLUMNS:
-                    self._member(archive, c)
-        finally:
-            self.discard()
-
-    def discard(self) -> None:
-        self.spool.close()
-        self.spool_path.unlink(missing_ok=True)
-
-    def _dtype(self, column: str, kinds: list[np.dtype]) -> np.dtype:
-        """The column's dtype over all blocks (refusing ids that would lose digits)."""
-        if not kinds:
-            return np.dtype(np.float64 if column == "score" else
-                            "<U1" if column == "variant" else np.int64)
-        try:
-            dtype: np.dtype = np.result_type(*kinds)
-        except TypeError:
-            dtype = np.dtype(object)
-        if dtype.kind == "O" or (dtype.kind == "f" and all(k.kind in "iu" for k in kinds)):
-            # e.g. uint64 and int64 ids would meet in float64, losing ids above 2**53
-            raise InputError(f"hits file {self.path}: the {column} ids of the blocks "
-                             f"mix types ({', '.join(sorted({str(k) for k in kinds}))})")
-        return dtype
-
-    def _member(self, archive: Any, column: str) -> None:
-        parts = [b[column] for b in self.blocks]
-        dtype = self._dtype(column, [dt for dt, _, _ in parts])
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                  "shape": (sum(n for _, n, _ in parts),)}
-        with archive.open(f"{column}.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array_header_2_0(member, header)
-            for dt, count, offset in parts:
-                self.spool.seek(offset)
-                block = np.fromfile(self.spool, dtype=dt, count=count)
-                member.write(block.astype(dtype, copy=False).tobytes())
-
-
-_SINKS: dict[str, Callable[[Path], _Sink]] = {
-    ".parquet": _ParquetSink,
-    ".tsv": lambda path: _TextSink(path, trec=False),
-    ".trec": lambda path: _TextSink(path, trec=True),
-    ".npz": _NpzSink,
-}
 
 
 def write_hits(path: str | os.PathLike[str], scores: Any, indices: Any, *,
@@ -410,11 +302,13 @@ def store_ids(experiment: Experiment) -> tuple[np.ndarray | None, np.ndarray | N
         return None, None
     import zarr
 
-    group = zarr.open_group(experiment.url, mode="r", storage_options=experiment.storage_options)
-    names = set(group.array_keys())
     out = []
     for name, n in (("query", experiment.n_queries), ("gallery", experiment.n_gallery)):
-        arr: Any = group[name] if name in names else None
+        try:  # directly: the consolidated metadata is refreshed only when a run publishes
+            arr: Any = zarr.open_array(experiment.url, path=name, mode="r",
+                                       storage_options=experiment.storage_options)
+        except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
+            arr = None
         out.append(None if arr is None or arr.shape != (n,) else np.asarray(arr[...]))
     return out[0], out[1]
 

@@ -245,9 +245,9 @@ def _write(url: str, options: dict[str, Any] | None, key: str, data: bytes) -> N
         fs, root = _fs(url, options)
         fs.pipe_file(f"{root}/{key}", data)
         return
-    from qbscale.storage.atomic import write_bytes
+    from qbscale.storage.atomic import write_now
 
-    write_bytes(os.path.join(local_path(url), key), data)
+    write_now(os.path.join(local_path(url), key), data)
 
 
 def arrays_under(url: str, options: dict[str, Any] | None, prefix: str) -> list[str]:

@@ -66,11 +66,11 @@ def replace_root_attrs(url: str, options: dict[str, Any] | None, attrs: dict[str
         fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         fs.pipe_file(f"{root.rstrip('/')}/{ROOT}", data)  # one PUT: atomic
         return
-    from qbscale.storage.atomic import write_bytes
+    from qbscale.storage.atomic import write_now
 
     # beside and renamed, with the replaced file's mode (mkstemp's 0600 would
     # lock other users out of the store)
-    write_bytes(os.path.join(local, ROOT), data)
+    write_now(os.path.join(local, ROOT), data)
 
 
 def delete_nodes(url: str, options: dict[str, Any] | None, paths: Iterable[str]) -> None:

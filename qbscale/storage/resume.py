@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -385,9 +386,12 @@ def _mismatch(url: str, saved: dict[str, Any], wanted: dict[str, Any]) -> str:
             "or run without resuming to start over")
 
 
-def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
-    """Complete a run: its ranks / top-k under its prefix, its manifest deleted, then
-    published (or, when it saved nothing, its prefix deleted)."""
+def finish(state: RunState, result: Any, *, save_ranks: bool,
+           before_publish: Callable[[Any], None] | None = None) -> None:
+    """Complete a run: its ranks / top-k under its prefix, its manifest deleted,
+    ``before_publish(result)`` called, then published (or, when it saved nothing,
+    its prefix deleted).  When ``before_publish`` raises, the prefix is deleted
+    and the store's earlier results stay published."""
     from qbscale.storage.integrity import record_manifests
     from qbscale.storage.publish import delete_nodes
 
@@ -397,6 +401,12 @@ def finish(state: RunState, result: Any, *, save_ranks: bool) -> None:
     if saving:
         write_results(experiment, prefix, result, save_ranks=save_ranks)
     delete_nodes(url, options, [state.manifest.group])
+    if before_publish is not None:
+        try:
+            before_publish(result)
+        except BaseException:
+            state.discard(settle=0)
+            raise
     if saving:
         record_manifests(url, options, prefix)
         publish(experiment, prefix, result.to_dict() | {"saved_scores": state.save_scores})
