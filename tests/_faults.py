@@ -37,6 +37,8 @@ SHIM_SOURCE = Path(__file__).with_name("_faultshim.c")
 QBSCALE = str(Path(sys.executable).with_name("qbscale"))
 PAGE = 4096
 TIMEOUT = 180
+# no idle BLAS threads spinning in the subprocesses (the machine is shared)
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 Snapshot = dict[str, tuple[int, str | None]]
 
@@ -56,6 +58,12 @@ class Spec:
     checks: tuple[Check, ...]
     replaces: bool = False  # takes --overwrite (and argv has it: the output exists)
     store: str | None = None  # a store it writes into (its runs/ may keep resume state)
+
+    @property
+    def stores(self) -> tuple[str, ...]:
+        """The stores it writes (a killed writer may leave its lock in them)."""
+        found = [rel for rel in self.outputs if rel.endswith(".zarr")]
+        return tuple(dict.fromkeys([*found, *([self.store] if self.store else [])]))
 
     def command(self, overwrite: bool = True) -> list[str]:
         argv = list(self.argv)
@@ -246,7 +254,7 @@ def build_shim(directory: Path) -> Path:
 def shim_env(lib: Path, work: Path, mode: str, at: int | None = None,
              sleep_us: int | None = None) -> dict[str, str]:
     env = {**os.environ, "LD_PRELOAD": str(lib), "QBF_DIR": os.path.realpath(work),
-           "QBF_MODE": mode}
+           "QBF_MODE": mode, **ONE_THREAD}
     if at is not None:
         env["QBF_AT"] = str(at)
     if sleep_us is not None:

@@ -7,7 +7,8 @@
  *   enospc the same with ENOSPC
  *   term   SIGTERM to itself, once; the writes go on
  *   kill   SIGKILL to itself
- *   slow   no fault: every write under $QBF_DIR sleeps $QBF_SLEEP_US first
+ *   slow   no fault: the first $QBF_SLOW_WRITES writes (default 40) under $QBF_DIR
+ *          sleep $QBF_SLEEP_US each first
  * $QBF_LOG, if set, receives the running byte count (a decimal number).
  */
 #define _GNU_SOURCE
@@ -27,6 +28,8 @@ static size_t dir_len;
 static long long at = -1;
 static int mode;  /* 0 none, 1 eio, 2 enospc, 3 term, 4 kill, 5 slow */
 static useconds_t sleep_us;
+static long slow_writes = 40;
+static long writes;
 static long long count;
 static int fired;
 static int log_fd = -1;
@@ -60,6 +63,8 @@ __attribute__((constructor)) static void init(void) {
     if (a) at = atoll(a);
     const char *s = getenv("QBF_SLEEP_US");
     if (s) sleep_us = (useconds_t)atol(s);
+    const char *w = getenv("QBF_SLOW_WRITES");
+    if (w) slow_writes = atol(w);
     const char *l = getenv("QBF_LOG");
     if (l) log_fd = open(l, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     unsetenv("LD_PRELOAD");  /* not into the children (mount, faiss helpers, ...) */
@@ -78,7 +83,8 @@ static int watched(int fd) {
 /* 0: go on and write; else the errno this write fails with */
 static int account(int fd, size_t len) {
     if (!watched(fd)) return 0;
-    if (mode == 5 && sleep_us) usleep(sleep_us);
+    if (mode == 5 && sleep_us && __atomic_fetch_add(&writes, 1, __ATOMIC_SEQ_CST) < slow_writes)
+        usleep(sleep_us);
     long long before = __atomic_fetch_add(&count, (long long)len, __ATOMIC_SEQ_CST);
     if (log_fd >= 0) {
         char buf[32];

@@ -128,7 +128,7 @@ def _allowed(spec: Spec, fault: str, rel: str) -> bool:
         return _resume_state(spec, rel)
     if fault == "sigkill":
         return _resume_state(spec, rel) or (_hidden(rel) and "partial" in rel) \
-            or rel == f"{spec.store}/qbscale.lock"
+            or rel in {f"{store}/qbscale.lock" for store in spec.stores}
     return False
 
 
@@ -175,6 +175,9 @@ def exit_status(fault: str, code: int, err: str) -> list[str]:
         return problems
     if fault == "sigterm" and code != 143:
         problems.append(f"exit {code} after SIGTERM, expected 143")
+    elif code == 0 and fault == "enospc":
+        problems.append("exit 0 on a disk with fewer free pages than its outputs take: an "
+                        "output was rewritten in place, or a failed write went unnoticed")
     elif code <= 0 and fault != "sigterm":
         problems.append(f"exit {code} under {fault}, expected an error exit (> 0)")
     try:
@@ -187,8 +190,9 @@ def exit_status(fault: str, code: int, err: str) -> list[str]:
 def rerun(spec: Spec, work: Path, unlock: bool = False) -> list[str]:
     """(4) the same command on a working disk succeeds and its outputs are valid."""
     with chdir(work):
-        if unlock and spec.store and (work / spec.store / "qbscale.lock").exists():
-            CliRunner().invoke(cli, ["unlock", spec.store])  # the documented recovery
+        for store in spec.stores if unlock else ():
+            if (work / store / "qbscale.lock").exists():  # left by a killed writer
+                CliRunner().invoke(cli, ["unlock", store])  # the documented recovery
         res = CliRunner().invoke(cli, spec.command())
         if res.exit_code != 0 or res.exception is not None:
             return [f"rerun on a working disk exited {res.exit_code}: "
@@ -283,7 +287,7 @@ def test_two_writers(name, kind, seed, template, shim, tmp_path):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     before = snapshot(work)
     argv = spec.command(overwrite=overwrite)
-    sleeps = rng.integers(2_000, 20_000, size=2)  # per write: the two overlap
+    sleeps = rng.integers(15_000, 30_000, size=2)  # per write (the first 40): they overlap
     procs = [start(argv, work, shim_env(shim, work, "slow", sleep_us=int(s))) for s in sleeps]
     results = [finish(p) for p in procs]
     problems = []
@@ -359,7 +363,10 @@ def test_overwrite_refuses_other_kinds(name, kind, target, template, tmp_path):
     problems = []
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         problems.append(f"crashed: {res.exception!r}")
-    if res.exit_code != 1:
+    errors = [line for line in stderr_lines(res.stderr) if line.startswith("Error: ")]
+    if res.exit_code == 2 and len(errors) == 1:
+        pass  # click refused the path itself (its usage error: Usage, Try, one Error line)
+    elif res.exit_code != 1:
         problems.append(f"exit {res.exit_code}, expected 1 (a refusal); stdout: "
                         f"{res.stdout.strip()[:200]}")
     else:
