@@ -127,9 +127,14 @@ def _allowed(spec: Spec, fault: str, rel: str) -> bool:
     if fault == "sigterm":
         return _resume_state(spec, rel)
     if fault == "sigkill":
-        return _resume_state(spec, rel) or (_hidden(rel) and "partial" in rel) \
+        return _resume_state(spec, rel) or _leftover(rel) \
             or rel in {f"{store}/qbscale.lock" for store in spec.stores}
     return False
+
+
+def _leftover(rel: str) -> bool:
+    """A killed writer's partial file: hidden beside an output, or inside one (a store)."""
+    return "partial" in rel and (_hidden(rel) or "/" in rel)
 
 
 def _looks_complete(path: Path) -> str | None:
