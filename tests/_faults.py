@@ -23,9 +23,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from pathlib import Path
 import pytest
 
 SHIM_SOURCE = Path(__file__).with_name("_faultshim.c")
+FORKSERVER = Path(__file__).with_name("_forkserver.py")
 QBSCALE = str(Path(sys.executable).with_name("qbscale"))
 PAGE = 4096
 TIMEOUT = 180
@@ -251,29 +254,82 @@ def build_shim(directory: Path) -> Path:
     return lib
 
 
-def shim_env(lib: Path, work: Path, mode: str, at: int | None = None,
-             sleep_us: int | None = None) -> dict[str, str]:
-    env = {**os.environ, "LD_PRELOAD": str(lib), "QBF_DIR": os.path.realpath(work),
-           "QBF_MODE": mode, **ONE_THREAD}
-    if at is not None:
-        env["QBF_AT"] = str(at)
-    if sleep_us is not None:
-        env["QBF_SLEEP_US"] = str(sleep_us)
+def shim_env(lib: Path, work: Path, fault: dict[str, object]) -> dict[str, str]:
+    env = {**os.environ, "LD_PRELOAD": str(lib), "QBF_DIR": os.path.realpath(work), **ONE_THREAD}
+    names = {"mode": "QBF_MODE", "at": "QBF_AT", "sleep_us": "QBF_SLEEP_US",
+             "slow_writes": "QBF_SLOW_WRITES"}
+    env.update({names[key]: str(value) for key, value in fault.items()})
     return env
 
 
-def start(argv: list[str], work: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen([QBSCALE, *argv], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+@dataclass
+class Handle:
+    work: Path
+    pid: int = 0
+    out: Path | None = None
+    err: Path | None = None
+    proc: subprocess.Popen | None = None
 
 
-def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=TIMEOUT)
-    return proc.returncode, out, err
+class Runner:
+    """Runs ``qbscale ARGV`` in a work directory, the shim set to ``fault``.
 
+    By default each command is a child forked from a server that imported the
+    command line once (``tests/_forkserver.py``); ``QBSCALE_FAULT_EXEC=1`` runs
+    each as a fresh ``qbscale`` process instead (slower, the same cases).
+    """
 
-def run(argv: list[str], work: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    return finish(start(argv, work, env))
+    def __init__(self, shim: Path, scratch: Path) -> None:
+        self.shim, self.scratch, self.n = shim, scratch, 0
+        self.server: subprocess.Popen | None = None
+        if os.environ.get("QBSCALE_FAULT_EXEC") != "1":
+            env = {**os.environ, **ONE_THREAD, "LD_PRELOAD": str(shim)}
+            self.server = subprocess.Popen([sys.executable, str(FORKSERVER), str(shim)],
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           text=True, env=env)
+
+    def _ask(self, **request: object) -> dict:
+        assert self.server is not None and self.server.stdin and self.server.stdout
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        line = self.server.stdout.readline()
+        assert line, "the fork server died"
+        return json.loads(line)
+
+    def start(self, argv: list[str], work: Path, fault: dict[str, object] | None) -> Handle:
+        if self.server is None:
+            env = shim_env(self.shim, work, fault) if fault else None
+            return Handle(work, proc=subprocess.Popen(
+                [QBSCALE, *argv], cwd=work, env=env, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
+        self.n += 1
+        out, err = self.scratch / f"{self.n}.out", self.scratch / f"{self.n}.err"
+        full = {"dir": os.path.realpath(work), **fault} if fault else None
+        pid = self._ask(op="run", argv=argv, cwd=str(work), stdout=str(out), stderr=str(err),
+                        fault=full)["pid"]
+        return Handle(work, pid=pid, out=out, err=err)
+
+    def finish(self, handle: Handle) -> tuple[int, str, str]:
+        if handle.proc is not None:
+            out, err = handle.proc.communicate(timeout=TIMEOUT)
+            return handle.proc.returncode, out, err
+        deadline = time.monotonic() + TIMEOUT
+        while (code := self._ask(op="poll", pid=handle.pid)["code"]) is None:
+            if time.monotonic() > deadline:
+                os.kill(handle.pid, signal.SIGKILL)
+            time.sleep(0.01)
+        assert handle.out and handle.err
+        return code, handle.out.read_text(), handle.err.read_text()
+
+    def run(self, argv: list[str], work: Path,
+            fault: dict[str, object] | None = None) -> tuple[int, str, str]:
+        return self.finish(self.start(argv, work, fault))
+
+    def close(self) -> None:
+        if self.server is not None:
+            assert self.server.stdin
+            self.server.stdin.close()
+            self.server.wait(timeout=TIMEOUT)
 
 
 def stderr_lines(err: str) -> list[str]:

@@ -70,6 +70,21 @@ __attribute__((constructor)) static void init(void) {
     unsetenv("LD_PRELOAD");  /* not into the children (mount, faiss helpers, ...) */
 }
 
+/* The same settings as the environment gives, for a process forked after loading
+ * (tests/_forkserver.py configures each child it forks); the counts start again. */
+void qbf_configure(const char *d, const char *m, long long a, long sleep, long slow) {
+    dir = d ? strdup(d) : NULL;
+    dir_len = dir ? strlen(dir) : 0;
+    mode = !m ? 0 : !strcmp(m, "eio") ? 1 : !strcmp(m, "enospc") ? 2 : !strcmp(m, "term") ? 3
+         : !strcmp(m, "kill") ? 4 : !strcmp(m, "slow") ? 5 : 0;
+    at = a;
+    sleep_us = (useconds_t)sleep;
+    slow_writes = slow;
+    count = 0;
+    writes = 0;
+    fired = 0;
+}
+
 static int watched(int fd) {
     if (!dir_len || fd < 0) return 0;
     char link[64], path[4096];

@@ -29,19 +29,16 @@ from ._faults import (
     SPEC,
     SPECS,
     Diff,
+    Runner,
     Snapshot,
     Spec,
     assert_one_line_error,
     build_shim,
     copy_tree,
     diff,
-    finish,
     remount,
-    run,
     seed_of,
-    shim_env,
     snapshot,
-    start,
     stderr_lines,
     tmpfs,
     used_bytes,
@@ -79,6 +76,13 @@ def shim(tmp_path_factory) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("no C compiler for the fault-injection shim")
     return build_shim(tmp_path_factory.mktemp("shim"))
+
+
+@pytest.fixture(scope="session")
+def runner(shim, tmp_path_factory) -> Iterator[Runner]:
+    runner = Runner(shim, tmp_path_factory.mktemp("outputs"))
+    yield runner
+    runner.close()
 
 
 @pytest.fixture(scope="session")
@@ -230,7 +234,7 @@ def _cases() -> list[object]:
 
 
 @pytest.mark.parametrize(("name", "fault", "seed"), _cases())
-def test_fault(name, fault, seed, template, shim, tmp_path):
+def test_fault(name, fault, seed, template, runner, tmp_path):
     spec = SPEC[name]
     rng = np.random.default_rng(seed)
     nbytes, pages = template.written[name]
@@ -241,7 +245,7 @@ def test_fault(name, fault, seed, template, shim, tmp_path):
             stack.enter_context(tmpfs(work))
         copy_tree(template.root, work)
         before = snapshot(work)
-        env = None
+        injected = None
         if fault == "enospc":  # room for a random number of pages, fewer than it writes
             free = int(rng.integers(0, pages)) * PAGE
             remount(work, f"size={used_bytes(work) + free}")
@@ -251,9 +255,9 @@ def test_fault(name, fault, seed, template, shim, tmp_path):
             where = "read-only"
         else:
             at = int(rng.integers(0, nbytes))
-            env = shim_env(shim, work, SHIM_MODE[fault], at=at)
+            injected = {"mode": SHIM_MODE[fault], "at": at}
             where = f"at byte {at} of ~{nbytes}"
-        code, _, err = run(argv, work, env)
+        code, _, err = runner.run(argv, work, injected)
         problems = exit_status(fault, code, err)
         problems += left_behind(spec, fault, work, before, snapshot(work))
         if fault == "enospc":
@@ -277,7 +281,7 @@ def _race_cases() -> list[object]:
 
 
 @pytest.mark.parametrize(("name", "kind", "seed"), _race_cases())
-def test_two_writers(name, kind, seed, template, shim, tmp_path):
+def test_two_writers(name, kind, seed, template, runner, tmp_path):
     """Two processes write the same output at once: ``race`` over a previous output
     (with --overwrite where the command takes it), ``race-new`` into a free path
     without --overwrite (exactly one may win)."""
@@ -293,8 +297,8 @@ def test_two_writers(name, kind, seed, template, shim, tmp_path):
     before = snapshot(work)
     argv = spec.command(overwrite=overwrite)
     sleeps = rng.integers(15_000, 30_000, size=2)  # per write (the first 40): they overlap
-    procs = [start(argv, work, shim_env(shim, work, "slow", sleep_us=int(s))) for s in sleeps]
-    results = [finish(p) for p in procs]
+    handles = [runner.start(argv, work, {"mode": "slow", "sleep_us": int(s)}) for s in sleeps]
+    results = [runner.finish(h) for h in handles]
     problems = []
     codes = sorted(code for code, _, _ in results)
     for code, _, err in results:
