@@ -47,7 +47,11 @@ def serve() -> None:
     shim = ctypes.CDLL(sys.argv[1])  # preloaded already: the same library
     import dask.array  # noqa: F401  (what every command imports)
     import faiss  # noqa: F401
+    import matplotlib
     import pyarrow.parquet  # noqa: F401
+
+    matplotlib.use("Agg")  # as qbscale's drawing functions do before pyplot
+    import matplotlib.pyplot
     import zarr  # noqa: F401
 
     import qbscale.cli  # noqa: F401

@@ -296,7 +296,7 @@ def test_two_writers(name, kind, seed, template, runner, tmp_path):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     before = snapshot(work)
     argv = spec.command(overwrite=overwrite)
-    sleeps = rng.integers(15_000, 30_000, size=2)  # per write (the first 40): they overlap
+    sleeps = rng.integers(4_000, 12_000, size=2)  # per write (the first 40): they overlap
     handles = [runner.start(argv, work, {"mode": "slow", "sleep_us": int(s)}) for s in sleeps]
     results = [runner.finish(h) for h in handles]
     problems = []
