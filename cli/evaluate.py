@@ -14,7 +14,7 @@ from .options import (
 from .run import format_table
 
 
-@click.command()
+@click.command("eval")
 @click.argument("store")
 @click.option("--array", default="test", show_default=True,
               help="Stored matrix to evaluate: test, scores, scores[1], ...")

@@ -155,11 +155,11 @@ def ingest(**opts: Any) -> None:
                          chunk_bytes=common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES)
     seconds = time.perf_counter() - start
     click.echo(summary(out, seconds))
-    _truth_notice(out, opts["no_ground_truth"],
-                  inferred=opts["queries_per_item"] is None and opts["gt_index"] is None)
     if opts["json_path"]:
         write_json(opts["json_path"], "ingest", {"store": out, "mode": mode, "seconds": seconds,
                                                  "arrays": arrays(out)})
+    _truth_notice(out, opts["no_ground_truth"],  # last: a failure above is its only line
+                  inferred=opts["queries_per_item"] is None and opts["gt_index"] is None)
 
 
 def _truth_notice(out: str, forced: bool, inferred: bool) -> None:

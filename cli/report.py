@@ -76,4 +76,5 @@ def check_report_dependencies() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise click.ClickException(
-            'qbscale report needs matplotlib: pip install "qbscale[report]"') from None
+            "qbscale report needs matplotlib: pip install matplotlib (or, in a qbscale "
+            "clone, pip install '.[report]')") from None

@@ -1,4 +1,4 @@
-"""QB-Norm served by any faiss index (``pip install qbscale[faiss]``).
+"""QB-Norm served by any faiss index (``pip install '.[faiss]'`` in a clone).
 
 A normalised score is one inner product of augmented vectors: gallery item
 ``j`` is stored as ``[g_j, shift_1j, ..., shift_Vj]`` (one extra coordinate
@@ -59,8 +59,8 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:
-        raise ConfigError("faiss is not installed: pip install 'qbscale[faiss]' "
-                          "(faiss-cpu)") from exc
+        raise ConfigError("faiss is not installed: pip install faiss-cpu (or, in a "
+                          "qbscale clone, pip install '.[faiss]')") from exc
     return faiss
 
 

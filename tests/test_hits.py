@@ -133,7 +133,8 @@ def test_bad_paths_refused_before_writing(tmp_path, hits):
 
 def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch, hits):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
-    with pytest.raises(ConfigError, match=r"needs pyarrow: pip install 'qbscale\[parquet\]'"):
+    with pytest.raises(ConfigError, match=r"needs pyarrow: pip install pyarrow \(or, in a "
+                       r"qbscale clone, pip install '\.\[parquet\]'\)"):
         write_hits(tmp_path / "h.parquet", *hits)
 
 

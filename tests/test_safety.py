@@ -319,7 +319,7 @@ def test_report_without_matplotlib_fails_before_work(store, tmp_path):
             mock.patch("qbscale.analysis.compare.compare",
                        side_effect=AssertionError("work started")):
         res = invoke("report", store, "-o", str(tmp_path / "rep"), "--quiet")
-    assert_one_line_error(res, "matplotlib", 'pip install "qbscale[report]"')
+    assert_one_line_error(res, "matplotlib", "pip install '.[report]'")
 
 
 def _ingest_big(rng, tmp_path: Path, out: Path):

@@ -238,8 +238,8 @@ def require_matplotlib() -> None:
     except ImportError:
         from qbscale.errors import ConfigError
 
-        raise ConfigError("plotting needs matplotlib: pip install 'qbscale[report]' "
-                          "(or pip install matplotlib)") from None
+        raise ConfigError("plotting needs matplotlib: pip install matplotlib (or, in a "
+                          "qbscale clone, pip install '.[report]')") from None
 
 
 def bank_size_figure(sweep: dict[str, Any]) -> bytes:

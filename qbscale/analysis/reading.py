@@ -1,6 +1,6 @@
 """A plain-language reading of :mod:`qbscale.analysis.diagnose`'s figures.
 
-The thresholds are stated here (and in the README) and printed in the JSON:
+The thresholds are stated here (and in docs/evaluating.md) and printed in the JSON:
 
 * hub agreement, Spearman's rho of ``logZ`` and ``N_k``: strong at
   ``rho >= AGREE_STRONG`` (0.5), weak below ``AGREE_WEAK`` (0.2);

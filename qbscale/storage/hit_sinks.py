@@ -19,7 +19,7 @@ from qbscale.errors import ConfigError, InputError
 COLUMNS = ("query", "rank", "item", "score", "variant")
 #: the run tag of TREC lines
 TREC_TAG = "qbscale"
-PARQUET_HINT = "pip install 'qbscale[parquet]'"
+PARQUET_HINT = "pip install pyarrow (or, in a qbscale clone, pip install '.[parquet]')"
 
 
 def _pyarrow() -> Any:

@@ -4,7 +4,7 @@ The format follows the file's suffix:
 
 ==========  ==================================================================
 ``.parquet``  columns ``query, rank, item, score, variant`` (needs pyarrow:
-              ``pip install 'qbscale[parquet]'``), one row group per block
+              ``pip install pyarrow``), one row group per block
 ``.tsv``      the same columns, tab-separated, with a header line
 ``.trec``     the TREC run format that IR evaluation tools read:
               ``qid Q0 item rank score qbscale`` (one variant per file)

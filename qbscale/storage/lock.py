@@ -13,7 +13,7 @@ it when it ends (also on errors).  Creation is exclusive:
   is written only if absent, then read back after a pause and kept only if it
   still holds this run's token.  That fallback leaves a small window: two
   writers starting within the pause of each other on a server without
-  conditional puts can both win (documented in the README).
+  conditional puts can both win (documented in docs/failure.md).
 
 Readers never look at the lock.  A lock left by a killed run is broken with
 ``qbscale unlock STORE`` (:func:`break_lock`), which refuses while the holder

@@ -1,0 +1,389 @@
+"""Every writing command against every fault: the matrix command x fault.
+
+After each fault: (1) the work directory (inputs and every command's previous
+output) is intact byte for byte, (2) nothing new looks complete, (3) the exit
+code is non-zero (143 after SIGTERM, -9 after SIGKILL) and stderr is one
+``Error:`` line, (4) the same command, run again on a working disk, succeeds
+and writes valid outputs.  Each case's seed is in its id; ``QBSCALE_FAULT_SEED=N``
+shifts every seed to explore other write offsets.  How faults are injected:
+see ``tests/_fault_matrix.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qbscale.cli import cli
+
+from ._fault_matrix import (
+    PAGE,
+    SPEC,
+    SPECS,
+    Diff,
+    Runner,
+    Snapshot,
+    Spec,
+    assert_one_line_error,
+    build_shim,
+    copy_tree,
+    diff,
+    remount,
+    seed_of,
+    snapshot,
+    stderr_lines,
+    tmpfs,
+    used_bytes,
+    written_bytes,
+)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A work directory holding every input and every command's previous output."""
+
+    root: Path
+    written: dict[str, tuple[int, int]]  # per command: bytes and pages it wrote there
+
+
+@contextlib.contextmanager
+def chdir(path: Path) -> Iterator[None]:
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def invoke(*argv: str) -> object:
+    res = CliRunner().invoke(cli, list(argv))
+    assert res.exit_code == 0 and res.exception is None, \
+        f"qbscale {' '.join(argv)} exited {res.exit_code}: {res.output}{res.exception!r}"
+    return res
+
+
+@pytest.fixture(scope="session")
+def shim(tmp_path_factory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler for the fault-injection shim")
+    return build_shim(tmp_path_factory.mktemp("shim"))
+
+
+@pytest.fixture(scope="session")
+def runner(shim, tmp_path_factory) -> Iterator[Runner]:
+    runner = Runner(shim, tmp_path_factory.mktemp("outputs"))
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory) -> Template:
+    import zarr
+
+    root = tmp_path_factory.mktemp("template")
+    rng = np.random.default_rng(0)
+    np.save(root / "b.npy", rng.standard_normal((60, 20)).astype(np.float32))
+    np.save(root / "t.npy", rng.standard_normal((20, 20)).astype(np.float32))
+    (root / "notes.txt").write_text("a user's notes\n")
+    (root / "userdir").mkdir()
+    (root / "userdir" / "notes.txt").write_text("a user's notes\n")
+    zarr.create_group(str(root / "group.zarr"))
+    (root / "group.zarr" / "notes.txt").write_text("a user's notes\n")
+    written = {}
+    with chdir(root):
+        invoke("-q", "synth", "--bank", "60", "--test", "20", "--gallery", "20",
+               "--chunk-rows", "10", "exp.zarr")
+        invoke("-q", "synth", "--kind", "embeddings", "--bank", "60", "--test", "20",
+               "--gallery", "20", "--dim", "16", "emb.zarr")
+        invoke("-q", "fit", "emb.zarr", "-o", "norm.zarr")
+        for spec in SPECS:  # each command's previous output
+            before = snapshot(root)
+            invoke(*spec.command())
+            written[spec.name] = written_bytes(root, diff(before, snapshot(root)))
+            assert written[spec.name][0] > 0, spec.name
+    return Template(root, written)
+
+
+# --- the checks -----------------------------------------------------------------------------
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in Path(rel).parts)
+
+
+def _resume_state(spec: Spec, rel: str) -> bool:
+    """An unpublished run's prefix inside the store it writes (kept for --resume)."""
+    return spec.store is not None and rel.startswith(f"{spec.store}/runs/") \
+        and rel.count("/") >= 2
+
+
+def _allowed(spec: Spec, fault: str, rel: str) -> bool:
+    """A new path the fault may leave (an interrupted run's resume state, a killed
+    process's hidden partial files and lock)."""
+    if fault == "sigterm":
+        return _resume_state(spec, rel)
+    if fault == "sigkill":
+        return _resume_state(spec, rel) or _leftover(rel) \
+            or rel in {f"{store}/qbscale.lock" for store in spec.stores}
+    return False
+
+
+def _leftover(rel: str) -> bool:
+    """A killed writer's partial file: hidden beside an output, or inside one (a store)."""
+    return "partial" in rel and (_hidden(rel) or "/" in rel)
+
+
+def _looks_complete(path: Path) -> str | None:
+    """What ``path`` opens as, if it opens as a complete qbscale store."""
+    from qbscale.normaliser import Normaliser
+    from qbscale.storage.store import open_experiment
+
+    if not path.is_dir():
+        return None
+    for what, opener in (("experiment store", open_experiment), ("normaliser", Normaliser.load)):
+        try:
+            opener(path)
+        except Exception:
+            continue
+        return what
+    return None
+
+
+def left_behind(spec: Spec, fault: str, work: Path, before: Snapshot,
+                after: Snapshot) -> list[str]:
+    """(1) the previous contents intact, (2) nothing new that looks complete."""
+    problems = []
+    d = diff(before, after)
+    bad = Diff(added=[p for p in d.added if not _allowed(spec, fault, p)],
+               removed=d.removed, changed=d.changed)
+    if bad:
+        problems.append(f"work directory changed: {bad}")
+    for top in sorted({Path(p).parts[0] for p in d.added} - set(before)):
+        what = _looks_complete(work / top)
+        if what:
+            problems.append(f"new {top!r} opens as a complete {what}")
+    return problems
+
+
+def exit_status(fault: str, code: int, err: str) -> list[str]:
+    """(3) the exit code, and stderr one ``Error:`` line (no traceback)."""
+    problems = []
+    if fault == "sigkill":
+        if code != -9:
+            problems.append(f"exit {code} after SIGKILL, expected -9 (the fault did not land)")
+        if "Traceback" in err:
+            problems.append(f"a traceback on stderr:\n{err}")
+        return problems
+    if fault == "sigterm" and code != 143:
+        problems.append(f"exit {code} after SIGTERM, expected 143")
+    elif code == 0 and fault == "enospc":
+        problems.append("exit 0 on a disk with fewer free pages than its outputs take: an "
+                        "output was rewritten in place, or a failed write went unnoticed")
+    elif code <= 0 and fault != "sigterm":
+        problems.append(f"exit {code} under {fault}, expected an error exit (> 0)")
+    try:
+        assert_one_line_error(code, err, fault)
+    except AssertionError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def rerun(spec: Spec, work: Path, unlock: bool = False) -> list[str]:
+    """(4) the same command on a working disk succeeds and its outputs are valid."""
+    with chdir(work):
+        for store in spec.stores if unlock else ():
+            if (work / store / "qbscale.lock").exists():  # left by a killed writer
+                CliRunner().invoke(cli, ["unlock", store])  # the documented recovery
+        res = CliRunner().invoke(cli, spec.command())
+        if res.exit_code != 0 or res.exception is not None:
+            return [f"rerun on a working disk exited {res.exit_code}: "
+                    f"{res.output.strip()} {res.exception!r}"]
+        try:
+            spec.validate(work)
+        except Exception as exc:
+            return [f"rerun's output is not valid: {exc!r}"]
+    return []
+
+
+def report(what: str, problems: list[str]) -> None:
+    assert not problems, f"{what}:\n- " + "\n- ".join(problems)
+
+
+# --- command x fault ------------------------------------------------------------------------
+
+FAULTS = ("enospc", "eio", "readonly", "sigterm", "sigkill")
+SHIM_MODE = {"eio": "eio", "sigterm": "term", "sigkill": "kill"}
+
+
+def _cases() -> list[object]:
+    cases = []
+    for spec in SPECS:
+        for fault in FAULTS:
+            seed = seed_of(spec.name, fault)
+            cases.append(pytest.param(spec.name, fault, seed,
+                                      id=f"{spec.name}-{fault}-seed{seed}"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "fault", "seed"), _cases())
+def test_fault(name, fault, seed, template, runner, tmp_path):
+    spec = SPEC[name]
+    rng = np.random.default_rng(seed)
+    nbytes, pages = template.written[name]
+    work = tmp_path / "work"
+    argv = spec.command()
+    with contextlib.ExitStack() as stack:
+        if fault in ("enospc", "readonly"):
+            stack.enter_context(tmpfs(work))
+        copy_tree(template.root, work)
+        before = snapshot(work)
+        injected = None
+        if fault == "enospc":  # room for a random number of pages, fewer than it writes
+            free = int(rng.integers(0, pages)) * PAGE
+            remount(work, f"size={used_bytes(work) + free}")
+            where = f"{free} bytes free"
+        elif fault == "readonly":
+            remount(work, "ro")
+            where = "read-only"
+        else:
+            at = int(rng.integers(0, nbytes))
+            injected = {"mode": SHIM_MODE[fault], "at": at}
+            where = f"at byte {at} of ~{nbytes}"
+        code, _, err = runner.run(argv, work, injected)
+        problems = exit_status(fault, code, err)
+        problems += left_behind(spec, fault, work, before, snapshot(work))
+        if fault == "enospc":
+            remount(work, "size=256m")
+        elif fault == "readonly":
+            remount(work, "rw")
+        problems += rerun(spec, work, unlock=fault == "sigkill")
+    report(f"qbscale {' '.join(argv)}: {fault} ({where})", problems)
+
+
+# --- two writers at once --------------------------------------------------------------------
+
+def _race_cases() -> list[object]:
+    cases = []
+    for spec in SPECS:
+        kinds = ("race", "race-new") if spec.replaces else ("race",)
+        for kind in kinds:
+            seed = seed_of(spec.name, kind)
+            cases.append(pytest.param(spec.name, kind, seed, id=f"{spec.name}-{kind}-seed{seed}"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "kind", "seed"), _race_cases())
+def test_two_writers(name, kind, seed, template, runner, tmp_path):
+    """Two processes write the same output at once: ``race`` over a previous output
+    (with --overwrite where the command takes it), ``race-new`` into a free path
+    without --overwrite (exactly one may win)."""
+    spec = SPEC[name]
+    rng = np.random.default_rng(seed)
+    work = tmp_path / "work"
+    copy_tree(template.root, work)
+    overwrite = kind == "race"
+    if not overwrite:
+        for rel in spec.outputs:
+            path = work / rel
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    before = snapshot(work)
+    argv = spec.command(overwrite=overwrite)
+    sleeps = rng.integers(4_000, 12_000, size=2)  # per write (the first 40): they overlap
+    handles = [runner.start(argv, work, {"mode": "slow", "sleep_us": int(s)}) for s in sleeps]
+    results = [runner.finish(h) for h in handles]
+    problems = []
+    codes = sorted(code for code, _, _ in results)
+    for code, _, err in results:
+        if code != 0:
+            if code < 0:
+                problems.append(f"a writer died of signal {-code}")
+            try:
+                assert_one_line_error(code, err, "the writer that lost")
+            except AssertionError as exc:
+                problems.append(str(exc))
+        elif stderr_lines(err):
+            problems.append(f"a writer that succeeded wrote to stderr: {err}")
+    if codes[0] != 0:
+        problems.append(f"neither writer succeeded: exits {codes}")
+    if kind == "race-new" and codes == [0, 0]:
+        problems.append("both writers succeeded into a new path without --overwrite: "
+                        "one silently replaced the other")
+    d = diff(before, snapshot(work))
+    stray = [p for p in d.added if _hidden(p) or p.endswith("qbscale.lock")
+             or Path(p).parts[0] not in spec.outputs]
+    if stray:
+        problems.append(f"left behind: {sorted(stray)[:12]}")
+    unrelated = [p for p in d.removed + d.changed if Path(p).parts[0] not in spec.outputs]
+    if unrelated:
+        problems.append(f"changed outside its outputs: {sorted(unrelated)[:12]}")
+    if codes[0] == 0:
+        try:
+            spec.validate(work)
+        except Exception as exc:
+            problems.append(f"the output after the race is not valid: {exc!r}")
+    problems += rerun(spec, work)
+    report(f"two of qbscale {' '.join(argv)} at once (exits {codes})", problems)
+
+
+# --- --overwrite aimed at another kind of path ----------------------------------------------
+
+OUTPUT = {"ingest": "out.zarr", "synth": "syn.zarr", "fit": "fit.zarr", "index": "idx.faiss"}
+KINDS = {
+    "plain-file": "notes.txt",
+    "experiment-store": "emb.zarr",
+    "normaliser-store": "fit.zarr",
+    "user-dir": "userdir",
+    "faiss-index": "idx.faiss",
+    "zarr-group": "group.zarr",
+}
+OWN_INPUT = {"ingest": "b.npy", "fit": "exp.zarr", "index": "norm.zarr"}
+LEGIT = {"ingest": "experiment-store", "synth": "experiment-store", "fit": "normaliser-store",
+         "index": "faiss-index"}
+
+
+def _kind_cases() -> list[object]:
+    cases = []
+    for name in OUTPUT:
+        targets = {kind: rel for kind, rel in KINDS.items() if kind != LEGIT[name]}
+        if name in OWN_INPUT:
+            targets["own-input"] = OWN_INPUT[name]
+        cases += [pytest.param(name, kind, rel, id=f"{name}-onto-{kind}")
+                  for kind, rel in targets.items()]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "kind", "target"), _kind_cases())
+def test_overwrite_refuses_other_kinds(name, kind, target, template, tmp_path):
+    spec = SPEC[name]
+    work = tmp_path / "work"
+    copy_tree(template.root, work)
+    before = snapshot(work)
+    argv = [target if a == OUTPUT[name] else a for a in spec.command()]
+    with chdir(work):
+        res = CliRunner().invoke(cli, argv)
+    problems = []
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        problems.append(f"crashed: {res.exception!r}")
+    errors = [line for line in stderr_lines(res.stderr) if line.startswith("Error: ")]
+    if res.exit_code == 2 and len(errors) == 1:
+        pass  # click refused the path itself (its usage error: Usage, Try, one Error line)
+    elif res.exit_code != 1:
+        problems.append(f"exit {res.exit_code}, expected 1 (a refusal); stdout: "
+                        f"{res.stdout.strip()[:200]}")
+    else:
+        try:
+            assert_one_line_error(res.exit_code, res.stderr, "the refusal")
+        except AssertionError as exc:
+            problems.append(str(exc))
+    d = diff(before, snapshot(work))
+    if d:
+        problems.append(f"work directory changed: {d}")
+    report(f"qbscale {' '.join(argv)} ({target} is a {kind})", problems)
