@@ -86,9 +86,13 @@ def terminated_message(args: list[str]) -> str:
     command = next((a for a in args if a in COMMANDS), None)
     if command != "run":
         return "Error: terminated (SIGTERM); nothing was written"
-    if any(a.split("=")[0] in _SAVING for a in args):
+    if "--resume" in args:
         return ("Error: terminated (SIGTERM); nothing was published and the store's lock was "
                 "released: rerun with --resume to reuse the finished row blocks")
+    if any(a.split("=")[0] in _SAVING for a in args):
+        return ("Error: terminated (SIGTERM); nothing was published, the run's partial arrays "
+                "were removed and the store's lock was released (run with --resume to keep "
+                "finished row blocks across an interruption)")
     return "Error: terminated (SIGTERM); nothing was written"
 
 

@@ -60,8 +60,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
 @click.option("--resume", is_flag=True,
-              help="Continue an interrupted run of the same settings in STORE, computing "
-                   "only the row blocks it had not finished.")
+              help="Keep finished row blocks if this run is interrupted (Ctrl-C, SIGTERM, "
+                   "an error), and continue an interrupted --resume run of the same settings "
+                   "in STORE, computing only the row blocks it had not finished.  Without "
+                   "it an interrupted run leaves nothing in STORE.")
 @bank_sample_option
 @seed_option
 @compute_options

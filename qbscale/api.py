@@ -63,6 +63,7 @@ class RunPlan:
     save_scores: bool = False
     save_ranks: bool = False
     lock: Any = None  # a storage.lock.StoreLock while the run writes into its store
+    resumable: bool = False  # keep finished row blocks when the run fails (resume=True)
 
     def execute(self, scheduler: Any = "threads", num_workers: int | None = None,
                 progress: bool = False,
@@ -83,12 +84,23 @@ class RunPlan:
                 or exc from exc
         except OSError as exc:
             if self.state is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._discard_unless_resumable()
                 raise
             self.state.discard()
             raise _no_space(self.experiment, exc) from exc
+        except BaseException:  # errors, Ctrl-C, SIGTERM (the CLI's Terminated)
+            self._discard_unless_resumable()
+            raise
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+    def _discard_unless_resumable(self) -> None:
+        """A failed run leaves nothing in its store, unless it was asked to be
+        resumable (``resume=True``): then its finished row blocks stay for the
+        next ``resume=True`` run of the same settings."""
+        if self.state is not None and not self.resumable:
+            self.state.discard()
 
     def _execute(self, scheduler: Any, num_workers: int | None, progress: bool,
                  before_publish: Callable[[RunResult], None] | None) -> RunResult:
@@ -174,7 +186,7 @@ def plan(store: str | os.PathLike[str] | Experiment,
         if lock is not None:
             lock.release()
         raise
-    return RunPlan(experiment, config, graph, state, save_scores, save_ranks, lock)
+    return RunPlan(experiment, config, graph, state, save_scores, save_ranks, lock, resume)
 
 
 def _no_space(experiment: Experiment, exc: OSError) -> StoreFullError:

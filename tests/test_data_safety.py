@@ -286,6 +286,7 @@ def test_sigterm_during_ingest_cleans_up_and_keeps_the_old_store(store, tmp_path
 
 
 def test_sigterm_during_a_saving_run_releases_the_lock(store, tmp_path):
+    """Without --resume an interrupted run leaves the store byte for byte as it was."""
     assert invoke("run", store, "--save-ranks", "-q").exit_code == 0
     before = snapshot(store)
     ready = tmp_path / "ready"
@@ -296,13 +297,31 @@ def test_sigterm_during_a_saving_run_releases_the_lock(store, tmp_path):
     assert code == 143, (code, out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: terminated (SIGTERM)"), err
+    assert "partial arrays were removed" in lines[0]
     assert read_lock(str(store)) is None and leftovers(store) == []
-    # the published results are untouched; the run's own prefix holds only a
-    # manifest that --resume picks up (or that the next run deletes)
+    assert snapshot(store) == before
+    res = invoke("run", store, "--save-scores", "-q")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+
+
+def test_sigterm_during_a_resumable_run_keeps_its_finished_blocks(store, tmp_path):
+    """With --resume the finished row blocks stay (unpublished) for the next --resume."""
+    assert invoke("run", store, "--save-ranks", "-q").exit_code == 0
+    before = snapshot(store)
+    ready = tmp_path / "ready"
+    proc = slowed("qbscale.storage.results:ScoresWriter.write", ready, "run", str(store),
+                  "--save-scores", "--resume", "-q", "--workers", "1", sleep=1.0)
+    wait_for(ready, proc)
+    code, out, err = signalled(proc)
+    assert code == 143, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "rerun with --resume" in lines[0], err
+    assert read_lock(str(store)) is None and leftovers(store) == []
+    # the published results are untouched; the run's own prefix holds its manifest
     assert {k: v for k, v in snapshot(store).items() if k in before} == before
     published = json.loads(before["zarr.json"][1])["attributes"]["qbscale"]["last_run"]
     extra = {k.split("/")[1] for k in snapshot(store) if k not in before and k.count("/") >= 1}
-    assert len(extra) <= 1 and published["prefix"].split("/")[1] not in extra
+    assert len(extra) == 1 and published["prefix"].split("/")[1] not in extra
     res = invoke("run", store, "--save-scores", "--resume", "-q")
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     runs = sorted(p.name for p in (store / "runs").iterdir() if p.is_dir())

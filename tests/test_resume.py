@@ -95,7 +95,7 @@ def interrupted(store: str, ok: int) -> None:
     experiment = open_experiment(store)
     experiment.test = FailingMatrix(experiment.test, ok=ok)
     with pytest.raises(RuntimeError, match="cannot read block"):
-        run(experiment, scheduler="synchronous", **KW)
+        run(experiment, scheduler="synchronous", resume=True, **KW)
 
 
 def test_manifest_keeps_every_row_result_field():
@@ -212,7 +212,7 @@ def test_every_method_resumes_to_the_same_store(data, tmp_path, method):
     # nothing to resume
     experiment.test = FailingMatrix(experiment.test, ok=4)
     with pytest.raises(RuntimeError, match="cannot read block"):
-        run(experiment, scheduler="synchronous", **kw)
+        run(experiment, scheduler="synchronous", resume=True, **kw)
     done = sorted(int(p.name) for p in Path(store).glob("runs/*/manifest/done/c/*"))
     assert 0 < len(done) <= 4 and set(done) <= set(experiment.test.reads)
     result = run(store, resume=True, **kw)
@@ -281,7 +281,7 @@ def test_a_stored_normaliser_missing_a_chunk_is_computed_again(data, uninterrupt
     experiment = open_experiment(store)
     experiment.test = FailingMatrix(experiment.test, ok=4)
     with pytest.raises(RuntimeError, match="cannot read block"):
-        run(experiment, scheduler="synchronous", **kw)
+        run(experiment, scheduler="synchronous", resume=True, **kw)
     # a stored normaliser (as the run's bank task leaves it) whose activation chunk
     # went missing: read as zarr's fill value it would be "nothing activated"
     from qbscale.storage.integrity import create_array
@@ -296,3 +296,16 @@ def test_a_stored_normaliser_missing_a_chunk_is_computed_again(data, uninterrupt
     result = run(store, resume=True, **kw)
     assert result.extra["resume"]["bank_reused"] is False
     assert_same_store(store, reference)
+
+
+def test_a_failed_run_without_resume_leaves_nothing(data, tmp_path):
+    """Only a run asked to be resumable keeps its finished blocks when it fails."""
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=20)
+    run(store, **KW)
+    files = sorted(str(p.relative_to(store)) for p in Path(store).rglob("*"))
+    experiment = open_experiment(store)
+    experiment.test = FailingMatrix(experiment.test, ok=4)
+    with pytest.raises(RuntimeError, match="cannot read block"):
+        run(experiment, scheduler="synchronous", **KW)
+    assert sorted(str(p.relative_to(store)) for p in Path(store).rglob("*")) == files
+    assert manifests(store) == []

@@ -171,7 +171,7 @@ def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> Non
     from qbscale.storage.publish import delete_nodes, replace_root_attrs
 
     url = str(experiment.url)
-    old = dict(_root_attrs(experiment))
+    old = dict(root_attrs(experiment))
     previous = published_prefix(old)
     attrs = {**old, "last_run": {**summary, "prefix": prefix}}
     replace_root_attrs(url, experiment.storage_options, attrs)
@@ -180,7 +180,7 @@ def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> Non
     delete_nodes(url, experiment.storage_options, stale)
 
 
-def _root_attrs(experiment: Experiment) -> dict[str, Any]:
+def root_attrs(experiment: Experiment) -> dict[str, Any]:
     import zarr
 
     group = zarr.open_group(str(experiment.url), mode="r", use_consolidated=False,

@@ -22,6 +22,7 @@ deletes the prefixes of interrupted runs first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import uuid
@@ -310,12 +311,17 @@ class RunState:
 
         Tasks still in flight when the run failed may write a chunk after the
         deletion: it is repeated until the prefix stays gone for ``settle``
-        seconds (at most ``tries`` times)."""
+        seconds (at most ``tries`` times).  A prefix the store already publishes
+        (a failure after its root ``zarr.json`` was replaced) is never deleted."""
         import time
 
         from qbscale.storage.publish import delete_nodes
+        from qbscale.storage.results import root_attrs
 
         url, options = str(self.experiment.url), self.experiment.storage_options
+        with contextlib.suppress(Exception):  # an unreadable root: nothing points here
+            if published_prefix(root_attrs(self.experiment)) == self.manifest.prefix:
+                return
         for _ in range(tries):
             delete_nodes(url, options, [self.manifest.prefix])
             time.sleep(settle)
