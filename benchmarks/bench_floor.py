@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""``run`` and ``fit`` against the machine's floor: the raw read of the same chunk files.
+
+One command prints every table of the issue "performance at the machine
+floor"; each figure is a ratio to a floor measured in the same run,
+interleaved with it (``harness.Bench``):
+
+1. **run**: ``qbscale run STORE --beta 20 --quiet`` (DIS, crc32c checksums
+   on, as ``qbscale synth`` writes them) on a ``--sizes`` GB store each (bank
+   + test 3:1 over a 50000-item gallery, whole-row 64 MiB chunks), against a
+   2-thread ``np.fromfile`` read of its chunk files, page cache warm; whole
+   process and the time ``run`` reports; peak RSS (so this table is also the
+   memory table: flat from 1 to 16 GB is the goal).  The exp floor is the
+   bank's float64 ``exp`` count at one thread's measured rate, over the cores.
+2. **extra betas** (on the ``--beta-size`` store): ``--beta 20`` against
+   ``--beta 10,20,30,40``; one extra beta costs a third of the difference.
+3. **fit**: ``qbscale fit`` on a store whose bank alone is ``--fit-size`` GB,
+   against the raw read of the bank's chunk files.
+
+Stores are written into ``--dir`` (default: temp) one at a time and deleted
+after their table.
+
+usage: python benchmarks/bench_floor.py [--sizes 1,4,16] [--beta-size 4]
+       [--fit-size 16] [--repeat 3] [--dir DIR] [--tables run,betas,fit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    Bench,
+    chunk_files,
+    cores,
+    exp_rate,
+    fmt,
+    machine,
+    process,
+    qbscale_command,
+    ratio,
+    read_floor,
+    report,
+    sims_rows,
+    sims_store,
+    synth_store,
+    workdir,
+)
+
+GALLERY = 50000
+
+
+def exp_floor(n_elements: int, betas: int = 1) -> float:
+    """Seconds of the bank's float64 exps on every core at one thread's rate."""
+    return n_elements * betas / exp_rate((256, GALLERY)) / cores()
+
+
+def run_table(folder: Path, size: float, repeat: int) -> str:
+    store = sims_store(folder, f"run{size:g}", size, GALLERY)
+    n_bank, n_test = sims_rows(size, GALLERY)
+    bench = Bench(repeat)
+    bench.add("read floor", read_floor(chunk_files(store)))
+    bench.add("run, DIS beta 20", process([*qbscale_command(), "run", store, "--beta", "20",
+                                           "--quiet"]))
+    figures = bench.run()
+    shutil.rmtree(store)
+    floor = exp_floor(n_bank * GALLERY)
+    return (report(f"run on {size:g} GB (bank {n_bank} + test {n_test} rows x {GALLERY})",
+                   figures, "read floor", bench, gb=(n_bank + n_test) * GALLERY * 4 / 1e9)
+            + f"\nexp floor (bank, float64, {cores()} cores): {fmt(floor)} s = "
+            f"{ratio(floor, figures['read floor'].median())} read floor")
+
+
+def beta_table(folder: Path, size: float, repeat: int) -> str:
+    store = sims_store(folder, f"betas{size:g}", size, GALLERY)
+    n_bank, _ = sims_rows(size, GALLERY)
+    bench = Bench(repeat)
+    bench.add("read floor", read_floor(chunk_files(store)))
+    for betas in ("20", "10,20,30,40"):
+        bench.add(f"run, beta {betas}", process([*qbscale_command(), "run", store, "--beta",
+                                                 betas, "--quiet"]))
+    figures = bench.run()
+    shutil.rmtree(store)
+    one, four = figures["run, beta 20"], figures["run, beta 10,20,30,40"]
+    floor = figures["read floor"].median()
+    extra = (four.median("reported") - one.median("reported")) / 3
+    return (report(f"extra betas on {size:g} GB", figures, "read floor", bench)
+            + f"\none extra beta (reported time): {fmt(extra)} s = {ratio(extra, floor)} read "
+            f"floor; its exp floor: {fmt(exp_floor(n_bank * GALLERY))} s")
+
+
+def fit_table(folder: Path, size: float, repeat: int) -> str:
+    n_bank = round(size * 1e9 / (4 * GALLERY))
+    store = synth_store(folder / "fit.zarr", "--kind", "sims", "--bank", str(n_bank),
+                        "--test", "1000", "--gallery", str(GALLERY))
+    out = folder / "norm.zarr"
+    bench = Bench(repeat)
+    bench.add("read floor (bank)", read_floor(chunk_files(store, ("bank",))))
+    bench.add("fit, DIS beta 20", process([*qbscale_command(), "fit", store, "-o", out,
+                                           "--overwrite", "--quiet"]))
+    figures = bench.run()
+    shutil.rmtree(store)
+    shutil.rmtree(out, ignore_errors=True)
+    floor = exp_floor(n_bank * GALLERY)
+    return (report(f"fit on a {size:g} GB bank ({n_bank} x {GALLERY})", figures,
+                   "read floor (bank)", bench, gb=n_bank * GALLERY * 4 / 1e9)
+            + f"\nexp floor (bank, float64, {cores()} cores): {fmt(floor)} s = "
+            f"{ratio(floor, figures['read floor (bank)'].median())} read floor")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,4,16", help="run table: store GB, comma-separated")
+    parser.add_argument("--beta-size", type=float, default=4.0)
+    parser.add_argument("--fit-size", type=float, default=16.0, help="bank GB of the fit table")
+    parser.add_argument("--tables", default="run,betas,fit")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
+    args = parser.parse_args()
+    folder = workdir(args.dir, "qbscale-bench-floor")
+    tables = set(args.tables.split(","))
+    print(machine(), flush=True)
+    try:
+        if "run" in tables:
+            for size in (float(s) for s in args.sizes.split(",")):
+                print(run_table(folder, size, args.repeat), flush=True)
+        if "betas" in tables:
+            print(beta_table(folder, args.beta_size, args.repeat), flush=True)
+        if "fit" in tables:
+            print(fit_table(folder, args.fit_size, args.repeat), flush=True)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
+
