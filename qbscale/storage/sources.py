@@ -61,37 +61,6 @@ def direct_reads_enabled() -> bool:
     return version <= DIRECT_READS_MAX_ZARR
 
 
-#: chunk files at least this large are mapped rather than copied (:func:`_file_bytes`)
-MAP_BYTES = 2**20
-
-
-def map_reads_enabled() -> bool:
-    """False with ``QBSCALE_MAP_READS=0``: chunk files are then copied with ``np.fromfile``."""
-    return os.environ.get("QBSCALE_MAP_READS", "1").strip().lower() not in (
-        "0", "false", "no", "off")
-
-
-def _file_bytes(path: str) -> np.ndarray:
-    """A file's bytes as a read-only uint8 array: mapped (POSIX, large files) or copied.
-
-    A copy of a cached 64 MiB chunk (``np.fromfile``) runs at ~4.6 GB/s of one
-    core; mapping it with ``MAP_POPULATE`` hands over the page cache's own
-    pages, so the checksum and the kernels read them in place (read + crc32c:
-    ~13 GB/s against ~4.6 GB/s, one core).  The mapping lives as long as the
-    array (or a view of it).  Stores are published by renaming whole files,
-    so a mapped chunk file is never rewritten under a reader.
-    """
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size < MAP_BYTES or os.name != "posix" or not map_reads_enabled():
-            return np.fromfile(fh, dtype=np.uint8)
-        import mmap
-
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mapped = mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ)
-    return np.frombuffer(mapped, dtype=np.uint8)
-
-
 def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False) -> np.ndarray:
     """The values of chunk file ``key`` of the local store ``url``, its crc32c verified.
 
@@ -106,7 +75,7 @@ def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False)
     from qbscale.storage.integrity import crc32c, damaged
 
     try:
-        raw = _file_bytes(os.path.join(url, key))
+        raw = np.fromfile(os.path.join(url, key), dtype=np.uint8)
     except FileNotFoundError:
         raise damaged(url, key) from None
     if not checksum:
