@@ -11,7 +11,9 @@ from the codecs: a store as written before checksums).  Interleaved
   direct chunk-file reads a run uses), 2 threads;
 * ``run``: ``qbscale run STORE --beta 20`` (DIS).
 
-Medians of process wall times and, in brackets, of the pass alone.
+Beside them the floor (``harness``): a 2-thread ``np.fromfile`` of the crc32c
+store's chunk files.  Medians (min-max) of process wall times and of the pass
+alone (reported), each as a ratio to the floor.
 
 usage: python benchmarks/bench_checksums.py [--gb 1] [--repeat 5] [--gallery 50000] [--dir DIR]
 """
@@ -25,16 +27,18 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
+from harness import (
     MALLOC_ENV,
     PYTHON,
-    interleaved,
+    Bench,
+    chunk_files,
     machine,
-    median,
+    process,
     qbscale_command,
+    ratio,
+    read_floor,
+    report,
     synth_store,
-    table,
-    wall,
     workdir,
 )
 
@@ -87,28 +91,18 @@ def main() -> None:
                       str(test), "--gallery", str(args.gallery), "--queries-per-item", "1")
     plain = root / "plain.zarr"
     strip_checksums(crc, plain)
-    commands = {}
+    bench = Bench(args.repeat)
+    bench.add("read floor", read_floor(chunk_files(crc)))
     for label, store in (("crc32c", crc), ("none", plain)):
-        commands[f"read {label}"] = ([PYTHON, "-c", READ, str(store)], MALLOC_ENV)
-        commands[f"run {label}"] = ([*qbscale_command(), "run", str(store), "--beta", "20",
-                                     "-q"], None)
-    runs = interleaved(commands, args.repeat)
-    out = []
-    for label in ("none", "crc32c"):
-        read, run = runs[f"read {label}"], runs[f"run {label}"]
-        inner_read = median([m.seconds() for m in read])
-        inner_run = median([m.seconds() for m in run])
-        out.append([label, f"{wall(read):.2f} ({inner_read:.2f})",
-                    f"{wall(run):.2f} ({inner_run:.2f})", f"{inner_run / inner_read:.2f}"])
-    base_read = median([m.seconds() for m in runs["read none"]])
-    base_run = median([m.seconds() for m in runs["run none"]])
-    crc_read = median([m.seconds() for m in runs["read crc32c"]])
-    crc_run = median([m.seconds() for m in runs["run crc32c"]])
-    print(f"\n{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery}); medians of "
-          f"{args.repeat}: process wall (pass alone)")
-    print(table(["checksums", "read s", "run s", "run/read (pass)"], out))
-    print(f"crc32c / none, pass alone: read {crc_read / base_read:.2f}x, "
-          f"run {crc_run / base_run:.2f}x")
+        bench.add(f"read {label}", process([PYTHON, "-c", READ, store], MALLOC_ENV))
+        bench.add(f"run {label}", process([*qbscale_command(), "run", store, "--beta", "20",
+                                           "-q"]))
+    figures = bench.run()
+    print(report(f"{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery})", figures,
+                 "read floor", bench, gb=args.gb))
+    inner = {name: fig.median("reported") for name, fig in figures.items()}
+    print(f"crc32c / none, pass alone: read {ratio(inner['read crc32c'], inner['read none'])}, "
+          f"run {ratio(inner['run crc32c'], inner['run none'])}")
     shutil.rmtree(root, ignore_errors=True)
 
 

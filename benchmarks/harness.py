@@ -108,13 +108,15 @@ def machine() -> str:
 
 @dataclass
 class Sample:
-    """One timing: wall seconds, CPU seconds (in-process), reported seconds, peak RSS."""
+    """One timing: wall seconds, CPU seconds (user + system of a process, or this
+    thread's for a call), the seconds the command reported, peak RSS, minor faults."""
 
     wall: float
     load: float
     cpu: float | None = None
     reported: float | None = None
     rss: int = 0
+    faults: int = 0
     stdout: str = ""
     stderr: str = ""
 
@@ -149,7 +151,8 @@ def run_command(cmd: Sequence[object], env: dict[str, str] | None = None,
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({proc.returncode}):\n"
                            f"{stdout[-2000:]}\n{stderr[-4000:]}")
     rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    return Sample(wall, max(before, load()), reported=_reported(stdout), rss=rss,
+    return Sample(wall, max(before, load()), cpu=usage.ru_utime + usage.ru_stime,
+                  reported=_reported(stdout), rss=rss, faults=usage.ru_minflt,
                   stdout=stdout, stderr=stderr)
 
 
