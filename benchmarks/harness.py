@@ -14,7 +14,8 @@ the core count (such a figure is not a measurement).
   the time the command reported itself (``time: 1.23 s``), and its peak RSS
   (``ru_maxrss`` of that child, from ``os.wait4``).
 * :func:`call` - a function in this process (wall and this thread's CPU time).
-* :func:`read_floor`, :func:`exp_rate`, :func:`matmul_rate` - the floors.
+* :func:`read_floor`, :func:`exp_rate`, :func:`matmul_rate` - the floors;
+  :func:`projected` makes a floor item from a rate (a unit's time, scaled).
 * :class:`Bench` - named items measured round-robin ``repeat`` times after a
   warm-up; :class:`Figure` holds one item's samples.
 * :func:`machine` - cores, CPU model, numpy and its BLAS (threadpoolctl).
@@ -214,17 +215,39 @@ def exp_rate(shape: tuple[int, int], dtype: str = "float64") -> float:
     return shape[0] * shape[1] / exp_seconds(shape, dtype)
 
 
-def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", repeat: int = 3) -> float:
-    """FLOP/s of numpy's ``(m, k) @ (k, n)``, the fastest of ``repeat``, BLAS threads as set."""
+def matmul_rate(m: int, k: int, n: int, dtype: str = "float32", repeat: int = 3,
+                callers: int = 1) -> float:
+    """FLOP/s of numpy's ``(m, k) @ (k, n)``, the fastest of ``repeat``: one caller
+    with BLAS's own threads, or ``callers`` threads of one BLAS thread each (as
+    qbscale's local schedulers run products)."""
     rng = np.random.default_rng(0)
     a, b = rng.random((m, k), dtype=np.float32).astype(dtype), \
         rng.random((k, n), dtype=np.float32).astype(dtype)
     best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * m * k * n / best
+    if callers == 1:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2 * m * k * n / best
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(callers) as pool:
+        for _ in range(repeat):
+            start = time.perf_counter()
+            list(pool.map(lambda _: a @ b, range(callers)))
+            best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n * callers / best
+
+
+def projected(seconds_per_unit: Callable[[], float], units: float) -> Callable[[], Sample]:
+    """A :class:`Bench` item for a floor too long to run whole: ``units`` times the
+    seconds one unit takes now (e.g. every product of a run at numpy's matmul rate)."""
+    def item() -> Sample:
+        before = load()
+        return Sample(seconds_per_unit() * units, max(before, load()))
+
+    return item
 
 
 # ------------------------------------------------------------------ interleaving
