@@ -27,20 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    MALLOC_ENV,
-    PYTHON,
-    Bench,
-    chunk_files,
-    machine,
-    process,
-    qbscale_command,
-    ratio,
-    read_floor,
-    report,
-    synth_store,
-    workdir,
-)
+import harness as hb
 
 READ = """\
 import sys, time
@@ -83,26 +70,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    print(machine())
-    root = workdir(args.dir, "qbscale-bench-checksums")
+    print(hb.machine())
+    root = hb.workdir(args.dir, "qbscale-bench-checksums")
     rows = int(args.gb * 1e9 / 4 / args.gallery)
     bank, test = rows * 3 // 4, rows - rows * 3 // 4
-    crc = synth_store(root / "crc32c.zarr", "--kind", "sims", "--bank", str(bank), "--test",
-                      str(test), "--gallery", str(args.gallery), "--queries-per-item", "1")
+    crc = hb.synth_store(root / "crc32c.zarr", "--kind", "sims", "--bank", str(bank), "--test",
+                         str(test), "--gallery", str(args.gallery), "--queries-per-item", "1")
     plain = root / "plain.zarr"
     strip_checksums(crc, plain)
-    bench = Bench(args.repeat)
-    bench.add("read floor", read_floor(chunk_files(crc)))
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(crc)))
     for label, store in (("crc32c", crc), ("none", plain)):
-        bench.add(f"read {label}", process([PYTHON, "-c", READ, store], MALLOC_ENV))
-        bench.add(f"run {label}", process([*qbscale_command(), "run", store, "--beta", "20",
-                                           "-q"]))
+        bench.add(f"read {label}", hb.process([hb.PYTHON, "-c", READ, store], hb.MALLOC_ENV))
+        bench.add(f"run {label}", hb.process([*hb.qbscale_command(), "run", store, "--beta", "20",
+                                              "-q"]))
     figures = bench.run()
-    print(report(f"{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery})", figures,
-                 "read floor", bench, gb=args.gb))
+    print(hb.report(f"{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery})", figures,
+                    "read floor", bench, gb=args.gb))
     inner = {name: fig.median("reported") for name, fig in figures.items()}
-    print(f"crc32c / none, pass alone: read {ratio(inner['read crc32c'], inner['read none'])}, "
-          f"run {ratio(inner['run crc32c'], inner['run none'])}")
+    print(f"crc32c / none, pass alone: read {hb.ratio(inner['read crc32c'], inner['read none'])}, "
+          f"run {hb.ratio(inner['run crc32c'], inner['run none'])}")
     shutil.rmtree(root, ignore_errors=True)
 
 

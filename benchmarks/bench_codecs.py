@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Bench, call, chunk_files, disk_bytes, machine, read_floor, report, table
+import harness as hb
 
 from qbscale.storage.ingest import CODECS, ingest
 from qbscale.storage.readers import load_pickle
 
-DATA = (ROOT / "../shared/data").resolve()
+DATA = (hb.ROOT / "../shared/data").resolve()
 
 
 def pycode_sims(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (DATA / "pycode").is_dir():
         sys.exit(f"no pycode data at {DATA / 'pycode'}")
-    print(machine())
+    print(hb.machine())
     with tempfile.TemporaryDirectory(prefix="qbscale-bench-") as tmp:
         workdir = Path(tmp)
         bank, test = pycode_sims(workdir)
@@ -59,19 +59,19 @@ def main() -> None:
         stores = {codec: workdir / f"{codec}.zarr" for codec in CODECS}
         for codec, store in stores.items():
             ingest(store, bank, test, codec=codec, overwrite=True, progress=False)
-        bench = Bench(args.repeat)
-        bench.add("read floor", read_floor(chunk_files(stores["none"])))
+        bench = hb.Bench(args.repeat)
+        bench.add("read floor", hb.read_floor(hb.chunk_files(stores["none"])))
         for codec, store in stores.items():
-            bench.add(f"write {codec}", call(lambda c=codec, s=store: ingest(
+            bench.add(f"write {codec}", hb.call(lambda c=codec, s=store: ingest(
                 s, bank, test, codec=c, overwrite=True, progress=False)))
-            bench.add(f"read {codec}", call(lambda s=store: read_store(s)))
+            bench.add(f"read {codec}", hb.call(lambda s=store: read_store(s)))
         figures = bench.run()
-        sizes = {codec: disk_bytes(store) for codec, store in stores.items()}
-    print(report(f"pycode sims: bank {bank.shape} + test {test.shape} float32 = "
-                 f"{raw / 2**20:.1f} MiB", figures, "read floor", bench, gb=raw / 1e9))
+        sizes = {codec: hb.disk_bytes(store) for codec, store in stores.items()}
+    print(hb.report(f"pycode sims: bank {bank.shape} + test {test.shape} float32 = "
+                    f"{raw / 2**20:.1f} MiB", figures, "read floor", bench, gb=raw / 1e9))
     base = figures["read none"].median()
-    print(table(["codec", "on disk MiB", "compression", "read vs none"],
-                [[codec, f"{sizes[codec] / 2**20:.1f}", f"{raw / sizes[codec]:.3f}",
+    print(hb.table(["codec", "on disk MiB", "compression", "read vs none"],
+                   [[codec, f"{sizes[codec] / 2**20:.1f}", f"{raw / sizes[codec]:.3f}",
                   f"{figures[f'read {codec}'].median() / base:.2f}x"] for codec in CODECS]))
 
 

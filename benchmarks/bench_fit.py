@@ -34,22 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    MALLOC_ENV,
-    PYTHON,
-    Bench,
-    Figure,
-    chunk_files,
-    cores,
-    exp_rate,
-    machine,
-    process,
-    read_floor,
-    report,
-    synth_store,
-    table,
-    workdir,
-)
+import harness as hb
 
 READ_BANK = """\
 import sys, time
@@ -74,7 +59,7 @@ finally:
 """
 
 
-def read_bytes(fig: Figure) -> float:
+def read_bytes(fig: hb.Figure) -> float:
     """Median bytes returned by the processes' read calls."""
     found = [re.search(r"^rchar: (\d+)$", m.stderr, re.M) for m in fig.samples]
     values = sorted(float(f.group(1)) for f in found if f)
@@ -90,37 +75,37 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-fit")
+    folder = hb.workdir(args.dir, "qbscale-bench-fit")
     n_bank = max(1, round(args.size * 1e9 / (4 * args.gallery)))
     store, norm = folder / "big.zarr", folder / "norm.zarr"
-    synth_store(store, "--kind", "sims", "--bank", str(n_bank), "--test", str(args.test),
-                "--gallery", str(args.gallery))
+    hb.synth_store(store, "--kind", "sims", "--bank", str(n_bank), "--test", str(args.test),
+                   "--gallery", str(args.gallery))
     bank_bytes = n_bank * args.gallery * 4
-    print(machine())
+    print(hb.machine())
     print(f"store: bank {n_bank} x {args.gallery} ({bank_bytes / 1e9:.1f} GB), test "
           f"{args.test} rows ({args.test * args.gallery * 4 / 1e9:.2f} GB)")
-    wrapped = [PYTHON, "-c", CLI_IO]
-    bench = Bench(args.repeat)
-    bench.add("read floor", read_floor(chunk_files(store, ("bank",))))
-    bench.add("read bank", process([PYTHON, "-c", READ_BANK, store], MALLOC_ENV))
-    bench.add("fit", process([*wrapped, "fit", store, "-o", norm, "--beta", "20", "--quiet",
-                              "--overwrite"]))
-    bench.add("run", process([*wrapped, "run", store, "--beta", "20", "--quiet"]))
-    bench.add("run --normaliser", process([*wrapped, "run", store, "--normaliser", norm,
-                                           "--quiet"]))
+    wrapped = [hb.PYTHON, "-c", CLI_IO]
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store, ("bank",))))
+    bench.add("read bank", hb.process([hb.PYTHON, "-c", READ_BANK, store], hb.MALLOC_ENV))
+    bench.add("fit", hb.process([*wrapped, "fit", store, "-o", norm, "--beta", "20", "--quiet",
+                                 "--overwrite"]))
+    bench.add("run", hb.process([*wrapped, "run", store, "--beta", "20", "--quiet"]))
+    bench.add("run --normaliser", hb.process([*wrapped, "run", store, "--normaliser", norm,
+                                              "--quiet"]))
     figures = bench.run()
-    print(report("fit against the read floor of the bank", figures, "read floor", bench,
-                 gb=bank_bytes / 1e9))
-    print(table(["command", "bytes read / bank bytes"],
-                [[name, f"{read_bytes(fig) / bank_bytes:.2f}"] for name, fig in figures.items()
+    print(hb.report("fit against the read floor of the bank", figures, "read floor", bench,
+                    gb=bank_bytes / 1e9))
+    print(hb.table(["command", "bytes read / bank bytes"],
+                   [[name, f"{read_bytes(fig) / bank_bytes:.2f}"] for name, fig in figures.items()
                  if name != "read floor"]))
     bank_stage = figures["run"].median() - figures["run --normaliser"].median()
-    exp_s = n_bank * args.gallery / exp_rate((256, args.gallery)) / cores()
+    exp_s = n_bank * args.gallery / hb.exp_rate((256, args.gallery)) / hb.cores()
     floor = figures["read floor"].median()
     print(f"run's bank stage (run - run --normaliser): {bank_stage:.1f} s; "
           f"fit / bank stage: {figures['fit'].median() / bank_stage:.2f}")
     print(f"exp floor: numpy's float64 exp takes {exp_s:.1f} s for the bank's "
-          f"{n_bank * args.gallery / 1e9:.1f} G entries on {cores()} cores; read floor + exp = "
+          f"{n_bank * args.gallery / 1e9:.1f} G entries on {hb.cores()} cores; read floor + exp = "
           f"{floor + exp_s:.1f} s; fit / that: {figures['fit'].median() / (floor + exp_s):.2f}")
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)

@@ -32,83 +32,68 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    Bench,
-    chunk_files,
-    cores,
-    exp_rate,
-    fmt,
-    machine,
-    process,
-    qbscale_command,
-    ratio,
-    read_floor,
-    report,
-    sims_rows,
-    sims_store,
-    synth_store,
-    workdir,
-)
+import harness as hb
 
 GALLERY = 50000
 
 
 def exp_floor(n_elements: int, betas: int = 1) -> float:
     """Seconds of the bank's float64 exps on every core at one thread's rate."""
-    return n_elements * betas / exp_rate((256, GALLERY)) / cores()
+    return n_elements * betas / hb.exp_rate((256, GALLERY)) / hb.cores()
 
 
 def run_table(folder: Path, size: float, repeat: int) -> str:
-    store = sims_store(folder, f"run{size:g}", size, GALLERY)
-    n_bank, n_test = sims_rows(size, GALLERY)
-    bench = Bench(repeat)
-    bench.add("read floor", read_floor(chunk_files(store)))
-    bench.add("run, DIS beta 20", process([*qbscale_command(), "run", store, "--beta", "20",
-                                           "--quiet"]))
+    store = hb.sims_store(folder, f"run{size:g}", size, GALLERY)
+    n_bank, n_test = hb.sims_rows(size, GALLERY)
+    bench = hb.Bench(repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("run, DIS beta 20", hb.process([*hb.qbscale_command(), "run", store, "--beta", "20",
+                                              "--quiet"]))
     figures = bench.run()
     shutil.rmtree(store)
     floor = exp_floor(n_bank * GALLERY)
-    return (report(f"run on {size:g} GB (bank {n_bank} + test {n_test} rows x {GALLERY})",
-                   figures, "read floor", bench, gb=(n_bank + n_test) * GALLERY * 4 / 1e9)
-            + f"\nexp floor (bank, float64, {cores()} cores): {fmt(floor)} s = "
-            f"{ratio(floor, figures['read floor'].median())} read floor")
+    return (hb.report(f"run on {size:g} GB (bank {n_bank} + test {n_test} rows x {GALLERY})",
+                      figures, "read floor", bench, gb=(n_bank + n_test) * GALLERY * 4 / 1e9)
+            + f"\nexp floor (bank, float64, {hb.cores()} cores): {hb.fmt(floor)} s = "
+            f"{hb.ratio(floor, figures['read floor'].median())} read floor")
 
 
 def beta_table(folder: Path, size: float, repeat: int) -> str:
-    store = sims_store(folder, f"betas{size:g}", size, GALLERY)
-    n_bank, _ = sims_rows(size, GALLERY)
-    bench = Bench(repeat)
-    bench.add("read floor", read_floor(chunk_files(store)))
+    store = hb.sims_store(folder, f"betas{size:g}", size, GALLERY)
+    n_bank, _ = hb.sims_rows(size, GALLERY)
+    bench = hb.Bench(repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
     for betas in ("20", "10,20,30,40"):
-        bench.add(f"run, beta {betas}", process([*qbscale_command(), "run", store, "--beta",
-                                                 betas, "--quiet"]))
+        bench.add(f"run, beta {betas}", hb.process([*hb.qbscale_command(), "run", store, "--beta",
+                                                    betas, "--quiet"]))
     figures = bench.run()
     shutil.rmtree(store)
     one, four = figures["run, beta 20"], figures["run, beta 10,20,30,40"]
     floor = figures["read floor"].median()
     extra = (four.median("reported") - one.median("reported")) / 3
-    return (report(f"extra betas on {size:g} GB", figures, "read floor", bench)
-            + f"\none extra beta (reported time): {fmt(extra)} s = {ratio(extra, floor)} read "
-            f"floor; its exp floor: {fmt(exp_floor(n_bank * GALLERY))} s")
+    return (hb.report(f"extra betas on {size:g} GB", figures, "read floor", bench)
+            + f"\none extra beta (reported time): {hb.fmt(extra)} s = "
+            f"{hb.ratio(extra, floor)} read floor; its exp floor: "
+            f"{hb.fmt(exp_floor(n_bank * GALLERY))} s")
 
 
 def fit_table(folder: Path, size: float, repeat: int) -> str:
     n_bank = round(size * 1e9 / (4 * GALLERY))
-    store = synth_store(folder / "fit.zarr", "--kind", "sims", "--bank", str(n_bank),
-                        "--test", "1000", "--gallery", str(GALLERY))
+    store = hb.synth_store(folder / "fit.zarr", "--kind", "sims", "--bank", str(n_bank),
+                           "--test", "1000", "--gallery", str(GALLERY))
     out = folder / "norm.zarr"
-    bench = Bench(repeat)
-    bench.add("read floor (bank)", read_floor(chunk_files(store, ("bank",))))
-    bench.add("fit, DIS beta 20", process([*qbscale_command(), "fit", store, "-o", out,
-                                           "--overwrite", "--quiet"]))
+    bench = hb.Bench(repeat)
+    bench.add("read floor (bank)", hb.read_floor(hb.chunk_files(store, ("bank",))))
+    bench.add("fit, DIS beta 20", hb.process([*hb.qbscale_command(), "fit", store, "-o", out,
+                                              "--overwrite", "--quiet"]))
     figures = bench.run()
     shutil.rmtree(store)
     shutil.rmtree(out, ignore_errors=True)
     floor = exp_floor(n_bank * GALLERY)
-    return (report(f"fit on a {size:g} GB bank ({n_bank} x {GALLERY})", figures,
-                   "read floor (bank)", bench, gb=n_bank * GALLERY * 4 / 1e9)
-            + f"\nexp floor (bank, float64, {cores()} cores): {fmt(floor)} s = "
-            f"{ratio(floor, figures['read floor (bank)'].median())} read floor")
+    return (hb.report(f"fit on a {size:g} GB bank ({n_bank} x {GALLERY})", figures,
+                      "read floor (bank)", bench, gb=n_bank * GALLERY * 4 / 1e9)
+            + f"\nexp floor (bank, float64, {hb.cores()} cores): {hb.fmt(floor)} s = "
+            f"{hb.ratio(floor, figures['read floor (bank)'].median())} read floor")
 
 
 def main() -> None:
@@ -120,9 +105,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-floor")
+    folder = hb.workdir(args.dir, "qbscale-bench-floor")
     tables = set(args.tables.split(","))
-    print(machine(), flush=True)
+    print(hb.machine(), flush=True)
     try:
         if "run" in tables:
             for size in (float(s) for s in args.sizes.split(",")):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Bench, call, machine, report
+import harness as hb
 
 from qbscale.storage.hits import SUFFIXES, HitsWriter, read_hits
 
@@ -35,7 +35,7 @@ def main() -> None:
     scores = -np.sort(-rng.standard_normal((args.queries, args.k)).astype(np.float32), axis=1)
     indices = rng.integers(0, 1_000_000, (args.queries, args.k))
     hits = args.queries * args.k
-    print(machine())
+    print(hb.machine())
     with tempfile.TemporaryDirectory() as tmp:
         def write(path: Path) -> None:
             with HitsWriter(path, variant="dis:beta=20") as writer:
@@ -46,15 +46,15 @@ def main() -> None:
             assert read_hits(path)["item"].size == hits
 
         raw = Path(tmp) / "raw.npz"
-        bench = Bench(args.repeat)
-        bench.add("floor: np.savez", call(lambda: np.savez(raw, scores=scores, item=indices)))
+        bench = hb.Bench(args.repeat)
+        bench.add("floor: np.savez", hb.call(lambda: np.savez(raw, scores=scores, item=indices)))
         paths = {suffix: Path(tmp) / f"hits{suffix}" for suffix in SUFFIXES}
         for suffix, path in paths.items():
-            bench.add(f"write {suffix}", call(lambda p=path: write(p)))
-            bench.add(f"read {suffix}", call(lambda p=path: read(p)))
+            bench.add(f"write {suffix}", hb.call(lambda p=path: write(p)))
+            bench.add(f"read {suffix}", hb.call(lambda p=path: read(p)))
         figures = bench.run()
-        print(report(f"{args.queries} queries x top-{args.k} = {hits} hits, blocks of "
-                     f"{args.block} queries", figures, "floor: np.savez", bench))
+        print(hb.report(f"{args.queries} queries x top-{args.k} = {hits} hits, blocks of "
+                        f"{args.block} queries", figures, "floor: np.savez", bench))
         rates = "; ".join(f"{s}: write {hits / figures[f'write {s}'].median() / 1e6:.2f}, read "
                           f"{hits / figures[f'read {s}'].median() / 1e6:.2f} Mhits/s, "
                           f"{p.stat().st_size / 2**20:.1f} MiB" for s, p in paths.items())

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PYTHON, ROOT, Bench, call, machine, process, report, table
+import harness as hb
 
 
 def generate(path: Path, rows: int, cols: int, seed: int) -> None:
@@ -74,28 +74,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
-    print(machine())
+    print(hb.machine())
     with tempfile.TemporaryDirectory(prefix="qbscale-mem-", dir=args.workdir) as tmp:
         work = Path(tmp)
         generate(work / "bank.npy", args.rows, args.cols, 0)
         generate(work / "test.npy", 2000, args.cols, 1)
         bank_bytes = (work / "bank.npy").stat().st_size
         total = bank_bytes + (work / "test.npy").stat().st_size
-        bench = Bench(args.repeat)
-        bench.add("cp", call(lambda: copy_inputs(work)))
+        bench = hb.Bench(args.repeat)
+        bench.add("cp", hb.call(lambda: copy_inputs(work)))
         for fmt in args.formats:
             bank = work / "bank.npy" if fmt == "npy" else convert(work / "bank.npy", fmt)
             for chunk_mb in args.chunk_mb:
-                bench.add(f"{fmt}, {chunk_mb:g} MiB chunks", process(
-                    [PYTHON, "-m", "qbscale.cli", "ingest", "--bank", bank, "--test",
+                bench.add(f"{fmt}, {chunk_mb:g} MiB chunks", hb.process(
+                    [hb.PYTHON, "-m", "qbscale.cli", "ingest", "--bank", bank, "--test",
                      work / "test.npy", "--queries-per-item", "1", "-o", work / "out.zarr",
-                     "--overwrite", "--quiet", "--chunk-mb", chunk_mb], cwd=ROOT))
+                     "--overwrite", "--quiet", "--chunk-mb", chunk_mb], cwd=hb.ROOT))
         figures = bench.run()
-        print(report(f"ingest of bank {args.rows} x {args.cols} float32 "
-                     f"({bank_bytes / 2**30:.2f} GiB) + test 2000 x {args.cols}: "
-                     f"{total / 2**30:.2f} GiB of input", figures, "cp", bench, gb=total / 1e9))
-        print(table(["ingest", "peak RSS / bank file"],
-                    [[name, f"{fig.rss * 2**30 / bank_bytes:.3f}"]
+        print(hb.report(f"ingest of bank {args.rows} x {args.cols} float32 "
+                        f"({bank_bytes / 2**30:.2f} GiB) + test 2000 x {args.cols}: "
+                        f"{total / 2**30:.2f} GiB of input", figures, "cp", bench, gb=total / 1e9))
+        print(hb.table(["ingest", "peak RSS / bank file"],
+                       [[name, f"{fig.rss * 2**30 / bank_bytes:.3f}"]
                      for name, fig in figures.items() if name != "cp"]))
 
 

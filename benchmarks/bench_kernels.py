@@ -31,7 +31,7 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Bench, call, exp_seconds, footer, machine, table
+import harness as hb
 
 from qbscale.engine import kernels
 
@@ -79,17 +79,17 @@ def previous_logsumexp(block: np.ndarray, beta: float) -> np.ndarray:
 
 def timings(funcs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     """Median seconds of this thread's CPU per function, calls interleaved (``harness``)."""
-    bench = Bench(repeat, warmup=False)
+    bench = hb.Bench(repeat, warmup=False)
     for name, func in funcs.items():
-        bench.add(name, call(func))
+        bench.add(name, hb.call(func))
     return {name: fig.median("cpu") for name, fig in bench.run().items()}
 
 
 def no_prefilter(func: Callable[[], object]) -> Callable[[], object]:
-    def call() -> object:
+    def patched() -> object:
         with mock.patch.object(kernels, "candidate_floor", lambda *a: None):
             return func()
-    return call
+    return patched
 
 
 def main() -> None:
@@ -110,7 +110,7 @@ def main() -> None:
     gt = order[rows, rank]
     gt_raw = block[rows, gt].astype(np.float64)
 
-    print(machine())
+    print(hb.machine())
     print(f"block {args.rows} x {args.cols} float32, 1 thread, medians of {args.repeat}; "
           f"ground-truth ranks (beta 20): median {int(np.median(rank))}, "
           f"{int((rank > 1000).sum())} rows past 1000")
@@ -147,14 +147,14 @@ def main() -> None:
     out.append(["bank logsumexp, 1 beta", f"{t['now'] * 1e3:.1f} ({n / t['now'] / 1e9:.2f})",
                 "-", f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})", "-",
                 f"{t['before'] / t['now']:.2f}x"])
-    floor = exp_seconds(block.shape)
+    floor = hb.exp_seconds(block.shape)
     for row in out:
         now_ms = float(row[1].split()[0])
         row.append(f"{now_ms / 1e3 / floor:.2f}x")
     print(f"ms per block (Gelem/s); floor: float64 exp of the block {floor * 1e3:.1f} ms; "
-          + footer(None))
-    print(table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
-                 "gain over previous", "now x exp floor"], out))
+          + hb.footer(None))
+    print(hb.table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
+                    "gain over previous", "now x exp floor"], out))
 
 
 if __name__ == "__main__":

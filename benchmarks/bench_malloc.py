@@ -51,20 +51,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    MALLOC_ENV,
-    PYTHON,
-    Bench,
-    Figure,
-    chunk_files,
-    machine,
-    process,
-    read_floor,
-    report,
-    synth_store,
-    table,
-    workdir,
-)
+import harness as hb
 
 #: run the CLI group as the console script would, without its own malloc step
 NEITHER = "from qbscale.cli import cli; cli(prog_name='qbscale')"
@@ -75,7 +62,7 @@ REEXEC = ("import os, sys; from qbscale.cli import cli; from qbscale.executors i
           "{**os.environ, **MALLOC_ENV})")
 
 
-def faults(fig: Figure) -> float:
+def faults(fig: hb.Figure) -> float:
     """Median minor page faults, in thousands: what the malloc settings cut, and a
     count that other work on the machine does not change."""
     return fig.median("faults") / 1000
@@ -90,31 +77,31 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp dir)")
     args = parser.parse_args()
 
-    root = workdir(args.dir, "qbscale-bench-malloc")
-    store = synth_store(root / "synth.zarr", "--bank", str(args.bank), "--test", str(args.test),
-                        "--gallery", str(args.gallery))
+    root = hb.workdir(args.dir, "qbscale-bench-malloc")
+    store = hb.synth_store(root / "synth.zarr", "--bank", str(args.bank), "--test", str(args.test),
+                           "--gallery", str(args.gallery))
     run_args = ["run", str(store), "--beta", "20", "-q"]
-    inherited = sorted(set(MALLOC_ENV) & set(os.environ))
+    inherited = sorted(set(hb.MALLOC_ENV) & set(os.environ))
     if inherited:
         sys.exit(f"unset {', '.join(inherited)} first: every variant must start from defaults")
-    bench = Bench(args.repeat)
-    bench.add("read floor", read_floor(chunk_files(store)))
-    bench.add("re-exec", process([PYTHON, "-c", REEXEC, *run_args]))
-    bench.add("mallopt", process([PYTHON, "-c", MALLOPT, *run_args]))
-    bench.add("neither", process([PYTHON, "-c", NEITHER, *run_args]))
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("re-exec", hb.process([hb.PYTHON, "-c", REEXEC, *run_args]))
+    bench.add("mallopt", hb.process([hb.PYTHON, "-c", MALLOPT, *run_args]))
+    bench.add("neither", hb.process([hb.PYTHON, "-c", NEITHER, *run_args]))
     runs = bench.run()
     size = (args.bank + args.test) * args.gallery * 4 / 2**30
-    print(machine())
-    print(report(f"qbscale run {store.name} --beta 20 -q: bank {args.bank} x {args.gallery}, "
-                 f"test {args.test} x {args.gallery} float32 ({size:.2f} GiB)", runs,
-                 "read floor", bench))
+    print(hb.machine())
+    print(hb.report(f"qbscale run {store.name} --beta 20 -q: bank {args.bank} x {args.gallery}, "
+                    f"test {args.test} x {args.gallery} float32 ({size:.2f} GiB)", runs,
+                    "read floor", bench))
     base = runs["re-exec"]
     rows = [[name, f"{r.median() / base.median():.2f}", f"{r.median('cpu'):.2f}",
              f"{r.median('cpu') / base.median('cpu'):.2f}", f"{faults(r):.1f}",
              f"{r.rss / base.rss:.2f}"]
             for name, r in runs.items() if name != "read floor"]
-    print(table(["variant", "wall / re-exec", "CPU s", "CPU / re-exec", "minor faults k",
-                 "RSS / re-exec"], rows))
+    print(hb.table(["variant", "wall / re-exec", "CPU s", "CPU / re-exec", "minor faults k",
+                    "RSS / re-exec"], rows))
 
 
 if __name__ == "__main__":

@@ -33,23 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    MALLOC_ENV,
-    PYTHON,
-    Bench,
-    Figure,
-    chunk_files,
-    disk_bytes,
-    footer,
-    machine,
-    process,
-    qbscale_command,
-    read_floor,
-    sims_rows,
-    synth_store,
-    table,
-    workdir,
-)
+import harness as hb
 
 #: name -> (synth chunk options, codec)
 LAYOUTS = {
@@ -73,22 +57,22 @@ print(f"time: {time.perf_counter() - start:.2f} s")
 def make(folder: Path, name: str, size_gb: float, gallery: int,
          layout: tuple[list[str], str]) -> Path:
     """A synth store of ``size_gb`` GB in ``layout``."""
-    n_bank, n_test = sims_rows(size_gb, gallery)
+    n_bank, n_test = hb.sims_rows(size_gb, gallery)
     options, codec = layout
-    return synth_store(folder / f"{name}.zarr", "--kind", "sims", "--bank", str(n_bank),
-                       "--test", str(n_test), "--gallery", str(gallery), *options,
-                       "--codec", codec)
+    return hb.synth_store(folder / f"{name}.zarr", "--kind", "sims", "--bank", str(n_bank),
+                          "--test", str(n_test), "--gallery", str(gallery), *options,
+                          "--codec", codec)
 
 
-def measure(store: Path, repeat: int) -> tuple[dict[str, Figure], Bench]:
-    bench = Bench(repeat)
-    bench.add("read floor", read_floor(chunk_files(store)))
-    bench.add("read", process([PYTHON, "-c", READ, store], MALLOC_ENV))
-    bench.add("run", process([*qbscale_command(), "run", store, "--beta", "20", "--quiet"]))
+def measure(store: Path, repeat: int) -> tuple[dict[str, hb.Figure], hb.Bench]:
+    bench = hb.Bench(repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("read", hb.process([hb.PYTHON, "-c", READ, store], hb.MALLOC_ENV))
+    bench.add("run", hb.process([*hb.qbscale_command(), "run", store, "--beta", "20", "--quiet"]))
     return bench.run(), bench
 
 
-def both(fig: Figure) -> str:
+def both(fig: hb.Figure) -> str:
     """Process wall (the time the process reported), medians; LOADED if any sample was."""
     return (f"{fig.median():.2f} ({fig.median('reported'):.2f})"
             + (" LOADED" if fig.loaded else ""))
@@ -102,16 +86,16 @@ def choose_layout(folder: Path, size_gb: float, gallery: int, repeat: int
         raw = sum(_nbytes(store, a) for a in ("bank", "test"))
         runs, bench = measure(store, repeat)
         floor, run = runs["read floor"].median(), runs["run"].median()
-        rows.append([name, f"{raw / 1e9:.2f}", f"{raw / disk_bytes(store):.3f}",
+        rows.append([name, f"{raw / 1e9:.2f}", f"{raw / hb.disk_bytes(store):.3f}",
                      f"{floor:.2f}", both(runs["read"]), both(runs["run"]),
                      f"{run / runs['read'].median():.2f}", f"{run / floor:.2f}",
                      f"{runs['run'].rss:.2f}"])
         if best is None or run < best[1]:
             best = (name, run)
         shutil.rmtree(store)
-        print(f"layout {name}: done ({footer(bench)})", file=sys.stderr, flush=True)
-    text = table(["layout", "GB", "compression", "floor s", "read s", "run s", "run/read",
-                  "run/floor", "run GiB"], rows)
+        print(f"layout {name}: done ({hb.footer(bench)})", file=sys.stderr, flush=True)
+    text = hb.table(["layout", "GB", "compression", "floor s", "read s", "run s", "run/read",
+                     "run/floor", "run GiB"], rows)
     assert best is not None
     return text, best[0]
 
@@ -125,7 +109,7 @@ def _nbytes(store: Path, name: str) -> int:
 def size_table(folder: Path, sizes: list[float], gallery: int, layout: str, repeat: int) -> str:
     rows = []
     for size in sizes:
-        n_bank, n_test = sims_rows(size, gallery)
+        n_bank, n_test = hb.sims_rows(size, gallery)
         store = make(folder, f"size{size:g}", size, gallery, LAYOUTS[layout])
         raw = (n_bank + n_test) * gallery * 4
         runs, bench = measure(store, repeat)
@@ -135,9 +119,9 @@ def size_table(folder: Path, sizes: list[float], gallery: int, layout: str, repe
                      f"{raw / 1e9 / run:.2f}", f"{run / read:.2f}", f"{run / floor:.2f}",
                      f"{runs['read'].rss:.2f}", f"{runs['run'].rss:.2f}"])
         shutil.rmtree(store)
-        print(f"size {size:g} GB: done ({footer(bench)})", file=sys.stderr, flush=True)
-    return table(["GB", f"bank + test rows (x {gallery})", "floor s", "read s", "read GB/s",
-                  "run s", "run GB/s", "run/read", "run/floor", "read GiB", "run GiB"], rows)
+        print(f"size {size:g} GB: done ({hb.footer(bench)})", file=sys.stderr, flush=True)
+    return hb.table(["GB", f"bank + test rows (x {gallery})", "floor s", "read s", "read GB/s",
+                     "run s", "run GB/s", "run/read", "run/floor", "read GiB", "run GiB"], rows)
 
 
 def main() -> None:
@@ -150,8 +134,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-memory")
-    print(machine())
+    folder = hb.workdir(args.dir, "qbscale-bench-memory")
+    print(hb.machine())
     choice, layout = choose_layout(folder, args.choice_size, args.gallery, args.repeat)
     print(f"\nlayouts at {args.choice_size:g} GB (bank + test, float32); medians of "
           f"{args.repeat}: process wall (pass alone); compression = raw / on-disk bytes")

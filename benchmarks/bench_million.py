@@ -33,21 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    MALLOC_ENV,
-    PYTHON,
-    Bench,
-    Figure,
-    machine,
-    matmul_rate,
-    process,
-    projected,
-    report,
-    run_command,
-    synth_store,
-    table,
-    workdir,
-)
+import harness as hb
 
 DIM = 384
 ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -97,13 +83,13 @@ print(f"two: {two:.1f}")
 def store(folder: Path, name: str, gallery: int, bank: int, test: int,
           chunk_mb: float | None = None) -> Path:
     extra = [] if chunk_mb is None else ["--chunk-mb", str(chunk_mb)]
-    return synth_store(folder / f"{name}.zarr", "--kind", "embeddings", "--bank", str(bank),
-                       "--test", str(test), "--gallery", str(gallery), "--dim", str(DIM),
-                       "--queries-per-item", "1", *extra)
+    return hb.synth_store(folder / f"{name}.zarr", "--kind", "embeddings", "--bank", str(bank),
+                          "--test", str(test), "--gallery", str(gallery), "--dim", str(DIM),
+                          "--queries-per-item", "1", *extra)
 
 
 def run_item(url: Path, grid: str, blas: dict[str, str] | None) -> object:
-    return process([PYTHON, "-c", RUN, url, grid], {**MALLOC_ENV, **(blas or {})})
+    return hb.process([hb.PYTHON, "-c", RUN, url, grid], {**hb.MALLOC_ENV, **(blas or {})})
 
 
 def value(text: str, label: str) -> str:
@@ -111,21 +97,22 @@ def value(text: str, label: str) -> str:
     return found[-1] if found else "?"
 
 
-def gflops(fig: Figure, flop: float) -> float:
+def gflops(fig: hb.Figure, flop: float) -> float:
     return flop / fig.median("reported") / 1e9
 
 
 def matmul_floor(flop: float, q_rows: int, g_rows: int) -> object:
     """The products alone at numpy's rate on the engine's block shape, 2 callers."""
-    return projected(lambda: 1 / matmul_rate(q_rows, DIM, g_rows, callers=2), flop)
+    return hb.projected(lambda: 1 / hb.matmul_rate(q_rows, DIM, g_rows, callers=2), flop)
 
 
 def compare(folder: Path, gallery: int, bank: int, test: int, repeat: int) -> str:
     big = store(folder, "chunks64", gallery, bank, test, chunk_mb=64)
     small = store(folder, "chunks4", gallery, bank, test)
     flop = 2.0 * (bank + test) * gallery * DIM
-    grid = value(run_command([PYTHON, "-c", RUN, small, "after"], MALLOC_ENV).stdout, "grid")
-    bench = Bench(repeat)
+    probe = hb.run_command([hb.PYTHON, "-c", RUN, small, "after"], hb.MALLOC_ENV)
+    grid = value(probe.stdout, "grid")
+    bench = hb.Bench(repeat)
     bench.add("matmul floor", matmul_floor(flop, *(int(x) for x in grid.split(" x "))))
     bench.add("before: old grid, 64 MiB chunks", run_item(big, "before", None))
     bench.add("after: new grid, 64 MiB chunks", run_item(big, "after", None))
@@ -137,16 +124,16 @@ def compare(folder: Path, gallery: int, bank: int, test: int, repeat: int) -> st
             for name, fig in figures.items() if name != "matmul floor"]
     shutil.rmtree(big)
     shutil.rmtree(small)
-    return (report("variants against the products at numpy's rate", figures, "matmul floor",
-                   bench)
-            + "\n" + table(["variant", "block (queries x items)", "GFLOP/s",
-                            "R@1 before -> after"], rows))
+    return (hb.report("variants against the products at numpy's rate", figures, "matmul floor",
+                      bench)
+            + "\n" + hb.table(["variant", "block (queries x items)", "GFLOP/s",
+                               "R@1 before -> after"], rows))
 
 
 def matmul_rates(q_rows: int, g_rows: int) -> list[list[object]]:
     rows = []
     for label, env in (("default BLAS threads", None), ("1 BLAS thread", ONE_BLAS_THREAD)):
-        out = run_command([PYTHON, "-c", MATMUL, q_rows, g_rows, DIM, 8], env).stdout
+        out = hb.run_command([hb.PYTHON, "-c", MATMUL, q_rows, g_rows, DIM, 8], env).stdout
         rows.append([f"numpy matmul {q_rows} x {DIM} @ {DIM} x {g_rows}, {label}",
                      value(out, "one"), value(out, "two")])
     return rows
@@ -162,8 +149,8 @@ def main() -> None:
     parser.add_argument("--full-repeat", type=int, default=1)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-million")
-    print(machine())
+    folder = hb.workdir(args.dir, "qbscale-bench-million")
+    print(hb.machine())
     if args.compare_gallery:
         text = compare(folder, args.compare_gallery, args.bank, args.test, args.repeat)
         print(f"\nblock grids and BLAS threads, gallery {args.compare_gallery} x {DIM}, bank "
@@ -171,12 +158,12 @@ def main() -> None:
         print(text)
     url = store(folder, "million", args.gallery, args.bank, args.test)
     flop = 2.0 * (args.bank + args.test) * args.gallery * DIM
-    bench = Bench(args.full_repeat, warmup=False)
+    bench = hb.Bench(args.full_repeat, warmup=False)
     bench.add("run", run_item(url, "after", None))
     run = bench.run()["run"]
     grid = value(run.samples[0].stdout, "grid")
     q_rows, g_rows = (int(x) for x in grid.split(" x "))
-    floor = flop / matmul_rate(q_rows, DIM, g_rows, callers=2)
+    floor = flop / hb.matmul_rate(q_rows, DIM, g_rows, callers=2)
     rows = [[f"qbscale DIS beta 20 (wall {run.median():.1f} s, compute "
              f"{run.median('reported'):.1f} s = {run.median('reported') / floor:.2f}x the "
              f"products at numpy's 2-caller rate, peak RSS {run.rss:.2f} GiB)",
@@ -185,7 +172,7 @@ def main() -> None:
     print(f"\ngallery {args.gallery} x {DIM}, bank {args.bank}, test {args.test} "
           f"({flop / 1e12:.1f} TFLOP of products), blocks {grid}; R@1 "
           f"{value(run.samples[0].stdout, 'R1')}")
-    print(table(["what", "GFLOP/s (1 caller / engine)", "GFLOP/s 2 callers"], rows))
+    print(hb.table(["what", "GFLOP/s (1 caller / engine)", "GFLOP/s 2 callers"], rows))
     shutil.rmtree(folder, ignore_errors=True)
 
 

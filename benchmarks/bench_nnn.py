@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Bench, call, machine, report
+import harness as hb
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"
 ALPHA, NNN_K, TOP = 0.5, 256, 10
@@ -76,11 +76,11 @@ def main() -> None:
     bank, gallery, queries = (np.load(DATA / f"{n}.npy").astype(np.float32)
                               for n in ("querybank", "gallery_test", "queries_test"))
     out: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
-    bench = Bench(args.repeats)
-    bench.add("floor: numpy products", call(lambda: (bank @ gallery.T, queries @ gallery.T)))
-    bench.add("NNNRanker (torch, CPU)", call(
+    bench = hb.Bench(args.repeats)
+    bench.add("floor: numpy products", hb.call(lambda: (bank @ gallery.T, queries @ gallery.T)))
+    bench.add("NNNRanker (torch, CPU)", hb.call(
         lambda: out.update(nnn=run_nnn(bank, gallery, queries))))
-    bench.add("qbscale fit + search", call(
+    bench.add("qbscale fit + search", hb.call(
         lambda: out.update(qbscale=run_qbscale(bank, gallery, queries, args.scheduler))))
     figures = bench.run()
     _, nnn_scores, nnn_idx = out["nnn"]
@@ -89,10 +89,10 @@ def main() -> None:
     rows_equal = equal.all(axis=1)
     gap = float(np.abs(nnn_scores.astype(np.float64) - qb_scores)[~equal].max()) \
         if (~equal).any() else 0.0
-    print(machine())
-    print(report(f"pycode: bank {len(bank)}, gallery {len(gallery)}, {len(queries)} queries, "
-                 f"{gallery.shape[1]}-d; nnn alpha={ALPHA} k={NNN_K}; top {TOP}", figures,
-                 "floor: numpy products", bench))
+    print(hb.machine())
+    print(hb.report(f"pycode: bank {len(bank)}, gallery {len(gallery)}, {len(queries)} queries, "
+                    f"{gallery.shape[1]}-d; nnn alpha={ALPHA} k={NNN_K}; top {TOP}", figures,
+                    "floor: numpy products", bench))
     nnn_s = figures["NNNRanker (torch, CPU)"].median()
     print(f"qbscale / NNNRanker: {figures['qbscale fit + search'].median() / nnn_s:.2f}x")
     print(f"top-10 lists equal: {int(rows_equal.sum())} of {len(rows_equal)} queries; "

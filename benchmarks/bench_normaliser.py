@@ -30,7 +30,7 @@ import dask.array as da
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Bench, call, chunk_files, machine, read_floor, report
+import harness as hb
 
 import qbscale
 from qbscale.normaliser import Normaliser
@@ -49,18 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     load = lambda name: np.load(DATA / name).astype(np.float32)  # noqa: E731
     gallery = load("gallery_test.npy")
     bank, test = load("querybank.npy") @ gallery.T, load("queries_test.npy") @ gallery.T
-    print(machine())
+    print(hb.machine())
     kept: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="qbscale-bench-") as tmp:
         store = qbscale.ingest(Path(args.out or tmp) / "pycode.zarr", bank, test,
                                chunk_bytes=16 * 2**20, overwrite=True, progress=False)
         kw = {"beta": betas, "scheduler": args.scheduler}
         kept["norm"] = Normaliser.fit(store, **kw)
-        bench = Bench(args.repeat)
-        bench.add("read floor", read_floor(chunk_files(store)))
-        bench.add("run (fits)", call(lambda: kept.update(full=qbscale.run(store, **kw))))
-        bench.add("fit alone", call(lambda: Normaliser.fit(store, **kw)))
-        bench.add("run --normaliser", call(lambda: kept.update(
+        bench = hb.Bench(args.repeat)
+        bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+        bench.add("run (fits)", hb.call(lambda: kept.update(full=qbscale.run(store, **kw))))
+        bench.add("fit alone", hb.call(lambda: Normaliser.fit(store, **kw)))
+        bench.add("run --normaliser", hb.call(lambda: kept.update(
             fitted=qbscale.run(store, normaliser=kept["norm"], **kw))))
         stores = bench.run()
     full, fitted = kept["full"], kept["fitted"]
@@ -70,17 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     log_z = is_norm.shift[0]
     dis_norm = Normaliser.fit(bank, beta=betas[-1], method="dis")
     lazy = da.from_array(test, chunks=(1000, 1000))
-    bench = Bench(args.repeat)
-    bench.add("numpy beta*T - logZ", call(lambda: betas[-1] * test.astype(np.float64) - log_z))
-    bench.add("transform (is)", call(lambda: is_norm.transform(test)))
-    bench.add("transform (dis)", call(lambda: dis_norm.transform(test)))
-    bench.add("transform (dis, dask)", call(
+    bench = hb.Bench(args.repeat)
+    bench.add("numpy beta*T - logZ", hb.call(lambda: betas[-1] * test.astype(np.float64) - log_z))
+    bench.add("transform (is)", hb.call(lambda: is_norm.transform(test)))
+    bench.add("transform (dis)", hb.call(lambda: dis_norm.transform(test)))
+    bench.add("transform (dis, dask)", hb.call(
         lambda: dis_norm.transform(lazy).compute(scheduler=args.scheduler)))
     transforms = bench.run()
     title = (f"pycode: bank {bank.shape}, test {test.shape}, betas {betas}, "
              f"scheduler {args.scheduler}")
-    print(report(f"{title}: store passes", stores, "read floor"))
-    print(report(f"{title}: transforms in memory", transforms, "numpy beta*T - logZ", bench))
+    print(hb.report(f"{title}: store passes", stores, "read floor"))
+    print(hb.report(f"{title}: transforms in memory", transforms, "numpy beta*T - logZ", bench))
     print(f"ranks of run --normaliser identical to run: {same}")
     return 0 if same else 1
 

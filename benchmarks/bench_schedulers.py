@@ -22,19 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    Bench,
-    chunk_files,
-    machine,
-    process,
-    qbscale_command,
-    ratio,
-    read_floor,
-    report,
-    synth_store,
-    table,
-    workdir,
-)
+import harness as hb
 
 SCHEDULERS = ("threads", "local:1", "local:2")
 
@@ -47,28 +35,28 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=0)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-schedulers")
-    store = synth_store(folder / "bench.zarr", "--kind", "sims", "--bank", str(args.bank_rows),
-                        "--test", str(args.gallery), "--gallery", str(args.gallery))
+    folder = hb.workdir(args.dir, "qbscale-bench-schedulers")
+    store = hb.synth_store(folder / "bench.zarr", "--kind", "sims", "--bank", str(args.bank_rows),
+                           "--test", str(args.gallery), "--gallery", str(args.gallery))
     gbytes = (args.bank_rows + args.gallery) * args.gallery * 4 / 1e9
-    print(machine())
-    bench = Bench(args.repeat)
-    bench.add("read floor", read_floor(chunk_files(store)))
+    print(hb.machine())
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
     for name in SCHEDULERS:
-        bench.add(name, process([*qbscale_command(), "run", store, "--beta", "20", "--topk",
-                                 args.topk, "--scheduler", name, "--quiet"]))
+        bench.add(name, hb.process([*hb.qbscale_command(), "run", store, "--beta", "20", "--topk",
+                                    args.topk, "--scheduler", name, "--quiet"]))
     figures = bench.run()
-    print(report(f"store: bank {args.bank_rows} x {args.gallery} + test {args.gallery} x "
-                 f"{args.gallery} float32 = {gbytes:.2f} GB", figures, "read floor", bench,
-                 gb=gbytes))
+    print(hb.report(f"store: bank {args.bank_rows} x {args.gallery} + test {args.gallery} x "
+                    f"{args.gallery} float32 = {gbytes:.2f} GB", figures, "read floor", bench,
+                    gb=gbytes))
     threads = figures["threads"]
 
     def overhead(name: str) -> float:
         """Process wall less the reported run: start-up, cluster start and stop."""
         return figures[name].median() - figures[name].median("reported")
 
-    print(table(["scheduler", "run (reported) x threads", "cluster start + stop s"],
-                [[name, ratio(figures[name].median("reported"), threads.median("reported")),
+    print(hb.table(["scheduler", "run (reported) x threads", "cluster start + stop s"],
+                   [[name, hb.ratio(figures[name].median("reported"), threads.median("reported")),
                   f"{overhead(name) - overhead('threads'):.2f}"] for name in SCHEDULERS]))
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import PYTHON, Bench, call, cores, machine, process, report, table
+import harness as hb
 
 DIM, K, BETA = 384, 10, 20.0
 CHUNK = 16384
@@ -156,7 +156,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="qb-search-"))
     work = work / f"g{args.n_gallery}"
     work.mkdir(parents=True, exist_ok=True)
-    print(machine())
+    print(hb.machine())
     t0 = time.perf_counter()
     write_gallery(work / "gallery.zarr", args.n_gallery)
     queries = near(work / "gallery.zarr", args.queries, 1)
@@ -165,29 +165,29 @@ def main() -> None:
     print(f"gallery {args.n_gallery} x {DIM} float32 in {work} (+ bank {args.bank}, fit) "
           f"in {time.perf_counter() - t0:.0f} s")
     products: list[float] = []
-    bench = Bench(args.repeats, warmup=False)
+    bench = hb.Bench(args.repeats, warmup=False)
     bench.add("numpy q @ g.T, same blocks and reads",
-              call(lambda: products.append(numpy_floor(work, queries)[1])))
-    bench.add("qbscale search", process([PYTHON, __file__, "--child", "--workdir", work]))
+              hb.call(lambda: products.append(numpy_floor(work, queries)[1])))
+    bench.add("qbscale search", hb.process([hb.PYTHON, __file__, "--child", "--workdir", work]))
     figures = bench.run()
     flop = 2.0 * args.queries * args.n_gallery * DIM
-    print(report(f"exact search, DIS beta {BETA:g}, top {K}, {args.queries} queries",
-                 figures, "numpy q @ g.T, same blocks and reads", bench))
+    print(hb.report(f"exact search, DIS beta {BETA:g}, top {K}, {args.queries} queries",
+                    figures, "numpy q @ g.T, same blocks and reads", bench))
     timed = {"numpy q @ g.T, same blocks and reads":
              figures["numpy q @ g.T, same blocks and reads"].median(),
              "numpy q @ g.T alone (each block read first, untimed)":
              sorted(products)[len(products) // 2],
              "qbscale search (reported)": figures["qbscale search"].median("reported")}
-    print(table(["what", "seconds", "queries/s", "GFLOP/s"],
-                [[name, f"{t:.2f}", f"{args.queries / t:.0f}", f"{flop / t / 1e9:.0f}"]
+    print(hb.table(["what", "seconds", "queries/s", "GFLOP/s"],
+                   [[name, f"{t:.2f}", f"{args.queries / t:.0f}", f"{flop / t / 1e9:.0f}"]
                  for name, t in timed.items()]))
     if args.skip_faiss:
         return
     exact = np.load(work / "exact_idx.npy")
-    print(f"\nfaiss over the same gallery ({cores()} cores), recall@{K} against "
+    print(f"\nfaiss over the same gallery ({hb.cores()} cores), recall@{K} against "
           "the exact search")
-    print(table(["index", "build s", "search s", "queries/s", f"recall@{K}"],
-                faiss_rows(work, queries, exact)))
+    print(hb.table(["index", "build s", "search s", "queries/s", f"recall@{K}"],
+                   faiss_rows(work, queries, exact)))
 
 
 if __name__ == "__main__":

@@ -30,18 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import (
-    Bench,
-    chunk_files,
-    machine,
-    process,
-    qbscale_command,
-    read_floor,
-    report,
-    sims_store,
-    table,
-    workdir,
-)
+import harness as hb
 
 
 def main() -> None:
@@ -54,25 +43,25 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="an existing store (else one is made)")
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    print(machine())
+    print(hb.machine())
     folder = None
     if args.store:
         store = Path(args.store)
     else:
-        folder = workdir(args.dir, "qbscale-bench-sweep")
-        store = sims_store(folder, "sweep", args.size, args.gallery)
+        folder = hb.workdir(args.dir, "qbscale-bench-sweep")
+        store = hb.sims_store(folder, "sweep", args.size, args.gallery)
     sizes = [s for s in args.sizes.split(",") if s]
-    base = [*qbscale_command()]
-    bench = Bench(args.repeat)
-    bench.add("read floor", read_floor(chunk_files(store)))
-    bench.add("sweep", process([*base, "sweep", store, "--bank-sizes", args.sizes,
-                                "--repeats", args.repeats, "--quiet"]))
+    base = [*hb.qbscale_command()]
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("sweep", hb.process([*base, "sweep", store, "--bank-sizes", args.sizes,
+                                   "--repeats", args.repeats, "--quiet"]))
     for size in sizes:
         extra = [] if size == "all" else ["--bank-sample", size, "--seed", "0"]
-        bench.add(f"run {size}", process([*base, "run", store, *extra, "--quiet"]))
+        bench.add(f"run {size}", hb.process([*base, "run", store, *extra, "--quiet"]))
     runs = bench.run()
-    print(report(f"store {store.name}: sizes {args.sizes}, {args.repeats} repeats", runs,
-                 "read floor", bench))
+    print(hb.report(f"store {store.name}: sizes {args.sizes}, {args.repeats} repeats", runs,
+                    "read floor", bench))
     cells = args.repeats * len(sizes)
     sweep_s = runs["sweep"].median()
     plain_s = runs["run all"].median() if "run all" in runs else float("nan")
@@ -89,8 +78,8 @@ def main() -> None:
          f"{runs['run all'].rss:.2f}" if "run all" in runs else "-",
          f"{plain_s / sweep_s:.2f}", "1.00", f"{plain_s / floor:.2f}"],
     ]
-    print(table(["what", "cells", "wall s", "peak GiB", "vs sweep", "vs plain run",
-                 "x read floor"], rows))
+    print(hb.table(["what", "cells", "wall s", "peak GiB", "vs sweep", "vs plain run",
+                    "x read floor"], rows))
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import chunk_files, fmt, load, loaded, machine, read_files, table
+import harness as hb
 
 #: stage -> (function name, only the calls made from this caller or None): cumulative CPU time
 STAGES = {
@@ -82,7 +82,7 @@ def profile_table(store: str, betas: list[float], skip_fit: bool) -> str:
     rows = [[stage, *(f"{parts[stage]:.2f} s, {100 * parts[stage] / total:.0f}%"
                       for total, parts in results.values())] for stage in stages]
     rows.append(["total CPU", *(f"{total:.2f} s" for total, _ in results.values())])
-    return table(["stage", *results], rows)
+    return hb.table(["stage", *results], rows)
 
 
 def stage_rates(store: str, repeat: int) -> str:
@@ -126,8 +126,8 @@ def stage_rates(store: str, repeat: int) -> str:
                 best = min(best, time.thread_time() - start)
             elements = n * (4 if "4 betas" in name else 1)
             out.append([name, f"{best * 1e3:.2f}", f"{elements / best / 1e9:.2f}"])
-    return table([f"stage on one {block.shape[0]} x {n_cols} block", "ms (CPU, best)",
-                  "Gelem/s"], out)
+    return hb.table([f"stage on one {block.shape[0]} x {n_cols} block", "ms (CPU, best)",
+                     "Gelem/s"], out)
 
 
 def main() -> None:
@@ -140,21 +140,22 @@ def main() -> None:
     import qbscale
     from qbscale.executors.local import one_blas_thread
 
-    print(machine())
+    print(hb.machine())
     print(f"qbscale from {Path(qbscale.__file__).parent}; store {args.store}, "
-          f"{sum(f.stat().st_size for f in chunk_files(args.store)) / 1e9:.2f} GB")
-    read_files(chunk_files(args.store))  # page cache warm, as for the floor
+          f"{sum(f.stat().st_size for f in hb.chunk_files(args.store)) / 1e9:.2f} GB")
+    hb.read_files(hb.chunk_files(args.store))  # page cache warm, as for the floor
     with one_blas_thread():
-        before = load()
+        before = hb.load()
         text = profile_table(args.store, [float(b) for b in args.betas.split(",")],
                              args.skip_fit)
         print(f"\nCPU time by stage, synchronous scheduler (load {before:.2f} before, "
-              f"{load():.2f} after{'  LOADED' if loaded(max(before, load())) else ''})")
+              f"{hb.load():.2f} after{'  LOADED' if hb.loaded(max(before, hb.load())) else ''})")
         print(text)
-        before = load()
+        before = hb.load()
         text = stage_rates(args.store, args.repeat)
-        print(f"\nbank kernel passes, one thread (load {before:.2f} before, {fmt(load())} after"
-              f"{'  LOADED: the other core was busy' if max(before, load()) > 1 else ''})")
+        after = hb.load()
+        print(f"\nbank kernel passes, one thread (load {before:.2f} before, {after:.2f} after"
+              f"{'  LOADED: the other core was busy' if max(before, after) > 1 else ''})")
         print(text)
 
 
