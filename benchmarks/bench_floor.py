@@ -42,6 +42,16 @@ def exp_floor(n_elements: int, betas: int = 1) -> float:
     return n_elements * betas / hb.exp_rate((256, GALLERY)) / hb.cores()
 
 
+def rates_table() -> str:
+    """One thread's numpy rates on the stores' block shapes: the compute floors."""
+    shape = (334, GALLERY)  # a whole-row 64 MiB chunk
+    rows = [[f"exp {dtype}, {shape[0]} x {shape[1]} a row at a time, 1 thread",
+             f"{hb.exp_rate(shape, dtype) / 1e9:.2f} Gelem/s"] for dtype in ("float64", "float32")]
+    rows.append(["matmul float32 2000 x 384 @ 384 x 8192, 2 callers x 1 BLAS thread",
+                 f"{hb.matmul_rate(2000, 384, 8192, callers=2) / 1e9:.0f} GFLOP/s"])
+    return f"\nnumpy's rates ({hb.footer(None)})\n" + hb.table(["floor", "rate"], rows)
+
+
 def run_table(folder: Path, size: float, repeat: int) -> str:
     store = hb.sims_store(folder, f"run{size:g}", size, GALLERY)
     n_bank, n_test = hb.sims_rows(size, GALLERY)
@@ -108,6 +118,7 @@ def main() -> None:
     folder = hb.workdir(args.dir, "qbscale-bench-floor")
     tables = set(args.tables.split(","))
     print(hb.machine(), flush=True)
+    print(rates_table(), flush=True)
     try:
         if "run" in tables:
             for size in (float(s) for s in args.sizes.split(",")):
