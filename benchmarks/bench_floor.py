@@ -52,7 +52,8 @@ def rates_table() -> str:
     return f"\nnumpy's rates ({hb.footer(None)})\n" + hb.table(["floor", "rate"], rows)
 
 
-def run_table(folder: Path, size: float, repeat: int) -> str:
+def run_table(folder: Path, size: float, repeat: int) -> tuple[str, float]:
+    """The run table at ``size`` GB, and the run's peak RSS (GiB)."""
     store = hb.sims_store(folder, f"run{size:g}", size, GALLERY)
     n_bank, n_test = hb.sims_rows(size, GALLERY)
     bench = hb.Bench(repeat)
@@ -62,10 +63,11 @@ def run_table(folder: Path, size: float, repeat: int) -> str:
     figures = bench.run()
     shutil.rmtree(store)
     floor = exp_floor(n_bank * GALLERY)
-    return (hb.report(f"run on {size:g} GB (bank {n_bank} + test {n_test} rows x {GALLERY})",
+    text = (hb.report(f"run on {size:g} GB (bank {n_bank} + test {n_test} rows x {GALLERY})",
                       figures, "read floor", bench, gb=(n_bank + n_test) * GALLERY * 4 / 1e9)
             + f"\nexp floor (bank, float64, {hb.cores()} cores): {hb.fmt(floor)} s = "
             f"{hb.ratio(floor, figures['read floor'].median())} read floor")
+    return text, figures["run, DIS beta 20"].rss
 
 
 def beta_table(folder: Path, size: float, repeat: int) -> str:
@@ -121,8 +123,12 @@ def main() -> None:
     print(rates_table(), flush=True)
     try:
         if "run" in tables:
+            peaks = {}
             for size in (float(s) for s in args.sizes.split(",")):
-                print(run_table(folder, size, args.repeat), flush=True)
+                text, peaks[size] = run_table(folder, size, args.repeat)
+                print(text, flush=True)
+            print("\npeak RSS of run: " + ", ".join(f"{peak:.2f} GiB at {size:g} GB"
+                                                    for size, peak in peaks.items()), flush=True)
         if "betas" in tables:
             print(beta_table(folder, args.beta_size, args.repeat), flush=True)
         if "fit" in tables:
