@@ -98,7 +98,7 @@ def main() -> None:
                     gb=bank_bytes / 1e9))
     print(hb.table(["command", "bytes read / bank bytes"],
                    [[name, f"{read_bytes(fig) / bank_bytes:.2f}"] for name, fig in figures.items()
-                 if name != "read floor"]))
+                    if name != "read floor"]))
     bank_stage = figures["run"].median() - figures["run --normaliser"].median()
     exp_s = n_bank * args.gallery / hb.exp_rate((256, args.gallery)) / hb.cores()
     floor = figures["read floor"].median()

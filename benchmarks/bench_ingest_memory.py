@@ -96,7 +96,7 @@ def main() -> None:
                         f"{total / 2**30:.2f} GiB of input", figures, "cp", bench, gb=total / 1e9))
         print(hb.table(["ingest", "peak RSS / bank file"],
                        [[name, f"{fig.rss * 2**30 / bank_bytes:.3f}"]
-                     for name, fig in figures.items() if name != "cp"]))
+                        for name, fig in figures.items() if name != "cp"]))
 
 
 if __name__ == "__main__":

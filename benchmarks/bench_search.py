@@ -180,7 +180,7 @@ def main() -> None:
              "qbscale search (reported)": figures["qbscale search"].median("reported")}
     print(hb.table(["what", "seconds", "queries/s", "GFLOP/s"],
                    [[name, f"{t:.2f}", f"{args.queries / t:.0f}", f"{flop / t / 1e9:.0f}"]
-                 for name, t in timed.items()]))
+                    for name, t in timed.items()]))
     if args.skip_faiss:
         return
     exact = np.load(work / "exact_idx.npy")
