@@ -79,6 +79,9 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     # several betas: the slab is cast once, each beta's terms go to `scaled`
     scaled = np.empty_like(buf) if len(betas) > 1 else buf
     part = None if members is None else np.empty_like(buf)
+    # the whole-row slab's views, made once (a wide block has a slab per row)
+    full = (buf.reshape(step + 1, n_cols)[1:], scaled.reshape(step + 1, n_cols))
+    every = list(totals[:, 0])  # each beta's total of the set of every row
     for r in range(0, n_rows, step):  # one pass over the block for every beta
         x = block[r:r + step]
         sets = None if members is None else members[:, r:r + step]
@@ -86,17 +89,23 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
             used = sets.any(axis=0)
             if not used.all():
                 x, sets = x[used], sets[:, used]
-        shape = (len(x) + 1, n_cols)
-        y = buf[: shape[0] * n_cols].reshape(shape)[1:]
+        if len(x) == step:
+            y, slab = full
+        else:
+            y = buf[: (len(x) + 1) * n_cols].reshape(len(x) + 1, n_cols)[1:]
+            slab = scaled[: (len(x) + 1) * n_cols].reshape(len(x) + 1, n_cols)
+        terms = slab[1:]
         # a separate cast then in-place float64 ops: ~1.3x faster than
         # one mixed-type ufunc call, whose casting goes through buffers
         np.copyto(y, x)
         for b, beta in enumerate(betas):
-            slab = scaled[: shape[0] * n_cols].reshape(shape)
-            np.multiply(y, beta, out=slab[1:])
-            np.subtract(slab[1:], peaks[b], out=slab[1:])
-            np.exp(slab[1:], out=slab[1:])
-            _add_sets(totals[b], slab, sets, part)
+            np.multiply(y, beta, out=terms)
+            np.subtract(terms, peaks[b], out=terms)
+            np.exp(terms, out=terms)
+            if sets is None and len(terms) == 1:  # one set, one row: added in place
+                np.add(every[b], terms[0], out=every[b])
+            else:
+                _add_sets(totals[b], slab, sets, part)
     out = np.empty((n_sets, len(betas), n_cols))
     for b, beta in enumerate(betas):
         with np.errstate(divide="ignore"):
