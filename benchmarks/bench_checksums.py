@@ -11,7 +11,9 @@ from the codecs: a store as written before checksums).  Interleaved
   direct chunk-file reads a run uses), 2 threads;
 * ``run``: ``qbscale run STORE --beta 20`` (DIS).
 
-Medians of process wall times and, in brackets, of the pass alone.
+Beside them the floor (``harness``): a 2-thread ``np.fromfile`` of the crc32c
+store's chunk files.  Medians (min-max) of process wall times and of the pass
+alone (reported), each as a ratio to the floor.
 
 usage: python benchmarks/bench_checksums.py [--gb 1] [--repeat 5] [--gallery 50000] [--dir DIR]
 """
@@ -25,18 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    MALLOC_ENV,
-    PYTHON,
-    interleaved,
-    machine,
-    median,
-    qbscale_command,
-    synth_store,
-    table,
-    wall,
-    workdir,
-)
+import harness as hb
 
 READ = """\
 import sys, time
@@ -79,36 +70,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    print(machine())
-    root = workdir(args.dir, "qbscale-bench-checksums")
+    print(hb.machine())
+    root = hb.workdir(args.dir, "qbscale-bench-checksums")
     rows = int(args.gb * 1e9 / 4 / args.gallery)
     bank, test = rows * 3 // 4, rows - rows * 3 // 4
-    crc = synth_store(root / "crc32c.zarr", "--kind", "sims", "--bank", str(bank), "--test",
-                      str(test), "--gallery", str(args.gallery), "--queries-per-item", "1")
+    crc = hb.synth_store(root / "crc32c.zarr", "--kind", "sims", "--bank", str(bank), "--test",
+                         str(test), "--gallery", str(args.gallery), "--queries-per-item", "1")
     plain = root / "plain.zarr"
     strip_checksums(crc, plain)
-    commands = {}
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(crc)))
     for label, store in (("crc32c", crc), ("none", plain)):
-        commands[f"read {label}"] = ([PYTHON, "-c", READ, str(store)], MALLOC_ENV)
-        commands[f"run {label}"] = ([*qbscale_command(), "run", str(store), "--beta", "20",
-                                     "-q"], None)
-    runs = interleaved(commands, args.repeat)
-    out = []
-    for label in ("none", "crc32c"):
-        read, run = runs[f"read {label}"], runs[f"run {label}"]
-        inner_read = median([m.seconds() for m in read])
-        inner_run = median([m.seconds() for m in run])
-        out.append([label, f"{wall(read):.2f} ({inner_read:.2f})",
-                    f"{wall(run):.2f} ({inner_run:.2f})", f"{inner_run / inner_read:.2f}"])
-    base_read = median([m.seconds() for m in runs["read none"]])
-    base_run = median([m.seconds() for m in runs["run none"]])
-    crc_read = median([m.seconds() for m in runs["read crc32c"]])
-    crc_run = median([m.seconds() for m in runs["run crc32c"]])
-    print(f"\n{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery}); medians of "
-          f"{args.repeat}: process wall (pass alone)")
-    print(table(["checksums", "read s", "run s", "run/read (pass)"], out))
-    print(f"crc32c / none, pass alone: read {crc_read / base_read:.2f}x, "
-          f"run {crc_run / base_run:.2f}x")
+        bench.add(f"read {label}", hb.process([hb.PYTHON, "-c", READ, store], hb.MALLOC_ENV))
+        bench.add(f"run {label}", hb.process([*hb.qbscale_command(), "run", store, "--beta", "20",
+                                              "-q"]))
+    figures = bench.run()
+    print(hb.report(f"{args.gb:g} GB (bank {bank} + test {test} rows x {args.gallery})", figures,
+                    "read floor", bench, gb=args.gb))
+    inner = {name: fig.median("reported") for name, fig in figures.items()}
+    print(f"crc32c / none, pass alone: read {hb.ratio(inner['read crc32c'], inner['read none'])}, "
+          f"run {hb.ratio(inner['run crc32c'], inner['run none'])}")
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -12,12 +12,14 @@ usage: python benchmarks/bench_hits.py [--queries 100000] [--k 10] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as hb
 
 from qbscale.storage.hits import SUFFIXES, HitsWriter, read_hits
 
@@ -33,26 +35,30 @@ def main() -> None:
     scores = -np.sort(-rng.standard_normal((args.queries, args.k)).astype(np.float32), axis=1)
     indices = rng.integers(0, 1_000_000, (args.queries, args.k))
     hits = args.queries * args.k
-    print(f"{args.queries} queries x top-{args.k} = {hits} hits, blocks of {args.block} queries; "
-          f"medians of {args.repeat}")
-    print("| format | write s | write Mhits/s | read s | read Mhits/s | MiB |")
-    print("|---|---|---|---|---|---|")
+    print(hb.machine())
     with tempfile.TemporaryDirectory() as tmp:
-        for suffix in SUFFIXES:
-            path = Path(tmp) / f"hits{suffix}"
-            writes, reads = [], []
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                with HitsWriter(path, variant="dis:beta=20") as writer:
-                    for r0 in range(0, args.queries, args.block):
-                        writer.append(scores[r0:r0 + args.block], indices[r0:r0 + args.block])
-                writes.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                assert read_hits(path)["item"].size == hits
-                reads.append(time.perf_counter() - t0)
-            w, r = statistics.median(writes), statistics.median(reads)
-            print(f"| {suffix} | {w:.2f} | {hits / w / 1e6:.2f} | {r:.2f} | {hits / r / 1e6:.2f} "
-                  f"| {path.stat().st_size / 2**20:.1f} |")
+        def write(path: Path) -> None:
+            with HitsWriter(path, variant="dis:beta=20") as writer:
+                for r0 in range(0, args.queries, args.block):
+                    writer.append(scores[r0:r0 + args.block], indices[r0:r0 + args.block])
+
+        def read(path: Path) -> None:
+            assert read_hits(path)["item"].size == hits
+
+        raw = Path(tmp) / "raw.npz"
+        bench = hb.Bench(args.repeat)
+        bench.add("floor: np.savez", hb.call(lambda: np.savez(raw, scores=scores, item=indices)))
+        paths = {suffix: Path(tmp) / f"hits{suffix}" for suffix in SUFFIXES}
+        for suffix, path in paths.items():
+            bench.add(f"write {suffix}", hb.call(lambda p=path: write(p)))
+            bench.add(f"read {suffix}", hb.call(lambda p=path: read(p)))
+        figures = bench.run()
+        print(hb.report(f"{args.queries} queries x top-{args.k} = {hits} hits, blocks of "
+                        f"{args.block} queries", figures, "floor: np.savez", bench))
+        rates = "; ".join(f"{s}: write {hits / figures[f'write {s}'].median() / 1e6:.2f}, read "
+                          f"{hits / figures[f'read {s}'].median() / 1e6:.2f} Mhits/s, "
+                          f"{p.stat().st_size / 2**20:.1f} MiB" for s, p in paths.items())
+        print(rates)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ Writes bank (ROWS x COLS float32, default 20000 x 20000 = 1.6 GB) and a small
 test matrix (2000 x COLS) as .npy (memory-mapped, read block by block), .npz
 (stored member, streamed through zipfile) and, for contrast, a pickle (loaded
 whole by nature), then runs ``python -m qbscale.cli ingest`` on each under
-``/usr/bin/time -v`` and prints the peak resident set size against the input
-size.  Wall times are medians of ``--repeat`` runs; the ``cp`` row (copying
-the input files) is the machine's disk floor for comparison.
+``harness.Bench`` (peak RSS from ``wait4``) and prints the peak resident set
+size against the input size.  Wall times are medians (min-max) of ``--repeat``
+interleaved runs, as ratios to the ``cp`` row (copying the input files), the
+machine's disk floor.
 
 usage: python benchmarks/bench_ingest_memory.py [--rows 20000] [--cols 20000]
        [--chunk-mb 64 16] [--formats npy npz pkl] [--repeat 3] [--workdir DIR]
@@ -17,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import re
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as hb
 
 
 def generate(path: Path, rows: int, cols: int, seed: int) -> None:
@@ -59,16 +57,12 @@ def convert(npy: Path, fmt: str) -> Path:
     return target
 
 
-def run_ingest(bank: Path, test: Path, out: Path, chunk_mb: float) -> tuple[float, float]:
-    """(peak RSS in bytes, wall seconds) of one CLI ingest."""
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "qbscale.cli", "ingest",
-           "--bank", str(bank), "--test", str(test), "--queries-per-item", "1",
-           "-o", str(out), "--overwrite", "--quiet", "--chunk-mb", str(chunk_mb)]
-    start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    wall = time.perf_counter() - start
-    peak_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)[1])
-    return peak_kb * 1024, wall
+def copy_inputs(work: Path) -> None:
+    """The floor: copy both input files (``cp``), then remove the copies."""
+    for name in ("bank.npy", "test.npy"):
+        shutil.copyfile(work / name, work / f"copy-{name}")
+    for name in ("bank.npy", "test.npy"):
+        (work / f"copy-{name}").unlink()
 
 
 def main() -> None:
@@ -80,35 +74,29 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
+    print(hb.machine())
     with tempfile.TemporaryDirectory(prefix="qbscale-mem-", dir=args.workdir) as tmp:
         work = Path(tmp)
         generate(work / "bank.npy", args.rows, args.cols, 0)
         generate(work / "test.npy", 2000, args.cols, 1)
         bank_bytes = (work / "bank.npy").stat().st_size
         total = bank_bytes + (work / "test.npy").stat().st_size
-        print(f"bank {args.rows} x {args.cols} float32 ({bank_bytes / 2**30:.2f} GiB) + test "
-              f"2000 x {args.cols}: {total / 2**30:.2f} GiB of input")
-        print(f"{'format':7} {'chunk MiB':>9} {'peak RSS MiB':>12} {'RSS / bank file':>15} "
-              f"{'wall s':>7} {'GB/s':>6}")
-        walls = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            for name in ("bank.npy", "test.npy"):
-                shutil.copyfile(work / name, work / f"copy-{name}")
-            walls.append(time.perf_counter() - start)
-            for name in ("bank.npy", "test.npy"):
-                (work / f"copy-{name}").unlink()
-        wall = statistics.median(walls)
-        print(f"{'cp':7} {'-':>9} {'-':>12} {'-':>15} {wall:7.2f} {total / wall / 1e9:6.2f}")
+        bench = hb.Bench(args.repeat)
+        bench.add("cp", hb.call(lambda: copy_inputs(work)))
         for fmt in args.formats:
             bank = work / "bank.npy" if fmt == "npy" else convert(work / "bank.npy", fmt)
             for chunk_mb in args.chunk_mb:
-                runs = [run_ingest(bank, work / "test.npy", work / "out.zarr", chunk_mb)
-                        for _ in range(args.repeat)]
-                peak = max(r[0] for r in runs)
-                wall = statistics.median(r[1] for r in runs)
-                print(f"{fmt:7} {chunk_mb:9g} {peak / 2**20:12.0f} {peak / bank_bytes:15.3f} "
-                      f"{wall:7.2f} {total / wall / 1e9:6.2f}")
+                bench.add(f"{fmt}, {chunk_mb:g} MiB chunks", hb.process(
+                    [hb.PYTHON, "-m", "qbscale.cli", "ingest", "--bank", bank, "--test",
+                     work / "test.npy", "--queries-per-item", "1", "-o", work / "out.zarr",
+                     "--overwrite", "--quiet", "--chunk-mb", chunk_mb], cwd=hb.ROOT))
+        figures = bench.run()
+        print(hb.report(f"ingest of bank {args.rows} x {args.cols} float32 "
+                        f"({bank_bytes / 2**30:.2f} GiB) + test 2000 x {args.cols}: "
+                        f"{total / 2**30:.2f} GiB of input", figures, "cp", bench, gb=total / 1e9))
+        print(hb.table(["ingest", "peak RSS / bank file"],
+                       [[name, f"{fig.rss * 2**30 / bank_bytes:.3f}"]
+                        for name, fig in figures.items() if name != "cp"]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 """The two hot block kernels against their previous versions.
 
 On one 64 MiB float32 block (335 x 50000, a whole-row chunk of the default
-layout), single-threaded, medians of ``--repeat`` interleaved timings:
+layout), single-threaded, medians of ``--repeat`` interleaved timings of this
+thread's CPU time (``harness.Bench``), each also as a multiple of the floor:
+numpy's float64 ``exp`` of as many elements, a row at a time:
 
 * counting, for one beta and for a sweep of 8: :func:`qbscale.engine.kernels.count_block`
   as it is (float32 candidate prefilter, candidates rescored in float64);
@@ -21,9 +23,7 @@ usage: python benchmarks/bench_kernels.py [--repeat 7] [--rows 335] [--cols 5000
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -31,7 +31,7 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table
+import harness as hb
 
 from qbscale.engine import kernels
 
@@ -78,21 +78,18 @@ def previous_logsumexp(block: np.ndarray, beta: float) -> np.ndarray:
 
 
 def timings(funcs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median seconds per function, calls interleaved."""
-    runs: dict[str, list[float]] = {name: [] for name in funcs}
-    for _ in range(repeat):
-        for name, func in funcs.items():
-            start = time.perf_counter()
-            func()
-            runs[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in runs.items()}
+    """Median seconds of this thread's CPU per function, calls interleaved (``harness``)."""
+    bench = hb.Bench(repeat, warmup=False)
+    for name, func in funcs.items():
+        bench.add(name, hb.call(func))
+    return {name: fig.median("cpu") for name, fig in bench.run().items()}
 
 
 def no_prefilter(func: Callable[[], object]) -> Callable[[], object]:
-    def call() -> object:
+    def patched() -> object:
         with mock.patch.object(kernels, "candidate_floor", lambda *a: None):
             return func()
-    return call
+    return patched
 
 
 def main() -> None:
@@ -113,7 +110,7 @@ def main() -> None:
     gt = order[rows, rank]
     gt_raw = block[rows, gt].astype(np.float64)
 
-    print(machine())
+    print(hb.machine())
     print(f"block {args.rows} x {args.cols} float32, 1 thread, medians of {args.repeat}; "
           f"ground-truth ranks (beta 20): median {int(np.median(rank))}, "
           f"{int((rank > 1000).sum())} rows past 1000")
@@ -150,9 +147,14 @@ def main() -> None:
     out.append(["bank logsumexp, 1 beta", f"{t['now'] * 1e3:.1f} ({n / t['now'] / 1e9:.2f})",
                 "-", f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})", "-",
                 f"{t['before'] / t['now']:.2f}x"])
-    print("ms per block (Gelem/s)")
-    print(table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
-                 "gain over previous"], out))
+    floor = hb.exp_seconds(block.shape)
+    for row in out:
+        now_ms = float(row[1].split()[0])
+        row.append(f"{now_ms / 1e3 / floor:.2f}x")
+    print(f"ms per block (Gelem/s); floor: float64 exp of the block {floor * 1e3:.1f} ms; "
+          + hb.footer(None))
+    print(hb.table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
+                    "gain over previous", "now x exp floor"], out))
 
 
 if __name__ == "__main__":

@@ -14,11 +14,13 @@ times three ways of doing that on the same ``qbscale run`` of a store made by
   (:func:`qbscale.executors.tune_malloc`);
 * ``neither``: glibc's defaults.
 
-Every variant runs in its own process under ``/usr/bin/time -v`` (peak RSS),
-after one untimed warm-up each, interleaved ``--repeat`` times; the table
-shows medians of wall time (of the whole process, start-up included), of CPU
-time (user + system, steadier than wall time on a busy machine) and of minor
-page faults, and the largest peak RSS, with ratios to ``re-exec``.
+Every variant runs in its own process (``harness.Bench``: peak RSS, CPU time
+and minor faults from ``wait4``), after one untimed warm-up each, interleaved
+``--repeat`` times beside the floor (a 2-thread ``np.fromfile`` of the
+store's chunk files); the tables show medians (min-max) of wall time (of the
+whole process, start-up included) as ratios to the floor, of CPU time (user +
+system, steadier than wall time on a busy machine) and of minor page faults,
+and the largest peak RSS, with ratios to ``re-exec``.
 
 Verdict (kept in the CLI): ``mallopt``, for being as fast and simpler.  On
 a 0.72 GiB store (the defaults below) on this shared 2-core machine (load
@@ -44,25 +46,12 @@ usage: python benchmarks/bench_malloc.py [--bank 16000] [--test 8000]
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
+from pathlib import Path
 
-from common import (
-    PYTHON,
-    Measure,
-    interleaved,
-    machine,
-    median,
-    peak,
-    synth_store,
-    table,
-    wall,
-    workdir,
-)
-
-from qbscale.executors import MALLOC_ENV
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as hb
 
 #: run the CLI group as the console script would, without its own malloc step
 NEITHER = "from qbscale.cli import cli; cli(prog_name='qbscale')"
@@ -73,23 +62,10 @@ REEXEC = ("import os, sys; from qbscale.cli import cli; from qbscale.executors i
           "{**os.environ, **MALLOC_ENV})")
 
 
-def cpu(runs: list[Measure]) -> float:
-    """Median user + system CPU seconds (``/usr/bin/time -v``): less sensitive than wall
-    time to other work on a shared machine."""
-    def one(m: Measure) -> float | None:
-        found = [re.search(rf"{kind} time \(seconds\): ([0-9.]+)", m.stderr)
-                 for kind in ("User", "System")]
-        return sum(float(f.group(1)) for f in found if f) if all(found) else None
-
-    return median([one(m) for m in runs])
-
-
-def faults(runs: list[Measure]) -> float:
-    """Median minor page faults (``/usr/bin/time -v``), in thousands: what the malloc
-    settings cut, and a count that other work on the machine does not change."""
-    found = [re.search(r"Minor \(reclaiming a frame\) page faults: (\d+)", m.stderr)
-             for m in runs]
-    return median([int(f.group(1)) / 1000 if f else None for f in found])
+def faults(fig: hb.Figure) -> float:
+    """Median minor page faults, in thousands: what the malloc settings cut, and a
+    count that other work on the machine does not change."""
+    return fig.median("faults") / 1000
 
 
 def main() -> None:
@@ -101,31 +77,31 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp dir)")
     args = parser.parse_args()
 
-    root = workdir(args.dir, "qbscale-bench-malloc")
-    store = synth_store(root / "synth.zarr", "--bank", str(args.bank), "--test", str(args.test),
-                        "--gallery", str(args.gallery))
+    root = hb.workdir(args.dir, "qbscale-bench-malloc")
+    store = hb.synth_store(root / "synth.zarr", "--bank", str(args.bank), "--test", str(args.test),
+                           "--gallery", str(args.gallery))
     run_args = ["run", str(store), "--beta", "20", "-q"]
-    inherited = sorted(set(MALLOC_ENV) & set(os.environ))
+    inherited = sorted(set(hb.MALLOC_ENV) & set(os.environ))
     if inherited:
         sys.exit(f"unset {', '.join(inherited)} first: every variant must start from defaults")
-    clean = None
-    variants = {
-        "re-exec": ([PYTHON, "-c", REEXEC, *run_args], clean),
-        "mallopt": ([PYTHON, "-c", MALLOPT, *run_args], clean),
-        "neither": ([PYTHON, "-c", NEITHER, *run_args], clean),
-    }
-    runs = interleaved(variants, args.repeat)
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("re-exec", hb.process([hb.PYTHON, "-c", REEXEC, *run_args]))
+    bench.add("mallopt", hb.process([hb.PYTHON, "-c", MALLOPT, *run_args]))
+    bench.add("neither", hb.process([hb.PYTHON, "-c", NEITHER, *run_args]))
+    runs = bench.run()
     size = (args.bank + args.test) * args.gallery * 4 / 2**30
-    print(f"qbscale run {store.name} --beta 20 -q: bank {args.bank} x {args.gallery}, test "
-          f"{args.test} x {args.gallery} float32 ({size:.2f} GiB); medians of {args.repeat}")
-    print(machine())
-    base_wall, base_rss = wall(runs["re-exec"]), peak(runs["re-exec"])
-    base_cpu = cpu(runs["re-exec"])
-    rows = [[name, wall(r), wall(r) / base_wall, cpu(r), cpu(r) / base_cpu, faults(r),
-             peak(r), peak(r) / base_rss, json.dumps([round(m.wall, 1) for m in r])]
-            for name, r in runs.items()]
-    print(table(["variant", "wall s", "wall / re-exec", "CPU s", "CPU / re-exec",
-                 "minor faults k", "peak RSS GiB", "RSS / re-exec", "walls"], rows))
+    print(hb.machine())
+    print(hb.report(f"qbscale run {store.name} --beta 20 -q: bank {args.bank} x {args.gallery}, "
+                    f"test {args.test} x {args.gallery} float32 ({size:.2f} GiB)", runs,
+                    "read floor", bench))
+    base = runs["re-exec"]
+    rows = [[name, f"{r.median() / base.median():.2f}", f"{r.median('cpu'):.2f}",
+             f"{r.median('cpu') / base.median('cpu'):.2f}", f"{faults(r):.1f}",
+             f"{r.rss / base.rss:.2f}"]
+            for name, r in runs.items() if name != "read floor"]
+    print(hb.table(["variant", "wall / re-exec", "CPU s", "CPU / re-exec", "minor faults k",
+                    "RSS / re-exec"], rows))
 
 
 if __name__ == "__main__":

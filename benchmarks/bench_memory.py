@@ -3,9 +3,11 @@
 
 Synthetic similarity stores (``qbscale synth --kind sims``, written chunk by
 chunk) of bank + test ~1, ~4 and ~16 GB float32 over a 50000-item gallery.
-For each, interleaved ``--repeat`` times after a warm-up, each in its own
-process under ``/usr/bin/time -v`` with the CLI's malloc settings:
+For each, interleaved ``--repeat`` times after a warm-up (``harness.Bench``),
+each in its own process with the CLI's malloc settings, beside the floor:
 
+* ``read floor``: a 2-thread ``np.fromfile`` of the store's chunk files (in
+  the harness's process);
 * ``read``: ``da.from_zarr(store, component=...).sum()`` of bank and test;
 * ``run``: ``qbscale run STORE --beta 20`` (DIS).
 
@@ -15,7 +17,9 @@ ingest``'s default layout.  The size table then uses ``--layout`` (default:
 the ingest default, whole rows in 64 MiB chunks, uncompressed; ``fastest``
 takes the fastest run of the layout table).  Tables show medians of process
 wall times (start-up included) and, in brackets, the time the process itself
-reported for the pass alone.
+reported for the pass alone; ``run/floor`` is the run's process wall over the
+read floor.  ``bench_floor.py`` prints the run and fit tables against the
+floor alone; this script keeps the layout choice and the zarr read.
 
 usage: python benchmarks/bench_memory.py [--sizes 1,4,16] [--choice-size 4]
        [--layout NAME|fastest] [--repeat 3] [--gallery 50000] [--dir DIR]
@@ -29,20 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    MALLOC_ENV,
-    PYTHON,
-    disk_bytes,
-    interleaved,
-    machine,
-    median,
-    peak,
-    qbscale_command,
-    table,
-    timed,
-    wall,
-    workdir,
-)
+import harness as hb
 
 #: name -> (synth chunk options, codec)
 LAYOUTS = {
@@ -63,54 +54,48 @@ print(f"time: {time.perf_counter() - start:.2f} s")
 """
 
 
-def shape_of(size_gb: float, gallery: int) -> tuple[int, int]:
-    """Bank and test rows (3:1) making ``size_gb`` GB of float32 over ``gallery`` items."""
-    rows = max(4, round(size_gb * 1e9 / (4 * gallery)))
-    test = max(1, min(gallery, rows // 4))
-    return rows - test, test
-
-
 def make(folder: Path, name: str, size_gb: float, gallery: int,
-         layout: tuple[list[str], str]) -> tuple[Path, float]:
-    """A synth store and the seconds it took to write."""
-    n_bank, n_test = shape_of(size_gb, gallery)
-    out = folder / f"{name}.zarr"
+         layout: tuple[list[str], str]) -> Path:
+    """A synth store of ``size_gb`` GB in ``layout``."""
+    n_bank, n_test = hb.sims_rows(size_gb, gallery)
     options, codec = layout
-    took = timed([*qbscale_command(), "synth", str(out), "--kind", "sims", "--bank",
-                  str(n_bank), "--test", str(n_test), "--gallery", str(gallery), *options,
-                  "--codec", codec, "--quiet", "--overwrite"]).wall
-    return out, took
+    return hb.synth_store(folder / f"{name}.zarr", "--kind", "sims", "--bank", str(n_bank),
+                          "--test", str(n_test), "--gallery", str(gallery), *options,
+                          "--codec", codec)
 
 
-def measure(store: Path, repeat: int) -> dict[str, list]:
-    return interleaved({
-        "read": ([PYTHON, "-c", READ, str(store)], MALLOC_ENV),
-        "run": ([*qbscale_command(), "run", str(store), "--beta", "20", "--quiet"], None),
-    }, repeat)
+def measure(store: Path, repeat: int) -> tuple[dict[str, hb.Figure], hb.Bench]:
+    bench = hb.Bench(repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("read", hb.process([hb.PYTHON, "-c", READ, store], hb.MALLOC_ENV))
+    bench.add("run", hb.process([*hb.qbscale_command(), "run", store, "--beta", "20", "--quiet"]))
+    return bench.run(), bench
 
 
-def inner(runs: list) -> float:
-    return median([m.seconds() for m in runs])
+def both(fig: hb.Figure) -> str:
+    """Process wall (the time the process reported), medians; LOADED if any sample was."""
+    return (f"{fig.median():.2f} ({fig.median('reported'):.2f})"
+            + (" LOADED" if fig.loaded else ""))
 
 
 def choose_layout(folder: Path, size_gb: float, gallery: int, repeat: int
                   ) -> tuple[str, str]:
     rows, best = [], None
     for name, layout in LAYOUTS.items():
-        store, write_s = make(folder, "choice", size_gb, gallery, layout)
+        store = make(folder, "choice", size_gb, gallery, layout)
         raw = sum(_nbytes(store, a) for a in ("bank", "test"))
-        runs = measure(store, repeat)
-        read, run = wall(runs["read"]), wall(runs["run"])
-        rows.append([name, f"{raw / 1e9:.2f}", f"{raw / disk_bytes(store):.3f}",
-                     f"{raw / 1e9 / write_s:.2f}", f"{read:.2f} ({inner(runs['read']):.2f})",
-                     f"{run:.2f} ({inner(runs['run']):.2f})", f"{run / read:.2f}",
-                     f"{peak(runs['run']):.2f}"])
+        runs, bench = measure(store, repeat)
+        floor, run = runs["read floor"].median(), runs["run"].median()
+        rows.append([name, f"{raw / 1e9:.2f}", f"{raw / hb.disk_bytes(store):.3f}",
+                     f"{floor:.2f}", both(runs["read"]), both(runs["run"]),
+                     f"{run / runs['read'].median():.2f}", f"{run / floor:.2f}",
+                     f"{runs['run'].rss:.2f}"])
         if best is None or run < best[1]:
             best = (name, run)
         shutil.rmtree(store)
-        print(f"layout {name}: done", file=sys.stderr, flush=True)
-    text = table(["layout", "GB", "compression", "write GB/s", "read s", "run s", "run/read",
-                  "run GiB"], rows)
+        print(f"layout {name}: done ({hb.footer(bench)})", file=sys.stderr, flush=True)
+    text = hb.table(["layout", "GB", "compression", "floor s", "read s", "run s", "run/read",
+                     "run/floor", "run GiB"], rows)
     assert best is not None
     return text, best[0]
 
@@ -124,20 +109,19 @@ def _nbytes(store: Path, name: str) -> int:
 def size_table(folder: Path, sizes: list[float], gallery: int, layout: str, repeat: int) -> str:
     rows = []
     for size in sizes:
-        n_bank, n_test = shape_of(size, gallery)
-        store, _ = make(folder, f"size{size:g}", size, gallery, LAYOUTS[layout])
+        n_bank, n_test = hb.sims_rows(size, gallery)
+        store = make(folder, f"size{size:g}", size, gallery, LAYOUTS[layout])
         raw = (n_bank + n_test) * gallery * 4
-        runs = measure(store, repeat)
-        read, run = wall(runs["read"]), wall(runs["run"])
-        rows.append([f"{raw / 1e9:.1f}", f"{n_bank} + {n_test}",
-                     f"{read:.2f} ({inner(runs['read']):.2f})", f"{raw / 1e9 / read:.2f}",
-                     f"{run:.2f} ({inner(runs['run']):.2f})", f"{raw / 1e9 / run:.2f}",
-                     f"{run / read:.2f}", f"{peak(runs['read']):.2f}",
-                     f"{peak(runs['run']):.2f}"])
+        runs, bench = measure(store, repeat)
+        floor, read, run = (runs[k].median() for k in ("read floor", "read", "run"))
+        rows.append([f"{raw / 1e9:.1f}", f"{n_bank} + {n_test}", f"{floor:.2f}",
+                     both(runs["read"]), f"{raw / 1e9 / read:.2f}", both(runs["run"]),
+                     f"{raw / 1e9 / run:.2f}", f"{run / read:.2f}", f"{run / floor:.2f}",
+                     f"{runs['read'].rss:.2f}", f"{runs['run'].rss:.2f}"])
         shutil.rmtree(store)
-        print(f"size {size:g} GB: done", file=sys.stderr, flush=True)
-    return table(["GB", f"bank + test rows (x {gallery})", "read s", "read GB/s", "run s",
-                  "run GB/s", "run/read", "read GiB", "run GiB"], rows)
+        print(f"size {size:g} GB: done ({hb.footer(bench)})", file=sys.stderr, flush=True)
+    return hb.table(["GB", f"bank + test rows (x {gallery})", "floor s", "read s", "read GB/s",
+                     "run s", "run GB/s", "run/read", "run/floor", "read GiB", "run GiB"], rows)
 
 
 def main() -> None:
@@ -150,8 +134,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-memory")
-    print(machine())
+    folder = hb.workdir(args.dir, "qbscale-bench-memory")
+    print(hb.machine())
     choice, layout = choose_layout(folder, args.choice_size, args.gallery, args.repeat)
     print(f"\nlayouts at {args.choice_size:g} GB (bank + test, float32); medians of "
           f"{args.repeat}: process wall (pass alone); compression = raw / on-disk bytes")

@@ -33,19 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    MALLOC_ENV,
-    PYTHON,
-    interleaved,
-    machine,
-    median,
-    peak,
-    synth_store,
-    table,
-    timed,
-    wall,
-    workdir,
-)
+import harness as hb
 
 DIM = 384
 ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -95,14 +83,13 @@ print(f"two: {two:.1f}")
 def store(folder: Path, name: str, gallery: int, bank: int, test: int,
           chunk_mb: float | None = None) -> Path:
     extra = [] if chunk_mb is None else ["--chunk-mb", str(chunk_mb)]
-    return synth_store(folder / f"{name}.zarr", "--kind", "embeddings", "--bank", str(bank),
-                       "--test", str(test), "--gallery", str(gallery), "--dim", str(DIM),
-                       "--queries-per-item", "1", *extra)
+    return hb.synth_store(folder / f"{name}.zarr", "--kind", "embeddings", "--bank", str(bank),
+                          "--test", str(test), "--gallery", str(gallery), "--dim", str(DIM),
+                          "--queries-per-item", "1", *extra)
 
 
-def run_command(url: Path, grid: str, blas: dict[str, str] | None
-                ) -> tuple[list[str], dict[str, str]]:
-    return [PYTHON, "-c", RUN, str(url), grid], {**MALLOC_ENV, **(blas or {})}
+def run_item(url: Path, grid: str, blas: dict[str, str] | None) -> object:
+    return hb.process([hb.PYTHON, "-c", RUN, url, grid], {**hb.MALLOC_ENV, **(blas or {})})
 
 
 def value(text: str, label: str) -> str:
@@ -110,39 +97,43 @@ def value(text: str, label: str) -> str:
     return found[-1] if found else "?"
 
 
-def gflops(runs: list, flop: float) -> float:
-    return flop / median([m.seconds() for m in runs]) / 1e9
+def gflops(fig: hb.Figure, flop: float) -> float:
+    return flop / fig.median("reported") / 1e9
+
+
+def matmul_floor(flop: float, q_rows: int, g_rows: int) -> object:
+    """The products alone at numpy's rate on the engine's block shape, 2 callers."""
+    return hb.projected(lambda: 1 / hb.matmul_rate(q_rows, DIM, g_rows, callers=2), flop)
 
 
 def compare(folder: Path, gallery: int, bank: int, test: int, repeat: int) -> str:
     big = store(folder, "chunks64", gallery, bank, test, chunk_mb=64)
     small = store(folder, "chunks4", gallery, bank, test)
-    variants = {
-        "before: old grid, 64 MiB chunks": run_command(big, "before", None),
-        "after: new grid, 64 MiB chunks": run_command(big, "after", None),
-        "after: new grid, 4 MiB chunks": run_command(small, "after", None),
-        "after, 4 MiB chunks, 1 BLAS thread": run_command(small, "after", ONE_BLAS_THREAD),
-    }
-    runs = interleaved(variants, repeat)
     flop = 2.0 * (bank + test) * gallery * DIM
-    base = median([m.seconds() for m in runs[next(iter(variants))]])
-    rows = []
-    for name, measured in runs.items():
-        inner = median([m.seconds() for m in measured])
-        rows.append([name, value(measured[0].stdout, "grid"), f"{wall(measured):.1f}",
-                     f"{inner:.1f}", f"{gflops(measured, flop):.0f}", f"{base / inner:.2f}x",
-                     f"{peak(measured):.2f}", value(measured[0].stdout, "R1")])
+    probe = hb.run_command([hb.PYTHON, "-c", RUN, small, "after"], hb.MALLOC_ENV)
+    grid = value(probe.stdout, "grid")
+    bench = hb.Bench(repeat)
+    bench.add("matmul floor", matmul_floor(flop, *(int(x) for x in grid.split(" x "))))
+    bench.add("before: old grid, 64 MiB chunks", run_item(big, "before", None))
+    bench.add("after: new grid, 64 MiB chunks", run_item(big, "after", None))
+    bench.add("after: new grid, 4 MiB chunks", run_item(small, "after", None))
+    bench.add("after, 4 MiB chunks, 1 BLAS thread", run_item(small, "after", ONE_BLAS_THREAD))
+    figures = bench.run()
+    rows = [[name, value(fig.samples[0].stdout, "grid"), f"{gflops(fig, flop):.0f}",
+             value(fig.samples[0].stdout, "R1")]
+            for name, fig in figures.items() if name != "matmul floor"]
     shutil.rmtree(big)
     shutil.rmtree(small)
-    return table(["variant", "block (queries x items)", "wall s", "compute s", "GFLOP/s",
-                  "speed-up", "peak GiB", "R@1 before -> after"], rows)
+    return (hb.report("variants against the products at numpy's rate", figures, "matmul floor",
+                      bench)
+            + "\n" + hb.table(["variant", "block (queries x items)", "GFLOP/s",
+                               "R@1 before -> after"], rows))
 
 
 def matmul_rates(q_rows: int, g_rows: int) -> list[list[object]]:
     rows = []
     for label, env in (("default BLAS threads", None), ("1 BLAS thread", ONE_BLAS_THREAD)):
-        out = timed([PYTHON, "-c", MATMUL, str(q_rows), str(g_rows), str(DIM), "8"],
-                    env).stdout
+        out = hb.run_command([hb.PYTHON, "-c", MATMUL, q_rows, g_rows, DIM, 8], env).stdout
         rows.append([f"numpy matmul {q_rows} x {DIM} @ {DIM} x {g_rows}, {label}",
                      value(out, "one"), value(out, "two")])
     return rows
@@ -158,27 +149,30 @@ def main() -> None:
     parser.add_argument("--full-repeat", type=int, default=1)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    folder = workdir(args.dir, "qbscale-bench-million")
-    print(machine())
+    folder = hb.workdir(args.dir, "qbscale-bench-million")
+    print(hb.machine())
     if args.compare_gallery:
         text = compare(folder, args.compare_gallery, args.bank, args.test, args.repeat)
         print(f"\nblock grids and BLAS threads, gallery {args.compare_gallery} x {DIM}, bank "
               f"{args.bank}, test {args.test}; medians of {args.repeat}")
         print(text)
     url = store(folder, "million", args.gallery, args.bank, args.test)
-    runs = interleaved({"run": run_command(url, "after", None)}, args.full_repeat,
-                       warmup=False)["run"]
-    grid = value(runs[0].stdout, "grid")
-    q_rows, g_rows = (int(x) for x in grid.split(" x "))
     flop = 2.0 * (args.bank + args.test) * args.gallery * DIM
-    rows = [[f"qbscale DIS beta 20 (wall {wall(runs):.1f} s, compute "
-             f"{median([m.seconds() for m in runs]):.1f} s, peak RSS {peak(runs):.2f} GiB)",
-             f"{gflops(runs, flop):.0f}", "-"]]
+    bench = hb.Bench(args.full_repeat, warmup=False)
+    bench.add("run", run_item(url, "after", None))
+    run = bench.run()["run"]
+    grid = value(run.samples[0].stdout, "grid")
+    q_rows, g_rows = (int(x) for x in grid.split(" x "))
+    floor = flop / hb.matmul_rate(q_rows, DIM, g_rows, callers=2)
+    rows = [[f"qbscale DIS beta 20 (wall {run.median():.1f} s, compute "
+             f"{run.median('reported'):.1f} s = {run.median('reported') / floor:.2f}x the "
+             f"products at numpy's 2-caller rate, peak RSS {run.rss:.2f} GiB)",
+             f"{gflops(run, flop):.0f}", "-"]]
     rows += matmul_rates(q_rows, g_rows)
     print(f"\ngallery {args.gallery} x {DIM}, bank {args.bank}, test {args.test} "
           f"({flop / 1e12:.1f} TFLOP of products), blocks {grid}; R@1 "
-          f"{value(runs[0].stdout, 'R1')}")
-    print(table(["what", "GFLOP/s (1 caller / engine)", "GFLOP/s 2 callers"], rows))
+          f"{value(run.samples[0].stdout, 'R1')}")
+    print(hb.table(["what", "GFLOP/s (1 caller / engine)", "GFLOP/s 2 callers"], rows))
     shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -11,9 +11,11 @@ this in a separate environment::
     pip install nnn-retrieval==1.0.1 torch==2.13.0 && pip install -e .
     python benchmarks/bench_nnn.py [--repeats 5]
 
-Printed: the median wall time of fit + search for each (interleaved runs,
-each in this one process, data already in memory), and how many of the
-4000 x 10 hits are equal.  NNN's scores are float32 (torch); qbscale ranks
+Printed: the median (min-max) wall time of fit + search for each
+(interleaved runs, each in this one process, data already in memory,
+``harness.Bench``) as a ratio to the floor (numpy's products ``bank @
+gallery.T`` and ``queries @ gallery.T`` alone), and how many of the 4000 x 10
+hits are equal.  NNN's scores are float32 (torch); qbscale ranks
 by float64 scores, so lists may differ only where two scores are within
 float32 precision: the largest score gap of any differing position is shown.
 """
@@ -22,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as hb
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"
 ALPHA, NNN_K, TOP = 0.5, 256, 10
@@ -70,25 +75,26 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     bank, gallery, queries = (np.load(DATA / f"{n}.npy").astype(np.float32)
                               for n in ("querybank", "gallery_test", "queries_test"))
-    times: dict[str, list[float]] = {"nnn": [], "qbscale": []}
-    for _ in range(args.repeats):
-        t, nnn_scores, nnn_idx = run_nnn(bank, gallery, queries)
-        times["nnn"].append(t)
-        t, qb_scores, qb_idx = run_qbscale(bank, gallery, queries, args.scheduler)
-        times["qbscale"].append(t)
+    out: dict[str, tuple[float, np.ndarray, np.ndarray]] = {}
+    bench = hb.Bench(args.repeats)
+    bench.add("floor: numpy products", hb.call(lambda: (bank @ gallery.T, queries @ gallery.T)))
+    bench.add("NNNRanker (torch, CPU)", hb.call(
+        lambda: out.update(nnn=run_nnn(bank, gallery, queries))))
+    bench.add("qbscale fit + search", hb.call(
+        lambda: out.update(qbscale=run_qbscale(bank, gallery, queries, args.scheduler))))
+    figures = bench.run()
+    _, nnn_scores, nnn_idx = out["nnn"]
+    _, qb_scores, qb_idx = out["qbscale"]
     equal = nnn_idx == qb_idx
     rows_equal = equal.all(axis=1)
     gap = float(np.abs(nnn_scores.astype(np.float64) - qb_scores)[~equal].max()) \
         if (~equal).any() else 0.0
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"pycode: bank {len(bank)}, gallery {len(gallery)}, {len(queries)} queries, "
-          f"{gallery.shape[1]}-d; nnn alpha={ALPHA} k={NNN_K}; top {TOP}; "
-          f"{args.repeats} interleaved runs, medians")
-    print("| what | fit + search s | min s | max s | vs NNNRanker |")
-    print("|---|---|---|---|---|")
-    for name, label in (("nnn", "NNNRanker (torch, CPU)"), ("qbscale", "qbscale fit + search")):
-        print(f"| {label} | {med[name]:.3f} | {min(times[name]):.3f} | {max(times[name]):.3f} "
-              f"| {med[name] / med['nnn']:.2f}x |")
+    print(hb.machine())
+    print(hb.report(f"pycode: bank {len(bank)}, gallery {len(gallery)}, {len(queries)} queries, "
+                    f"{gallery.shape[1]}-d; nnn alpha={ALPHA} k={NNN_K}; top {TOP}", figures,
+                    "floor: numpy products", bench))
+    nnn_s = figures["NNNRanker (torch, CPU)"].median()
+    print(f"qbscale / NNNRanker: {figures['qbscale fit + search'].median() / nnn_s:.2f}x")
     print(f"top-10 lists equal: {int(rows_equal.sum())} of {len(rows_equal)} queries; "
           f"hits equal: {int(equal.sum())} of {equal.size}; largest score difference at a "
           f"differing hit: {gap:.2e}")

@@ -1,7 +1,10 @@
 """A fitted normaliser on the pycode benchmark: what fitting once saves.
 
 Ingests the pycode similarities (4000 test queries, 7951 bank queries, 4000
-code snippets) into a store, then times, medians of ``--repeat`` runs:
+code snippets) into a store, then times, in this process, medians (min-max)
+of ``--repeat`` interleaved runs (``harness.Bench``), beside two floors: a
+2-thread ``np.fromfile`` read of the store's chunk files (for the store
+passes) and the bare numpy ``beta * T - logZ`` (for the transforms):
 
 * ``run``: a run that fits (reads the bank and the test matrix);
 * ``fit``: ``Normaliser.fit(store)`` alone (reads the bank only);
@@ -19,27 +22,20 @@ and checks the runs' ranks are identical::
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as hb
+
 import qbscale
 from qbscale.normaliser import Normaliser
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"
-
-
-def median_time(func, repeat: int):  # type: ignore[no-untyped-def]
-    times, out = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = func()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,34 +49,38 @@ def main(argv: list[str] | None = None) -> int:
     load = lambda name: np.load(DATA / name).astype(np.float32)  # noqa: E731
     gallery = load("gallery_test.npy")
     bank, test = load("querybank.npy") @ gallery.T, load("queries_test.npy") @ gallery.T
+    print(hb.machine())
+    kept: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="qbscale-bench-") as tmp:
         store = qbscale.ingest(Path(args.out or tmp) / "pycode.zarr", bank, test,
                                chunk_bytes=16 * 2**20, overwrite=True, progress=False)
         kw = {"beta": betas, "scheduler": args.scheduler}
-        t_run, full = median_time(lambda: qbscale.run(store, **kw), args.repeat)
-        t_fit, norm = median_time(lambda: Normaliser.fit(store, **kw), args.repeat)
-        t_with, fitted = median_time(lambda: qbscale.run(store, normaliser=norm, **kw),
-                                     args.repeat)
-    same = all(np.array_equal(full.ranks[b], fitted.ranks[b]) for b in full.ranks)
+        kept["norm"] = Normaliser.fit(store, **kw)
+        bench = hb.Bench(args.repeat)
+        bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+        bench.add("run (fits)", hb.call(lambda: kept.update(full=qbscale.run(store, **kw))))
+        bench.add("fit alone", hb.call(lambda: Normaliser.fit(store, **kw)))
+        bench.add("run --normaliser", hb.call(lambda: kept.update(
+            fitted=qbscale.run(store, normaliser=kept["norm"], **kw))))
+        stores = bench.run()
+    full, fitted = kept["full"], kept["fitted"]
+    same = all(np.array_equal(full.ranks[b], fitted.ranks[b])  # type: ignore[attr-defined]
+               for b in full.ranks)  # type: ignore[attr-defined]
     is_norm = Normaliser.fit(bank, beta=betas[-1], method="is")
     log_z = is_norm.shift[0]
     dis_norm = Normaliser.fit(bank, beta=betas[-1], method="dis")
-    t_tr, _ = median_time(lambda: is_norm.transform(test), args.repeat)
-    t_dis, _ = median_time(lambda: dis_norm.transform(test), args.repeat)
     lazy = da.from_array(test, chunks=(1000, 1000))
-    t_lazy, _ = median_time(lambda: dis_norm.transform(lazy).compute(scheduler=args.scheduler),
-                            args.repeat)
-    t_np, _ = median_time(lambda: betas[-1] * test.astype(np.float64) - log_z, args.repeat)
-    rows = [("run (fits)", t_run, t_run), ("fit alone", t_fit, t_run),
-            ("run --normaliser", t_with, t_run), ("transform (is)", t_tr, t_np),
-            ("transform (dis)", t_dis, t_np),
-            ("transform (dis, dask)", t_lazy, t_np),
-            ("numpy beta*T - logZ", t_np, t_np)]
-    print(f"pycode: bank {bank.shape}, test {test.shape}, betas {betas}, "
-          f"scheduler {args.scheduler}, medians of {args.repeat}")
-    print(f"{'step':<22}{'seconds':>9}{'ratio':>8}")
-    for name, seconds, base in rows:
-        print(f"{name:<22}{seconds:>9.3f}{seconds / base:>8.2f}")
+    bench = hb.Bench(args.repeat)
+    bench.add("numpy beta*T - logZ", hb.call(lambda: betas[-1] * test.astype(np.float64) - log_z))
+    bench.add("transform (is)", hb.call(lambda: is_norm.transform(test)))
+    bench.add("transform (dis)", hb.call(lambda: dis_norm.transform(test)))
+    bench.add("transform (dis, dask)", hb.call(
+        lambda: dis_norm.transform(lazy).compute(scheduler=args.scheduler)))
+    transforms = bench.run()
+    title = (f"pycode: bank {bank.shape}, test {test.shape}, betas {betas}, "
+             f"scheduler {args.scheduler}")
+    print(hb.report(f"{title}: store passes", stores, "read floor"))
+    print(hb.report(f"{title}: transforms in memory", transforms, "numpy beta*T - logZ", bench))
     print(f"ranks of run --normaliser identical to run: {same}")
     return 0 if same else 1
 

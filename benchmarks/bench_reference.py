@@ -3,8 +3,9 @@
 
 For each size (bank x gallery; the test matrix is gallery x gallery, one query
 per item) the script writes seed-format pickles, ingests them into a store,
-and times, each in its own process under ``/usr/bin/time -v``, interleaved
-``--repeat`` times after one warm-up:
+and times, each in its own process (``harness.Bench``, peak RSS from
+``wait4``), interleaved ``--repeat`` times after one warm-up, beside the floor
+(a 2-thread ``np.fromfile`` of the store's chunk files):
 
 * ``reference``: ``reference_method.py`` on the pickles (process start,
   pickle load, full argsorts and sorts, exp-domain DIS);
@@ -33,19 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    MALLOC_ENV,
-    PYTHON,
-    ROOT,
-    interleaved,
-    machine,
-    peak,
-    qbscale_command,
-    table,
-    timed,
-    wall,
-    workdir,
-)
+import harness as hb
 
 SIZES = "2000x1000,9000x3000,20000x5000,40000x10000"
 METRICS = ("R1", "R5", "R10", "R50", "MedR", "MeanR")
@@ -60,23 +49,25 @@ def write_inputs(folder: Path, n_bank: int, n_gallery: int, seed: int = 0) -> di
         with open(paths[role], "wb") as f:
             pickle.dump(rng.random(shape, dtype=np.float32), f, protocol=4)
     paths["store"] = folder / "exp.zarr"
-    timed([*qbscale_command(), "ingest", "--bank", str(paths["bank"]), "--test",
-           str(paths["test"]), "-o", str(paths["store"]), "--quiet"])
+    hb.run_command([*hb.qbscale_command(), "ingest", "--bank", paths["bank"], "--test",
+                    paths["test"], "-o", paths["store"], "--quiet"])
     return paths
 
 
-def commands(paths: dict[str, Path]) -> dict[str, tuple[list[str], dict[str, str] | None]]:
-    seed_flags = ["--sims_train_test_path", str(paths["bank"]),
-                  "--sims_test_path", str(paths["test"])]
+def bench(paths: dict[str, Path], repeat: int) -> hb.Bench:
+    """The three paths, and the floor: a 2-thread read of the store's chunk files."""
+    seed_flags = ["--sims_train_test_path", paths["bank"], "--sims_test_path", paths["test"]]
     folder = paths["store"].parent
-    return {
-        "reference": ([PYTHON, str(ROOT / "benchmarks" / "reference_method.py"), *seed_flags,
-                       "--beta", "20", "--k", "1", "--json", str(folder / "ref.json")], None),
-        "store": ([*qbscale_command(), "run", str(paths["store"]), "--beta", "20", "--quiet",
-                   "--json", str(folder / "store.json")], None),
-        "pickles": ([*qbscale_command(), "run", *seed_flags, "--beta", "20", "--quiet",
-                     "--json", str(folder / "pickles.json")], None),
-    }
+    out = hb.Bench(repeat)
+    out.add("read floor", hb.read_floor(hb.chunk_files(paths["store"])))
+    out.add("reference", hb.process([hb.PYTHON, hb.ROOT / "benchmarks" / "reference_method.py",
+                                     *seed_flags, "--beta", "20", "--k", "1", "--json",
+                                     folder / "ref.json"]))
+    out.add("store", hb.process([*hb.qbscale_command(), "run", paths["store"], "--beta", "20",
+                                 "--quiet", "--json", folder / "store.json"]))
+    out.add("pickles", hb.process([*hb.qbscale_command(), "run", *seed_flags, "--beta", "20",
+                                   "--quiet", "--json", folder / "pickles.json"]))
+    return out
 
 
 def agree(folder: Path) -> bool:
@@ -92,10 +83,10 @@ def agree(folder: Path) -> bool:
 
 def import_profile(paths: dict[str, Path]) -> tuple[float, list[tuple[str, float]], list[str]]:
     """Seed path start-up: total import seconds, the largest top-level imports, heavy ones."""
-    env = dict(MALLOC_ENV)
-    cmd = [PYTHON, "-X", "importtime", "-m", "qbscale.cli", "run", "--sims_train_test_path",
+    env = dict(hb.MALLOC_ENV)
+    cmd = [hb.PYTHON, "-X", "importtime", "-m", "qbscale.cli", "run", "--sims_train_test_path",
            str(paths["bank"]), "--sims_test_path", str(paths["test"]), "--quiet"]
-    err = timed(cmd, env).stderr
+    err = hb.run_command(cmd, env).stderr
     entries = re.findall(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", err)
     total = sum(int(self_us) for self_us, _, _, _ in entries) / 1e6
     top = [(name, int(cum) / 1e6) for _, cum, indent, name in entries if len(indent) == 1]
@@ -111,29 +102,36 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the inputs afterwards")
     args = parser.parse_args()
-    root = workdir(args.dir, "qbscale-bench-reference")
-    print(machine())
+    root = hb.workdir(args.dir, "qbscale-bench-reference")
+    print(hb.machine())
     rows, profile = [], None
     for size in args.sizes.split(","):
         n_bank, n_gallery = (int(x) for x in size.split("x"))
         folder = root / size
         folder.mkdir()
         paths = write_inputs(folder, n_bank, n_gallery)
-        runs = interleaved(commands(paths), args.repeat)
+        timing = bench(paths, args.repeat)
+        runs = timing.run()
         ref, store, pick = (runs[k] for k in ("reference", "store", "pickles"))
-        rows.append([f"{n_bank} x {n_gallery}", wall(ref), f"{peak(ref):.2f}", wall(store),
-                     f"{peak(store):.2f}", wall(pick), f"{peak(pick):.2f}",
-                     f"{wall(ref) / wall(store):.1f}x", f"{wall(pick) / wall(ref):.2f}",
-                     "yes" if agree(folder) else "NO"])
+        floor = runs["read floor"].median()
+        rows.append([f"{n_bank} x {n_gallery}", ref.median(), f"{ref.rss:.2f}", store.median(),
+                     f"{store.rss:.2f}", pick.median(), f"{pick.rss:.2f}",
+                     f"{ref.median() / store.median():.1f}x",
+                     f"{pick.median() / ref.median():.2f}",
+                     f"{store.median() / floor:.1f}x", "yes" if agree(folder) else "NO"])
+        rows[-1][0] += " LOADED" if any(f.loaded for f in runs.values()) else ""
+        print(f"{size}: done ({hb.footer(timing)})", file=sys.stderr, flush=True)
         print(f"{size}: done", file=sys.stderr, flush=True)
         if profile is None:
             profile = import_profile(paths)
         if not args.keep:
             shutil.rmtree(folder)
-    print(f"\nwall seconds (median of {args.repeat}) and peak RSS GiB, DIS beta 20, k 1; "
-          "every process timed from start to exit")
-    print(table(["bank x gallery", "reference s", "ref GiB", "store s", "store GiB",
-                 "pickles s", "pickles GiB", "ref/store", "pickles/ref", "same metrics"], rows))
+    print(f"\nwall seconds (median of {args.repeat} interleaved) and peak RSS GiB, DIS beta 20, "
+          "k 1; every process timed from start to exit; floor: a 2-thread read of the "
+          f"store's chunk files; {hb.footer(None)} after")
+    print(hb.table(["bank x gallery", "reference s", "ref GiB", "store s", "store GiB",
+                    "pickles s", "pickles GiB", "ref/store", "pickles/ref", "store x floor",
+                    "same metrics"], rows))
     if profile is not None:
         total, top, heavy = profile
         print(f"\nseed path start-up (python -X importtime, smallest size): imports "

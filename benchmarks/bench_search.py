@@ -7,9 +7,10 @@ copies of gallery items), fits DIS (beta 20) on a querybank, then measures:
 * ``search(norm, queries, 10, gallery.zarr)``: wall time, queries/s, GFLOP/s
   of the similarity products (``2 * n_queries * n_gallery * dim``) end to end,
   against numpy's own ``q @ g.T`` over the very same block shapes and reads in
-  the same run (the ratio is the target: >= 0.85), and against the products
-  alone (blocks read beforehand, untimed);
-* the peak RSS of the search (measured in a fresh child process);
+  the same run (the floor, interleaved with the searches by ``harness.Bench``;
+  the target: search within 1/0.85 of it), and against the products alone
+  (blocks read beforehand, untimed);
+* the peak RSS of the search (a fresh child process, ``wait4``);
 * faiss Flat and HNSW32 indexes (:func:`qbscale.search.to_faiss`): build time,
   queries/s, recall@10 against the exact top 10.
 
@@ -22,16 +23,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as hb
 
 DIM, K, BETA = 384, 10, 20.0
 CHUNK = 16384
@@ -66,9 +66,7 @@ def near(path: Path, n: int, seed: int) -> np.ndarray:
 
 
 def child(args: argparse.Namespace) -> None:
-    """One exact search in a fresh process: prints seconds and peak RSS as JSON."""
-    import resource
-
+    """One exact search in a fresh process: prints its seconds (``time: 1.23 s``)."""
     from qbscale.config import RunConfig
     from qbscale.engine.normaliser import Normaliser
     from qbscale.search import search
@@ -81,8 +79,7 @@ def child(args: argparse.Namespace) -> None:
     _, indices = search(norm, queries, K, str(work / "gallery.zarr"))
     seconds = time.perf_counter() - t0
     np.save(work / "exact_idx.npy", indices)
-    print(json.dumps({"seconds": seconds,
-                      "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(f"time: {seconds:.3f} s")
 
 
 def numpy_floor(work: Path, queries: np.ndarray) -> tuple[float, float]:
@@ -159,6 +156,7 @@ def main() -> None:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="qb-search-"))
     work = work / f"g{args.n_gallery}"
     work.mkdir(parents=True, exist_ok=True)
+    print(hb.machine())
     t0 = time.perf_counter()
     write_gallery(work / "gallery.zarr", args.n_gallery)
     queries = near(work / "gallery.zarr", args.queries, 1)
@@ -166,39 +164,30 @@ def main() -> None:
     fit_normaliser(work, args.bank)
     print(f"gallery {args.n_gallery} x {DIM} float32 in {work} (+ bank {args.bank}, fit) "
           f"in {time.perf_counter() - t0:.0f} s")
-    cmd = [sys.executable, __file__, "--child", "--workdir", str(work)]
-    runs, floors, products = [], [], []
-    for _ in range(args.repeats):  # interleaved: the numpy floor, then a search
-        floor, product = numpy_floor(work, queries)
-        floors.append(floor)
-        products.append(product)
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.splitlines()[-1]))
+    products: list[float] = []
+    bench = hb.Bench(args.repeats, warmup=False)
+    bench.add("numpy q @ g.T, same blocks and reads",
+              hb.call(lambda: products.append(numpy_floor(work, queries)[1])))
+    bench.add("qbscale search", hb.process([hb.PYTHON, __file__, "--child", "--workdir", work]))
+    figures = bench.run()
     flop = 2.0 * args.queries * args.n_gallery * DIM
-    search_s = statistics.median(r["seconds"] for r in runs)
-    floor_s = statistics.median(floors)
-    product_s = statistics.median(products)
-    rss = max(r["rss"] for r in runs) / 2**30
-    print(f"\nexact search, DIS beta {BETA:g}, top {K}, {args.queries} queries "
-          f"(medians of {args.repeats} interleaved runs)\n")
-    print("| what | seconds | queries/s | GFLOP/s | vs numpy | peak RSS GiB |")
-    print("|---|---|---|---|---|---|")
-    print(f"| numpy `q @ g.T`, same blocks and reads | {floor_s:.2f} | "
-          f"{args.queries / floor_s:.0f} | {flop / floor_s / 1e9:.0f} | 1.00 | - |")
-    print(f"| numpy `q @ g.T` alone (each block read first, untimed) | {product_s:.2f} | "
-          f"{args.queries / product_s:.0f} | {flop / product_s / 1e9:.0f} | "
-          f"{floor_s / product_s:.2f} | - |")
-    print(f"| qbscale search | {search_s:.2f} | {args.queries / search_s:.0f} | "
-          f"{flop / search_s / 1e9:.0f} | {floor_s / search_s:.2f} | {rss:.2f} |")
+    print(hb.report(f"exact search, DIS beta {BETA:g}, top {K}, {args.queries} queries",
+                    figures, "numpy q @ g.T, same blocks and reads", bench))
+    timed = {"numpy q @ g.T, same blocks and reads":
+             figures["numpy q @ g.T, same blocks and reads"].median(),
+             "numpy q @ g.T alone (each block read first, untimed)":
+             sorted(products)[len(products) // 2],
+             "qbscale search (reported)": figures["qbscale search"].median("reported")}
+    print(hb.table(["what", "seconds", "queries/s", "GFLOP/s"],
+                   [[name, f"{t:.2f}", f"{args.queries / t:.0f}", f"{flop / t / 1e9:.0f}"]
+                    for name, t in timed.items()]))
     if args.skip_faiss:
         return
     exact = np.load(work / "exact_idx.npy")
-    print(f"\nfaiss over the same gallery ({os.cpu_count()} cores), recall@{K} against "
-          "the exact search\n")
-    print("| index | build s | search s | queries/s | recall@10 |")
-    print("|---|---|---|---|---|")
-    for row in faiss_rows(work, queries, exact):
-        print("| " + " | ".join(map(str, row)) + " |")
+    print(f"\nfaiss over the same gallery ({hb.cores()} cores), recall@{K} against "
+          "the exact search")
+    print(hb.table(["index", "build s", "search s", "queries/s", f"recall@{K}"],
+                   faiss_rows(work, queries, exact)))
 
 
 if __name__ == "__main__":

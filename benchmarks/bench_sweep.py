@@ -3,8 +3,9 @@
 
 A synthetic similarity store (``qbscale synth --kind sims``, bank + test
 ~``--size`` GB float32 over a 50000-item gallery, 3:1 bank:test rows).  Timed,
-each in its own process under ``/usr/bin/time -v``, interleaved ``--repeat``
-times after a warm-up:
+each in its own process, interleaved ``--repeat`` times after a warm-up
+(``harness.Bench``), beside the floor (a 2-thread ``np.fromfile`` of the
+store's chunk files):
 
 * ``sweep``: ``qbscale sweep STORE --bank-sizes SIZES --repeats R`` (every
   size x repeat cell, one read of the bank and of the test matrix);
@@ -14,8 +15,8 @@ times after a warm-up:
 The separate runs are timed for one seed per size and extrapolated: the
 ``R x len(SIZES)`` runs a sweep replaces cost ``R * sum(run N)`` (a run's cost
 does not depend on its seed; ``all`` is the same plain run in every repeat,
-counted R times as a naive loop would run it).  Medians of process wall
-times; peak RSS is the largest of any run of that kind.
+counted R times as a naive loop would run it).  Medians (min-max) of process
+wall times; peak RSS is the largest of any run of that kind.
 
 usage: python benchmarks/bench_sweep.py [--size 4] [--sizes 500,1000,2000,5000,10000,all]
        [--repeats 3] [--repeat 3] [--store PATH] [--dir DIR]
@@ -29,18 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_memory import shape_of
-from common import interleaved, machine, median, peak, qbscale_command, table, wall, workdir
-
-
-def make(folder: Path, size_gb: float, gallery: int) -> Path:
-    n_bank, n_test = shape_of(size_gb, gallery)
-    out = folder / "sweep.zarr"
-    from common import timed
-
-    timed([*qbscale_command(), "synth", str(out), "--kind", "sims", "--bank", str(n_bank),
-           "--test", str(n_test), "--gallery", str(gallery), "--quiet", "--overwrite"])
-    return out
+import harness as hb
 
 
 def main() -> None:
@@ -53,45 +43,43 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="an existing store (else one is made)")
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
     args = parser.parse_args()
-    print(machine())
+    print(hb.machine())
     folder = None
     if args.store:
         store = Path(args.store)
     else:
-        folder = workdir(args.dir, "qbscale-bench-sweep")
-        store = make(folder, args.size, args.gallery)
+        folder = hb.workdir(args.dir, "qbscale-bench-sweep")
+        store = hb.sims_store(folder, "sweep", args.size, args.gallery)
     sizes = [s for s in args.sizes.split(",") if s]
-    base = [*qbscale_command()]
-    commands = {"sweep": ([*base, "sweep", str(store), "--bank-sizes", args.sizes,
-                           "--repeats", str(args.repeats), "--quiet"], None)}
+    base = [*hb.qbscale_command()]
+    bench = hb.Bench(args.repeat)
+    bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+    bench.add("sweep", hb.process([*base, "sweep", store, "--bank-sizes", args.sizes,
+                                   "--repeats", args.repeats, "--quiet"]))
     for size in sizes:
         extra = [] if size == "all" else ["--bank-sample", size, "--seed", "0"]
-        commands[f"run {size}"] = ([*base, "run", str(store), *extra, "--quiet"], None)
-    runs = interleaved(commands, args.repeat)
+        bench.add(f"run {size}", hb.process([*base, "run", store, *extra, "--quiet"]))
+    runs = bench.run()
+    print(hb.report(f"store {store.name}: sizes {args.sizes}, {args.repeats} repeats", runs,
+                    "read floor", bench))
     cells = args.repeats * len(sizes)
-    sweep_s = wall(runs["sweep"])
-    plain_s = wall(runs["run all"]) if "run all" in runs else float("nan")
-    separate = args.repeats * sum(wall(runs[f"run {s}"]) for s in sizes)
-    separate_rss = max(peak(runs[f"run {s}"]) for s in sizes)
+    sweep_s = runs["sweep"].median()
+    plain_s = runs["run all"].median() if "run all" in runs else float("nan")
+    separate = args.repeats * sum(runs[f"run {s}"].median() for s in sizes)
+    separate_rss = max(runs[f"run {s}"].rss for s in sizes)
+    floor = runs["read floor"].median()
     rows = [
-        ["sweep (one pass)", cells, f"{sweep_s:.2f}",
-         f"{median([m.seconds() for m in runs['sweep']]):.2f}", f"{peak(runs['sweep']):.2f}",
-         "1.00", f"{sweep_s / plain_s:.2f}"],
-        [f"{cells} separate runs (extrapolated)", cells, f"{separate:.2f}", "-",
-         f"{separate_rss:.2f}", f"{separate / sweep_s:.2f}", f"{separate / plain_s:.2f}"],
+        ["sweep (one pass)", cells, f"{sweep_s:.2f}", f"{runs['sweep'].rss:.2f}", "1.00",
+         f"{sweep_s / plain_s:.2f}", f"{sweep_s / floor:.2f}"],
+        [f"{cells} separate runs (extrapolated)", cells, f"{separate:.2f}",
+         f"{separate_rss:.2f}", f"{separate / sweep_s:.2f}", f"{separate / plain_s:.2f}",
+         f"{separate / floor:.2f}"],
         ["one plain run", 1, f"{plain_s:.2f}",
-         f"{median([m.seconds() for m in runs.get('run all', [])]):.2f}",
-         f"{peak(runs['run all']):.2f}" if "run all" in runs else "-",
-         f"{plain_s / sweep_s:.2f}", "1.00"],
+         f"{runs['run all'].rss:.2f}" if "run all" in runs else "-",
+         f"{plain_s / sweep_s:.2f}", "1.00", f"{plain_s / floor:.2f}"],
     ]
-    print(f"\nstore {store.name}: sizes {args.sizes}, {args.repeats} repeats; medians of "
-          f"{args.repeat} interleaved rounds: process wall (time the process reported)")
-    print(table(["what", "cells", "wall s", "reported s", "peak GiB", "vs sweep", "vs plain run"],
-                rows))
-    print("\nper separate run (one seed each):")
-    print(table(["run", "wall s", "peak GiB"],
-                [[name, f"{wall(m):.2f}", f"{peak(m):.2f}"] for name, m in runs.items()
-                 if name != "sweep"]))
+    print(hb.table(["what", "cells", "wall s", "peak GiB", "vs sweep", "vs plain run",
+                    "x read floor"], rows))
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 

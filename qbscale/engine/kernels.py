@@ -71,42 +71,62 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     n_rows, n_cols = block.shape
     top = block.max(axis=0).astype(np.float64) if n_rows else np.zeros(n_cols)
     n_sets = 1 if members is None else len(members)
-    out = np.empty((n_sets, len(betas), n_cols))
+    peaks = [top * beta for beta in betas]
+    totals = np.zeros((len(betas), n_sets, n_cols))
     step = max(1, SLAB_ELEMENTS // max(n_cols, 1))
     # row 0 of a slab is left for the running total (see _add_rows)
     buf = np.empty((step + 1) * n_cols)
+    # several betas: the slab is cast once, each beta's terms go to `scaled`
+    scaled = np.empty_like(buf) if len(betas) > 1 else buf
     part = None if members is None else np.empty_like(buf)
+    # the whole-row slab's views, made once (a wide block has a slab per row)
+    full = (buf.reshape(step + 1, n_cols)[1:], scaled.reshape(step + 1, n_cols))
+    every = list(totals[:, 0])  # each beta's total of the set of every row
+    for r in range(0, n_rows, step):  # one pass over the block for every beta
+        x = block[r:r + step]
+        sets = None if members is None else members[:, r:r + step]
+        if sets is not None:  # rows in no set: no exp
+            used = sets.any(axis=0)
+            if not used.all():
+                x, sets = x[used], sets[:, used]
+        if len(x) == step:
+            y, slab = full
+        else:
+            y = buf[: (len(x) + 1) * n_cols].reshape(len(x) + 1, n_cols)[1:]
+            slab = scaled[: (len(x) + 1) * n_cols].reshape(len(x) + 1, n_cols)
+        terms = slab[1:]
+        # a separate cast then in-place float64 ops: ~1.3x faster than
+        # one mixed-type ufunc call, whose casting goes through buffers
+        np.copyto(y, x)
+        for b, beta in enumerate(betas):
+            np.multiply(y, beta, out=terms)
+            np.subtract(terms, peaks[b], out=terms)
+            np.exp(terms, out=terms)
+            if sets is None and len(terms) == 1:  # one set, one row: added in place
+                np.add(every[b], terms[0], out=every[b])
+            else:
+                _add_sets(totals[b], slab, sets, part)
+    out = np.empty((n_sets, len(betas), n_cols))
     for b, beta in enumerate(betas):
-        peak = top * beta
-        totals = np.zeros((n_sets, n_cols))
-        for r in range(0, n_rows, step):
-            x = block[r:r + step]
-            sets = None if members is None else members[:, r:r + step]
-            if sets is not None:  # rows in no set: no exp
-                used = sets.any(axis=0)
-                if not used.all():
-                    x, sets = x[used], sets[:, used]
-            slab = buf[: (len(x) + 1) * n_cols].reshape(len(x) + 1, n_cols)
-            y = slab[1:]
-            # a separate cast then in-place float64 ops: ~1.3x faster than
-            # one mixed-type ufunc call, whose casting goes through buffers
-            np.copyto(y, x)
-            np.multiply(y, beta, out=y)
-            np.subtract(y, peak, out=y)
-            np.exp(y, out=y)
-            for s in range(n_sets):
-                here = None if sets is None else sets[s]
-                if here is None or here.all():
-                    _add_rows(totals[s], slab)
-                elif here.any() and part is not None:
-                    rows = part[: (int(here.sum()) + 1) * n_cols].reshape(-1, n_cols)
-                    np.compress(here, y, axis=0, out=rows[1:])
-                    _add_rows(totals[s], rows)
         with np.errstate(divide="ignore"):
-            out[:, b] = peak + np.log(totals)
+            out[:, b] = peaks[b] + np.log(totals[b])
         if members is not None:
-            _exact_underflow(block, float(beta), members, totals, out[:, b])
+            _exact_underflow(block, float(beta), members, totals[b], out[:, b])
     return out
+
+
+def _add_sets(totals: np.ndarray, slab: np.ndarray, sets: np.ndarray | None,
+              part: np.ndarray | None) -> None:
+    """Add the slab's terms (``slab[1:]``) to the total of every set holding their row."""
+    n_cols = slab.shape[1]
+    for s in range(len(totals)):
+        here = None if sets is None else sets[s]
+        if here is None or here.all():
+            _add_rows(totals[s], slab)
+        elif here.any() and part is not None:
+            rows = part[: (int(here.sum()) + 1) * n_cols].reshape(-1, n_cols)
+            np.compress(here, slab[1:], axis=0, out=rows[1:])
+            _add_rows(totals[s], rows)
 
 
 def _add_rows(total: np.ndarray, rows: np.ndarray) -> None:
