@@ -191,6 +191,6 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     gallery = gallery_emb or _recorded_gallery(norm)
     t0 = time.perf_counter()
     built = FaissSearch.build(norm, gallery, factory)
-    built.save(out)
+    built.save(out, overwrite=overwrite)
     click.echo(f"Wrote {out}: faiss {factory} over {built.index.ntotal} items, dimension "
                f"{built.dim} + {len(norm.values)} in {time.perf_counter() - t0:.1f} s")

@@ -140,24 +140,28 @@ class FaissSearch:
                              f"{len(norm.values)} values (dimension + {len(norm.values)})")
         return cls(index, norm, dim)
 
-    def save(self, path: str | os.PathLike[str]) -> str:
+    def save(self, path: str | os.PathLike[str], overwrite: bool = True) -> str:
         """Write the index (``faiss.write_index``) beside ``path``, then rename it
         into place (:func:`qbscale.storage.atomic.replacing`).
 
         The bytes go through Python's file object (faiss's own writer only warns
         when its close fails, so a full disk would leave a truncated index).
+        With ``overwrite=False`` a file that appeared at ``path`` meanwhile (a
+        second writer) is kept.
 
         Raises
         ------
         OutputError
             The index could not be written (full disk, ...); ``path`` is as it was.
+        StoreExistsError
+            ``overwrite=False`` and ``path`` appeared while the index was written.
         """
         from qbscale.storage.atomic import replacing
 
         faiss = _faiss()
         path = os.fspath(path)
         try:
-            with replacing(path) as fh:
+            with replacing(path, replace=overwrite) as fh:
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))
         except RuntimeError as exc:  # faiss's own report of a failed write
             raise OutputError(f"could not write {path}: "

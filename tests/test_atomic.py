@@ -112,3 +112,18 @@ def test_write_now_is_renamed_at_once_inside_held(tmp_path):
         assert (tmp_path / "zarr.json").read_bytes() == b"{}"
         assert not (tmp_path / "hits.tsv").exists()
     assert (tmp_path / "hits.tsv").read_bytes() == b"x"
+
+
+def test_replace_false_keeps_a_file_that_appeared_meanwhile(tmp_path):
+    from qbscale.errors import StoreExistsError
+
+    path = tmp_path / "idx.faiss"
+    with pytest.raises(StoreExistsError, match="appeared while"), \
+            atomic.replacing(path, replace=False) as fh:
+        fh.write(b"mine")
+        path.write_bytes(b"theirs")  # another writer finished first
+    assert path.read_bytes() == b"theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["idx.faiss"]
+    with atomic.replacing(tmp_path / "new", replace=False) as fh:
+        fh.write(b"x")
+    assert (tmp_path / "new").read_bytes() == b"x"

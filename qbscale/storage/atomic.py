@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from qbscale.errors import OutputError
+from qbscale.errors import OutputError, StoreExistsError
 
 _UMASK_LOCK = threading.Lock()
 #: the renames :func:`held` holds back: (partial, path) pairs, None outside it
@@ -67,7 +67,8 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     return p.with_name(f".{p.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str],
+                 replace: bool = True) -> None:
     """fsync ``partial``, give it the mode a new ``path`` gets, rename it over ``path``.
 
     On failure ``partial`` is removed and ``path`` is untouched; the error is an
@@ -82,10 +83,21 @@ def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str]) 
         finally:
             os.close(fd)
         pending = _HELD.get()
-        if pending is not None:
+        if pending is not None and replace:
             pending.append((os.fspath(partial), os.fspath(path)))
             return
-        os.replace(partial, path)
+        if replace:
+            os.replace(partial, path)
+        else:  # a file that appeared meanwhile (another writer) is kept
+            from qbscale.storage.rename import rename_noreplace
+
+            rename_noreplace(Path(partial), Path(path))
+    except FileExistsError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise StoreExistsError(f"{os.fspath(path)} appeared while this command wrote it "
+                               "(another writer?): kept as it is; pass --overwrite to "
+                               "replace it") from exc
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.remove(partial)
@@ -159,7 +171,7 @@ def _failed(path: str | os.PathLike[str], exc: OSError) -> OutputError:
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike[str], mode: str = "wb",
-              encoding: str | None = None) -> Iterator[IO[Any]]:
+              encoding: str | None = None, replace: bool = True) -> Iterator[IO[Any]]:
     """Open a hidden sibling of ``path`` for writing; rename it over ``path`` on success.
 
     Parameters
@@ -170,6 +182,9 @@ def replacing(path: str | os.PathLike[str], mode: str = "wb",
         ``"wb"`` or ``"w"``.
     encoding
         For text mode (default UTF-8).
+    replace
+        False: never replace a file at ``path`` (one that appeared while this
+        was written is kept, and :class:`StoreExistsError` raised).
 
     Raises
     ------
@@ -195,7 +210,7 @@ def replacing(path: str | os.PathLike[str], mode: str = "wb",
         with contextlib.suppress(OSError):
             os.remove(partial)
         raise
-    publish_file(partial, path)
+    publish_file(partial, path, replace)
 
 
 @contextlib.contextmanager
