@@ -53,7 +53,7 @@ def run_qbscale(bank: np.ndarray, gallery: np.ndarray, queries: np.ndarray,
                 scheduler: str) -> tuple[float, np.ndarray, np.ndarray]:
     from qbscale.config import RunConfig
     from qbscale.engine.plan import fit
-    from qbscale.search import search
+    from qbscale.retrieval.search import search
     from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
     from qbscale.types import Experiment
 

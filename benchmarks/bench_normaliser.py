@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as hb
 
 import qbscale
-from qbscale.normaliser import Normaliser
+from qbscale.retrieval.normaliser import Normaliser
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"
 

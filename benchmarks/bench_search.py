@@ -11,7 +11,7 @@ copies of gallery items), fits DIS (beta 20) on a querybank, then measures:
   the target: search within 1/0.85 of it), and against the products alone
   (blocks read beforehand, untimed);
 * the peak RSS of the search (a fresh child process, ``wait4``);
-* faiss Flat and HNSW32 indexes (:func:`qbscale.search.to_faiss`): build time,
+* faiss Flat and HNSW32 indexes (:func:`qbscale.retrieval.search.to_faiss`): build time,
   queries/s, recall@10 against the exact top 10.
 
 Usage::
@@ -68,12 +68,13 @@ def near(path: Path, n: int, seed: int) -> np.ndarray:
 def child(args: argparse.Namespace) -> None:
     """One exact search in a fresh process: prints its seconds (``time: 1.23 s``)."""
     from qbscale.config import RunConfig
-    from qbscale.engine.normaliser import Normaliser
-    from qbscale.search import search
+    from qbscale.engine.statistics import GalleryStatistics
+    from qbscale.retrieval.search import search
 
     work = Path(args.workdir)
     saved = np.load(work / "norm.npz")
-    norm = Normaliser(RunConfig.make(BETA, method="dis"), saved["shift"], saved["activation"])
+    norm = GalleryStatistics(RunConfig.make(BETA, method="dis"), saved["shift"],
+                             saved["activation"])
     queries = np.load(work / "queries.npy")
     t0 = time.perf_counter()
     _, indices = search(norm, queries, K, str(work / "gallery.zarr"))
@@ -85,7 +86,7 @@ def child(args: argparse.Namespace) -> None:
 def numpy_floor(work: Path, queries: np.ndarray) -> tuple[float, float]:
     """Seconds of ``q @ g.T`` over search's block shapes: reading the gallery
     and the products, and the products alone."""
-    from qbscale.search import block_grid
+    from qbscale.retrieval.search import block_grid
     from qbscale.storage.gallery_rows import gallery_source
 
     gal = gallery_source(str(work / "gallery.zarr"))
@@ -120,11 +121,12 @@ def fit_normaliser(work: Path, n_bank: int) -> None:
 
 def faiss_rows(work: Path, queries: np.ndarray, exact: np.ndarray) -> list[list[object]]:
     from qbscale.config import RunConfig
-    from qbscale.engine.normaliser import Normaliser
-    from qbscale.search import to_faiss
+    from qbscale.engine.statistics import GalleryStatistics
+    from qbscale.retrieval.search import to_faiss
 
     saved = np.load(work / "norm.npz")
-    norm = Normaliser(RunConfig.make(BETA, method="dis"), saved["shift"], saved["activation"])
+    norm = GalleryStatistics(RunConfig.make(BETA, method="dis"), saved["shift"],
+                             saved["activation"])
     rows = []
     for factory in ("Flat", "HNSW32"):
         t0 = time.perf_counter()

@@ -57,7 +57,7 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
     `qbscale run STORE --normaliser NORM.zarr` then skips the bank stage.
     """
     from qbscale.config import parse_values
-    from qbscale.normaliser import Normaliser
+    from qbscale.retrieval.normaliser import Normaliser
 
     _refuse_existing(output, overwrite, (store, gallery_bank))
     check_output_file(json_path)
@@ -124,7 +124,7 @@ def run_settings(path: str, store: str | None, given: dict[str, Any]) -> tuple[A
     others come from the normaliser, so ``qbscale run STORE --normaliser NORM.zarr`` needs no more.
     A given setting that differs from the normaliser's is refused by the run.
     """
-    from qbscale.normaliser import Normaliser
+    from qbscale.retrieval.normaliser import Normaliser
     from qbscale.storage.normaliser_store import check_store
 
     norm = Normaliser.load(path)

@@ -21,7 +21,7 @@ from .options import (
 
 def load_normaliser(path: str) -> Any:
     """The normaliser saved at ``path`` (:meth:`qbscale.Normaliser.load`)."""
-    from qbscale.normaliser import Normaliser
+    from qbscale.retrieval.normaliser import Normaliser
 
     return Normaliser.load(path)
 
@@ -92,8 +92,8 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     """
     from tqdm import tqdm
 
-    from qbscale import search as qs
     from qbscale.errors import ConfigError
+    from qbscale.retrieval import search as qs
 
     if (queries is None) == (sims is None):
         raise ConfigError("give --queries or --sims (one of them)")
@@ -120,7 +120,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
         n_queries = source.shape[0]
         index, gallery = None, None
         if index_path is not None:
-            from qbscale.faiss_index import FaissSearch
+            from qbscale.retrieval.faiss_index import FaissSearch
 
             index = FaissSearch.load(index_path, norm)
         elif gallery_emb is None:
@@ -176,7 +176,7 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     import time
 
     from qbscale.errors import StoreExistsError
-    from qbscale.faiss_index import FaissSearch
+    from qbscale.retrieval.faiss_index import FaissSearch
     from qbscale.storage.paths import check_not_input
 
     check_output_file(out)
@@ -184,7 +184,7 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     if os.path.lexists(out):
         if not overwrite:
             raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
-        from qbscale.faiss_index import check_replaceable
+        from qbscale.retrieval.faiss_index import check_replaceable
 
         check_replaceable(out)
     norm = load_normaliser(normaliser)

@@ -51,7 +51,7 @@ doctest_global_setup = """
 import numpy as np
 from qbscale import Normaliser, normalise, run
 from qbscale.analysis.tables import markdown, summarise
-from qbscale.search import search
+from qbscale.retrieval.search import search
 from qbscale.storage.store import in_memory
 """
 

@@ -6,7 +6,7 @@ code retrieval, 4000 functions, all-MiniLM-L6-v2), this script
 1. fits dynamic inverted softmax on the querybank (7951 queries; the bank
    stage reads ``querybank @ gallery.T`` block by block, never whole);
 2. searches the 4000 test queries for their top 10 functions
-   (:func:`qbscale.search.search`) and writes the hits to a file;
+   (:func:`qbscale.retrieval.search.search`) and writes the hits to a file;
 3. evaluates the same test queries with ``qbscale.run`` and the same
    normaliser, and checks that the hits' R@1 (top-1 is the query's own
    function) equals the run's R@1; it exits with 1 if they differ.
@@ -29,7 +29,7 @@ import numpy as np
 import qbscale
 from qbscale.config import RunConfig
 from qbscale.engine.plan import fit
-from qbscale.search import search
+from qbscale.retrieval.search import search
 from qbscale.storage.hits import write_hits
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
 from qbscale.storage.store import embedding_grid
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     result = qbscale.run(exp, beta=args.beta, method="dis", normaliser=norm)
     hits_r1 = 100 * float(np.mean(indices[:, 0] == np.arange(len(test))))
     run_r1 = float(result.after[args.beta]["R1"])
-    base = search(qbscale.engine.normaliser.Normaliser.baseline(
+    base = search(qbscale.engine.statistics.GalleryStatistics.baseline(
         RunConfig.make(args.beta, method="none"), len(gallery)), test, 1, gallery)[1]
     base_r1 = 100 * float(np.mean(base[:, 0] == np.arange(len(test))))
     print(f"R@1 without QB-Norm: hits {base_r1:.3f}, run {result.before['R1']:.3f}")

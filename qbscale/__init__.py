@@ -22,8 +22,9 @@ _LAZY = {
     "RunResult": "qbscale.types",
     "plan": "qbscale.api",
     "RunPlan": "qbscale.api",
-    "Normaliser": "qbscale.normaliser",
-    "normalise": "qbscale.normaliser",
+    "Normaliser": "qbscale.retrieval.normaliser",
+    "normalise": "qbscale.retrieval.normaliser",
+    "search": "qbscale.retrieval.search",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -15,7 +15,7 @@ import numpy as np
 from qbscale.config import RunConfig
 from qbscale.engine import plan as _plan
 from qbscale.engine.metrics import retrieval_metrics
-from qbscale.engine.normaliser import Normaliser
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError, NotFiniteError, StoreFullError
 from qbscale.executors import get_executor
 from qbscale.storage.sources import forget_open_arrays
@@ -146,7 +146,8 @@ def plan(store: str | os.PathLike[str] | Experiment,
          beta: float | Iterable[float] | None = None, k: int = 1, method: str = "dis", *,
          topk: int = 0, save_scores: bool = False, save_ranks: bool = False,
          storage_options: dict[str, Any] | None = None, resume: bool = False,
-         dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
+         dynamic: bool = False, gallery_bank: Any = None,
+         normaliser: GalleryStatistics | None = None,
          bank_sample: int | float | str | None = None, seed: int = 0,
          **params: Any) -> RunPlan:
     """Plan a run (the arguments of :func:`run` but the scheduler's); computes nothing."""
@@ -204,7 +205,8 @@ def _lock(experiment: Experiment, purpose: str) -> Any:
     return StoreLock.acquire(str(experiment.url), experiment.storage_options, purpose)
 
 
-def _matching(norm: Normaliser, config: RunConfig, experiment: Experiment) -> Normaliser:
+def _matching(norm: GalleryStatistics, config: RunConfig,
+              experiment: Experiment) -> GalleryStatistics:
     """``norm`` when it was fitted with ``config``'s method settings, else a clear error."""
     from dataclasses import replace
 
@@ -216,7 +218,7 @@ def _matching(norm: Normaliser, config: RunConfig, experiment: Experiment) -> No
                           f"k={norm.config.k}{_sample(norm.config)}; this run asks for "
                           f"method={config.label} {config.variant_name}={list(config.values)} "
                           f"k={config.k}{_sample(config)}")
-    return Normaliser(config, norm.shift, norm.activation, dict(norm.fingerprint))
+    return GalleryStatistics(config, norm.shift, norm.activation, dict(norm.fingerprint))
 
 
 def _sample(config: RunConfig) -> str:
@@ -230,7 +232,8 @@ def run(store: str | os.PathLike[str] | Experiment,
         scheduler: Any = "threads", num_workers: int | None = None, topk: int = 0,
         save_scores: bool = False, save_ranks: bool = False, progress: bool = False,
         storage_options: dict[str, Any] | None = None, resume: bool = False,
-        dynamic: bool = False, gallery_bank: Any = None, normaliser: Normaliser | None = None,
+        dynamic: bool = False, gallery_bank: Any = None,
+        normaliser: GalleryStatistics | None = None,
         bank_sample: int | float | str | None = None, seed: int = 0,
         before_publish: Callable[[RunResult], None] | None = None,
         **params: Any) -> RunResult:
@@ -254,7 +257,7 @@ def run(store: str | os.PathLike[str] | Experiment,
         returned as ``result.scores`` (n_values, n_queries, n_gallery) float64.
         Without a ground truth (``Experiment.gt is None``) a run needs
         ``topk`` or ``save_scores`` and its ``before``/``after`` are None
-    normaliser : a fitted :class:`~qbscale.engine.normaliser.Normaliser` (for
+    normaliser : a fitted :class:`~qbscale.engine.statistics.GalleryStatistics` (for
         these settings and this gallery): the bank stage is skipped
     resume : continue the interrupted run of the same settings in the store,
         computing only the row blocks it had not finished
@@ -297,7 +300,7 @@ def run(store: str | os.PathLike[str] | Experiment,
                                                                        progress, before_publish)
 
 
-def assemble(config: RunConfig, experiment: Experiment, norm: Normaliser,
+def assemble(config: RunConfig, experiment: Experiment, norm: GalleryStatistics,
              rows: list[RowResult]) -> RunResult:
     """The RunResult of computed row blocks (any order): ranks, metrics, hits."""
     rows = sorted(rows, key=lambda r: r.start)

@@ -12,7 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from qbscale.config import RunConfig
-    from qbscale.engine.normaliser import Normaliser
+    from qbscale.engine.statistics import GalleryStatistics
 
 
 class MatrixSource(Protocol):
@@ -103,7 +103,7 @@ class RunResult:
     ranks : ``{value: (n_queries,) ranks}`` after normalisation (empty
         without a ground truth)
     normalised : (n_queries,) bool, rows that were normalised
-    normaliser : the fitted :class:`~qbscale.engine.normaliser.Normaliser`
+    normaliser : the fitted :class:`~qbscale.engine.statistics.GalleryStatistics`
         (its ``shift``: (n_values, n_gallery), ``logZ`` for inverted softmax;
         its ``activation``: the activation set)
     topk_index, topk_score : (n_values, n_queries, K) best items after
@@ -120,7 +120,7 @@ class RunResult:
     base_ranks: np.ndarray | None
     ranks: dict[float, np.ndarray]
     normalised: np.ndarray
-    normaliser: Normaliser
+    normaliser: GalleryStatistics
     mask: np.ndarray | None
     topk_index: np.ndarray | None = None
     topk_score: np.ndarray | None = None

@@ -101,7 +101,7 @@ def result_ok(rel: str, name: str) -> Check:
 
 def normaliser_ok(rel: str) -> Check:
     def check(work: Path) -> None:
-        from qbscale.normaliser import Normaliser
+        from qbscale.retrieval.normaliser import Normaliser
 
         Normaliser.load(work / rel)
     return check

@@ -15,7 +15,7 @@ import xarray as xr
 import qbscale
 from qbscale import Normaliser, normalise
 from qbscale.errors import ConfigError, InputError
-from qbscale.search import search, search_matrix
+from qbscale.retrieval.search import search, search_matrix
 from qbscale.storage.sources import NumpyMatrix
 from qbscale.storage.store import in_memory
 

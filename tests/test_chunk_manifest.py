@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import qbscale
 from qbscale.cli import cli
 from qbscale.errors import DamagedStoreError, QBScaleError
-from qbscale.normaliser import Normaliser
+from qbscale.retrieval.normaliser import Normaliser
 from qbscale.storage.results import open_result
 
 from .cluster_fixtures import problem

@@ -143,7 +143,7 @@ def _leftover(rel: str) -> bool:
 
 def _looks_complete(path: Path) -> str | None:
     """What ``path`` opens as, if it opens as a complete qbscale store."""
-    from qbscale.normaliser import Normaliser
+    from qbscale.retrieval.normaliser import Normaliser
     from qbscale.storage.store import open_experiment
 
     if not path.is_dir():

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import qbscale
 from qbscale.engine import methods
 from qbscale.errors import ConfigError, InputError
-from qbscale.normaliser import Normaliser, normalise
+from qbscale.retrieval.normaliser import Normaliser, normalise
 
 from . import reference as ref
 from .strategies import problems
@@ -132,7 +132,7 @@ def test_shifts_are_labelled():
     assert norm.fingerprint["bank_checksum"].startswith("sha256:")
     csls = Normaliser.fit(bank, method="csls", kc=[1, 3])
     assert csls.shifts.dims == ("kc", "gallery")
-    assert isinstance(norm, qbscale.engine.normaliser.Normaliser)
+    assert isinstance(norm, qbscale.engine.statistics.GalleryStatistics)
 
 
 def test_xarray_bank_and_fit_errors():
@@ -203,10 +203,10 @@ def test_search_and_to_faiss_delegate_to_qbscale_search(monkeypatch):
     import types
 
     calls = []
-    fake = types.ModuleType("qbscale.search")
+    fake = types.ModuleType("qbscale.retrieval.search")
     fake.search = lambda *args, **kw: calls.append(("search", args, kw)) or "found"
     fake.to_faiss = lambda *args: calls.append(("to_faiss", args, {})) or "index"
-    monkeypatch.setitem(sys.modules, "qbscale.search", fake)
+    monkeypatch.setitem(sys.modules, "qbscale.retrieval.search", fake)
     rng = np.random.default_rng(6)
     bank_emb, gallery_emb = rng.random((20, 4)), rng.random((6, 4))
     norm = Normaliser.fit(bank_emb=bank_emb, gallery_emb=gallery_emb)

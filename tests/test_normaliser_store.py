@@ -23,7 +23,7 @@ from qbscale.errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from qbscale.normaliser import Normaliser
+from qbscale.retrieval.normaliser import Normaliser
 from qbscale.storage.normaliser_store import ATTR
 from qbscale.storage.store import open_experiment
 

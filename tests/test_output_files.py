@@ -239,7 +239,7 @@ def test_a_non_regular_target_is_one_line_before_work(world, tmp_path, kind, nam
     else:
         os.mkfifo(target)
     with mock.patch("qbscale.engine.plan.build", side_effect=AssertionError("work started")), \
-            mock.patch("qbscale.normaliser.Normaliser.load",
+            mock.patch("qbscale.retrieval.normaliser.Normaliser.load",
                        side_effect=AssertionError("work started")):
         res = invoke(*args(world, target))
     one_error(res, str(target))

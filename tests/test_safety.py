@@ -157,11 +157,11 @@ def test_cli_beta_1e308_is_one_error_line(rng, tmp_path):
 
 def test_bank_logsumexp_must_be_finite(rng):
     from qbscale.config import RunConfig
-    from qbscale.engine.normaliser import Normaliser
+    from qbscale.engine.statistics import GalleryStatistics
 
     config = RunConfig.make(20.0, method="is")
     with pytest.raises(InputError, match="gallery item 1"):
-        Normaliser(config, np.array([[0.0, np.inf, 1.0]]), np.zeros(3, bool))
+        GalleryStatistics(config, np.array([[0.0, np.inf, 1.0]]), np.zeros(3, bool))
 
 
 # --- 3. degenerate inputs -------------------------------------------------------------------

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from qbscale.cli import cli
 from qbscale.config import RunConfig
 from qbscale.engine import topk as topk_kernels
-from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.plan import fit
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import InputError
-from qbscale.search import search, search_matrix
+from qbscale.retrieval.search import search, search_matrix
 from qbscale.storage.sources import NumpyMatrix
 from qbscale.storage.store import in_memory
 
@@ -29,7 +29,7 @@ METHODS = [("none", False), ("is", False), ("dis", False), ("csls", False),
 
 
 def fitted(bank_emb: np.ndarray, gallery: np.ndarray, method: str, dynamic: bool,
-           values: list[float] | None = None, k: int = 1) -> Normaliser:
+           values: list[float] | None = None, k: int = 1) -> GalleryStatistics:
     """An engine normaliser fitted on ``bank_emb @ gallery.T``."""
     bank = bank_emb @ gallery.T
     params: dict = {"nnn_k": 3} if method == "nnn" else {}
@@ -42,7 +42,7 @@ def fitted(bank_emb: np.ndarray, gallery: np.ndarray, method: str, dynamic: bool
     return fit(experiment, config).compute(scheduler="synchronous")
 
 
-def oracle(norm: Normaliser, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def oracle(norm: GalleryStatistics, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Dense top-k of the scored matrix, full stable sorts (ties to the lowest index)."""
     sims = sims.astype(np.float64)
     top1 = np.argsort(-sims, axis=1, kind="stable")[:, 0]
@@ -265,7 +265,7 @@ faiss = pytest.importorskip("faiss", reason="faiss-cpu is not installed")
 def test_faiss_flat_equals_search(pycode_small, method, tmp_path):
     """Flat faiss equals exact search but where two scores are within float32
     precision of each other (counted; each such swap is checked to be one)."""
-    from qbscale.faiss_index import FaissSearch
+    from qbscale.retrieval.faiss_index import FaissSearch
 
     bank, gallery, queries = pycode_small
     norm = fitted(bank, gallery, *method, values=None)
@@ -282,8 +282,8 @@ def test_faiss_flat_equals_search(pycode_small, method, tmp_path):
     np.testing.assert_allclose(approx[0], exact[0], atol=scale)
 
 
-def save_normaliser(norm: Normaliser, path, gallery=None) -> None:
-    from qbscale.normaliser import Normaliser as Public
+def save_normaliser(norm: GalleryStatistics, path, gallery=None) -> None:
+    from qbscale.retrieval.normaliser import GalleryStatistics as Public
 
     Public(norm.config, norm.shift, norm.activation, dict(norm.fingerprint),
            gallery=gallery).save(path)

@@ -89,7 +89,7 @@ def test_a_store_replaced_while_a_run_reads_it_is_refused(store):
     from qbscale.api import plan
     from qbscale.config import RunConfig
     from qbscale.errors import StoreChangedError
-    from qbscale.fitting import fit_engine, from_store
+    from qbscale.retrieval.fitting import fit_engine, from_store
     from qbscale.storage.ingest import ingest
 
     config = RunConfig.make(20.0)

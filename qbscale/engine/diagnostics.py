@@ -9,7 +9,7 @@ once, built on the same kernels and reductions as a run
    (:func:`~qbscale.engine.kernels.row_topk`), which gives both the
    activation set and every bank row's top-1 similarity.  Row blocks combine
    in a tree (``np.logaddexp``, ``np.logical_or``, top-1 values side by side)
-   into a :class:`BankView`: the :class:`~qbscale.engine.normaliser.Normaliser`
+   into a :class:`BankView`: the :class:`~qbscale.engine.statistics.GalleryStatistics`
    of the run plus the bank rows' top-1 similarities.
 2. **test**: per test row block, the raw top-``depth`` of every row (for
    ``N_k`` and the top-1 similarity) and, when the experiment has a ground
@@ -32,9 +32,9 @@ from qbscale.config import RunConfig
 from qbscale.engine import kernels, methods
 from qbscale.engine.bankstats import tree
 from qbscale.engine.grid import offsets
-from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.plan import Keys, RowSpec, finish_rows, gather_gt, piece_counts
 from qbscale.engine.reductions import ROW_COUNTS, row_topk, topk_to_mask
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment, MatrixSource, RowResult
 
@@ -84,7 +84,7 @@ class RowSample:
 class BankView:
     """What the bank stage learnt: the run's normaliser, each bank row's top-1."""
 
-    normaliser: Normaliser
+    normaliser: GalleryStatistics
     top1: np.ndarray  # (n_bank,) float64, every bank row's largest similarity
 
 
@@ -119,7 +119,7 @@ def _bank_combine(*parts: _BankPart) -> _BankPart:
 def _bank_view(config: RunConfig, part: _BankPart) -> BankView:
     stats = methods.BankStats(part.lse, {}, part.mask)
     top1 = np.concatenate([v for _, v in sorted(part.top1, key=lambda t: t[0])])
-    return BankView(Normaliser.from_stats(config, {methods.QUERY_BANK: stats}), top1)
+    return BankView(GalleryStatistics.from_stats(config, {methods.QUERY_BANK: stats}), top1)
 
 
 def check_method(method: str) -> None:
@@ -159,7 +159,7 @@ class QueryPart:
 
 def _part(spec: RowSpec, mask: np.ndarray | None, depth: int,
           top: tuple[np.ndarray, np.ndarray], counts: kernels.RowCounts | None,
-          norm: Normaliser) -> QueryPart:
+          norm: GalleryStatistics) -> QueryPart:
     values, idx = top
     listed = idx[:, :depth] if mask is None else idx[np.asarray(mask, bool), :depth]
     items, n = np.unique(listed, return_counts=True)
@@ -168,7 +168,7 @@ def _part(spec: RowSpec, mask: np.ndarray | None, depth: int,
 
 
 def _test_block(src: MatrixSource, i: int, spec: RowSpec, mask: np.ndarray | None,
-                depth: int, norm: Normaliser, with_gt: bool) -> QueryPart:
+                depth: int, norm: GalleryStatistics, with_gt: bool) -> QueryPart:
     """A test row block spanning the whole gallery: read once, everything from it."""
     block = src.read(i, 0)
     top = kernels.row_topk(block, depth, 0)
@@ -181,13 +181,13 @@ def _test_block(src: MatrixSource, i: int, spec: RowSpec, mask: np.ndarray | Non
 
 
 def _test_piece(spec: RowSpec, col0: int, block: np.ndarray, gt_raw: np.ndarray | None,
-                depth: int, norm: Normaliser) -> tuple[Any, kernels.RowCounts | None]:
+                depth: int, norm: GalleryStatistics) -> tuple[Any, kernels.RowCounts | None]:
     top = kernels.row_topk(block, depth, col0)
     counts = None if gt_raw is None else piece_counts(block, col0, spec, gt_raw, norm, None)
     return top, counts
 
 
-def _test_combine(spec: RowSpec, mask: np.ndarray | None, depth: int, norm: Normaliser,
+def _test_combine(spec: RowSpec, mask: np.ndarray | None, depth: int, norm: GalleryStatistics,
                   *pieces: tuple[Any, kernels.RowCounts | None]) -> QueryPart:
     top = row_topk(depth).tree([p[0] for p in pieces])
     counts = None
@@ -237,7 +237,7 @@ def query_parts(experiment: Experiment, norm: Delayed, depth: int, with_gt: bool
     return parts
 
 
-def _normaliser_of(view: BankView) -> Normaliser:
+def _normaliser_of(view: BankView) -> GalleryStatistics:
     return view.normaliser
 
 

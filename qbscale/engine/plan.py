@@ -43,22 +43,22 @@ from dask.delayed import Delayed, delayed
 from qbscale.config import RunConfig
 from qbscale.engine import bankstats, kernels, methods
 from qbscale.engine.grid import offsets
-from qbscale.engine.normaliser import Normaliser, check_range
 from qbscale.engine.reductions import ROW_COUNTS, row_topk
 from qbscale.engine.stack import Stack
+from qbscale.engine.statistics import GalleryStatistics, check_range
 from qbscale.engine.subsets import Subsets
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment, MatrixSource, RowResult
 
 #: what the test stage scores with: one normaliser, or a stack of cells' normalisers
-Variants = Normaliser | Stack
+Variants = GalleryStatistics | Stack
 
 
 @dataclass
 class Plan:
     """The lazy outputs of a run: compute them with an executor."""
 
-    normaliser: Delayed  # the bank stage: a Normaliser
+    normaliser: Delayed  # the bank stage: a GalleryStatistics
     rows: list[Delayed]  # the test stage: a RowResult per test row block
     config: RunConfig
     experiment: Experiment
@@ -80,15 +80,15 @@ class Keys:
 # ---------------------------------------------------------------- bank stage
 
 
-def _fitted(config: RunConfig, banks: list[str], *stats: methods.BankStats) -> Normaliser:
-    return Normaliser.from_stats(config, dict(zip(banks, stats, strict=True)))
+def _fitted(config: RunConfig, banks: list[str], *stats: methods.BankStats) -> GalleryStatistics:
+    return GalleryStatistics.from_stats(config, dict(zip(banks, stats, strict=True)))
 
 
 def _fitted_cells(configs: list[RunConfig], banks: list[str], query: list[methods.BankStats],
-                  *others: methods.BankStats) -> list[Normaliser]:
+                  *others: methods.BankStats) -> list[GalleryStatistics]:
     """One normaliser per cell: the querybank's statistics per cell, the other
     banks' (``banks[1:]``) shared."""
-    return [Normaliser.from_stats(config, dict(zip(banks, [query[c], *others], strict=True)))
+    return [GalleryStatistics.from_stats(config, dict(zip(banks, [query[c], *others], strict=True)))
             for c, config in enumerate(configs)]
 
 
@@ -102,7 +102,7 @@ def cell_configs(config: RunConfig, subsets: Subsets) -> list[RunConfig]:
 def fit(experiment: Experiment, config: RunConfig, key: Keys | None = None,
         banks: Mapping[str, MatrixSource] | None = None, *,
         bank_sample: int | float | str | None = None, seed: int | None = None) -> Delayed:
-    """The lazy :class:`Normaliser` of ``config``'s method (:mod:`qbscale.engine.methods`).
+    """The lazy :class:`GalleryStatistics` of ``config``'s method (:mod:`qbscale.engine.methods`).
 
     One pass over every bank the method reads: the querybank
     (``experiment.bank``, which also gives the activation set; only the rows
@@ -115,7 +115,7 @@ def fit(experiment: Experiment, config: RunConfig, key: Keys | None = None,
                          seed=config.seed if seed is None else seed)
     key = key or Keys()
     if not config.normalises:  # the baseline needs nothing from the querybank
-        baseline: Delayed = delayed(Normaliser.baseline, pure=True)(
+        baseline: Delayed = delayed(GalleryStatistics.baseline, pure=True)(
             config, experiment.n_gallery, dask_key_name=key("normaliser"))
         return baseline
     config = config.resolved(experiment.bank.shape[0])
@@ -126,7 +126,7 @@ def fit(experiment: Experiment, config: RunConfig, key: Keys | None = None,
 def fit_cells(experiment: Experiment, config: RunConfig, subsets: Subsets,
               key: Keys | None = None, banks: Mapping[str, MatrixSource] | None = None
               ) -> Delayed:
-    """A lazy list of :class:`Normaliser`, one per cell of ``subsets`` (in
+    """A lazy list of :class:`GalleryStatistics`, one per cell of ``subsets`` (in
     :attr:`Subsets.cells` order), from one read of every bank block.
 
     Cell ``(r, N)`` is the normaliser of ``config`` with ``bank_sample=N,
@@ -207,7 +207,7 @@ def piece_counts(block: np.ndarray, col0: int, spec: RowSpec, gt_raw: np.ndarray
         gt_norm = kernels.normalised_gt(gt_raw, gt, norm.shift, scales)
         shift = norm.shift[:, col0:col0 + width]
         counts = kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
-    config = norm.config if isinstance(norm, Normaliser) else norm.members[0].config
+    config = norm.config if isinstance(norm, GalleryStatistics) else norm.members[0].config
     check_range(config, scales, counts.top_val, gt_norm, shift, spec.start)
     return counts
 
@@ -332,7 +332,7 @@ def _test_row(src: MatrixSource, i: int, spec: RowSpec, norm: Delayed, key: Keys
 
 
 def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
-          normaliser: Normaliser | Delayed | None = None,
+          normaliser: GalleryStatistics | Delayed | None = None,
           banks: Mapping[str, MatrixSource] | None = None, keep_scores: bool = False) -> Plan:
     """The lazy graph of a run over ``experiment``; computes nothing.
 
@@ -344,7 +344,7 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     ``normaliser`` is the bank stage already done for these settings (a saved
     normaliser, or an interrupted run's, :mod:`qbscale.storage.resume`): it
     replaces the bank stage; or a lazy one (a dask ``Delayed`` of a
-    :class:`Normaliser` or of a :class:`~qbscale.engine.stack.Stack`, e.g. the
+    :class:`GalleryStatistics` or of a :class:`~qbscale.engine.stack.Stack`, e.g. the
     cells of a bank-size sweep) to use as the bank stage.  ``banks`` holds
     the extra bank matrices the method reads besides the querybank
     (``{"gallery_bank": source}`` for ``dual-is``).

@@ -7,7 +7,7 @@ sweep, each fitted on its own rows) side by side: variant ``v = c * n_values
 + b`` is value ``b`` of cell ``c``, and each cell keeps its own activation
 set, so a dynamic method decides per variant which rows it rescores.
 
-A :class:`~qbscale.engine.normaliser.Normaliser` offers the same interface
+A :class:`~qbscale.engine.statistics.GalleryStatistics` offers the same interface
 (``shift``, ``scales``, ``flags``, ``variant_flags``, ``transform``,
 ``check_gallery``), as a stack of one cell.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qbscale.engine import kernels
-from qbscale.engine.normaliser import Normaliser
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import InputError
 
 
@@ -28,7 +28,7 @@ from qbscale.errors import InputError
 class Stack:
     """Cells' normalisers as variants; every cell has the same method and values."""
 
-    members: tuple[Normaliser, ...]
+    members: tuple[GalleryStatistics, ...]
     #: (n_cells * n_values, n_gallery), cell by cell; None for the baseline
     shift: np.ndarray | None = field(init=False)
 
@@ -45,7 +45,7 @@ class Stack:
         object.__setattr__(self, "shift", np.concatenate(shifts) if shifts else None)
 
     @classmethod
-    def of(cls, members: Sequence[Normaliser]) -> Stack:
+    def of(cls, members: Sequence[GalleryStatistics]) -> Stack:
         return cls(tuple(members))
 
     @property

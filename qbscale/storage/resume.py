@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from qbscale.engine.grid import offsets
-from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.plan import Plan
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError
 from qbscale.storage.results import (
     RUNS,
@@ -132,7 +132,7 @@ class Manifest:
         self.array(DONE)[i] = 1
         return row
 
-    def record_bank(self, norm: Normaliser) -> None:
+    def record_bank(self, norm: GalleryStatistics) -> None:
         """Store the fitted normaliser, then its marker (one task: it may create arrays)."""
         from qbscale.storage.integrity import create_array
 
@@ -212,7 +212,7 @@ class RunState:
     experiment: Experiment
     save_scores: bool = False
     writer: ScoresWriter | None = None
-    bank: Normaliser | None = None
+    bank: GalleryStatistics | None = None
     done: dict[int, RowResult] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)  # finished blocks found damaged
@@ -293,7 +293,7 @@ class RunState:
                 for i in self.missing]
         return out
 
-    def merge(self, values: list[Any]) -> tuple[Normaliser, list[RowResult]]:
+    def merge(self, values: list[Any]) -> tuple[GalleryStatistics, list[RowResult]]:
         """``(normaliser, rows)`` from the computed and the loaded values."""
         it = iter(values)
         if self.bank is None:

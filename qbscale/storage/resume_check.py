@@ -18,7 +18,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from qbscale.config import RunConfig
-    from qbscale.engine.normaliser import Normaliser
+    from qbscale.engine.statistics import GalleryStatistics
 
 #: the array of recorded chunk CRCs in a run's manifest group
 CRC = "crc"
@@ -124,15 +124,15 @@ def done_blocks(url: str, options: dict[str, Any] | None, group: Any, done: str,
 
 
 def stored_normaliser(url: str, options: dict[str, Any] | None, path: str,
-                      config: RunConfig) -> Normaliser | None:
+                      config: RunConfig) -> GalleryStatistics | None:
     """The normaliser a run stored in its manifest group ``path``, every chunk verified
     (a missing activation chunk is not "nothing activated"); None if it cannot be read."""
-    from qbscale.engine.normaliser import Normaliser
+    from qbscale.engine.statistics import GalleryStatistics
     from qbscale.storage.integrity import open_group
 
     try:
         stored = open_group(url, options, path=path, use_consolidated=False)
-        return Normaliser(config, np.asarray(stored["shift"][...]),
+        return GalleryStatistics(config, np.asarray(stored["shift"][...]),
                           np.asarray(stored["activation"][...]))
     except (OSError, ValueError, RuntimeError, TypeError, KeyError):
         return None  # computed again

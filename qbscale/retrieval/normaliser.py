@@ -1,7 +1,7 @@
 """QB-Norm beyond evaluation: fit a normaliser once, apply it to any scores.
 
 :class:`Normaliser` is the engine's bank-stage record
-(:class:`qbscale.engine.normaliser.Normaliser`: one ``shift`` per gallery
+(:class:`qbscale.engine.statistics.GalleryStatistics`: one ``shift`` per gallery
 item and variant, the activation set, the settings) with what a user needs
 around it: :meth:`Normaliser.fit` from an array, a store or embeddings,
 :meth:`~Normaliser.transform` for numpy, dask and xarray scores,
@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from qbscale.engine import normaliser as _engine
+from qbscale.engine import statistics as _engine
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment
 
 
 @dataclass(frozen=True, eq=False)
-class Normaliser(_engine.Normaliser):
+class Normaliser(_engine.GalleryStatistics):
     """A fitted querybank normaliser.
 
     Attributes
@@ -98,8 +98,8 @@ class Normaliser(_engine.Normaliser):
         -------
         Normaliser
         """
-        from qbscale import fitting
         from qbscale.config import RunConfig
+        from qbscale.retrieval import fitting
 
         config = RunConfig.make(beta, k, method, 0, dynamic, params, bank_sample, seed)
         if not config.normalises:
@@ -123,9 +123,9 @@ class Normaliser(_engine.Normaliser):
     # ------------------------------------------------------------ reading
 
     @property
-    def core(self) -> _engine.Normaliser:
+    def core(self) -> _engine.GalleryStatistics:
         """The engine record alone (no gallery reference): what task graphs carry."""
-        return _engine.Normaliser(self.config, self.shift, self.activation,
+        return _engine.GalleryStatistics(self.config, self.shift, self.activation,
                                   dict(self.fingerprint))
 
     @property
@@ -171,7 +171,7 @@ class Normaliser(_engine.Normaliser):
             gallery columns, or holds NaN or inf (named by row and column;
             for a dask array, raised by the task computing that block).
         """
-        from qbscale import transform
+        from qbscale.retrieval import transform
 
         if col0 or flags is not None:
             return super().transform(sims, col0, flags)
@@ -221,17 +221,17 @@ class Normaliser(_engine.Normaliser):
 
     def search(self, queries: Any, top_k: int, gallery: Any = None, **kw: Any) -> Any:
         """Top-``top_k`` gallery items of each query after normalisation:
-        ``(scores, indices)`` (:func:`qbscale.search.search`); ``gallery``
+        ``(scores, indices)`` (:func:`qbscale.retrieval.search.search`); ``gallery``
         defaults to the gallery embeddings fitted on."""
-        from qbscale.search import search
+        from qbscale.retrieval.search import search
 
         return search(self, queries, top_k, self.fitted_gallery() if gallery is None else gallery,
                       **kw)
 
     def to_faiss(self, gallery_emb: Any, factory: str = "Flat") -> Any:
         """A FAISS index that ranks ``gallery_emb`` as this normaliser does
-        (:func:`qbscale.search.to_faiss`)."""
-        from qbscale.search import to_faiss
+        (:func:`qbscale.retrieval.search.to_faiss`)."""
+        from qbscale.retrieval.search import to_faiss
 
         return to_faiss(self, gallery_emb, factory)
 

@@ -19,14 +19,14 @@ One index (Flat, HNSW, IVF, ...; any ``faiss.index_factory`` string with the
 inner-product metric) thus serves the raw search that decides the dynamic
 switch (each row's raw top-1) and every variant's normalised search.
 
-faiss scores in float32: with ``Flat`` the results equal :func:`qbscale.search.search`'s
+faiss scores in float32: with ``Flat`` the results equal :func:`qbscale.retrieval.search.search`'s
 except where two scores differ by less than float32 precision.
 
 Examples
 --------
 >>> from qbscale.config import RunConfig
->>> from qbscale.engine.normaliser import Normaliser
->>> norm = Normaliser(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
+>>> from qbscale.engine.statistics import GalleryStatistics
+>>> norm = GalleryStatistics(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
 ...                   np.ones(3, bool))
 >>> index = FaissSearch.build(norm, np.eye(3, dtype=np.float32))
 >>> index.search(np.array([[0.0, 1.0, 0.9]], np.float32), 2)[1]
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.engine.checks import check_finite
-from qbscale.engine.normaliser import Normaliser
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError, InputError, OutputError, StoreExistsError
 from qbscale.storage.gallery_rows import gallery_source
 
@@ -69,7 +69,7 @@ class FaissSearch:
     """A faiss index over augmented gallery vectors and the normaliser it serves."""
 
     index: Any
-    norm: Normaliser
+    norm: GalleryStatistics
     dim: int
 
     @property
@@ -83,7 +83,7 @@ class FaissSearch:
         return _centre(self.norm)[1]
 
     @classmethod
-    def build(cls, norm: Normaliser, gallery_emb: Any, factory: str = "Flat",
+    def build(cls, norm: GalleryStatistics, gallery_emb: Any, factory: str = "Flat",
               params: str | None = None) -> FaissSearch:
         """Index ``gallery_emb`` (an array or a path, read block by block)
         with ``faiss.index_factory(dim + n_values, factory, METRIC_INNER_PRODUCT)``.
@@ -119,7 +119,7 @@ class FaissSearch:
         return cls(index, norm, dim)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], norm: Normaliser) -> FaissSearch:
+    def load(cls, path: str | os.PathLike[str], norm: GalleryStatistics) -> FaissSearch:
         """An index saved by :meth:`save`, checked against ``norm``."""
         faiss = _faiss()
         path = os.fspath(path)
@@ -169,7 +169,7 @@ class FaissSearch:
         return path
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, indices)`` as :func:`qbscale.search.search` returns them
+        """``(scores, indices)`` as :func:`qbscale.retrieval.search.search` returns them
         (float32 scores from faiss, cast to float64)."""
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
@@ -232,7 +232,7 @@ def _starts(chunks: tuple[int, ...]) -> list[int]:
     return [int(x) for x in np.cumsum((0, *chunks[:-1]))]
 
 
-def _centre(norm: Normaliser) -> tuple[np.ndarray, np.ndarray]:
+def _centre(norm: GalleryStatistics) -> tuple[np.ndarray, np.ndarray]:
     """``(c, w)``: each variant's mean shift, and a divisor that brings
     ``shift - c`` within :data:`EXTRA_SPAN` (1 when it already is)."""
     if norm.shift is None:
@@ -242,7 +242,7 @@ def _centre(norm: Normaliser) -> tuple[np.ndarray, np.ndarray]:
     return centre, np.maximum(span / EXTRA_SPAN, 1.0)
 
 
-def _augment(block: np.ndarray, norm: Normaliser, r0: int) -> np.ndarray:
+def _augment(block: np.ndarray, norm: GalleryStatistics, r0: int) -> np.ndarray:
     """``[g_j, (shift_1j - c_1) / w_1, ..]`` (:func:`_centre`; zeros when
     there is no shift), float32."""
     n_values = len(norm.values)

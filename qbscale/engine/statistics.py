@@ -1,6 +1,6 @@
 """The bank stage's output: a fitted normaliser, on plain numpy arrays.
 
-A :class:`Normaliser` holds what the querybank (and, for ``dual-is``, the
+A :class:`GalleryStatistics` holds what the querybank (and, for ``dual-is``, the
 gallery bank) taught about the gallery: one ``shift`` per gallery item and
 variant, the activation set, and the configuration that made them.  The test
 stage (:mod:`qbscale.engine.plan`) consumes one; it is all a normalised score
@@ -12,12 +12,12 @@ needs::
 where a row is normalised always (``rows == "all"``), never (``"none"``), or
 when its raw top-1 item is in the activation set (``"dynamic"``).
 
-Nothing here reads a file: :mod:`qbscale.normaliser` fits, saves and loads.
+Nothing here reads a file: :mod:`qbscale.retrieval.normaliser` fits, saves and loads.
 
 Examples
 --------
 >>> from qbscale.config import RunConfig
->>> norm = Normaliser(RunConfig.make(20.0, method="is"), np.array([[1.0, 2.0]]),
+>>> norm = GalleryStatistics(RunConfig.make(20.0, method="is"), np.array([[1.0, 2.0]]),
 ...                   np.array([True, False]))
 >>> norm.transform(np.array([[0.1, 0.2]]))[0]
 array([[1., 2.]])
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, eq=False)
-class Normaliser:
+class GalleryStatistics:
     """Per-gallery shifts and the activation set of one method's variants.
 
     Attributes
@@ -89,12 +89,13 @@ class Normaliser:
         check_range(self.config, self.scales, top_val, gt_norm, shift, first_row)
 
     @classmethod
-    def baseline(cls, config: RunConfig, n_gallery: int) -> Normaliser:
+    def baseline(cls, config: RunConfig, n_gallery: int) -> GalleryStatistics:
         """The normaliser of ``method="none"``: no shift, no activated item."""
         return cls(config, None, np.zeros(n_gallery, bool))
 
     @classmethod
-    def from_stats(cls, config: RunConfig, stats: dict[str, methods.BankStats]) -> Normaliser:
+    def from_stats(cls, config: RunConfig,
+                   stats: dict[str, methods.BankStats]) -> GalleryStatistics:
         """Combine the bank statistics of ``config``'s method into a normaliser."""
         method = methods.get(config.method)
         with np.errstate(over="ignore", invalid="ignore"):  # inf/nan: refused on creation

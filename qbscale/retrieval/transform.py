@@ -1,6 +1,6 @@
 """Normalised scores of test rows, in the kind of array given: numpy, dask, xarray.
 
-Every block is scored by the engine's :meth:`~qbscale.engine.normaliser.Normaliser.transform`
+Every block is scored by the engine's :meth:`~qbscale.engine.statistics.GalleryStatistics.transform`
 (``scale * s - shift[j]`` on normalised rows, ``s`` elsewhere, float64).  A
 dynamic method normalises a row when its raw top-1 item is in the activation
 set, which needs the row's argmax over the whole gallery: for a dask array
@@ -23,20 +23,20 @@ from qbscale.engine import kernels
 from qbscale.engine.checks import check_finite, check_similarities
 
 if TYPE_CHECKING:
-    from qbscale.engine.normaliser import Normaliser
+    from qbscale.engine.statistics import GalleryStatistics
 
 
-def _variants(norm: Normaliser, scores: np.ndarray) -> np.ndarray:
+def _variants(norm: GalleryStatistics, scores: np.ndarray) -> np.ndarray:
     """``(n_values, rows, cols)`` scores, or ``(rows, cols)`` for a single value."""
     return scores[0] if len(norm.values) == 1 else scores
 
 
-def _check(norm: Normaliser, sims: Any, what: str) -> None:
+def _check(norm: GalleryStatistics, sims: Any, what: str) -> None:
     check_similarities(sims, what)
     norm.check_gallery(int(sims.shape[1]), what)
 
 
-def transform_numpy(norm: Normaliser, sims: Any, what: str = "the similarity matrix"
+def transform_numpy(norm: GalleryStatistics, sims: Any, what: str = "the similarity matrix"
                     ) -> np.ndarray:
     """Normalised scores of a numpy block of whole rows."""
     sims = np.asarray(sims)
@@ -73,7 +73,7 @@ def _block(block: np.ndarray, flags: np.ndarray, shift: np.ndarray, scales: np.n
     return out[0] if squeeze else out
 
 
-def transform_dask(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
+def transform_dask(norm: GalleryStatistics, sims: Any, what: str = "the similarity matrix") -> Any:
     """Normalised scores of a dask array, as a lazy dask array (nothing computes).
 
     Each task gets its block, the flags of its rows and the shifts of its
@@ -99,7 +99,8 @@ def transform_dask(norm: Normaliser, sims: Any, what: str = "the similarity matr
                         concatenate=True)
 
 
-def transform_xarray(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
+def transform_xarray(norm: GalleryStatistics, sims: Any,
+                     what: str = "the similarity matrix") -> Any:
     """A DataArray of normalised scores with ``sims``'s dims and coords (plus a
     leading axis named after the swept parameter when there are several values)."""
     import xarray as xr
@@ -118,7 +119,7 @@ def transform_xarray(norm: Normaliser, sims: Any, what: str = "the similarity ma
                         attrs=attrs)
 
 
-def transform(norm: Normaliser, sims: Any, what: str = "the similarity matrix") -> Any:
+def transform(norm: GalleryStatistics, sims: Any, what: str = "the similarity matrix") -> Any:
     """Dispatch on the kind of ``sims``: DataArray, dask array, else numpy."""
     if hasattr(sims, "dims") and hasattr(sims, "data"):
         return transform_xarray(norm, sims, what)

@@ -1,6 +1,6 @@
 """Exact QB-Norm search: new queries in, each query's best gallery items out.
 
-A fitted normaliser (:class:`qbscale.engine.normaliser.Normaliser`) is all a
+A fitted normaliser (:class:`qbscale.engine.statistics.GalleryStatistics`) is all a
 search needs besides the gallery::
 
     scores, indices = search(norm, queries, top_k=10, gallery=gallery_emb)
@@ -12,13 +12,13 @@ lists (:mod:`qbscale.engine.topk`) that merge across gallery blocks in a
 tree, so memory stays at a few blocks whatever the gallery size.  Per row
 the search keeps both the raw top-k and the normalised top-k of every
 variant; a row's choice is made at the end, from its raw top-1 over the
-whole gallery (the dynamic switch of DIS, :meth:`Normaliser.flags`).
+whole gallery (the dynamic switch of DIS, :meth:`GalleryStatistics.flags`).
 
 Scores are ``scale * s - shift[j]`` (float64, :func:`qbscale.engine.kernels.exact_scores`)
 on normalised rows and raw ``s`` on the others; ties go to the lowest
 gallery index.  With several values of the swept parameter the results have
 a leading variant axis.  :func:`to_faiss` serves the same scores from any
-faiss index (:mod:`qbscale.faiss_index`).
+faiss index (:mod:`qbscale.retrieval.faiss_index`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from dask.delayed import Delayed, delayed
 from qbscale.engine import topk as _topk
 from qbscale.engine.checks import check_finite, check_similarities
 from qbscale.engine.grid import offsets
-from qbscale.engine.normaliser import Normaliser
 from qbscale.engine.reductions import row_topk
+from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import InputError
 from qbscale.storage.gallery_rows import gallery_source, query_source
 
@@ -68,9 +68,9 @@ class _Partial:
     norm: tuple[TopK, ...]
 
 
-def _engine_record(norm: Normaliser) -> Normaliser:
+def _engine_record(norm: GalleryStatistics) -> GalleryStatistics:
     """The engine record alone (a subclass may carry a gallery with it)."""
-    return Normaliser(norm.config, norm.shift, norm.activation, dict(norm.fingerprint))
+    return GalleryStatistics(norm.config, norm.shift, norm.activation, dict(norm.fingerprint))
 
 
 class _Product:
@@ -85,7 +85,7 @@ class _Product:
         return np.asarray(self.q[rows] @ self.g_t)
 
 
-def _block_partial(block: np.ndarray | _Product, col0: int, k: int, norm: Normaliser,
+def _block_partial(block: np.ndarray | _Product, col0: int, k: int, norm: GalleryStatistics,
                    smax: float | None = None, order: np.ndarray | None = None,
                    state: _Partial | None = None) -> _Partial:
     """Top-k lists of one similarity block (gallery columns ``col0:col0+width``).
@@ -142,7 +142,7 @@ def _rows(pair: TopK | None, start: int, count: int) -> TopK | None:
     return None if pair is None else (pair[0][start:start + count], pair[1][start:start + count])
 
 
-def _grouping(norm: Normaliser, col0: int, width: int, k: int) -> np.ndarray | None:
+def _grouping(norm: GalleryStatistics, col0: int, width: int, k: int) -> np.ndarray | None:
     """The column order grouping similar shifts (of the first variant) into
     segments, when the search scores normalised lists and the bounds apply."""
     if norm.shift is None or norm.rows == "none":
@@ -165,7 +165,7 @@ def _merge(k: int, *parts: _Partial) -> _Partial:
     return _Partial(raw, norm)
 
 
-def _finish(norm: Normaliser, part: _Partial) -> TopK:
+def _finish(norm: GalleryStatistics, part: _Partial) -> TopK:
     """``(scores, indices)`` of shape ``(n_values, rows, k)``: each row's
     normalised list where the row is normalised, its raw list elsewhere."""
     n_values = len(norm.values)
@@ -195,7 +195,7 @@ def _tree(parts: list[Any], k: int, name: str) -> Any:
 
 
 def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: int, col0: int,
-                     k: int, norm: Normaliser, state: _Partial | None) -> _Partial:
+                     k: int, norm: GalleryStatistics, state: _Partial | None) -> _Partial:
     q = np.asarray(queries.read(i, 0), dtype=np.float32)
     g = np.asarray(gallery.read(c, 0), dtype=np.float32)
     # squared norms: finite only when every entry is (checked precisely otherwise)
@@ -216,7 +216,7 @@ def _embedding_block(queries: MatrixSource, gallery: MatrixSource, i: int, c: in
 
 
 def _matrix_block(sims: MatrixSource, i: int, c: int, col0: int, k: int,
-                  norm: Normaliser, state: _Partial | None, what: str) -> _Partial:
+                  norm: GalleryStatistics, state: _Partial | None, what: str) -> _Partial:
     block = np.asarray(sims.read(i, c))
     if block.dtype.kind != "f" or block.dtype.itemsize < 4:
         block = block.astype(np.float32)
@@ -230,7 +230,7 @@ def _matrix_block(sims: MatrixSource, i: int, c: int, col0: int, k: int,
 # ----------------------------------------------------------------- graphs
 
 
-def _graph(norm: Normaliser, n_rows: tuple[int, ...], col_chunks: tuple[int, ...], k: int,
+def _graph(norm: GalleryStatistics, n_rows: tuple[int, ...], col_chunks: tuple[int, ...], k: int,
            task: Any, token: str, chains: int) -> list[Delayed]:
     """One delayed ``(scores, indices)`` per query row block.
 
@@ -256,7 +256,7 @@ def _graph(norm: Normaliser, n_rows: tuple[int, ...], col_chunks: tuple[int, ...
     return out
 
 
-def _compute(norm: Normaliser, build: Any, scheduler: Any, num_workers: int | None,
+def _compute(norm: GalleryStatistics, build: Any, scheduler: Any, num_workers: int | None,
              progress: bool) -> TopK:
     """Build the graph for the executor's parallelism (``build(threads)``), run it."""
     from qbscale.executors import get_executor
@@ -314,7 +314,7 @@ def block_grid(n_queries: int, n_gallery: int, gallery_chunk: int | None = None,
     return rows, items
 
 
-def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
+def search(norm: GalleryStatistics, queries: Any, top_k: int, gallery: Any = None, *,
            scheduler: Any = "threads", num_workers: int | None = None,
            block_rows: int | None = None, block_items: int | None = None,
            progress: bool = False) -> TopK:
@@ -322,7 +322,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
 
     Parameters
     ----------
-    norm : a fitted normaliser (:class:`qbscale.engine.normaliser.Normaliser`,
+    norm : a fitted normaliser (:class:`qbscale.engine.statistics.GalleryStatistics`,
         or :class:`qbscale.Normaliser`, whose own gallery is used when
         ``gallery`` is None)
     queries : (n, d) embeddings: numpy or dask array, or the path of a
@@ -352,7 +352,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     --------
     >>> from qbscale.config import RunConfig
     >>> g = np.eye(3, dtype=np.float32)
-    >>> norm = Normaliser(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
+    >>> norm = GalleryStatistics(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
     ...                   np.ones(3, bool))
     >>> search(norm, np.array([[0.0, 1.0, 0.9]], np.float32), 2, g)[1]
     array([[2, 0]])
@@ -378,7 +378,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
         blocks = qry.blocks(rows)
         parts = gal.blocks(block_items or items)
 
-        def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
+        def task(i: int, c: int, col0: int, k: int, nrm: GalleryStatistics,
                  state: _Partial | None) -> _Partial:
             return _embedding_block(blocks, parts, i, c, col0, k, nrm, state)
 
@@ -388,7 +388,7 @@ def search(norm: Normaliser, queries: Any, top_k: int, gallery: Any = None, *,
     return _compute(record, build, scheduler, num_workers, progress)
 
 
-def search_matrix(norm: Normaliser, sims: Any, top_k: int, *,
+def search_matrix(norm: GalleryStatistics, sims: Any, top_k: int, *,
                   scheduler: Any = "threads", num_workers: int | None = None,
                   progress: bool = False, what: str = "the similarity matrix") -> TopK:
     """:func:`search` over precomputed similarities (query rows x the gallery).
@@ -407,7 +407,7 @@ def search_matrix(norm: Normaliser, sims: Any, top_k: int, *,
     k = _check_k(top_k, sims.shape[1])
     record = _engine_record(norm)
 
-    def task(i: int, c: int, col0: int, k: int, nrm: Normaliser,
+    def task(i: int, c: int, col0: int, k: int, nrm: GalleryStatistics,
              state: _Partial | None) -> _Partial:
         return _matrix_block(sims, i, c, col0, k, nrm, state, what)
 
@@ -426,7 +426,7 @@ def _sims_source(sims: Any, what: str) -> MatrixSource:
         if hasattr(data, "dtype"):
             check_similarities(data, what)
         return sims  # type: ignore[no-any-return]
-    from qbscale.fitting import DaskMatrix, is_dask, unwrap
+    from qbscale.retrieval.fitting import DaskMatrix, is_dask, unwrap
     from qbscale.storage.sources import NumpyMatrix
 
     data = unwrap(sims)
@@ -442,7 +442,7 @@ def _token() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def _check_fingerprint(norm: Normaliser, gallery: Any) -> None:
+def _check_fingerprint(norm: GalleryStatistics, gallery: Any) -> None:
     """The gallery checksum, when the normaliser recorded one and can check it."""
     check = getattr(norm, "check_gallery_emb", None)
     if check is None or not norm.fingerprint.get("gallery_sha256"):
@@ -454,12 +454,12 @@ def _check_fingerprint(norm: Normaliser, gallery: Any) -> None:
     check(gallery)
 
 
-def to_faiss(norm: Normaliser, gallery_emb: Any, factory: str = "Flat",
+def to_faiss(norm: GalleryStatistics, gallery_emb: Any, factory: str = "Flat",
              params: str | None = None) -> Any:
     """A faiss index serving ``norm``'s scores: ``.search(queries, top_k)``
     returns what :func:`search` returns, ``.save(path)`` writes it
-    (:class:`qbscale.faiss_index.FaissSearch`; ``params`` e.g. ``"efSearch=256"``)."""
-    from qbscale.faiss_index import FaissSearch
+    (:class:`qbscale.retrieval.faiss_index.FaissSearch`; ``params`` e.g. ``"efSearch=256"``)."""
+    from qbscale.retrieval.faiss_index import FaissSearch
 
     return FaissSearch.build(norm, gallery_emb, factory, params)
 
