@@ -36,8 +36,15 @@ def _quiet(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     """A subcommand is quiet when it, or the group (``qbscale -q CMD``), says so, and
     when stderr is not a terminal: a bar's carriage returns would otherwise land in a
     log or between the results when stdout and stderr share a pipe (as tqdm's own
-    ``disable=None`` does)."""
-    return bool(value or ctx.meta.get(QUIET_KEY, False) or not _stderr_is_terminal())
+    ``disable=None`` does).  ``QBSCALE_PROGRESS=1`` draws bars anyway, ``=0`` never."""
+    return bool(value or ctx.meta.get(QUIET_KEY, False) or not _bars_wanted())
+
+
+def _bars_wanted() -> bool:
+    forced = os.environ.get("QBSCALE_PROGRESS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _stderr_is_terminal()
 
 
 def _stderr_is_terminal() -> bool:

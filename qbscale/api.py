@@ -16,7 +16,7 @@ from qbscale.config import RunConfig
 from qbscale.engine import plan as _plan
 from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.statistics import GalleryStatistics
-from qbscale.errors import ConfigError, NotFiniteError, StoreFullError
+from qbscale.errors import ConfigError, NotFiniteError, OutputError, StoreFullError
 from qbscale.executors import get_executor
 from qbscale.storage.sources import forget_open_arrays
 from qbscale.storage.store import open_experiment
@@ -82,8 +82,9 @@ class RunPlan:
 
             raise nonfinite_error(self.experiment, self.config.values, exc.input_data) \
                 or exc from exc
-        except OSError as exc:
-            if self.state is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        except OSError as exc:  # a full store, unless an output file (hits, --json) failed
+            if self.state is None or exc.errno not in (errno.ENOSPC, errno.EDQUOT) \
+                    or isinstance(exc, OutputError):
                 self._discard_unless_resumable()
                 raise
             self.state.discard()

@@ -106,10 +106,17 @@ def test_cli_search_sims_store_refuses_non_finite(data, tmp_path, cli_invoke):
                    progress=False, chunk_rows=4)
     arr = zarr.open_array(str(tmp_path / "exp.zarr" / "test"), mode="r+")
     arr[6, 3] = np.inf
-    res = cli_invoke("search", tmp_path / "norm.zarr", "--sims", tmp_path / "exp.zarr",
-                     "--topk", 2, "--hits", tmp_path / "h.tsv", "-q", exit_code=1)
+    args = ("search", tmp_path / "norm.zarr", "--sims", tmp_path / "exp.zarr", "--topk", 2,
+            "--hits", tmp_path / "h.tsv", "-q")
+    res = cli_invoke(*args, exit_code=1)  # the chunk manifest sees the rewritten chunk
+    assert res.output == (f"Error: store {tmp_path / 'exp.zarr'}: chunk test/c/1/0 is not the "
+                          "chunk written there (swapped or replaced): re-ingest or restore it\n")
+    # a store written before chunk manifests: the values themselves are refused
+    (tmp_path / "exp.zarr" / "test" / "qbscale_chunks.json").unlink()
+    res = cli_invoke(*args, exit_code=1)
     assert res.output == (f"Error: non-finite value inf at row 6, column 3 of the "
                           f"similarities ({tmp_path / 'exp.zarr'})\n")
+    assert not (tmp_path / "h.tsv").exists()
 
 
 def test_finite_input_still_equals_the_oracle(data):

@@ -79,11 +79,14 @@ def test_quiet_on_the_group_or_on_run(where, store, cli_invoke, terminal):
     assert res.stdout.splitlines()[0].split()[:2] == ["method", "beta"]
 
 
-def test_no_bar_when_stderr_is_not_a_terminal(store, cli_invoke):
+def test_no_bar_when_stderr_is_not_a_terminal(store, cli_invoke, monkeypatch):
     """A bar's carriage returns would land between the results in a shared pipe or log."""
+    monkeypatch.delenv("QBSCALE_PROGRESS", raising=False)
     res = cli_invoke("run", store)
     assert "qbscale:" not in res.stderr and "\r" not in res.stderr, res.stderr
     assert res.stdout.splitlines()[0].split()[:2] == ["method", "beta"]
+    monkeypatch.setenv("QBSCALE_PROGRESS", "1")  # asked for: drawn into the pipe anyway
+    assert "qbscale:" in cli_invoke("run", store).stderr
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

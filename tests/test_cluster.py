@@ -67,7 +67,7 @@ def test_cli_on_a_scheduler_matches_threads(cluster, data, threaded, tmp_path):
     pids = cluster.worker_pids()
     proc = qbscale_cli("run", store, "--scheduler", cluster.address, "--beta", "10,20",
                        "--k", "2", "--topk", "5", "--save-ranks", "--json",
-                       str(tmp_path / "m.json"))
+                       str(tmp_path / "m.json"), env={"QBSCALE_PROGRESS": "1"})
     out, err = (s.decode() for s in proc.communicate(timeout=120))
     assert proc.returncode == 0, err
     assert_same_as(threaded, store)

@@ -83,7 +83,9 @@ def test_embeddings_path_equals_sims_path(stores, small_blocks):
         np.testing.assert_array_equal(a.normalised, b.normalised)
         assert a.activation_size == b.activation_size
         np.testing.assert_array_equal(a.topk_index, b.topk_index)
-        np.testing.assert_array_equal(a.topk_score, b.topk_score)
+        # float64 scores: the two paths' logZ may differ in the last bits (the
+        # embeddings path sums its column blocks in another grouping)
+        np.testing.assert_allclose(a.topk_score, b.topk_score, rtol=1e-12, atol=1e-12)
     assert 0 < a.before["R1"] < 100
 
 

@@ -273,7 +273,7 @@ def test_interrupted_run_without_ground_truth_resumes(problem, store, tmp_path):
     experiment = open_experiment(store)
     experiment.test = FailingMatrix(experiment.test, ok=2)
     with pytest.raises(RuntimeError, match="cannot read block"):
-        qbscale.run(experiment, scheduler="synchronous", **kw)
+        qbscale.run(experiment, scheduler="synchronous", resume=True, **kw)
     [manifest] = Path(store).glob("runs/*/manifest")
     done = zarr.open_array(str(manifest / "done"), mode="r")[...]
     assert 0 < done.sum() < len(done)

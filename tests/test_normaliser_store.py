@@ -346,7 +346,7 @@ def test_a_fraction_and_its_count_are_one_setting(store, tmp_path):
     experiment.test = FailingMatrix(experiment.test, ok=6)
     with pytest.raises(RuntimeError, match="cannot read block"):
         qbscale.run(experiment, bank_sample=0.25, seed=3, save_ranks=True,
-                    scheduler="synchronous")
+                    scheduler="synchronous", resume=True)
     [manifest] = manifests(copy)
     done = int(zarr.open_array(str(manifest / "done"), mode="r")[...].sum())
     with pytest.raises(ConfigError, match=r"bank_sample=23 \(now 24\)"):

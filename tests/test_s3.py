@@ -79,7 +79,8 @@ def test_resume_on_s3(s3, data, local):
     experiment = open_experiment(url)
     experiment.test = FailingMatrix(experiment.test, fail_at=3)
     with pytest.raises(RuntimeError, match="block 3"):
-        run(experiment, beta=[10, 20], k=2, topk=5, save_ranks=True, scheduler="synchronous")
+        run(experiment, beta=[10, 20], k=2, topk=5, save_ranks=True, scheduler="synchronous",
+            resume=True)
     runs = zarr.open_group(url, mode="r", use_consolidated=False)["runs"]
     [pending] = runs.group_keys()
     assert "manifest" in runs[pending]

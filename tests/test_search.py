@@ -283,7 +283,7 @@ def test_faiss_flat_equals_search(pycode_small, method, tmp_path):
 
 
 def save_normaliser(norm: GalleryStatistics, path, gallery=None) -> None:
-    from qbscale.retrieval.normaliser import GalleryStatistics as Public
+    from qbscale.retrieval.normaliser import Normaliser as Public
 
     Public(norm.config, norm.shift, norm.activation, dict(norm.fingerprint),
            gallery=gallery).save(path)

@@ -245,6 +245,8 @@ def _open(url: str, storage_options: dict[str, Any] | None,
             f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
         )
     names = set(group.array_keys())
+    if layout.GALLERY_BANK_RECORD not in attrs:  # a gallery bank whose write did not finish:
+        names.discard(layout.GALLERY_BANK)       # refused as incomplete when a run asks for it
     integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs))
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
     if bank.shape[1] != test.shape[1]:
