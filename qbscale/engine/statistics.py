@@ -18,7 +18,7 @@ Examples
 --------
 >>> from qbscale.config import RunConfig
 >>> norm = GalleryStatistics(RunConfig.make(20.0, method="is"), np.array([[1.0, 2.0]]),
-...                   np.array([True, False]))
+...                          np.array([True, False]))
 >>> norm.transform(np.array([[0.1, 0.2]]))[0]
 array([[1., 2.]])
 """

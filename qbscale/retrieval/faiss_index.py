@@ -27,7 +27,7 @@ Examples
 >>> from qbscale.config import RunConfig
 >>> from qbscale.engine.statistics import GalleryStatistics
 >>> norm = GalleryStatistics(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
-...                   np.ones(3, bool))
+...                          np.ones(3, bool))
 >>> index = FaissSearch.build(norm, np.eye(3, dtype=np.float32))
 >>> index.search(np.array([[0.0, 1.0, 0.9]], np.float32), 2)[1]
 array([[2, 0]])

@@ -351,9 +351,10 @@ def search(norm: GalleryStatistics, queries: Any, top_k: int, gallery: Any = Non
     Examples
     --------
     >>> from qbscale.config import RunConfig
+    >>> from qbscale.engine.statistics import GalleryStatistics
     >>> g = np.eye(3, dtype=np.float32)
     >>> norm = GalleryStatistics(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
-    ...                   np.ones(3, bool))
+    ...                          np.ones(3, bool))
     >>> search(norm, np.array([[0.0, 1.0, 0.9]], np.float32), 2, g)[1]
     array([[2, 0]])
     """
