@@ -34,6 +34,7 @@ from qbscale.errors import (
     InputError,
     StoreNotFoundError,
 )
+from qbscale.storage import manifest
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment
@@ -97,8 +98,8 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
             arr[...] = value
         record_manifests(os.fspath(stage.target), storage_options)
         consolidate(group.store)
-        zarr.open_group(group.store, mode="r+").attrs.update({ATTR: {**attrs,
-                                                                     "complete": True}})
+        zarr.open_group(group.store, mode="r+").attrs.update(
+            {ATTR: {**attrs, manifest.ATTR: manifest.FORMAT, "complete": True}})
     return stage.final
 
 
@@ -176,7 +177,8 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
         raise InputError(f"the normaliser {url} is damaged: no gallery size in its fingerprint")
     n_values = len(config.values)
     check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name],
-                   required=False)  # a missing array: named by _array
+                   required=False,  # a missing array: named by _array
+                   manifests=manifest.declared(attrs))
     shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
     activation = _array(url, group, ACTIVATION, (n_gallery,), "b")
     values = _array(url, group, config.variant_name, (n_values,), "f")

@@ -26,7 +26,7 @@ from qbscale.errors import (
     StoreChangedError,
     StoreNotFoundError,
 )
-from qbscale.storage import integrity, layout
+from qbscale.storage import integrity, layout, manifest
 from qbscale.storage.results import published_prefix
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
 from qbscale.types import Experiment, MatrixSource
@@ -245,7 +245,8 @@ def _open(url: str, storage_options: dict[str, Any] | None,
             f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
         )
     names = set(group.array_keys())
-    integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs))
+    integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs),
+                                   manifest.declared(attrs))
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
     if bank.shape[1] != test.shape[1]:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")

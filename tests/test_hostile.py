@@ -1,0 +1,144 @@
+"""Hostile users: stores and inputs damaged or misused on purpose end in one
+clear line and a non-zero exit, never in figures that look right."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import qbscale
+from qbscale.cli import cli
+from qbscale.errors import DamagedStoreError
+from qbscale.normaliser import Normaliser
+
+from .cluster_fixtures import problem
+
+FILE = "qbscale_chunks.json"  # an array's chunk manifest
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, [*args, "-q"])
+
+
+def one_line_error(res, *words: str) -> None:
+    assert res.exit_code != 0, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for word in words:
+        assert word in lines[0], res.output
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    bank, test = problem(n_bank=40, n_gallery=10)
+    return str(qbscale.ingest(tmp_path / "exp.zarr", bank, test, chunk_rows=5,
+                              progress=False))
+
+
+def swap(a: Path, b: Path) -> None:
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    assert data_a != data_b
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+
+
+# ------------------------------------------------------------------ chunk manifests
+
+
+def test_a_deleted_chunk_manifest_does_not_switch_the_position_checks_off(store):
+    # deleting the manifest, then swapping two chunks, used to give other figures
+    (Path(store) / "test" / FILE).unlink()
+    swap(Path(store) / "test" / "c" / "0" / "0", Path(store) / "test" / "c" / "1" / "0")
+    res = invoke("run", store)
+    one_line_error(res, store, "test", FILE, "missing")
+    with pytest.raises(DamagedStoreError, match="chunk manifest"):
+        qbscale.run(store)
+    res = invoke("check", store)
+    assert res.exit_code == 1
+    assert f"test: its chunk manifest {FILE} is missing" in res.output
+    assert "notice" not in res.output
+
+
+def test_a_chunk_manifest_replaced_by_a_directory_is_missing(store):
+    manifest = Path(store) / "bank" / FILE
+    manifest.unlink()
+    manifest.mkdir()
+    one_line_error(invoke("run", store), "bank", FILE, "missing")
+    assert invoke("check", store).exit_code == 1
+
+
+def test_a_normaliser_without_its_chunk_manifest_is_refused(tmp_path):
+    bank, _ = problem(n_bank=40, n_gallery=10)
+    out = Normaliser.fit(bank, beta=20).save(tmp_path / "norm.zarr")
+    (Path(out) / "shift" / FILE).unlink()
+    with pytest.raises(DamagedStoreError, match="chunk manifest"):
+        Normaliser.load(out)
+
+
+# ------------------------------------------------------------------ qbscale check
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty dir", "plain group"])
+def test_check_refuses_what_is_not_a_store_in_one_line(tmp_path, kind):
+    import zarr
+
+    path = tmp_path / "x.zarr"
+    if kind == "file":
+        path.write_text("hello")
+    elif kind == "empty dir":
+        path.mkdir()
+    elif kind == "plain group":
+        zarr.open_group(str(path), mode="w").create_array("test", shape=(4, 4), dtype="f4")
+    one_line_error(invoke("check", str(path)), str(path))
+
+
+@pytest.mark.parametrize("damage, key", [
+    ("deleted", "zarr.json: missing"),
+    ("garbage", "zarr.json: cannot be read"),
+    ("a list", "zarr.json: not the metadata of a Zarr group"),
+    ("incomplete", "zarr.json: incomplete"),
+])
+def test_check_reports_a_damaged_root_zarr_json(store, damage, key):
+    root = Path(store) / "zarr.json"
+    if damage == "deleted":
+        root.unlink()
+    elif damage == "garbage":
+        root.write_text("{garbage")
+    elif damage == "a list":
+        root.write_text("[1, 2]")
+    else:
+        meta = json.loads(root.read_text())
+        meta["attributes"]["qbscale"]["complete"] = False
+        root.write_text(json.dumps(meta))
+    res = invoke("check", store)
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output
+    assert any(line.startswith(key) for line in res.output.splitlines()), res.output
+
+
+@pytest.mark.parametrize("what", ["zarr.json", "the array"])
+def test_check_reports_a_deleted_input_array(store, what):
+    if what == "zarr.json":
+        (Path(store) / "test" / "zarr.json").unlink()
+    else:
+        shutil.rmtree(Path(store) / "test")
+    res = invoke("check", store)
+    assert res.exit_code == 1, res.output
+    assert "test/zarr.json: missing" in res.output
+    one_line_error(invoke("run", store), "test")
+
+
+def test_check_passes_an_intact_store_and_normaliser(store, tmp_path):
+    res = invoke("check", store)
+    assert res.exit_code == 0 and res.output.strip().endswith("0 bad"), res.output
+    bank, _ = problem(n_bank=40, n_gallery=10)
+    out = Normaliser.fit(bank, beta=20).save(tmp_path / "norm.zarr")
+    res = invoke("check", str(out))
+    assert res.exit_code == 0 and res.output.strip().endswith("0 bad"), res.output
+
