@@ -87,6 +87,8 @@ class RunConfig:
         ``("is", dynamic=True)`` is ``"dis"``; a value for the method's swept
         parameter may come in ``params`` too (``params={"alpha": [0.5, 1]}``).
         """
+        if not isinstance(method, str):  # None, a list: the same message as a typo
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         method = method.lower()
         if method == "is" and dynamic:
             method, dynamic = "dis", False

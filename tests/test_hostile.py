@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 import qbscale
 from qbscale.cli import cli
-from qbscale.errors import DamagedStoreError
+from qbscale.errors import ConfigError, DamagedStoreError
 from qbscale.normaliser import Normaliser
 
 from .cluster_fixtures import problem
@@ -142,3 +142,37 @@ def test_check_passes_an_intact_store_and_normaliser(store, tmp_path):
     res = invoke("check", str(out))
     assert res.exit_code == 0 and res.output.strip().endswith("0 bad"), res.output
 
+
+
+# ------------------------------------------------------------------ the command line
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "STORE", "--tset"], ["--tset"]),
+    (["run", "STORE", "--k", "0"], ["--k", "0"]),
+    (["run", "STORE", "--method", "dsi"], ["dsi"]),
+    (["run", "STORE", "--workers", "0"], ["--workers", "0"]),
+    (["run", "STORE", "--kc", "3"], ["--kc"]),
+    (["ingest", "--bank", "b.npy", "--test", "t.npy", "-o", "x.zarr", "--dtype", "float31"],
+     ["float31"]),
+    (["runn"], ["runn"]),
+])
+def test_a_usage_error_is_one_line(store, args, words):
+    res = invoke(*[store if a == "STORE" else a for a in args])
+    assert res.exit_code == 2
+    one_line_error(res, *words)
+
+
+def test_a_bare_qbscale_still_prints_its_help():
+    res = CliRunner().invoke(cli, [])
+    assert "Commands:" in res.output
+
+
+# ------------------------------------------------------------------ the Python API
+
+
+@pytest.mark.parametrize("method", [None, ["dis"], 3])
+def test_a_method_that_is_no_string_is_a_config_error(method):
+    bank, test = problem(n_bank=6, n_gallery=4)
+    with pytest.raises(ConfigError, match="method must be one of"):
+        qbscale.normalise(test, bank, method=method)
