@@ -14,6 +14,7 @@ from .method_options import method_kwargs, method_options
 from .options import (
     bank_sample,
     bank_sample_option,
+    check_json_output,
     compute_options,
     k_option,
     library_errors,
@@ -58,6 +59,7 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
     from qbscale.config import parse_values
     from qbscale.normaliser import Normaliser
 
+    check_json_output(json_path, (store, gallery_bank, output))
     _refuse_existing(output, overwrite, (store, gallery_bank))
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,

@@ -150,6 +150,18 @@ def check_output_file(path: str | None) -> None:
         raise click.ClickException(f"cannot write {path}: directory {parent} is not writable")
 
 
+def check_json_output(path: str | None, inputs: tuple[object, ...]) -> None:
+    """:func:`check_output_file`, and refuse a ``--json`` file that is one of the
+    command's inputs or outputs (a store, an input matrix) or lies inside one: the
+    summary must never overwrite what it describes."""
+    if not path:
+        return
+    from qbscale.storage.paths import check_not_input
+
+    check_output_file(path)
+    check_not_input(path, inputs)
+
+
 def check_output_dir(path: str) -> None:
     """Fail before any work when the directory ``path`` cannot be created or written."""
     if os.path.isdir(path):

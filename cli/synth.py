@@ -9,7 +9,7 @@ import click
 
 from qbscale.storage import layout
 
-from .options import library_errors, quiet_option, write_json
+from .options import check_json_output, library_errors, quiet_option, write_json
 
 
 @click.command()
@@ -68,6 +68,7 @@ def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: in
     options: dict[str, Any] = dict(dtype=dtype, chunk_bytes=chunk_bytes,
                                    chunk_rows=chunk_rows, chunk_cols=chunk_cols, codec=codec,
                                    overwrite=overwrite, progress=not quiet)
+    check_json_output(json_path, (out,))
     start = time.perf_counter()
     path = write(out, spec, kind, **options)
     seconds = time.perf_counter() - start

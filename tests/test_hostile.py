@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -176,3 +177,45 @@ def test_a_method_that_is_no_string_is_a_config_error(method):
     bank, test = problem(n_bank=6, n_gallery=4)
     with pytest.raises(ConfigError, match="method must be one of"):
         qbscale.normalise(test, bank, method=method)
+
+
+# ------------------------------------------------------------------ --json never replaces an input
+
+
+@pytest.mark.parametrize("which", ["bank", "test", "gt_index", "npz member"])
+def test_ingest_json_onto_an_input_is_refused_and_the_input_kept(tmp_path, which):
+    bank, test = problem(n_bank=6, n_gallery=4)
+    paths = {"bank": tmp_path / "bank.npy", "test": tmp_path / "test.npy",
+             "gt_index": tmp_path / "gt.npy", "npz member": tmp_path / "b.npz"}
+    np.save(paths["bank"], bank)
+    np.save(paths["test"], test)
+    np.save(paths["gt_index"], np.arange(test.shape[0]) // 2)
+    np.savez(paths["npz member"], sims=bank)
+    before = {k: p.read_bytes() for k, p in paths.items()}
+    bank_arg = f"{paths['npz member']}:sims" if which == "npz member" else str(paths["bank"])
+    out = tmp_path / "exp.zarr"
+    res = invoke("ingest", "--bank", bank_arg, "--test", str(paths["test"]), "--gt-index",
+                 str(paths["gt_index"]), "-o", str(out), "--json", str(paths[which]))
+    one_line_error(res, str(paths[which]))
+    assert {k: p.read_bytes() for k, p in paths.items()} == before
+    assert not out.exists()
+
+
+def test_fit_and_eval_json_inside_the_store_are_refused(store, tmp_path):
+    root = Path(store) / "zarr.json"
+    before = root.read_bytes()
+    res = invoke("fit", store, "-o", str(tmp_path / "norm.zarr"), "--json", str(root))
+    one_line_error(res, str(root))
+    assert not (tmp_path / "norm.zarr").exists()
+    one_line_error(invoke("eval", store, "--json", str(root)), str(root))
+    assert root.read_bytes() == before
+    assert invoke("check", store).exit_code == 0
+
+
+def test_synth_json_inside_the_store_it_replaces_is_refused(store):
+    root = Path(store) / "zarr.json"
+    before = root.read_bytes()
+    res = invoke("synth", "--bank", "4", "--test", "4", "--gallery", "4", store, "--overwrite",
+                 "--json", str(root))
+    one_line_error(res, str(root))
+    assert root.read_bytes() == before
