@@ -219,3 +219,13 @@ def test_synth_json_inside_the_store_it_replaces_is_refused(store):
                  "--json", str(root))
     one_line_error(res, str(root))
     assert root.read_bytes() == before
+
+
+def test_a_uint64_ground_truth_beyond_int64_is_named_with_its_own_value():
+    from qbscale.errors import InputError
+    from qbscale.storage.store import check_gt_index
+
+    values = np.array([2**63 + 5, 0], dtype=np.uint64)
+    with pytest.raises(InputError, match=f"entry 0 is {2**63 + 5}, outside the gallery"):
+        check_gt_index(values, 2, 3)
+    assert check_gt_index(np.array([2, 0], np.uint8), 2, 3).dtype == np.int64

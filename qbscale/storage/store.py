@@ -141,13 +141,13 @@ def check_gt_index(values: Any, n_queries: int, n_gallery: int,
                          f"{n_queries} entries, one per test query")
     if values.dtype.kind not in "iu":
         raise InputError(f"{label} holds {values.dtype} values; expected integers")
-    values = values.ravel().astype(np.int64)
+    values = values.ravel()  # checked before the cast: uint64 beyond int64 would wrap
     bad = np.flatnonzero((values < 0) | (values >= n_gallery))
     if bad.size:
         i = int(bad[0])
         raise InputError(f"{label}: entry {i} is {values[i]}, outside the gallery "
                          f"[0, {n_gallery}) ({bad.size} of {n_queries} entries are)")
-    return values
+    return values.astype(np.int64)
 
 
 def check_mask(mask: Any, n_queries: int, queries_per_item: int | None = None,
