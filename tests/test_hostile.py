@@ -229,3 +229,17 @@ def test_a_uint64_ground_truth_beyond_int64_is_named_with_its_own_value():
     with pytest.raises(InputError, match=f"entry 0 is {2**63 + 5}, outside the gallery"):
         check_gt_index(values, 2, 3)
     assert check_gt_index(np.array([2, 0], np.uint8), 2, 3).dtype == np.int64
+
+
+@pytest.mark.parametrize("text", ["20,,30", "20,", "1_0", "0x10", "2 0"])
+def test_a_mistyped_value_list_is_refused_not_read_as_another(store, text):
+    # "20,,30" used to run 20 and 30, "1_0" to run beta 10
+    res = invoke("run", store, "--beta", text)
+    one_line_error(res, "--beta", repr(text))
+
+
+def test_a_value_list_with_spaces_and_exponents_still_runs(store):
+    from qbscale.config import parse_values
+
+    assert parse_values(" 10, 2e1,.5 ") == (10.0, 20.0, 0.5)
+    assert invoke("run", store, "--beta", "10, 20").exit_code == 0
