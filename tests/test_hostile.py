@@ -243,3 +243,40 @@ def test_a_value_list_with_spaces_and_exponents_still_runs(store):
 
     assert parse_values(" 10, 2e1,.5 ") == (10.0, 20.0, 0.5)
     assert invoke("run", store, "--beta", "10, 20").exit_code == 0
+
+
+# ------------------------------------------------------------------ open_result
+
+
+def test_open_result_refuses_a_saved_run_whose_manifest_was_deleted(store):
+    from qbscale.storage.results import open_result
+
+    assert invoke("run", store, "--save-scores").exit_code == 0
+    folder = Path(store) / open_result(store, "scores").path
+    (folder / FILE).unlink()
+    swap(folder / "c" / "0" / "0" / "0", folder / "c" / "0" / "1" / "0")
+    with pytest.raises(DamagedStoreError, match="chunk manifest"):
+        open_result(store, "scores")[...]
+
+
+@pytest.mark.parametrize("where", ["missing", "npy file", "empty dir"])
+def test_open_result_of_what_is_no_store_is_store_not_found(tmp_path, where):
+    from qbscale.errors import StoreNotFoundError
+    from qbscale.storage.results import open_result
+
+    path = tmp_path / "x"
+    if where == "npy file":
+        np.save(tmp_path / "x.npy", np.zeros((2, 2)))
+        path = tmp_path / "x.npy"
+    elif where == "empty dir":
+        path.mkdir()
+    with pytest.raises(StoreNotFoundError, match=f"no qbscale store at {path}"):
+        open_result(str(path), "scores")
+
+
+def test_open_result_of_a_path_outside_the_store_is_an_input_error(store):
+    from qbscale.errors import InputError
+    from qbscale.storage.results import open_result
+
+    with pytest.raises(InputError, match=r"has no saved '\.\./bank'"):
+        open_result(store, "../bank")
