@@ -4,6 +4,7 @@ clear line and a non-zero exit, never in figures that look right."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -280,3 +281,95 @@ def test_open_result_of_a_path_outside_the_store_is_an_input_error(store):
 
     with pytest.raises(InputError, match=r"has no saved '\.\./bank'"):
         open_result(store, "../bank")
+
+
+# ------------------------------------------------------------------ masked arrays and other types
+
+
+def masked(array: np.ndarray) -> np.ma.MaskedArray:
+    return np.ma.masked_array(array, array > np.median(array))
+
+
+def test_masked_arrays_are_refused_everywhere(tmp_path):
+    # their masked entries used to be read as the values under the mask
+    from qbscale.errors import InputError
+
+    bank, test = problem(n_bank=6, n_gallery=4)
+    norm = Normaliser.fit(bank, beta=20)
+    calls = {
+        "ingest bank": lambda: qbscale.ingest(tmp_path / "a.zarr", masked(bank), test,
+                                              progress=False),
+        "ingest test": lambda: qbscale.ingest(tmp_path / "b.zarr", bank, masked(test),
+                                              progress=False),
+        "fit": lambda: Normaliser.fit(masked(bank)),
+        "normalise": lambda: qbscale.normalise(masked(test), bank),
+        "transform": lambda: norm.transform(masked(test)),
+    }
+    for what, call in calls.items():
+        with pytest.raises(InputError, match="is a masked array"):
+            call()
+        assert not list(tmp_path.iterdir()), what
+
+
+def test_ingest_takes_lists_and_names_what_is_neither_path_nor_array(tmp_path):
+    from qbscale.errors import InputError
+
+    bank, test = problem(n_bank=6, n_gallery=4)
+    gt = [int(i) for i in np.arange(test.shape[0]) // 2]
+    out = qbscale.ingest(tmp_path / "a.zarr", bank.tolist(), test, gt_index=gt,
+                         masks=[True] * test.shape[0], progress=False)
+    ds = qbscale.open_dataset(out)
+    np.testing.assert_array_equal(np.asarray(ds["bank"]), bank)
+    with pytest.raises(InputError, match="test: expected a file path or a numpy array, got "
+                                         "NoneType"):
+        qbscale.ingest(tmp_path / "b.zarr", bank, None, progress=False)
+
+
+# ------------------------------------------------------------------ .npy headers that lie
+
+
+def lying_npy(path: Path, shape: tuple[int, ...]) -> Path:
+    """A .npy of 6 x 4 float32 values whose header claims ``shape``."""
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": shape})
+    path.write_bytes(header.getvalue() + np.zeros((6, 4), np.float32).tobytes())
+    return path
+
+
+@pytest.mark.parametrize("shape", [(2**62, 4), (99999999999, 99999999), (9, 4)])
+def test_a_npy_header_claiming_more_than_the_file_holds_is_truncated(tmp_path, shape):
+    # (2**62, 4) float32 is 2**66 bytes: int64 arithmetic wrapped it to 0 and the
+    # file passed for complete, to fail later in numpy's mmap with warnings
+    from qbscale.errors import InputError
+    from qbscale.storage.readers import open_matrix
+
+    path = lying_npy(tmp_path / "bank.npy", shape)
+    with pytest.raises(InputError, match=re.escape(f"its header {shape} float32 needs")):
+        open_matrix(str(path))
+    np.save(tmp_path / "test.npy", np.zeros((6, 4), np.float32))
+    res = invoke("ingest", "--bank", str(path), "--test", str(tmp_path / "test.npy"),
+                 "--no-ground-truth", "-o", str(tmp_path / "exp.zarr"))
+    one_line_error(res, "bank.npy is truncated")
+    assert not (tmp_path / "exp.zarr").exists()
+
+
+@pytest.mark.parametrize("content", ["empty", "lying", "object"])
+def test_search_sims_file_is_opened_as_ingest_opens_it(tmp_path, content):
+    # search memory-mapped --sims .npy files itself: an empty one printed
+    # "Aborted!", a lying header a traceback
+    bank, _ = problem(n_bank=6, n_gallery=4)
+    norm = Normaliser.fit(bank, beta=20).save(tmp_path / "norm.zarr")
+    sims = tmp_path / "q.npy"
+    if content == "empty":
+        sims.write_bytes(b"")
+    elif content == "lying":
+        lying_npy(sims, (9, 4))
+    else:
+        np.save(sims, np.array([[1.0, "a"]], dtype=object), allow_pickle=True)
+    hits = tmp_path / "h.tsv"
+    res = invoke("search", str(norm), "--sims", str(sims), "--topk", "2", "--hits", str(hits))
+    one_line_error(res, "q.npy")
+    assert not hits.exists()
