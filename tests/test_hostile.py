@@ -373,3 +373,28 @@ def test_search_sims_file_is_opened_as_ingest_opens_it(tmp_path, content):
     res = invoke("search", str(norm), "--sims", str(sims), "--topk", "2", "--hits", str(hits))
     one_line_error(res, "q.npy")
     assert not hits.exists()
+
+
+@pytest.mark.parametrize("option", ["--queries", "--gallery-emb"])
+@pytest.mark.parametrize("content", ["empty", "huge header"])
+def test_search_embedding_files_are_opened_as_ingest_opens_them(tmp_path, option, content):
+    # an empty .npy printed "Aborted!"; a 2**62-row header numpy's overflow warnings
+    rng = np.random.default_rng(0)
+    gallery = rng.standard_normal((8, 4)).astype(np.float32)
+    bank = rng.standard_normal((12, 4)).astype(np.float32)
+    np.save(tmp_path / "gallery.npy", gallery)
+    np.save(tmp_path / "queries.npy", rng.standard_normal((3, 4)).astype(np.float32))
+    store = qbscale.ingest_embeddings(tmp_path / "e.zarr", bank, bank[:8], gallery,
+                                      progress=False)
+    norm = Normaliser.fit(store, beta=20).save(tmp_path / "norm.zarr")
+    bad = tmp_path / "bad.npy"
+    if content == "empty":
+        bad.write_bytes(b"")
+    else:
+        lying_npy(bad, (2**62, 4))
+    args = {"--queries": str(tmp_path / "queries.npy"), option: str(bad)}
+    hits = tmp_path / "h.tsv"
+    res = invoke("search", str(norm), *[x for kv in args.items() for x in kv], "--topk", "2",
+                 "--hits", str(hits))
+    one_line_error(res, "bad.npy")
+    assert not hits.exists()

@@ -259,9 +259,11 @@ def open_embeddings(path: str, name: str) -> Any:
 
     check_regular(path, dir_ok=True)
     if os.path.isfile(path) and path.endswith(".npy"):
-        try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
+        from qbscale.storage.readers import NpyInput
+
+        try:  # header checked first: empty, truncated, lying, object
+            return NpyInput(path).memmap()
+        except InputError as exc:
             raise InputError(f"{name} ({path}) is not a readable .npy file: {exc}") from exc
     import dask.array as da
     import zarr
