@@ -398,3 +398,46 @@ def test_search_embedding_files_are_opened_as_ingest_opens_them(tmp_path, option
                  "--hits", str(hits))
     one_line_error(res, "bad.npy")
     assert not hits.exists()
+
+
+# ------------------------------------------------------------------ edited settings
+
+
+def edit_attrs(store: str, attr: str, key: str, value) -> None:
+    root = Path(store) / "zarr.json"
+    meta = json.loads(root.read_text())
+    meta["attributes"][attr][key] = value
+    root.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("key, value", [("queries_per_item", 4), ("ground_truth", False),
+                                        ("kind", "embeddings")])
+def test_a_store_whose_settings_were_edited_is_refused(store, key, value):
+    # queries_per_item 2 -> 4 used to give other, plausible figures
+    edit_attrs(store, "qbscale", key, value)
+    one_line_error(invoke("run", store), store, "edited")
+    with pytest.raises(DamagedStoreError, match="edited"):
+        qbscale.run(store)
+    res = invoke("check", store)
+    assert res.exit_code == 1 and "zarr.json: the settings" in res.output
+
+
+def test_a_normaliser_whose_settings_were_edited_is_refused(tmp_path):
+    # k 1 -> 3 used to load, the activation set still that of k=1
+    bank, _ = problem(n_bank=40, n_gallery=10)
+    out = Normaliser.fit(bank, beta=20).save(tmp_path / "norm.zarr")
+    edit_attrs(str(out), "qbscale_normaliser", "k", 3)
+    with pytest.raises(DamagedStoreError, match="edited"):
+        Normaliser.load(out)
+    assert invoke("check", str(out)).exit_code == 1
+
+
+def test_runs_and_a_gallery_bank_do_not_break_the_seal(store):
+    from qbscale.storage.gallery_bank import add_gallery_bank
+
+    assert invoke("run", store, "--save-scores", "--topk", "2").exit_code == 0
+    add_gallery_bank(store, np.random.default_rng(0).random((12, 10), dtype=np.float32),
+                     progress=False)
+    assert invoke("run", store, "--method", "dual-is").exit_code == 0
+    res = invoke("check", store)
+    assert res.exit_code == 0, res.output

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qbscale.storage import integrity, layout
+from qbscale.storage import integrity, layout, seal
 from qbscale.storage.integrity import chunk_key, exists, has_checksums
 from qbscale.storage.sources import _direct_codecs, freeze_options
 
@@ -85,6 +85,8 @@ def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
         raise StoreNotFoundError(f"{url} is a Zarr group but not a qbscale store")
     if found.get("complete") is not True:
         report.bad["zarr.json"] = "incomplete: its write was interrupted; write it again"
+    elif seal.problem(found) is not None:
+        report.bad["zarr.json"] = str(seal.problem(found))
     listed = (root.get("consolidated_metadata") or {}).get("metadata") or {}
     inputs = [n for n in listed if n in layout.DIMS] if found is attrs.get(layout.ATTR) \
         else list(listed)

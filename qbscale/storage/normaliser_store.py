@@ -34,7 +34,7 @@ from qbscale.errors import (
     InputError,
     StoreNotFoundError,
 )
-from qbscale.storage import manifest
+from qbscale.storage import manifest, seal
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment
@@ -99,7 +99,7 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
         record_manifests(os.fspath(stage.target), storage_options)
         consolidate(group.store)
         zarr.open_group(group.store, mode="r+").attrs.update(
-            {ATTR: {**attrs, manifest.ATTR: manifest.FORMAT, "complete": True}})
+            {ATTR: seal.sealed({**attrs, manifest.ATTR: manifest.FORMAT, "complete": True})})
     return stage.final
 
 
@@ -159,6 +159,8 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
         Not a normaliser (an experiment store, another Zarr group), another
         format, or damaged: missing arrays, wrong shapes, non-finite shifts,
         settings that do not validate.
+    DamagedStoreError
+        A missing or misplaced chunk, or settings edited after the fit.
     """
     from qbscale.storage.integrity import check_metadata
 
@@ -171,6 +173,9 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
                            attrs.get("bank_sample"), int(attrs.get("seed", 0)))
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"the normaliser {url} has invalid settings: {exc}") from exc
+    edited = seal.problem(attrs)  # valid settings, but not the ones it was fitted with
+    if edited is not None:
+        raise DamagedStoreError(f"the normaliser {url}: {edited}")
     fingerprint = dict(attrs.get("fingerprint") or {})
     n_gallery = fingerprint.get("n_gallery")
     if not isinstance(n_gallery, int) or n_gallery < 1:

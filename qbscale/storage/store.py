@@ -19,6 +19,7 @@ import numpy as np
 from qbscale.engine.grid import split
 from qbscale.errors import (
     ConfigError,
+    DamagedStoreError,
     GroundTruthWarning,
     IncompleteStoreError,
     InputError,
@@ -26,7 +27,7 @@ from qbscale.errors import (
     StoreChangedError,
     StoreNotFoundError,
 )
-from qbscale.storage import integrity, layout, manifest
+from qbscale.storage import integrity, layout, manifest, seal
 from qbscale.storage.results import published_prefix
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
 from qbscale.types import Experiment, MatrixSource
@@ -244,6 +245,9 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         raise IncompleteStoreError(
             f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
         )
+    edited = seal.problem(attrs)
+    if edited is not None:
+        raise DamagedStoreError(f"store {url}: {edited}")
     names = set(group.array_keys())
     integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs),
                                    manifest.declared(attrs))
