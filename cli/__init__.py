@@ -141,4 +141,22 @@ def main(args: list[str] | None = None) -> None:
         cli(args=args, prog_name="qbscale")
     except Terminated:
         click.echo(terminated_message(args), err=True)
+        _quiet_shutdown()
         sys.exit(TERMINATED_EXIT)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _quiet_shutdown()
+        raise
+
+
+def _quiet_shutdown() -> None:
+    """Keep a failed or stopped command at its one ``Error:`` line: zarr reads or
+    writes cut short leave asyncio tasks pending, and their "Task was destroyed
+    but it is pending!" and "coroutine ... was never awaited" reports would
+    follow it on stderr at interpreter exit."""
+    import logging
+    import warnings
+
+    logging.getLogger("asyncio").disabled = True
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                            category=RuntimeWarning)

@@ -441,3 +441,24 @@ def test_runs_and_a_gallery_bank_do_not_break_the_seal(store):
     assert invoke("run", store, "--method", "dual-is").exit_code == 0
     res = invoke("check", store)
     assert res.exit_code == 0, res.output
+
+
+def test_a_failed_command_is_one_line_even_with_asyncio_tasks_pending(tmp_path):
+    # zarr I/O cut short by an error or SIGTERM leaves tasks pending: their
+    # "Task was destroyed but it is pending!" followed the Error line at exit
+    import subprocess
+    import sys
+
+    code = ("import asyncio\n"
+            "from qbscale.cli import main\n"
+            "loop = asyncio.new_event_loop()\n"
+            "async def wait():\n"
+            "    await asyncio.sleep(100)\n"
+            "task = loop.create_task(wait())\n"
+            "loop.run_until_complete(asyncio.sleep(0))\n"
+            "del task\n"
+            f"main(['-q', 'run', {str(tmp_path / 'none.zarr')!r}])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"Error: no qbscale store at {tmp_path / 'none.zarr'}"
