@@ -462,3 +462,10 @@ def test_a_failed_command_is_one_line_even_with_asyncio_tasks_pending(tmp_path):
                          timeout=120)
     assert res.returncode == 1
     assert res.stderr.strip() == f"Error: no qbscale store at {tmp_path / 'none.zarr'}"
+
+
+@pytest.mark.parametrize("workers", [0, -1, 2.0, "2", True])
+def test_num_workers_that_is_not_a_positive_integer_is_a_config_error(store, workers):
+    # 0 used to run with the default silently, as --workers 0 is refused
+    with pytest.raises(ConfigError, match="num_workers must be an integer >= 1"):
+        qbscale.run(store, num_workers=workers)
