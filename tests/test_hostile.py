@@ -469,3 +469,12 @@ def test_num_workers_that_is_not_a_positive_integer_is_a_config_error(store, wor
     # 0 used to run with the default silently, as --workers 0 is refused
     with pytest.raises(ConfigError, match="num_workers must be an integer >= 1"):
         qbscale.run(store, num_workers=workers)
+
+
+@pytest.mark.parametrize("qpi", [2.5, 2.0, "2", True])
+def test_queries_per_item_that_is_not_an_integer_is_a_config_error(tmp_path, qpi):
+    # 2.5 used to be read as 2, "2" as 2
+    bank, test = problem(n_bank=6, n_gallery=4)
+    with pytest.raises(ConfigError, match="queries_per_item must be an integer"):
+        qbscale.ingest(tmp_path / "a.zarr", bank, test, queries_per_item=qpi, progress=False)
+    assert not (tmp_path / "a.zarr").exists()

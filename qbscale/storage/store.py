@@ -9,6 +9,7 @@ outputs.  See :mod:`qbscale.storage.layout` for the store contract.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import replace
@@ -67,6 +68,8 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
                 "to item i // N) or gt_index (--gt-index FILE)"
             )
         queries_per_item = n_queries // n_gallery
+    if type(queries_per_item) is bool or not isinstance(queries_per_item, numbers.Integral):
+        raise ConfigError(f"queries_per_item must be an integer, got {queries_per_item!r}")
     qpi = int(queries_per_item)
     if qpi < 1 or n_queries % qpi or n_queries // qpi > n_gallery:
         raise InputError(
