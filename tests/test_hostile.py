@@ -478,3 +478,11 @@ def test_queries_per_item_that_is_not_an_integer_is_a_config_error(tmp_path, qpi
     with pytest.raises(ConfigError, match="queries_per_item must be an integer"):
         qbscale.ingest(tmp_path / "a.zarr", bank, test, queries_per_item=qpi, progress=False)
     assert not (tmp_path / "a.zarr").exists()
+
+
+@pytest.mark.parametrize("params", [{"beta": True}, {"beta": [20, False]}])
+def test_a_bool_beta_is_a_config_error(params):
+    # beta=True used to run as beta 1
+    bank, test = problem(n_bank=6, n_gallery=4)
+    with pytest.raises(ConfigError, match="beta must be a finite number > 0, got"):
+        qbscale.normalise(test, bank, **params)
