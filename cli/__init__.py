@@ -7,6 +7,7 @@ import importlib
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -32,8 +33,31 @@ COMMANDS = {
 }
 
 
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """``exc`` without its context, so click prints only ``Error: ...`` (one line,
+    like every other refusal) instead of the usage and a hint; errors that print
+    something else (the help of a bare ``qbscale``) are left alone."""
+    if type(exc).show is click.UsageError.show:
+        exc.ctx = None
+    return exc
+
+
 class LazyGroup(click.Group):
-    """A group that imports a subcommand's module only when it runs."""
+    """A group that imports a subcommand's module only when it runs; a usage
+    error (unknown option, bad value) is one ``Error: ...`` line, exit status 2."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -121,4 +145,22 @@ def main(args: list[str] | None = None) -> None:
         cli(args=args, prog_name="qbscale")
     except Terminated:
         click.echo(terminated_message(args), err=True)
+        _quiet_shutdown()
         sys.exit(TERMINATED_EXIT)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            _quiet_shutdown()
+        raise
+
+
+def _quiet_shutdown() -> None:
+    """Keep a failed or stopped command at its one ``Error:`` line: zarr reads or
+    writes cut short leave asyncio tasks pending, and their "Task was destroyed
+    but it is pending!" and "coroutine ... was never awaited" reports would
+    follow it on stderr at interpreter exit."""
+    import logging
+    import warnings
+
+    logging.getLogger("asyncio").disabled = True
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                            category=RuntimeWarning)

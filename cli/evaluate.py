@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import (
-    check_output_file,
+    check_json_output,
     compute_options,
     library_errors,
     quiet_option,
@@ -28,7 +28,7 @@ def evaluate(store: str, array: str, json_path: str | None, scheduler: str,
     from qbscale.api import evaluate as evaluate_api
     from qbscale.engine.metrics import rounded
 
-    check_output_file(json_path)
+    check_json_output(json_path, (store,))
     metrics = evaluate_api(store, array, scheduler=scheduler, num_workers=workers,
                            progress=not quiet)
     click.echo(format_table([{"method": array, "beta": None, **rounded(metrics)}]))

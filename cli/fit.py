@@ -14,7 +14,7 @@ from .method_options import method_kwargs, method_options
 from .options import (
     bank_sample,
     bank_sample_option,
-    check_output_file,
+    check_json_output,
     compute_options,
     k_option,
     library_errors,
@@ -59,8 +59,8 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
     from qbscale.config import parse_values
     from qbscale.retrieval.normaliser import Normaliser
 
+    check_json_output(json_path, (store, gallery_bank, output))
     _refuse_existing(output, overwrite, (store, gallery_bank))
-    check_output_file(json_path)
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
                           method=method, dynamic=dynamic, gallery_bank=gallery_bank,

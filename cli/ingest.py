@@ -10,10 +10,12 @@ import click
 
 from qbscale.storage import layout
 
-from .options import check_output_file, library_errors, quiet_option, write_json
+from .options import check_json_output, library_errors, quiet_option, write_json
 
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
+#: every path the command reads or writes: its --json file is none of them
+_PATHS = (*SIMS, *EMBEDDINGS, "masks", "gt_index", "gallery_bank", "output")
 
 
 def _mode(opts: dict[str, Any]) -> str:
@@ -129,7 +131,7 @@ def ingest(**opts: Any) -> None:
     from qbscale.storage.paths import check_not_input
 
     mode = _mode(opts)
-    check_output_file(opts["json_path"])
+    check_json_output(opts["json_path"], tuple(opts[k] for k in _PATHS))
     check_not_input(opts["output"], (opts["gallery_bank"],))
     common: dict[str, Any] = dict(
         queries_per_item=opts["queries_per_item"], gt_index=opts["gt_index"],

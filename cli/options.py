@@ -159,6 +159,18 @@ def check_output_file(path: str | None) -> None:
     check_writable(path)
 
 
+def check_json_output(path: str | None, inputs: tuple[object, ...]) -> None:
+    """:func:`check_output_file`, and refuse a ``--json`` file that is one of the
+    command's inputs or outputs (a store, an input matrix) or lies inside one: the
+    summary must never overwrite what it describes."""
+    if not path:
+        return
+    from qbscale.storage.paths import check_not_input
+
+    check_output_file(path)
+    check_not_input(path, inputs)
+
+
 def check_output_dir(path: str, probe: str = "index.html") -> None:
     """Fail before any work when the folder ``path`` cannot be created, or (when it
     exists) its file ``probe`` cannot be written."""

@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-import numpy as np
 
 from .options import (
     check_output_file,
@@ -33,7 +32,7 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     from qbscale.engine.checks import check_similarities
     from qbscale.storage.layout import is_url
     from qbscale.storage.paths import check_regular
-    from qbscale.storage.readers import read_array
+    from qbscale.storage.readers import NpyInput, open_matrix
     from qbscale.storage.sources import NumpyMatrix
     from qbscale.storage.store import open_experiment
 
@@ -41,10 +40,9 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
         experiment = open_experiment(path)
         return experiment.test, experiment
     check_regular(path)
-    if path.endswith(".npy"):
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    else:
-        array = read_array(path)
+    # opened as ingest opens it: an empty, truncated or lying .npy is one clear error
+    src = open_matrix(path)
+    array = src.memmap() if isinstance(src, NpyInput) else src.read()
     check_similarities(array, f"the similarities ({path})")
     return NumpyMatrix.wrap(array, rows), None
 

@@ -9,7 +9,7 @@ import click
 
 from qbscale.storage import layout
 
-from .options import check_output_file, library_errors, quiet_option, write_json
+from .options import check_json_output, library_errors, quiet_option, write_json
 
 
 @click.command()
@@ -62,7 +62,7 @@ def synth(out: str, kind: str, n_bank: int, n_test: int, n_gallery: int, dim: in
     from qbscale.synth import SynthSpec
     from qbscale.synth import synth as write
 
-    check_output_file(json_path)
+    check_json_output(json_path, (out,))
     spec = SynthSpec(n_bank, n_test, n_gallery, dim, queries_per_item, seed,
                      query_noise=query_noise, hub_share=hub_share, query_lean=query_lean)
     chunk_bytes = None if chunk_mb is None else max(1, int(chunk_mb * 2**20))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,8 @@ class RunConfig:
         ``("is", dynamic=True)`` is ``"dis"``; a value for the method's swept
         parameter may come in ``params`` too (``params={"alpha": [0.5, 1]}``).
         """
+        if not isinstance(method, str):  # None, a list: the same message as a typo
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         method = method.lower()
         if method == "is" and dynamic:
             method, dynamic = "dis", False
@@ -152,9 +155,23 @@ class RunConfig:
             else self.method
 
 
+#: a number as ``--beta`` and friends take it: decimal, exponent, inf/nan (refused later
+#: by name); not Python's ``1_0`` or an empty item (``20,,30`` is a typo, not ``20,30``)
+_NUMBER = re.compile(r"[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|nan)",
+                     re.IGNORECASE)
+
+
 def parse_values(text: str, option: str = "--beta") -> tuple[float, ...]:
-    """``"10,20,30"`` -> ``(10.0, 20.0, 30.0)``, with a clear error naming ``option``."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise ConfigError(f"{option} takes numbers separated by commas, got {text!r}") from exc
+    """``"10,20,30"`` -> ``(10.0, 20.0, 30.0)``, with a clear error naming ``option``.
+
+    >>> parse_values("10, 2e1,.5")
+    (10.0, 20.0, 0.5)
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        return ()
+    bad = next((part for part in parts if not _NUMBER.fullmatch(part)), None)
+    if bad is not None:
+        raise ConfigError(f"{option} takes numbers separated by commas, got {text!r} "
+                          f"({bad!r} is not a number)")
+    return tuple(float(part) for part in parts)

@@ -50,6 +50,17 @@ def swap(a: Path, b: Path) -> None:
     b.write_bytes(data_a)
 
 
+def without_manifest(store: str, name: str) -> None:
+    """Make array ``name`` of ``store`` look written before chunk manifests (its data
+    edited through zarr would fail its manifest): no manifest, none declared."""
+    (Path(store) / name / FILE).unlink(missing_ok=True)
+    root = Path(store) / "zarr.json"
+    meta = json.loads(root.read_text())
+    meta["attributes"]["qbscale"].pop("chunk_manifests", None)
+    meta["attributes"]["qbscale"].pop("attrs_sha256", None)  # nor a digest of its settings
+    root.write_text(json.dumps(meta))
+
+
 def result_dir(store: str, name: str) -> Path:
     return Path(store) / open_result(store, name).path
 
@@ -166,8 +177,14 @@ def test_a_shape_edited_in_both_zarr_jsons_is_refused(ran):
 
 
 def test_a_store_without_chunk_manifests_still_runs_and_check_says_so(ran):
+    # a store written before manifests: none, and no attribute declaring them
     for manifest in Path(ran).rglob(FILE):
         manifest.unlink()
+    root = Path(ran) / "zarr.json"
+    meta = json.loads(root.read_text())
+    del meta["attributes"]["qbscale"]["chunk_manifests"]
+    del meta["attributes"]["qbscale"]["attrs_sha256"]
+    root.write_text(json.dumps(meta))
     res = invoke("run", ran)
     assert res.exit_code == 0, res.output
     res = invoke("check", ran)
@@ -200,7 +217,7 @@ def test_nan_in_stored_data_is_named_not_an_overflow(tmp_path):
     store = ingest(tmp_path / "exp.zarr", chunk_rows=20)
     arr = zarr.open_array(store, path="test", mode="r+")
     arr[17, 4] = np.nan
-    (Path(store) / "test" / FILE).unlink(missing_ok=True)
+    without_manifest(store, "test")
     res = invoke("run", store, "--beta", "20")
     assert res.exit_code == 1
     assert res.output.strip() == (f"Error: store {store}: test row 17 has NaN (column 4); "
@@ -269,7 +286,7 @@ def test_gallery_embeddings_opened_by_path_refuse_a_missing_chunk(tmp_path):
 def test_inf_in_the_stored_bank_is_named_not_an_overflow(tmp_path):
     store = ingest(tmp_path / "exp.zarr", chunk_rows=20)
     zarr.open_array(store, path="bank", mode="r+")[123, 45] = np.inf
-    (Path(store) / "bank" / FILE).unlink()
+    without_manifest(store, "bank")
     res = invoke("run", store, "--beta", "20")
     assert res.exit_code == 1
     assert res.output.strip() == (f"Error: store {store}: bank row 123 has inf (column 45); "

@@ -88,7 +88,8 @@ def test_eval_of_raw_test_matches_baseline(problem, store, invoke):
 
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["--beta", "0"], 1, "Error: beta must be a finite number > 0, got 0.0\n"),
-    (["--beta", "x"], 1, "Error: --beta takes numbers separated by commas, got 'x'\n"),
+    (["--beta", "x"], 1, "Error: --beta takes numbers separated by commas, got 'x' ('x' is not a "
+     "number)\n"),
     (["--k", "0"], 2, "Error: Invalid value for '--k': 0 is not in the range x>=1.\n"),
     (["--topk", "-1"], 2, "Error: Invalid value for '--topk': -1 is not in the range x>=0.\n"),
     (["--workers", "0"], 2, "Error: Invalid value for '--workers': 0 is not in the range x>=1."),

@@ -33,10 +33,28 @@ got complex128 of shape (3, 4)
     if not hasattr(sims, "dtype") or not hasattr(sims, "shape"):
         raise InputError(f"{what} must be a non-empty 2-D array of floats; got a "
                          f"{type(sims).__name__}")
+    check_not_masked(sims, what)
     dtype, shape = np.dtype(sims.dtype), tuple(int(n) for n in sims.shape)
     if dtype.kind != "f" or len(shape) != 2 or 0 in shape:
         raise InputError(f"{what} must be a non-empty 2-D array of floats; "
                          f"got {dtype} of shape {shape}")
+
+
+def check_not_masked(array: Any, what: str) -> None:
+    """Refuse a :class:`numpy.ma.MaskedArray`: its masked entries would be read as the
+    values under the mask, a silent wrong answer.
+
+    >>> check_not_masked(np.ma.masked_array([[1.0, 2.0]], [[0, 1]]), "bank")
+    Traceback (most recent call last):
+    ...
+    qbscale.errors.InputError: bank is a masked array (1 of 2 entries masked): fill the \
+masked entries first (array.filled(value)); qbscale would read the values under the mask
+    """
+    if isinstance(array, np.ma.MaskedArray):
+        masked = int(np.count_nonzero(np.ma.getmaskarray(array)))
+        raise InputError(f"{what} is a masked array ({masked} of {array.size} entries masked): "
+                         "fill the masked entries first (array.filled(value)); qbscale would "
+                         "read the values under the mask")
 
 
 def check_finite(block: np.ndarray, first_row: int, what: str, first_col: int = 0) -> None:

@@ -94,8 +94,11 @@ class Param:
         return f"{kind} {'>=' if self.inclusive else '>'} {self.minimum:g}"
 
     def check(self, value: float) -> float:
-        """``value`` as a float, or a :class:`ConfigError` naming the rule."""
+        """``value`` as a float, or a :class:`ConfigError` naming the rule (a bool
+        is no number here: ``beta=True`` is a slip, not 1)."""
         try:
+            if isinstance(value, bool):
+                raise TypeError(value)
             v = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{self.name} must be {self.rule}, got {value!r}") from None

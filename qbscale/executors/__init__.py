@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -84,6 +85,10 @@ def is_remote(scheduler: Any) -> bool:
 
 def get_executor(scheduler: Any = "threads", num_workers: int | None = None) -> Executor:
     """An executor for a scheduler name, address or ``distributed.Client``."""
+    if num_workers is not None and (type(num_workers) is bool or
+                                    not isinstance(num_workers, numbers.Integral) or
+                                    num_workers < 1):
+        raise ConfigError(f"num_workers must be an integer >= 1 (or None), got {num_workers!r}")
     if scheduler is None:
         scheduler = "threads"
     if not isinstance(scheduler, str):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.engine import fingerprint as fp
-from qbscale.engine.checks import check_finite, check_similarities
+from qbscale.engine.checks import check_finite, check_not_masked, check_similarities
 from qbscale.engine.grid import split
 from qbscale.errors import InputError
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
@@ -71,7 +71,9 @@ class DaskMatrix:
 
 
 def unwrap(array: Any) -> Any:
-    """The numpy or dask data of an array-like (an xarray.DataArray's ``.data``)."""
+    """The numpy or dask data of an array-like (an xarray.DataArray's ``.data``);
+    a masked array is refused (:func:`qbscale.engine.checks.check_not_masked`)."""
+    check_not_masked(array, "the array")
     if hasattr(array, "dims") and hasattr(array, "data"):
         return array.data
     if hasattr(array, "dask"):
@@ -87,6 +89,7 @@ def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> M
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
     from qbscale.storage.store import check_matrix
 
+    check_not_masked(array, name)
     data = unwrap(array)
     check_similarities(data, name)
     if is_dask(data):
@@ -153,6 +156,7 @@ def _embeddings(name: str, array: Any) -> Any:
         from qbscale.storage.normaliser_store import open_embeddings
 
         return open_embeddings(os.fspath(array), name)
+    check_not_masked(array, name)
     data = unwrap(array)
     check_similarities(data, name)
     return data

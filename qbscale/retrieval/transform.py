@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.engine import kernels
-from qbscale.engine.checks import check_finite, check_similarities
+from qbscale.engine.checks import check_finite, check_not_masked, check_similarities
 
 if TYPE_CHECKING:
     from qbscale.engine.statistics import GalleryStatistics
@@ -39,6 +39,7 @@ def _check(norm: GalleryStatistics, sims: Any, what: str) -> None:
 def transform_numpy(norm: GalleryStatistics, sims: Any, what: str = "the similarity matrix"
                     ) -> np.ndarray:
     """Normalised scores of a numpy block of whole rows."""
+    check_not_masked(sims, what)
     sims = np.asarray(sims)
     _check(norm, sims, what)
     check_finite(sims, 0, what)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from qbscale.storage import integrity, layout
+from qbscale.storage import integrity, layout, seal
 from qbscale.storage.integrity import chunk_key, exists, has_checksums
 from qbscale.storage.sources import _direct_codecs, freeze_options
 
@@ -45,15 +45,70 @@ class CheckReport:
         return not self.bad
 
 
+#: the attributes of a store (``qbscale``) and of a normaliser
+ROOT_ATTRS = (layout.ATTR, "qbscale_normaliser")
+
+
+def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
+          names: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The qbscale attributes of the store's root ``zarr.json`` and the input arrays
+    its consolidated metadata lists; a missing, unreadable or unfinished root goes
+    to ``report.bad["zarr.json"]``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing at ``url``, a file, or a Zarr group that is no qbscale store.
+    """
+    from qbscale.errors import StoreNotFoundError
+    from qbscale.storage.manifest import read_json
+
+    if not layout.is_url(url) and not os.path.isdir(url):
+        raise StoreNotFoundError(f"no qbscale store at {url}")
+    try:
+        root = read_json(url, options, "zarr.json")
+    except (ValueError, OSError) as exc:
+        report.bad["zarr.json"] = f"cannot be read ({exc}): restore it or ingest again"
+        return {}, []
+    if root is None:
+        if not names:
+            raise StoreNotFoundError(f"no qbscale store at {url}")
+        report.bad["zarr.json"] = "missing: the store's root metadata is gone; restore it " \
+                                  "or ingest again"
+        return {}, []
+    if not isinstance(root, dict) or root.get("node_type") != "group":
+        report.bad["zarr.json"] = "not the metadata of a Zarr group: restore it or ingest again"
+        return {}, []
+    attrs = root.get("attributes") or {}
+    found = next((attrs[a] for a in ROOT_ATTRS if isinstance(attrs, dict) and a in attrs), None)
+    if not isinstance(found, dict) or not found:
+        raise StoreNotFoundError(f"{url} is a Zarr group but not a qbscale store")
+    if found.get("complete") is not True:
+        report.bad["zarr.json"] = "incomplete: its write was interrupted; write it again"
+    elif seal.problem(found) is not None:
+        report.bad["zarr.json"] = str(seal.problem(found))
+    listed = (root.get("consolidated_metadata") or {}).get("metadata") or {}
+    inputs = [n for n in listed if n in layout.DIMS] if found is attrs.get(layout.ATTR) \
+        else list(listed)
+    return found, inputs
+
+
 def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
-            ) -> list[tuple[str, Any]]:
-    """The store's arrays that zarr can open; the others go to ``report.bad``."""
+            ) -> tuple[list[tuple[str, Any]], bool]:
+    """The store's arrays that zarr can open (the others go to ``report.bad``), and
+    whether the store declared chunk manifests for them."""
     import zarr
 
-    from qbscale.storage.manifest import arrays_under, layout_problems
+    from qbscale.storage.manifest import arrays_under, declared, layout_problems
 
     names = arrays_under(url, options, "")
-    problems = layout_problems(url, options, names)
+    attrs, listed = _root(url, options, report, names)
+    for name in listed:
+        if name not in names:
+            report.bad[f"{name}/zarr.json"] = "missing: the array is gone; restore it or " \
+                                              "ingest again"
+    manifests = declared(attrs)
+    problems = layout_problems(url, options, names, manifests=manifests)
     out = []
     for name in names:
         if name in problems and problems[name][0].startswith(UNREADABLE):
@@ -68,7 +123,7 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
         if name in problems:
             report.bad[name] = problems[name][0]
         out.append((name, arr))
-    return out
+    return out, manifests
 
 
 def _grid(arr: Any) -> Iterator[tuple[int, ...]]:
@@ -136,7 +191,7 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     url = layout.local_path(os.fspath(url))
     options = freeze_options(storage_options)
     report = CheckReport(url)
-    arrays = _arrays(url, storage_options, report)
+    arrays, manifests = _arrays(url, storage_options, report)
     report.arrays = len(arrays)
     total = sum(int(np.prod(arr.cdata_shape)) if arr.shards is None else
                 len(list(_grid(arr))) for _, arr in arrays)
@@ -148,10 +203,10 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
             optional = f"/{'manifest'}/" in f"/{name}"
             try:
                 recorded = None if optional else manifest.load(url, storage_options, name)
+                if recorded is None and not optional and not manifests:
+                    report.unplaced.append(name)
             except ValueError:
                 recorded = None  # reported by _arrays
-            if recorded is None and not optional:
-                report.unplaced.append(name)
             bar.set_postfix_str(name)
             for coords in _grid(arr):
                 c = tuple(int(i) for i in coords)

@@ -26,11 +26,10 @@ from qbscale.storage.paths import check_regular
 @lru_cache(maxsize=16)
 def _open_path(path: str) -> Any:
     """A ``.npy`` file memory-mapped, or a Zarr array (a store's ``gallery_emb``)."""
-    if path.endswith(".npy"):
-        try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path}: {exc}") from exc
+    if path.endswith(".npy"):  # header checked first: empty, truncated, lying, object
+        from qbscale.storage.readers import NpyInput
+
+        return NpyInput(path).memmap()
     import zarr
 
     from qbscale.storage.integrity import verified_store

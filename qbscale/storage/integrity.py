@@ -305,7 +305,7 @@ def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "")
 
 
 def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
-                   required: bool = True) -> None:
+                   required: bool = True, manifests: bool = False) -> None:
     """Refuse arrays ``names`` of the store at ``url`` whose metadata is unreadable or
     disagrees with its other copies (:func:`qbscale.storage.manifest.layout_problems`).
 
@@ -315,20 +315,22 @@ def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
         ``store X: array test: the root zarr.json says shape [100, 100], its own
         zarr.json [200, 100]: ...``, for the first problem found.
     """
-    for name, problems in manifest.layout_problems(url, options, names, required).items():
+    for name, problems in manifest.layout_problems(url, options, names, required,
+                                                   manifests).items():
         raise DamagedStoreError(f"store {url}: array {name} {problems[0]}"
                                 if problems[0].startswith("has ") else
                                 f"store {url}: array {name}: {problems[0]}")
 
 
 def check_store_metadata(url: str, options: dict[str, Any] | None, names: set[str],
-                         prefix: str | None) -> None:
+                         prefix: str | None, manifests: bool = False) -> None:
     """:func:`check_metadata` of a store's inputs among ``names`` (its arrays, as the
-    root zarr.json lists them) and of the arrays of its published run ``prefix``."""
+    root zarr.json lists them) and of the arrays of its published run ``prefix``;
+    ``manifests``: the store declared chunk manifests, so each must be there."""
     from qbscale.storage import layout
 
     inputs = [n for n in layout.DIMS if n in names]
-    check_metadata(url, options, inputs)
+    check_metadata(url, options, inputs, manifests=manifests)
     if prefix:
         check_metadata(url, options, manifest.arrays_under(url, options, prefix),
-                       required=False)
+                       required=False, manifests=manifests)

@@ -16,7 +16,10 @@ bytes.  A read compares the chunk it got with its entry (a dict lookup and
 two integer comparisons), so a swapped, replaced or missing chunk is refused;
 the shape, chunking and dtype recorded are compared with the ``zarr.json``
 files, so an edited shape is refused too.  Arrays written before manifests
-have none and keep their codec checks only.
+have none and keep their codec checks only; a store (or normaliser) written
+with them says so in its attributes (``"chunk_manifests": 1``), and there a
+missing manifest is damage, not age: deleting one must not switch its checks
+off.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ import numpy as np
 
 FILE = "qbscale_chunks.json"
 FORMAT = 1
+#: the key of a store's (or normaliser's) attributes saying every array it
+#: published has a chunk manifest of this format
+ATTR = "chunk_manifests"
+MISSING = f"its chunk manifest {FILE} is missing: restore it or ingest again"
 #: a chunk key of the default v3 encoding: ``<array path>/c/<i>/<j>...``
 CHUNK_KEY = re.compile(r"(?:(?P<array>.+)/)?(?P<chunk>c(?:/\d+)+)")
 
@@ -280,11 +287,18 @@ def arrays_under(url: str, options: dict[str, Any] | None, prefix: str) -> list[
     return out
 
 
+def declared(attrs: Any) -> bool:
+    """True when a store's (or normaliser's) attributes say its arrays have manifests."""
+    return isinstance(attrs, dict) and attrs.get(ATTR) == FORMAT
+
+
 def layout_problems(url: str, options: dict[str, Any] | None, names: list[str],
-                    required: bool = True) -> dict[str, list[str]]:
+                    required: bool = True, manifests: bool = False) -> dict[str, list[str]]:
     """What is wrong with the metadata of arrays ``names``: an unreadable ``zarr.json``,
     or shapes, chunks, dtypes that the root ``zarr.json``, the array's own and its
-    chunk manifest disagree on.  ``required=False`` skips arrays without a ``zarr.json``."""
+    chunk manifest disagree on.  ``required=False`` skips arrays without a ``zarr.json``;
+    ``manifests=True`` (a store that :func:`declared` them): an array with checksums
+    but no chunk manifest is a problem too."""
     try:
         root = read_json(url, options, "zarr.json") or {}
         copies = (root.get("consolidated_metadata") or {}).get("metadata") or {}
@@ -313,6 +327,8 @@ def layout_problems(url: str, options: dict[str, Any] | None, names: list[str],
             out[name] = [f"its chunk manifest {FILE} cannot be read ({exc})"]
             continue
         found = metadata_problems(own, copy, recorded)
+        if not found and recorded is None and manifests and checksummed(meta):
+            found = [MISSING]
         if found:
             out[name] = found
     return out

@@ -34,6 +34,7 @@ from qbscale.errors import (
     InputError,
     StoreNotFoundError,
 )
+from qbscale.storage import manifest, seal
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment
@@ -97,8 +98,8 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
             arr[...] = value
         record_manifests(os.fspath(stage.target), storage_options)
         consolidate(group.store)
-        zarr.open_group(group.store, mode="r+").attrs.update({ATTR: {**attrs,
-                                                                     "complete": True}})
+        zarr.open_group(group.store, mode="r+").attrs.update(
+            {ATTR: seal.sealed({**attrs, manifest.ATTR: manifest.FORMAT, "complete": True})})
     return stage.final
 
 
@@ -158,6 +159,8 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
         Not a normaliser (an experiment store, another Zarr group), another
         format, or damaged: missing arrays, wrong shapes, non-finite shifts,
         settings that do not validate.
+    DamagedStoreError
+        A missing or misplaced chunk, or settings edited after the fit.
     """
     from qbscale.storage.integrity import check_metadata
 
@@ -170,13 +173,17 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
                            attrs.get("bank_sample"), int(attrs.get("seed", 0)))
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"the normaliser {url} has invalid settings: {exc}") from exc
+    edited = seal.problem(attrs)  # valid settings, but not the ones it was fitted with
+    if edited is not None:
+        raise DamagedStoreError(f"the normaliser {url}: {edited}")
     fingerprint = dict(attrs.get("fingerprint") or {})
     n_gallery = fingerprint.get("n_gallery")
     if not isinstance(n_gallery, int) or n_gallery < 1:
         raise InputError(f"the normaliser {url} is damaged: no gallery size in its fingerprint")
     n_values = len(config.values)
     check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name],
-                   required=False)  # a missing array: named by _array
+                   required=False,  # a missing array: named by _array
+                   manifests=manifest.declared(attrs))
     shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
     activation = _array(url, group, ACTIVATION, (n_gallery,), "b")
     values = _array(url, group, config.variant_name, (n_values,), "f")
@@ -257,9 +264,11 @@ def open_embeddings(path: str, name: str) -> Any:
 
     check_regular(path, dir_ok=True)
     if os.path.isfile(path) and path.endswith(".npy"):
-        try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as exc:
+        from qbscale.storage.readers import NpyInput
+
+        try:  # header checked first: empty, truncated, lying, object
+            return NpyInput(path).memmap()
+        except InputError as exc:
             raise InputError(f"{name} ({path}) is not a readable .npy file: {exc}") from exc
     import dask.array as da
     import zarr

@@ -18,6 +18,7 @@ the file.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import shutil
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.engine.checks import check_not_masked
 from qbscale.errors import InputError, UnsafePickleError
 from qbscale.storage import layout
 from qbscale.storage.paths import check_regular
@@ -282,11 +284,15 @@ class NpyInput(InputMatrix):
         except OSError as exc:
             raise InputError(f"cannot read {name}: {exc}") from exc
         self._init(name, path, shape, dtype)
-        expected = data_start + int(np.prod(shape)) * self.dtype.itemsize
+        expected = data_start + math.prod(shape) * self.dtype.itemsize  # no int64 wrap
         size = os.path.getsize(path)
         if size < expected:
             raise InputError(f"{name} is truncated: {size} bytes, its header {shape} "
                              f"{self.dtype} needs {expected}")
+
+    def memmap(self) -> np.ndarray:
+        """The whole array memory-mapped (read-only), its header already checked."""
+        return self._map()
 
     def _map(self) -> np.ndarray:
         try:
@@ -359,7 +365,7 @@ class NpzInput(InputMatrix):
             with tempfile.TemporaryDirectory(prefix="qbscale-npz-") as tmp:
                 yield from NpyInput(self._extract(tmp), self.name).blocks(rows)
             return
-        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        row_bytes = math.prod(self.shape[1:]) * self.dtype.itemsize
         try:
             with zipfile.ZipFile(self.file) as zf, zf.open(self.member) as fp:
                 _read_npy_header(fp, self.name)
@@ -453,8 +459,14 @@ def open_matrix(source: str | os.PathLike[str] | np.ndarray, name: str | None = 
     UnsafePickleError
         A pickle that asks for more than a plain numpy array.
     """
+    if isinstance(source, list | tuple):  # a ground truth or mask written out in Python
+        source = np.asarray(source)
     if isinstance(source, np.ndarray):
+        check_not_masked(source, name or "array")
         return ArrayInput(source, name or "array")
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(f"{name or 'input'}: expected a file path or a numpy array, got "
+                         f"{type(source).__name__}")
     path = os.fspath(source)
     if layout.is_url(path):
         return ZarrInput(path, storage_options)

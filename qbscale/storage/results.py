@@ -51,11 +51,24 @@ def published_path(store: str, name: str, storage_options: dict[str, Any] | None
                    ) -> str:
     """The path inside ``store`` of the last published run's array ``name``
     (``runs/<token>/scores``; what :func:`open_result` opens)."""
+    return result_path(_attrs(store, storage_options), name)
+
+
+def _attrs(store: str | os.PathLike[str], storage_options: dict[str, Any] | None
+           ) -> dict[str, Any]:
+    """The ``qbscale`` attributes of ``store`` (StoreNotFoundError: no qbscale store there)."""
     import zarr
 
-    group = zarr.open_group(store, mode="r", storage_options=storage_options)
-    attrs: Any = group.attrs.get(layout.ATTR) or {}
-    return result_path(dict(attrs), name)
+    from qbscale.errors import StoreNotFoundError
+
+    try:
+        group = zarr.open_group(os.fspath(store), mode="r", storage_options=storage_options)
+        attrs: Any = group.attrs.get(layout.ATTR) or {}
+    except (OSError, KeyError, ValueError, TypeError, zarr.errors.BaseZarrError) as exc:
+        raise StoreNotFoundError(f"no qbscale store at {os.fspath(store)}") from exc
+    if not isinstance(attrs, dict) or not attrs:
+        raise StoreNotFoundError(f"no qbscale store at {os.fspath(store)}")
+    return dict(attrs)
 
 
 def open_result(store: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
@@ -69,13 +82,16 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
     import zarr
 
     from qbscale.storage.integrity import check_metadata, verified_store
+    from qbscale.storage.manifest import declared
 
-    path = published_path(store, name, storage_options)
-    check_metadata(os.fspath(store), storage_options, [path], required=False)
+    attrs = _attrs(store, storage_options)
+    path = result_path(attrs, name)
+    check_metadata(os.fspath(store), storage_options, [path], required=False,
+                   manifests=declared(attrs))
     try:  # every chunk read verified: a missing one is an error, not its fill value
         return zarr.open_array(verified_store(os.fspath(store), storage_options), path=path,
                                mode="r")
-    except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeNotFoundError) as exc:
         raise InputError(f"{store} has no saved {name!r} (run with --save-scores, "
                          "--save-ranks or --topk)") from exc
 

@@ -9,6 +9,7 @@ outputs.  See :mod:`qbscale.storage.layout` for the store contract.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from dataclasses import replace
@@ -19,6 +20,7 @@ import numpy as np
 from qbscale.engine.grid import split
 from qbscale.errors import (
     ConfigError,
+    DamagedStoreError,
     GroundTruthWarning,
     IncompleteStoreError,
     InputError,
@@ -26,7 +28,7 @@ from qbscale.errors import (
     StoreChangedError,
     StoreNotFoundError,
 )
-from qbscale.storage import integrity, layout
+from qbscale.storage import integrity, layout, manifest, seal
 from qbscale.storage.results import published_prefix
 from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
 from qbscale.types import Experiment, MatrixSource
@@ -66,6 +68,8 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
                 "to item i // N) or gt_index (--gt-index FILE)"
             )
         queries_per_item = n_queries // n_gallery
+    if type(queries_per_item) is bool or not isinstance(queries_per_item, numbers.Integral):
+        raise ConfigError(f"queries_per_item must be an integer, got {queries_per_item!r}")
     qpi = int(queries_per_item)
     if qpi < 1 or n_queries % qpi or n_queries // qpi > n_gallery:
         raise InputError(
@@ -141,13 +145,13 @@ def check_gt_index(values: Any, n_queries: int, n_gallery: int,
                          f"{n_queries} entries, one per test query")
     if values.dtype.kind not in "iu":
         raise InputError(f"{label} holds {values.dtype} values; expected integers")
-    values = values.ravel().astype(np.int64)
+    values = values.ravel()  # checked before the cast: uint64 beyond int64 would wrap
     bad = np.flatnonzero((values < 0) | (values >= n_gallery))
     if bad.size:
         i = int(bad[0])
         raise InputError(f"{label}: entry {i} is {values[i]}, outside the gallery "
                          f"[0, {n_gallery}) ({bad.size} of {n_queries} entries are)")
-    return values
+    return values.astype(np.int64)
 
 
 def check_mask(mask: Any, n_queries: int, queries_per_item: int | None = None,
@@ -244,10 +248,14 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         raise IncompleteStoreError(
             f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
         )
+    edited = seal.problem(attrs)
+    if edited is not None:
+        raise DamagedStoreError(f"store {url}: {edited}")
     names = set(group.array_keys())
     if layout.GALLERY_BANK_RECORD not in attrs:  # a gallery bank whose write did not finish:
         names.discard(layout.GALLERY_BANK)       # refused as incomplete when a run asks for it
-    integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs))
+    integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs),
+                                   manifest.declared(attrs))
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
     if bank.shape[1] != test.shape[1]:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.errors import ConfigError, InputError, OutputError, QBScaleError, StoreExistsError
-from qbscale.storage import layout
+from qbscale.storage import layout, manifest, seal
 from qbscale.storage.integrity import record_manifests
 from qbscale.storage.paths import check_not_input, check_replaceable, describe_kind
 from qbscale.storage.readers import InputMatrix
@@ -542,7 +542,8 @@ def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
         for role, digest in hashes.results().items():
             sources[role]["sha256"] = digest
     record_manifests(os.fspath(stage.target), getattr(stage, "options", None))
-    finish(group, {**attrs, "sources": sources, "complete": True})
+    finish(group, seal.sealed({**attrs, "sources": sources, manifest.ATTR: manifest.FORMAT,
+                               "complete": True}))
 
 
 def consolidate(store: Any) -> None:
