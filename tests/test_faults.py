@@ -128,8 +128,8 @@ def _resume_state(spec: Spec, rel: str) -> bool:
 def _allowed(spec: Spec, fault: str, rel: str) -> bool:
     """A new path the fault may leave (an interrupted run's resume state, a killed
     process's hidden partial files and lock)."""
-    if fault == "sigterm":
-        return _resume_state(spec, rel)
+    if fault == "sigterm":  # cleaned up: only a --resume run keeps its state
+        return "--resume" in spec.argv and _resume_state(spec, rel)
     if fault == "sigkill":
         return _resume_state(spec, rel) or _leftover(rel) \
             or rel in {f"{store}/qbscale.lock" for store in spec.stores}

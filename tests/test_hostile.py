@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import qbscale
 from qbscale.cli import cli
 from qbscale.errors import ConfigError, DamagedStoreError
-from qbscale.normaliser import Normaliser
+from qbscale.retrieval.normaliser import Normaliser
 
 from .cluster_fixtures import problem
 

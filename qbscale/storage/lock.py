@@ -25,10 +25,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -107,12 +110,15 @@ class StoreLock:
                 "token": token, "purpose": purpose}
         data = json.dumps(info).encode()
         local = _local(url)
-        if local is not None:
-            _create_local(url, os.path.join(local, KEY), data)
-        else:
-            _create_remote(url, options, data, token)
-        lock = cls(url, options, info)
-        lock._finalizer = weakref.finalize(lock, _release, url, options, token)
+        # SIGTERM/SIGINT wait until the lock exists and its release is registered:
+        # one arriving in between would leave a lock (or its temporary file) behind
+        with signals_deferred():
+            if local is not None:
+                _create_local(url, os.path.join(local, KEY), data)
+            else:
+                _create_remote(url, options, data, token)
+            lock = cls(url, options, info)
+            lock._finalizer = weakref.finalize(lock, _release, url, options, token)
         return lock
 
     def release(self) -> None:
@@ -126,10 +132,28 @@ class StoreLock:
         self.release()
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back (main thread only) until the block ends; a
+    signal that arrived meanwhile is delivered then."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _create_local(url: str, path: str, data: bytes) -> None:
     """Write the lock whole beside ``path``, then hard-link it into place: the link
     is atomic and fails if ``path`` exists, so nobody reads a half-written lock."""
-    tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    folder, name = os.path.split(path)
+    _remove_stale_partials(folder, name)
+    tmp = os.path.join(folder, f".{name}.partial-{socket.gethostname()}-{os.getpid()}-"
+                               f"{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "xb") as fh:
             fh.write(data)
@@ -137,7 +161,7 @@ def _create_local(url: str, path: str, data: bytes) -> None:
             os.fsync(fh.fileno())
     except FileNotFoundError as exc:
         raise ConfigError(f"cannot lock {url}: no such store directory") from exc
-    except OSError:  # e.g. a full disk: leave nothing behind
+    except BaseException:  # e.g. a full disk: leave nothing behind
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
@@ -150,6 +174,19 @@ def _create_local(url: str, path: str, data: bytes) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def _remove_stale_partials(folder: str, name: str) -> None:
+    """Delete the temporary lock files of killed processes on this host
+    (``.qbscale.lock.partial-HOST-PID-HEX``; a PID means nothing on another host)."""
+    prefix = f".{name}.partial-{socket.gethostname()}-"
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            pid = entry[len(prefix):].split("-")[0] if entry.startswith(prefix) else ""
+            if pid.isdigit() and int(pid) != os.getpid() \
+                    and holder_alive({"host": socket.gethostname(), "pid": pid}) is False:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, entry))
 
 
 def _create_exclusive(url: str, path: str, data: bytes) -> None:
