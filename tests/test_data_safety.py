@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -430,12 +431,11 @@ def test_a_fifo_or_device_input_is_refused_at_once(store, norm, tmp_path, kind, 
 # ------------------------------------------------- 7. EIO / ENOSPC at a random write
 
 
-@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
-@pytest.mark.parametrize("nth", [1, 3, 5, 8])
-def test_write_errors_during_fit_keep_the_previous_normaliser(store, norm, tmp_path, err, nth):
+@contextlib.contextmanager
+def failing_chunk_write(nth: int, err: int) -> Iterator[None]:
+    """zarr's ``nth`` write to local storage (this process) fails with ``err``."""
     from zarr.storage import LocalStore
 
-    before = snapshot(norm)
     real, calls = LocalStore.set, {"n": 0}
 
     async def failing(self, key, value):
@@ -445,6 +445,14 @@ def test_write_errors_during_fit_keep_the_previous_normaliser(store, norm, tmp_p
         return await real(self, key, value)
 
     with mock.patch.object(LocalStore, "set", failing):
+        yield
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
+@pytest.mark.parametrize("nth", [1, 3, 5, 8])
+def test_write_errors_during_fit_keep_the_previous_normaliser(store, norm, tmp_path, err, nth):
+    before = snapshot(norm)
+    with failing_chunk_write(nth, err):
         res = invoke("fit", store, "-o", norm, "--overwrite", "--beta", "5", "-q")
     one_line_error(res, str(norm), os.strerror(err))
     assert snapshot(norm) == before and leftovers(tmp_path) == []
@@ -454,18 +462,8 @@ def test_write_errors_during_fit_keep_the_previous_normaliser(store, norm, tmp_p
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
 @pytest.mark.parametrize("nth", [1, 4, 9])
 def test_write_errors_during_ingest_keep_the_previous_store(store, tmp_path, inputs, err, nth):
-    from zarr.storage import LocalStore
-
     before = snapshot(store)
-    real, calls = LocalStore.set, {"n": 0}
-
-    async def failing(self, key, value):
-        calls["n"] += 1
-        if calls["n"] == nth:
-            raise OSError(err, os.strerror(err))
-        return await real(self, key, value)
-
-    with mock.patch.object(LocalStore, "set", failing):
+    with failing_chunk_write(nth, err):
         res = invoke(*ingest_args(inputs, store, "--overwrite"))
     one_line_error(res, str(store), os.strerror(err))
     assert snapshot(store) == before and leftovers(tmp_path) == []
