@@ -239,7 +239,8 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
         spec) and ``complete`` (set last).
     """
     from qbscale.storage.ingest import Target, chunk_shape
-    from qbscale.storage.writer import check_options, staging, write_store
+    from qbscale.storage.stage import staging
+    from qbscale.storage.writer import check_options, write_store
 
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")

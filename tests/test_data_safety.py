@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from qbscale.cli import cli
-from qbscale.storage import writer
+from qbscale.storage import stage
 from qbscale.storage.lock import read_lock
 from qbscale.storage.store import open_experiment
 
@@ -193,7 +193,7 @@ def renames(request):
 
 def _racing_commit(competitor: list[str]):
     """A LocalStage.commit that first lets ``qbscale COMPETITOR`` finish in full."""
-    real = writer.LocalStage.commit
+    real = stage.LocalStage.commit
 
     def commit(self):
         done = qbscale(*competitor)
@@ -207,7 +207,7 @@ def _racing_commit(competitor: list[str]):
 def test_two_ingests_to_one_new_path_the_second_is_refused(tmp_path, inputs, renames):
     out = tmp_path / "exp.zarr"
     commit = _racing_commit(ingest_args(inputs, out))
-    with mock.patch.object(writer.LocalStage, "commit", commit):
+    with mock.patch.object(stage.LocalStage, "commit", commit):
         res = invoke(*ingest_args(inputs, out))
     one_line_error(res, str(out), "appeared while")
     assert snapshot(out) == commit.competitor_snapshot  # type: ignore[attr-defined]
@@ -218,7 +218,7 @@ def test_two_ingests_to_one_new_path_the_second_is_refused(tmp_path, inputs, ren
 def test_two_overwriting_ingests_leave_one_whole_store(tmp_path, inputs, renames):
     out = tmp_path / "exp.zarr"
     commit = _racing_commit(ingest_args(inputs, out, "--overwrite"))
-    with mock.patch.object(writer.LocalStage, "commit", commit):
+    with mock.patch.object(stage.LocalStage, "commit", commit):
         res = invoke(*ingest_args(inputs, out, "--overwrite"))
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     assert leftovers(tmp_path) == []
@@ -231,7 +231,7 @@ def test_two_overwriting_ingests_leave_one_whole_store(tmp_path, inputs, renames
 def test_two_fits_to_one_new_path_the_second_is_refused(store, tmp_path, renames):
     out = tmp_path / "n.zarr"
     commit = _racing_commit(["fit", str(store), "-o", str(out), "-q"])
-    with mock.patch.object(writer.LocalStage, "commit", commit):
+    with mock.patch.object(stage.LocalStage, "commit", commit):
         res = invoke("fit", store, "-o", out, "-q")
     one_line_error(res, str(out), "appeared while")
     assert snapshot(out) == commit.competitor_snapshot  # type: ignore[attr-defined]

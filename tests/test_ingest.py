@@ -361,16 +361,16 @@ def test_leftovers_of_dead_ingests_are_removed(tmp_path, pair):
 
 
 def test_staging_directory_names_host_and_pid(tmp_path, pair, monkeypatch):
-    from qbscale.storage import writer
+    from qbscale.storage import stage
 
     seen = []
-    create = writer.LocalStage.create_group
+    create = stage.LocalStage.create_group
 
     def spy(self, attrs):
         seen.append(self.target.name)
         return create(self, attrs)
 
-    monkeypatch.setattr(writer.LocalStage, "create_group", spy)
+    monkeypatch.setattr(stage.LocalStage, "create_group", spy)
     ingest(tmp_path / "exp.zarr", *pair, progress=False)
     assert seen == [f".exp.zarr.partial-{socket.gethostname()}-{os.getpid()}"]
 

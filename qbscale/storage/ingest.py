@@ -19,15 +19,9 @@ from qbscale import __version__
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
 from qbscale.storage.readers import InputMatrix, open_matrix
+from qbscale.storage.stage import staging
 from qbscale.storage.store import check_mask, ground_truth, resolve_ground_truth
-from qbscale.storage.writer import (
-    Target,
-    check_options,
-    staging,
-    stored_dtype,
-    unit_rows,
-    write_store,
-)
+from qbscale.storage.writer import Target, check_options, stored_dtype, unit_rows, write_store
 
 __all__ = ["CODECS", "DTYPES", "chunk_shape", "ingest", "ingest_embeddings"]
 

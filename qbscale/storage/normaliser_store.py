@@ -14,7 +14,7 @@ absolute path or URL of the gallery embeddings, when fitted from a file or a
 store; :func:`recorded_gallery` reads older, relative ones),
 ``version`` and ``complete``.  A local group is written under a hidden
 staging name and renamed into place when complete
-(:func:`qbscale.storage.writer.staging`); a remote one gets ``complete``
+(:func:`qbscale.storage.stage.staging`); a remote one gets ``complete``
 last.  :func:`load` refuses anything else with a message naming the path.
 """
 
@@ -82,7 +82,8 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     import zarr
 
     from qbscale.storage.integrity import create_array, record_manifests
-    from qbscale.storage.writer import consolidate, staging
+    from qbscale.storage.stage import staging
+    from qbscale.storage.writer import consolidate
 
     attrs = _attrs(config, fingerprint, gallery)
     name = config.variant_name
