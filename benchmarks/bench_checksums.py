@@ -32,7 +32,7 @@ import harness as hb
 READ = """\
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
-from qbscale.storage.sources import ZarrMatrix
+from qbscale.storage.stores.sources import ZarrMatrix
 url = sys.argv[1]
 start = time.perf_counter()
 for name in ("bank", "test"):

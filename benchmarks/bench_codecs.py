@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as hb
 
-from qbscale.storage.ingest import CODECS, ingest
-from qbscale.storage.readers import load_pickle
+from qbscale.storage.inputs.readers import load_pickle
+from qbscale.storage.stores.ingest import CODECS, ingest
 
 DATA = (hb.ROOT / "../shared/data").resolve()
 

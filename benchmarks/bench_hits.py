@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hits files: write and read throughput of each format (qbscale.storage.hits).
+"""Hits files: write and read throughput of each format (qbscale.storage.outputs.hits).
 
 Random top-K lists (float32 scores, as a run returns them) for N queries are
 written with :class:`HitsWriter` in blocks of ``--block`` queries (as a search
@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as hb
 
-from qbscale.storage.hits import SUFFIXES, HitsWriter, read_hits
+from qbscale.storage.outputs.hits import SUFFIXES, HitsWriter, read_hits
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ grids and BLAS threading, interleaved ``--repeat`` times:
 
 * ``before``: the grid the engine used to pick (8192 query rows x 10922
   gallery items, blocks cutting across 64 MiB stored chunks);
-* ``after``: :func:`qbscale.storage.store.embedding_grid` (all queries in one block
+* ``after``: :func:`qbscale.storage.stores.store.embedding_grid` (all queries in one block
   up to the budget, gallery blocks inside stored chunks), on 64 MiB and on
   4 MiB stored chunks (synth's default for embeddings);
 * the same with ``OPENBLAS_NUM_THREADS=1`` (no BLAS threads beside dask's).
@@ -41,11 +41,11 @@ ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 RUN = """\
 import sys
 from qbscale.api import run
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.store import open_experiment
 url, grid = sys.argv[1], sys.argv[2]
 exp = open_experiment(url)
 if grid == "before":  # the sizing the engine used before embedding_grid
-    from qbscale.storage.sources import EmbeddingMatrix, ZarrMatrix
+    from qbscale.storage.stores.sources import EmbeddingMatrix, ZarrMatrix
     gallery = ZarrMatrix.open(url, "gallery_emb", None, 2**24 // 384 // 4)
     bank, test = (ZarrMatrix.open(url, name, None, 8192) for name in ("bank_emb", "test_emb"))
     exp.bank = EmbeddingMatrix.build(bank, gallery)

@@ -54,7 +54,7 @@ def run_qbscale(bank: np.ndarray, gallery: np.ndarray, queries: np.ndarray,
     from qbscale.config import RunConfig
     from qbscale.engine.plan import fit
     from qbscale.retrieval.search import search
-    from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
+    from qbscale.storage.stores.sources import EmbeddingMatrix, NumpyMatrix
     from qbscale.types import Experiment
 
     t0 = time.perf_counter()

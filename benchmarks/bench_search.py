@@ -87,7 +87,7 @@ def numpy_floor(work: Path, queries: np.ndarray) -> tuple[float, float]:
     """Seconds of ``q @ g.T`` over search's block shapes: reading the gallery
     and the products, and the products alone."""
     from qbscale.retrieval.search import block_grid
-    from qbscale.storage.gallery_rows import gallery_source
+    from qbscale.storage.inputs.gallery_rows import gallery_source
 
     gal = gallery_source(str(work / "gallery.zarr"))
     rows, items = block_grid(len(queries), gal.shape[0], gal.chunk)
@@ -107,8 +107,8 @@ def numpy_floor(work: Path, queries: np.ndarray) -> tuple[float, float]:
 def fit_normaliser(work: Path, n_bank: int) -> None:
     from qbscale.config import RunConfig
     from qbscale.engine.plan import fit
-    from qbscale.storage.gallery_rows import gallery_source
-    from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
+    from qbscale.storage.inputs.gallery_rows import gallery_source
+    from qbscale.storage.stores.sources import EmbeddingMatrix, NumpyMatrix
     from qbscale.types import Experiment
 
     bank = near(work / "gallery.zarr", n_bank, 2)

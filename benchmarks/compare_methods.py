@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from qbscale.analysis.compare import Comparison, compare
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"
 COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")

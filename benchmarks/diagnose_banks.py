@@ -28,7 +28,7 @@ import numpy as np
 
 from qbscale.analysis.diagnose import diagnose
 from qbscale.analysis.reading import verdict
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 from qbscale.synth import SynthSpec, gallery_rows, query_rows
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data" / "pycode"

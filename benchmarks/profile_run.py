@@ -87,7 +87,7 @@ def profile_table(store: str, betas: list[float], skip_fit: bool) -> str:
 
 def stage_rates(store: str, repeat: int) -> str:
     from qbscale.engine import kernels
-    from qbscale.storage.sources import ZarrMatrix
+    from qbscale.storage.stores.sources import ZarrMatrix
 
     bank = ZarrMatrix.open(store, "bank")
     block = np.ascontiguousarray(bank.read(0, 0))

@@ -25,7 +25,7 @@ export QBSCALE_NO_REEXEC=1
 "$PYTHON" -m qbscale.cli ingest --bank-emb "$DATA/querybank.npy" \
     --test-emb "$DATA/queries_test.npy" --gallery-emb "$DATA/gallery_test.npy" \
     -o "$OUT/pycode.zarr" --overwrite --quiet
-"$PYTHON" -c "import sys; from qbscale.storage.gallery_bank import add_gallery_bank; \
+"$PYTHON" -c "import sys; from qbscale.storage.stores.gallery_bank import add_gallery_bank; \
 add_gallery_bank(sys.argv[1], sys.argv[2], overwrite=True, progress=False)" \
     "$OUT/pycode.zarr" "$DATA/gallery_test.npy"
 "$PYTHON" -m qbscale.cli report "$OUT/pycode.zarr" -o "$OUT/report" \

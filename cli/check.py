@@ -21,8 +21,8 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
 
     Reads one chunk at a time: memory stays at a chunk whatever the store's size.
     """
-    from qbscale.storage.check import check_store
-    from qbscale.storage.check import repair_hint as hints
+    from qbscale.storage.stores.check import check_store
+    from qbscale.storage.stores.check import repair_hint as hints
 
     report = check_store(store, progress=not quiet)
     for key, why in sorted(report.bad.items()):

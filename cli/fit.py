@@ -92,7 +92,7 @@ def _refuse_existing(output: str, overwrite: bool, inputs: tuple[str | None, ...
 
     from qbscale.errors import StoreExistsError
     from qbscale.storage import layout
-    from qbscale.storage.paths import check_not_input, check_replaceable
+    from qbscale.storage.durability.paths import check_not_input, check_replaceable
 
     check_not_input(output, inputs)
     if layout.is_url(output):
@@ -125,7 +125,7 @@ def run_settings(path: str, store: str | None, given: dict[str, Any]) -> tuple[A
     A given setting that differs from the normaliser's is refused by the run.
     """
     from qbscale.retrieval.normaliser import Normaliser
-    from qbscale.storage.normaliser_store import check_store
+    from qbscale.storage.outputs.normaliser_store import check_store
 
     norm = Normaliser.load(path)
     check_store(norm.fingerprint, store, path)

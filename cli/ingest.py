@@ -126,9 +126,9 @@ def summary(out: str, seconds: float) -> str:
 @library_errors
 def ingest(**opts: Any) -> None:
     """Write similarity matrices (or embeddings) into one Zarr experiment store."""
-    from qbscale.storage.ingest import ingest as ingest_sims
-    from qbscale.storage.ingest import ingest_embeddings
-    from qbscale.storage.paths import check_not_input
+    from qbscale.storage.durability.paths import check_not_input
+    from qbscale.storage.stores.ingest import ingest as ingest_sims
+    from qbscale.storage.stores.ingest import ingest_embeddings
 
     mode = _mode(opts)
     check_json_output(opts["json_path"], tuple(opts[k] for k in _PATHS))
@@ -150,7 +150,7 @@ def ingest(**opts: Any) -> None:
                                 opts["gallery_emb"], masks=opts["masks"],
                                 normalise=opts["normalise_embeddings"], **common)
     if opts["gallery_bank"]:
-        from qbscale.storage.gallery_bank import add_gallery_bank
+        from qbscale.storage.stores.gallery_bank import add_gallery_bank
 
         add_gallery_bank(out, opts["gallery_bank"], dtype=opts["dtype"], codec=opts["codec"],
                          overwrite=True, progress=not opts["quiet"],
@@ -168,7 +168,7 @@ def _truth_notice(out: str, forced: bool, inferred: bool) -> None:
     """One line on stderr when the store has no ground truth, or one it inferred."""
     import zarr
 
-    from qbscale.storage.store import inferred_ground_truth_notice, no_ground_truth_notice
+    from qbscale.storage.stores.store import inferred_ground_truth_notice, no_ground_truth_notice
 
     group: Any = zarr.open_group(out, mode="r")
     attrs = cast("dict[str, Any]", group.attrs[layout.ATTR])

@@ -79,9 +79,9 @@ def topk_notice(topk: int, n_gallery: int) -> None:
 
 def write_json(path: str | Path, kind: str, payload: dict[str, Any]) -> None:
     """Write a command's ``--json`` output: ``kind`` and ``qbscale_version`` first
-    (beside and renamed, :func:`qbscale.storage.atomic.write_text`)."""
+    (beside and renamed, :func:`qbscale.storage.durability.atomic.write_text`)."""
     from qbscale import __version__
-    from qbscale.storage.atomic import write_text
+    from qbscale.storage.durability.atomic import write_text
 
     write_text(path, json.dumps({"kind": kind, "qbscale_version": __version__, **payload},
                                 indent=2))
@@ -151,10 +151,10 @@ def os_error_message(exc: OSError) -> str:
 def check_output_file(path: str | None) -> None:
     """Fail before any work when ``path`` (a file to write, e.g. ``--json``) cannot be
     written: no directory, a directory that refuses a new file, or a target that is
-    not a regular file (:func:`qbscale.storage.atomic.check_writable`)."""
+    not a regular file (:func:`qbscale.storage.durability.atomic.check_writable`)."""
     if not path:
         return
-    from qbscale.storage.atomic import check_writable
+    from qbscale.storage.durability.atomic import check_writable
 
     check_writable(path)
 
@@ -165,7 +165,7 @@ def check_json_output(path: str | None, inputs: tuple[object, ...]) -> None:
     summary must never overwrite what it describes."""
     if not path:
         return
-    from qbscale.storage.paths import check_not_input
+    from qbscale.storage.durability.paths import check_not_input
 
     check_output_file(path)
     check_not_input(path, inputs)
@@ -175,7 +175,7 @@ def check_output_dir(path: str, probe: str = "index.html") -> None:
     """Fail before any work when the folder ``path`` cannot be created, or (when it
     exists) its file ``probe`` cannot be written."""
     from qbscale.errors import OutputError
-    from qbscale.storage.atomic import check_writable
+    from qbscale.storage.durability.atomic import check_writable
 
     if os.path.isdir(path):
         check_writable(os.path.join(path, probe))

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from qbscale.config import METHODS
-from qbscale.storage.atomic import held
+from qbscale.storage.durability.atomic import held
 
 from .method_options import method_kwargs, method_options
 from .options import (
@@ -162,7 +162,7 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
 def _outputs(hits_path: str | None, json_path: str | None,
              target: Any) -> Callable[[Any], None]:
     """What writes a run's hits file and ``--json`` (each beside its target, renamed
-    into place when the command's :func:`~qbscale.storage.atomic.held` block ends)."""
+    into place when the command's :func:`~qbscale.storage.durability.atomic.held` block ends)."""
 
     def write(result: Any) -> None:
         save_hits(hits_path, result, target)
@@ -226,8 +226,8 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         raise click.UsageError("--save-scores/--save-ranks/--topk need a store to save "
                                "into: run `qbscale ingest` first")
     if scheduler in ("threads", "synchronous", "sync"):
-        from qbscale.storage.readers import read_array
-        from qbscale.storage.store import in_memory
+        from qbscale.storage.inputs.readers import read_array
+        from qbscale.storage.stores.store import in_memory
 
         mask = read_array(mask_pkl) if mask_pkl else None
         yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
@@ -239,7 +239,7 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     if is_remote(scheduler):
         raise click.UsageError("workers of a remote cluster cannot see local pickles: "
                                "`qbscale ingest` them into shared storage first")
-    from qbscale.storage.ingest import ingest
+    from qbscale.storage.stores.ingest import ingest
 
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
         yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)

@@ -23,7 +23,7 @@ def check_hits(hits: str | None, topk: int, given: dict[str, Any], n_stores: int
         return
     from qbscale.config import RunConfig
     from qbscale.errors import ConfigError
-    from qbscale.storage.hits import check_hits_path
+    from qbscale.storage.outputs.hits import check_hits_path
 
     if not topk:
         raise click.UsageError("--hits needs --topk K (the hits per query)")
@@ -53,8 +53,8 @@ def save_hits(hits: str | None, result: RunResult, target: Any) -> None:
     """Write the run's hits, with the store's ids when it has them."""
     if hits is None:
         return
-    from qbscale.storage.hits import write_run_hits
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.outputs.hits import write_run_hits
+    from qbscale.storage.stores.store import open_experiment
     from qbscale.types import Experiment
 
     experiment = target if isinstance(target, Experiment) else open_experiment(str(target))
@@ -89,6 +89,6 @@ def summary_without_truth(result: RunResult, store: str | None, hits: str | None
 def _run_folder(store: str) -> str:
     """``runs/<token>/``: where the last run published its arrays in ``store``
     (read once from the store's attributes)."""
-    from qbscale.storage.results import published_path
+    from qbscale.storage.stores.results import published_path
 
     return published_path(store, "scores")[: -len("scores")]

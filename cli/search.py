@@ -30,11 +30,11 @@ def _sims_source(path: str, rows: int) -> tuple[Any, Any]:
     store's test matrix) as a block source, and the store's experiment (None
     for a file)."""
     from qbscale.engine.checks import check_similarities
+    from qbscale.storage.durability.paths import check_regular
+    from qbscale.storage.inputs.readers import NpyInput, open_matrix
     from qbscale.storage.layout import is_url
-    from qbscale.storage.paths import check_regular
-    from qbscale.storage.readers import NpyInput, open_matrix
-    from qbscale.storage.sources import NumpyMatrix
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.stores.sources import NumpyMatrix
+    from qbscale.storage.stores.store import open_experiment
 
     if os.path.isdir(path) or is_url(path):
         experiment = open_experiment(path)
@@ -100,10 +100,10 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                           "--index and --gallery-emb go with --queries")
     from qbscale.engine.checks import check_finite
     from qbscale.engine.grid import offsets
-    from qbscale.storage import hits
+    from qbscale.storage.outputs import hits
 
     hits.check_hits_path(hits_path)
-    from qbscale.storage.paths import check_not_input
+    from qbscale.storage.durability.paths import check_not_input
 
     check_not_input(hits_path, (normaliser, queries, sims, gallery_emb, index_path))
     norm = load_normaliser(normaliser)
@@ -111,7 +111,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
         source, sims_store = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)
         n_queries = source.shape[0]
     else:
-        from qbscale.storage.gallery_rows import query_source
+        from qbscale.storage.inputs.gallery_rows import query_source
 
         rows = block_rows or qs.block_grid(2**62, norm.n_gallery)[0]
         source = query_source(queries, rows)
@@ -134,7 +134,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                                                num_workers=workers,
                                                what=f"the similarities ({sims})")
             if sims_store is not None:
-                from qbscale.storage.store import check_unchanged
+                from qbscale.storage.stores.store import check_unchanged
 
                 check_unchanged(sims_store)
             writer.append(scores, indices)
@@ -175,7 +175,7 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
 
     from qbscale.errors import StoreExistsError
     from qbscale.retrieval.faiss_index import FaissSearch
-    from qbscale.storage.paths import check_not_input
+    from qbscale.storage.durability.paths import check_not_input
 
     check_output_file(out)
     check_not_input(out, (normaliser, gallery_emb))

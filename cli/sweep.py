@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from qbscale.config import METHODS
-from qbscale.storage import atomic
+from qbscale.storage.durability import atomic
 
 from .method_options import method_kwargs, method_options
 from .options import check_output_file, compute_options, k_option, library_errors, quiet_option

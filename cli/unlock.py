@@ -20,8 +20,8 @@ def unlock(store: str, quiet: bool) -> None:
     another host is broken as asked (make sure that run is gone).
     """
     from qbscale.errors import StoreNotFoundError
+    from qbscale.storage.durability.lock import break_lock, describe
     from qbscale.storage.layout import is_url, local_path
-    from qbscale.storage.lock import break_lock, describe
 
     if not is_url(store) and not os.path.isdir(local_path(store)):
         raise StoreNotFoundError(f"no store at {store}: nothing to unlock")

@@ -52,7 +52,7 @@ import numpy as np
 from qbscale import Normaliser, normalise, run
 from qbscale.analysis.tables import markdown, summarise
 from qbscale.retrieval.search import search
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 """
 
 html_theme = "pydata_sphinx_theme"

@@ -30,9 +30,9 @@ import qbscale
 from qbscale.config import RunConfig
 from qbscale.engine.plan import fit
 from qbscale.retrieval.search import search
-from qbscale.storage.hits import write_hits
-from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
-from qbscale.storage.store import embedding_grid
+from qbscale.storage.outputs.hits import write_hits
+from qbscale.storage.stores.sources import EmbeddingMatrix, NumpyMatrix
+from qbscale.storage.stores.store import embedding_grid
 from qbscale.types import Experiment
 
 DATA = Path(__file__).resolve().parent / "data" / "pycode"

@@ -18,8 +18,8 @@ from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError, NotFiniteError, OutputError, StoreFullError
 from qbscale.executors import get_executor
-from qbscale.storage.sources import forget_open_arrays
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.sources import forget_open_arrays
+from qbscale.storage.stores.store import open_experiment
 from qbscale.types import Experiment, RowResult, RunResult
 
 
@@ -62,7 +62,7 @@ class RunPlan:
     state: Any = None  # a resume.RunState when the run keeps a manifest
     save_scores: bool = False
     save_ranks: bool = False
-    lock: Any = None  # a storage.lock.StoreLock while the run writes into its store
+    lock: Any = None  # a storage.durability.lock.StoreLock while the run writes into its store
     resumable: bool = False  # keep finished row blocks when the run fails (resume=True)
 
     def execute(self, scheduler: Any = "threads", num_workers: int | None = None,
@@ -78,7 +78,7 @@ class RunPlan:
         try:
             return self._execute(scheduler, num_workers, progress, before_publish)
         except NotFiniteError as exc:  # an overflow, or stored data that are not finite?
-            from qbscale.storage.finite import nonfinite_error
+            from qbscale.storage.stores.finite import nonfinite_error
 
             raise nonfinite_error(self.experiment, self.config.values, exc.input_data) \
                 or exc from exc
@@ -116,7 +116,7 @@ class RunPlan:
             finally:
                 executor.close()
         if outputs:
-            from qbscale.storage.store import check_unchanged
+            from qbscale.storage.stores.store import check_unchanged
 
             check_unchanged(self.experiment)
         if self.state is None:
@@ -131,10 +131,10 @@ class RunPlan:
     def save(self, result: RunResult,
              before_publish: Callable[[RunResult], None] | None = None) -> None:
         """Write ranks, top-k and the run summary into the store and publish them
-        atomically (:func:`qbscale.storage.results.publish`), calling
+        atomically (:func:`qbscale.storage.stores.results.publish`), calling
         ``before_publish(result)`` just before."""
         if self.state is not None:
-            from qbscale.storage.resume import finish
+            from qbscale.storage.stores.resume import finish
 
             result.extra["resume"] = self.state.summary()
             finish(self.state, result, save_ranks=self.save_ranks,
@@ -152,7 +152,7 @@ def plan(store: str | os.PathLike[str] | Experiment,
          bank_sample: int | float | str | None = None, seed: int = 0,
          **params: Any) -> RunPlan:
     """Plan a run (the arguments of :func:`run` but the scheduler's); computes nothing."""
-    from qbscale.storage.gallery_bank import resolve
+    from qbscale.storage.stores.gallery_bank import resolve
 
     config = RunConfig.make(beta, k, method, topk, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)
@@ -165,7 +165,7 @@ def plan(store: str | os.PathLike[str] | Experiment,
         banks = resolve(experiment, config, gallery_bank)
     writer = state = lock = None
     if resume or (experiment.url is not None and (save_scores or save_ranks or topk)):
-        from qbscale.storage.resume import RunState
+        from qbscale.storage.stores.resume import RunState
 
         lock = _lock(experiment, "a resumed run" if resume else "a run saving results")
         try:
@@ -198,10 +198,10 @@ def _no_space(experiment: Experiment, exc: OSError) -> StoreFullError:
 
 
 def _lock(experiment: Experiment, purpose: str) -> Any:
-    """The store's writer lock (:mod:`qbscale.storage.lock`), None without a store."""
+    """The store's writer lock (:mod:`qbscale.storage.durability.lock`), None without a store."""
     if experiment.url is None:
         return None
-    from qbscale.storage.lock import StoreLock
+    from qbscale.storage.durability.lock import StoreLock
 
     return StoreLock.acquire(str(experiment.url), experiment.storage_options, purpose)
 
@@ -243,7 +243,8 @@ def run(store: str | os.PathLike[str] | Experiment,
     Parameters
     ----------
     store : path or URL of a store from :func:`qbscale.ingest`, or an
-        :class:`~qbscale.storage.store.Experiment` (e.g. :func:`qbscale.storage.store.in_memory`)
+        :class:`~qbscale.storage.stores.store.Experiment` (e.g.
+        :func:`qbscale.storage.stores.store.in_memory`)
     beta : inverse temperature, or several (all computed in one pass);
         default 20
     k : top-k bank columns forming the activation set
@@ -262,12 +263,12 @@ def run(store: str | os.PathLike[str] | Experiment,
         these settings and this gallery): the bank stage is skipped
     resume : continue the interrupted run of the same settings in the store,
         computing only the row blocks it had not finished
-        (:mod:`qbscale.storage.resume`; without one, start from the beginning)
+        (:mod:`qbscale.storage.stores.resume`; without one, start from the beginning)
     dynamic : rescore only rows whose raw top-1 is in the activation set
         (``"is"`` with ``dynamic=True`` is ``"dis"``)
     gallery_bank : for ``"dual-is"``: gallery-bank x gallery similarities (an
         array, a file or a block source); by default the store's gallery bank
-        (:mod:`qbscale.storage.gallery_bank`)
+        (:mod:`qbscale.storage.stores.gallery_bank`)
     bank_sample, seed : use only the querybank rows
         ``numpy.random.default_rng(seed).permutation(n_bank)[:N]``, ``N`` a
         count or a fraction in (0, 1] (``N = max(1, floor(f * n_bank + 0.5))``),
@@ -287,7 +288,7 @@ def run(store: str | os.PathLike[str] | Experiment,
 
     Examples
     --------
-    >>> from qbscale.storage.store import in_memory
+    >>> from qbscale.storage.stores.store import in_memory
     >>> rng = np.random.default_rng(0)
     >>> exp = in_memory(rng.random((50, 10)), rng.random((10, 10)))
     >>> res = run(exp, beta=20)
@@ -356,7 +357,7 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     3-D ``(n, n_queries, n_gallery)`` array such as ``scores`` (its first
     slice is evaluated; select another with ``"scores[1]"``).
     """
-    from qbscale.storage.results import matrix_source
+    from qbscale.storage.stores.results import matrix_source
 
     experiment = _experiment(store, storage_options)
     if experiment.gt is None:
@@ -366,7 +367,7 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     evaluated = Experiment(source, source, experiment.gt, experiment.mask)
     result = run(evaluated, method="none", scheduler=scheduler, num_workers=num_workers,
                  progress=progress)
-    from qbscale.storage.store import check_unchanged
+    from qbscale.storage.stores.store import check_unchanged
 
     check_unchanged(experiment)
     assert result.before is not None
@@ -388,7 +389,7 @@ def lazy(store: str | os.PathLike[str] | Experiment,
     """
     import dask.array as da
 
-    from qbscale.storage.gallery_bank import resolve
+    from qbscale.storage.stores.gallery_bank import resolve
 
     config = RunConfig.make(beta, k, method, 0, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)

@@ -43,7 +43,7 @@ import numpy as np
 from qbscale import __version__
 from qbscale.errors import ConfigError
 from qbscale.storage import layout
-from qbscale.storage.readers import InputMatrix
+from qbscale.storage.inputs.readers import InputMatrix
 
 __all__ = ["GEN_ROWS", "KINDS", "SynthSpec", "gallery_rows", "query_rows", "synth"]
 
@@ -228,7 +228,7 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
     dtype : stored float type
     chunk_bytes : target bytes of a stored chunk; by default 64 MiB for
         similarities and 4 MiB for embeddings (a similarity block computed
-        from them then reads whole chunks, see :func:`qbscale.storage.store.embedding_grid`)
+        from them then reads whole chunks, see :func:`qbscale.storage.stores.store.embedding_grid`)
     chunk_rows, chunk_cols, codec, overwrite, progress
         As for :func:`qbscale.ingest` (``chunk_cols`` for ``sims`` only).
 
@@ -238,9 +238,9 @@ def synth(out: str | os.PathLike[str], spec: SynthSpec, kind: str = "sims", *,
         The store written; the ``qbscale`` attribute records ``synth`` (the
         spec) and ``complete`` (set last).
     """
-    from qbscale.storage.ingest import Target, chunk_shape
-    from qbscale.storage.stage import staging
-    from qbscale.storage.writer import check_options, write_store
+    from qbscale.storage.durability.stage import staging
+    from qbscale.storage.stores.ingest import Target, chunk_shape
+    from qbscale.storage.stores.writer import check_options, write_store
 
     if kind not in KINDS:
         raise ConfigError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")

@@ -81,8 +81,8 @@ class Spec:
 
 def store_ok(rel: str) -> Check:
     def check(work: Path) -> None:
-        from qbscale.storage.check import check_store
-        from qbscale.storage.store import open_experiment
+        from qbscale.storage.stores.check import check_store
+        from qbscale.storage.stores.store import open_experiment
 
         report = check_store(work / rel)
         assert not report.bad, f"{rel}: bad chunks {report.bad}"
@@ -92,7 +92,7 @@ def store_ok(rel: str) -> Check:
 
 def result_ok(rel: str, name: str) -> Check:
     def check(work: Path) -> None:
-        from qbscale.storage.results import open_result
+        from qbscale.storage.stores.results import open_result
 
         arr = open_result(str(work / rel), name)
         assert arr.shape[-1] > 0, (rel, name, arr.shape)
@@ -118,7 +118,7 @@ def json_ok(rel: str, kind: str | None) -> Check:
 
 def hits_ok(rel: str) -> Check:
     def check(work: Path) -> None:
-        from qbscale.storage.hits import read_hits
+        from qbscale.storage.outputs.hits import read_hits
 
         cols = read_hits(work / rel)
         assert len(cols["query"]) == 20 * 3, (rel, len(cols["query"]))  # 20 queries, top 3

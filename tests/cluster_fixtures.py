@@ -50,7 +50,7 @@ def problem(n_bank: int, n_gallery: int, queries_per_item: int = 2, seed: int = 
 def make_store(url: str, bank: np.ndarray, test: np.ndarray, chunk_rows: int,
                storage_options: dict[str, Any] | None = None) -> str:
     """Ingest ``bank`` and ``test`` into a store with ``chunk_rows`` rows per chunk."""
-    from qbscale.storage.ingest import ingest
+    from qbscale.storage.stores.ingest import ingest
 
     return ingest(url, bank, test, chunk_rows=chunk_rows, progress=False, overwrite=True,
                   storage_options=storage_options)

@@ -1,4 +1,4 @@
-"""qbscale.storage.atomic: beside-and-rename writes keep the old file on failure."""
+"""qbscale.storage.durability.atomic: beside-and-rename writes keep the old file on failure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from qbscale.errors import OutputError
-from qbscale.storage import atomic
+from qbscale.storage.durability import atomic
 
 
 def test_new_file_gets_the_umask_mode(tmp_path):

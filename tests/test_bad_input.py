@@ -16,8 +16,8 @@ import qbscale
 from qbscale import Normaliser, normalise
 from qbscale.errors import ConfigError, InputError
 from qbscale.retrieval.search import search, search_matrix
-from qbscale.storage.sources import NumpyMatrix
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.sources import NumpyMatrix
+from qbscale.storage.stores.store import in_memory
 
 from . import reference as ref
 

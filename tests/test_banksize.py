@@ -16,7 +16,7 @@ from qbscale.cli import cli
 from qbscale.engine import kernels
 from qbscale.engine.subsets import Subsets, parse_sample, sample_rows, sample_size
 from qbscale.errors import ConfigError
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 from qbscale.types import Experiment
 
 from . import reference as ref

@@ -18,7 +18,7 @@ import qbscale
 from qbscale.cli import cli
 from qbscale.errors import DamagedStoreError, QBScaleError
 from qbscale.retrieval.normaliser import Normaliser
-from qbscale.storage.results import open_result
+from qbscale.storage.stores.results import open_result
 
 from .cluster_fixtures import problem
 
@@ -244,7 +244,7 @@ def test_a_byte_swapped_dtype_is_named(tmp_path):
 
 
 def test_a_gallery_bank_gets_a_chunk_manifest_and_swaps_in_it_are_refused(tmp_path):
-    from qbscale.storage.gallery_bank import add_gallery_bank
+    from qbscale.storage.stores.gallery_bank import add_gallery_bank
 
     store = ingest(tmp_path / "exp.zarr")
     rng = np.random.default_rng(3)
@@ -269,8 +269,8 @@ def test_an_unreadable_chunk_manifest_is_one_line(ran):
 
 
 def test_gallery_embeddings_opened_by_path_refuse_a_missing_chunk(tmp_path):
-    from qbscale.storage.gallery_rows import _open_path
-    from qbscale.storage.normaliser_store import open_embeddings
+    from qbscale.storage.inputs.gallery_rows import _open_path
+    from qbscale.storage.outputs.normaliser_store import open_embeddings
 
     rng = np.random.default_rng(5)
     emb = [rng.standard_normal((n, 8)).astype(np.float32) for n in (70, 30, 30)]

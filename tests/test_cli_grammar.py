@@ -57,7 +57,7 @@ def test_quiet_on_the_group_or_on_ingest(where, inputs, tmp_path, cli_invoke, te
     args = {"group": ["-q", *args], "command": [*args, "-q"], "neither": args}[where]
     res = cli_invoke(*args)
     assert (BAR in res.stderr) is (where == "neither"), res.stderr
-    assert qbscale.storage.store.open_experiment(tmp_path / "x.zarr").n_gallery == 10
+    assert qbscale.storage.stores.store.open_experiment(tmp_path / "x.zarr").n_gallery == 10
 
 
 @pytest.mark.parametrize("where", ["group", "command", "neither"])

@@ -18,7 +18,7 @@ import zarr
 
 from qbscale.errors import IncompleteStoreError, StoreNotFoundError
 from qbscale.storage import layout
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.store import open_experiment
 
 from ._ingest_fixtures import ROOT, sims, write_npz, write_pickle
 

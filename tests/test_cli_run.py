@@ -9,9 +9,9 @@ import pytest
 import zarr
 
 import qbscale
-import qbscale.storage.store
+import qbscale.storage.stores.store
 from qbscale.cli.run import COLUMNS
-from qbscale.storage.results import open_result
+from qbscale.storage.stores.results import open_result
 
 from . import reference as ref
 
@@ -130,6 +130,6 @@ def test_ingest_with_gallery_bank_then_dual_is(problem, tmp_path, invoke):
     out = tmp_path / "dual.json"
     invoke("run", str(store), "--method", "dual-is", "--json", str(out))
     got = json.loads(out.read_text())["after"]
-    expected = qbscale.run(qbscale.storage.store.in_memory(bank, test), method="dual-is",
+    expected = qbscale.run(qbscale.storage.stores.store.in_memory(bank, test), method="dual-is",
                            gallery_bank=gallery_bank).after
     assert next(iter(got.values())) == pytest.approx(next(iter(expected.values())))

@@ -22,8 +22,8 @@ import pytest
 from qbscale.api import run
 from qbscale.errors import ConfigError
 from qbscale.executors.distributed import MALLOC_ENV, DistributedExecutor
-from qbscale.storage.results import open_result
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.results import open_result
+from qbscale.storage.stores.store import open_experiment
 
 from .cluster_fixtures import SlowMatrix, dask_cluster, make_store, problem, qbscale_cli
 

@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 
 from qbscale.cli import cli
-from qbscale.storage import stage
-from qbscale.storage.lock import read_lock
-from qbscale.storage.store import open_experiment
+from qbscale.storage.durability import stage
+from qbscale.storage.durability.lock import read_lock
+from qbscale.storage.stores.store import open_experiment
 
 from ._faults import QBSCALE, leftovers, qbscale, signalled, slowed, snapshot, tmpfs, wait_for
 from .cluster_fixtures import problem
@@ -185,7 +185,7 @@ def renames(request):
     if request.param == "renameat2":
         yield request.param
         return
-    from qbscale.storage import rename
+    from qbscale.storage.durability import rename
 
     with mock.patch.object(rename, "_renameat2", lambda: None):
         yield request.param
@@ -274,7 +274,7 @@ def test_a_saving_run_keeps_the_mode_of_the_root_zarr_json(store):
 def test_sigterm_during_ingest_cleans_up_and_keeps_the_old_store(store, tmp_path, inputs):
     before = snapshot(store)
     ready = tmp_path / "ready"
-    proc = slowed("qbscale.storage.writer.write_matrix", ready,
+    proc = slowed("qbscale.storage.stores.writer.write_matrix", ready,
                   *ingest_args(inputs, store, "--overwrite"))
     wait_for(ready, proc)
     assert any(name.startswith(".exp.zarr.partial-") for name in leftovers(tmp_path))
@@ -291,7 +291,7 @@ def test_sigterm_during_a_saving_run_releases_the_lock(store, tmp_path):
     assert invoke("run", store, "--save-ranks", "-q").exit_code == 0
     before = snapshot(store)
     ready = tmp_path / "ready"
-    proc = slowed("qbscale.storage.results:ScoresWriter.write", ready, "run", str(store),
+    proc = slowed("qbscale.storage.stores.results:ScoresWriter.write", ready, "run", str(store),
                   "--save-scores", "-q", "--workers", "1", sleep=1.0)
     wait_for(ready, proc)
     code, out, err = signalled(proc)
@@ -310,7 +310,7 @@ def test_sigterm_during_a_resumable_run_keeps_its_finished_blocks(store, tmp_pat
     assert invoke("run", store, "--save-ranks", "-q").exit_code == 0
     before = snapshot(store)
     ready = tmp_path / "ready"
-    proc = slowed("qbscale.storage.results:ScoresWriter.write", ready, "run", str(store),
+    proc = slowed("qbscale.storage.stores.results:ScoresWriter.write", ready, "run", str(store),
                   "--save-scores", "--resume", "-q", "--workers", "1", sleep=1.0)
     wait_for(ready, proc)
     code, out, err = signalled(proc)
@@ -332,7 +332,7 @@ def test_sigterm_during_a_resumable_run_keeps_its_finished_blocks(store, tmp_pat
 def test_sigkill_leftovers_are_recognised_by_the_next_run(store, tmp_path, inputs):
     before = snapshot(store)
     ready = tmp_path / "ready"
-    proc = slowed("qbscale.storage.writer.write_matrix", ready,
+    proc = slowed("qbscale.storage.stores.writer.write_matrix", ready,
                   *ingest_args(inputs, store, "--overwrite"))
     wait_for(ready, proc)
     signalled(proc, signal.SIGKILL)
@@ -344,7 +344,7 @@ def test_sigkill_leftovers_are_recognised_by_the_next_run(store, tmp_path, input
     assert leftovers(tmp_path) == []  # the killed stage is gone
     # a saving run killed: its lock is named as stale, then broken, then all is well
     ready.unlink()
-    proc = slowed("qbscale.storage.results:ScoresWriter.write", ready, "run", str(store),
+    proc = slowed("qbscale.storage.stores.results:ScoresWriter.write", ready, "run", str(store),
                   "--save-scores", "-q", "--workers", "1")
     wait_for(ready, proc)
     signalled(proc, signal.SIGKILL)
@@ -472,7 +472,7 @@ def test_write_errors_during_ingest_keep_the_previous_store(store, tmp_path, inp
 
 @pytest.mark.parametrize("command", ["ingest", "fit"])
 def test_the_old_output_is_whole_until_the_last_rename(store, norm, tmp_path, inputs, command):
-    from qbscale.storage import rename
+    from qbscale.storage.durability import rename
 
     target = store if command == "ingest" else norm
     before, seen = snapshot(target), []

@@ -15,7 +15,7 @@ from qbscale.analysis import reading
 from qbscale.engine.grid import split
 from qbscale.engine.subsets import sample_rows
 from qbscale.errors import ConfigError
-from qbscale.storage.sources import NumpyMatrix
+from qbscale.storage.stores.sources import NumpyMatrix
 from qbscale.types import Experiment
 
 from . import reference as ref

@@ -15,7 +15,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(qbscale.__path__, "qbscal
 
 
 def test_every_module_is_found():
-    wanted = {"qbscale.retrieval.search", "qbscale.engine.topk", "qbscale.storage.hits"}
+    wanted = {"qbscale.retrieval.search", "qbscale.engine.topk", "qbscale.storage.outputs.hits"}
     assert wanted <= set(MODULES)
 
 

@@ -10,10 +10,10 @@ import pytest
 import qbscale
 from qbscale.api import run
 from qbscale.engine.grid import offsets
-from qbscale.storage import store as store_module
-from qbscale.storage.ingest import ingest_embeddings
-from qbscale.storage.sources import EmbeddingMatrix
-from qbscale.storage.store import embedding_grid, open_experiment, within_chunks
+from qbscale.storage.stores import store as store_module
+from qbscale.storage.stores.ingest import ingest_embeddings
+from qbscale.storage.stores.sources import EmbeddingMatrix
+from qbscale.storage.stores.store import embedding_grid, open_experiment, within_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 PYCODE = ROOT / "examples" / "data" / "pycode"

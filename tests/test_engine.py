@@ -12,7 +12,7 @@ from qbscale.config import RunConfig
 from qbscale.engine import kernels
 from qbscale.engine.grid import split
 from qbscale.engine.plan import build
-from qbscale.storage.sources import NumpyMatrix
+from qbscale.storage.stores.sources import NumpyMatrix
 from qbscale.types import Experiment
 
 from . import reference as ref
@@ -140,7 +140,7 @@ def test_no_compute_guard_catches_a_computation(no_compute):
 
 def test_lazy_building_blocks_match_run(no_compute):
     from qbscale.api import lazy
-    from qbscale.storage.store import in_memory
+    from qbscale.storage.stores.store import in_memory
 
     rng = np.random.default_rng(3)
     exp = in_memory(rng.random((40, 8)), rng.random((16, 8)), rows_per_block=5)

@@ -144,7 +144,7 @@ def _leftover(rel: str) -> bool:
 def _looks_complete(path: Path) -> str | None:
     """What ``path`` opens as, if it opens as a complete qbscale store."""
     from qbscale.retrieval.normaliser import Normaliser
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.stores.store import open_experiment
 
     if not path.is_dir():
         return None

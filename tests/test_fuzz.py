@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 
 from qbscale.cli import cli
 from qbscale.errors import QBScaleError
-from qbscale.storage import readers
-from qbscale.storage.store import open_experiment
+from qbscale.storage.inputs import readers
+from qbscale.storage.stores.store import open_experiment
 
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
 #: ~50 examples a property by default; the thorough profile's count (tests/conftest.py)

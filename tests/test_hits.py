@@ -1,4 +1,4 @@
-"""Hits files (qbscale.storage.hits): every format written, read back and
+"""Hits files (qbscale.storage.outputs.hits): every format written, read back and
 checked; `qbscale run --topk K --hits FILE` against the dense oracle."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from click.testing import CliRunner
 import qbscale
 from qbscale.cli import cli
 from qbscale.errors import ConfigError, InputError
-from qbscale.storage.hits import HitsWriter, read_hits, write_hits
+from qbscale.storage.outputs.hits import HitsWriter, read_hits, write_hits
 
 from . import reference as ref
 

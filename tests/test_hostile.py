@@ -224,7 +224,7 @@ def test_synth_json_inside_the_store_it_replaces_is_refused(store):
 
 def test_a_uint64_ground_truth_beyond_int64_is_named_with_its_own_value():
     from qbscale.errors import InputError
-    from qbscale.storage.store import check_gt_index
+    from qbscale.storage.stores.store import check_gt_index
 
     values = np.array([2**63 + 5, 0], dtype=np.uint64)
     with pytest.raises(InputError, match=f"entry 0 is {2**63 + 5}, outside the gallery"):
@@ -250,7 +250,7 @@ def test_a_value_list_with_spaces_and_exponents_still_runs(store):
 
 
 def test_open_result_refuses_a_saved_run_whose_manifest_was_deleted(store):
-    from qbscale.storage.results import open_result
+    from qbscale.storage.stores.results import open_result
 
     assert invoke("run", store, "--save-scores").exit_code == 0
     folder = Path(store) / open_result(store, "scores").path
@@ -263,7 +263,7 @@ def test_open_result_refuses_a_saved_run_whose_manifest_was_deleted(store):
 @pytest.mark.parametrize("where", ["missing", "npy file", "empty dir"])
 def test_open_result_of_what_is_no_store_is_store_not_found(tmp_path, where):
     from qbscale.errors import StoreNotFoundError
-    from qbscale.storage.results import open_result
+    from qbscale.storage.stores.results import open_result
 
     path = tmp_path / "x"
     if where == "npy file":
@@ -277,7 +277,7 @@ def test_open_result_of_what_is_no_store_is_store_not_found(tmp_path, where):
 
 def test_open_result_of_a_path_outside_the_store_is_an_input_error(store):
     from qbscale.errors import InputError
-    from qbscale.storage.results import open_result
+    from qbscale.storage.stores.results import open_result
 
     with pytest.raises(InputError, match=r"has no saved '\.\./bank'"):
         open_result(store, "../bank")
@@ -344,7 +344,7 @@ def test_a_npy_header_claiming_more_than_the_file_holds_is_truncated(tmp_path, s
     # (2**62, 4) float32 is 2**66 bytes: int64 arithmetic wrapped it to 0 and the
     # file passed for complete, to fail later in numpy's mmap with warnings
     from qbscale.errors import InputError
-    from qbscale.storage.readers import open_matrix
+    from qbscale.storage.inputs.readers import open_matrix
 
     path = lying_npy(tmp_path / "bank.npy", shape)
     with pytest.raises(InputError, match=re.escape(f"its header {shape} float32 needs")):
@@ -433,7 +433,7 @@ def test_a_normaliser_whose_settings_were_edited_is_refused(tmp_path):
 
 
 def test_runs_and_a_gallery_bank_do_not_break_the_seal(store):
-    from qbscale.storage.gallery_bank import add_gallery_bank
+    from qbscale.storage.stores.gallery_bank import add_gallery_bank
 
     assert invoke("run", store, "--save-scores", "--topk", "2").exit_code == 0
     add_gallery_bank(store, np.random.default_rng(0).random((12, 10), dtype=np.float32),

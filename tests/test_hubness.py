@@ -16,7 +16,7 @@ from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import compare
 from qbscale.api import run
 from qbscale.errors import ConfigError
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 
 from . import reference as ref
 from .strategies import problems

@@ -19,8 +19,8 @@ import zarr
 import qbscale
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
 from qbscale.storage import layout
-from qbscale.storage.ingest import CODECS, chunk_shape, ingest, ingest_embeddings
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.ingest import CODECS, chunk_shape, ingest, ingest_embeddings
+from qbscale.storage.stores.store import open_experiment
 
 from ._ingest_fixtures import MAKE_PICKLES, PYCODE, sims, write_npz, write_pickle
 
@@ -259,7 +259,7 @@ def test_bad_masks(tmp_path, pair, mask, message):
 
 def test_arrays_in_memory_get_the_same_checks(pair):
     """``in_memory`` runs the checks ingest runs, with the same messages."""
-    from qbscale.storage.store import in_memory
+    from qbscale.storage.stores.store import in_memory
 
     bank, test = pair
     with pytest.raises(InputError, match=r"^query mask holds 10 values other than 0/1; "
@@ -361,7 +361,7 @@ def test_leftovers_of_dead_ingests_are_removed(tmp_path, pair):
 
 
 def test_staging_directory_names_host_and_pid(tmp_path, pair, monkeypatch):
-    from qbscale.storage import stage
+    from qbscale.storage.durability import stage
 
     seen = []
     create = stage.LocalStage.create_group

@@ -13,14 +13,14 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-import qbscale.storage.integrity as integrity
+import qbscale.storage.durability.integrity as integrity
 from qbscale.cli import cli
 from qbscale.errors import DamagedStoreError
-from qbscale.storage.check import check_store
-from qbscale.storage.integrity import has_checksums
-from qbscale.storage.results import open_result
-from qbscale.storage.sources import DIRECT_READS_MAX_ZARR, ZarrMatrix, _raw_chunk
-from qbscale.storage.store import open_experiment
+from qbscale.storage.durability.integrity import has_checksums
+from qbscale.storage.stores.check import check_store
+from qbscale.storage.stores.results import open_result
+from qbscale.storage.stores.sources import DIRECT_READS_MAX_ZARR, ZarrMatrix, _raw_chunk
+from qbscale.storage.stores.store import open_experiment
 
 from .cluster_fixtures import problem
 
@@ -61,7 +61,7 @@ def test_every_array_written_carries_crc32c(store):
 
 
 def test_a_synth_store_and_a_gallery_bank_carry_crc32c(tmp_path):
-    from qbscale.storage.gallery_bank import add_gallery_bank
+    from qbscale.storage.stores.gallery_bank import add_gallery_bank
 
     res = CliRunner().invoke(cli, ["synth", str(tmp_path / "s.zarr"), "--bank", "40",
                                    "--test", "20", "--gallery", "20", "--quiet"])

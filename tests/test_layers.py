@@ -170,6 +170,34 @@ def test_the_checks_see_what_they_look_for() -> None:
     assert "qbscale.api" in visitor.internal and layer("qbscale.api") == "api"
 
 
+#: storage's rooms: a module may import its own room, ``layout`` and lower rooms
+ROOMS = {"layout": 0, "durability": 1, "inputs": 2, "stores": 3, "outputs": 4}
+
+
+def room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[:2] != ["qbscale", "storage"] or len(parts) < 3:
+        return None
+    return parts[2] if parts[2] in ROOMS else "unknown"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if room(m)))
+def test_storage_rooms_import_only_down(module: str) -> None:
+    here = room(module)
+    assert here != "unknown", f"{module} is in no room of qbscale/storage ({sorted(ROOMS)})"
+    upward = sorted(m for m in MODULES[module].internal
+                    if (r := room(m)) is not None and (r == "unknown" or ROOMS[r] > ROOMS[here]))
+    assert upward == [], f"{module} ({here}) imports higher rooms: {upward}"
+
+
+def test_every_storage_module_is_in_a_room() -> None:
+    flat = sorted(p.name for p in (PACKAGE / "storage").glob("*.py")
+                  if p.name not in ("__init__.py", "layout.py"))
+    assert flat == [], f"modules outside the rooms of qbscale/storage: {flat}"
+    assert room("qbscale.storage.stores.ingest") == "stores"
+    assert room("qbscale.storage.hits") == "unknown"  # the check sees a module outside
+
+
 def test_importing_qbscale_is_cheap() -> None:
     code = ("import sys, qbscale\n"
             "print(' '.join(m for m in ('dask', 'zarr', 'xarray') if m in sys.modules))")

@@ -32,7 +32,7 @@ def test_no_other_url_test_in_the_code():
     # sources._raw_chunk keeps its own test, equivalent since ZarrMatrix.open turns
     # file:// URLs into local paths (test_file_url_store_is_local_throughout)
     assert {h.split(":")[0] for h in hits} <= {"qbscale/storage/layout.py",
-                                               "qbscale/storage/sources.py"}, hits
+                                               "qbscale/storage/stores/sources.py"}, hits
     assert len(hits) == 2, hits
 
 
@@ -40,9 +40,9 @@ def test_file_url_store_is_local_throughout(tmp_path, cli_invoke):
     """ingest to file://, open it, run on it: staged and renamed like a path, its chunks
     read straight from their files, and the CLI's disk usage counted."""
     from qbscale.api import run
-    from qbscale.storage.ingest import ingest
-    from qbscale.storage.readers import open_matrix
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.inputs.readers import open_matrix
+    from qbscale.storage.stores.ingest import ingest
+    from qbscale.storage.stores.store import open_experiment
 
     rng = np.random.default_rng(0)
     bank, test = rng.random((20, 5)).astype("f4"), rng.random((10, 5)).astype("f4")

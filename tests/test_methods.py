@@ -18,8 +18,8 @@ from qbscale.engine import bankstats, kernels, methods
 from qbscale.engine.plan import build
 from qbscale.engine.reductions import column_topk
 from qbscale.errors import ConfigError, IncompleteStoreError, InputError, StoreExistsError
-from qbscale.storage.gallery_bank import add_gallery_bank
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.gallery_bank import add_gallery_bank
+from qbscale.storage.stores.store import in_memory
 from qbscale.types import Experiment
 
 from . import reference as ref
@@ -255,7 +255,7 @@ def test_gallery_bank_in_a_store(store, tmp_path, invoke):
 
 @pytest.mark.parametrize("normalise", [False, True])
 def test_gallery_bank_of_an_embeddings_store(tmp_path, normalise):
-    from qbscale.storage.ingest import ingest_embeddings
+    from qbscale.storage.stores.ingest import ingest_embeddings
 
     rng = np.random.default_rng(2)
     emb = {name: rng.standard_normal((n, 8)).astype(np.float32)

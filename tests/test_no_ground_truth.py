@@ -19,8 +19,8 @@ import qbscale
 from qbscale.analysis.hubness import k_occurrence
 from qbscale.cli import cli
 from qbscale.errors import ConfigError, InputError
-from qbscale.storage.results import open_result, published_path
-from qbscale.storage.store import in_memory, open_experiment
+from qbscale.storage.stores.results import open_result, published_path
+from qbscale.storage.stores.store import in_memory, open_experiment
 
 from . import reference as ref
 

@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 import qbscale
-import qbscale.storage.sources
+import qbscale.storage.stores.sources
 from qbscale.errors import (
     ConfigError,
     DamagedStoreError,
@@ -24,8 +24,8 @@ from qbscale.errors import (
     StoreNotFoundError,
 )
 from qbscale.retrieval.normaliser import Normaliser
-from qbscale.storage.normaliser_store import ATTR
-from qbscale.storage.store import open_experiment
+from qbscale.storage.outputs.normaliser_store import ATTR
+from qbscale.storage.stores.store import open_experiment
 
 from . import reference as ref
 from .test_read_once import ChunkFetches, chunk_keys
@@ -83,8 +83,8 @@ def test_fit_from_store_equals_fit_from_array(data, store, method, options):
 def test_fit_from_store_reads_only_the_bank_once(store, monkeypatch):
     fetches = ChunkFetches()
     monkeypatch.setattr(zarr.storage.LocalStore, "get", fetches.wrap(zarr.storage.LocalStore.get))
-    monkeypatch.setattr(qbscale.storage.sources, "read_chunk_file",
-                        fetches.wrap_direct(qbscale.storage.sources.read_chunk_file))
+    monkeypatch.setattr(qbscale.storage.stores.sources, "read_chunk_file",
+                        fetches.wrap_direct(qbscale.storage.stores.sources.read_chunk_file))
     Normaliser.fit(store, beta=[10, 20], scheduler="threads", num_workers=3)
     assert fetches.of("bank") == Counter(dict.fromkeys(chunk_keys(store, "bank"), 1))
     assert not fetches.of("test")
@@ -225,7 +225,7 @@ def test_cli_run_refuses_another_embeddings_gallery(embeddings, tmp_path, cli_in
 
 
 def test_dual_is_from_a_store_with_its_gallery_bank(data, tmp_path):
-    from qbscale.storage.gallery_bank import add_gallery_bank
+    from qbscale.storage.stores.gallery_bank import add_gallery_bank
 
     bank, test = data
     gb = np.random.default_rng(13).standard_normal((15, 24)).astype(np.float32)

@@ -213,7 +213,7 @@ def test_a_read_only_hits_directory_fails_before_work(world, tmp_path):
 @pytest.mark.parametrize("err", [errno.EIO, errno.ENOSPC])
 def test_a_failing_publish_removes_the_held_outputs(world, tmp_path, err):
     """The store's publication fails after the hits were written: no hits file either."""
-    from qbscale.storage import publish
+    from qbscale.storage.durability import publish
 
     store, out = world["store"], tmp_path / "h.tsv"
     assert invoke("run", store, "--topk", "3", "--hits", out).exit_code == 0

@@ -100,7 +100,7 @@ def test_store_run_prints_reference_figures(pickles, tmp_path, cli_invoke):
     summary = json.loads(json_path.read_text())
     assert summary["after"]["20.0"]["MeanR"] == pytest.approx(39.4025)
     assert summary["activation_size"] == 2447
-    from qbscale.storage.results import open_result
+    from qbscale.storage.stores.results import open_result
 
     assert open_result(str(store), "ranks").shape == (2, 4000)
     assert open_result(str(store), "ranks_baseline")[...].mean() + 1 == pytest.approx(34.5487,

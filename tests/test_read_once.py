@@ -1,7 +1,7 @@
 """Every chunk of the bank and of the test matrix is read exactly once per run.
 
 Counted twice over: at the block level (the ``reads`` hook of
-:class:`~qbscale.storage.sources.ZarrMatrix`) and at the storage level (every chunk
+:class:`~qbscale.storage.stores.sources.ZarrMatrix`) and at the storage level (every chunk
 file fetched from the local Zarr store, through zarr or read directly).
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zarr
 
-import qbscale.storage.sources
+import qbscale.storage.stores.sources
 from qbscale.api import run
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.store import open_experiment
 from qbscale.synth import SynthSpec, synth
 
 SPEC = SynthSpec(n_bank=150, n_test=44, n_gallery=44, dim=16, seed=4)
@@ -64,8 +64,8 @@ def fetches(monkeypatch):
     counter = ChunkFetches()
     monkeypatch.setattr(zarr.storage.LocalStore, "get",
                         counter.wrap(zarr.storage.LocalStore.get))
-    monkeypatch.setattr(qbscale.storage.sources, "read_chunk_file",
-                        counter.wrap_direct(qbscale.storage.sources.read_chunk_file))
+    monkeypatch.setattr(qbscale.storage.stores.sources, "read_chunk_file",
+                        counter.wrap_direct(qbscale.storage.stores.sources.read_chunk_file))
     return counter
 
 
@@ -167,8 +167,8 @@ def test_counting_sees_a_second_read(store, fetches):
 def test_block_reads_equal_zarr_reads(tmp_path, codec):
     """Direct chunk-file reads (uncompressed) and zarr reads give the same blocks,
     edge chunks included; compressed stores go through zarr."""
-    from qbscale.storage.ingest import ingest
-    from qbscale.storage.sources import ZarrMatrix
+    from qbscale.storage.stores.ingest import ingest
+    from qbscale.storage.stores.sources import ZarrMatrix
 
     rng = np.random.default_rng(5)
     bank = rng.standard_normal((37, 23)).astype(np.float32)

@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 from qbscale.errors import InputError, UnsafePickleError
-from qbscale.storage import readers
+from qbscale.storage.inputs import readers
 
 from ._ingest_fixtures import npz_member_compression, sims, write_npz, write_pickle
 

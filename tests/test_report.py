@@ -17,7 +17,7 @@ import qbscale
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import compare
 from qbscale.analysis.report import load_items, write_report
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

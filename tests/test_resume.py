@@ -17,9 +17,9 @@ import zarr
 
 from qbscale.api import run
 from qbscale.errors import ConfigError
-from qbscale.storage.results import open_result
-from qbscale.storage.resume import FIELDS
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.results import open_result
+from qbscale.storage.stores.resume import FIELDS
+from qbscale.storage.stores.store import open_experiment
 from qbscale.types import RowResult
 
 from .cluster_fixtures import make_store, problem, qbscale_cli
@@ -284,7 +284,7 @@ def test_a_stored_normaliser_missing_a_chunk_is_computed_again(data, uninterrupt
         run(experiment, scheduler="synchronous", resume=True, **kw)
     # a stored normaliser (as the run's bank task leaves it) whose activation chunk
     # went missing: read as zarr's fill value it would be "nothing activated"
-    from qbscale.storage.integrity import create_array
+    from qbscale.storage.durability.integrity import create_array
 
     [group] = [str(p.relative_to(store)) for p in Path(store).glob("runs/*/manifest")]
     create_array(store, f"{group}/shift", shape=(2, 100), dtype="float64", chunks=(2, 100),

@@ -15,8 +15,8 @@ import pytest
 import zarr
 
 from qbscale.api import run
-from qbscale.storage.results import open_result
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.results import open_result
+from qbscale.storage.stores.store import open_experiment
 
 from .cluster_fixtures import dask_cluster, make_store, moto_s3, problem, qbscale_cli
 from .test_resume import FailingMatrix

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 import qbscale
 from qbscale.cli import cli
 from qbscale.errors import InputError, QBScaleError, UnsafePickleError
-from qbscale.storage import readers
-from qbscale.storage.store import in_memory
+from qbscale.storage.inputs import readers
+from qbscale.storage.stores.store import in_memory
 
 from ._faults import read_only_dir, tmpfs
 from ._ingest_fixtures import MAKE_PICKLES, PYCODE, write_pickle
@@ -210,7 +210,7 @@ def test_ground_truth_leaving_most_items_without_a_query_warns(rng, tmp_path):
         assert "Warning: 400 test queries map onto 20 of 400" in res.output
         assert res.output.count("Warning:") == 1, res.output
     # an implicit mapping must cover the gallery; the low-level check refuses otherwise
-    from qbscale.storage.store import check_coverage
+    from qbscale.storage.stores.store import check_coverage
 
     with pytest.raises(InputError, match="20 of 400 gallery items"):
         check_coverage(np.arange(400) // 20, 400, explicit=False)
@@ -238,7 +238,7 @@ def test_overwrite_refuses_a_zarr_group_that_is_not_a_qbscale_store(rng, tmp_pat
     empty.mkdir()
     res = invoke(*_ingest_args(rng, tmp_path, empty), "--overwrite")
     assert res.exit_code == 0, res.output
-    qbscale.storage.store.open_experiment(empty)
+    qbscale.storage.stores.store.open_experiment(empty)
     # a qbscale store is replaced
     res = invoke(*_ingest_args(rng, tmp_path, empty), "--overwrite")
     assert res.exit_code == 0, res.output

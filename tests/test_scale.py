@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import qbscale
-from qbscale.storage.results import open_result
+from qbscale.storage.stores.results import open_result
 from qbscale.synth import SynthSpec, synth
 
 from . import reference as ref

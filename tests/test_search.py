@@ -18,8 +18,8 @@ from qbscale.engine.plan import fit
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import InputError
 from qbscale.retrieval.search import search, search_matrix
-from qbscale.storage.sources import NumpyMatrix
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.sources import NumpyMatrix
+from qbscale.storage.stores.store import in_memory
 
 from . import reference as ref
 from .test_embeddings import exact_vectors
@@ -290,7 +290,7 @@ def save_normaliser(norm: GalleryStatistics, path, gallery=None) -> None:
 
 
 def read_back(path) -> dict[str, np.ndarray]:
-    from qbscale.storage.hits import read_hits
+    from qbscale.storage.outputs.hits import read_hits
 
     return read_hits(path)
 

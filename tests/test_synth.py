@@ -9,7 +9,7 @@ import zarr
 from qbscale.api import run
 from qbscale.errors import ConfigError
 from qbscale.storage import layout
-from qbscale.storage.store import in_memory, open_experiment
+from qbscale.storage.stores.store import in_memory, open_experiment
 from qbscale.synth import GEN_ROWS, SynthSpec, gallery_rows, query_rows, synth
 
 

@@ -11,7 +11,7 @@ import qbscale
 from qbscale.analysis import tables
 from qbscale.engine.metrics import NAMES
 from qbscale.errors import ConfigError
-from qbscale.storage.store import in_memory
+from qbscale.storage.stores.store import in_memory
 
 
 def seeds(n: int = 3) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -10,8 +10,8 @@ import zarr
 
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
-from qbscale.storage.gallery_bank import add_gallery_bank
-from qbscale.storage.ingest import ingest, ingest_embeddings
+from qbscale.storage.stores.gallery_bank import add_gallery_bank
+from qbscale.storage.stores.ingest import ingest, ingest_embeddings
 from qbscale.synth import SynthSpec, synth
 
 

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from qbscale.api import evaluate, run
 from qbscale.cli import cli
 from qbscale.errors import StoreFullError, StoreLockedError
-from qbscale.storage.lock import KEY, StoreLock, break_lock, read_lock
-from qbscale.storage.results import ScoresWriter, open_result
+from qbscale.storage.durability.lock import KEY, StoreLock, break_lock, read_lock
+from qbscale.storage.stores.results import ScoresWriter, open_result
 
 from .cluster_fixtures import make_store, moto_s3, problem, qbscale_cli
 
@@ -58,8 +58,8 @@ def test_a_second_writer_is_refused_at_once_and_readers_are_not(store):
 def test_replacing_or_extending_a_locked_store_is_refused(store):
     """ingest --overwrite and add_gallery_bank write into the store too: while a
     run holds its lock they stop at once and leave the store as it was."""
-    from qbscale.storage.gallery_bank import add_gallery_bank
-    from qbscale.storage.ingest import ingest
+    from qbscale.storage.stores.gallery_bank import add_gallery_bank
+    from qbscale.storage.stores.ingest import ingest
 
     bank, test = problem(n_bank=400, n_gallery=200)
     def contents():
@@ -90,7 +90,7 @@ def test_a_store_replaced_while_a_run_reads_it_is_refused(store):
     from qbscale.config import RunConfig
     from qbscale.errors import StoreChangedError
     from qbscale.retrieval.fitting import fit_engine, from_store
-    from qbscale.storage.ingest import ingest
+    from qbscale.storage.stores.ingest import ingest
 
     config = RunConfig.make(20.0)
     opened, fitting = plan(store), from_store(store, config)
@@ -109,7 +109,7 @@ def test_a_gallery_bank_replaced_or_a_torn_store_json_is_refused(store):
     its record is compared too; a zarr.json caught mid-rewrite is a change."""
     from qbscale.api import plan
     from qbscale.errors import StoreChangedError
-    from qbscale.storage.gallery_bank import add_gallery_bank
+    from qbscale.storage.stores.gallery_bank import add_gallery_bank
 
     bank, _ = problem(n_bank=400, n_gallery=200, seed=2)
     add_gallery_bank(store, bank[:50], progress=False)
@@ -136,7 +136,7 @@ def test_a_store_replaced_during_the_computation_is_refused(store, command):
     command that reads a store stops with the error, exit code 1."""
     from dask.callbacks import Callback
 
-    from qbscale.storage.ingest import ingest
+    from qbscale.storage.stores.ingest import ingest
 
     bank, test = problem(n_bank=400, n_gallery=200, seed=1)
     replaced = []
@@ -253,7 +253,7 @@ def test_two_writers_on_one_s3_store(tmp_path):
         assert read_lock(url) is None
         env = {"AWS_ENDPOINT_URL": endpoint}
         race(url, rounds=2, tmp=tmp_path, env=env)
-        from qbscale.storage.check import check_store
+        from qbscale.storage.stores.check import check_store
 
         report = check_store(url)  # every chunk on S3 verified too
         assert report.ok and report.arrays == 5 and not report.unchecked  # bank, test, 3 results
@@ -317,7 +317,7 @@ def test_without_conditional_puts_the_lock_is_read_back(monkeypatch):
 
     from fsspec.implementations.memory import MemoryFileSystem
 
-    import qbscale.storage.lock as lock_module
+    import qbscale.storage.durability.lock as lock_module
 
     real = MemoryFileSystem.pipe_file
 

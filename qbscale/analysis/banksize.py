@@ -30,7 +30,7 @@ from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.stack import Stack
 from qbscale.engine.subsets import ALL, SampleSpec, Subsets
 from qbscale.executors import get_executor
-from qbscale.storage.store import check_unchanged
+from qbscale.storage.stores.store import check_unchanged
 from qbscale.types import Experiment, RowResult
 
 #: metrics summarised per size (key, header)
@@ -124,7 +124,7 @@ def bank_size_sweep(store: str | os.PathLike[str] | Experiment, sizes: Sequence[
     beta, k, method, dynamic, gallery_bank, **params : as :func:`qbscale.api.run`
     """
     from qbscale.api import _experiment
-    from qbscale.storage.gallery_bank import resolve
+    from qbscale.storage.stores.gallery_bank import resolve
 
     t0 = time.perf_counter()
     config = RunConfig.make(beta, k, method, 0, dynamic, params)
@@ -218,7 +218,7 @@ def load_sweep(path: str | os.PathLike[str]) -> dict[str, Any]:
     import json
 
     from qbscale.errors import InputError
-    from qbscale.storage.paths import check_regular
+    from qbscale.storage.durability.paths import check_regular
 
     check_regular(path)
     try:

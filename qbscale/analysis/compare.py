@@ -21,7 +21,7 @@ from qbscale.api import run
 from qbscale.config import RunConfig
 from qbscale.engine import methods
 from qbscale.errors import ConfigError
-from qbscale.storage.store import open_experiment
+from qbscale.storage.stores.store import open_experiment
 from qbscale.types import Experiment, RunResult
 
 
@@ -94,7 +94,7 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
 
     Parameters
     ----------
-    store : a store path/URL or an :class:`~qbscale.storage.store.Experiment`
+    store : a store path/URL or an :class:`~qbscale.storage.stores.store.Experiment`
     names : methods to run (see :data:`qbscale.engine.methods.REGISTRY`)
     k : top-k depth of the hubness measures
     sweep : also run every value of each method's grid (``Param.grid``) in its
@@ -104,8 +104,8 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
     bank_sample, seed : every method uses only these querybank rows
         (:func:`qbscale.api.run`)
     """
-    from qbscale.storage.gallery_bank import resolve
-    from qbscale.storage.store import check_unchanged
+    from qbscale.storage.stores.gallery_bank import resolve
+    from qbscale.storage.stores.store import check_unchanged
 
     experiment = store if isinstance(store, Experiment) else \
         open_experiment(store, storage_options)

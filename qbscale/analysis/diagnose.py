@@ -203,7 +203,7 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
     from qbscale.engine import diagnostics
     from qbscale.engine.subsets import check_seed, sample_rows
     from qbscale.executors import get_executor
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.stores.store import open_experiment
 
     exp = store if isinstance(store, Experiment) else open_experiment(store, storage_options)
     diagnostics.check_method(method)
@@ -219,7 +219,7 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
         view, *parts = executor.compute(graph, progress)
     finally:
         executor.close()
-    from qbscale.storage.store import check_unchanged
+    from qbscale.storage.stores.store import check_unchanged
 
     check_unchanged(exp)
     parts.sort(key=lambda p: p.start)

@@ -34,7 +34,7 @@ import numpy as np
 
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import Comparison
-from qbscale.storage.atomic import building
+from qbscale.storage.durability.atomic import building
 
 if TYPE_CHECKING:
     from qbscale.analysis.diagnose import Diagnosis
@@ -67,7 +67,7 @@ def load_items(path: str | os.PathLike[str]) -> list[str]:
         and the line.
     """
     from qbscale.errors import InputError
-    from qbscale.storage.paths import check_regular
+    from qbscale.storage.durability.paths import check_regular
 
     check_regular(path)
 
@@ -338,7 +338,7 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
     """Draw the figures and write ``out_dir/index.html`` (and the PNGs beside it).
 
     The files are written into a hidden staging folder and moved into place
-    once all are written (:func:`qbscale.storage.atomic.building`): a failure
+    once all are written (:func:`qbscale.storage.durability.atomic.building`): a failure
     (full disk, bad ``items``) leaves ``out_dir`` as it was.
 
     ``items`` labels the gallery items in the hubs table: a JSON-lines file

@@ -342,7 +342,7 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     (``RowResult.scores``, for in-memory experiments).
 
     ``normaliser`` is the bank stage already done for these settings (a saved
-    normaliser, or an interrupted run's, :mod:`qbscale.storage.resume`): it
+    normaliser, or an interrupted run's, :mod:`qbscale.storage.stores.resume`): it
     replaces the bank stage; or a lazy one (a dask ``Delayed`` of a
     :class:`GalleryStatistics` or of a :class:`~qbscale.engine.stack.Stack`, e.g. the
     cells of a bank-size sweep) to use as the bank stage.  ``banks`` holds

@@ -1,6 +1,6 @@
 """Dask distributed: an existing scheduler, a LocalCluster, or a Client.
 
-Tasks read their own blocks from the store (:mod:`qbscale.storage.sources`), so the
+Tasks read their own blocks from the store (:mod:`qbscale.storage.stores.sources`), so the
 client ships only small task specs and gathers small per-row results, as
 they finish (which frees worker memory early).  A worker lost mid-run (killed,
 out of memory, preempted) costs only the tasks it held: the scheduler reruns

@@ -45,7 +45,7 @@ import numpy as np
 from qbscale.engine.checks import check_finite
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError, InputError, OutputError, StoreExistsError
-from qbscale.storage.gallery_rows import gallery_source
+from qbscale.storage.inputs.gallery_rows import gallery_source
 
 #: gallery rows added to the index at a time
 ADD_ROWS = 65536
@@ -125,7 +125,7 @@ class FaissSearch:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise InputError(f"no such faiss index: {path}")
-        from qbscale.storage.paths import check_regular
+        from qbscale.storage.durability.paths import check_regular
 
         check_regular(path)
         try:
@@ -142,7 +142,7 @@ class FaissSearch:
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = True) -> str:
         """Write the index (``faiss.write_index``) beside ``path``, then rename it
-        into place (:func:`qbscale.storage.atomic.replacing`).
+        into place (:func:`qbscale.storage.durability.atomic.replacing`).
 
         The bytes go through Python's file object (faiss's own writer only warns
         when its close fails, so a full disk would leave a truncated index).
@@ -156,7 +156,7 @@ class FaissSearch:
         StoreExistsError
             ``overwrite=False`` and ``path`` appeared while the index was written.
         """
-        from qbscale.storage.atomic import replacing
+        from qbscale.storage.durability.atomic import replacing
 
         faiss = _faiss()
         path = os.fspath(path)
@@ -215,7 +215,7 @@ def check_replaceable(path: str | os.PathLike[str]) -> None:
     StoreExistsError
         Naming ``path`` and what it is.
     """
-    from qbscale.storage.paths import file_type
+    from qbscale.storage.durability.paths import file_type
 
     path = os.fspath(path)
     mode = os.stat(path).st_mode

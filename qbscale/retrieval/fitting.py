@@ -8,7 +8,7 @@ by block:
   computes its block) or an :class:`xarray.DataArray` of either;
 * a store from ``qbscale ingest`` (only its bank is read);
 * querybank and gallery embeddings: similarities ``bank_emb @ gallery_emb.T``
-  computed block by block (:class:`~qbscale.storage.sources.EmbeddingMatrix`),
+  computed block by block (:class:`~qbscale.storage.stores.sources.EmbeddingMatrix`),
   never the whole matrix.
 """
 
@@ -24,10 +24,10 @@ from qbscale.engine import fingerprint as fp
 from qbscale.engine.checks import check_finite, check_not_masked, check_similarities
 from qbscale.engine.grid import split
 from qbscale.errors import InputError
-from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix
+from qbscale.storage.stores.sources import EmbeddingMatrix, NumpyMatrix
 from qbscale.types import Experiment, MatrixSource
 
-#: elements per row block of an in-memory bank (as :func:`~qbscale.storage.store.in_memory`)
+#: elements per row block of an in-memory bank (as :func:`~qbscale.storage.stores.store.in_memory`)
 BLOCK_ELEMENTS = 2**24
 
 
@@ -87,7 +87,7 @@ def is_dask(array: Any) -> bool:
 
 def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
-    from qbscale.storage.store import check_matrix
+    from qbscale.storage.stores.store import check_matrix
 
     check_not_masked(array, name)
     data = unwrap(array)
@@ -118,7 +118,7 @@ def _extra_banks(config: Any, gallery_bank: Any) -> dict[str, MatrixSource]:
         raise ConfigError(f"method {config.method} needs a gallery bank: pass gallery_bank= "
                           "(gallery-bank x gallery similarities)")
     if isinstance(gallery_bank, str | os.PathLike):
-        from qbscale.storage.gallery_bank import as_source
+        from qbscale.storage.stores.gallery_bank import as_source
 
         return {GALLERY_BANK: as_source(gallery_bank)}
     return {GALLERY_BANK: matrix_source("gallery bank", gallery_bank)}
@@ -136,10 +136,10 @@ def from_store(store: str | os.PathLike[str] | Experiment, config: Any,
                gallery_bank: Any = None, storage_options: dict[str, Any] | None = None
                ) -> Inputs:
     """Inputs of a store from ``qbscale ingest``, or of an opened experiment
-    (e.g. :func:`~qbscale.storage.store.in_memory`): only its bank is read by the fit."""
-    from qbscale.storage.gallery_bank import resolve
-    from qbscale.storage.normaliser_store import store_fingerprint
-    from qbscale.storage.store import open_experiment
+    (e.g. :func:`~qbscale.storage.stores.store.in_memory`): only its bank is read by the fit."""
+    from qbscale.storage.outputs.normaliser_store import store_fingerprint
+    from qbscale.storage.stores.gallery_bank import resolve
+    from qbscale.storage.stores.store import open_experiment
 
     experiment = store if isinstance(store, Experiment) else \
         open_experiment(store, storage_options)
@@ -153,7 +153,7 @@ def from_store(store: str | os.PathLike[str] | Experiment, config: Any,
 
 def _embeddings(name: str, array: Any) -> Any:
     if isinstance(array, str | os.PathLike):
-        from qbscale.storage.normaliser_store import open_embeddings
+        from qbscale.storage.outputs.normaliser_store import open_embeddings
 
         return open_embeddings(os.fspath(array), name)
     check_not_masked(array, name)
@@ -165,7 +165,7 @@ def _embeddings(name: str, array: Any) -> Any:
 def from_embeddings(bank_emb: Any, gallery_emb: Any, config: Any,
                     gallery_bank: Any = None) -> Inputs:
     """Inputs of querybank and gallery embeddings (similarities computed per block)."""
-    from qbscale.storage.store import embedding_grid
+    from qbscale.storage.stores.store import embedding_grid
 
     bank, gallery = _embeddings("bank_emb", bank_emb), _embeddings("gallery_emb", gallery_emb)
     if bank.shape[1] != gallery.shape[1]:
@@ -207,7 +207,7 @@ def fit_engine(inputs: Inputs, config: Any, scheduler: Any = "threads",
         (norm,) = executor.compute([lazy], progress)
     finally:
         executor.close()
-    from qbscale.storage.store import check_unchanged
+    from qbscale.storage.stores.store import check_unchanged
 
     check_unchanged(inputs.experiment)
     return norm

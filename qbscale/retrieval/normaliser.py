@@ -186,7 +186,7 @@ class Normaliser(_engine.GalleryStatistics):
         The gallery embeddings are referenced by path only (an in-memory
         gallery is not saved: pass it to :meth:`search` after :meth:`load`).
         """
-        from qbscale.storage.normaliser_store import save
+        from qbscale.storage.outputs.normaliser_store import save
 
         if self.shift is None:
             raise ConfigError("a normaliser of method none has nothing to save")
@@ -199,7 +199,7 @@ class Normaliser(_engine.GalleryStatistics):
     def load(cls, path: str | os.PathLike[str],
              storage_options: dict[str, Any] | None = None) -> Normaliser:
         """Read a normaliser written by :meth:`save` (clear errors for anything else)."""
-        from qbscale.storage.normaliser_store import load
+        from qbscale.storage.outputs.normaliser_store import load
 
         saved = load(path, storage_options)
         return cls(saved.config, saved.shift, saved.activation, saved.fingerprint,

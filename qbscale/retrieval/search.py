@@ -6,7 +6,7 @@ search needs besides the gallery::
     scores, indices = search(norm, queries, top_k=10, gallery=gallery_emb)
 
 Similarities ``queries @ gallery.T`` are computed block by block in float32
-(as :class:`~qbscale.storage.sources.EmbeddingMatrix` does), or read from a
+(as :class:`~qbscale.storage.stores.sources.EmbeddingMatrix` does), or read from a
 similarity matrix (:func:`search_matrix`); each block yields per-row top-k
 lists (:mod:`qbscale.engine.topk`) that merge across gallery blocks in a
 tree, so memory stays at a few blocks whatever the gallery size.  Per row
@@ -36,7 +36,7 @@ from qbscale.engine.grid import offsets
 from qbscale.engine.reductions import row_topk
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import InputError
-from qbscale.storage.gallery_rows import gallery_source, query_source
+from qbscale.storage.inputs.gallery_rows import gallery_source, query_source
 
 if TYPE_CHECKING:
     from qbscale.types import MatrixSource
@@ -394,8 +394,8 @@ def search_matrix(norm: GalleryStatistics, sims: Any, top_k: int, *,
                   progress: bool = False, what: str = "the similarity matrix") -> TopK:
     """:func:`search` over precomputed similarities (query rows x the gallery).
 
-    ``sims`` is a block source (:class:`~qbscale.storage.sources.ZarrMatrix`,
-    :class:`~qbscale.storage.sources.NumpyMatrix`, a store's ``test``) or a
+    ``sims`` is a block source (:class:`~qbscale.storage.stores.sources.ZarrMatrix`,
+    :class:`~qbscale.storage.stores.sources.NumpyMatrix`, a store's ``test``) or a
     numpy / dask array or :class:`xarray.DataArray`; its blocks are read once
     each.  Floats only; a block holding NaN or inf fails its
     task with an :class:`~qbscale.errors.InputError` naming the value's row
@@ -428,7 +428,7 @@ def _sims_source(sims: Any, what: str) -> MatrixSource:
             check_similarities(data, what)
         return sims  # type: ignore[no-any-return]
     from qbscale.retrieval.fitting import DaskMatrix, is_dask, unwrap
-    from qbscale.storage.sources import NumpyMatrix
+    from qbscale.storage.stores.sources import NumpyMatrix
 
     data = unwrap(sims)
     check_similarities(data, what)
@@ -449,7 +449,7 @@ def _check_fingerprint(norm: GalleryStatistics, gallery: Any) -> None:
     if check is None or not norm.fingerprint.get("gallery_sha256"):
         return
     if isinstance(gallery, str | os.PathLike):
-        from qbscale.storage.gallery_rows import as_dask
+        from qbscale.storage.inputs.gallery_rows import as_dask
 
         gallery = as_dask(gallery)
     check(gallery)

@@ -24,7 +24,7 @@ answers nobody knows; absent in older stores, which always have one),
 ``complete`` flag is missing: an interrupted ingest never looks finished.
 
 Every array qbscale publishes has, beside its ``zarr.json``, a chunk manifest
-``<array>/qbscale_chunks.json`` (:mod:`qbscale.storage.manifest`): the CRC-32C
+``<array>/qbscale_chunks.json`` (:mod:`qbscale.storage.durability.manifest`): the CRC-32C
 and size of each of its chunks by key, and its shape, chunks and dtype.
 """
 
@@ -41,7 +41,7 @@ BANK_EMB = "bank_emb"
 TEST_EMB = "test_emb"
 GALLERY_EMB = "gallery_emb"
 
-#: a gallery bank (for ``dual-is``), see :mod:`qbscale.storage.gallery_bank`
+#: a gallery bank (for ``dual-is``), see :mod:`qbscale.storage.stores.gallery_bank`
 GALLERY_BANK = "gallery_bank"
 GALLERY_BANK_EMB = "gallery_bank_emb"
 #: the key of the ``qbscale`` attribute recording a finished gallery bank

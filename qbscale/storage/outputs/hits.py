@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.errors import ConfigError, InputError, OutputError
-from qbscale.storage.atomic import check_writable, partial_path, publish_file
-from qbscale.storage.hit_sinks import COLUMNS, PARQUET_HINT, SINKS, TREC_TAG, _pyarrow
+from qbscale.storage.durability.atomic import check_writable, partial_path, publish_file
+from qbscale.storage.outputs.hit_sinks import COLUMNS, PARQUET_HINT, SINKS, TREC_TAG, _pyarrow
 
 __all__ = ["COLUMNS", "PARQUET_HINT", "SUFFIXES", "TREC_TAG", "HitsWriter", "check_hits_path",
            "read_hits", "store_ids", "variant_labels", "write_hits", "write_run_hits"]
@@ -172,8 +172,9 @@ class HitsWriter:
         return self.variants
 
     def close(self) -> Path:
-        """Finish the file and move it into place (:func:`~qbscale.storage.atomic.publish_file`:
-        the umask's mode, fsynced, renamed); returns its path."""
+        """Finish the file and move it into place
+        (:func:`~qbscale.storage.durability.atomic.publish_file`: the umask's mode,
+        fsynced, renamed); returns its path."""
         try:
             with self._failing():
                 self._sink.close()

@@ -14,7 +14,7 @@ absolute path or URL of the gallery embeddings, when fitted from a file or a
 store; :func:`recorded_gallery` reads older, relative ones),
 ``version`` and ``complete``.  A local group is written under a hidden
 staging name and renamed into place when complete
-(:func:`qbscale.storage.stage.staging`); a remote one gets ``complete``
+(:func:`qbscale.storage.durability.stage.staging`); a remote one gets ``complete``
 last.  :func:`load` refuses anything else with a message naming the path.
 """
 
@@ -34,7 +34,7 @@ from qbscale.errors import (
     InputError,
     StoreNotFoundError,
 )
-from qbscale.storage import manifest, seal
+from qbscale.storage.durability import manifest, seal
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment
@@ -81,9 +81,9 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     """
     import zarr
 
-    from qbscale.storage.integrity import create_array, record_manifests
-    from qbscale.storage.stage import staging
-    from qbscale.storage.writer import consolidate
+    from qbscale.storage.durability.integrity import create_array, record_manifests
+    from qbscale.storage.durability.stage import staging
+    from qbscale.storage.stores.writer import consolidate
 
     attrs = _attrs(config, fingerprint, gallery)
     name = config.variant_name
@@ -107,7 +107,7 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
 def _group(url: str, storage_options: dict[str, Any] | None) -> Any:
     import zarr
 
-    from qbscale.storage.integrity import open_group
+    from qbscale.storage.durability.integrity import open_group
 
     try:  # every chunk read verified: a missing one is an error, not its fill value
         return open_group(url, storage_options, use_consolidated=False)
@@ -163,7 +163,7 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     DamagedStoreError
         A missing or misplaced chunk, or settings edited after the fit.
     """
-    from qbscale.storage.integrity import check_metadata
+    from qbscale.storage.durability.integrity import check_metadata
 
     url = os.fspath(url)
     group = _group(url, storage_options)
@@ -253,7 +253,7 @@ def store_fingerprint(experiment: Experiment) -> tuple[dict[str, Any], str | Non
 def _store_array(experiment: Experiment, name: str) -> Any:
     import dask.array as da
 
-    from qbscale.storage.integrity import open_group
+    from qbscale.storage.durability.integrity import open_group
 
     group = open_group(str(experiment.url), experiment.storage_options)  # chunks verified
     return da.from_zarr(group[name])
@@ -261,11 +261,11 @@ def _store_array(experiment: Experiment, name: str) -> Any:
 
 def open_embeddings(path: str, name: str) -> Any:
     """Embeddings in a file: a ``.npy`` (memory-mapped) or a Zarr array (as dask)."""
-    from qbscale.storage.paths import check_regular
+    from qbscale.storage.durability.paths import check_regular
 
     check_regular(path, dir_ok=True)
     if os.path.isfile(path) and path.endswith(".npy"):
-        from qbscale.storage.readers import NpyInput
+        from qbscale.storage.inputs.readers import NpyInput
 
         try:  # header checked first: empty, truncated, lying, object
             return NpyInput(path).memmap()
@@ -274,7 +274,7 @@ def open_embeddings(path: str, name: str) -> Any:
     import dask.array as da
     import zarr
 
-    from qbscale.storage.integrity import verified_store
+    from qbscale.storage.durability.integrity import verified_store
 
     try:  # every chunk read verified: a missing one is an error, not its fill value
         return da.from_zarr(zarr.open_array(verified_store(path), mode="r"))
@@ -289,7 +289,7 @@ def check_store(fitted: dict[str, Any], store: str | os.PathLike[str] | None, na
     store of another gallery: its size, and for an embeddings store fitted
     from gallery embeddings, their checksum."""
     from qbscale.engine.fingerprint import check
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.stores.store import open_experiment
 
     if store is None:
         return

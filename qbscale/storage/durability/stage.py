@@ -8,7 +8,7 @@ Leftovers of killed writers are removed when their process is gone, and only
 by a writer on their own host (a PID means nothing on another machine sharing
 the directory).  A remote store (fsspec URL) is written in place, its
 ``complete`` attribute set last.  :func:`staging` picks one and cleans up on
-failure; :mod:`qbscale.storage.writer` writes into it.
+failure; :mod:`qbscale.storage.stores.writer` writes into it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from qbscale.errors import ConfigError, OutputError, QBScaleError, StoreExistsError
 from qbscale.storage import layout
-from qbscale.storage.paths import check_not_input, check_replaceable, describe_kind
+from qbscale.storage.durability.paths import check_not_input, check_replaceable, describe_kind
 
 if TYPE_CHECKING:
     import zarr
@@ -35,9 +35,9 @@ class LocalStage:
     """A local store written in a hidden sibling directory, renamed into place.
 
     ``kind`` (``"experiment store"`` or ``"normaliser"``) is the only thing
-    ``overwrite`` replaces (:func:`qbscale.storage.paths.check_replaceable`).
+    ``overwrite`` replaces (:func:`qbscale.storage.durability.paths.check_replaceable`).
     The finished store is renamed into place without replacing anything that
-    appeared meanwhile (:func:`qbscale.storage.rename.rename_noreplace`); with
+    appeared meanwhile (:func:`qbscale.storage.durability.rename.rename_noreplace`); with
     ``overwrite`` it is swapped with the old one in one step, so the old store
     stays whole until that last rename.
     """
@@ -103,7 +103,7 @@ class LocalStage:
             self.lock.release()
 
     def _publish(self) -> None:
-        from qbscale.storage.rename import exchange, rename_noreplace
+        from qbscale.storage.durability.rename import exchange, rename_noreplace
 
         for _ in range(10):
             try:
@@ -164,7 +164,7 @@ def settle_zarr_writes(timeout: float = 60.0) -> None:
 def _lock_old(url: str, options: dict[str, Any] | None) -> Any:
     """The lock of a store about to be replaced (:class:`StoreLockedError` while a
     run writes into it); None for a store nobody can write into (read-only)."""
-    from qbscale.storage.lock import StoreLock
+    from qbscale.storage.durability.lock import StoreLock
 
     try:
         return StoreLock.acquire(url, options, "replacing the store (--overwrite)")

@@ -1,7 +1,7 @@
 """Writing an experiment store safely: checked block writes, hashes, attrs.
 
-Used by :mod:`qbscale.storage.ingest`.  The store is built where
-:func:`qbscale.storage.stage.staging` says (a hidden sibling directory renamed
+Used by :mod:`qbscale.storage.stores.ingest`.  The store is built where
+:func:`qbscale.storage.durability.stage.staging` says (a hidden sibling directory renamed
 into place, or a remote store written in place, ``complete`` set last).
 """
 
@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.errors import ConfigError, InputError
-from qbscale.storage import layout, manifest, seal
-from qbscale.storage.integrity import record_manifests
-from qbscale.storage.readers import InputMatrix
-from qbscale.storage.stage import (  # re-exported: the writers' one entry point
+from qbscale.storage import layout
+from qbscale.storage.durability import manifest, seal
+from qbscale.storage.durability.integrity import record_manifests
+from qbscale.storage.durability.stage import (  # re-exported: the writers' one entry point
     LocalStage,
     RemoteStage,
 )
+from qbscale.storage.inputs.readers import InputMatrix
 
 if TYPE_CHECKING:
     import zarr
@@ -173,7 +174,7 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
     all) and the error is raised at the end.  An array of that name already
     in ``group`` is replaced.
     """
-    from qbscale.storage.integrity import create_array
+    from qbscale.storage.durability.integrity import create_array
 
     src = target.source
     arr = create_array(group.store, target.name, shape=src.shape, dtype=target.dtype,
@@ -198,7 +199,7 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
 def write_vector(group: zarr.Group, name: str, values: np.ndarray, codec: str,
                  chunk_bytes: int) -> None:
     """Write a small 1-D array (query mask, ground truth) in one go."""
-    from qbscale.storage.integrity import create_array
+    from qbscale.storage.durability.integrity import create_array
 
     rows = max(1, min(len(values), chunk_bytes // values.dtype.itemsize))
     arr = create_array(group.store, name, shape=values.shape, dtype=values.dtype,
@@ -244,7 +245,7 @@ def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
     present = {role: src for role, src in inputs.items() if src is not None}
     sources = {role: describe(src) for role, src in present.items()}
     # a fresh id per write: a reader that sees it change knows the store was
-    # replaced under it (qbscale.storage.store.check_unchanged)
+    # replaced under it (qbscale.storage.stores.store.check_unchanged)
     attrs = {**attrs, "store_id": uuid.uuid4().hex, "sources": sources, "complete": False}
     total = sum(t.source.shape[0] for t in targets)
     with Hashes(present) as hashes:

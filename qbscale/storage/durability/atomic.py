@@ -89,7 +89,7 @@ def publish_file(partial: str | os.PathLike[str], path: str | os.PathLike[str],
         if replace:
             os.replace(partial, path)
         else:  # a file that appeared meanwhile (another writer) is kept
-            from qbscale.storage.rename import rename_noreplace
+            from qbscale.storage.durability.rename import rename_noreplace
 
             rename_noreplace(Path(partial), Path(path))
     except FileExistsError as exc:

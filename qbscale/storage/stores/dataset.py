@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.storage import layout
-from qbscale.storage.integrity import verified_store
-from qbscale.storage.results import published_prefix
-from qbscale.storage.store import open_experiment
+from qbscale.storage.durability.integrity import verified_store
+from qbscale.storage.stores.results import published_prefix
+from qbscale.storage.stores.store import open_experiment
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -1,7 +1,7 @@
 """Resuming an interrupted run: a manifest of the finished test row blocks.
 
 A run that saves into a store (scores, ranks or top-k) writes everything
-under its own prefix ``runs/<token>/`` (:mod:`qbscale.storage.results`), and
+under its own prefix ``runs/<token>/`` (:mod:`qbscale.storage.stores.results`), and
 keeps its progress in that prefix's ``manifest`` group while it runs::
 
     manifest/shift, activation   the fitted normaliser, once computed
@@ -16,7 +16,7 @@ lost worker, or a block recomputed after an interruption, rewrites identical
 bytes.  ``run(..., resume=True)`` checks that the manifest was written with
 the same settings over the same inputs, loads the finished blocks and computes
 only the others.  A run that completes deletes its manifest and is published
-(:func:`qbscale.storage.results.publish`); a new run that does not resume
+(:func:`qbscale.storage.stores.results.publish`); a new run that does not resume
 deletes the prefixes of interrupted runs first.
 """
 
@@ -36,7 +36,7 @@ from qbscale.engine.grid import offsets
 from qbscale.engine.plan import Plan
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError
-from qbscale.storage.results import (
+from qbscale.storage.stores.results import (
     RUNS,
     SCORES,
     ScoresWriter,
@@ -46,7 +46,7 @@ from qbscale.storage.results import (
     writable_array,
     write_results,
 )
-from qbscale.storage.resume_check import (
+from qbscale.storage.stores.resume_check import (
     CRC,
     block_crcs,
     block_keys,
@@ -55,7 +55,7 @@ from qbscale.storage.resume_check import (
     stored_normaliser,
     templates,
 )
-from qbscale.storage.sources import freeze_options
+from qbscale.storage.stores.sources import freeze_options
 from qbscale.types import RowResult
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Manifest:
 
     def record_bank(self, norm: GalleryStatistics) -> None:
         """Store the fitted normaliser, then its marker (one task: it may create arrays)."""
-        from qbscale.storage.integrity import create_array
+        from qbscale.storage.durability.integrity import create_array
 
         if norm.shift is None:
             return
@@ -230,7 +230,7 @@ class RunState:
         pending = _pending(experiment)
         picked = _pick(experiment, pending, settings) if resume else None
         if picked is None:  # a fresh run: interrupted ones are abandoned
-            from qbscale.storage.publish import delete_nodes
+            from qbscale.storage.durability.publish import delete_nodes
 
             delete_nodes(str(experiment.url), experiment.storage_options, pending)
         prefix = picked[0] if picked is not None else new_prefix()
@@ -256,7 +256,7 @@ class RunState:
 
     def _load(self, experiment: Experiment, group: Any, save_scores: bool) -> None:
         """The finished blocks whose chunks are intact (the others are computed again,
-        :mod:`qbscale.storage.resume_check`), and the stored normaliser if it reads."""
+        :mod:`qbscale.storage.stores.resume_check`), and the stored normaliser if it reads."""
         url, options = str(experiment.url), experiment.storage_options
         ok, self.rejected = done_blocks(url, options, group, DONE, self.manifest.keys)
         starts = offsets(self.row_chunks)
@@ -315,8 +315,8 @@ class RunState:
         (a failure after its root ``zarr.json`` was replaced) is never deleted."""
         import time
 
-        from qbscale.storage.publish import delete_nodes
-        from qbscale.storage.results import root_attrs
+        from qbscale.storage.durability.publish import delete_nodes
+        from qbscale.storage.stores.results import root_attrs
 
         url, options = str(self.experiment.url), self.experiment.storage_options
         with contextlib.suppress(Exception):  # an unreadable root: nothing points here
@@ -339,7 +339,7 @@ def _create(experiment: Experiment, path: str, shapes: dict[str, tuple[int, ...]
     """The manifest group ``path``: its arrays, then its settings (written last)."""
     from datetime import datetime, timezone
 
-    from qbscale.storage.integrity import create_array
+    from qbscale.storage.durability.integrity import create_array
 
     group = _open(experiment, path, mode="w")
     rows = experiment.test.row_chunks[0]
@@ -398,8 +398,8 @@ def finish(state: RunState, result: Any, *, save_ranks: bool,
     ``before_publish(result)`` called, then published (or, when it saved nothing,
     its prefix deleted).  When ``before_publish`` raises, the prefix is deleted
     and the store's earlier results stay published."""
-    from qbscale.storage.integrity import record_manifests
-    from qbscale.storage.publish import delete_nodes
+    from qbscale.storage.durability.integrity import record_manifests
+    from qbscale.storage.durability.publish import delete_nodes
 
     experiment, prefix = state.experiment, state.manifest.prefix
     url, options = str(experiment.url), experiment.storage_options

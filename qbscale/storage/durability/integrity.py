@@ -8,7 +8,7 @@ chunk is written (``write_empty_chunks``), so a chunk that is absent is never
 part of the data: a read that finds one missing or damaged stops with
 :class:`~qbscale.errors.DamagedStoreError` instead of returning fill values.
 
-Each published array also has a chunk manifest (:mod:`qbscale.storage.manifest`)
+Each published array also has a chunk manifest (:mod:`qbscale.storage.durability.manifest`)
 binding every chunk's checksum to its place.  Readers open stores through
 :func:`open_group` / :func:`verified_store`, a zarr store wrapper that refuses a
 missing chunk and one that is not the chunk recorded there (also under xarray
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from qbscale.errors import DamagedStoreError
-from qbscale.storage import manifest
+from qbscale.storage.durability import manifest
 
 CHECKSUM = "crc32c"
 #: message of every missing / damaged chunk error
@@ -299,7 +299,7 @@ def verified_store(url: str, options: dict[str, Any] | None = None) -> Any:
 
 def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "") -> None:
     """Write the chunk manifest of every array at or below ``prefix`` of the store
-    (:func:`qbscale.storage.manifest.record`): the last step before publishing."""
+    (:func:`qbscale.storage.durability.manifest.record`): the last step before publishing."""
     url = os.fspath(url)
     manifest.record(url, options, manifest.arrays_under(url, options, prefix))
 
@@ -307,7 +307,7 @@ def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "")
 def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
                    required: bool = True, manifests: bool = False) -> None:
     """Refuse arrays ``names`` of the store at ``url`` whose metadata is unreadable or
-    disagrees with its other copies (:func:`qbscale.storage.manifest.layout_problems`).
+    disagrees with its other copies (:func:`qbscale.storage.durability.manifest.layout_problems`).
 
     Raises
     ------

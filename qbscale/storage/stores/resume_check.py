@@ -1,6 +1,6 @@
 """Checking the finished blocks of an interrupted run before a resume reuses them.
 
-When a row block of a saving run is finished, :class:`~qbscale.storage.resume.Manifest`
+When a row block of a saving run is finished, :class:`~qbscale.storage.stores.resume.Manifest`
 records, before its ``done`` marker, the CRC-32C that the crc32c codec stored
 in each chunk the block wrote (its scores, one chunk per swept value, and its
 row results) in ``manifest/crc`` (``(n_blocks, n_chunks)`` uint32, a chunk per
@@ -54,8 +54,8 @@ def block_crcs(url: str, options: dict[str, Any] | None, keys: list[str]) -> np.
     DamagedStoreError
         A chunk is missing: every chunk a block writes is stored.
     """
-    from qbscale.storage.integrity import damaged
-    from qbscale.storage.manifest import read_tail
+    from qbscale.storage.durability.integrity import damaged
+    from qbscale.storage.durability.manifest import read_tail
 
     out = np.zeros(len(keys), np.uint32)
     for n, key in enumerate(keys):
@@ -70,8 +70,8 @@ def intact(url: str, options: dict[str, Any] | None, keys: list[str],
            recorded: np.ndarray | None) -> bool:
     """True when every chunk ``keys`` is present, matches its checksum and (with
     ``recorded``, the CRCs of :func:`block_crcs` at the time) is the one written."""
-    from qbscale.storage.integrity import crc32c
-    from qbscale.storage.manifest import read_key, tail
+    from qbscale.storage.durability.integrity import crc32c
+    from qbscale.storage.durability.manifest import read_key, tail
 
     if recorded is not None and (recorded.shape != (len(keys),) or not recorded.any()):
         return False
@@ -128,7 +128,7 @@ def stored_normaliser(url: str, options: dict[str, Any] | None, path: str,
     """The normaliser a run stored in its manifest group ``path``, every chunk verified
     (a missing activation chunk is not "nothing activated"); None if it cannot be read."""
     from qbscale.engine.statistics import GalleryStatistics
-    from qbscale.storage.integrity import open_group
+    from qbscale.storage.durability.integrity import open_group
 
     try:
         stored = open_group(url, options, path=path, use_consolidated=False)

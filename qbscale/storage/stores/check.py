@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from qbscale.storage import integrity, layout, seal
-from qbscale.storage.integrity import chunk_key, exists, has_checksums
-from qbscale.storage.sources import _direct_codecs, freeze_options
+from qbscale.storage import layout
+from qbscale.storage.durability import integrity, seal
+from qbscale.storage.durability.integrity import chunk_key, exists, has_checksums
+from qbscale.storage.stores.sources import _direct_codecs, freeze_options
 
-#: how :func:`qbscale.storage.manifest.layout_problems` starts an unreadable zarr.json
+#: how :func:`qbscale.storage.durability.manifest.layout_problems` starts an unreadable zarr.json
 UNREADABLE = ("its zarr.json cannot", "its zarr.json is missing")
 
 
@@ -61,7 +62,7 @@ def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
         Nothing at ``url``, a file, or a Zarr group that is no qbscale store.
     """
     from qbscale.errors import StoreNotFoundError
-    from qbscale.storage.manifest import read_json
+    from qbscale.storage.durability.manifest import read_json
 
     if not layout.is_url(url) and not os.path.isdir(url):
         raise StoreNotFoundError(f"no qbscale store at {url}")
@@ -99,7 +100,7 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
     whether the store declared chunk manifests for them."""
     import zarr
 
-    from qbscale.storage.manifest import arrays_under, declared, layout_problems
+    from qbscale.storage.durability.manifest import arrays_under, declared, layout_problems
 
     names = arrays_under(url, options, "")
     attrs, listed = _root(url, options, report, names)
@@ -135,7 +136,7 @@ def _problem(url: str, name: str, arr: Any, coords: tuple[int, ...],
              options: tuple[tuple[str, Any], ...], optional: bool,
              recorded: dict[str, Any] | None) -> str | None:
     """What is wrong with one chunk (None if nothing)."""
-    from qbscale.storage import manifest
+    from qbscale.storage.durability import manifest
 
     key = chunk_key(name, arr, coords)
     raw = _direct_codecs(arr)
@@ -186,7 +187,7 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     """
     from tqdm import tqdm
 
-    from qbscale.storage import manifest
+    from qbscale.storage.durability import manifest
 
     url = layout.local_path(os.fspath(url))
     options = freeze_options(storage_options)
@@ -223,7 +224,7 @@ def repair_hint(report: CheckReport, storage_options: dict[str, Any] | None = No
     """One line per damaged array of ``report``'s store: how to get it back."""
     import zarr
 
-    from qbscale.storage.results import published_prefix
+    from qbscale.storage.stores.results import published_prefix
 
     group = zarr.open_group(report.url, mode="r", storage_options=storage_options)
     attrs: dict[str, Any] = dict(group.attrs.get(layout.ATTR) or {})  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import numpy as np
 from qbscale.engine.grid import offsets
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
-from qbscale.storage.sources import ZarrMatrix, _open_zarr, freeze_options
+from qbscale.storage.stores.sources import ZarrMatrix, _open_zarr, freeze_options
 from qbscale.types import MatrixSource
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
     """
     import zarr
 
-    from qbscale.storage.integrity import check_metadata, verified_store
-    from qbscale.storage.manifest import declared
+    from qbscale.storage.durability.integrity import check_metadata, verified_store
+    from qbscale.storage.durability.manifest import declared
 
     attrs = _attrs(store, storage_options)
     path = result_path(attrs, name)
@@ -128,7 +128,7 @@ class ScoresWriter:
 
     @classmethod
     def create(cls, experiment: Experiment, config: RunConfig, prefix: str) -> ScoresWriter:
-        from qbscale.storage.integrity import create_array
+        from qbscale.storage.durability.integrity import create_array
 
         test = experiment.test
         if experiment.url is None:
@@ -155,7 +155,7 @@ class ScoresWriter:
 def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
                   save_ranks: bool) -> None:
     """Store the ranks / top-k arrays of a run under its ``prefix`` (unpublished)."""
-    from qbscale.storage.integrity import create_array
+    from qbscale.storage.durability.integrity import create_array
 
     values = list(result.config.values)
     variant = result.config.variant_name  # beta, alpha or kc: the axis of the swept values
@@ -184,7 +184,7 @@ def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> Non
     ``prefix``, and consolidated metadata) is replaced in one write; only then
     are the previous run's arrays deleted.
     """
-    from qbscale.storage.publish import delete_nodes, replace_root_attrs
+    from qbscale.storage.durability.publish import delete_nodes, replace_root_attrs
 
     url = str(experiment.url)
     old = dict(root_attrs(experiment))

@@ -66,7 +66,7 @@ def replace_root_attrs(url: str, options: dict[str, Any] | None, attrs: dict[str
         fs, root = fsspec.core.url_to_fs(url, **(options or {}))
         fs.pipe_file(f"{root.rstrip('/')}/{ROOT}", data)  # one PUT: atomic
         return
-    from qbscale.storage.atomic import write_now
+    from qbscale.storage.durability.atomic import write_now
 
     # beside and renamed, with the replaced file's mode (mkstemp's 0600 would
     # lock other users out of the store)

@@ -1,9 +1,9 @@
 """Opening a qbscale experiment store, and the ground-truth and mask checks.
 
 Files are touched only under :mod:`qbscale.storage`: this module opens
-stores, :mod:`~qbscale.storage.sources` reads their chunks,
-:mod:`~qbscale.storage.writer` and :mod:`~qbscale.storage.ingest` write them,
-:mod:`~qbscale.storage.results` and :mod:`~qbscale.storage.resume` write run
+stores, :mod:`~qbscale.storage.stores.sources` reads their chunks,
+:mod:`~qbscale.storage.stores.writer` and :mod:`~qbscale.storage.stores.ingest` write them,
+:mod:`~qbscale.storage.stores.results` and :mod:`~qbscale.storage.stores.resume` write run
 outputs.  See :mod:`qbscale.storage.layout` for the store contract.
 """
 
@@ -28,9 +28,15 @@ from qbscale.errors import (
     StoreChangedError,
     StoreNotFoundError,
 )
-from qbscale.storage import integrity, layout, manifest, seal
-from qbscale.storage.results import published_prefix
-from qbscale.storage.sources import EmbeddingMatrix, NumpyMatrix, ZarrMatrix, forget_open_arrays
+from qbscale.storage import layout
+from qbscale.storage.durability import integrity, manifest, seal
+from qbscale.storage.stores.results import published_prefix
+from qbscale.storage.stores.sources import (
+    EmbeddingMatrix,
+    NumpyMatrix,
+    ZarrMatrix,
+    forget_open_arrays,
+)
 from qbscale.types import Experiment, MatrixSource
 
 #: bytes of one float32 similarity block computed from embeddings
@@ -307,8 +313,8 @@ def check_unchanged(experiment: Experiment) -> None:
 
 
 def _vector(url: str, group: Any, name: str, options: dict[str, Any] | None) -> np.ndarray:
-    from qbscale.storage.integrity import read_array
-    from qbscale.storage.sources import freeze_options
+    from qbscale.storage.durability.integrity import read_array
+    from qbscale.storage.stores.sources import freeze_options
 
     return read_array(url, name, group[name], freeze_options(options))
 
@@ -317,7 +323,7 @@ def _notice_unchecked(url: str, group: Any, names: set[str]) -> None:
     """One line on stderr when the store's matrices carry no chunk checksums."""
     import sys
 
-    from qbscale.storage.integrity import has_checksums
+    from qbscale.storage.durability.integrity import has_checksums
 
     matrices = [n for n in (layout.BANK, layout.TEST, layout.GALLERY_EMB) if n in names]
     if matrices and not all(has_checksums(group[n]) for n in matrices):
@@ -386,7 +392,7 @@ def embedding_grid(n_queries: int, gallery_chunk: int, rows_per_block: int | Non
 def check_matrix(name: str, arr: np.ndarray) -> None:
     """Refuse anything but a non-empty, finite, 2-D float matrix."""
     from qbscale.engine.checks import check_similarities
-    from qbscale.storage.writer import FiniteCheck  # the check ingest streams blocks through
+    from qbscale.storage.stores.writer import FiniteCheck  # the check ingest streams blocks through
 
     check_similarities(arr, name)
     finite = FiniteCheck(name)

@@ -20,19 +20,19 @@ from qbscale.engine.checks import check_finite as check_finite  # its old home
 from qbscale.engine.grid import offsets, split
 from qbscale.errors import InputError
 from qbscale.storage import layout
-from qbscale.storage.paths import check_regular
+from qbscale.storage.durability.paths import check_regular
 
 
 @lru_cache(maxsize=16)
 def _open_path(path: str) -> Any:
     """A ``.npy`` file memory-mapped, or a Zarr array (a store's ``gallery_emb``)."""
     if path.endswith(".npy"):  # header checked first: empty, truncated, lying, object
-        from qbscale.storage.readers import NpyInput
+        from qbscale.storage.inputs.readers import NpyInput
 
         return NpyInput(path).memmap()
     import zarr
 
-    from qbscale.storage.integrity import verified_store
+    from qbscale.storage.durability.integrity import verified_store
 
     try:  # every chunk read verified: a missing one is an error, not its fill value
         node = zarr.open(verified_store(path), mode="r")

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from qbscale.errors import ConfigError, InputError, StoreExistsError
-from qbscale.storage.lock import KEY as LOCK
+from qbscale.storage.durability.lock import KEY as LOCK
 
 #: kind -> the group attribute that marks it
 KINDS = {"experiment store": "qbscale", "normaliser": "qbscale_normaliser"}

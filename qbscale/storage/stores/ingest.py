@@ -1,6 +1,6 @@
 """Ingest: similarity (or embedding) files -> one Zarr v3 experiment store.
 
-Inputs are read row block by row block (see :mod:`qbscale.storage.readers`), checked
+Inputs are read row block by row block (see :mod:`qbscale.storage.inputs.readers`), checked
 while they stream (shapes, NaN/inf, masks, ground truth) and written chunk by
 chunk into the layout of :mod:`qbscale.storage.layout`.  A local store is built in a
 hidden sibling directory and renamed into place once complete; a remote store
@@ -18,10 +18,16 @@ import numpy as np
 from qbscale import __version__
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
-from qbscale.storage.readers import InputMatrix, open_matrix
-from qbscale.storage.stage import staging
-from qbscale.storage.store import check_mask, ground_truth, resolve_ground_truth
-from qbscale.storage.writer import Target, check_options, stored_dtype, unit_rows, write_store
+from qbscale.storage.durability.stage import staging
+from qbscale.storage.inputs.readers import InputMatrix, open_matrix
+from qbscale.storage.stores.store import check_mask, ground_truth, resolve_ground_truth
+from qbscale.storage.stores.writer import (
+    Target,
+    check_options,
+    stored_dtype,
+    unit_rows,
+    write_store,
+)
 
 __all__ = ["CODECS", "DTYPES", "chunk_shape", "ingest", "ingest_embeddings"]
 
@@ -90,9 +96,9 @@ def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
     """``(queries_per_item, gt source, gt vector)``: one of the first and the last two is
     set, or none of them for a store without a ground truth.
 
-    The checks are :func:`qbscale.storage.store.ground_truth`'s, run before any data
+    The checks are :func:`qbscale.storage.stores.store.ground_truth`'s, run before any data
     is written, with the file named in their messages; ``wanted`` is
-    :func:`qbscale.storage.store.resolve_ground_truth`'s.
+    :func:`qbscale.storage.stores.store.resolve_ground_truth`'s.
     """
     if gt_index is None and resolve_ground_truth(n_queries, n_gallery, queries_per_item,
                                                  wanted=wanted) is None:

@@ -37,7 +37,7 @@ import numpy as np
 from qbscale.engine.checks import check_not_masked
 from qbscale.errors import InputError, UnsafePickleError
 from qbscale.storage import layout
-from qbscale.storage.paths import check_regular
+from qbscale.storage.durability.paths import check_regular
 
 __all__ = ["ArrayInput", "InputMatrix", "NpyInput", "NpzInput", "SafeUnpickler", "ZarrInput",
            "file_sha256", "load_pickle", "open_matrix", "read_array"]

@@ -44,7 +44,7 @@ RECORD = layout.GALLERY_BANK_RECORD
 def _open_store(url: str, options: dict[str, Any] | None) -> Any:
     import zarr
 
-    from qbscale.storage.store import open_experiment
+    from qbscale.storage.stores.store import open_experiment
 
     experiment = open_experiment(url, options)  # refuses missing / incomplete stores
     group = zarr.open_group(url, mode="r+", storage_options=options)
@@ -72,8 +72,8 @@ def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, c
     """Write the gallery bank through the ingest's block writer (checks included)."""
     from tqdm import tqdm
 
-    from qbscale.storage.ingest import chunk_shape
-    from qbscale.storage.writer import Target, unit_rows, write_matrix
+    from qbscale.storage.stores.ingest import chunk_shape
+    from qbscale.storage.stores.writer import Target, unit_rows, write_matrix
 
     label = src.label("gallery bank")
     chunks = chunk_shape(src.shape[0], src.shape[1], dtype.itemsize, chunk_bytes)
@@ -125,8 +125,8 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     StoreExistsError
         The store has a gallery bank and ``overwrite`` is False.
     """
-    from qbscale.storage.readers import open_matrix
-    from qbscale.storage.writer import check_options, stored_dtype
+    from qbscale.storage.inputs.readers import open_matrix
+    from qbscale.storage.stores.writer import check_options, stored_dtype
 
     given = check_options(codec, dtype)
     url = os.fspath(store)
@@ -137,9 +137,9 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     if (name in set(group.array_keys()) or RECORD in (experiment.attrs or {})) and not overwrite:
         raise StoreExistsError(f"{url} already has a gallery bank: pass overwrite=True "
                                "(--overwrite) to replace it")
-    from qbscale.storage.integrity import record_manifests
-    from qbscale.storage.lock import StoreLock
-    from qbscale.storage.writer import consolidate
+    from qbscale.storage.durability.integrity import record_manifests
+    from qbscale.storage.durability.lock import StoreLock
+    from qbscale.storage.stores.writer import consolidate
 
     with StoreLock.acquire(url, storage_options, "adding a gallery bank"):
         _set_record(group, None)  # from here until the end, the bank counts as unfinished
@@ -148,7 +148,7 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
         record_manifests(url, storage_options, name)
         consolidate(group.store)
         # a fresh id: a reader that sees the record change knows the bank was
-        # replaced under it (storage.store.check_unchanged)
+        # replaced under it (storage.stores.store.check_unchanged)
         record = {"array": name, "id": uuid.uuid4().hex,
                   "file": None if src.path is None else src.name,
                   "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
@@ -169,7 +169,7 @@ def open_gallery_bank(experiment: Experiment) -> MatrixSource:
     IncompleteStoreError
         A gallery bank whose write was interrupted.
     """
-    from qbscale.storage.sources import EmbeddingMatrix, ZarrMatrix
+    from qbscale.storage.stores.sources import EmbeddingMatrix, ZarrMatrix
 
     url = experiment.url
     if url is None:
@@ -181,7 +181,8 @@ def open_gallery_bank(experiment: Experiment) -> MatrixSource:
             raise IncompleteStoreError(f"the gallery bank in {url} was not completely written: "
                                        "add it again with overwrite")
         raise ConfigError(f"dual-is needs a gallery bank and {url} has none: add one with "
-                          "qbscale.storage.gallery_bank.add_gallery_bank, or pass gallery_bank=")
+                          "qbscale.storage.stores.gallery_bank.add_gallery_bank, "
+                          "or pass gallery_bank=")
     options = experiment.storage_options
     if record["array"] == EMBEDDINGS:
         queries = ZarrMatrix.open(url, EMBEDDINGS, options, 8192)
@@ -199,9 +200,9 @@ def _has_array(experiment: Experiment) -> bool:
 
 def as_source(given: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A gallery bank given directly: an array, a file (read whole) or a source."""
-    from qbscale.storage.readers import read_array
-    from qbscale.storage.sources import NumpyMatrix
-    from qbscale.storage.store import check_matrix
+    from qbscale.storage.inputs.readers import read_array
+    from qbscale.storage.stores.sources import NumpyMatrix
+    from qbscale.storage.stores.store import check_matrix
 
     if hasattr(given, "read") and hasattr(given, "row_chunks"):
         return given  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""The writers behind :class:`qbscale.storage.hits.HitsWriter`: one per file format.
+"""The writers behind :class:`qbscale.storage.outputs.hits.HitsWriter`: one per file format.
 
 Each sink writes the columns of successive blocks to one (partial) file; its
 ``close`` finishes the file, and ``discard`` (where it has one) drops what it

@@ -252,7 +252,7 @@ def _write(url: str, options: dict[str, Any] | None, key: str, data: bytes) -> N
         fs, root = _fs(url, options)
         fs.pipe_file(f"{root}/{key}", data)
         return
-    from qbscale.storage.atomic import write_now
+    from qbscale.storage.durability.atomic import write_now
 
     write_now(os.path.join(local_path(url), key), data)
 

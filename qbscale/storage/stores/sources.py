@@ -27,7 +27,7 @@ from qbscale.types import MatrixSource
 
 @lru_cache(maxsize=64)
 def _open_zarr(url: str, name: str, options: tuple[tuple[str, Any], ...]) -> Any:
-    from qbscale.storage.integrity import open_group
+    from qbscale.storage.durability.integrity import open_group
 
     return open_group(url, dict(options) or None)[name]
 
@@ -72,7 +72,7 @@ def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False)
         The file is absent, its checksum does not match, or it is not the
         chunk written at ``key``.
     """
-    from qbscale.storage.integrity import damaged, verified_body
+    from qbscale.storage.durability.integrity import damaged, verified_body
 
     try:
         raw = np.fromfile(os.path.join(url, key), dtype=np.uint8)
@@ -84,7 +84,7 @@ def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False)
 
 def _direct_codecs(arr: Any) -> bool | None:
     """Whether chunks carry a checksum (True / False), or None when not raw bytes."""
-    from qbscale.storage.integrity import has_checksums
+    from qbscale.storage.durability.integrity import has_checksums
 
     if arr.filters or arr.shards is not None:
         return None
@@ -118,7 +118,7 @@ def _raw_chunk(url: str, name: str, arr: Any, index: tuple[int, ...], r0: int, c
             (n_rows < rows and r0 + n_rows != arr.shape[-2]) or \
             (n_cols < cols and c0 + n_cols != arr.shape[-1]):
         return None
-    from qbscale.storage.integrity import chunk_key, damaged
+    from qbscale.storage.durability.integrity import chunk_key, damaged
 
     key = chunk_key(name, arr, (*index, r0 // rows, c0 // cols))
     data = read_chunk_file(url, key, arr.dtype.newbyteorder("<"), bool(checksum))
@@ -172,7 +172,7 @@ class ZarrMatrix:
                          self.row_chunks[i], self.col_chunks[c])
         if raw is not None:
             return raw
-        from qbscale.storage.integrity import checked_read
+        from qbscale.storage.durability.integrity import checked_read
 
         return checked_read(self.url, self.name, arr, self.options,
                             (*self.index, slice(r0, r0 + self.row_chunks[i]),
