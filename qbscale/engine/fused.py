@@ -260,7 +260,7 @@ def sums(block: np.ndarray, betas: np.ndarray, members: np.ndarray | None
     ``block`` is float32 or float64 with at least one row; ``members`` is
     ``(n_sets, n_rows)`` bool, or None for one set of every row.
     """
-    n_rows, n_cols = block.shape
+    n_cols = block.shape[1]
     betas = np.ascontiguousarray(betas, dtype=np.float64)
     n_sets = 1 if members is None else len(members)
     top = np.empty(n_cols)
