@@ -11,9 +11,11 @@ import textwrap
 import numpy as np
 import pytest
 
+from qbscale import runtime
 from qbscale.api import run
 from qbscale.engine import fused, kernels
 from qbscale.engine.grid import split
+from qbscale.errors import ConfigError
 from qbscale.storage.stores.sources import NumpyMatrix
 from qbscale.types import Experiment
 
@@ -187,16 +189,26 @@ def test_run_bits_do_not_depend_on_column_chunks_or_workers(kernel):
             np.testing.assert_array_equal(got.ranks[beta], want.ranks[beta])
 
 
-def test_cache_dir_falls_back_when_the_package_is_read_only(monkeypatch, tmp_path):
+def test_numba_cache_dir_falls_back_when_the_package_is_read_only(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    monkeypatch.setattr(fused.os, "access", lambda *a: True)
-    assert fused.cache_dir() is None  # numba's own place: the package's __pycache__
-    monkeypatch.setattr(fused.tempfile, "gettempdir", lambda: str(tmp_path))
-    monkeypatch.setattr(fused.os, "access", lambda *a: False)
-    path = fused.cache_dir()
+    package = tmp_path / "engine"
+    package.mkdir()
+    assert runtime.numba_cache_dir(package) is None  # writable: numba's own __pycache__
+    # read-only (as on a read-only file system: root writes any other directory)
+    writable = os.access
+    monkeypatch.setattr(runtime.os, "access", lambda p, mode: (
+        False if str(p).startswith(str(package)) else writable(p, mode)))
+    monkeypatch.setattr(runtime.tempfile, "gettempdir", lambda: str(tmp_path))
+    path = runtime.numba_cache_dir(package)
     assert path is not None and path.startswith(str(tmp_path))
     assert os.environ["NUMBA_CACHE_DIR"] == path and os.path.isdir(path)
-    assert fused.cache_dir() is None  # set: left alone
+    assert runtime.numba_cache_dir(package) is None  # set: left alone
+
+
+def test_an_unknown_kernel_name_is_refused(monkeypatch):
+    monkeypatch.setenv("QBSCALE_KERNEL", "fortran")
+    with pytest.raises(ConfigError, match="QBSCALE_KERNEL='fortran'"):
+        kernels.bank_logsumexp(np.zeros((2, 2)), np.array([1.0]))
 
 
 _CHILD = textwrap.dedent("""

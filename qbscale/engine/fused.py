@@ -25,41 +25,20 @@ Numerics (the contract of :doc:`how-it-computes`):
   the scalar remainder loops give the same bits.
 
 Compiled functions are cached on disk (``cache=True``); see
-:func:`cache_dir` for where.
+:func:`qbscale.runtime.numba_cache_dir` for where.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
+from qbscale import runtime
 
-def cache_dir() -> str | None:
-    """Where numba's on-disk cache goes, set before numba is imported.
-
-    ``NUMBA_CACHE_DIR`` when the user set it; else numba's own choice, this
-    package's ``__pycache__``, when it is writable; else (a read-only
-    install) a per-user directory under the system's temporary directory,
-    given to numba through ``NUMBA_CACHE_DIR``.  Returns the directory set
-    here, or None when numba's own choice stands.
-    """
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return None
-    here = Path(__file__).resolve().parent
-    pycache = here / "__pycache__"
-    if os.access(pycache if pycache.exists() else here, os.W_OK):
-        return None
-    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
-    path = Path(tempfile.gettempdir()) / f"qbscale-numba-{uid}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    os.environ["NUMBA_CACHE_DIR"] = str(path)
-    return str(path)
-
-
-cache_dir()
+runtime.numba_cache_dir()  # before numba reads its configuration
 
 import numba  # noqa: E402  (after the cache directory is settled)
 from llvmlite import ir  # noqa: E402
@@ -67,8 +46,10 @@ from numba import types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
+_intrinsic: Callable[..., Any] = intrinsic
 
-@intrinsic
+
+@_intrinsic
 def _fma(typingctx, a, b, c):  # type: ignore[no-untyped-def]  # pragma: no cover
     """``a * b + c`` with one rounding (``llvm.fma``: the hardware's, or exact software)."""
     sig = types.float64(types.float64, types.float64, types.float64)
@@ -82,7 +63,7 @@ def _fma(typingctx, a, b, c):  # type: ignore[no-untyped-def]  # pragma: no cove
     return sig, codegen
 
 
-@intrinsic
+@_intrinsic
 def _bits(typingctx, x):  # type: ignore[no-untyped-def]  # pragma: no cover
     """The IEEE bits of a float64 as int64."""
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -91,7 +72,7 @@ def _bits(typingctx, x):  # type: ignore[no-untyped-def]  # pragma: no cover
     return types.int64(types.float64), codegen
 
 
-@intrinsic
+@_intrinsic
 def _float(typingctx, n):  # type: ignore[no-untyped-def]  # pragma: no cover
     """The float64 whose IEEE bits are the int64 ``n``."""
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -100,8 +81,10 @@ def _float(typingctx, n):  # type: ignore[no-untyped-def]  # pragma: no cover
     return types.float64(types.int64), codegen
 
 
-_JIT = {"nogil": True, "cache": True, "error_model": "numpy",
-        "boundscheck": False, "fastmath": False}
+#: every kernel: releases the GIL (dask's threads run it side by side), cached
+#: on disk, numpy's float semantics, no fastmath (no reordering of the sums)
+_jit: Callable[..., Any] = functools.partial(
+    numba.njit, nogil=True, cache=True, error_model="numpy", boundscheck=False, fastmath=False)
 
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 0.6931471805599453  # ln 2 rounded to float64
@@ -115,7 +98,7 @@ _C = [1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
 C13, C12, C11, C10, C9, C8, C7, C6, C5, C4, C3, C2 = _C
 
 
-@numba.njit(inline="always", **_JIT)  # type: ignore[misc]
+@_jit(inline="always")
 def _exp(x: float) -> float:  # pragma: no cover - compiled
     """``exp(x)`` without branches (see the module's notes); nan stays nan."""
     x = -750.0 if x < -750.0 else x  # nan compares false and passes through
@@ -144,14 +127,14 @@ def _exp(x: float) -> float:  # pragma: no cover - compiled
     return p * s1 * s2  # type: ignore[no-any-return]
 
 
-@numba.njit(**_JIT)  # type: ignore[misc]
+@_jit
 def exp(x: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """``out[:] = exp(x)`` elementwise, by :func:`_exp` (1-d float64)."""
     for j in range(x.shape[0]):
         out[j] = _exp(x[j])
 
 
-@numba.njit(**_JIT)  # type: ignore[misc]
+@_jit
 def _column_max(block, j0, j1, top):  # type: ignore[no-untyped-def]  # pragma: no cover
     w = j1 - j0
     for j in range(w):
@@ -164,7 +147,7 @@ def _column_max(block, j0, j1, top):  # type: ignore[no-untyped-def]  # pragma: 
             top[j] = v if v > m else m
 
 
-@numba.njit(**_JIT)  # type: ignore[misc]
+@_jit
 def _whole(block, betas, tile, top_out, peaks, hi, lo):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Every row in one set: ``hi/lo[b, j]`` the compensated sum of column ``j``."""
     n_rows, n_cols = block.shape
@@ -195,7 +178,7 @@ def _whole(block, betas, tile, top_out, peaks, hi, lo):  # type: ignore[no-untyp
                     h[j] = t
 
 
-@numba.njit(**_JIT)  # type: ignore[misc]
+@_jit
 def _sets(block, betas, rowsets, tile, top_out, peaks, hi, lo, terms):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Rows in several sets (``rowsets[i, s]``): ``hi/lo[b, s, j]`` per set."""
     n_rows, n_cols = block.shape

@@ -14,12 +14,13 @@ slabs of about :data:`SLAB_ELEMENTS` elements so temporaries stay small.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+
+from qbscale import runtime
 
 #: elements per row slab inside a block: 512 KiB of float64 temporaries stay in cache
 SLAB_ELEMENTS = 2**16
@@ -87,10 +88,11 @@ _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def kernel_name() -> str:
     """The bank kernel in use: ``"fused"`` (numba) or ``"numpy"``.
 
-    ``QBSCALE_KERNEL=numpy`` in the environment chooses numpy; the fused
-    kernel is the default wherever numba imports.
+    ``QBSCALE_KERNEL=numpy`` in the environment chooses numpy
+    (:func:`qbscale.runtime.kernel_choice`); the fused kernel is the default
+    wherever numba imports.
     """
-    if os.environ.get("QBSCALE_KERNEL", "").strip().lower() == "numpy":
+    if runtime.kernel_choice() == "numpy":
         return "numpy"
     return "fused" if _fused() is not None else "numpy"
 
