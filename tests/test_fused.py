@@ -67,7 +67,8 @@ CASES = [(kind, n_rows, beta)
          for kind in ("random", "uniform", "tied", "near -1")
          for n_rows in (1, 7, 335, 2000)
          for beta in (1.0, 20.0, 50.0)] + \
-        [("random", n_rows, beta) for n_rows in (7, 335) for beta in (1e3, 1e5, 3e7)] + \
+        [("random", n_rows, beta) for n_rows in (7, 335)
+         for beta in (1e3, 1e5, 3e7, 1e20, 1e300)] + \
         [("uniform", 335, 1e6)]
 
 
@@ -83,6 +84,8 @@ def test_fused_logsumexp_is_within_2_ulp_of_the_exact_result(kind, n_rows, beta)
     scale = np.maximum(np.abs(exact.astype(np.float64)), np.abs(peak))
     got = kernels._fused_logsumexp_sets(block, np.array([beta]), None)[0, 0]
     assert ulps(got, exact, scale).max() <= 2.0
+    sets = kernels._fused_logsumexp_sets(block, np.array([2.0, beta]), np.ones((2, n_rows), bool))
+    assert sets[:, 1].tobytes() == np.stack([got, got]).tobytes()
     # the numpy passes: numpy's exp bits, a plain float64 sum
     got = kernels.numpy_logsumexp_sets(block, np.array([beta]), None)[0, 0]
     assert ulps(got, exact, scale).max() <= 2.0 + 4e-16 * n_rows / np.spacing(1.0)

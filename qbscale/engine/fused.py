@@ -1,10 +1,11 @@
 """The bank's column logsumexp in one compiled pass per block (numba).
 
 :func:`qbscale.engine.kernels.bank_logsumexp_sets` runs here when numba
-imports.  One block is cut into column *tiles* (a few hundred columns, so a
-tile's accumulators stay in L1); per tile, a first sweep over the rows finds
+imports.  One block is cut into column *tiles* (64 to 512 columns, so a
+tile's accumulators stay in cache); per tile, a first sweep over the rows finds
 each column's maximum, then one sweep computes, for every row, every beta and
-every column, ``exp(fma(s, beta, -beta * max))`` and adds it to each
+every column, ``exp(beta * s - beta * max)`` (``beta * max`` exact, as the
+sum of two floats) and adds it to each
 activation set holding the row.  The float32 bank value is cast, scaled,
 shifted, exponentiated and accumulated in registers: no temporary array.
 
@@ -148,7 +149,7 @@ def _column_max(block, j0, j1, top):  # type: ignore[no-untyped-def]  # pragma: 
 
 
 @_jit
-def _whole(block, betas, tile, top_out, peaks, hi, lo):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _whole(block, betas, tile, top_out, peaks, resid, hi, lo):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Every row in one set: ``hi/lo[b, j]`` the compensated sum of column ``j``."""
     n_rows, n_cols = block.shape
     for j0 in range(0, n_cols, tile):
@@ -159,8 +160,10 @@ def _whole(block, betas, tile, top_out, peaks, hi, lo):  # type: ignore[no-untyp
         for b in range(betas.shape[0]):
             beta = betas[b]
             pk = peaks[b, j0:j1]
+            rm = resid[b, j0:j1]
             for j in range(w):
                 pk[j] = top[j] * beta
+                rm[j] = _fma(top[j], beta, -pk[j])  # beta * max = pk + rm exactly
                 hi[b, j0 + j] = 0.0
                 lo[b, j0 + j] = 0.0
         for i in range(n_rows):
@@ -168,10 +171,11 @@ def _whole(block, betas, tile, top_out, peaks, hi, lo):  # type: ignore[no-untyp
             for b in range(betas.shape[0]):
                 beta = betas[b]
                 pk = peaks[b, j0:j1]
+                rm = resid[b, j0:j1]
                 h = hi[b, j0:j1]
                 c = lo[b, j0:j1]
                 for j in range(w):
-                    e = _exp(_fma(np.float64(row[j]), beta, -pk[j]))
+                    e = _exp(_fma(np.float64(row[j]), beta, -pk[j]) - rm[j])
                     y = e - c[j]
                     t = h[j] + y
                     c[j] = (t - h[j]) - y
@@ -179,7 +183,7 @@ def _whole(block, betas, tile, top_out, peaks, hi, lo):  # type: ignore[no-untyp
 
 
 @_jit
-def _sets(block, betas, rowsets, tile, top_out, peaks, hi, lo, terms):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _sets(block, betas, rowsets, tile, top_out, peaks, resid, hi, lo, terms):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Rows in several sets (``rowsets[i, s]``): ``hi/lo[b, s, j]`` per set."""
     n_rows, n_cols = block.shape
     n_sets = rowsets.shape[1]
@@ -191,8 +195,10 @@ def _sets(block, betas, rowsets, tile, top_out, peaks, hi, lo, terms):  # type: 
         for b in range(betas.shape[0]):
             beta = betas[b]
             pk = peaks[b, j0:j1]
+            rm = resid[b, j0:j1]
             for j in range(w):
                 pk[j] = top[j] * beta
+                rm[j] = _fma(top[j], beta, -pk[j])
             for s in range(n_sets):
                 for j in range(w):
                     hi[b, s, j0 + j] = 0.0
@@ -207,9 +213,10 @@ def _sets(block, betas, rowsets, tile, top_out, peaks, hi, lo, terms):  # type: 
             for b in range(betas.shape[0]):
                 beta = betas[b]
                 pk = peaks[b, j0:j1]
+                rm = resid[b, j0:j1]
                 e = terms[:w]
                 for j in range(w):
-                    e[j] = _exp(_fma(np.float64(row[j]), beta, -pk[j]))
+                    e[j] = _exp(_fma(np.float64(row[j]), beta, -pk[j]) - rm[j])
                 for s in range(n_sets):
                     if not rowsets[i, s]:
                         continue
@@ -222,23 +229,28 @@ def _sets(block, betas, rowsets, tile, top_out, peaks, hi, lo, terms):  # type: 
                         h[j] = t
 
 
-#: float64 accumulators (sum and compensation, per beta and set) per tile
-TILE_ACCUMULATORS = 2048
-#: columns per tile at most (and at least 8)
-TILE_MAX = 512
+#: float64 accumulators (sum and compensation, per beta and set) per tile: 128 KiB
+TILE_ACCUMULATORS = 2**14
+#: columns per tile: at most (beyond it, no gain) and at least (below it, the
+#: loops' overhead and partial cache lines cost more than accumulators in L2)
+TILE_MAX, TILE_MIN = 512, 64
 
 
 def tile_width(n_betas: int, n_sets: int) -> int:
-    """Columns per tile: the tile's accumulators stay in L1.  Never changes bits."""
+    """Columns per tile: the tile's accumulators stay in cache.  Never changes bits."""
     per_column = 2 * max(n_betas, 1) * max(n_sets, 1)
-    return int(max(8, min(TILE_MAX, TILE_ACCUMULATORS // per_column // 8 * 8)))
+    return int(max(TILE_MIN, min(TILE_MAX, TILE_ACCUMULATORS // per_column // 8 * 8)))
 
 
 def sums(block: np.ndarray, betas: np.ndarray, members: np.ndarray | None
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(peaks, hi, lo)``: ``peaks[b]`` is ``beta_b`` times the column maximum,
-    ``hi + lo`` (``(n_betas, n_sets, n_cols)``, ``hi`` the rounded sum) each
-    set's sum of ``exp(beta * s - peak)`` over its rows.
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(peaks, resid, hi, lo)``: ``peaks[b] + resid[b]`` is ``beta_b`` times
+    the column maximum exactly (``peaks`` the rounded product, ``resid`` its
+    rounding error), ``hi + lo`` (``(n_betas, n_sets, n_cols)``, ``hi`` the
+    rounded sum) each set's sum of ``exp(beta * s - peaks - resid)`` over its
+    rows.  Shifting by the exact ``beta * max`` makes the largest term exactly
+    1 however large ``beta * max`` is (a rounded shift would leave its
+    rounding error, up to half an ulp of the product, in the exponent).
 
     ``block`` is float32 or float64 with at least one row; ``members`` is
     ``(n_sets, n_rows)`` bool, or None for one set of every row.
@@ -248,14 +260,15 @@ def sums(block: np.ndarray, betas: np.ndarray, members: np.ndarray | None
     n_sets = 1 if members is None else len(members)
     top = np.empty(n_cols)
     peaks = np.empty((len(betas), n_cols))
+    resid = np.empty_like(peaks)
     hi = np.empty((len(betas), n_sets, n_cols))
     lo = np.empty_like(hi)
     tile = tile_width(len(betas), n_sets)
     if members is None:
-        _whole(block, betas, tile, top, peaks, hi[:, 0], lo[:, 0])
+        _whole(block, betas, tile, top, peaks, resid, hi[:, 0], lo[:, 0])
     else:
         rowsets = np.ascontiguousarray(np.asarray(members, dtype=np.bool_).T)
-        _sets(block, betas, rowsets, tile, top, peaks, hi, lo, np.empty(tile))
+        _sets(block, betas, rowsets, tile, top, peaks, resid, hi, lo, np.empty(tile))
     total = hi - lo  # Kahan's compensation is the negated lost part
     rest = (hi - total) - lo
-    return peaks, total, rest
+    return peaks, resid, total, rest

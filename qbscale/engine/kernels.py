@@ -112,12 +112,12 @@ def _fused_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     fused = _fused()
     assert fused is not None
     betas = np.asarray(betas, dtype=np.float64)
-    peaks, total, rest = fused.sums(block, betas, members)
+    peaks, resid, total, rest = fused.sums(block, betas, members)
     with np.errstate(divide="ignore"):
         # log(total + rest): the sum's rounding is not lost to the log
         logs = np.log(total) + np.divide(rest, total, out=np.zeros_like(rest),
                                          where=total > 0)
-    out = np.swapaxes(peaks[:, None, :] + logs, 0, 1)
+    out = np.swapaxes(peaks[:, None, :] + (resid[:, None, :] + logs), 0, 1)
     out = np.ascontiguousarray(out)
     if members is not None:
         for b, beta in enumerate(betas):
