@@ -16,15 +16,29 @@ numpy's float64 ``exp`` of as many elements, a row at a time:
   three must give the same counts.
 * the bank's column logsumexp: :func:`qbscale.engine.kernels.bank_logsumexp` against
   the previous version (``previous_logsumexp``); results equal to 1e-12.
+* the bank kernel against numpy's float64 ``exp`` measured in the same
+  process, interleaved (``--only bank`` runs just this): the fused numba
+  kernel and the numpy passes, for 1 and 4 betas and for 4 activation sets,
+  as a rate in multiples of ``np.exp``'s (per beta); then two threads, each
+  on its own block (as dask's threaded scheduler calls it), against two
+  threads of ``np.exp``; then a cold process's first call (numba compiling,
+  an empty cache) and a warm one (read from the cache).  Every table
+  prints the load average: on a shared machine the figures are indicative.
 
 usage: python benchmarks/bench_kernels.py [--repeat 7] [--rows 335] [--cols 50000]
+       [--only bank|count]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from unittest import mock
 
@@ -92,14 +106,120 @@ def no_prefilter(func: Callable[[], object]) -> Callable[[], object]:
     return patched
 
 
+def _with_kernel(name: str, func: Callable[[], object]) -> Callable[[], object]:
+    def call() -> object:
+        os.environ["QBSCALE_KERNEL"] = name
+        try:
+            return func()
+        finally:
+            del os.environ["QBSCALE_KERNEL"]
+    return call
+
+
+def _np_exp(block: np.ndarray) -> Callable[[], object]:
+    """numpy's float64 exp over the block's element count, a row at a time into
+    a cache-sized buffer (``harness.exp_seconds``'s floor)."""
+    rows = -np.abs(block[: min(len(block), 64)].astype(np.float64)) * 20
+    out = np.empty(block.shape[1])
+
+    def call() -> None:
+        for i in range(len(block)):
+            np.exp(rows[i % len(rows)], out=out)
+    return call
+
+
+def _interleaved(funcs: dict[str, Callable[[], object]], repeat: int, clock: Callable[[], float]
+                 ) -> dict[str, float]:
+    """Median seconds per function over ``repeat`` round-robin rounds (one warm-up)."""
+    times: dict[str, list[float]] = {name: [] for name in funcs}
+    for n in range(repeat + 1):
+        for name, func in funcs.items():
+            start = clock()
+            func()
+            if n:
+                times[name].append(clock() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _cold_and_warm(rows: int, cols: int) -> list[list[str]]:
+    """Seconds of a new process's import and first bank kernel call: numba's
+    cache empty (it compiles), then filled."""
+    code = ("import time; t = time.perf_counter(); import numpy as np; "
+            "from qbscale.engine import kernels; "
+            f"b = np.ones(({rows}, {cols}), np.float32); "
+            "kernels.bank_logsumexp(b, np.array([20.0])); "
+            "kernels.bank_logsumexp_sets(b, np.array([20.0]), np.ones((2, len(b)), bool)); "
+            "print(time.perf_counter() - t)")
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for what in ("cold (empty cache: compiles)", "warm (from the cache)", "warm, again"):
+            took = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+            out.append([what, f"{float(took):.2f}"])
+    return out
+
+
+def bank_tables(block: np.ndarray, repeat: int) -> None:
+    """The bank kernel as a multiple of numpy's float64 exp rate, same process."""
+    n = block.size
+    one, four = np.array([20.0]), np.array([10.0, 20.0, 30.0, 40.0])
+    sets = np.random.default_rng(1).random((4, len(block))) < 0.5
+    funcs: dict[str, Callable[[], object]] = {"np.exp": _np_exp(block)}
+    for kernel in ("fused", "numpy"):
+        funcs[f"{kernel}, 1 beta"] = _with_kernel(
+            kernel, lambda: kernels.bank_logsumexp(block, one))
+        funcs[f"{kernel}, 4 betas"] = _with_kernel(
+            kernel, lambda: kernels.bank_logsumexp(block, four))
+        funcs[f"{kernel}, 1 beta, 4 sets"] = _with_kernel(
+            kernel, lambda: kernels.bank_logsumexp_sets(block, one, sets))
+    for kernel in ("fused", "numpy"):  # compile, and agree
+        _with_kernel(kernel, lambda: kernels.bank_logsumexp(block, four))()
+    t = _interleaved(funcs, repeat, time.thread_time)
+    rows = []
+    for name, sec in t.items():
+        per_beta = 4 if "4 betas" in name else 1
+        rows.append([name, f"{sec * 1e3:.1f}", f"{n * per_beta / sec / 1e9:.2f}",
+                     f"{t['np.exp'] / (sec / per_beta):.2f}x"])
+    print(f"\nbank kernel, one {block.shape[0]} x {block.shape[1]} {block.dtype} block, "
+          f"1 thread, CPU time, medians of {repeat} interleaved; load average "
+          f"{os.getloadavg()[0]:.2f} (shared machine: indicative)")
+    print(hb.table(["kernel", "ms", "Gelem/s (per beta)", "x np.exp rate"], rows))
+    blocks = [block, block.copy()]
+    pool = ThreadPoolExecutor(2)
+
+    def two(func: Callable[[np.ndarray], object]) -> Callable[[], object]:
+        return lambda: list(pool.map(func, blocks))
+
+    exps = [_np_exp(b) for b in blocks]
+    funcs2 = {"np.exp": lambda: list(pool.map(lambda f: f(), exps)),
+              "fused, 1 beta": _with_kernel("fused", two(lambda b: kernels.bank_logsumexp(b, one))),
+              "numpy, 1 beta": _with_kernel("numpy", two(lambda b: kernels.bank_logsumexp(b, one)))}
+    t = _interleaved(funcs2, repeat, time.perf_counter)
+    rows = [[name, f"{sec * 1e3:.1f}", f"{2 * n / sec / 1e9:.2f}", f"{t['np.exp'] / sec:.2f}x"]
+            for name, sec in t.items()]
+    pool.shutdown()
+    print(f"\ntwo threads, one block each, wall time, medians of {repeat}; load average "
+          f"{os.getloadavg()[0]:.2f} (indicative)")
+    print(hb.table(["kernel", "ms", "Gelem/s", "x 2-thread np.exp rate"], rows))
+    print(f"\nnew process: import + first call of the fused kernel; load average "
+          f"{os.getloadavg()[0]:.2f} (indicative)")
+    print(hb.table(["process", "seconds"], _cold_and_warm(*block.shape)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--rows", type=int, default=335)
     parser.add_argument("--cols", type=int, default=50000)
+    parser.add_argument("--only", choices=["bank", "count"])
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     block = rng.standard_normal((args.rows, args.cols), dtype=np.float32) * 0.1
+    if args.only == "bank":
+        print(hb.machine())
+        bank_tables(block, args.repeat)
+        return
     rows = np.arange(args.rows)
     # ground truths mostly near the top of their normalised row (beta 20)
     log_z20 = kernels.bank_logsumexp(block, np.array([20.0]))
@@ -155,6 +275,8 @@ def main() -> None:
           + hb.footer(None))
     print(hb.table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
                     "gain over previous", "now x exp floor"], out))
+    if args.only is None:
+        bank_tables(block, args.repeat)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@
    proportions hardly at all).  Each stage's share: reading chunk files
    (copy or map), crc32c, the bank's column logsumexp, the activation top-k,
    the test stage's argmax and counting, and the rest (dask, Python, set-up).
-2. One bank chunk, one thread: Gelem/s of each pass the bank kernel makes
-   (column max, float32 -> float64 cast, multiply, subtract, exp, row add)
-   and of the kernels whole, fastest of ``--repeat``.
+2. One bank chunk, one thread: Gelem/s of each pass the numpy bank kernel
+   makes (column max, float32 -> float64 cast, multiply, subtract, exp, row
+   add), of the bank kernel in use (``kernels.kernel_name()``: the fused one
+   unless ``QBSCALE_KERNEL=numpy``) and of the numpy passes whole, fastest
+   of ``--repeat``.
 
 It imports whichever qbscale is first on the path: ``PYTHONPATH=DIR`` with an
 older tree (``git archive REV qbscale | tar -x -C DIR``) profiles that one,
@@ -116,6 +118,9 @@ def stage_rates(store: str, repeat: int) -> str:
             block, np.array([10.0, 20.0, 30.0, 40.0]), None),
         "row argmax": lambda: np.argmax(block, axis=1),
     }
+    numpy_passes = getattr(kernels, "numpy_logsumexp_sets", None)  # absent in older trees
+    if numpy_passes is not None:
+        passes["numpy passes, 1 beta"] = lambda: numpy_passes(block, np.array([20.0]), None)
     out = []
     with np.errstate(all="ignore"):
         for name, fn in passes.items():
@@ -138,11 +143,13 @@ def main() -> None:
     parser.add_argument("--skip-fit", action="store_true")
     args = parser.parse_args()
     import qbscale
+    from qbscale.engine import kernels
     from qbscale.executors.local import one_blas_thread
 
     print(hb.machine())
     print(f"qbscale from {Path(qbscale.__file__).parent}; store {args.store}, "
-          f"{sum(f.stat().st_size for f in hb.chunk_files(args.store)) / 1e9:.2f} GB")
+          f"{sum(f.stat().st_size for f in hb.chunk_files(args.store)) / 1e9:.2f} GB; "
+          f"bank kernel {getattr(kernels, 'kernel_name', lambda: 'numpy')()}")
     hb.read_files(hb.chunk_files(args.store))  # page cache warm, as for the floor
     with one_blas_thread():
         before = hb.load()

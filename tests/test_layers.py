@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "qbscale"
 
 #: a module may import modules of its own layer or of lower layers only
 LAYERS = {
-    "core": 0,  # qbscale (root), errors, types, config, engine/*
+    "core": 0,  # qbscale (root), errors, types, config, runtime, engine/*
     "executors": 1,
     "storage": 1,
     "api": 2,  # api, normaliser, search, synth and other top-level entry modules
@@ -36,7 +36,7 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> str:
     parts = module.split(".")
-    if len(parts) == 1 or parts[1] in ("errors", "types", "config", "engine"):
+    if len(parts) == 1 or parts[1] in ("errors", "types", "config", "runtime", "engine"):
         return "core"
     if parts[1] in ("executors", "storage", "analysis"):
         return parts[1]

@@ -13,9 +13,14 @@ slabs of about :data:`SLAB_ELEMENTS` elements so temporaries stay small.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
+
+from qbscale import runtime
 
 #: elements per row slab inside a block: 512 KiB of float64 temporaries stay in cache
 SLAB_ELEMENTS = 2**16
@@ -50,8 +55,6 @@ def bank_logsumexp(block: np.ndarray, betas: np.ndarray) -> np.ndarray:
     return out
 
 
-# beta * s beyond float64 gives inf/nan here, refused by the Normaliser
-@np.errstate(over="ignore", invalid="ignore")
 def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
                         members: np.ndarray | None) -> np.ndarray:
     """:func:`bank_logsumexp` over several sets of the block's rows at once.
@@ -60,14 +63,75 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
     returns ``(n_sets, len(betas), n_cols)``, ``-inf`` for a set with no row
     here.  Each ``exp`` is computed once (and only for rows in some set),
     shifted by the column maximum of the whole block, and added to every set
-    holding its row, in row order (:func:`_add_rows`): a column's result
-    does not depend on the block's width or the column's place in it, and a
-    set's result depends only on its own rows and the block, so it is the same
-    whichever other sets are computed with it, and the set of every row is
+    holding its row, in row order: a column's result does not depend on the
+    block's width or the column's place in it, and a set's result depends
+    only on its own rows and the block, so it is the same whichever other
+    sets are computed with it, and the set of every row is
     :func:`bank_logsumexp` bit for bit.  Where the shifted terms of a set
     underflow (its rows all far below the block's maximum), those columns are
     recomputed from the set's rows alone.
+
+    Computed by the fused kernel of :mod:`qbscale.engine.fused` (within 2 ulp
+    of the exact result, see :doc:`how-it-computes`) for float32 and float64
+    blocks when numba imports, else (or with ``QBSCALE_KERNEL=numpy``) by
+    numpy passes (:func:`numpy_logsumexp_sets`).
     """
+    if kernel_name() == "fused" and block.dtype in _FUSED_DTYPES and len(block):
+        return _fused_logsumexp_sets(block, betas, members)
+    return numpy_logsumexp_sets(block, betas, members)
+
+
+#: block dtypes the fused kernel takes (others go through numpy)
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def kernel_name() -> str:
+    """The bank kernel in use: ``"fused"`` (numba) or ``"numpy"``.
+
+    ``QBSCALE_KERNEL=numpy`` in the environment chooses numpy
+    (:func:`qbscale.runtime.kernel_choice`); the fused kernel is the default
+    wherever numba imports.
+    """
+    if runtime.kernel_choice() == "numpy":
+        return "numpy"
+    return "fused" if _fused() is not None else "numpy"
+
+
+@functools.cache
+def _fused() -> ModuleType | None:
+    try:
+        from qbscale.engine import fused
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+    return fused
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def _fused_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
+                          members: np.ndarray | None) -> np.ndarray:
+    fused = _fused()
+    assert fused is not None
+    betas = np.asarray(betas, dtype=np.float64)
+    peaks, resid, total, rest = fused.sums(block, betas, members)
+    with np.errstate(divide="ignore"):
+        # log(total + rest): the sum's rounding is not lost to the log
+        logs = np.log(total) + np.divide(rest, total, out=np.zeros_like(rest),
+                                         where=total > 0)
+    out = np.swapaxes(peaks[:, None, :] + (resid[:, None, :] + logs), 0, 1)
+    out = np.ascontiguousarray(out)
+    if members is not None:
+        for b, beta in enumerate(betas):
+            _exact_underflow(block, float(beta), members, total[b], out[:, b],
+                             _fused_logsumexp_sets)
+    return out
+
+
+# beta * s beyond float64 gives inf/nan here, refused by the Normaliser
+@np.errstate(over="ignore", invalid="ignore")
+def numpy_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
+                         members: np.ndarray | None) -> np.ndarray:
+    """:func:`bank_logsumexp_sets` by numpy passes over row slabs (cast, scale,
+    shift, exp, row add; :func:`_add_rows`), numpy's ``exp`` bits."""
     n_rows, n_cols = block.shape
     top = block.max(axis=0).astype(np.float64) if n_rows else np.zeros(n_cols)
     n_sets = 1 if members is None else len(members)
@@ -111,7 +175,8 @@ def bank_logsumexp_sets(block: np.ndarray, betas: np.ndarray,
         with np.errstate(divide="ignore"):
             out[:, b] = peaks[b] + np.log(totals[b])
         if members is not None:
-            _exact_underflow(block, float(beta), members, totals[b], out[:, b])
+            _exact_underflow(block, float(beta), members, totals[b], out[:, b],
+                             numpy_logsumexp_sets)
     return out
 
 
@@ -154,12 +219,13 @@ _UNDERFLOW = 1e-280
 
 
 def _exact_underflow(block: np.ndarray, beta: float, members: np.ndarray, totals: np.ndarray,
-                     out: np.ndarray) -> None:
-    """Recompute, from the set's own rows, the columns whose shifted sum underflowed."""
+                     out: np.ndarray, func: Callable[..., np.ndarray]) -> None:
+    """Recompute (by ``func``, the kernel at work), from the set's own rows,
+    the columns whose shifted sum underflowed."""
     for s in np.flatnonzero(members.any(axis=1)):
         cols = np.flatnonzero(totals[s] < _UNDERFLOW)
         if len(cols):
-            out[s, cols] = bank_logsumexp(block[members[s]][:, cols], np.array([beta]))[0]
+            out[s, cols] = func(block[members[s]][:, cols], np.array([beta]), None)[0, 0]
 
 
 def row_topk(block: np.ndarray, k: int, col0: int = 0) -> tuple[np.ndarray, np.ndarray]:
