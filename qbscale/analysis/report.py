@@ -35,6 +35,7 @@ import numpy as np
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import Comparison
 from qbscale.storage.durability.atomic import building
+from qbscale.storage.durability.paths import REPORT_MARKER
 
 if TYPE_CHECKING:
     from qbscale.analysis.diagnose import Diagnosis
@@ -366,10 +367,32 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
 
         images["bank_sizes.png"] = bank_size_figure(bank_sizes)
     page = render(result, images, labels, title, diagnostics, bank_sizes)
+    from qbscale import __version__
+
     out = Path(out_dir)
+    check_report_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with building(out) as staging:  # a failure leaves an earlier report as it was
         for name, data in images.items():
             (staging / name).write_bytes(data)
         (staging / "index.html").write_text(page, encoding="utf-8")
+        (staging / REPORT_MARKER).write_text(json.dumps(
+            {"kind": "report", "qbscale_version": __version__}, indent=2) + "\n")
     return out / "index.html"
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse to write a report into an existing folder that is neither empty nor
+    an earlier report (one carrying :data:`~qbscale.storage.durability.paths.REPORT_MARKER`):
+    its ``index.html`` and figures would replace a user's files.
+
+    Raises
+    ------
+    StoreExistsError
+        ``site exists and is a directory that is not a qbscale store, not a
+        report: not replacing it``.
+    """
+    if out.exists() or out.is_symlink():
+        from qbscale.storage.durability.paths import check_replaceable
+
+        check_replaceable(out, "report", os.fspath(out))
