@@ -73,7 +73,7 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
 
         diagnosis = diagnose(store, k=activation_k, depth=depth, scheduler=scheduler,
                              num_workers=workers, progress=not quiet)
-    page = write_report(result, output, labels, title, diagnosis, bank_sizes)
+    page = write_report(result, output, labels, title, diagnosis, bank_sizes, overwrite)
     methods = ", ".join(r.label for r in result.runs)
     click.echo(f"Wrote {page} ({methods}; N_k at depth {depth})")
 
