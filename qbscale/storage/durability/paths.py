@@ -223,8 +223,12 @@ def check_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[object
             raise StoreExistsError(f"output {shown} exists and is not a regular file "
                                    f"({what_is(path)}): not replacing it")
         return
-    if what_is(path) == "an empty directory":
+    what = what_is(path)
+    if not path.is_dir():
+        raise StoreExistsError(f"cannot write into {shown}: it exists and is {what}, "
+                               "not a directory")
+    if what == "an empty directory":
         return
+    check_replaceable(path, kind, shown)  # another kind: never, --overwrite or not
     if not overwrite:
         raise StoreExistsError(f"{shown} exists: pass --overwrite to replace it")
-    check_replaceable(path, kind, shown)
