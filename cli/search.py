@@ -134,13 +134,12 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                          ) as writer, \
             tqdm(total=n_queries, unit="query", disable=quiet, file=sys.stderr) as bar:
         if sims is not None:
-            scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
-                                               num_workers=workers,
-                                               what=f"the similarities ({sims})")
-            if sims_store is not None:
-                from qbscale.storage.stores.store import check_unchanged
+            from qbscale.storage.stores.store import read_whole
 
-                check_unchanged(sims_store)
+            with read_whole(sims_store):
+                scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
+                                                   num_workers=workers,
+                                                   what=f"the similarities ({sims})")
             writer.append(scores, indices)
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):
