@@ -52,6 +52,8 @@ class Command(click.Command):
             check_outputs(ctx)
         except QBScaleError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a folder on the way that cannot be read
+            raise click.ClickException(os_error_message(exc)) from exc
         return super().invoke(ctx)
 
 
@@ -222,7 +224,9 @@ def check_output_file(path: str | None) -> None:
     if not path:
         return
     from qbscale.storage.durability.atomic import check_writable
+    from qbscale.storage.durability.paths import check_output
 
+    check_output(path, "file")
     check_writable(path)
 
 
@@ -232,10 +236,10 @@ def check_json_output(path: str | None, inputs: tuple[object, ...]) -> None:
     summary must never overwrite what it describes."""
     if not path:
         return
-    from qbscale.storage.durability.paths import check_not_input
+    from qbscale.storage.durability.paths import check_output
 
+    check_output(path, "JSON file", inputs)
     check_output_file(path)
-    check_not_input(path, inputs)
 
 
 def check_output_dir(path: str, probe: str = "index.html") -> None:

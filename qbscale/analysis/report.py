@@ -400,6 +400,6 @@ def check_report_folder(out: Path, overwrite: bool = True) -> None:
         from qbscale.errors import StoreExistsError
         from qbscale.storage.durability.paths import check_replaceable, what_is
 
+        check_replaceable(out, "report", os.fspath(out))  # another kind: never
         if not overwrite and what_is(out) != "an empty directory":
             raise StoreExistsError(f"{os.fspath(out)} exists: pass --overwrite to replace it")
-        check_replaceable(out, "report", os.fspath(out))
