@@ -215,7 +215,9 @@ def check_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[object
         raise ConfigError(f"output {shown} lies inside the qbscale {what} {root}: only "
                           f"qbscale writes there, and an output never goes inside a store "
                           "or a normaliser; write elsewhere")
-    path = Path(shown)
+    from qbscale.storage.layout import local_path
+
+    path = Path(local_path(shown))  # (a file:// URL as its path; symlinks kept)
     if not (path.exists() or path.is_symlink()):
         return
     if kind not in FOLDER_KINDS:
