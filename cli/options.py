@@ -83,6 +83,7 @@ def check_outputs(ctx: click.Context) -> None:
         others = [v for p, v in outputs if p is not param]
         check_output(value, param.type.kind, inputs, overwrite, others)
 
+
 #: where the group's ``-q`` is kept for its subcommands (``ctx.meta`` is shared)
 QUIET_KEY = "qbscale.quiet"
 
