@@ -28,7 +28,7 @@ export QBSCALE_NO_REEXEC=1
 "$PYTHON" -c "import sys; from qbscale.storage.stores.gallery_bank import add_gallery_bank; \
 add_gallery_bank(sys.argv[1], sys.argv[2], overwrite=True, progress=False)" \
     "$OUT/pycode.zarr" "$DATA/gallery_test.npy"
-"$PYTHON" -m qbscale.cli report "$OUT/pycode.zarr" -o "$OUT/report" \
+"$PYTHON" -m qbscale.cli report "$OUT/pycode.zarr" -o "$OUT/report" --overwrite \
     --items "$DATA/items_test.jsonl.gz" --title "pycode: docstring -> code" --quiet
 
 PROFILE=$(mktemp -d)

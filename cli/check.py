@@ -6,11 +6,11 @@ import sys
 
 import click
 
-from .options import library_errors, quiet_option
+from .options import Command, InputPath, library_errors, quiet_option
 
 
-@click.command()
-@click.argument("store")
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
 @click.option("--repair-hint", is_flag=True,
               help="Also say, per damaged array, how to get it back.")
 @quiet_option

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 import click
 
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     activation_k_option,
     bank_sample,
     bank_sample_option,
@@ -58,8 +61,8 @@ def format_diagnosis(d: Diagnosis) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.argument("store")
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
 @click.option("--beta", type=click.FloatRange(min=0, min_open=True), default=20.0,
               show_default=True,
               help="Inverse temperature of the inverted softmax diagnosed.")
@@ -67,7 +70,7 @@ def format_diagnosis(d: Diagnosis) -> str:
 @depth_option
 @bank_sample_option
 @seed_option
-@click.option("--json", "json_path", type=click.Path(),
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write the figures and the reading as JSON.")
 @compute_options
 @quiet_option

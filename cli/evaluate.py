@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     check_json_output,
     compute_options,
     library_errors,
@@ -14,11 +17,11 @@ from .options import (
 from .run import format_table
 
 
-@click.command("eval")
-@click.argument("store")
+@click.command("eval", cls=Command)
+@click.argument("store", type=InputPath())
 @click.option("--array", default="test", show_default=True,
               help="Stored matrix to evaluate: test, scores, scores[1], ...")
-@click.option("--json", "json_path", type=click.Path(), help="Write metrics as JSON.")
+@click.option("--json", "json_path", type=OutputPath("JSON file"), help="Write metrics as JSON.")
 @compute_options
 @quiet_option
 @library_errors

@@ -12,6 +12,9 @@ from qbscale.config import METHODS
 
 from .method_options import method_kwargs, method_options
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     bank_sample,
     bank_sample_option,
     check_json_output,
@@ -29,9 +32,10 @@ SETTINGS = ("beta", "k", "method", "dynamic", "bank_sample", "seed")
 PARAMETERS = {"bank_sample": "bank_sample_text"}
 
 
-@click.command()
-@click.argument("store")
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
 @click.option("-o", "--output", "output", required=True, metavar="NORM.zarr",
+              type=OutputPath("normaliser"),
               help="Where to write the normaliser (a Zarr v3 group).")
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
@@ -42,7 +46,7 @@ PARAMETERS = {"bank_sample": "bank_sample_text"}
 @bank_sample_option
 @seed_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
-@click.option("--json", "json_path", type=click.Path(),
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write a summary of the normaliser as JSON.")
 @compute_options
 @quiet_option

@@ -9,6 +9,9 @@ import click
 from qbscale.engine.methods import REGISTRY
 
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     activation_k_option,
     bank_sample,
     bank_sample_option,
@@ -39,8 +42,8 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.argument("store")
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
 @click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
               help="A method to measure; repeat for several (default: every method that can "
                    "run on STORE; dual-is needs a gallery bank).")
@@ -48,9 +51,9 @@ def format_hubness(rows: list[dict[str, Any]]) -> str:
 @activation_k_option
 @click.option("--dynamic", is_flag=True,
               help="Rescore only rows whose top-1 is in the activation set.")
-@click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
+@click.option("--gallery-bank", metavar="PATH", type=InputPath(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
-@click.option("--json", "json_path", type=click.Path(),
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write the table (metrics and hubness per method) as JSON.")
 @bank_sample_option
 @seed_option

@@ -10,7 +10,15 @@ import click
 
 from qbscale.storage import layout
 
-from .options import check_json_output, library_errors, quiet_option, write_json
+from .options import (
+    Command,
+    InputPath,
+    OutputPath,
+    check_json_output,
+    library_errors,
+    quiet_option,
+    write_json,
+)
 
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
@@ -81,29 +89,37 @@ def summary(out: str, seconds: float) -> str:
             f"codec {attrs['codec']}; {size}; {truth}.")
 
 
-@click.command()
-@click.option("--bank", metavar="PATH", help="Querybank x gallery similarities "
+@click.command(cls=Command)
+@click.option("--bank", metavar="PATH", type=InputPath(),
+              help="Querybank x gallery similarities "
               "(.pkl, .npy, .npz or FILE.npz:NAME).")
-@click.option("--test", metavar="PATH", help="Test query x gallery similarities.")
-@click.option("--masks", metavar="PATH", help="0/1 per test query: (items, queries per item) "
+@click.option("--test", metavar="PATH", type=InputPath(),
+              help="Test query x gallery similarities.")
+@click.option("--masks", metavar="PATH", type=InputPath(),
+              help="0/1 per test query: (items, queries per item) "
               "or flat.")
 @click.option("--queries-per-item", type=click.IntRange(min=1), metavar="N",
               help="Query i belongs to gallery item i // N (default: queries / gallery).")
-@click.option("--gt-index", metavar="PATH", help="Ground-truth gallery index of every query "
+@click.option("--gt-index", metavar="PATH", type=InputPath(),
+              help="Ground-truth gallery index of every query "
               "(.npy/.pkl of ints), instead of --queries-per-item.")
 @click.option("--no-ground-truth", is_flag=True,
               help="Store no ground truth (new queries, right answers unknown): runs give "
                    "top-k hits and scores, no metrics.  Automatic when the queries are not "
                    "a multiple of the gallery and neither option above is given.")
-@click.option("--bank-emb", metavar="PATH", help="Querybank embeddings (.npy or .zarr).")
-@click.option("--test-emb", metavar="PATH", help="Test query embeddings.")
-@click.option("--gallery-emb", metavar="PATH", help="Gallery embeddings.")
-@click.option("--gallery-bank", metavar="PATH",
+@click.option("--bank-emb", metavar="PATH", type=InputPath(),
+              help="Querybank embeddings (.npy or .zarr).")
+@click.option("--test-emb", metavar="PATH", type=InputPath(),
+              help="Test query embeddings.")
+@click.option("--gallery-emb", metavar="PATH", type=InputPath(),
+              help="Gallery embeddings.")
+@click.option("--gallery-bank", metavar="PATH", type=InputPath(),
               help="Gallery-bank x gallery similarities (with --bank/--test) or gallery-bank "
                    "embeddings (with --*-emb), for --method dual-is.")
 @click.option("--normalise-embeddings", is_flag=True,
               help="Store embeddings scaled to unit length (cosine similarity).")
-@click.option("-o", "--output", required=True, metavar="PATH", help="Store to write "
+@click.option("-o", "--output", required=True, metavar="PATH",
+              type=OutputPath("experiment store"), help="Store to write "
               "(directory or URL, e.g. exp.zarr or s3://bucket/exp.zarr).")
 @click.option("--chunk-mb", type=click.FloatRange(min=0, min_open=True),
               help=f"Target size of a stored chunk, MiB  [default: "
@@ -120,7 +136,7 @@ def summary(out: str, seconds: float) -> str:
               help="Chunk compression.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (once the new "
               "one is complete).")
-@click.option("--json", "json_path", type=click.Path(),
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write what was stored (arrays, shapes, chunks) as JSON.")
 @quiet_option
 @library_errors

@@ -11,6 +11,8 @@ import click
 
 from qbscale.engine.methods import REGISTRY, all_params
 
+from .options import InputPath
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -34,7 +36,7 @@ def method_options(func: F) -> F:
                             help=f"{param.help.rstrip('.')} ({_owners(name)}; default "
                                  f"{param.default:g}).{more}")(func)
     func = click.option("--gallery-bank", "gallery_bank", metavar="PATH",
-                        type=click.Path(exists=True),
+                        type=InputPath(exists=True),
                         help="Gallery-bank x gallery similarities for dual-is (default: "
                              "the store's gallery bank).")(func)
     return click.option("--dynamic", is_flag=True,

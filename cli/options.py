@@ -15,6 +15,75 @@ import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+class InputPath(click.Path):
+    """A path a command reads (a store, a normaliser, a matrix, embeddings...).
+
+    Every output path of the command is checked against it
+    (:func:`check_outputs`).  Without ``exists``, nothing is checked here (URLs
+    pass; the reader names what is wrong)."""
+
+    def __init__(self, exists: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("readable", exists)
+        super().__init__(exists=exists, **kwargs)
+
+
+class OutputPath(click.Path):
+    """A path a command writes, of output ``kind`` (``"JSON file"``, ``"hits file"``,
+    ``"plot"``, ``"faiss index"``, or a folder kind of
+    :data:`qbscale.storage.durability.paths.FOLDER_KINDS`).
+
+    Every command is a :class:`Command`, which sends each such path through
+    :func:`qbscale.storage.durability.paths.check_output` before it runs."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(readable=False)
+        self.kind = kind
+
+
+class Command(click.Command):
+    """A qbscale command: its output paths are checked before its body runs
+    (:func:`check_outputs`)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from qbscale.errors import QBScaleError
+
+        try:
+            check_outputs(ctx)
+        except QBScaleError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:  # a folder on the way that cannot be read
+            raise click.ClickException(os_error_message(exc)) from exc
+        return super().invoke(ctx)
+
+
+def _values(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, tuple | list):
+        return [os.fspath(v) for v in value if v is not None]
+    return [os.fspath(value)]
+
+
+def check_outputs(ctx: click.Context) -> None:
+    """Send every :class:`OutputPath` of ``ctx``'s command through
+    :func:`qbscale.storage.durability.paths.check_output`, with every
+    :class:`InputPath` as its inputs, the command's other outputs, and its
+    ``--overwrite`` flag (if it has one)."""
+    from qbscale.storage.durability.paths import check_output
+
+    params = ctx.command.params
+    inputs = [v for p in params if isinstance(p.type, InputPath)
+              for v in _values(ctx.params.get(p.name or ""))]
+    outputs = [(p, v) for p in params if isinstance(p.type, OutputPath)
+               for v in _values(ctx.params.get(p.name or ""))]
+    overwrite = bool(ctx.params.get("overwrite", False))
+    for param, value in outputs:
+        assert isinstance(param.type, OutputPath)
+        others = [v for p, v in outputs if p is not param]
+        check_output(value, param.type.kind, inputs, overwrite, others)
+
+
 #: where the group's ``-q`` is kept for its subcommands (``ctx.meta`` is shared)
 QUIET_KEY = "qbscale.quiet"
 
@@ -151,11 +220,14 @@ def os_error_message(exc: OSError) -> str:
 def check_output_file(path: str | None) -> None:
     """Fail before any work when ``path`` (a file to write, e.g. ``--json``) cannot be
     written: no directory, a directory that refuses a new file, or a target that is
-    not a regular file (:func:`qbscale.storage.durability.atomic.check_writable`)."""
+    not a regular file (:func:`qbscale.storage.durability.atomic.check_writable`).
+    Where it may go is :func:`check_outputs`'s question."""
     if not path:
         return
     from qbscale.storage.durability.atomic import check_writable
+    from qbscale.storage.durability.paths import check_output
 
+    check_output(path, "file")
     check_writable(path)
 
 
@@ -165,10 +237,10 @@ def check_json_output(path: str | None, inputs: tuple[object, ...]) -> None:
     summary must never overwrite what it describes."""
     if not path:
         return
-    from qbscale.storage.durability.paths import check_not_input
+    from qbscale.storage.durability.paths import check_output
 
+    check_output(path, "JSON file", inputs)
     check_output_file(path)
-    check_not_input(path, inputs)
 
 
 def check_output_dir(path: str, probe: str = "index.html") -> None:

@@ -7,6 +7,9 @@ import click
 from qbscale.engine.methods import REGISTRY
 
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     activation_k_option,
     check_output_dir,
     compute_options,
@@ -16,11 +19,12 @@ from .options import (
 )
 
 
-@click.command()
-@click.argument("store")
-@click.option("-o", "--output", required=True, metavar="DIR",
-              help="Directory to write index.html (and its figures) into.")
-@click.option("--items", metavar="JSONL", type=click.Path(exists=True, dir_okay=False),
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
+@click.option("-o", "--output", required=True, metavar="DIR", type=OutputPath("report"),
+              help="Directory to write index.html (and its figures) into: a new or empty "
+                   "one, or (with --overwrite) an earlier report.")
+@click.option("--items", metavar="JSONL", type=InputPath(exists=True, dir_okay=False),
               help="JSON lines (.gz too), one per gallery item, to label the hubs: the first "
                    "line of each item's code, text, query or id field.")
 @click.option("--method", "names", multiple=True, type=click.Choice(list(REGISTRY)),
@@ -28,22 +32,26 @@ from .options import (
                    "run on STORE).")
 @depth_option
 @activation_k_option
-@click.option("--gallery-bank", metavar="PATH", type=click.Path(exists=True),
+@click.option("--gallery-bank", metavar="PATH", type=InputPath(exists=True),
               help="Gallery-bank x gallery similarities for dual-is (default: the store's).")
 @click.option("--title", default="Querybank normalisation report", show_default=True)
 @click.option("--sweep", "sweep_path", metavar="SWEEP.json",
-              type=click.Path(exists=True, dir_okay=False),
+              type=InputPath(exists=True, dir_okay=False),
               help="A bank-size sweep from `qbscale sweep --json`: adds R@1 against "
                    "querybank size.")
 @click.option("--diagnose/--no-diagnose", "with_diagnosis", default=True, show_default=True,
               help="Add the diagnostics of `qbscale diagnose` (hub agreement, domain gap; "
                    "one more read of the bank and the test).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the report already in DIR (a folder holding anything else is "
+                   "never written into).")
 @compute_options
 @quiet_option
 @library_errors
 def report(store: str, output: str, items: str | None, names: tuple[str, ...], depth: int,
            activation_k: int, gallery_bank: str | None, title: str, with_diagnosis: bool,
-           sweep_path: str | None, scheduler: str, workers: int | None, quiet: bool) -> None:
+           sweep_path: str | None, overwrite: bool, scheduler: str, workers: int | None,
+           quiet: bool) -> None:
     """Write a self-contained HTML report on STORE: metrics and hubness of every
     method, N_k distributions, R@1 against each method's parameter and the hubs
     that normalisation removed.  One pass over the data per method; the store is
@@ -65,7 +73,7 @@ def report(store: str, output: str, items: str | None, names: tuple[str, ...], d
 
         diagnosis = diagnose(store, k=activation_k, depth=depth, scheduler=scheduler,
                              num_workers=workers, progress=not quiet)
-    page = write_report(result, output, labels, title, diagnosis, bank_sizes)
+    page = write_report(result, output, labels, title, diagnosis, bank_sizes, overwrite)
     methods = ", ".join(r.label for r in result.runs)
     click.echo(f"Wrote {page} ({methods}; N_k at depth {depth})")
 

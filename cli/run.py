@@ -15,6 +15,9 @@ from qbscale.storage.durability.atomic import held
 
 from .method_options import method_kwargs, method_options
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     bank_sample,
     bank_sample_option,
     check_output_file,
@@ -46,8 +49,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.argument("stores", nargs=-1)
+@click.command(cls=Command)
+@click.argument("stores", nargs=-1, type=InputPath())
 @click.option("--beta", default=None,
               help="Inverse temperature (is, dis, dual-is; default 20); several as 10,20,30 "
                    "(one pass for all).")
@@ -55,7 +58,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--method", type=click.Choice(METHODS), default="dis", show_default=True)
 @click.option("--topk", type=click.IntRange(min=0), default=0,
               help="Save the K best gallery items per query.")
-@click.option("--json", "json_path", type=click.Path(), help="Write metrics as JSON.")
+@click.option("--json", "json_path", type=OutputPath("JSON file"), help="Write metrics as JSON.")
 @hits_option
 @click.option("--save-scores", is_flag=True, help="Write the normalised matrix into the store.")
 @click.option("--save-ranks", is_flag=True, help="Write per-query ranks into the store.")
@@ -69,15 +72,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @compute_options
 @quiet_option
 @click.option("--sims_train_test_path", "--sims-train-test-path", "bank_pkl",
-              type=click.Path(exists=True, dir_okay=False),
+              type=InputPath(exists=True, dir_okay=False),
               help="Seed-compatible: querybank similarity pickle (instead of STORE).")
 @click.option("--sims_test_path", "--sims-test-path", "test_pkl",
-              type=click.Path(exists=True, dir_okay=False),
+              type=InputPath(exists=True, dir_okay=False),
               help="Seed-compatible: test similarity pickle.")
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
-              type=click.Path(exists=True, dir_okay=False),
+              type=InputPath(exists=True, dir_okay=False),
               help="Seed-compatible: query mask pickle.")
-@click.option("--normaliser", "normaliser_path", metavar="NORM.zarr",
+@click.option("--normaliser", "normaliser_path", metavar="NORM.zarr", type=InputPath(),
               help="A normaliser from `qbscale fit`: skip the bank stage (its settings "
                    "are the run's; options given must match them).")
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown"]), default="text",

@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .options import OutputPath
+
 if TYPE_CHECKING:
     from qbscale.types import RunResult
 
 hits_option = click.option(
-    "--hits", "hits_path", type=click.Path(), metavar="FILE",
+    "--hits", "hits_path", type=OutputPath("hits file"), metavar="FILE",
     help="Write the top-k hits after normalisation (needs --topk): .parquet, .tsv, .trec "
          "(TREC run, one value) or .npz.")
 

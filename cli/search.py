@@ -9,6 +9,9 @@ from typing import Any
 import click
 
 from .options import (
+    Command,
+    InputPath,
+    OutputPath,
     check_output_file,
     library_errors,
     quiet_option,
@@ -62,16 +65,17 @@ def _variants(norm: Any) -> list[str]:
     return [f"{norm.config.label}:{name}={v:g}" for v in norm.values]
 
 
-@click.command()
-@click.argument("normaliser")
-@click.option("--queries", type=click.Path(exists=True), help="Query embeddings (.npy, .zarr).")
-@click.option("--sims", help="Similarities of the queries to the gallery (.npy, .pkl, STORE).")
-@click.option("--gallery-emb", type=click.Path(exists=True),
+@click.command(cls=Command)
+@click.argument("normaliser", type=InputPath())
+@click.option("--queries", type=InputPath(exists=True), help="Query embeddings (.npy, .zarr).")
+@click.option("--sims", type=InputPath(),
+              help="Similarities of the queries to the gallery (.npy, .pkl, STORE).")
+@click.option("--gallery-emb", type=InputPath(exists=True),
               help="Gallery embeddings (.npy, .zarr); default: the normaliser's own.")
 @click.option("--topk", type=click.IntRange(min=1), required=True, help="Hits per query.")
-@click.option("--hits", "hits_path", required=True,
+@click.option("--hits", "hits_path", required=True, type=OutputPath("hits file"),
               help="Output: .parquet, .tsv, .trec or .npz (format by suffix).")
-@click.option("--index", "index_path", type=click.Path(exists=True),
+@click.option("--index", "index_path", type=InputPath(exists=True),
               help="Search this faiss index (from `qbscale index`) instead of exactly.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Queries per block (default: from a 64 MiB similarity block).")
@@ -130,13 +134,12 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                          ) as writer, \
             tqdm(total=n_queries, unit="query", disable=quiet, file=sys.stderr) as bar:
         if sims is not None:
-            scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
-                                               num_workers=workers,
-                                               what=f"the similarities ({sims})")
-            if sims_store is not None:
-                from qbscale.storage.stores.store import check_unchanged
+            from qbscale.storage.stores.store import read_whole
 
-                check_unchanged(sims_store)
+            with read_whole(sims_store):
+                scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
+                                                   num_workers=workers,
+                                                   what=f"the similarities ({sims})")
             writer.append(scores, indices)
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):
@@ -157,11 +160,11 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                f"{','.join(f'{v:g}' for v in norm.values)}, {how})")
 
 
-@click.command()
-@click.argument("normaliser")
-@click.option("--gallery-emb", type=click.Path(exists=True),
+@click.command(cls=Command)
+@click.argument("normaliser", type=InputPath())
+@click.option("--gallery-emb", type=InputPath(exists=True),
               help="Gallery embeddings (.npy, .zarr); default: the normaliser's own.")
-@click.option("-o", "--out", "out", required=True, type=click.Path(),
+@click.option("-o", "--out", "out", required=True, type=OutputPath("faiss index"),
               help="The faiss index file to write.")
 @click.option("--factory", default="Flat", show_default=True,
               help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")

@@ -11,11 +11,20 @@ from qbscale.config import METHODS
 from qbscale.storage.durability import atomic
 
 from .method_options import method_kwargs, method_options
-from .options import check_output_file, compute_options, k_option, library_errors, quiet_option
+from .options import (
+    Command,
+    InputPath,
+    OutputPath,
+    check_output_file,
+    compute_options,
+    k_option,
+    library_errors,
+    quiet_option,
+)
 
 
-@click.command()
-@click.argument("store")
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
 @click.option("--bank-sizes", required=True, metavar="N,...",
               help="Querybank sizes: row counts, fractions in (0, 1] or 'all', e.g. "
                    "500,1000,5000,all.")
@@ -28,9 +37,9 @@ from .options import check_output_file, compute_options, k_option, library_error
 @k_option
 @click.option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
               default="dis", show_default=True)
-@click.option("--json", "json_path", type=click.Path(),
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write every cell and the summary as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(),
+@click.option("--plot", "plot_path", type=OutputPath("plot"),
               help="Draw R@1 against querybank size into this PNG (needs matplotlib).")
 @compute_options
 @quiet_option

@@ -9,11 +9,18 @@ import click
 
 from qbscale.storage import layout
 
-from .options import check_json_output, library_errors, quiet_option, write_json
+from .options import (
+    Command,
+    OutputPath,
+    check_json_output,
+    library_errors,
+    quiet_option,
+    write_json,
+)
 
 
-@click.command()
-@click.argument("out", metavar="OUT.zarr")
+@click.command(cls=Command)
+@click.argument("out", metavar="OUT.zarr", type=OutputPath("experiment store"))
 @click.option("--kind", type=click.Choice(layout.KINDS), default=layout.KIND_SIMS,
               show_default=True, help="Similarity matrices, or embeddings (cosine).")
 @click.option("--bank", "n_bank", type=click.IntRange(min=1), required=True,
@@ -44,7 +51,7 @@ from .options import check_json_output, library_errors, quiet_option, write_json
               help="Scale of an item's heavy-tailed lean towards a popular direction (hubs).")
 @click.option("--query-lean", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="How much every query leans towards the popular directions.")
-@click.option("--json", "json_path", type=click.Path(),
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write what was stored (arrays, shapes, chunks) as JSON.")
 @quiet_option
 @library_errors

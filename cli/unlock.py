@@ -6,11 +6,11 @@ import os
 
 import click
 
-from .options import library_errors, quiet_option
+from .options import Command, InputPath, library_errors, quiet_option
 
 
-@click.command()
-@click.argument("store")
+@click.command(cls=Command)
+@click.argument("store", type=InputPath())
 @quiet_option
 @library_errors
 def unlock(store: str, quiet: bool) -> None:

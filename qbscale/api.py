@@ -109,16 +109,15 @@ class RunPlan:
         outputs = self.graph.outputs() if self.state is None else self.state.outputs(self.graph)
         values: list[Any] = []
         if outputs:
+            from qbscale.storage.stores.store import read_whole
+
             executor = get_executor(scheduler, num_workers)
             try:
-                # a cluster's workers may hold handles of arrays since rewritten
-                values = executor.compute(outputs, progress, setup=(forget_open_arrays,))
+                with read_whole(self.experiment):  # the store it opened, whole
+                    # a cluster's workers may hold handles of arrays since rewritten
+                    values = executor.compute(outputs, progress, setup=(forget_open_arrays,))
             finally:
                 executor.close()
-        if outputs:
-            from qbscale.storage.stores.store import check_unchanged
-
-            check_unchanged(self.experiment)
         if self.state is None:
             norm, *rows = values
         else:
@@ -365,11 +364,11 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
                              "`qbscale run --topk K --hits FILE` for its top-k hits)")
     source = matrix_source(experiment, array)
     evaluated = Experiment(source, source, experiment.gt, experiment.mask)
-    result = run(evaluated, method="none", scheduler=scheduler, num_workers=num_workers,
-                 progress=progress)
-    from qbscale.storage.stores.store import check_unchanged
+    from qbscale.storage.stores.store import read_whole
 
-    check_unchanged(experiment)
+    with read_whole(experiment):
+        result = run(evaluated, method="none", scheduler=scheduler, num_workers=num_workers,
+                     progress=progress)
     assert result.before is not None
     return result.before
 

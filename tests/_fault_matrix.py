@@ -139,6 +139,14 @@ def html_ok(rel: str) -> Check:
     return check
 
 
+def report_marker_ok(rel: str) -> Check:
+    def check(work: Path) -> None:
+        from qbscale.storage.durability.paths import REPORT_MARKER
+
+        assert json.loads((work / rel / REPORT_MARKER).read_text())["kind"] == "report", rel
+    return check
+
+
 def faiss_ok(rel: str) -> Check:
     def check(work: Path) -> None:
         import faiss
@@ -175,8 +183,13 @@ SPECS = (
          replaces=True),
     Spec("index", ("index", "norm.zarr", "-o", "idx.faiss", "--overwrite"), ("idx.faiss",),
          (faiss_ok("idx.faiss"),), replaces=True),
-    Spec("report", ("report", "exp.zarr", "-o", "rep", "--method", "dis", "--no-diagnose"),
-         ("rep",), (html_ok("rep/index.html"),)),
+    Spec("run-normaliser", ("run", "emb.zarr", "--normaliser", "norm.zarr", "--json",
+                            "runn.json"), ("runn.json",), (json_ok("runn.json", "run"),)),
+    Spec("search", ("search", "norm.zarr", "--queries", "q.npy", "--topk", "3", "--hits",
+                    "found.tsv"), ("found.tsv",), (hits_ok("found.tsv"),)),
+    Spec("report", ("report", "exp.zarr", "-o", "rep", "--method", "dis", "--no-diagnose",
+                    "--overwrite"),
+         ("rep",), (html_ok("rep/index.html"), report_marker_ok("rep")), replaces=True),
     Spec("sweep", ("sweep", "exp.zarr", "--bank-sizes", "30,all", "--repeats", "1",
                    "--plot", "sweep.png", "--json", "sweep.json"),
          ("sweep.png", "sweep.json"), (png_ok("sweep.png"), json_ok("sweep.json", None))),

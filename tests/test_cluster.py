@@ -179,3 +179,19 @@ def test_a_worker_killed_mid_run(cluster, data, threaded, tmp_path):
     assert f"Worker process {victim} was killed by signal 9" in logs
     cluster.wait_for_workers(2)  # the nanny started a new worker process
     assert victim not in cluster.worker_pids().values()
+
+
+@pytest.mark.parametrize("scheduler", ["processes", "local:2"])
+def test_a_damaged_store_is_one_line_on_every_scheduler(data, tmp_path, scheduler):
+    """A chunk that fails its checksum in a worker process: the command's one
+    ``Error:`` line, not the workers' logs and tracebacks before it."""
+    store = make_store(str(tmp_path / "exp.zarr"), *data, chunk_rows=400)
+    chunk = next(p for p in sorted(Path(store, "bank", "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(b"garbage")
+    proc = qbscale_cli("run", store, "--scheduler", scheduler, "-q")
+    _, err = proc.communicate(timeout=120)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == 1, err.decode()
+    assert len(lines) == 1, err.decode()
+    rel = chunk.relative_to(store).as_posix()
+    assert lines[0].startswith("Error: ") and rel in lines[0] and "damaged" in lines[0], lines

@@ -141,6 +141,31 @@ def test_an_output_is_never_an_input(store, tmp_path, inputs):
     assert not (store / "norm.zarr").exists()
 
 
+@pytest.mark.parametrize("kind", ["JSON file", "hits file", "plot", "faiss index",
+                                  "experiment store", "normaliser", "report"])
+def test_check_output_refuses_any_place_inside_a_store_or_normaliser(store, norm, tmp_path,
+                                                                       kind):
+    """Not an input of the command, still refused: the root, an array's folder, a
+    chunk, a manifest, a new path deep inside, reached through a symlink or ``..``;
+    beside a store, or in a folder named like one that is no store, is fine."""
+    from qbscale.errors import ConfigError
+    from qbscale.storage.durability.paths import check_output, enclosing_store
+
+    (tmp_path / "link").symlink_to(store)
+    (tmp_path / "plain.zarr").mkdir()
+    inside = [store / "zarr.json", store / "bank", store / "bank" / "c" / "0" / "0",
+              store / "bank" / "qbscale_chunks.json", store / "new" / "deep" / "x",
+              norm / "zarr.json", norm / "new", tmp_path / "link" / "x",
+              tmp_path / "plain.zarr" / ".." / "exp.zarr" / "x"]
+    for path in inside:
+        assert enclosing_store(path) is not None, path
+        with pytest.raises(ConfigError, match="lies inside the qbscale"):
+            check_output(path, kind)
+    for path in (tmp_path / "beside.out", tmp_path / "plain.zarr" / "x.out"):
+        assert enclosing_store(path) is None
+        check_output(path, kind)
+
+
 def test_index_overwrite_replaces_only_a_faiss_index(tmp_path):
     pytest.importorskip("faiss")
     rng = np.random.default_rng(0)

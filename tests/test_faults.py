@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from qbscale.cli import cli
+from qbscale.cli import COMMANDS, cli
+from qbscale.cli.options import Command, InputPath, OutputPath
 
 from ._fault_matrix import (
     PAGE,
@@ -93,7 +96,10 @@ def template(tmp_path_factory) -> Template:
     rng = np.random.default_rng(0)
     np.save(root / "b.npy", rng.standard_normal((60, 20)).astype(np.float32))
     np.save(root / "t.npy", rng.standard_normal((20, 20)).astype(np.float32))
+    np.save(root / "q.npy", rng.standard_normal((20, 16)).astype(np.float32))
     (root / "notes.txt").write_text("a user's notes\n")
+    (root / "site").mkdir()  # a user's web page
+    (root / "site" / "index.html").write_text("<html>a user's page</html>\n")
     (root / "userdir").mkdir()
     (root / "userdir" / "notes.txt").write_text("a user's notes\n")
     zarr.create_group(str(root / "group.zarr"))
@@ -105,6 +111,7 @@ def template(tmp_path_factory) -> Template:
         invoke("-q", "synth", "--kind", "embeddings", "--bank", "60", "--test", "20",
                "--gallery", "20", "--dim", "16", "emb.zarr")
         invoke("-q", "fit", "emb.zarr", "-o", "norm.zarr")
+        os.symlink("exp.zarr", "link.zarr")  # another name of a store
         for spec in SPECS:  # each command's previous output
             before = snapshot(root)
             invoke(*spec.command())
@@ -333,57 +340,229 @@ def test_two_writers(name, kind, seed, template, runner, tmp_path):
     report(f"two of qbscale {' '.join(argv)} at once (exits {codes})", problems)
 
 
-# --- --overwrite aimed at another kind of path ----------------------------------------------
+# --- where an output may go ---------------------------------------------------------------
+#
+# Every output path of every command (an OutputPath option or argument) is walked
+# here: each spec's argv names where its outputs go, and each is pointed at places
+# no output may go.  A command whose output option no spec writes fails
+# test_every_output_path_is_checked_and_walked, so a new option cannot skip this.
 
-OUTPUT = {"ingest": "out.zarr", "synth": "syn.zarr", "fit": "fit.zarr", "index": "idx.faiss"}
+#: parameters that are no path (so neither an InputPath nor an OutputPath)
+NOT_A_PATH = {"alpha", "array", "bank_sample_text", "bank_sizes", "beta", "factory",
+              "gallery_beta", "kc", "label", "nnn_k", "scheduler", "title"}
+OUTPUT_NAME = re.compile(r"json|hits|plot|out|report|html|png|index|dest|write|save_to")
+
+
+def _command(name: str) -> click.Command:
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None, name
+    return command
+
+
+def output_slots(spec: Spec) -> list[tuple[str, int]]:
+    """``(parameter name, argv index)`` of every output path ``spec.argv`` gives."""
+    command = _command(spec.argv[0])
+    by_flag = {opt: p for p in command.params if isinstance(p, click.Option)
+               for opt in (*p.opts, *p.secondary_opts)}
+    positional = [p for p in command.params if isinstance(p, click.Argument)]
+    slots, i = [], 1
+    while i < len(spec.argv):
+        option = by_flag.get(spec.argv[i])
+        if option is not None:
+            if option.is_flag:
+                i += 1
+                continue
+            if isinstance(option.type, OutputPath):
+                slots.append((option.name or "", i + 1))
+            i += 2
+            continue
+        if len(positional) == 1 and isinstance(positional[0].type, OutputPath):
+            slots.append((positional[0].name or "", i))
+        i += 1
+    return slots
+
+
+SLOTS = [(spec, name, i) for spec in SPECS for name, i in output_slots(spec)]
+
+
+def test_every_output_path_is_checked_and_walked():
+    """Every command is a Command (its outputs checked before it runs); every
+    parameter is a path read, a path written, or named here as no path; every
+    output parameter is written by a spec of the matrix (so walked below)."""
+    walked = {(spec.argv[0], name) for spec, name, _ in SLOTS}
+    outputs = set()
+    for command_name in COMMANDS:
+        command = _command(command_name)
+        assert isinstance(command, Command), f"{command_name} is not a qbscale Command"
+        for param in command.params:
+            name = param.name or ""
+            if isinstance(param.type, OutputPath):
+                outputs.add((command_name, name))
+                assert (command_name, name) in walked, \
+                    f"{command_name} {param.opts}: no spec of the fault matrix writes it"
+            elif isinstance(param.type, InputPath) or \
+                    (isinstance(param, click.Option) and param.is_flag):
+                continue  # read (e.g. search --index, a faiss index), or a flag
+            elif OUTPUT_NAME.search(name):
+                raise AssertionError(f"{command_name} {param.opts} sounds like an output "
+                                     "but is no OutputPath (so its path is never checked)")
+            elif isinstance(param.type, click.Path | click.types.StringParamType):
+                assert name in NOT_A_PATH, \
+                    f"{command_name} {param.opts}: an InputPath, an OutputPath or no path?"
+    assert outputs == walked
+
+
+def _refusal(res: object, target: str) -> list[str]:
+    """Problems unless ``res`` is one clean refusal naming ``target``."""
+    problems = []
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        problems.append(f"crashed: {res.exception!r}")
+    if res.exit_code not in (1, 2):
+        problems.append(f"exit {res.exit_code}, expected a refusal; stdout: "
+                        f"{res.stdout.strip()[:200]}")
+        return problems
+    errors = [line for line in stderr_lines(res.stderr) if line.startswith("Error: ")]
+    if res.exit_code == 1:
+        try:
+            assert_one_line_error(res.exit_code, res.stderr, "the refusal")
+        except AssertionError as exc:
+            problems.append(str(exc))
+    elif len(errors) != 1:
+        problems.append(f"not one Error line: {res.stderr}")
+    if errors and target not in errors[0]:
+        problems.append(f"the error does not name {target}: {errors[0]}")
+    return problems
+
+
+def _aimed(spec: Spec, index: int, target: str, work: Path) -> list[str]:
+    """``spec`` with its output at argv ``index`` aimed at ``target``: refused, and the
+    work directory byte for byte as it was."""
+    argv = spec.command()
+    argv[index + 1] = target  # (command() puts -q first)
+    before = snapshot(work)
+    with chdir(work):
+        res = CliRunner().invoke(cli, argv)
+    problems = _refusal(res, target)
+    d = diff(before, snapshot(work))
+    if d:
+        problems.append(f"work directory changed: {d}")
+    return [f"qbscale {' '.join(argv)}: {p}" for p in problems]
+
+
+#: places inside a store or a normaliser (an input of the command or not)
+INSIDE = {
+    "store-meta": "exp.zarr/zarr.json",
+    "store-array-meta": "exp.zarr/test/zarr.json",
+    "store-chunk": "exp.zarr/bank/c/0/0",
+    "store-manifest": "exp.zarr/bank/qbscale_chunks.json",
+    "store-new-file": "exp.zarr/new.out",
+    "store-new-dir": "exp.zarr/bank/new.out",
+    "normaliser-meta": "norm.zarr/zarr.json",
+    "normaliser-chunk": "norm.zarr/beta/c/0",
+    "normaliser-new-file": "norm.zarr/new.out",
+    "other-store": "emb.zarr/zarr.json",
+    "via-symlink": "link.zarr/zarr.json",
+    "via-dotdot": "userdir/../exp.zarr/zarr.json",
+    "holds-every-input": ".",
+}
+
+
+def _inputs_of(spec: Spec) -> list[str]:
+    """The spec's InputPath values (its own inputs)."""
+    command = _command(spec.argv[0])
+    ctx = command.make_context(spec.argv[0], list(spec.argv[1:]), resilient_parsing=True)
+    return [v for p in command.params if isinstance(p.type, InputPath)
+            for v in _flat(ctx.params.get(p.name or ""))]
+
+
+def _flat(value: object) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, tuple | list) else [str(value)]
+
+
+@pytest.mark.parametrize(("name", "param", "index"),
+                         [pytest.param(s.name, p, i, id=f"{s.name}-{p}") for s, p, i in SLOTS])
+def test_output_never_inside_an_input_or_a_store(name, param, index, template, tmp_path):
+    """An output onto or inside an input, a store or a normaliser (their metadata,
+    chunks, manifests; through a symlink or ``..``), or a folder holding the
+    inputs, is refused before anything is written."""
+    spec = SPEC[name]
+    work = tmp_path / "work"
+    copy_tree(template.root, work)
+    for rel in INSIDE.values():
+        assert rel == "." or rel.endswith("new.out") or (work / rel).exists(), rel
+    targets = {**INSIDE, **{f"own-input-{v}": v for v in _inputs_of(spec)}}
+    problems = []
+    for target in targets.values():
+        problems += _aimed(spec, index, target, work)
+    report(f"{name}: {param} aimed inside inputs and stores", problems)
+
+
 KINDS = {
     "plain-file": "notes.txt",
     "experiment-store": "emb.zarr",
     "normaliser-store": "fit.zarr",
     "user-dir": "userdir",
+    "user-site": "site",
     "faiss-index": "idx.faiss",
     "zarr-group": "group.zarr",
+    "report-dir": "rep",
 }
-OWN_INPUT = {"ingest": "b.npy", "fit": "exp.zarr", "index": "norm.zarr"}
-LEGIT = {"ingest": "experiment-store", "synth": "experiment-store", "fit": "normaliser-store",
-         "index": "faiss-index"}
+FILES = {"plain-file", "faiss-index"}
+#: output kind -> the kind of path it may replace (with --overwrite)
+LEGIT = {"experiment store": "experiment-store", "normaliser": "normaliser-store",
+         "faiss index": "faiss-index", "report": "report-dir"}
 
 
 def _kind_cases() -> list[object]:
     cases = []
-    for name in OUTPUT:
-        targets = {kind: rel for kind, rel in KINDS.items() if kind != LEGIT[name]}
-        if name in OWN_INPUT:
-            targets["own-input"] = OWN_INPUT[name]
-        cases += [pytest.param(name, kind, rel, id=f"{name}-onto-{kind}")
-                  for kind, rel in targets.items()]
+    for spec, param, index in SLOTS:
+        kind = _output_type(spec, param).kind
+        if kind not in LEGIT and kind != "faiss index":  # a file: replaces files, no folder
+            targets = [k for k in KINDS if k not in FILES]
+        else:
+            targets = [k for k in KINDS if k != LEGIT[kind]]
+        cases += [pytest.param(spec.name, index, k, id=f"{spec.name}-{param}-onto-{k}")
+                  for k in targets]
     return cases
 
 
-@pytest.mark.parametrize(("name", "kind", "target"), _kind_cases())
-def test_overwrite_refuses_other_kinds(name, kind, target, template, tmp_path):
-    spec = SPEC[name]
+def _output_type(spec: Spec, param: str) -> OutputPath:
+    found = next(p for p in _command(spec.argv[0]).params if p.name == param)
+    assert isinstance(found.type, OutputPath)
+    return found.type
+
+
+@pytest.mark.parametrize(("name", "index", "kind"), _kind_cases())
+def test_overwrite_refuses_other_kinds(name, index, kind, template, tmp_path):
+    """An output aimed (with --overwrite where the command takes it) at an existing
+    path of another kind: a user's folder or web page, a store or a normaliser it
+    does not write, a report folder, a Zarr group: refused, nothing changed."""
     work = tmp_path / "work"
     copy_tree(template.root, work)
-    before = snapshot(work)
-    argv = [target if a == OUTPUT[name] else a for a in spec.command()]
+    report(f"{name} onto a {kind}", _aimed(SPEC[name], index, KINDS[kind], work))
+
+
+def test_report_replaces_only_its_own_report(template, tmp_path):
+    """report -o: a new or empty folder is written; its own earlier report only with
+    --overwrite; the user's page never, --overwrite or not."""
+    work = tmp_path / "work"
+    copy_tree(template.root, work)
+    base = ["-q", "report", "exp.zarr", "--method", "dis", "--no-diagnose", "-o"]
+    (work / "empty").mkdir()
     with chdir(work):
-        res = CliRunner().invoke(cli, argv)
-    problems = []
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        problems.append(f"crashed: {res.exception!r}")
-    errors = [line for line in stderr_lines(res.stderr) if line.startswith("Error: ")]
-    if res.exit_code == 2 and len(errors) == 1:
-        pass  # click refused the path itself (its usage error: Usage, Try, one Error line)
-    elif res.exit_code != 1:
-        problems.append(f"exit {res.exit_code}, expected 1 (a refusal); stdout: "
-                        f"{res.stdout.strip()[:200]}")
-    else:
-        try:
-            assert_one_line_error(res.exit_code, res.stderr, "the refusal")
-        except AssertionError as exc:
-            problems.append(str(exc))
-    d = diff(before, snapshot(work))
-    if d:
-        problems.append(f"work directory changed: {d}")
-    report(f"qbscale {' '.join(argv)} ({target} is a {kind})", problems)
+        for out in ("new", "empty"):
+            res = CliRunner().invoke(cli, [*base, out])
+            assert res.exit_code == 0, res.output
+            assert (work / out / "index.html").is_file()
+        again = _aimed(Spec("again", ("report", "exp.zarr", "-o", "new", "--method", "dis",
+                                      "--no-diagnose"), ("new",), ()), 3, "new", work)
+        assert again == [], again
+        res = CliRunner().invoke(cli, [*base, "new", "--overwrite"])
+        assert res.exit_code == 0, res.output
+    for flags in ((), ("--overwrite",)):
+        spec = Spec("site", ("report", "exp.zarr", "-o", "site", "--method", "dis",
+                             "--no-diagnose", *flags), ("site",), ())
+        assert _aimed(spec, 3, "site", work) == []
+    assert (work / "site" / "index.html").read_text() == "<html>a user's page</html>\n"

@@ -136,7 +136,7 @@ CASES: list[tuple[str, str, Args]] = [
     ("index", "i.faiss", lambda w, out: ["index", w["norm"], "--gallery-emb",
                                          w["root"] / "g.npy", "--overwrite", "-o", out]),
     ("report", "rep", lambda w, out: ["report", w["store"], "--method", "dis",
-                                      "--no-diagnose", "-o", out]),
+                                      "--no-diagnose", "--overwrite", "-o", out]),
 ]
 
 

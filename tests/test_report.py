@@ -138,3 +138,28 @@ def test_cli_report_diagnoses_unless_told_not_to(tmp_path, cli_invoke):
         cli_invoke("report", store, "-o", out, "--method", "dis", "-q", *flag)
         assert ("Diagnostics of the querybank" in (out / "index.html").read_text()) is present
         assert (out / "diagnostics.png").exists() is present
+
+
+def test_a_report_is_written_only_into_a_new_empty_or_report_folder(comparison, tmp_path):
+    """write_report marks its folder (qbscale-report.json) and replaces only such a
+    folder (not without overwrite); a folder of the user's own files is refused
+    before anything is written into it."""
+    from qbscale.errors import StoreExistsError
+    from qbscale.storage.durability.paths import REPORT_MARKER
+
+    page = write_report(comparison, tmp_path / "rep")
+    assert json.loads((tmp_path / "rep" / REPORT_MARKER).read_text())["kind"] == "report"
+    first = page.read_bytes()
+    with pytest.raises(StoreExistsError, match="pass --overwrite"):
+        write_report(comparison, tmp_path / "rep", title="again", overwrite=False)
+    assert page.read_bytes() == first
+    write_report(comparison, tmp_path / "rep", title="again")
+    assert "again" in page.read_text()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("my page")
+    for overwrite in (False, True):
+        with pytest.raises(StoreExistsError, match="not a report"):
+            write_report(comparison, site, overwrite=overwrite)
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]
+    assert (site / "index.html").read_text() == "my page"

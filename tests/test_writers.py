@@ -163,6 +163,43 @@ def test_a_store_replaced_during_the_computation_is_refused(store, command):
     assert norm.exists() == (command == "search") and not hits.exists()
 
 
+@pytest.mark.parametrize("command", ["run", "eval", "hubness", "diagnose", "sweep", "fit",
+                                     "search"])
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_a_store_replaced_by_a_smaller_one_during_the_computation_is_refused(store, command,
+                                                                            scheduler):
+    """The replacement has fewer rows and other chunks: the reads find chunks
+    missing or not the ones recorded, and the error says the store was replaced
+    (not that a chunk is missing, which asks to re-ingest a store just ingested)."""
+    from dask.callbacks import Callback
+
+    from qbscale.storage.stores.ingest import ingest
+
+    bank, test = problem(n_bank=400, n_gallery=200, seed=1)
+    replaced = []
+
+    def replace(dsk, state):
+        if not replaced:
+            replaced.append(ingest(store, bank[:100], test[:50], chunk_rows=30, progress=False,
+                                   overwrite=True))
+
+    norm, hits = Path(store).parent / "norm.zarr", Path(store).parent / "hits.tsv"
+    argv = {"sweep": [store, "--bank-sizes", "100,200", "--repeats", "1"],
+            "fit": [store, "-o", str(norm)],
+            "search": [str(norm), "--sims", store, "--topk", "3", "--hits", str(hits)]
+            }.get(command, [store])
+    if command == "search":
+        assert invoke("fit", store, "-o", str(norm)).exit_code == 0
+    with Callback(start_state=replace):
+        res = CliRunner().invoke(cli, [command, *argv, "--scheduler", scheduler, "-q"])
+    assert replaced
+    assert res.exit_code == 1, res.output
+    assert res.output == (f"Error: store {store} was replaced while this run read it (an "
+                          "ingest --overwrite?): its figures could mix two stores, so nothing "
+                          "was reported or saved; run again\n")
+    assert norm.exists() == (command == "search") and not hits.exists()
+
+
 def test_a_failed_run_releases_its_lock(store):
     with pytest.raises(ValueError):
         run(store, beta=-1, save_ranks=True)

@@ -30,7 +30,7 @@ from qbscale.engine.metrics import retrieval_metrics
 from qbscale.engine.stack import Stack
 from qbscale.engine.subsets import ALL, SampleSpec, Subsets
 from qbscale.executors import get_executor
-from qbscale.storage.stores.store import check_unchanged
+from qbscale.storage.stores.store import read_whole
 from qbscale.types import Experiment, RowResult
 
 #: metrics summarised per size (key, header)
@@ -137,10 +137,10 @@ def bank_size_sweep(store: str | os.PathLike[str] | Experiment, sizes: Sequence[
     graph = _plan.build(experiment, config, normaliser=stack)
     executor = get_executor(scheduler, num_workers)
     try:
-        stacked, *rows = executor.compute(graph.outputs(), progress)
+        with read_whole(experiment):
+            stacked, *rows = executor.compute(graph.outputs(), progress)
     finally:
         executor.close()
-    check_unchanged(experiment)
     result = _assemble(config, experiment, subsets, sizes, stacked, rows)
     result.seconds = time.perf_counter() - t0
     return result

@@ -105,7 +105,7 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
         (:func:`qbscale.api.run`)
     """
     from qbscale.storage.stores.gallery_bank import resolve
-    from qbscale.storage.stores.store import check_unchanged
+    from qbscale.storage.stores.store import read_whole
 
     experiment = store if isinstance(store, Experiment) else \
         open_experiment(store, storage_options)
@@ -114,23 +114,23 @@ def compare(store: str | os.PathLike[str] | Experiment, names: list[str] | None 
         raise ConfigError("no method to compare")
     reading = dataclasses.replace(experiment, url=None)  # analyses never write to the store
     runs = []
-    for name in names:
-        method = methods.get(name)
-        swept: dict[str, Any] = {method.variant.name: _values(method, sweep)}
-        config = RunConfig.make(method=name, k=activation_k, topk=k, dynamic=dynamic,
-                                params=swept)
-        extra = resolve(experiment, config,
-                        gallery_bank if methods.GALLERY_BANK in method.banks else None)
-        result = run(reading, k=activation_k, method=name, topk=k, dynamic=dynamic,
-                     gallery_bank=extra.get(methods.GALLERY_BANK), scheduler=scheduler,
-                     num_workers=num_workers, progress=progress, bank_sample=bank_sample,
-                     seed=seed, **swept)
-        nks = hub.occurrences(result, k)
-        del nks["before"]
-        occurrence = {float(v): nk for v, nk in nks.items()}
-        runs.append(MethodRun(config.label, result, float(method.variant.default), occurrence,
-                              {v: hub.Hubness.of(nk, k) for v, nk in occurrence.items()}))
-    check_unchanged(experiment)  # the runs read through a copy without its url
+    with read_whole(experiment):  # the runs read through a copy without its url
+        for name in names:
+            method = methods.get(name)
+            swept: dict[str, Any] = {method.variant.name: _values(method, sweep)}
+            config = RunConfig.make(method=name, k=activation_k, topk=k, dynamic=dynamic,
+                                    params=swept)
+            extra = resolve(experiment, config,
+                            gallery_bank if methods.GALLERY_BANK in method.banks else None)
+            result = run(reading, k=activation_k, method=name, topk=k, dynamic=dynamic,
+                         gallery_bank=extra.get(methods.GALLERY_BANK), scheduler=scheduler,
+                         num_workers=num_workers, progress=progress, bank_sample=bank_sample,
+                         seed=seed, **swept)
+            nks = hub.occurrences(result, k)
+            del nks["before"]
+            occurrence = {float(v): nk for v, nk in nks.items()}
+            runs.append(MethodRun(config.label, result, float(method.variant.default), occurrence,
+                                  {v: hub.Hubness.of(nk, k) for v, nk in occurrence.items()}))
     first = runs[0].result
     before = hub.occurrences(first, k)["before"]
     return Comparison(k, experiment.n_queries, experiment.n_gallery, experiment.bank.shape[0],

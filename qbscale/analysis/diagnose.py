@@ -214,14 +214,14 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
         bank = diagnostics.RowSample(bank, np.sort(rows))
     with_gt = evaluate and getattr(exp, "gt", None) is not None
     graph = diagnostics.build(exp, bank, config, depth, with_gt)
+    from qbscale.storage.stores.store import read_whole
+
     executor = get_executor(scheduler, num_workers)
     try:
-        view, *parts = executor.compute(graph, progress)
+        with read_whole(exp):
+            view, *parts = executor.compute(graph, progress)
     finally:
         executor.close()
-    from qbscale.storage.stores.store import check_unchanged
-
-    check_unchanged(exp)
     parts.sort(key=lambda p: p.start)
     mask = np.ones(exp.n_queries, bool) if exp.mask is None else np.asarray(exp.mask, bool)
     nk = np.zeros(exp.n_gallery, np.int64)

@@ -35,6 +35,7 @@ import numpy as np
 from qbscale.analysis import hubness as hub
 from qbscale.analysis.compare import Comparison
 from qbscale.storage.durability.atomic import building
+from qbscale.storage.durability.paths import REPORT_MARKER
 
 if TYPE_CHECKING:
     from qbscale.analysis.diagnose import Diagnosis
@@ -334,12 +335,15 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
                  items: str | os.PathLike[str] | list[str] | None = None,
                  title: str = "Querybank normalisation report",
                  diagnosis: Diagnosis | None = None,
-                 bank_sizes: dict[str, Any] | None = None) -> Path:
+                 bank_sizes: dict[str, Any] | None = None, overwrite: bool = True) -> Path:
     """Draw the figures and write ``out_dir/index.html`` (and the PNGs beside it).
 
     The files are written into a hidden staging folder and moved into place
     once all are written (:func:`qbscale.storage.durability.atomic.building`): a failure
-    (full disk, bad ``items``) leaves ``out_dir`` as it was.
+    (full disk, bad ``items``) leaves ``out_dir`` as it was.  ``out_dir`` must be
+    new, empty or an earlier report (its ``qbscale-report.json`` says so; only
+    with ``overwrite``): a folder holding anything else is refused
+    (:func:`check_report_folder`).
 
     ``items`` labels the gallery items in the hubs table: a JSON-lines file
     (:func:`load_items`) or a list of strings.  ``diagnosis``
@@ -366,10 +370,36 @@ def write_report(result: Comparison, out_dir: str | os.PathLike[str],
 
         images["bank_sizes.png"] = bank_size_figure(bank_sizes)
     page = render(result, images, labels, title, diagnostics, bank_sizes)
+    from qbscale import __version__
+
     out = Path(out_dir)
+    check_report_folder(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     with building(out) as staging:  # a failure leaves an earlier report as it was
         for name, data in images.items():
             (staging / name).write_bytes(data)
         (staging / "index.html").write_text(page, encoding="utf-8")
+        (staging / REPORT_MARKER).write_text(json.dumps(
+            {"kind": "report", "qbscale_version": __version__}, indent=2) + "\n")
     return out / "index.html"
+
+
+def check_report_folder(out: Path, overwrite: bool = True) -> None:
+    """Refuse to write a report into an existing folder that is neither empty nor
+    an earlier report (one carrying :data:`~qbscale.storage.durability.paths.REPORT_MARKER`):
+    its ``index.html`` and figures would replace a user's files.  Without
+    ``overwrite`` an earlier report is refused too.
+
+    Raises
+    ------
+    StoreExistsError
+        ``site exists and is a directory that is not a qbscale store, not a
+        report: not replacing it``; ``rep exists: pass --overwrite to replace it``.
+    """
+    if out.exists() or out.is_symlink():
+        from qbscale.errors import StoreExistsError
+        from qbscale.storage.durability.paths import check_replaceable, what_is
+
+        check_replaceable(out, "report", os.fspath(out))  # another kind: never
+        if not overwrite and what_is(out) != "an empty directory":
+            raise StoreExistsError(f"{os.fspath(out)} exists: pass --overwrite to replace it")

@@ -169,7 +169,15 @@ def local_workers(address: str) -> int:
 
 
 def start_local_cluster(n_workers: int) -> Any:
-    """A LocalCluster of single-threaded worker processes with fast malloc settings."""
+    """A LocalCluster of single-threaded worker processes with fast malloc settings.
+
+    Its scheduler, nannies and workers log only what is critical: a task that
+    fails (a damaged chunk, bad data) is raised in this process as the one
+    error it is, so the workers' "Compute Failed" reports and tracebacks, and
+    their chatter while the cluster closes, would only come before it on stderr
+    (as the ``processes`` scheduler prints nothing of its own)."""
+    import logging
+
     import dask
     from distributed import LocalCluster
 
@@ -177,7 +185,8 @@ def start_local_cluster(n_workers: int) -> Any:
     environ = {**dask.config.get(key, {}), **MALLOC_ENV}
     with dask.config.set({key: environ}):
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                            dashboard_address="127.0.0.1:0", host="127.0.0.1")
+                            dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                            silence_logs=logging.CRITICAL)
 
 
 def _connect(target: Any, address: str, timeout: float) -> Any:

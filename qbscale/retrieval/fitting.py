@@ -202,12 +202,12 @@ def fit_engine(inputs: Inputs, config: Any, scheduler: Any = "threads",
     from qbscale.executors import get_executor
 
     lazy = fit(inputs.experiment, config, banks=inputs.banks)
+    from qbscale.storage.stores.store import read_whole
+
     executor = get_executor(scheduler, num_workers)
     try:
-        (norm,) = executor.compute([lazy], progress)
+        with read_whole(inputs.experiment):
+            (norm,) = executor.compute([lazy], progress)
     finally:
         executor.close()
-    from qbscale.storage.stores.store import check_unchanged
-
-    check_unchanged(inputs.experiment)
     return norm

@@ -7,6 +7,10 @@
   same kind (an experiment store by ``ingest``, a normaliser by ``fit``).
 * :func:`check_not_input` refuses an output that is, holds or lies inside one
   of the command's inputs.
+* :func:`enclosing_store` finds the qbscale store or normaliser a path lies in.
+* :func:`check_output` is the one check every output path of every command goes
+  through: never an input, never inside any store or normaliser, an existing
+  directory replaced only with ``--overwrite`` and only by its own kind.
 
 >>> describe_kind(b'{"attributes": {"qbscale_normaliser": {}}}')
 'normaliser'
@@ -25,6 +29,10 @@ from qbscale.storage.durability.lock import KEY as LOCK
 
 #: kind -> the group attribute that marks it
 KINDS = {"experiment store": "qbscale", "normaliser": "qbscale_normaliser"}
+#: the file that marks a folder written by ``qbscale report`` (replaceable by one)
+REPORT_MARKER = "qbscale-report.json"
+#: output kinds that are folders (the rest are files)
+FOLDER_KINDS = ("experiment store", "normaliser", "report")
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
             (stat.S_ISDIR, "a directory"))
@@ -69,6 +77,8 @@ def what_is(path: Path) -> str:
     if not path.is_dir():
         return file_type(os.stat(path).st_mode) if path.exists() else "a dangling link"
     meta = path / "zarr.json"
+    if not meta.is_file() and (path / REPORT_MARKER).is_file():
+        return "a qbscale report"
     if not meta.is_file():  # (the lock of a writer replacing it leaves it empty)
         return "a directory that is not a qbscale store" if any(
             p.name != LOCK for p in path.iterdir()) else "an empty directory"
@@ -108,10 +118,12 @@ def _local(path: str | os.PathLike[str]) -> Path | None:
     return Path(os.path.realpath(base))
 
 
-def check_not_input(out: str | os.PathLike[str], inputs: Iterable[object]) -> None:
+def check_not_input(out: str | os.PathLike[str], inputs: Iterable[object],
+                    role: str = "input") -> None:
     """Refuse an output that is an input, holds one, or lies inside one.
 
-    ``inputs`` may hold paths, URLs, arrays or None (only local paths count).
+    ``inputs`` may hold paths, URLs, arrays or None (only local paths count);
+    ``role`` names them in the message (``"input"``, ``"output"``).
 
     Raises
     ------
@@ -135,5 +147,90 @@ def check_not_input(out: str | os.PathLike[str], inputs: Iterable[object]) -> No
             how = "lies inside"
         else:
             continue
-        raise ConfigError(f"output {os.fspath(out)} {how} the input {os.fspath(given)}: "
-                          "an output never replaces an input; write elsewhere")
+        if role == "input":
+            raise ConfigError(f"output {os.fspath(out)} {how} the input {os.fspath(given)}: "
+                              "an output never replaces an input; write elsewhere")
+        if how == "is":
+            raise ConfigError(f"{os.fspath(out)} is given for two outputs: give each "
+                              "output its own path")
+        raise ConfigError(f"output {os.fspath(out)} {how} the {role} {os.fspath(given)}: "
+                          "give each output its own path")
+
+
+def enclosing_store(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
+    """The qbscale store or normaliser that local ``path`` lies inside, and its kind
+    (None: none).  Symlinks and ``..`` are resolved first; ``path`` itself does
+    not count (replacing a whole store is :func:`check_replaceable`'s question).
+
+    >>> enclosing_store("/") is None
+    True
+    """
+    target = _local(path)
+    if target is None:
+        return None
+    for parent in target.parents:
+        meta = parent / "zarr.json"
+        try:
+            kind = describe_kind(meta.read_bytes()) if meta.is_file() else None
+        except OSError:
+            continue
+        if kind is not None:
+            return parent, kind
+    return None
+
+
+def check_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[object] = (),
+                 overwrite: bool = False, others: Iterable[object] = ()) -> None:
+    """The check of every output path, before any work: refuse ``out`` when it
+
+    * is, holds or lies inside one of ``inputs`` (stores, normalisers, input
+      files; symlinks and ``..`` resolved), or one of the command's ``others``
+      outputs;
+    * lies inside any qbscale store or normaliser, an input or not
+      (:func:`enclosing_store`): only qbscale's writers write there;
+    * is an existing folder (``kind`` in :data:`FOLDER_KINDS`) that is not empty,
+      unless ``overwrite`` is given and it holds an output of the same ``kind``
+      (a store, a normaliser, a report folder carrying :data:`REPORT_MARKER`);
+    * exists and is a folder or another non-regular file where ``kind`` is a file.
+
+    URLs are left to the writers (they refuse what exists without ``overwrite``).
+
+    Raises
+    ------
+    ConfigError
+        ``output exp.zarr/zarr.json lies inside the input exp.zarr: ...``.
+    StoreExistsError
+        ``rep exists: pass --overwrite to replace it``; ``rep exists and is a
+        directory that is not a qbscale store, not a report: not replacing it``.
+    """
+    target = _local(out)
+    if target is None:
+        return
+    shown = os.fspath(out)
+    check_not_input(out, inputs)
+    check_not_input(out, others, "output")
+    found = enclosing_store(out)
+    if found is not None:
+        root, what = found
+        raise ConfigError(f"output {shown} lies inside the qbscale {what} {root}: only "
+                          f"qbscale writes there, and an output never goes inside a store "
+                          "or a normaliser; write elsewhere")
+    from qbscale.storage.layout import local_path
+
+    path = Path(local_path(shown))  # (a file:// URL as its path; symlinks kept)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if kind not in FOLDER_KINDS:
+        if path.exists() and not path.is_file():
+            raise StoreExistsError(f"output {shown} exists and is not a regular file "
+                                   f"({what_is(path)}): not replacing it")
+        return
+    what = what_is(path)
+    if not path.is_dir():
+        raise StoreExistsError(f"cannot write into {shown}: it exists and is {what}, "
+                               "not a directory")
+    if what == "an empty directory":
+        return
+    check_replaceable(path, kind, shown)  # another kind: never, --overwrite or not
+    if not overwrite:
+        raise StoreExistsError(f"{shown} exists: pass --overwrite to replace it")

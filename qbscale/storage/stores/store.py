@@ -9,9 +9,11 @@ outputs.  See :mod:`qbscale.storage.layout` for the store contract.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -274,6 +276,27 @@ def _open(url: str, storage_options: dict[str, Any] | None,
     _notice_unchecked(url, group, names)
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
                       storage_options)
+
+
+@contextlib.contextmanager
+def read_whole(experiment: Experiment | None) -> Iterator[None]:
+    """Read ``experiment``'s store inside this block, then :func:`check_unchanged`.
+
+    A failure while reading (a chunk missing or not the one recorded, metadata
+    that no longer fits) from a store that was replaced meanwhile is reported
+    as that replacement (:class:`StoreChangedError`): a chunk "missing" because
+    a smaller store took the place of the one opened is nothing to re-ingest or
+    restore.  A failure of a store that is still the one opened is raised as it is.
+    """
+    if experiment is None:
+        yield
+        return
+    try:
+        yield
+    except Exception:
+        check_unchanged(experiment)
+        raise
+    check_unchanged(experiment)
 
 
 def check_unchanged(experiment: Experiment) -> None:
