@@ -45,15 +45,20 @@ autodoc_default_options = {"member-order": "bysource"}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
+# every public docstring is checked as it renders (as pandas and scikit-learn
+# do): each parameter and return value needs a type before its colon and a
+# description indented below it, capitalised and ending with a period.  Left
+# out: where the summary line starts (GL01, GL02), extended summaries, "See
+# Also" and examples on every name (ES01, SA01, EX01), the verb form of the
+# summary (SS05), a return type's description for a single return (RT02) and
+# the Yields section (YD01)
+numpydoc_validation_checks = {"all", "GL01", "GL02", "ES01", "SA01", "EX01", "SS05", "RT02",
+                              "YD01"}
 
-# the doctest builder runs every `>>>` example of the rendered docstrings
-doctest_global_setup = """
-import numpy as np
-from qbscale import Normaliser, normalise, run
-from qbscale.analysis.tables import markdown, summarise
-from qbscale.retrieval.search import search
-from qbscale.storage.stores.store import in_memory
-"""
+# the doctest builder runs every `>>>` example of the rendered docstrings, in a
+# namespace with nothing imported: each example carries its own imports, so it
+# runs as copied into a fresh interpreter
+doctest_global_setup = ""
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"qbscale {version}"
