@@ -14,6 +14,8 @@ import qbscale
 
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
+import inventories  # noqa: E402  (docs/_ext, on the path above)
+
 project = "qbscale"
 author = "the qbscale authors"
 copyright = "the qbscale authors, MIT licence"
@@ -23,6 +25,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.doctest",
+    "sphinx.ext.intersphinx",
     "numpydoc",
     "myst_parser",
     "sphinx_click",
@@ -44,7 +47,23 @@ autodoc_typehints = "none"
 autodoc_default_options = {"member-order": "bysource"}
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
-numpydoc_xref_param_type = False
+# the types of the parameters link to their documentation: qbscale's own, and
+# numpy's, dask's, xarray's and zarr's through inventories written locally
+# (_ext/inventories.py: the build needs no network)
+numpydoc_xref_param_type = True
+numpydoc_xref_ignore = "all"
+numpydoc_xref_aliases = {
+    **{name: f":{role[3:].replace('function', 'func')}:`{name}`"
+       for _, (_, entries) in inventories.TARGETS.items()
+       for name, role, _ in entries if role.startswith("py:") and "." in name},
+    "Experiment": "qbscale.types.Experiment",
+    "RunResult": "qbscale.RunResult",
+    "RunPlan": "qbscale.RunPlan",
+    "Normaliser": "qbscale.Normaliser",
+    "FaissSearch": "qbscale.retrieval.faiss_index.FaissSearch",
+    "HitsWriter": "qbscale.storage.outputs.hits.HitsWriter",
+}
+intersphinx_mapping = inventories.write(Path(__file__).parent / "_build" / "intersphinx")
 # every public docstring is checked as it renders (as pandas and scikit-learn
 # do): each parameter and return value needs a type before its colon and a
 # description indented below it, capitalised and ending with a period.  Left
@@ -66,8 +85,13 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
     "secondary_sidebar_items": ["page-toc"],
+    # the four sections in the top bar, as the pydata sites do, none under "More"
+    "header_links_before_dropdown": 5,
+    "navbar_align": "left",
+    "show_nav_level": 2,
 }
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["qbscale.css"]
 
 
 def _literal_help(app, ctx, lines):
