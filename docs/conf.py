@@ -14,7 +14,7 @@ import qbscale
 
 sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
-import inventories  # noqa: E402  (docs/_ext, on the path above)
+import inventories  # docs/_ext, put on the path above
 
 project = "qbscale"
 author = "the qbscale authors"
