@@ -1,8 +1,10 @@
 """Sphinx configuration of the qbscale documentation.
 
 Build: ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (the
-figures are drawn first from the shipped pycode data, see ``_ext/figures.py``)
-and ``sphinx-build -W -b doctest docs docs/_build/doctest``.
+figures are drawn first from the shipped glosses and pycode data, see
+``_ext/figures.py``) and ``sphinx-build -W -b doctest docs docs/_build/doctest``.
+Both validate the public docstrings with numpydoc and need no network (the
+intersphinx inventories are written by ``_ext/inventories.py``).
 """
 
 from __future__ import annotations
