@@ -19,8 +19,10 @@ RunResult
     What a run returns: metrics before and after, top-k, the settings.
 evaluate
     Metrics of any stored query x gallery matrix (no normalisation).
-open_dataset, open_result
-    A store, or its saved results, as an ``xarray.Dataset``.
+open_dataset
+    A store as a labelled, lazy ``xarray.Dataset``.
+open_result
+    An array the last run saved in a store (ranks, scores, top-k).
 
 Deploying
 ---------
@@ -74,5 +76,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    """The module's own names and the lazily loaded public API."""
-    return sorted({*globals(), *_LAZY})
+    """The public API (loaded lazily) and the module's dunder attributes."""
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
