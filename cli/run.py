@@ -1,4 +1,4 @@
-"""``qbscale run``: normalise a store (or the seed's pickles) and print metrics."""
+"""``qbscale run``: normalise a store (or the published code's pickles) and print metrics."""
 
 from __future__ import annotations
 
@@ -73,13 +73,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @quiet_option
 @click.option("--sims_train_test_path", "--sims-train-test-path", "bank_pkl",
               type=InputPath(exists=True, dir_okay=False),
-              help="Seed-compatible: querybank similarity pickle (instead of STORE).")
+              help="Flag of the paper's published code (dynamic_inverted_softmax.py): the "
+                   "querybank x gallery similarity pickle, instead of STORE.")
 @click.option("--sims_test_path", "--sims-test-path", "test_pkl",
               type=InputPath(exists=True, dir_okay=False),
-              help="Seed-compatible: test similarity pickle.")
+              help="Flag of the paper's published code: the test query x gallery similarity "
+                   "pickle.")
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
               type=InputPath(exists=True, dir_okay=False),
-              help="Seed-compatible: query mask pickle.")
+              help="Flag of the paper's published code: the test query mask pickle.")
 @click.option("--normaliser", "normaliser_path", metavar="NORM.zarr", type=InputPath(),
               help="A normaliser from `qbscale fit`: skip the bank stage (its settings "
                    "are the run's; options given must match them).")
@@ -101,7 +103,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
     """Querybank-normalise STORE and print retrieval metrics before and after.
 
     STORE is a store written by `qbscale ingest`.  Alternatively give the
-    seed's pickles with --sims_train_test_path and --sims_test_path.  With
+    similarity pickles of the paper's published code with its own flags,
+    --sims_train_test_path and --sims_test_path.  With
     several STORES (e.g. three training seeds of a model), each store's
     figures, then their mean(std) over the stores.
     """
@@ -213,7 +216,7 @@ def normalised_rows(result: Any) -> str:
 @contextlib.contextmanager
 def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
             mask_pkl: str | None, saving: bool, scheduler: str) -> Iterator[Any]:
-    """What to run on: the STORE, or the seed's pickles (in memory for the
+    """What to run on: the STORE, or the published code's pickles (in memory for the
     threaded scheduler; for worker processes, ingested into a temporary store)."""
     seed = bank_pkl or test_pkl or mask_pkl
     if store and seed:

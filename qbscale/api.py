@@ -53,7 +53,25 @@ class RunPlan:
 
     :meth:`execute` computes the graph and saves what was asked for;
     :func:`run` is ``plan(...).execute(...)``.  Building a plan opens the
-    store and the result writers but computes nothing.
+    store and the result writers but computes nothing.  Plans are made by
+    :func:`plan`, not constructed by hand.
+
+    Parameters
+    ----------
+    experiment : Experiment
+        The experiment run on.
+    config : RunConfig
+        The run's settings.
+    graph : Plan
+        The lazy task graph.
+    state : object, optional
+        The store's result writers, or None for an in-memory experiment.
+    save_scores, save_ranks : bool, default False
+        Write the normalised matrix / the ranks into the store.
+    lock : object, optional
+        The store's writer lock, released by :meth:`execute`.
+    resumable : bool, default False
+        Keep finished row blocks when the run is interrupted.
     """
 
     experiment: Experiment
@@ -68,13 +86,30 @@ class RunPlan:
     def execute(self, scheduler: Any = "threads", num_workers: int | None = None,
                 progress: bool = False,
                 before_publish: Callable[[RunResult], None] | None = None) -> RunResult:
-        """Compute the plan with ``scheduler`` (see :func:`run`), then save its results.
+        """Compute the plan with ``scheduler``, then save its results.
 
-        ``before_publish(result)`` runs once the results are saved under the
-        run's unpublished prefix, before they replace the store's earlier ones
-        (without a store: once they are computed); when it raises, nothing is
-        published.  The store's writer lock, taken by :func:`plan`, is released
-        at the end, also on errors."""
+        The store's writer lock, taken by :func:`plan`, is released at the end,
+        also on errors.
+
+        Parameters
+        ----------
+        scheduler : str or distributed.Client, default "threads"
+            Where to compute, as in :func:`run`.
+        num_workers : int, optional
+            Threads or processes of a local scheduler.
+        progress : bool, default False
+            Show a progress bar.
+        before_publish : callable, optional
+            ``before_publish(result)`` runs once the results are saved under the
+            run's unpublished prefix, before they replace the store's earlier ones
+            (without a store: once they are computed); when it raises, nothing is
+            published.
+
+        Returns
+        -------
+        RunResult
+            Everything the run measured.
+        """
         try:
             return self._execute(scheduler, num_workers, progress, before_publish)
         except NotFiniteError as exc:  # an overflow, or stored data that are not finite?
@@ -129,9 +164,17 @@ class RunPlan:
 
     def save(self, result: RunResult,
              before_publish: Callable[[RunResult], None] | None = None) -> None:
-        """Write ranks, top-k and the run summary into the store and publish them
-        atomically (:func:`qbscale.storage.stores.results.publish`), calling
-        ``before_publish(result)`` just before."""
+        """Write ranks, top-k and the run summary into the store and publish them.
+
+        Publishing is atomic (:func:`qbscale.storage.stores.results.publish`).
+
+        Parameters
+        ----------
+        result : RunResult
+            The computed run.
+        before_publish : callable, optional
+            Called with ``result`` just before the results are published.
+        """
         if self.state is not None:
             from qbscale.storage.stores.resume import finish
 
@@ -150,7 +193,77 @@ def plan(store: str | os.PathLike[str] | Experiment,
          normaliser: GalleryStatistics | None = None,
          bank_sample: int | float | str | None = None, seed: int = 0,
          **params: Any) -> RunPlan:
-    """Plan a run (the arguments of :func:`run` but the scheduler's); computes nothing."""
+    """Plan a run without computing it.
+
+    The arguments are those of :func:`run`, but the scheduler's; the
+    plan takes the store's writer lock until :meth:`RunPlan.execute` ends.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or Experiment
+        The path or URL of a store from :func:`qbscale.ingest`, or an
+        :class:`~qbscale.types.Experiment` (e.g. from
+        :func:`qbscale.storage.stores.store.in_memory`).
+    beta : float or sequence of float, optional
+        Inverse temperature, or several (all computed in one pass); default 20.
+    k : int, default 1
+        Top-k bank columns forming the activation set.
+    method : {"dis", "is", "csls", "nnn", "dual-is", "none"}, default "dis"
+        The normalisation method (:mod:`qbscale.engine.methods`).
+    topk : int, default 0
+        Also return (and with a store, save) the ``topk`` best gallery items of
+        every query after normalisation.
+    save_scores, save_ranks : bool, default False
+        Write the normalised matrix / the ranks into the store; for an
+        in-memory experiment the normalised matrix is returned as
+        ``result.scores``, (n_values, n_queries, n_gallery) float64.  Without a
+        ground truth (``Experiment.gt is None``) a run needs ``topk`` or
+        ``save_scores``, and its ``before`` and ``after`` are None.
+    storage_options : dict, optional
+        The fsspec options of a remote store (e.g. S3 credentials).
+    resume : bool, default False
+        Continue the interrupted run of the same settings in the store,
+        computing only the row blocks it had not finished
+        (:mod:`qbscale.storage.stores.resume`); without one, start from the
+        beginning.
+    dynamic : bool, default False
+        Rescore only rows whose raw top-1 is in the activation set (``"is"``
+        with ``dynamic=True`` is ``"dis"``).
+    gallery_bank : array-like, str or block source, optional
+        For ``"dual-is"``: the gallery-bank x gallery similarities (an array, a
+        file or a block source); by default the store's gallery bank
+        (:mod:`qbscale.storage.stores.gallery_bank`).
+    normaliser : GalleryStatistics, optional
+        A fitted :class:`~qbscale.engine.statistics.GalleryStatistics` for
+        these settings and this gallery: the bank stage is skipped.
+    bank_sample : int, float or str, optional
+        Use only the querybank rows
+        ``numpy.random.default_rng(seed).permutation(n_bank)[:N]``, ``N`` a
+        count or a fraction in (0, 1] (``N = max(1, floor(f * n_bank + 0.5))``),
+        :mod:`qbscale.engine.subsets`; each bank block is still read once.
+    seed : int, default 0
+        Seed of the ``bank_sample`` permutation.
+    **params
+        The method's parameters, e.g. ``alpha=[0.5, 0.75]`` and ``nnn_k=128``
+        for ``"nnn"``, ``kc=10`` for ``"csls"``, ``gallery_beta=20`` for
+        ``"dual-is"``; several values of the swept one (alpha, kc) are
+        computed in one pass.
+
+    Returns
+    -------
+    RunPlan
+        The lazy graph, and where its results go.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qbscale import plan
+    >>> from qbscale.storage.stores.store import in_memory
+    >>> rng = np.random.default_rng(0)
+    >>> result = plan(in_memory(rng.random((50, 10)), rng.random((10, 10)))).execute()
+    >>> sorted(result.after)
+    [20.0]
+    """
     from qbscale.storage.stores.gallery_bank import resolve
 
     config = RunConfig.make(beta, k, method, topk, dynamic, params, bank_sample, seed)
@@ -241,52 +354,80 @@ def run(store: str | os.PathLike[str] | Experiment,
 
     Parameters
     ----------
-    store : path or URL of a store from :func:`qbscale.ingest`, or an
-        :class:`~qbscale.storage.stores.store.Experiment` (e.g.
-        :func:`qbscale.storage.stores.store.in_memory`)
-    beta : inverse temperature, or several (all computed in one pass);
-        default 20
-    k : top-k bank columns forming the activation set
-    method : ``"dis"`` (default), ``"is"``, ``"csls"``, ``"nnn"``,
-        ``"dual-is"`` or ``"none"`` (:mod:`qbscale.engine.methods`)
-    scheduler : ``"threads"``, ``"processes"``, ``"synchronous"``,
-        ``"local:N"``, ``"tcp://HOST:PORT"`` or a ``distributed.Client``
-    topk : also return (and with a store, save) the ``topk`` best gallery
-        items of every query after normalisation
-    save_scores, save_ranks : write the normalised matrix / the ranks into
-        the store; for an in-memory experiment the normalised matrix is
-        returned as ``result.scores`` (n_values, n_queries, n_gallery) float64.
-        Without a ground truth (``Experiment.gt is None``) a run needs
-        ``topk`` or ``save_scores`` and its ``before``/``after`` are None
-    normaliser : a fitted :class:`~qbscale.engine.statistics.GalleryStatistics` (for
-        these settings and this gallery): the bank stage is skipped
-    resume : continue the interrupted run of the same settings in the store,
+    store : str, os.PathLike or Experiment
+        The path or URL of a store from :func:`qbscale.ingest`, or an
+        :class:`~qbscale.types.Experiment` (e.g. from
+        :func:`qbscale.storage.stores.store.in_memory`).
+    beta : float or sequence of float, optional
+        Inverse temperature, or several (all computed in one pass); default 20.
+    k : int, default 1
+        Top-k bank columns forming the activation set.
+    method : {"dis", "is", "csls", "nnn", "dual-is", "none"}, default "dis"
+        The normalisation method (:mod:`qbscale.engine.methods`).
+    scheduler : str or distributed.Client, default "threads"
+        ``"threads"``, ``"processes"``, ``"synchronous"``, ``"local:N"`` (a
+        LocalCluster of N worker processes), ``"tcp://HOST:PORT"`` or a client.
+    num_workers : int, optional
+        Threads or processes of a local scheduler.
+    topk : int, default 0
+        Also return (and with a store, save) the ``topk`` best gallery items of
+        every query after normalisation.
+    save_scores, save_ranks : bool, default False
+        Write the normalised matrix / the ranks into the store; for an
+        in-memory experiment the normalised matrix is returned as
+        ``result.scores``, (n_values, n_queries, n_gallery) float64.  Without a
+        ground truth (``Experiment.gt is None``) a run needs ``topk`` or
+        ``save_scores``, and its ``before`` and ``after`` are None.
+    progress : bool, default False
+        Show a progress bar.
+    storage_options : dict, optional
+        The fsspec options of a remote store (e.g. S3 credentials).
+    resume : bool, default False
+        Continue the interrupted run of the same settings in the store,
         computing only the row blocks it had not finished
-        (:mod:`qbscale.storage.stores.resume`; without one, start from the beginning)
-    dynamic : rescore only rows whose raw top-1 is in the activation set
-        (``"is"`` with ``dynamic=True`` is ``"dis"``)
-    gallery_bank : for ``"dual-is"``: gallery-bank x gallery similarities (an
-        array, a file or a block source); by default the store's gallery bank
-        (:mod:`qbscale.storage.stores.gallery_bank`)
-    bank_sample, seed : use only the querybank rows
+        (:mod:`qbscale.storage.stores.resume`); without one, start from the
+        beginning.
+    dynamic : bool, default False
+        Rescore only rows whose raw top-1 is in the activation set (``"is"``
+        with ``dynamic=True`` is ``"dis"``).
+    gallery_bank : array-like, str or block source, optional
+        For ``"dual-is"``: the gallery-bank x gallery similarities (an array, a
+        file or a block source); by default the store's gallery bank
+        (:mod:`qbscale.storage.stores.gallery_bank`).
+    normaliser : GalleryStatistics, optional
+        A fitted :class:`~qbscale.engine.statistics.GalleryStatistics` for
+        these settings and this gallery: the bank stage is skipped.
+    bank_sample : int, float or str, optional
+        Use only the querybank rows
         ``numpy.random.default_rng(seed).permutation(n_bank)[:N]``, ``N`` a
         count or a fraction in (0, 1] (``N = max(1, floor(f * n_bank + 0.5))``),
-        :mod:`qbscale.engine.subsets`; each bank block is still read once
-    before_publish : called with the result once it is saved under the run's
-        own prefix, before the store's earlier results are replaced (e.g. to
-        write files that must exist before the store's results change); when
-        it raises, the run's arrays are deleted and nothing is published
-    **params : the method's parameters, e.g. ``alpha=[0.5, 0.75]`` and
-        ``nnn_k=128`` for ``"nnn"``, ``kc=10`` for ``"csls"``,
-        ``gallery_beta=20`` for ``"dual-is"``; several values of the swept
-        one (alpha, kc) are computed in one pass
+        :mod:`qbscale.engine.subsets`; each bank block is still read once.
+    seed : int, default 0
+        Seed of the ``bank_sample`` permutation.
+    before_publish : callable, optional
+        Called with the result once it is saved under the run's own prefix,
+        before the store's earlier results are replaced (e.g. to write files
+        that must exist before the store's results change); when it raises,
+        the run's arrays are deleted and nothing is published.
+    **params
+        The method's parameters, e.g. ``alpha=[0.5, 0.75]`` and ``nnn_k=128``
+        for ``"nnn"``, ``kc=10`` for ``"csls"``, ``gallery_beta=20`` for
+        ``"dual-is"``; several values of the swept one (alpha, kc) are
+        computed in one pass.
 
     Returns
     -------
     RunResult
+        The metrics before and after, ranks, top-k and the fitted normaliser.
+
+    See Also
+    --------
+    plan : The same run as a lazy graph, computed later.
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from qbscale import run
     >>> from qbscale.storage.stores.store import in_memory
     >>> rng = np.random.default_rng(0)
     >>> exp = in_memory(rng.random((50, 10)), rng.random((10, 10)))
@@ -352,9 +493,27 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
              num_workers: int | None = None) -> dict[str, float]:
     """Metrics of any stored query x gallery matrix (default: the test sims).
 
-    ``array`` may name a 2-D array of shape ``(n_queries, n_gallery)`` or a
-    3-D ``(n, n_queries, n_gallery)`` array such as ``scores`` (its first
-    slice is evaluated; select another with ``"scores[1]"``).
+    Parameters
+    ----------
+    store : str, os.PathLike or Experiment
+        A store path or URL, or an in-memory experiment, as in :func:`run`.
+    array : str, default "test"
+        The array evaluated: a 2-D array of shape ``(n_queries, n_gallery)``,
+        or a 3-D ``(n, n_queries, n_gallery)`` array such as ``scores`` (its
+        first slice; select another with ``"scores[1]"``).
+    scheduler : str or distributed.Client, default "threads"
+        Where to compute, as in :func:`run`.
+    progress : bool, default False
+        Show a progress bar.
+    storage_options : dict, optional
+        The fsspec options of a remote store.
+    num_workers : int, optional
+        Threads or processes of a local scheduler.
+
+    Returns
+    -------
+    dict of str to float
+        The metrics (``"R1"``, ``"R5"``, ``"R10"``, ``"MedR"``, ...).
     """
     from qbscale.storage.stores.results import matrix_source
 
@@ -380,11 +539,37 @@ def lazy(store: str | os.PathLike[str] | Experiment,
          seed: int = 0, **params: Any) -> dict[str, Any]:
     """Dask arrays of a run's building blocks, for composing your own graphs.
 
-    Returns ``{"shift": (n_values, n_gallery), "activation": (n_gallery,),
-    "base_ranks": (n_queries,), "ranks": (n_values, n_queries)}``; nothing is
-    computed until you call ``.compute()``.  ``shift`` holds the per-gallery
-    shifts of the method's variants; the other arguments are those of
-    :func:`run`.
+    Nothing is computed until you call ``.compute()``.
+
+    Parameters
+    ----------
+    store : str, os.PathLike or Experiment
+        A store path or URL, or an in-memory experiment, as in :func:`run`.
+    beta : float or sequence of float, optional
+        Inverse temperature(s); default 20.
+    k : int, default 1
+        Top-k bank columns forming the activation set.
+    method : str, default "dis"
+        The normalisation method, as in :func:`run`.
+    storage_options : dict, optional
+        The fsspec options of a remote store.
+    dynamic : bool, default False
+        Rescore only rows whose raw top-1 is in the activation set.
+    gallery_bank : array-like, str or block source, optional
+        For ``"dual-is"``: the gallery-bank x gallery similarities.
+    bank_sample : int, float or str, optional
+        Use only a sample of the querybank rows, as in :func:`run`.
+    seed : int, default 0
+        Seed of the querybank sample.
+    **params
+        The method's parameters, as in :func:`run`.
+
+    Returns
+    -------
+    dict of str to dask.array.Array
+        ``{"shift": (n_values, n_gallery), "activation": (n_gallery,),
+        "base_ranks": (n_queries,), "ranks": (n_values, n_queries)}``;
+        ``shift`` holds the per-gallery shifts of the method's variants.
     """
     import dask.array as da
 

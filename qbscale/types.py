@@ -34,17 +34,22 @@ class MatrixSource(Protocol):
 class Experiment:
     """A ready-to-run experiment: block sources plus ground truth and mask.
 
-    Attributes
+    Parameters
     ----------
     bank, test : MatrixSource
         Querybank x gallery and test-query x gallery similarities.
-    gt : (n_queries,) int64 or None
-        Ground-truth gallery index of every test query; None when nobody
-        knows the right answers (runs then give top-k and scores, no metrics).
-    mask : (n_queries,) bool or None
-        False for queries left out of the metrics.
-    url : str or None
+    gt : numpy.ndarray or None
+        (n_queries,) int64, the ground-truth gallery index of every test query;
+        None when nobody knows the right answers (runs then give top-k and
+        scores, no metrics).
+    mask : numpy.ndarray or None
+        (n_queries,) bool, False for queries left out of the metrics.
+    url : str, optional
         The store, when the experiment lives in one (results go there).
+    attrs : dict, optional
+        The store's attributes.
+    storage_options : dict, optional
+        The fsspec options of a remote store.
     """
 
     bank: MatrixSource
@@ -89,29 +94,57 @@ class RowResult:
 
 @dataclass
 class RunResult:
-    """Everything a run measured.
+    """Everything a run measured, as :func:`qbscale.run` returns it.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run's settings (method, k, values of the swept parameter, ...).
+    before : dict of str to float or None
+        Metrics of the raw similarities (the baseline); None without a ground
+        truth.
+    after : dict of float to dict, or None
+        ``{value: metrics}`` after normalisation, one per value of the method's
+        swept parameter (beta; alpha for nnn, kc for csls); empty for
+        ``method="none"``; None without a ground truth.
+    base_ranks : numpy.ndarray or None
+        (n_queries,) 0-based baseline ranks (ties averaged); None without a
+        ground truth.
+    ranks : dict of float to numpy.ndarray
+        ``{value: (n_queries,) ranks}`` after normalisation (empty without a
+        ground truth).
+    normalised : numpy.ndarray
+        (n_queries,) bool, the rows that were normalised.
+    normaliser : GalleryStatistics
+        The fitted :class:`~qbscale.engine.statistics.GalleryStatistics` (its
+        ``shift``: (n_values, n_gallery), ``logZ`` for inverted softmax; its
+        ``activation``: the activation set).
+    mask : numpy.ndarray or None
+        (n_queries,) bool, False for queries left out of the metrics.
+    topk_index, topk_score : numpy.ndarray or None
+        (n_values, n_queries, K) best items and their scores after
+        normalisation (with ``topk=K``).
+    base_topk_index : numpy.ndarray or None
+        (n_queries, K) the best items of the raw scores.
+    scores : numpy.ndarray or None
+        (n_values, n_queries, n_gallery) float64 normalised matrix, for an
+        in-memory experiment run with ``save_scores=True`` (a store's run
+        writes it into the store instead).
+    seconds : float
+        Wall time of the run.
+    extra : dict
+        Further figures of the run (e.g. resumed blocks).
 
     Attributes
     ----------
-    before : metrics of the raw similarities (the baseline); None without a
-        ground truth
-    after : ``{value: metrics}`` after normalisation, one per value of the
-        method's swept parameter (beta; alpha for nnn, kc for csls); empty
-        for ``method="none"``; None without a ground truth
-    base_ranks : (n_queries,) 0-based baseline ranks (ties averaged); None
-        without a ground truth
-    ranks : ``{value: (n_queries,) ranks}`` after normalisation (empty
-        without a ground truth)
-    normalised : (n_queries,) bool, rows that were normalised
-    normaliser : the fitted :class:`~qbscale.engine.statistics.GalleryStatistics`
-        (its ``shift``: (n_values, n_gallery), ``logZ`` for inverted softmax;
-        its ``activation``: the activation set)
-    topk_index, topk_score : (n_values, n_queries, K) best items after
-        normalisation (with ``topk=K``); ``base_topk_index`` (n_queries, K)
-        the best items of the raw scores
-    scores : (n_values, n_queries, n_gallery) float64 normalised matrix, for
-        an in-memory experiment run with ``save_scores=True`` (a store's run
-        writes it into the store instead)
+    activation_size : int
+        Number of gallery items in the activation set.
+    shift : numpy.ndarray or None
+        (n_values, n_gallery) per-gallery shifts of the variants.
+    normalised_share : float
+        Share of the (unmasked) test queries whose row was normalised.
+    has_ground_truth : bool
+        False for a run over queries whose right answers nobody knows.
     """
 
     config: RunConfig
@@ -159,8 +192,14 @@ class RunResult:
         return float(rows.mean()) if rows.size else 0.0
 
     def table(self) -> list[dict[str, Any]]:
-        """Rows of rounded metrics: the baseline, then one per beta (none
-        without a ground truth)."""
+        """Rows of rounded metrics: the baseline, then one per value.
+
+        Returns
+        -------
+        list of dict
+            One row per method and value (``"method"``, ``"beta"``, ``"R1"``, ...);
+            empty without a ground truth.
+        """
         from qbscale.engine.metrics import rounded
 
         if self.before is None or self.after is None:
@@ -172,7 +211,14 @@ class RunResult:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (unrounded metrics plus the rounded table)."""
+        """JSON-ready summary: the unrounded metrics plus the rounded table.
+
+        Returns
+        -------
+        dict
+            Settings, ``"before"``, ``"after"`` and ``"table"``, as written by
+            ``qbscale run --json``.
+        """
         return {
             "method": self.config.method,
             "k": self.config.k,

@@ -45,3 +45,16 @@ def test_installed_wheel_runs_the_cli(wheel, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for command in ("ingest", "run", "eval", "hubness", "report", "synth", "fit"):
         assert command in proc.stdout
+
+
+def test_help_and_dir_show_the_api_and_import_stays_light():
+    """``dir(qbscale)`` and ``help(qbscale)`` list the lazily loaded public API, and
+    ``import qbscale`` still loads none of the heavy libraries."""
+    code = ("import sys, pydoc, qbscale; "
+            "print(sorted(set(dir(qbscale)) & set(qbscale.__all__)) == sorted(qbscale.__all__)); "
+            "print(sorted(m for m in ('dask', 'zarr', 'xarray', 'numpy') if m in sys.modules)); "
+            "text = pydoc.render_doc(qbscale, renderer=pydoc.plaintext); "
+            "print(all(n in text for n in qbscale.__all__ if n != '__version__'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[:3] == ["True", "[]", "True"], out

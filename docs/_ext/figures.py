@@ -1,14 +1,24 @@
-"""Draw the documentation's figures from the shipped pycode data at build time.
+"""Draw the documentation's figures from the shipped data at build time.
 
 Before an HTML build reads its sources, this runs the commands a user would,
-on the embeddings in ``examples/data/pycode`` (4000 Python functions, 7951
-querybank queries), into ``docs/_build/figures``:
+into ``docs/_build/figures``.  On the embeddings in ``examples/data/glosses``
+(2000 definitions -> 2000 words, 5000 querybank definitions), where QB-Norm
+helps:
+
+* ``qbscale ingest --bank-emb ... -o glosses.zarr`` and ``qbscale sweep
+  glosses.zarr ... --plot glosses-sweep.png`` (the landing page's figure).
+
+On those in ``examples/data/pycode`` (4000 Python functions, 7951 querybank
+queries), where it does not:
 
 * ``qbscale ingest --bank-emb ... --test-emb ... --gallery-emb ...``
 * ``qbscale sweep ... --json sweep.json --plot sweep.png`` (R@1 against
   querybank size)
 * ``qbscale report ... --sweep sweep.json`` (the HTML report; its PNGs are the
   hubness, parameter-sweep and diagnostics figures the pages show)
+
+``performance.png`` plots the seconds measured by ``benchmarks/bench_floor.py``
+(the figures of docs/performance.md, in :data:`FLOOR` below) against store size.
 
 The pages include the PNGs as ``/_build/figures/...``; the report is copied to
 ``report/`` in the HTML output.  The figures are drawn again only when the
@@ -33,8 +43,9 @@ LOG = logging.getLogger(__name__)
 DOCS = Path(__file__).resolve().parents[1]
 ROOT = DOCS.parent
 DATA = ROOT / "examples" / "data" / "pycode"
+GLOSSES = ROOT / "examples" / "data" / "glosses"
 OUT = DOCS / "_build" / "figures"
-SOURCES = [ROOT / "qbscale", ROOT / "cli", DATA, Path(__file__)]
+SOURCES = [ROOT / "qbscale", ROOT / "cli", DATA, GLOSSES, Path(__file__)]
 
 
 def _stamp() -> str:
@@ -56,9 +67,51 @@ def _qbscale(*args: str | Path) -> None:
         raise RuntimeError(f"{' '.join(command)} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
+#: ``python benchmarks/bench_floor.py --sizes 1,4,16 --beta-size 4 --fit-size 16
+#: --repeat 3`` on 2026-12-04 (docs/performance.md): store GB -> medians, seconds
+FLOOR = {
+    "run, DIS beta 20 (reported)": {1: 0.56, 4: 1.79, 16: 8.91},
+    "read floor (np.fromfile, 2 threads)": {1: 0.065, 4: 0.269, 16: 1.28},
+    "exp floor (float64 exp of the bank, 2 cores)": {1: 0.0938, 4: 0.41, 16: 1.68},
+}
+FIT_16GB = {"fit, DIS beta 20 (reported)": 8.4, "read floor of the bank": 1.21,
+            "exp floor of the bank": 2.45}
+
+
+def draw_performance() -> None:
+    """Seconds against store size, with the floors, on log-log axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for (label, points), style in zip(FLOOR.items(), ("o-", "s--", "^:"), strict=True):
+        ax.plot(list(points), list(points.values()), style, label=label)
+    ax.plot([16], [FIT_16GB["fit, DIS beta 20 (reported)"]], "D", color="black",
+            label="fit, DIS beta 20, 16 GB bank (reported)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks([1, 4, 16], labels=["1 GB", "4 GB", "16 GB"])
+    ax.set_xlabel("store size (bank + test, float32)")
+    ax.set_ylabel("seconds (median of 3)")
+    ax.set_title("qbscale run against the machine's floors, 2 cores")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(OUT / "performance.png")
+    plt.close(fig)
+
+
 def draw() -> None:
     """Run the commands above into :data:`OUT` (the store and report replaced)."""
     OUT.mkdir(parents=True, exist_ok=True)
+    draw_performance()
+    _qbscale("ingest", "--bank-emb", GLOSSES / "querybank.npy", "--test-emb",
+             GLOSSES / "queries_test.npy", "--gallery-emb", GLOSSES / "gallery_test.npy",
+             "-o", "glosses.zarr", "--overwrite")
+    _qbscale("sweep", "glosses.zarr", "--bank-sizes", "250,1000,2500,all", "--repeats", "3",
+             "--json", "glosses-sweep.json", "--plot", "glosses-sweep.png")
     _qbscale("ingest", "--bank-emb", DATA / "querybank.npy", "--test-emb",
              DATA / "queries_test.npy", "--gallery-emb", DATA / "gallery_test.npy",
              "-o", "pycode.zarr", "--overwrite")

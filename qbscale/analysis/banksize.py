@@ -113,15 +113,46 @@ def bank_size_sweep(store: str | os.PathLike[str] | Experiment, sizes: Sequence[
                     scheduler: Any = "threads", num_workers: int | None = None,
                     progress: bool = False, storage_options: dict[str, Any] | None = None,
                     **params: Any) -> BankSizeSweep:
-    """Evaluate ``method`` on bank samples of every size in ``sizes``, ``repeats``
-    times each, in one pass over the bank and one over the test matrix.
+    """Evaluate ``method`` on querybank samples of every size in ``sizes``.
+
+    Each size is sampled ``repeats`` times, all in one pass over the bank and
+    one over the test matrix.
 
     Parameters
     ----------
-    store : a store path/URL or an :class:`~qbscale.types.Experiment`
-    sizes : bank sizes: row counts, fractions in (0, 1] or ``"all"``
-    repeats, seed : repeat ``r`` permutes the bank with seed ``seed + r``
-    beta, k, method, dynamic, gallery_bank, **params : as :func:`qbscale.api.run`
+    store : str, os.PathLike or Experiment
+        A store path or URL, or an :class:`~qbscale.types.Experiment`.
+    sizes : sequence of int, float or str
+        Bank sizes: row counts, fractions in (0, 1] or ``"all"``.
+    repeats : int, default 3
+        Samples per size.
+    seed : int, default 0
+        Repeat ``r`` permutes the bank with seed ``seed + r``.
+    beta : float or sequence of float, optional
+        Inverse temperature(s), as in :func:`qbscale.run`.
+    k : int, default 1
+        Top-k bank columns forming the activation set.
+    method : str, default "dis"
+        The method, as in :func:`qbscale.run`.
+    dynamic : bool, default False
+        Rescore only rows whose raw top-1 is in the activation set.
+    gallery_bank : array-like or str, optional
+        For ``"dual-is"``, as in :func:`qbscale.run`.
+    scheduler : str or distributed.Client, default "threads"
+        Where to compute, as in :func:`qbscale.run`.
+    num_workers : int, optional
+        Threads or processes of a local scheduler.
+    progress : bool, default False
+        Show a progress bar on stderr.
+    storage_options : dict, optional
+        The fsspec options of a remote store.
+    **params
+        The method's parameters, as in :func:`qbscale.run`.
+
+    Returns
+    -------
+    BankSizeSweep
+        The metrics per size, mean and std over the repeats, and the baseline.
     """
     from qbscale.api import _experiment
     from qbscale.storage.stores.gallery_bank import resolve

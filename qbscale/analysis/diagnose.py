@@ -182,22 +182,41 @@ def diagnose(store: str | os.PathLike[str] | Experiment, beta: float = 20.0, k: 
 
     Parameters
     ----------
-    store : a store path or URL, or an :class:`~qbscale.types.Experiment`
-    beta, k, method : the normaliser diagnosed (``"dis"`` or ``"is"``), as in
-        :func:`qbscale.run`
-    depth : the top-k depth of ``N_k``
-    bank_sample, seed : use only the bank rows
+    store : str, os.PathLike or Experiment
+        A store path or URL, or an :class:`~qbscale.types.Experiment`.
+    beta : float, default 20.0
+        Inverse temperature of the normaliser diagnosed.
+    k : int, default 1
+        Top-k bank columns forming the activation set.
+    depth : int, default 10
+        The top-k depth of ``N_k``.
+    method : {"dis", "is"}, default "dis"
+        The normaliser diagnosed, as in :func:`qbscale.run`.
+    bank_sample : int, float or str, optional
+        Use only the bank rows
         ``numpy.random.default_rng(seed).permutation(n_bank)[:N]`` (``N`` a
-        count, a fraction in (0, 1] or "all"), the rows of
-        ``qbscale.run(..., bank_sample=, seed=)`` (:mod:`qbscale.engine.subsets`);
-        only the bank blocks holding one are read
-    evaluate : with a ground truth, also measure the run before and after in
-        the same test read
-    scheduler, num_workers, progress, storage_options : as in :func:`qbscale.run`
+        count, a fraction in (0, 1] or "all"), the rows of ``qbscale.run(...,
+        bank_sample=, seed=)`` (:mod:`qbscale.engine.subsets`); only the bank
+        blocks holding one are read.
+    seed : int, default 0
+        Seed of the ``bank_sample`` permutation.
+    evaluate : bool, default True
+        With a ground truth, also measure the run before and after in the same
+        test read.
+    scheduler : str or distributed.Client, default "threads"
+        Where to compute, as in :func:`qbscale.run`.
+    num_workers : int, optional
+        Threads or processes of a local scheduler.
+    progress : bool, default False
+        Show a progress bar on stderr.
+    storage_options : dict, optional
+        The fsspec options of a remote store.
 
     Returns
     -------
     Diagnosis
+        Hub agreement, domain gap, the share of rows DIS normalises, the
+        metrics (with a ground truth) and a plain-language reading.
     """
     from qbscale.api import assemble
     from qbscale.engine import diagnostics

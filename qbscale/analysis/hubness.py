@@ -128,9 +128,19 @@ def lost_hubs(before: np.ndarray, after: np.ndarray, share: float = HUB_SHARE) -
 
 
 def occurrences(result: RunResult, k: int | None = None) -> dict[str | float, np.ndarray]:
-    """``N_k`` before (key ``"before"``) and after each variant (key: its value).
+    """``N_k`` of every gallery item before and after each variant.
 
-    The run must have been made with ``topk >= k``.
+    Parameters
+    ----------
+    result : RunResult
+        A run made with ``topk >= k``.
+    k : int, optional
+        The depth counted; by default the run's ``topk``.
+
+    Returns
+    -------
+    dict of str or float to numpy.ndarray
+        (n_gallery,) counts, under ``"before"`` and under each variant's value.
     """
     if result.topk_index is None or result.base_topk_index is None:
         raise ConfigError("hubness needs the run's top-k lists: run with topk=K")

@@ -39,9 +39,22 @@ TEXT_COLUMNS = tuple(zip(NAMES, ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", 
 def summarise(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """Mean and std (:data:`DDOF`) of every metric over ``results``, per setting.
 
-    Returns rows ``{"method", "value", "param", "n", "mean": {...}, "std": {...}}``:
-    the baseline (``method="none"``, ``value=None``) then one per value of
-    the swept parameter.  Every result must come from the same settings.
+    Parameters
+    ----------
+    results : sequence of RunResult
+        Runs of the same settings (e.g. one per training seed of a model).
+
+    Returns
+    -------
+    list of dict
+        Rows ``{"method", "value", "param", "n", "mean": {...}, "std": {...}}``:
+        the baseline (``method="none"``, ``value=None``), then one per value of
+        the swept parameter.
+
+    Raises
+    ------
+    ConfigError
+        ``results`` is empty, or the runs' settings differ.
     """
     if not results:
         raise ConfigError("no runs to summarise")
@@ -86,6 +99,21 @@ def _model(row: dict[str, Any], label: str, several: bool) -> str:
 def markdown(rows: list[dict[str, Any]], label: str = "model") -> str:
     """The paper's README table: ``| model | R@1 | R@5 | R@10 | MdR | Geom |``.
 
+    Parameters
+    ----------
+    rows : list of dict
+        Rows of :func:`summarise`.
+    label : str, default "model"
+        The model's name in the first column.
+
+    Returns
+    -------
+    str
+        The Markdown table, ``mean(std)`` cells.
+
+    Examples
+    --------
+    >>> from qbscale.analysis.tables import markdown
     >>> rows = [{"method": "none", "value": None, "param": None, "n": 3,
     ...          "mean": {"R1": 14.43, "R5": 37.4, "R10": 50.2, "MedR": 10.0,
     ...                   "geometric_mean_R1-R5-R10": 30.0},

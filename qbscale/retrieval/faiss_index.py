@@ -66,7 +66,19 @@ def _faiss() -> Any:
 
 @dataclass
 class FaissSearch:
-    """A faiss index over augmented gallery vectors and the normaliser it serves."""
+    """A faiss index over augmented gallery vectors and the normaliser it serves.
+
+    Made by :meth:`build` or :meth:`load` (or :func:`qbscale.retrieval.search.to_faiss`).
+
+    Parameters
+    ----------
+    index : faiss.Index
+        The index over the gallery vectors, each augmented by its shifts.
+    norm : GalleryStatistics
+        The fitted normaliser the index serves.
+    dim : int
+        The embeddings' dimension (without the augmentation).
+    """
 
     index: Any
     norm: GalleryStatistics
@@ -85,11 +97,27 @@ class FaissSearch:
     @classmethod
     def build(cls, norm: GalleryStatistics, gallery_emb: Any, factory: str = "Flat",
               params: str | None = None) -> FaissSearch:
-        """Index ``gallery_emb`` (an array or a path, read block by block)
-        with ``faiss.index_factory(dim + n_values, factory, METRIC_INNER_PRODUCT)``.
+        """Index ``gallery_emb``, read block by block.
 
-        ``params`` are faiss search parameters (``"efSearch=128"``, ``"nprobe=16"``);
-        by default ``efSearch=128`` for HNSW and ``nprobe=16`` for IVF indexes.
+        The index is ``faiss.index_factory(dim + n_values, factory,
+        METRIC_INNER_PRODUCT)``.
+
+        Parameters
+        ----------
+        norm : GalleryStatistics
+            The fitted normaliser.
+        gallery_emb : array-like or str
+            The gallery embeddings fitted on: an array or a path.
+        factory : str, default "Flat"
+            The faiss index factory string.
+        params : str, optional
+            The faiss search parameters (``"efSearch=128"``, ``"nprobe=16"``); by
+            default ``efSearch=128`` for HNSW and ``nprobe=16`` for IVF indexes.
+
+        Returns
+        -------
+        FaissSearch
+            The index, ready to search.
         """
         faiss = _faiss()
         gal = gallery_source(gallery_emb, "the gallery embeddings")
@@ -120,7 +148,20 @@ class FaissSearch:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], norm: GalleryStatistics) -> FaissSearch:
-        """An index saved by :meth:`save`, checked against ``norm``."""
+        """An index saved by :meth:`save`, checked against ``norm``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The index file.
+        norm : GalleryStatistics
+            The normaliser it must serve.
+
+        Returns
+        -------
+        FaissSearch
+            The index, ready to search.
+        """
         faiss = _faiss()
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -141,13 +182,25 @@ class FaissSearch:
         return cls(index, norm, dim)
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = True) -> str:
-        """Write the index (``faiss.write_index``) beside ``path``, then rename it
-        into place (:func:`qbscale.storage.durability.atomic.replacing`).
+        """Write the index beside ``path``, then rename it into place.
 
-        The bytes go through Python's file object (faiss's own writer only warns
-        when its close fails, so a full disk would leave a truncated index).
-        With ``overwrite=False`` a file that appeared at ``path`` meanwhile (a
-        second writer) is kept.
+        The bytes of ``faiss.write_index`` go through Python's file object
+        (faiss's own writer only warns when its close fails, so a full disk would
+        leave a truncated index), and are renamed into place by
+        :func:`qbscale.storage.durability.atomic.replacing`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write.
+        overwrite : bool, default True
+            With False, a file that appeared at ``path`` meanwhile (a second
+            writer) is kept.
+
+        Returns
+        -------
+        str
+            The path written.
 
         Raises
         ------
@@ -169,8 +222,21 @@ class FaissSearch:
         return path
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, indices)`` as :func:`qbscale.retrieval.search.search` returns them
-        (float32 scores from faiss, cast to float64)."""
+        """The top ``top_k`` gallery items of each query, as faiss finds them.
+
+        Parameters
+        ----------
+        queries : array-like
+            (n, dim) query embeddings.
+        top_k : int
+            Items per query.
+
+        Returns
+        -------
+        scores, indices : numpy.ndarray
+            As :func:`qbscale.retrieval.search.search` returns them (float32
+            scores from faiss, cast to float64).
+        """
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InputError(f"the queries have shape {q.shape}; the index expects "

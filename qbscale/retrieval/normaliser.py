@@ -30,20 +30,39 @@ from qbscale.types import Experiment
 class Normaliser(_engine.GalleryStatistics):
     """A fitted querybank normaliser.
 
+    Made by :meth:`fit` or :meth:`load` rather than constructed by hand.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The method, its swept ``values``, ``k``, parameters and ``dynamic``.
+    shift : numpy.ndarray or None
+        (n_values, n_gallery) float64 per-gallery shifts (``logZ`` for
+        inverted softmax).
+    activation : numpy.ndarray
+        (n_gallery,) bool, the union of the bank rows' top-k items.
+    fingerprint : dict
+        ``n_gallery``, ``bank_checksum`` and, when fitted from gallery
+        embeddings, ``gallery_sha256`` (:mod:`qbscale.engine.fingerprint`).
+    gallery : numpy.ndarray, str or None
+        The gallery embeddings it was fitted with (an array, or the absolute
+        path or URL of a ``.npy`` file or Zarr array), for :meth:`search`;
+        None otherwise.
+    origin : str or None
+        The path it was loaded from (:meth:`load`), for messages.
+
     Attributes
     ----------
-    config : the method, its swept ``values``, ``k``, parameters and ``dynamic``
-    shift : (n_values, n_gallery) float64 (``logZ`` for inverted softmax)
-    activation : (n_gallery,) bool, the union of the bank rows' top-k items
-    fingerprint : ``n_gallery``, ``bank_checksum`` and, when fitted from
-        gallery embeddings, ``gallery_sha256`` (:mod:`qbscale.engine.fingerprint`)
-    gallery : the gallery embeddings it was fitted with (an array, or the
-        absolute path or URL of a ``.npy`` file or Zarr array), for
-        :meth:`search`; None otherwise
-    origin : the path it was loaded from (:meth:`load`), for messages
+    shifts : xarray.DataArray
+        ``shift`` with dims ``(<param>, "gallery")``, ``<param>`` the swept
+        parameter (beta, alpha or kc) with its values.
+    core : GalleryStatistics
+        The engine record alone (no gallery reference): what task graphs carry.
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from qbscale import Normaliser
     >>> rng = np.random.default_rng(0)
     >>> norm = Normaliser.fit(rng.random((50, 8)), beta=[10, 20])
     >>> norm.shifts.dims, norm.transform(rng.random((3, 8))).shape
@@ -66,37 +85,52 @@ class Normaliser(_engine.GalleryStatistics):
 
         Parameters
         ----------
-        bank : numpy / dask array or xarray.DataArray of querybank x gallery
-            similarities, the path/URL of a store from ``qbscale ingest``, or
-            an opened :class:`~qbscale.types.Experiment` (only the bank is
-            read).  Give ``bank_emb`` and ``gallery_emb`` instead to fit from
-            embeddings.
-        beta : inverse temperature(s) (is, dis, dual-is); several values are
-            fitted in one pass.  Default: the method's (20).
-        k : top-k columns per bank row forming the activation set
-        method : ``"dis"``, ``"is"``, ``"csls"``, ``"nnn"`` or ``"dual-is"``
-            (:mod:`qbscale.engine.methods`)
-        dynamic : normalise only rows whose top-1 is in the activation set
-        bank_emb, gallery_emb : querybank and gallery embeddings (arrays, or
-            ``.npy`` / Zarr array paths); similarities ``bank_emb @
-            gallery_emb.T`` are computed block by block, never whole
-        gallery_bank : gallery-bank x gallery similarities for ``dual-is``
-            (an array or a file; a store's own gallery bank by default)
-        scheduler, num_workers : where the bank stage runs (as :func:`qbscale.run`)
-        storage_options : fsspec options of a store URL
-        progress : show a progress bar on stderr
-        bank_sample, seed : fit on the bank rows
-            ``numpy.random.default_rng(seed).permutation(n_bank)[:N]`` only
-            (``N`` a count, a fraction in (0, 1] or "all"), as
-            ``qbscale.run(..., bank_sample=, seed=)``; the fitted config keeps
-            the sample as its row count
-        **params : the method's other parameters, and its swept one when it
-            is not beta (``alpha=[0.5, 0.75]``, ``nnn_k=128``, ``kc=10``,
-            ``gallery_beta=20``)
+        bank : array-like, str, os.PathLike or Experiment, optional
+            Querybank x gallery similarities (a numpy or dask array or an
+            :class:`xarray.DataArray`), the path or URL of a store from ``qbscale
+            ingest``, or an opened :class:`~qbscale.types.Experiment` (only the
+            bank is read).  Give ``bank_emb`` and ``gallery_emb`` instead to fit
+            from embeddings.
+        beta : float or sequence of float, optional
+            Inverse temperature(s) (is, dis, dual-is); several values are fitted
+            in one pass.  Default: the method's (20).
+        k : int, default 1
+            Top-k columns per bank row forming the activation set.
+        method : {"dis", "is", "csls", "nnn", "dual-is"}, default "dis"
+            The method (:mod:`qbscale.engine.methods`).
+        dynamic : bool, default False
+            Normalise only rows whose top-1 is in the activation set.
+        bank_emb, gallery_emb : array-like or str, optional
+            Querybank and gallery embeddings (arrays, or ``.npy`` / Zarr array
+            paths); the similarities ``bank_emb @ gallery_emb.T`` are computed
+            block by block, never whole.
+        gallery_bank : array-like or str, optional
+            Gallery-bank x gallery similarities for ``dual-is`` (an array or a
+            file; a store's own gallery bank by default).
+        scheduler : str or distributed.Client, default "threads"
+            Where the bank stage runs, as in :func:`qbscale.run`.
+        num_workers : int, optional
+            Threads or processes of a local scheduler.
+        storage_options : dict, optional
+            The fsspec options of a store URL.
+        progress : bool, default False
+            Show a progress bar on stderr.
+        bank_sample : int, float or str, optional
+            Fit on the bank rows
+            ``numpy.random.default_rng(seed).permutation(n_bank)[:N]`` only (``N``
+            a count, a fraction in (0, 1] or "all"), as ``qbscale.run(...,
+            bank_sample=, seed=)``; the fitted config keeps the sample as its row
+            count.
+        seed : int, default 0
+            Seed of the ``bank_sample`` permutation.
+        **params
+            The method's other parameters, and its swept one when it is not beta
+            (``alpha=[0.5, 0.75]``, ``nnn_k=128``, ``kc=10``, ``gallery_beta=20``).
 
         Returns
         -------
         Normaliser
+            The fitted normaliser.
         """
         from qbscale.config import RunConfig
         from qbscale.retrieval import fitting
@@ -130,8 +164,11 @@ class Normaliser(_engine.GalleryStatistics):
 
     @property
     def shifts(self) -> Any:
-        """``shift`` as an :class:`xarray.DataArray` with dims ``(<param>, "gallery")``,
-        ``<param>`` the swept parameter (beta, alpha or kc) with its values."""
+        """``shift`` as an :class:`xarray.DataArray`.
+
+        Its dims are ``(<param>, "gallery")``, ``<param>`` the swept parameter
+        (beta, alpha or kc) with its values.
+        """
         import xarray as xr
 
         name = self.config.variant_name
@@ -141,9 +178,21 @@ class Normaliser(_engine.GalleryStatistics):
 
     def check_gallery_emb(self, gallery_emb: Any, what: str = "the gallery embeddings"
                           ) -> None:
-        """A clear :class:`~qbscale.errors.InputError` unless ``gallery_emb`` (an
-        array) is the gallery fitted on: its size, and its checksum when the
-        normaliser was fitted from gallery embeddings."""
+        """Check that ``gallery_emb`` is the gallery this normaliser was fitted on.
+
+        Parameters
+        ----------
+        gallery_emb : array-like
+            The gallery embeddings: their size, and their checksum when the
+            normaliser was fitted from gallery embeddings, must match.
+        what : str, default "the gallery embeddings"
+            How the error message names them.
+
+        Raises
+        ------
+        InputError
+            They are not the gallery fitted on.
+        """
         from qbscale.engine import fingerprint as fp
 
         given: dict[str, Any] = {"n_gallery": int(gallery_emb.shape[0])}
@@ -156,20 +205,33 @@ class Normaliser(_engine.GalleryStatistics):
         """Normalised scores of any block of test rows, in the kind given.
 
         numpy in, numpy out; a dask array gives a lazy dask array (nothing is
-        computed); an :class:`xarray.DataArray` gives one with the same dims
-        and coords.  With one value of the swept parameter the result is
-        ``(rows, gallery)``; with several, ``(n_values, rows, gallery)``.
-        Rows span the whole gallery.  (Given ``col0`` or ``flags``, this is
-        the engine's block transform: ``(n_values, rows, cols)`` of a block of
-        columns starting at ``col0``.)
+        computed); an :class:`xarray.DataArray` gives one with the same dims and
+        coords.
+
+        Parameters
+        ----------
+        sims : array-like
+            (rows, n_gallery) test similarities; rows span the whole gallery.
+        col0 : int, default 0
+            With ``flags``, the first column of a block of columns: this is then
+            the engine's block transform.
+        flags : numpy.ndarray, optional
+            (rows,) bool, the rows to normalise (the engine's block transform).
+
+        Returns
+        -------
+        numpy.ndarray, dask.array.Array or xarray.DataArray
+            ``(rows, gallery)`` with one value of the swept parameter, else
+            ``(n_values, rows, gallery)``; given ``col0`` or ``flags``,
+            ``(n_values, rows, cols)``.
 
         Raises
         ------
         InputError
             ``sims`` is not a non-empty 2-D array of floats (integers, bool,
             complex, object and strings are refused), has another number of
-            gallery columns, or holds NaN or inf (named by row and column;
-            for a dask array, raised by the task computing that block).
+            gallery columns, or holds NaN or inf (named by row and column; for a
+            dask array, raised by the task computing that block).
         """
         from qbscale.retrieval import transform
 
@@ -181,10 +243,24 @@ class Normaliser(_engine.GalleryStatistics):
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False,
              storage_options: dict[str, Any] | None = None) -> str:
-        """Write to a small Zarr v3 group (atomically); returns its path.
+        """Write to a small Zarr v3 group, atomically.
 
-        The gallery embeddings are referenced by path only (an in-memory
-        gallery is not saved: pass it to :meth:`search` after :meth:`load`).
+        The gallery embeddings are referenced by path only (an in-memory gallery
+        is not saved: pass it to :meth:`search` after :meth:`load`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write (a local path or a URL).
+        overwrite : bool, default False
+            Replace a normaliser already at ``path``.
+        storage_options : dict, optional
+            The fsspec options of a URL.
+
+        Returns
+        -------
+        str
+            The path written.
         """
         from qbscale.storage.outputs.normaliser_store import save
 
@@ -198,7 +274,25 @@ class Normaliser(_engine.GalleryStatistics):
     @classmethod
     def load(cls, path: str | os.PathLike[str],
              storage_options: dict[str, Any] | None = None) -> Normaliser:
-        """Read a normaliser written by :meth:`save` (clear errors for anything else)."""
+        """Read a normaliser written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A local path or a URL.
+        storage_options : dict, optional
+            The fsspec options of a URL.
+
+        Returns
+        -------
+        Normaliser
+            The normaliser saved there.
+
+        Raises
+        ------
+        InputError
+            ``path`` holds no normaliser, or a damaged one.
+        """
         from qbscale.storage.outputs.normaliser_store import load
 
         saved = load(path, storage_options)
@@ -208,9 +302,23 @@ class Normaliser(_engine.GalleryStatistics):
     # ------------------------------------------------------------ search
 
     def fitted_gallery(self, remedy: str = "pass gallery=") -> Any:
-        """:attr:`gallery`, or a clear :class:`~qbscale.errors.InputError` when it
-        is a local path that no longer exists (naming the normaliser that
-        recorded it, and ``remedy``: how to give the gallery instead)."""
+        """The gallery fitted with, checked to be still there.
+
+        Parameters
+        ----------
+        remedy : str, default "pass gallery="
+            How to give the gallery instead, for the error message.
+
+        Returns
+        -------
+        numpy.ndarray or str
+            :attr:`gallery`.
+
+        Raises
+        ------
+        InputError
+            It is a local path that no longer exists.
+        """
         from qbscale.storage.layout import is_url
 
         gallery = self.gallery
@@ -220,17 +328,44 @@ class Normaliser(_engine.GalleryStatistics):
         return gallery
 
     def search(self, queries: Any, top_k: int, gallery: Any = None, **kw: Any) -> Any:
-        """Top-``top_k`` gallery items of each query after normalisation:
-        ``(scores, indices)`` (:func:`qbscale.retrieval.search.search`); ``gallery``
-        defaults to the gallery embeddings fitted on."""
+        """The top ``top_k`` gallery items of each query after normalisation.
+
+        Parameters
+        ----------
+        queries : array-like
+            (n_queries, dim) query embeddings.
+        top_k : int
+            How many items per query.
+        gallery : array-like or str, optional
+            The gallery embeddings; by default those fitted on.
+        **kw
+            Passed to :func:`qbscale.retrieval.search.search`.
+
+        Returns
+        -------
+        scores, indices : numpy.ndarray
+            (n_queries, top_k) normalised scores and gallery indices, best first.
+        """
         from qbscale.retrieval.search import search
 
         return search(self, queries, top_k, self.fitted_gallery() if gallery is None else gallery,
                       **kw)
 
     def to_faiss(self, gallery_emb: Any, factory: str = "Flat") -> Any:
-        """A FAISS index that ranks ``gallery_emb`` as this normaliser does
-        (:func:`qbscale.retrieval.search.to_faiss`)."""
+        """A FAISS index that ranks ``gallery_emb`` as this normaliser does.
+
+        Parameters
+        ----------
+        gallery_emb : array-like
+            The gallery embeddings fitted on.
+        factory : str, default "Flat"
+            The faiss index factory string.
+
+        Returns
+        -------
+        FaissSearch
+            See :func:`qbscale.retrieval.search.to_faiss`.
+        """
         from qbscale.retrieval.search import to_faiss
 
         return to_faiss(self, gallery_emb, factory)
@@ -241,25 +376,35 @@ def normalise(test: Any, bank: Any, beta: float | Iterable[float] | None = None,
     """Querybank-normalise ``test`` with a normaliser fitted on ``bank``.
 
     A normalised row holds ``beta * s - logZ`` (other methods: ``scale * s -
-    shift``), the logarithm of the reference code's ``exp(beta * s) / Z``,
-    so every row orders the gallery exactly as the reference output does;
-    rows that are not normalised (``dis``: raw top-1 outside the activation
-    set) keep their raw scores.  As in the paper, scores are comparable within
-    a row only, not across rows.
+    shift``), the logarithm of the reference code's ``exp(beta * s) / Z``, so
+    every row orders the gallery exactly as the reference output does; rows
+    that are not normalised (``dis``: raw top-1 outside the activation set)
+    keep their raw scores.  As in the paper, scores are comparable within a
+    row only, not across rows.
 
     Parameters
     ----------
-    test : (rows, gallery) numpy / dask array or xarray.DataArray
-    bank : what :meth:`Normaliser.fit` takes (an array or a store path)
-    beta : inverse temperature(s); default 20.  Methods that sweep another
+    test : array-like
+        (rows, gallery) test similarities: a numpy or dask array or an
+        :class:`xarray.DataArray`.
+    bank : array-like, str or Experiment
+        What :meth:`Normaliser.fit` takes (an array or a store path).
+    beta : float or sequence of float, optional
+        Inverse temperature(s); default 20.  Methods that sweep another
         parameter take it in ``params`` (``alpha=`` for nnn, ``kc=`` for csls).
-    k, method, **params : as :meth:`Normaliser.fit` (``scheduler=`` too)
+    k : int, default 1
+        Top-k columns per bank row forming the activation set.
+    method : {"dis", "is", "csls", "nnn", "dual-is"}, default "dis"
+        The method, as in :meth:`Normaliser.fit`.
+    **params
+        As :meth:`Normaliser.fit` (``scheduler=`` too).
 
     Returns
     -------
-    The normalised scores, float64, in ``test``'s kind (a dask array stays
-    lazy): ``(rows, gallery)``, or ``(n_values, rows, gallery)`` for several
-    values.
+    numpy.ndarray, dask.array.Array or xarray.DataArray
+        The normalised scores, float64, in ``test``'s kind (a dask array stays
+        lazy): ``(rows, gallery)``, or ``(n_values, rows, gallery)`` for
+        several values.
 
     Raises
     ------
@@ -272,6 +417,8 @@ def normalise(test: Any, bank: Any, beta: float | Iterable[float] | None = None,
 
     Examples
     --------
+    >>> import numpy as np
+    >>> from qbscale import normalise
     >>> bank = np.array([[0.0, 1.0], [0.0, 3.0]])
     >>> np.round(normalise(np.array([[0.5, 0.1]]), bank, beta=1, method="is"), 4)
     array([[-0.1931, -3.0269]])

@@ -322,25 +322,37 @@ def search(norm: GalleryStatistics, queries: Any, top_k: int, gallery: Any = Non
 
     Parameters
     ----------
-    norm : a fitted normaliser (:class:`qbscale.engine.statistics.GalleryStatistics`,
+    norm : GalleryStatistics or Normaliser
+        A fitted normaliser (:class:`qbscale.engine.statistics.GalleryStatistics`,
         or :class:`qbscale.Normaliser`, whose own gallery is used when
-        ``gallery`` is None)
-    queries : (n, d) embeddings: numpy or dask array, or the path of a
-        ``.npy`` file or Zarr array
-    top_k : items per query (more than the gallery's size lists every item)
-    gallery : (n_gallery, d) embeddings: numpy or dask array, a Zarr array,
-        the path of a ``.npy`` file, a Zarr array or an embeddings store
-        (its ``gallery_emb``)
-    scheduler, num_workers : as :func:`qbscale.run` (``tcp://`` included)
-    block_rows : queries per block (default: as many as the block budget allows)
-    block_items : gallery items per block (default: the rest of the budget)
-    progress : a progress bar on stderr
+        ``gallery`` is None).
+    queries : array-like or str
+        (n, d) embeddings: a numpy or dask array, or the path of a ``.npy``
+        file or Zarr array.
+    top_k : int
+        Items per query (more than the gallery's size lists every item).
+    gallery : array-like or str, optional
+        (n_gallery, d) embeddings: a numpy or dask array, a Zarr array, the
+        path of a ``.npy`` file, a Zarr array or an embeddings store (its
+        ``gallery_emb``).
+    scheduler : str or distributed.Client, default "threads"
+        As in :func:`qbscale.run` (``tcp://`` included).
+    num_workers : int, optional
+        Threads or processes of a local scheduler.
+    block_rows : int, optional
+        Queries per block (default: as many as the block budget allows).
+    block_items : int, optional
+        Gallery items per block (default: the rest of the budget).
+    progress : bool, default False
+        Show a progress bar on stderr.
 
     Returns
     -------
-    scores : float64, ``(n, top_k)``, or ``(n_values, n, top_k)`` with
-        several values: normalised scores on normalised rows, raw elsewhere
-    indices : int64 gallery indices, same shape, best first
+    scores : numpy.ndarray
+        The float64 scores, ``(n, top_k)``, or ``(n_values, n, top_k)`` with several
+        values: normalised scores on normalised rows, raw elsewhere.
+    indices : numpy.ndarray
+        The int64 gallery indices, same shape, best first.
 
     Raises
     ------
@@ -350,8 +362,10 @@ def search(norm: GalleryStatistics, queries: Any, top_k: int, gallery: Any = Non
 
     Examples
     --------
+    >>> import numpy as np
     >>> from qbscale.config import RunConfig
     >>> from qbscale.engine.statistics import GalleryStatistics
+    >>> from qbscale.retrieval.search import search
     >>> g = np.eye(3, dtype=np.float32)
     >>> norm = GalleryStatistics(RunConfig.make(1.0, method="is"), np.array([[0.0, 2.0, 0.0]]),
     ...                          np.ones(3, bool))
@@ -394,12 +408,36 @@ def search_matrix(norm: GalleryStatistics, sims: Any, top_k: int, *,
                   progress: bool = False, what: str = "the similarity matrix") -> TopK:
     """:func:`search` over precomputed similarities (query rows x the gallery).
 
-    ``sims`` is a block source (:class:`~qbscale.storage.stores.sources.ZarrMatrix`,
-    :class:`~qbscale.storage.stores.sources.NumpyMatrix`, a store's ``test``) or a
-    numpy / dask array or :class:`xarray.DataArray`; its blocks are read once
-    each.  Floats only; a block holding NaN or inf fails its
-    task with an :class:`~qbscale.errors.InputError` naming the value's row
-    and column in ``sims`` (``what`` names ``sims`` in messages).
+    Parameters
+    ----------
+    norm : GalleryStatistics or Normaliser
+        A fitted normaliser.
+    sims : array-like or block source
+        A block source (:class:`~qbscale.storage.stores.sources.ZarrMatrix`,
+        :class:`~qbscale.storage.stores.sources.NumpyMatrix`, a store's
+        ``test``) or a numpy or dask array or :class:`xarray.DataArray`, of
+        floats; its blocks are read once each.
+    top_k : int
+        Items per query.
+    scheduler : str or distributed.Client, default "threads"
+        As in :func:`qbscale.run`.
+    num_workers : int, optional
+        Threads or processes of a local scheduler.
+    progress : bool, default False
+        Show a progress bar on stderr.
+    what : str, default "the similarity matrix"
+        How messages name ``sims``.
+
+    Returns
+    -------
+    scores, indices : numpy.ndarray
+        As :func:`search` returns them.
+
+    Raises
+    ------
+    InputError
+        A block holds NaN or inf (raised by its task, naming the value's row
+        and column in ``sims``).
     """
     sims = _sims_source(sims, what)
     norm.check_gallery(sims.shape[1], what)
@@ -457,9 +495,27 @@ def _check_fingerprint(norm: GalleryStatistics, gallery: Any) -> None:
 
 def to_faiss(norm: GalleryStatistics, gallery_emb: Any, factory: str = "Flat",
              params: str | None = None) -> Any:
-    """A faiss index serving ``norm``'s scores: ``.search(queries, top_k)``
-    returns what :func:`search` returns, ``.save(path)`` writes it
-    (:class:`qbscale.retrieval.faiss_index.FaissSearch`; ``params`` e.g. ``"efSearch=256"``)."""
+    """A faiss index serving ``norm``'s scores.
+
+    Its ``.search(queries, top_k)`` returns what :func:`search` returns, and
+    ``.save(path)`` writes it.
+
+    Parameters
+    ----------
+    norm : GalleryStatistics or Normaliser
+        A fitted normaliser.
+    gallery_emb : array-like or str
+        The gallery embeddings fitted on.
+    factory : str, default "Flat"
+        The faiss index factory string.
+    params : str, optional
+        The faiss search parameters, e.g. ``"efSearch=256"``.
+
+    Returns
+    -------
+    FaissSearch
+        The index (:class:`qbscale.retrieval.faiss_index.FaissSearch`).
+    """
     from qbscale.retrieval.faiss_index import FaissSearch
 
     return FaissSearch.build(norm, gallery_emb, factory, params)

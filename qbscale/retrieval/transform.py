@@ -121,7 +121,23 @@ def transform_xarray(norm: GalleryStatistics, sims: Any,
 
 
 def transform(norm: GalleryStatistics, sims: Any, what: str = "the similarity matrix") -> Any:
-    """Dispatch on the kind of ``sims``: DataArray, dask array, else numpy."""
+    """Normalise ``sims`` with ``norm``, in the kind of array given.
+
+    Parameters
+    ----------
+    norm : GalleryStatistics
+        A fitted normaliser.
+    sims : array-like
+        (rows, n_gallery) similarities: an :class:`xarray.DataArray`, a dask
+        array or a numpy array.
+    what : str, default "the similarity matrix"
+        How messages name ``sims``.
+
+    Returns
+    -------
+    numpy.ndarray, dask.array.Array or xarray.DataArray
+        The normalised scores, in ``sims``'s kind.
+    """
     if hasattr(sims, "dims") and hasattr(sims, "data"):
         return transform_xarray(norm, sims, what)
     if hasattr(sims, "dask") and hasattr(sims, "chunks"):

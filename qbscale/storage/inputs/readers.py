@@ -446,7 +446,7 @@ def open_matrix(source: str | os.PathLike[str] | np.ndarray, name: str | None = 
     name : str, optional
         Name used in messages for an in-memory array.
     storage_options : dict, optional
-        fsspec options for a Zarr URL.
+        The fsspec options for a Zarr URL.
 
     Returns
     -------

@@ -96,15 +96,19 @@ def _ids(values: Any, what: str, n: int | None = None) -> np.ndarray:
 class HitsWriter:
     """Append blocks of queries' top-k hits, in query order, to one file.
 
+    Use as a context manager (the file is renamed into place on a clean exit
+    and removed on an error), or call :meth:`close`.
+
     Parameters
     ----------
-    path : ``.parquet``, ``.tsv``, ``.trec`` or ``.npz`` (see the module docstring)
-    item_ids : optional (n_gallery,) ids of the gallery items (default: their index)
-    variant : a label, or one per value (default: ``""`` for one value, else
-        the value's index); a ``.trec`` file holds one variant
-
-    Use as a context manager (the file is renamed into place on a clean
-    exit and removed on an error), or call :meth:`close`.
+    path : str or os.PathLike
+        A ``.parquet``, ``.tsv``, ``.trec`` or ``.npz`` file (see the module
+        docstring).
+    item_ids : array-like, optional
+        (n_gallery,) ids of the gallery items; by default their index.
+    variant : str or sequence of str, optional
+        A label, or one per value; by default ``""`` for one value, else the
+        value's index.  A ``.trec`` file holds one variant.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, item_ids: Any = None,
@@ -123,8 +127,12 @@ class HitsWriter:
     def append(self, scores: Any, indices: Any, query_ids: Any = None) -> None:
         """Add the hits of the next block of queries.
 
-        ``scores``/``indices``: (r, K) or (n_values, r, K), best first;
-        ``query_ids``: (r,) (default: running integer ids, 0-based).
+        Parameters
+        ----------
+        scores, indices : array-like
+            (r, K) or (n_values, r, K), best first.
+        query_ids : array-like, optional
+            (r,) ids; by default running integer ids, 0-based.
         """
         s, idx = _blocks(scores, indices)
         n_values, rows, k = s.shape
@@ -172,9 +180,16 @@ class HitsWriter:
         return self.variants
 
     def close(self) -> Path:
-        """Finish the file and move it into place
-        (:func:`~qbscale.storage.durability.atomic.publish_file`: the umask's mode,
-        fsynced, renamed); returns its path."""
+        """Finish the file and move it into place.
+
+        The file gets the umask's mode, is fsynced and renamed
+        (:func:`~qbscale.storage.durability.atomic.publish_file`).
+
+        Returns
+        -------
+        pathlib.Path
+            The file written.
+        """
         try:
             with self._failing():
                 self._sink.close()
@@ -213,15 +228,22 @@ def _trec_one(path: Path, n: int) -> str:
 def write_hits(path: str | os.PathLike[str], scores: Any, indices: Any, *,
                query_ids: Any = None, item_ids: Any = None,
                variant: str | Sequence[str] | None = None) -> None:
-    """Write top-k hits to ``path`` (format by suffix: see the module docstring).
+    """Write top-k hits to ``path``, in the format its suffix names.
 
     Parameters
     ----------
-    scores, indices : (n_queries, K) or (n_values, n_queries, K), best first;
-        indices are gallery positions
-    query_ids : optional (n_queries,) ids (default: 0, 1, ...)
-    item_ids : optional (n_gallery,) ids of the gallery items (default: index)
-    variant : a label, or one per value (see :class:`HitsWriter`)
+    path : str or os.PathLike
+        A ``.parquet``, ``.tsv``, ``.trec`` or ``.npz`` file (see the module
+        docstring).
+    scores, indices : array-like
+        (n_queries, K) or (n_values, n_queries, K), best first; indices are
+        gallery positions.
+    query_ids : array-like, optional
+        (n_queries,) ids; by default 0, 1, ...
+    item_ids : array-like, optional
+        (n_gallery,) ids of the gallery items; by default their index.
+    variant : str or sequence of str, optional
+        A label, or one per value (see :class:`HitsWriter`).
     """
     with HitsWriter(path, item_ids=item_ids, variant=variant) as writer:
         writer.append(scores, indices, query_ids)
@@ -230,8 +252,16 @@ def write_hits(path: str | os.PathLike[str], scores: Any, indices: Any, *,
 def read_hits(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The columns ``query, rank, item, score, variant`` of a hits file.
 
-    Ids are int64 when every one is an integer, else strings; a ``.trec``
-    file's variant column holds its run tag.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.parquet``, ``.tsv``, ``.trec`` or ``.npz`` hits file.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        One array per column.  Ids are int64 when every one is an integer,
+        else strings; a ``.trec`` file's variant column holds its run tag.
     """
     path = Path(path)
     if path.suffix not in SUFFIXES:

@@ -30,8 +30,21 @@ def open_dataset(store: str | os.PathLike[str],
     and ``gallery``; and the swept parameter's values on the results'
     variant axis.  Nothing is read until you compute.
 
+    Parameters
+    ----------
+    store : str or os.PathLike
+        A store path or URL.
+    storage_options : dict, optional
+        The fsspec options of a URL.
+
+    Returns
+    -------
+    xarray.Dataset
+        The store's arrays, backed by dask.
+
     Examples
     --------
+    >>> from qbscale import open_dataset
     >>> ds = open_dataset("exp.zarr")  # doctest: +SKIP
     >>> int(ds.test.isel(query=0).argmax("gallery"))  # doctest: +SKIP
     """

@@ -104,13 +104,24 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
 
     Parameters
     ----------
-    store : path or URL of a complete store from :func:`qbscale.ingest`
-    source : gallery-bank x gallery similarities (sims store) or gallery-bank
+    store : str or os.PathLike
+        The path or URL of a complete store from :func:`qbscale.ingest`.
+    source : str, os.PathLike or numpy.ndarray
+        Gallery-bank x gallery similarities (similarity store) or gallery-bank
         embeddings (embeddings store; scaled to unit length when the store's
-        are): ``.pkl``, ``.npy``, ``.npz``, ``.zarr`` or an array
-    chunk_bytes, dtype, codec, progress, storage_options : as for
-        :func:`qbscale.ingest`
-    overwrite : replace a gallery bank already in the store
+        are): ``.pkl``, ``.npy``, ``.npz``, ``.zarr`` or an array.
+    chunk_bytes : int, default 64 MiB
+        Target bytes per stored chunk, as for :func:`qbscale.ingest`.
+    dtype : str, optional
+        Stored float type, as for :func:`qbscale.ingest`.
+    codec : {"none", "lz4", "zstd"}, default "none"
+        Chunk compression.
+    overwrite : bool, default False
+        Replace a gallery bank already in the store.
+    progress : bool, default True
+        Show a progress bar on stderr.
+    storage_options : dict, optional
+        The fsspec options of a URL.
 
     Returns
     -------

@@ -157,12 +157,6 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         ``n_queries // n_gallery`` when the queries are a multiple of the gallery.
     gt_index : path or numpy.ndarray, optional
         Ground-truth gallery index of every query, instead of ``queries_per_item``.
-    ground_truth : bool, optional
-        False: store no ground truth (deployment: nobody knows the right
-        answers); True: require one.  By default (None) a test matrix whose
-        queries are not a positive multiple of the gallery, with neither
-        ``queries_per_item`` nor ``gt_index`` given, is stored without one.
-        Either way the store's attribute ``ground_truth`` says which.
     chunk_bytes : int
         Target bytes per stored chunk (whole rows; columns are cut only when one
         row exceeds it).
@@ -178,7 +172,13 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
     progress : bool
         Show a progress bar on stderr.
     storage_options : dict, optional
-        fsspec options for a URL ``out``.
+        The fsspec options for a URL ``out``.
+    ground_truth : bool, optional
+        False: store no ground truth (deployment: nobody knows the right
+        answers); True: require one.  By default (None) a test matrix whose
+        queries are not a positive multiple of the gallery, with neither
+        ``queries_per_item`` nor ``gt_index`` given, is stored without one.
+        Either way the store's attribute ``ground_truth`` says which.
 
     Returns
     -------
@@ -250,18 +250,34 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         The store to create.
     bank_emb, test_emb, gallery_emb : path, URL or numpy.ndarray
         ``(n, dim)`` embeddings: ``.npy``, ``.zarr`` arrays (or ``.npz``/``.pkl``).
-    masks, queries_per_item, gt_index, ground_truth
+    masks : str or numpy.ndarray, optional
         As for :func:`ingest`, with ``n_gallery`` the gallery embeddings' rows.
     normalise : bool
         Store rows scaled to unit L2 norm (zero rows are refused).
+    queries_per_item : int, optional
+        As for :func:`ingest`.
+    gt_index : str or numpy.ndarray, optional
+        As for :func:`ingest`.
     chunk_bytes : int, optional
         Target bytes per stored chunk, by default
         :data:`qbscale.storage.layout.EMBEDDING_CHUNK_BYTES` (4 MiB): small, so that a
         similarity block computed from the embeddings reads whole chunks.
-    chunk_rows, dtype, codec, overwrite, progress, storage_options
-        As for :func:`ingest` (chunks always span the full embedding dimension).
+    chunk_rows : int, optional
+        Rows per stored chunk (chunks always span the full embedding dimension).
+    dtype : {"float16", "float32", "float64"}, optional
+        Stored float type, as for :func:`ingest`.
+    codec : {"none", "lz4", "zstd"}
+        Chunk compression.
+    overwrite : bool
+        Replace an existing store (only once the new one is complete).
+    progress : bool
+        Show a progress bar on stderr.
+    storage_options : dict, optional
+        The fsspec options for a URL ``out``.
     input_storage_options : dict, optional
-        fsspec options for Zarr URL inputs.
+        The fsspec options for Zarr URL inputs.
+    ground_truth : bool, optional
+        As for :func:`ingest`.
 
     Returns
     -------

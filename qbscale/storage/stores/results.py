@@ -72,11 +72,28 @@ def _attrs(store: str | os.PathLike[str], storage_options: dict[str, Any] | None
 
 
 def open_result(store: str, name: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """The last published run's array ``name`` (``scores``, ``ranks``, ``topk_index``, ...).
+    """The last published run's array ``name``.
 
     Reads go through the ``last_run`` pointer of the store, so a reader sees
     one run's results, never a mix.
 
+    Parameters
+    ----------
+    store : str
+        A store path or URL.
+    name : str
+        ``"scores"``, ``"ranks"``, ``"topk_index"``, ...
+    storage_options : dict, optional
+        The fsspec options of a URL.
+
+    Returns
+    -------
+    zarr.Array
+        The array, read lazily.
+
+    Examples
+    --------
+    >>> from qbscale import open_result
     >>> open_result("exp.zarr", "ranks")[...]  # doctest: +SKIP
     """
     import zarr

@@ -219,6 +219,20 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
                     rows_per_block: int | None = None) -> Experiment:
     """Open a store written by :func:`qbscale.ingest` for reading.
 
+    Parameters
+    ----------
+    url : str or os.PathLike
+        A store path or URL.
+    storage_options : dict, optional
+        The fsspec options of a URL.
+    rows_per_block : int, optional
+        Rows per read block; by default the stored chunks'.
+
+    Returns
+    -------
+    Experiment
+        The store's block sources, ground truth and mask.
+
     Raises
     ------
     StoreNotFoundError
@@ -429,9 +443,41 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
               ground_truth: bool | None = True, mask_name: str = "query mask") -> Experiment:
     """An experiment over in-memory arrays (no store), e.g. loaded pickles.
 
-    ``ground_truth=False`` (or None: automatic, see :func:`resolve_ground_truth`)
-    gives an experiment without one (``gt=None``): runs return top-k and
-    scores but no metrics.
+    Parameters
+    ----------
+    bank : numpy.ndarray
+        (n_bank, n_gallery) querybank x gallery similarities.
+    test : numpy.ndarray
+        (n_queries, n_gallery) test-query x gallery similarities.
+    mask : numpy.ndarray, optional
+        0/1 per test query, False for queries left out of the metrics.
+    queries_per_item : int, optional
+        Query ``i`` belongs to gallery item ``i // queries_per_item``.
+    gt_index : numpy.ndarray, optional
+        The ground-truth gallery index of every query, instead.
+    rows_per_block : int, optional
+        Rows per block of the task graphs.
+    names : tuple of str, default ("bank", "test")
+        How messages name the two matrices.
+    ground_truth : bool or None, default True
+        False gives an experiment without one (``gt=None``): runs return
+        top-k and scores but no metrics; None decides as
+        :func:`resolve_ground_truth` does.
+    mask_name : str, default "query mask"
+        How messages name ``mask``.
+
+    Returns
+    -------
+    Experiment
+        Ready for :func:`qbscale.run`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qbscale.storage.stores.store import in_memory
+    >>> rng = np.random.default_rng(0)
+    >>> in_memory(rng.random((20, 5)), rng.random((5, 5))).n_gallery
+    5
     """
     for name, arr in zip(names, (bank, test), strict=True):
         check_matrix(name, arr)
