@@ -226,20 +226,42 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         raise click.UsageError("--save-scores/--save-ranks/--topk need a store to save "
                                "into: run `qbscale ingest` first")
     if scheduler in ("threads", "synchronous", "sync"):
-        from qbscale.storage.inputs.readers import read_array
-        from qbscale.storage.stores.store import in_memory
+        from qbscale.storage.inputs.readers import open_matrix, read_array
+        from qbscale.storage.stores.store import MASK_LABEL, in_memory
 
-        mask = read_array(mask_pkl) if mask_pkl else None
-        yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
+        bank, test = read_array(bank_pkl), read_array(test_pkl)
+        _check_grouping(test, Path(test_pkl).name)
+        mask_src = open_matrix(mask_pkl, "masks") if mask_pkl else None
+        # named as ingest names it: one message for a bad mask on every path
+        yield in_memory(bank, test, None if mask_src is None else mask_src.read(),
                         names=(Path(bank_pkl).name, Path(test_pkl).name),
-                        mask_name=f"query mask ({mask_pkl})")
+                        mask_name=MASK_LABEL if mask_src is None else mask_src.label(MASK_LABEL))
         return
     from qbscale.executors import is_remote
 
     if is_remote(scheduler):
         raise click.UsageError("workers of a remote cluster cannot see local pickles: "
                                "`qbscale ingest` them into shared storage first")
+    from qbscale.storage.inputs.readers import open_matrix
     from qbscale.storage.stores.ingest import ingest
 
+    test = open_matrix(test_pkl, "test")
+    _check_grouping(test, Path(test_pkl).name)
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
         yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)
+
+
+def _check_grouping(test: Any, name: str) -> None:
+    """The seed's pickles carry no ground truth: query i belongs to gallery item
+    i // (queries / gallery), so the queries must be a multiple of the gallery."""
+    from qbscale.errors import InputError
+
+    if len(test.shape) != 2 or 0 in test.shape:
+        return  # refused with the other checks of the matrix
+    n_queries, n_gallery = test.shape
+    if n_queries < n_gallery or n_queries % n_gallery:
+        raise InputError(
+            f"test ({name}) has {n_queries} queries, not a positive multiple of its "
+            f"{n_gallery} gallery items: the seed's pickles give the ground truth only as "
+            "queries grouped per item; for another one, write a store with `qbscale ingest "
+            "--bank BANK --test TEST --gt-index FILE` (or --queries-per-item N) and run it")

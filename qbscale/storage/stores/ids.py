@@ -1,0 +1,187 @@
+"""A store's query and gallery ids: written, recorded, read and added later.
+
+A store may hold the ids of its test queries and gallery items as the 1-D
+arrays ``query`` and ``gallery`` (:data:`qbscale.storage.layout.QUERY_IDS`,
+``GALLERY_IDS``): the coordinates of those dimensions, as xarray stores
+them.  They are written by the same checked writer as every array (crc32c
+on each chunk, a chunk manifest) and recorded in the store's sealed
+``qbscale`` attribute::
+
+    "ids": {"arrays": ["query", "gallery"], "id": "4b1f..."}
+
+An id array the record does not list (an :func:`add_ids` that was
+interrupted) is not part of the store: readers ignore it, the next
+:func:`add_ids` replaces it.  :func:`add_ids` adds ids to an existing store
+under its lock, and publishes them with the store's root ``zarr.json`` in
+one atomic write (:func:`qbscale.storage.durability.publish.replace_root_attrs`):
+a reader sees the old ids or the new ones, never a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbscale.errors import ConfigError, StoreExistsError
+from qbscale.storage import layout
+from qbscale.storage.inputs.ids import IdSource, read_ids
+
+if TYPE_CHECKING:
+    from qbscale.types import Experiment
+
+#: the id arrays, in the order of their dimensions (queries, gallery)
+ARRAYS = (layout.QUERY_IDS, layout.GALLERY_IDS)
+RECORD = layout.IDS_RECORD
+
+
+def record(names: list[str] | tuple[str, ...]) -> dict[str, Any] | None:
+    """The ``ids`` attribute of a store holding the id arrays ``names`` (None: no ids)."""
+    arrays = [n for n in ARRAYS if n in names]
+    return {"arrays": arrays, "id": uuid.uuid4().hex} if arrays else None
+
+
+def recorded(attrs: dict[str, Any] | None) -> list[str]:
+    """The id arrays a store's attributes record (``[]`` for none).
+
+    >>> recorded({"ids": {"arrays": ["gallery"], "id": "x"}})
+    ['gallery']
+    """
+    entry = (attrs or {}).get(RECORD)
+    arrays = entry.get("arrays") if isinstance(entry, dict) else None
+    return [n for n in ARRAYS if isinstance(arrays, list) and n in arrays]
+
+
+def read_store_ids(url: str, attrs: dict[str, Any] | None,
+                   storage_options: dict[str, Any] | None = None
+                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(query ids, gallery ids)`` of the store at ``url``, None where it has none;
+    every chunk read is checked (present, crc32c, its place in the manifest)."""
+    import zarr
+
+    from qbscale.storage.durability.integrity import read_array
+    from qbscale.storage.stores.sources import freeze_options
+
+    names = recorded(attrs)
+    if not names:
+        return None, None
+    group: Any = zarr.open_group(url, mode="r", use_consolidated=False,
+                                 storage_options=storage_options)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        values = read_array(url, name, group[name], freeze_options(storage_options))
+        out[name] = values if values.dtype.kind in "iu" else \
+            np.asarray(values.tolist(), dtype=str)  # zarr's variable-length strings
+    return out.get(layout.QUERY_IDS), out.get(layout.GALLERY_IDS)
+
+
+def experiment_ids(experiment: Experiment) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(query ids, gallery ids)`` of an experiment's store (None, None without one)."""
+    if experiment.url is None:
+        return None, None
+    return read_store_ids(experiment.url, experiment.attrs, experiment.storage_options)
+
+
+def read_given(query_ids: IdSource | None, gallery_ids: IdSource | None, n_queries: int,
+               n_gallery: int) -> dict[str, np.ndarray]:
+    """The ids given, read and checked against the store's shape, by array name."""
+    out = {}
+    for name, given, n in ((layout.QUERY_IDS, query_ids, n_queries),
+                           (layout.GALLERY_IDS, gallery_ids, n_gallery)):
+        if given is not None:
+            out[name] = read_ids(given, name, n)
+    return out
+
+
+def add_ids(store: str | os.PathLike[str], query_ids: IdSource | None = None,
+            gallery_ids: IdSource | None = None, *, overwrite: bool = False,
+            storage_options: dict[str, Any] | None = None) -> str:
+    """Add query and/or gallery ids to an existing store.
+
+    The ids are checked (:func:`qbscale.storage.inputs.ids.read_ids`) before
+    anything is written; the arrays are written under the store's lock with
+    checksums and chunk manifests, then published with the root ``zarr.json``
+    in one atomic write.  Ids of the other kind already in the store are kept.
+
+    Parameters
+    ----------
+    store : path or URL
+        A complete store from :func:`qbscale.ingest`.
+    query_ids, gallery_ids : path or array-like, optional
+        One id per test query / gallery item: a text file (one a line), a
+        ``.npy``, ``FILE.parquet[:COLUMN]`` or the ids.
+    overwrite : bool
+        Replace ids of a kind the store already has.  Should the replacement
+        be interrupted, the store is left with the ids it had before or with
+        none of that kind (never a mix); give the command again.
+    storage_options : dict, optional
+        fsspec options for a URL ``store``.
+
+    Returns
+    -------
+    str
+        The store.
+
+    Raises
+    ------
+    ConfigError
+        Neither kind of ids given.
+    InputError
+        Ids that do not fit the store (count, duplicates, white space).
+    StoreExistsError
+        The store has ids of a kind given and ``overwrite`` is False.
+    StoreLockedError
+        Another process is writing into the store.
+    """
+    from qbscale.storage.durability import seal
+    from qbscale.storage.durability.integrity import record_manifests
+    from qbscale.storage.durability.lock import StoreLock
+    from qbscale.storage.durability.publish import replace_root_attrs
+    from qbscale.storage.stores.results import root_attrs
+    from qbscale.storage.stores.store import open_experiment
+    from qbscale.storage.stores.writer import write_vector
+
+    if query_ids is None and gallery_ids is None:
+        raise ConfigError("give query ids, gallery ids or both (--queries FILE, "
+                          "--gallery FILE)")
+    url = layout.local_path(os.fspath(store))
+    experiment = open_experiment(url, storage_options)  # refuses missing / damaged stores
+    given = read_given(query_ids, gallery_ids, experiment.n_queries, experiment.n_gallery)
+    with StoreLock.acquire(url, storage_options, "adding ids"):
+        experiment = open_experiment(url, storage_options)  # as it is now, under the lock
+        attrs = root_attrs(experiment)
+        have = recorded(attrs)
+        clash = [n for n in given if n in have]
+        if clash and not overwrite:
+            flag = " and ".join("--queries" if n == layout.QUERY_IDS else "--gallery"
+                                for n in clash)
+            raise StoreExistsError(f"{url} already has {' and '.join(clash)} ids: pass "
+                                   f"--overwrite (overwrite=True) to replace them ({flag})")
+        kept = [n for n in have if n not in given]
+        if clash:  # from here until the end, the replaced ids count as absent
+            attrs = _with_record(attrs, kept)
+            replace_root_attrs(url, storage_options, seal.sealed(attrs))
+        import zarr
+
+        group = zarr.open_group(url, mode="r+", use_consolidated=False,
+                                storage_options=storage_options)
+        chunk_bytes = int((attrs.get("chunking") or {}).get("chunk_bytes")
+                          or layout.DEFAULT_CHUNK_BYTES)
+        for name, values in given.items():
+            write_vector(group, name, values, str(attrs.get("codec", "none")), chunk_bytes)
+        for name in given:
+            record_manifests(url, storage_options, name)
+        attrs = _with_record(attrs, [*kept, *given])
+        replace_root_attrs(url, storage_options, seal.sealed(attrs))
+    return url
+
+
+def _with_record(attrs: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``attrs`` recording the id arrays ``names`` (none: the record dropped)."""
+    out = {k: v for k, v in attrs.items() if k != RECORD}
+    entry = record(names)
+    if entry is not None:
+        out[RECORD] = entry
+    return out
