@@ -245,8 +245,7 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     from qbscale.storage.inputs.readers import open_matrix
     from qbscale.storage.stores.ingest import ingest
 
-    test = open_matrix(test_pkl, "test")
-    _check_grouping(test, Path(test_pkl).name)
+    _check_grouping(open_matrix(test_pkl, "test"), Path(test_pkl).name)
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
         yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)
 

@@ -35,6 +35,8 @@ and size of each of its chunks by key, and its shape, chunks and dtype.
 
 from __future__ import annotations
 
+from typing import Any
+
 ATTR = "qbscale"
 
 BANK = "bank"
@@ -46,6 +48,20 @@ QUERY_IDS = "query"
 GALLERY_IDS = "gallery"
 #: the key of the ``qbscale`` attribute recording the id arrays written
 IDS_RECORD = "ids"
+#: the id arrays, in the order of their dimensions (queries, gallery)
+ID_ARRAYS = (QUERY_IDS, GALLERY_IDS)
+
+
+def recorded_ids(attrs: dict[str, Any] | None) -> list[str]:
+    """The id arrays a store's attributes record (``[]`` for none): an id array
+    not recorded is no part of the store (its write was interrupted).
+
+    >>> recorded_ids({"ids": {"arrays": ["gallery"], "id": "x"}})
+    ['gallery']
+    """
+    entry = (attrs or {}).get(IDS_RECORD)
+    arrays = entry.get("arrays") if isinstance(entry, dict) else None
+    return [n for n in ID_ARRAYS if isinstance(arrays, list) and n in arrays]
 
 BANK_EMB = "bank_emb"
 TEST_EMB = "test_emb"

@@ -86,7 +86,7 @@ def write_qrels(path: str | os.PathLike[str], experiment: Experiment) -> Path:
         with open(partial, "w", encoding="utf-8") as f:
             for rows, items in positives(experiment):
                 qids = rows if query_ids is None else query_ids[rows]
-                lines = []
+                lines: list[str] = []
                 for qid, relevant in zip(qids.tolist(), items, strict=True):
                     names = relevant if item_ids is None else item_ids[relevant]
                     lines.extend(f"{qid} 0 {item} 1\n" for item in np.asarray(names).tolist())

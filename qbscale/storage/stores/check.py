@@ -188,7 +188,6 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     from tqdm import tqdm
 
     from qbscale.storage.durability import manifest
-
     from qbscale.storage.durability.paths import check_filesystem
 
     url = layout.local_path(os.fspath(url))

@@ -33,25 +33,16 @@ if TYPE_CHECKING:
     from qbscale.types import Experiment
 
 #: the id arrays, in the order of their dimensions (queries, gallery)
-ARRAYS = (layout.QUERY_IDS, layout.GALLERY_IDS)
+ARRAYS = layout.ID_ARRAYS
 RECORD = layout.IDS_RECORD
+#: the id arrays a store's attributes record
+recorded = layout.recorded_ids
 
 
 def record(names: list[str] | tuple[str, ...]) -> dict[str, Any] | None:
     """The ``ids`` attribute of a store holding the id arrays ``names`` (None: no ids)."""
     arrays = [n for n in ARRAYS if n in names]
     return {"arrays": arrays, "id": uuid.uuid4().hex} if arrays else None
-
-
-def recorded(attrs: dict[str, Any] | None) -> list[str]:
-    """The id arrays a store's attributes record (``[]`` for none).
-
-    >>> recorded({"ids": {"arrays": ["gallery"], "id": "x"}})
-    ['gallery']
-    """
-    entry = (attrs or {}).get(RECORD)
-    arrays = entry.get("arrays") if isinstance(entry, dict) else None
-    return [n for n in ARRAYS if isinstance(arrays, list) and n in arrays]
 
 
 def read_store_ids(url: str, attrs: dict[str, Any] | None,

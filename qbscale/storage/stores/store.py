@@ -336,9 +336,8 @@ def _open(url: str, storage_options: dict[str, Any] | None,
     names = set(group.array_keys())
     if layout.GALLERY_BANK_RECORD not in attrs:  # a gallery bank whose write did not finish:
         names.discard(layout.GALLERY_BANK)       # refused as incomplete when a run asks for it
-    from qbscale.storage.stores.ids import ARRAYS, recorded
-
-    names -= set(ARRAYS) - set(recorded(attrs))  # ids whose write did not finish: not read
+    # ids whose write did not finish: not read
+    names -= set(layout.ID_ARRAYS) - set(layout.recorded_ids(attrs))
     integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs),
                                    manifest.declared(attrs))
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
@@ -387,8 +386,8 @@ def check_unchanged(experiment: Experiment) -> None:
     if not now.get("complete") or any(now.get(k) != experiment.attrs.get(k) for k in keys):
         raise StoreChangedError(
             f"store {experiment.url} was replaced while this run read it (by a "
-            "`qbscale ingest --overwrite`?): its figures could mix two stores, so nothing was reported "
-            "or saved; run again")
+            "`qbscale ingest --overwrite`?): its figures could mix two stores, so nothing "
+            "was reported or saved; run again")
 
 
 def _vector(url: str, group: Any, name: str, options: dict[str, Any] | None) -> np.ndarray:
