@@ -104,6 +104,10 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
 
     names = arrays_under(url, options, "")
     attrs, listed = _root(url, options, report, names)
+    # id arrays the store does not record (an interrupted `qbscale ids`) are no part of it
+    orphans = set(layout.ID_ARRAYS) - set(layout.recorded_ids(attrs))
+    names = [n for n in names if n not in orphans]
+    listed = [n for n in listed if n not in orphans]
     for name in listed:
         if name not in names:
             report.bad[f"{name}/zarr.json"] = "missing: the array is gone; restore it or " \
