@@ -214,10 +214,13 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     threaded scheduler; for worker processes, ingested into a temporary store)."""
     seed = bank_pkl or test_pkl or mask_pkl
     if store and seed:
-        raise click.UsageError("give either STORE or the --sims_* pickles, not both")
+        raise click.UsageError("give either STORE or the seed's pickles "
+                               "(--sims_train_test_path, --sims_test_path), not both")
     if not seed:
         if not store:
-            raise click.UsageError("give a STORE (from `qbscale ingest`) or the --sims_* pickles")
+            raise click.UsageError("give a STORE or the seed's pickles (--sims_train_test_path "
+                                   "and --sims_test_path); a STORE is written by "
+                                   "`qbscale ingest`")
         yield store
         return
     if not (bank_pkl and test_pkl):

@@ -115,7 +115,8 @@ def test_missing_and_incomplete_stores_are_refused(store, tmp_path, cli_invoke):
 
 def test_run_needs_a_store_or_pickles(cli_invoke):
     res = cli_invoke("run", exit_code=2)
-    assert "Error: give a STORE (from `qbscale ingest`) or the --sims_* pickles" in res.output
+    assert "Error: give a STORE or the seed's pickles (--sims_train_test_path and " \
+           "--sims_test_path)" in res.output
 
 
 def test_ingest_with_gallery_bank_then_dual_is(problem, tmp_path, invoke):
