@@ -155,6 +155,10 @@ def test_the_scan_sees_the_known_hints():
     assert any(rel == "qbscale/api.py" and "--save-scores" in text for rel, text in texts)
     assert any(rel == "qbscale/storage/stores/store.py" and "--queries-per-item" in text
                for rel, text in texts)
+    message = ("no ground truth: ask for --topk K; to add one, `qbscale ingest ... --overwrite` "
+               "with --gt-index FILE")
+    assert named_options(message, "run") == [("run", "--topk"), ("ingest", "--overwrite"),
+                                             ("ingest", "--gt-index")]
 
 
 def test_every_hint_names_an_option_of_its_command():
@@ -169,13 +173,6 @@ def test_every_hint_names_an_option_of_its_command():
                 if option not in command_options(target):
                     problems.append(f"{rel}:{line}: qbscale {target} has no {option}: {text!r}")
     assert problems == []
-
-
-def test_named_options_follow_the_command_named():
-    message = ("no ground truth: ask for --topk K; to add one, `qbscale ingest ... --overwrite` "
-               "with --gt-index FILE")
-    assert named_options(message, "run") == [("run", "--topk"), ("ingest", "--overwrite"),
-                                             ("ingest", "--gt-index")]
 
 
 # ------------------------------------------------------------ the cases, run
