@@ -153,6 +153,19 @@ def test_a_damaged_id_chunk_is_refused(store):
         experiment_ids(open_experiment(store))
 
 
+def test_swapped_id_chunks_are_refused(store):
+    chunks = store / "query" / "c"
+    a, b = chunks / "0", chunks / "1"
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    assert data_a != data_b
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    with pytest.raises(qbscale.errors.DamagedStoreError,
+                       match="chunk query/c/[01] is not the chunk written there"):
+        experiment_ids(open_experiment(store))
+    assert set(check_store(store).bad) == {"query/c/0", "query/c/1"}
+
+
 def test_ids_added_later_go_through_the_command(tmp_path, cli_invoke):
     bank, test = _sims()
     out = tmp_path / "exp.zarr"

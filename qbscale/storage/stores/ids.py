@@ -50,16 +50,13 @@ def read_store_ids(url: str, attrs: dict[str, Any] | None,
                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(query ids, gallery ids)`` of the store at ``url``, None where it has none;
     every chunk read is checked (present, crc32c, its place in the manifest)."""
-    import zarr
-
-    from qbscale.storage.durability.integrity import read_array
+    from qbscale.storage.durability.integrity import open_group, read_array
     from qbscale.storage.stores.sources import freeze_options
 
     names = recorded(attrs)
     if not names:
         return None, None
-    group: Any = zarr.open_group(url, mode="r", use_consolidated=False,
-                                 storage_options=storage_options)
+    group: Any = open_group(url, storage_options, use_consolidated=False)
     out: dict[str, np.ndarray] = {}
     for name in names:
         values = read_array(url, name, group[name], freeze_options(storage_options))
