@@ -161,7 +161,7 @@ def test_swapped_id_chunks_are_refused(store):
     a.write_bytes(data_b)
     b.write_bytes(data_a)
     with pytest.raises(qbscale.errors.DamagedStoreError,
-                       match="chunk query/c/[01] is not the chunk written there"):
+                       match=r"chunk query/c/[01] is not the chunk written there"):
         experiment_ids(open_experiment(store))
     assert set(check_store(store).bad) == {"query/c/0", "query/c/1"}
 
@@ -206,27 +206,52 @@ def test_ids_of_the_wrong_length_are_refused_by_the_command(store, tmp_path, cli
     assert (store / "zarr.json").read_bytes() == before
 
 
-def test_an_interrupted_add_leaves_the_store_without_those_ids(tmp_path, monkeypatch):
+def _snapshot(root):
+    return {p.relative_to(root.parent).as_posix(): p.read_bytes()
+            for p in sorted(root.parent.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["write", "manifest", "swap", "publish"])
+def test_an_interrupted_add_leaves_the_store_as_it_was(tmp_path, monkeypatch, where):
+    """A failure anywhere up to the publishing write (here a full disk) leaves the
+    store, and the folder holding it, byte for byte as they were; the ids it had
+    are still read, and the next add succeeds."""
     bank, test = _sims()
     out = tmp_path / "exp.zarr"
-    qbscale.ingest(out, bank, test, query_ids=QUERY_IDS, progress=False)
-    from qbscale.storage.durability import manifest
+    qbscale.ingest(out, bank, test, query_ids=QUERY_IDS, gallery_ids=GALLERY_IDS,
+                   progress=False)
+    before = _snapshot(out)
+    from qbscale.storage.durability import atomic, manifest, rename
+    from qbscale.storage.stores import writer
 
-    def broken(*args, **kwargs):
+    def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(manifest, "record", broken)
-    with pytest.raises(OSError):
-        add_ids(out, gallery_ids=GALLERY_IDS)
+    calls = {"n": 0}
+    real_exchange = rename.exchange
+
+    def second_swap_fails(a, b):  # the first array swapped, the second not
+        calls["n"] += 1
+        if calls["n"] == 2:
+            full()
+        real_exchange(a, b)
+
+    target = {"write": (writer, "write_vector", full), "manifest": (manifest, "record", full),
+              "swap": (rename, "exchange", second_swap_fails),
+              "publish": (atomic, "publish_file", full)}[where]
+    monkeypatch.setattr(*target)
+    new_queries = [f"n{i}" for i in range(N_QUERIES)]
+    with pytest.raises(OSError, match="No space left"):
+        add_ids(out, query_ids=new_queries, gallery_ids=GALLERY_IDS[::-1], overwrite=True)
     monkeypatch.undo()
-    assert (out / "gallery" / "zarr.json").is_file()  # written, never recorded
+    assert _snapshot(out) == before
     q, g = experiment_ids(open_experiment(out))
-    assert q.tolist() == QUERY_IDS and g is None
-    assert qbscale.open_dataset(out)["gallery"].values.tolist() == list(range(N_GALLERY))
+    assert q.tolist() == QUERY_IDS and g.tolist() == GALLERY_IDS
+    add_ids(out, query_ids=new_queries, gallery_ids=GALLERY_IDS[::-1], overwrite=True)
+    q, g = experiment_ids(open_experiment(out))
+    assert q.tolist() == new_queries and g.tolist() == GALLERY_IDS[::-1]
     assert check_store(out).ok
-    add_ids(out, gallery_ids=GALLERY_IDS)  # the next add replaces what was left
-    assert experiment_ids(open_experiment(out))[1].tolist() == GALLERY_IDS
-    assert check_store(out).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.zarr"]
 
 
 def test_a_hand_added_id_array_is_ignored(tmp_path):
@@ -341,3 +366,41 @@ def test_qrels_of_a_store_without_ground_truth_are_refused(tmp_path, cli_invoke)
 def test_add_ids_refuses_existing_ids_without_overwrite(store):
     with pytest.raises(StoreExistsError, match="already has query ids"):
         add_ids(store, query_ids=QUERY_IDS)
+
+
+def test_search_names_hits_by_the_store_ids_or_the_files_given(tmp_path, cli_invoke):
+    """`qbscale search --sims STORE` uses the store's ids; --query-ids/--gallery-ids
+    name the queries and items of any input.  Items against a dense oracle."""
+    from qbscale.retrieval.search import search
+
+    rng = np.random.default_rng(9)
+    bank_emb, gallery, queries = (rng.standard_normal((n, 6)) for n in (N_BANK, N_GALLERY, 10))
+    norm = qbscale.Normaliser.fit(bank_emb=bank_emb, gallery_emb=gallery, beta=20)
+    norm.save(tmp_path / "norm.zarr")
+    sims = queries @ gallery.T
+    qids = [f"new{i}" for i in range(10)]
+    qbscale.ingest(tmp_path / "exp.zarr", bank_emb @ gallery.T, sims, ground_truth=False,
+                   query_ids=qids, gallery_ids=GALLERY_IDS, progress=False)
+    _, want = search(norm, queries, 3, gallery)
+    cli_invoke("search", tmp_path / "norm.zarr", "--sims", tmp_path / "exp.zarr", "--topk", 3,
+               "--hits", tmp_path / "a.tsv", "-q")
+    got = read_hits(tmp_path / "a.tsv")
+    assert got["query"].tolist() == [q for q in qids for _ in range(3)]
+    assert got["item"].tolist() == [GALLERY_IDS[j] for j in want.ravel()]
+    np.save(tmp_path / "q.npy", queries)
+    np.save(tmp_path / "g.npy", gallery)
+    gids = np.arange(N_GALLERY) * 7 + 1
+    np.save(tmp_path / "gids.npy", gids)
+    cli_invoke("search", tmp_path / "norm.zarr", "--queries", tmp_path / "q.npy",
+               "--gallery-emb", tmp_path / "g.npy", "--topk", 3, "--block-rows", 4,
+               "--query-ids", _write_ids(tmp_path, "q.txt", qids),
+               "--gallery-ids", tmp_path / "gids.npy", "--hits", tmp_path / "b.trec", "-q")
+    got = read_hits(tmp_path / "b.trec")
+    assert got["query"].tolist() == [q for q in qids for _ in range(3)]
+    assert got["item"].tolist() == gids[want.ravel()].tolist()
+    res = cli_invoke("search", tmp_path / "norm.zarr", "--queries", tmp_path / "q.npy",
+                     "--gallery-emb", tmp_path / "g.npy", "--topk", 3, "--query-ids",
+                     tmp_path / "gids.npy", "--hits", tmp_path / "c.trec", "-q", exit_code=1)
+    assert res.output == (f"Error: ids file {tmp_path / 'gids.npy'} has shape ({N_GALLERY},); "
+                          "expected (10,): one id per test query (10 test queries)\n")
+    assert not (tmp_path / "c.trec").exists()
