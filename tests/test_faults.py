@@ -94,6 +94,8 @@ def template(tmp_path_factory) -> Template:
     np.save(root / "b.npy", rng.standard_normal((60, 20)).astype(np.float32))
     np.save(root / "t.npy", rng.standard_normal((20, 20)).astype(np.float32))
     (root / "notes.txt").write_text("a user's notes\n")
+    (root / "q.txt").write_text("".join(f"query-{i}\n" for i in range(20)))
+    (root / "g.txt").write_text("".join(f"item-{i}\n" for i in range(20)))
     (root / "userdir").mkdir()
     (root / "userdir" / "notes.txt").write_text("a user's notes\n")
     zarr.create_group(str(root / "group.zarr"))
