@@ -143,7 +143,7 @@ def test_a_store_with_ids_passes_check_and_has_manifests(store, cli_invoke):
     assert attrs["ids"]["arrays"] == ["query", "gallery"]
 
 
-def test_a_damaged_id_chunk_is_refused(store):
+def test_a_damaged_id_chunk_is_refused(store, cli_invoke):
     chunk = next(p for p in sorted((store / "gallery" / "c").rglob("*")) if p.is_file())
     data = bytearray(chunk.read_bytes())
     data[0] ^= 0xFF
@@ -151,6 +151,10 @@ def test_a_damaged_id_chunk_is_refused(store):
     assert any(key.startswith("gallery/c/") for key in check_store(store).bad)
     with pytest.raises(qbscale.errors.DamagedStoreError, match="gallery/c/"):
         experiment_ids(open_experiment(store))
+    res = cli_invoke("check", store, "--repair-hint", "-q", exit_code=1)
+    assert res.output.splitlines()[-1] == ("hint: gallery: the store's gallery ids: add them "
+                                           "again with `qbscale ids STORE --gallery FILE "
+                                           "--overwrite`")
 
 
 def test_swapped_id_chunks_are_refused(store):

@@ -244,6 +244,10 @@ def repair_hint(report: CheckReport, storage_options: dict[str, Any] | None = No
             lines.append(f"{name}: saved results of the last run: run it again "
                          f"(method {last.get('method')}, values {last.get('values')}): "
                          "`qbscale run` with the same --save-scores, --save-ranks and --topk")
+        elif name in layout.ID_ARRAYS:
+            lines.append(f"{name}: the store's {name} ids: add them again with `qbscale ids "
+                         f"STORE --{'queries' if name == layout.QUERY_IDS else 'gallery'} "
+                         "FILE --overwrite`")
         elif name.startswith("runs/"):
             lines.append(f"{name}: an interrupted run: `qbscale run STORE ... --resume` redoes "
                          "its blocks, any new run without --resume deletes it")
