@@ -77,6 +77,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
               type=click.Path(exists=True, dir_okay=False),
               help="Seed-compatible: query mask pickle.")
+@click.option("--queries-per-item", "queries_per_item", type=click.IntRange(min=1), metavar="N",
+              help="With the seed's pickles: query i belongs to gallery item i // N (default: "
+                   "queries / gallery).  A STORE keeps the ground truth it was ingested with.")
+@click.option("--gt-index", "gt_index", type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE",
+              help="With the seed's pickles: the ground-truth gallery index of every query "
+                   "(.npy/.pkl of ints), instead of --queries-per-item.")
 @click.option("--normaliser", "normaliser_path", metavar="NORM.zarr",
               help="A normaliser from `qbscale fit`: skip the bank stage (its settings "
                    "are the run's; options given must match them).")
@@ -92,7 +99,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         json_path: str | None, hits_path: str | None, save_scores: bool, save_ranks: bool,
         resume: bool, bank_sample_text: str | None, seed: int,
         scheduler: str, workers: int | None, quiet: bool,
-        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, fmt: str,
+        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None,
+        queries_per_item: int | None, gt_index: str | None, fmt: str,
         label: str, dynamic: bool, gallery_bank: str | None, normaliser_path: str | None,
         **method_opts: Any) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
@@ -123,7 +131,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
                 norm, settings = run_settings(normaliser_path, store,
                                               given_settings(click.get_current_context(), given))
             with _target(store, bank_pkl, test_pkl, mask_pkl,
-                         save_scores or save_ranks or topk > 0, scheduler) as target:
+                         save_scores or save_ranks or topk > 0, scheduler,
+                         (queries_per_item, gt_index)) as target:
                 results.append(run_api(
                     target, scheduler=scheduler, num_workers=workers, topk=topk,
                     save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
@@ -209,10 +218,18 @@ def normalised_rows(result: Any) -> str:
 
 @contextlib.contextmanager
 def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
-            mask_pkl: str | None, saving: bool, scheduler: str) -> Iterator[Any]:
+            mask_pkl: str | None, saving: bool, scheduler: str,
+            truth: tuple[int | None, str | None] = (None, None)) -> Iterator[Any]:
     """What to run on: the STORE, or the seed's pickles (in memory for the
-    threaded scheduler; for worker processes, ingested into a temporary store)."""
+    threaded scheduler; for worker processes, ingested into a temporary store),
+    their ground truth from ``truth`` (``--queries-per-item``, ``--gt-index``)."""
+    qpi, gt_path = truth
+    if qpi is not None and gt_path is not None:
+        raise click.UsageError("give --queries-per-item or --gt-index, not both")
     seed = bank_pkl or test_pkl or mask_pkl
+    if store and (qpi is not None or gt_path is not None):
+        raise click.UsageError("--queries-per-item and --gt-index go with the seed's pickles: "
+                               "a STORE keeps the ground truth it was ingested with")
     if store and seed:
         raise click.UsageError("give either STORE or the seed's pickles "
                                "(--sims_train_test_path, --sims_test_path), not both")
@@ -233,12 +250,19 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         from qbscale.storage.stores.store import MASK_LABEL, in_memory
 
         bank, test = read_array(bank_pkl), read_array(test_pkl)
-        _check_grouping(test, Path(test_pkl).name)
+        if truth == (None, None):
+            _check_grouping(test, Path(test_pkl).name)
+        gt = None
+        if gt_path is not None:
+            gt_src = open_matrix(gt_path, "gt_index")
+            gt = (gt_src.read(), gt_src.label("gt_index"))
         mask_src = open_matrix(mask_pkl, "masks") if mask_pkl else None
-        # named as ingest names it: one message for a bad mask on every path
+        # named as ingest names them: one message for a bad mask on every path
         yield in_memory(bank, test, None if mask_src is None else mask_src.read(),
+                        queries_per_item=qpi, gt_index=None if gt is None else gt[0],
                         names=(Path(bank_pkl).name, Path(test_pkl).name),
-                        mask_name=MASK_LABEL if mask_src is None else mask_src.label(MASK_LABEL))
+                        mask_name=MASK_LABEL if mask_src is None else mask_src.label(MASK_LABEL),
+                        gt_name="gt_index" if gt is None else gt[1])
         return
     from qbscale.executors import is_remote
 
@@ -248,9 +272,11 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
     from qbscale.storage.inputs.readers import open_matrix
     from qbscale.storage.stores.ingest import ingest
 
-    _check_grouping(open_matrix(test_pkl, "test"), Path(test_pkl).name)
+    if truth == (None, None):
+        _check_grouping(open_matrix(test_pkl, "test"), Path(test_pkl).name)
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
-        yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)
+        yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False,
+                     queries_per_item=qpi, gt_index=gt_path)
 
 
 def _check_grouping(test: Any, name: str) -> None:
@@ -264,6 +290,5 @@ def _check_grouping(test: Any, name: str) -> None:
     if n_queries < n_gallery or n_queries % n_gallery:
         raise InputError(
             f"test ({name}) has {n_queries} queries, not a positive multiple of its "
-            f"{n_gallery} gallery items: the seed's pickles give the ground truth only as "
-            "queries grouped per item; for another one, write a store with `qbscale ingest "
-            "--bank BANK --test TEST --gt-index FILE` (or --queries-per-item N) and run it")
+            f"{n_gallery} gallery items: give --queries-per-item N (query i belongs to item "
+            "i // N) or --gt-index FILE (the ground-truth gallery index of every query)")

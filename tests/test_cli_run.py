@@ -110,7 +110,7 @@ def test_missing_and_incomplete_stores_are_refused(store, tmp_path, cli_invoke):
     group.attrs["qbscale"] = attrs
     res = cli_invoke("run", store, exit_code=1)
     assert res.output == (f"Error: {store} is incomplete (its ingest was interrupted): "
-                          "ingest it again (`qbscale ingest ... --overwrite`)\n")
+                          "ingest it again (`qbscale ingest`, replacing it)\n")
 
 
 def test_run_needs_a_store_or_pickles(cli_invoke):

@@ -15,6 +15,7 @@ it run the cases the static scan cannot see through.
 from __future__ import annotations
 
 import ast
+import json
 import pickle
 import re
 import subprocess
@@ -190,12 +191,32 @@ def test_seed_pickles_that_are_no_multiple_of_the_gallery(tmp_path, cli_invoke):
     for name, shape in (("bank.pkl", (20, 8)), ("test.pkl", (12, 8))):
         with open(tmp_path / name, "wb") as f:
             pickle.dump(rng.standard_normal(shape).astype(np.float32), f)
-    res = cli_invoke("run", "--sims_train_test_path", tmp_path / "bank.pkl",
-                     "--sims_test_path", tmp_path / "test.pkl", exit_code=1)
-    assert res.output.startswith("Error: test (test.pkl) has 12 queries, not a positive "
-                                 "multiple of its 8 gallery items")
-    assert "--gt-index" in res.output
+    seed = ["run", "--sims_train_test_path", tmp_path / "bank.pkl", "--sims_test_path",
+            tmp_path / "test.pkl", "--json", tmp_path / "m.json", "-q"]
+    res = cli_invoke(*seed, exit_code=1)
+    assert res.output == ("Error: test (test.pkl) has 12 queries, not a positive multiple of "
+                          "its 8 gallery items: give --queries-per-item N (query i belongs to "
+                          "item i // N) or --gt-index FILE (the ground-truth gallery index of "
+                          "every query)\n")
     _check_output(res.output, "run")
+    # and run takes what it hints at: the baseline R@1 against a dense oracle
+    with open(tmp_path / "test.pkl", "rb") as f:
+        test = pickle.load(f)
+    gt = np.random.default_rng(2).integers(0, 8, 12)
+    np.save(tmp_path / "gt.npy", gt)
+    beats = (test > test[np.arange(12), gt][:, None]).sum(axis=1)
+    for scheduler in ("threads", "processes"):
+        cli_invoke(*seed, "--gt-index", tmp_path / "gt.npy", "--scheduler", scheduler)
+        got = json.loads((tmp_path / "m.json").read_text())["before"]["R1"]
+        assert got == pytest.approx(100 * np.mean(beats == 0))
+    cli_invoke(*seed, "--queries-per-item", 2)  # query i -> item i // 2
+    got = json.loads((tmp_path / "m.json").read_text())["before"]["R1"]
+    own = np.arange(12) // 2
+    assert got == pytest.approx(100 * np.mean((test > test[np.arange(12), own][:, None])
+                                              .sum(axis=1) == 0))
+    res = cli_invoke("run", tmp_path / "any.zarr", "--gt-index", tmp_path / "gt.npy",
+                     exit_code=2)
+    assert "--queries-per-item and --gt-index go with the seed's pickles" in res.output
 
 
 @pytest.mark.parametrize("args", [[], ["--save-ranks"], ["--topk", "3"]])
@@ -206,8 +227,8 @@ def test_run_on_a_store_without_ground_truth_says_how_to_add_one(tmp_path, cli_i
     store = qbscale.ingest(tmp_path / "new.zarr", rng.standard_normal((20, 8)),
                            rng.standard_normal((5, 8)), progress=False)
     res = cli_invoke("run", store, *args, exit_code=None)
-    assert "to add one, ingest the store again: `qbscale ingest ... --overwrite` with " \
-           "--gt-index FILE or --queries-per-item N" in res.output
+    assert "to add one, ingest the store again (`qbscale ingest`) with --gt-index FILE or " \
+           "--queries-per-item N" in res.output
     _check_output(res.output, "run")
 
 

@@ -362,8 +362,8 @@ def test_qrels_of_a_store_without_ground_truth_are_refused(tmp_path, cli_invoke)
     qbscale.ingest(out, bank, test, progress=False)
     res = cli_invoke("qrels", out, "-o", tmp_path / "t.qrels", exit_code=1)
     assert res.output.startswith(f"Error: {out} has no ground truth, so no relevant items "
-                                 "to write; to add one, ingest the store again: "
-                                 "`qbscale ingest ... --overwrite`")
+                                 "to write; to add one, ingest the store again "
+                                 "(`qbscale ingest`) with --gt-index FILE")
     assert not (tmp_path / "t.qrels").exists()
 
 

@@ -158,7 +158,7 @@ def test_a_store_replaced_during_the_computation_is_refused(store, command):
     assert replaced
     assert res.exit_code == 1, res.output
     assert res.output == (f"Error: store {store} was replaced while this run read it (by a "
-                          "`qbscale ingest --overwrite`?): its figures could mix two stores, "
+                          "new ingest?): its figures could mix two stores, "
                           "so nothing was reported or saved; run again\n")
     assert norm.exists() == (command == "search") and not hits.exists()
 

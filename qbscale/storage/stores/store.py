@@ -152,8 +152,8 @@ def resolve_ground_truth(n_queries: int, n_gallery: int, queries_per_item: int |
 
 
 #: how a store gets a ground truth it was written without
-ADD_TRUTH_HINT = ("to add one, ingest the store again: `qbscale ingest ... --overwrite` with "
-                  "--gt-index FILE or --queries-per-item N")
+ADD_TRUTH_HINT = ("to add one, ingest the store again (`qbscale ingest`) with --gt-index FILE "
+                  "or --queries-per-item N")
 
 
 def no_ground_truth_notice(n_queries: int, n_gallery: int, forced: bool) -> str:
@@ -328,7 +328,7 @@ def _open(url: str, storage_options: dict[str, Any] | None,
     if not attrs.get("complete"):
         raise IncompleteStoreError(
             f"{url} is incomplete (its ingest was interrupted): ingest it again "
-            "(`qbscale ingest ... --overwrite`)"
+            "(`qbscale ingest`, replacing it)"
         )
     edited = seal.problem(attrs)
     if edited is not None:
@@ -386,7 +386,7 @@ def check_unchanged(experiment: Experiment) -> None:
     if not now.get("complete") or any(now.get(k) != experiment.attrs.get(k) for k in keys):
         raise StoreChangedError(
             f"store {experiment.url} was replaced while this run read it (by a "
-            "`qbscale ingest --overwrite`?): its figures could mix two stores, so nothing "
+            "new ingest?): its figures could mix two stores, so nothing "
             "was reported or saved; run again")
 
 
@@ -481,12 +481,14 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
               queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
               rows_per_block: int | None = None, names: tuple[str, str] = ("bank", "test"),
-              ground_truth: bool | None = True, mask_name: str = MASK_LABEL) -> Experiment:
+              ground_truth: bool | None = True, mask_name: str = MASK_LABEL,
+              gt_name: str = "gt_index") -> Experiment:
     """An experiment over in-memory arrays (no store), e.g. loaded pickles.
 
     ``ground_truth=False`` (or None: automatic, see :func:`resolve_ground_truth`)
     gives an experiment without one (``gt=None``): runs return top-k and
-    scores but no metrics.
+    scores but no metrics.  ``names``, ``mask_name`` and ``gt_name`` name the
+    inputs in messages (with their files: ``query mask (masks.pkl)``).
     """
     for name, arr in zip(names, (bank, test), strict=True):
         check_matrix(name, arr)
@@ -495,7 +497,7 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
                          f"{names[1]} has {test.shape[1]}")
     n_gallery = test.shape[1]
     step = rows_per_block or max(1, 2**24 // n_gallery)
-    gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index,
+    gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index, gt_name,
                               wanted=ground_truth)
     grouping = mask_grouping(test.shape[0], n_gallery, queries_per_item)
     return Experiment(NumpyMatrix.wrap(bank, step), NumpyMatrix.wrap(test, step), gt,
