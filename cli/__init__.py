@@ -30,6 +30,8 @@ COMMANDS = {
     "index": "search:index",
     "check": "check:check",
     "unlock": "unlock:unlock",
+    "ids": "ids:ids",
+    "qrels": "qrels:qrels",
 }
 
 

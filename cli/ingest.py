@@ -23,7 +23,8 @@ from .options import (
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
 #: every path the command reads or writes: its --json file is none of them
-_PATHS = (*SIMS, *EMBEDDINGS, "masks", "gt_index", "gallery_bank", "output")
+_PATHS = (*SIMS, *EMBEDDINGS, "masks", "gt_index", "gallery_bank", "query_ids",
+          "gallery_ids", "output")
 
 
 def _mode(opts: dict[str, Any]) -> str:
@@ -60,8 +61,15 @@ def arrays(out: str) -> dict[str, dict[str, Any]]:
     import zarr
 
     group = zarr.open_group(out, mode="r")
-    return {name: {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks)}
+    return {name: {"shape": list(arr.shape), "dtype": _dtype(arr), "chunks": list(arr.chunks)}
             for name, arr in sorted(group.arrays())}
+
+
+def _dtype(arr: Any) -> str:
+    """An array's dtype as messages show it (``str`` for zarr's variable-length strings)."""
+    import numpy as np
+
+    return "str" if np.dtype(arr.dtype).kind in "TOU" else str(arr.dtype)
 
 
 def summary(out: str, seconds: float) -> str:
@@ -77,7 +85,7 @@ def summary(out: str, seconds: float) -> str:
             parts.append(f"{name} {' x '.join(map(str, arr.shape))} {arr.dtype} in chunks of "
                          f"{' x '.join(map(str, arr.chunks))}")
         else:
-            parts.append(f"{name} ({arr.shape[0]} {arr.dtype})")
+            parts.append(f"{name} ({arr.shape[0]} {_dtype(arr)})")
     qpi = attrs.get("queries_per_item")
     truth = (f"{qpi} {'query' if qpi == 1 else 'queries'} per gallery item" if qpi
              else "no ground truth" if attrs.get("ground_truth") is False
@@ -107,6 +115,12 @@ def summary(out: str, seconds: float) -> str:
               help="Store no ground truth (new queries, right answers unknown): runs give "
                    "top-k hits and scores, no metrics.  Automatic when the queries are not "
                    "a multiple of the gallery and neither option above is given.")
+@click.option("--query-ids", metavar="PATH", type=InputPath(),
+              help="One id per test query: a text file (one id a line), a .npy of integers "
+                   "or strings, or FILE.parquet:COLUMN.  Hits, qrels and open_dataset use "
+                   "them (add them later with `qbscale ids`).")
+@click.option("--gallery-ids", metavar="PATH", type=InputPath(),
+              help="One id per gallery item (same formats).")
 @click.option("--bank-emb", metavar="PATH", type=InputPath(),
               help="Querybank embeddings (.npy or .zarr).")
 @click.option("--test-emb", metavar="PATH", type=InputPath(),
@@ -155,7 +169,8 @@ def ingest(**opts: Any) -> None:
         chunk_bytes=None if opts["chunk_mb"] is None else max(1, int(opts["chunk_mb"] * 2**20)),
         chunk_rows=opts["chunk_rows"],
         dtype=opts["dtype"], codec=opts["codec"], overwrite=opts["overwrite"],
-        progress=not opts["quiet"])
+        progress=not opts["quiet"], query_ids=opts["query_ids"],
+        gallery_ids=opts["gallery_ids"])
     start = time.perf_counter()
     if mode == "sims":
         common["chunk_bytes"] = common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES

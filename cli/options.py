@@ -200,8 +200,28 @@ def library_errors(func: F) -> F:
                 sys.exit(1)
             except OSError as exc:
                 raise click.ClickException(os_error_message(exc)) from exc
+            except ImportError as exc:  # an optional package (s3fs, ...) met deep inside
+                message = missing_package(exc)
+                if message is None:
+                    raise
+                raise click.ClickException(message) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def missing_package(exc: ImportError) -> str | None:
+    """One line for an ImportError of an optional package that storage needs (fsspec's
+    ``Install s3fs to access S3``), with its install command; None for any other."""
+    import re
+
+    from qbscale.storage.durability.paths import FILESYSTEMS, install_hint
+
+    found = re.match(r"Install (\S+) to access", str(exc))
+    package = found.group(1) if found else exc.name
+    extra = next((e for p, e in FILESYSTEMS.values() if p == package), None)
+    if package is None or (found is None and package not in {p for p, _ in FILESYSTEMS.values()}):
+        return None
+    return f"{package} is not installed: {install_hint(package, extra)}"
 
 
 def _silence_stdout() -> None:

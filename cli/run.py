@@ -82,6 +82,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 @click.option("--test_query_masks_path", "--test-query-masks-path", "mask_pkl",
               type=InputPath(exists=True, dir_okay=False),
               help="Flag of the paper's published code: the test query mask pickle.")
+@click.option("--queries-per-item", "queries_per_item", type=click.IntRange(min=1), metavar="N",
+              help="With the published code's pickles: query i belongs to gallery item i // N "
+                   "(default: queries / gallery).  A STORE keeps the ground truth it was "
+                   "ingested with.")
+@click.option("--gt-index", "gt_index", type=InputPath(exists=True, dir_okay=False),
+              metavar="FILE",
+              help="With the published code's pickles: the ground-truth gallery index of every "
+                   "query (.npy/.pkl of ints), instead of --queries-per-item.")
 @click.option("--normaliser", "normaliser_path", metavar="NORM.zarr", type=InputPath(),
               help="A normaliser from `qbscale fit`: skip the bank stage (its settings "
                    "are the run's; options given must match them).")
@@ -97,7 +105,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         json_path: str | None, hits_path: str | None, save_scores: bool, save_ranks: bool,
         resume: bool, bank_sample_text: str | None, seed: int,
         scheduler: str, workers: int | None, quiet: bool,
-        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None, fmt: str,
+        bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None,
+        queries_per_item: int | None, gt_index: str | None, fmt: str,
         label: str, dynamic: bool, gallery_bank: str | None, normaliser_path: str | None,
         **method_opts: Any) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
@@ -129,7 +138,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
                 norm, settings = run_settings(normaliser_path, store,
                                               given_settings(click.get_current_context(), given))
             with _target(store, bank_pkl, test_pkl, mask_pkl,
-                         save_scores or save_ranks or topk > 0, scheduler) as target:
+                         save_scores or save_ranks or topk > 0, scheduler,
+                         (queries_per_item, gt_index)) as target:
                 results.append(run_api(
                     target, scheduler=scheduler, num_workers=workers, topk=topk,
                     save_scores=save_scores, save_ranks=save_ranks, progress=not quiet,
@@ -215,15 +225,27 @@ def normalised_rows(result: Any) -> str:
 
 @contextlib.contextmanager
 def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
-            mask_pkl: str | None, saving: bool, scheduler: str) -> Iterator[Any]:
+            mask_pkl: str | None, saving: bool, scheduler: str,
+            truth: tuple[int | None, str | None] = (None, None)) -> Iterator[Any]:
     """What to run on: the STORE, or the published code's pickles (in memory for the
-    threaded scheduler; for worker processes, ingested into a temporary store)."""
+    threaded scheduler; for worker processes, ingested into a temporary store),
+    their ground truth from ``truth`` (``--queries-per-item``, ``--gt-index``)."""
+    qpi, gt_path = truth
+    if qpi is not None and gt_path is not None:
+        raise click.UsageError("give --queries-per-item or --gt-index, not both")
     seed = bank_pkl or test_pkl or mask_pkl
+    if store and (qpi is not None or gt_path is not None):
+        raise click.UsageError("--queries-per-item and --gt-index go with the published "
+                               "code's pickles: a STORE keeps the ground truth it was "
+                               "ingested with")
     if store and seed:
-        raise click.UsageError("give either STORE or the --sims_* pickles, not both")
+        raise click.UsageError("give either STORE or the published code's pickles "
+                               "(--sims_train_test_path, --sims_test_path), not both")
     if not seed:
         if not store:
-            raise click.UsageError("give a STORE (from `qbscale ingest`) or the --sims_* pickles")
+            raise click.UsageError("give a STORE or the published code's pickles "
+                                   "(--sims_train_test_path and --sims_test_path); a STORE "
+                                   "is written by `qbscale ingest`")
         yield store
         return
     if not (bank_pkl and test_pkl):
@@ -232,20 +254,49 @@ def _target(store: str | None, bank_pkl: str | None, test_pkl: str | None,
         raise click.UsageError("--save-scores/--save-ranks/--topk need a store to save "
                                "into: run `qbscale ingest` first")
     if scheduler in ("threads", "synchronous", "sync"):
-        from qbscale.storage.inputs.readers import read_array
-        from qbscale.storage.stores.store import in_memory
+        from qbscale.storage.inputs.readers import open_matrix, read_array
+        from qbscale.storage.stores.store import MASK_LABEL, in_memory
 
-        mask = read_array(mask_pkl) if mask_pkl else None
-        yield in_memory(read_array(bank_pkl), read_array(test_pkl), mask,
+        bank, test = read_array(bank_pkl), read_array(test_pkl)
+        if truth == (None, None):
+            _check_grouping(test, Path(test_pkl).name)
+        gt = None
+        if gt_path is not None:
+            gt_src = open_matrix(gt_path, "gt_index")
+            gt = (gt_src.read(), gt_src.label("gt_index"))
+        mask_src = open_matrix(mask_pkl, "masks") if mask_pkl else None
+        # named as ingest names them: one message for a bad mask on every path
+        yield in_memory(bank, test, None if mask_src is None else mask_src.read(),
+                        queries_per_item=qpi, gt_index=None if gt is None else gt[0],
                         names=(Path(bank_pkl).name, Path(test_pkl).name),
-                        mask_name=f"query mask ({mask_pkl})")
+                        mask_name=MASK_LABEL if mask_src is None else mask_src.label(MASK_LABEL),
+                        gt_name="gt_index" if gt is None else gt[1])
         return
     from qbscale.executors import is_remote
 
     if is_remote(scheduler):
         raise click.UsageError("workers of a remote cluster cannot see local pickles: "
                                "`qbscale ingest` them into shared storage first")
+    from qbscale.storage.inputs.readers import open_matrix
     from qbscale.storage.stores.ingest import ingest
 
+    if truth == (None, None):
+        _check_grouping(open_matrix(test_pkl, "test"), Path(test_pkl).name)
     with tempfile.TemporaryDirectory(prefix="qbscale-") as tmp:
-        yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False)
+        yield ingest(Path(tmp) / "seed.zarr", bank_pkl, test_pkl, mask_pkl, progress=False,
+                     queries_per_item=qpi, gt_index=gt_path)
+
+
+def _check_grouping(test: Any, name: str) -> None:
+    """The seed's pickles carry no ground truth: query i belongs to gallery item
+    i // (queries / gallery), so the queries must be a multiple of the gallery."""
+    from qbscale.errors import InputError
+
+    if len(test.shape) != 2 or 0 in test.shape:
+        return  # refused with the other checks of the matrix
+    n_queries, n_gallery = test.shape
+    if n_queries < n_gallery or n_queries % n_gallery:
+        raise InputError(
+            f"test ({name}) has {n_queries} queries, not a positive multiple of its "
+            f"{n_gallery} gallery items: give --queries-per-item N (query i belongs to item "
+            "i // N) or --gt-index FILE (the ground-truth gallery index of every query)")

@@ -85,6 +85,10 @@ def summary_without_truth(result: RunResult, store: str | None, hits: str | None
         lines.append(f"normalised scores: {folder}scores ({shape} float64)")
     if saved:
         lines.append("read them with qbscale.open_result(STORE, NAME) (the last run's)")
+    if store:
+        from qbscale.storage.stores.store import ADD_TRUTH_HINT
+
+        lines.append(f"metrics need a ground truth: {ADD_TRUTH_HINT}")
     return "\n".join(lines)
 
 

@@ -60,6 +60,18 @@ def _recorded_gallery(norm: Any) -> Any:
     return norm.fitted_gallery("pass --gallery-emb PATH")
 
 
+def _ids(query_ids: str | None, gallery_ids: str | None, n_queries: int, n_gallery: int,
+         store: Any) -> tuple[Any, Any]:
+    """``(query ids, gallery ids)`` naming the hits: the files given, else a --sims
+    store's own ids (:mod:`qbscale.storage.stores.ids`), else None (0-based indices)."""
+    from qbscale.storage.inputs.ids import read_ids
+    from qbscale.storage.stores.ids import experiment_ids
+
+    own = experiment_ids(store) if store is not None else (None, None)
+    return (own[0] if query_ids is None else read_ids(query_ids, "query", n_queries),
+            own[1] if gallery_ids is None else read_ids(gallery_ids, "gallery", n_gallery))
+
+
 def _variants(norm: Any) -> list[str]:
     name = norm.config.variant_name
     return [f"{norm.config.label}:{name}={v:g}" for v in norm.values]
@@ -79,12 +91,19 @@ def _variants(norm: Any) -> list[str]:
               help="Search this faiss index (from `qbscale index`) instead of exactly.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Queries per block (default: from a 64 MiB similarity block).")
+@click.option("--query-ids", metavar="PATH", type=InputPath(),
+              help="One id per query, naming them in the hits: a text file (one id a line), "
+                   "a .npy, or FILE.parquet:COLUMN (default: a --sims STORE's own ids, else "
+                   "0-based indices).")
+@click.option("--gallery-ids", metavar="PATH", type=InputPath(),
+              help="One id per gallery item (same formats and default).")
 @scheduler_option
 @workers_option
 @quiet_option
 @library_errors
 def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: str | None,
            topk: int, hits_path: str, index_path: str | None, block_rows: int | None,
+           query_ids: str | None, gallery_ids: str | None,
            scheduler: str, workers: int | None, quiet: bool) -> None:
     """Top-K gallery items of new queries under NORMALISER, written to a hits file.
 
@@ -109,7 +128,8 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
     hits.check_hits_path(hits_path)
     from qbscale.storage.durability.paths import check_not_input
 
-    check_not_input(hits_path, (normaliser, queries, sims, gallery_emb, index_path))
+    check_not_input(hits_path, (normaliser, queries, sims, gallery_emb, index_path, query_ids,
+                                gallery_ids))
     norm = load_normaliser(normaliser)
     if sims is not None:
         source, sims_store = _sims_source(sims, block_rows or 2**24 // norm.n_gallery)
@@ -129,9 +149,11 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
             gallery = _recorded_gallery(norm)
         else:
             gallery = gallery_emb
+    names = _ids(query_ids, gallery_ids, n_queries, norm.n_gallery,
+                 sims_store if sims is not None else None)
     variants = _variants(norm)
-    with hits.HitsWriter(hits_path, variant=variants if len(variants) > 1 else variants[0]
-                         ) as writer, \
+    with hits.HitsWriter(hits_path, variant=variants if len(variants) > 1 else variants[0],
+                         item_ids=names[1]) as writer, \
             tqdm(total=n_queries, unit="query", disable=quiet, file=sys.stderr) as bar:
         if sims is not None:
             from qbscale.storage.stores.store import read_whole
@@ -140,7 +162,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                 scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
                                                    num_workers=workers,
                                                    what=f"the similarities ({sims})")
-            writer.append(scores, indices)
+            writer.append(scores, indices, names[0])
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):
             block = source.read(i)
@@ -151,7 +173,9 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
             else:
                 scores, indices = qs.search(norm, block, topk, gallery, scheduler=scheduler,
                                             num_workers=workers)
-            writer.append(scores, indices)
+            first = offsets(source.row_chunks)[i]
+            writer.append(scores, indices,
+                          None if names[0] is None else names[0][first:first + len(block)])
             bar.update(len(block))
     how = "faiss index" if sims is None and index is not None else "exact"
     topk_notice(topk, norm.n_gallery)

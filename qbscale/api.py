@@ -32,8 +32,12 @@ def _experiment(store: str | os.PathLike[str] | Experiment,
 
 def _without_truth(experiment: Experiment, what: str) -> ConfigError:
     """The error for asking ``what`` of an experiment without a ground truth."""
+    from qbscale.storage.stores.store import ADD_TRUTH_HINT
+
     where = experiment.url or "this experiment"
-    return ConfigError(f"{where} has no ground truth (nobody knows the right answers): {what}")
+    how = f"; {ADD_TRUTH_HINT}" if experiment.url else ""
+    return ConfigError(f"{where} has no ground truth (nobody knows the right answers): "
+                       f"{what}{how}")
 
 
 def _check_truth(experiment: Experiment, topk: int, save_scores: bool,

@@ -125,6 +125,25 @@ def hits_ok(rel: str) -> Check:
     return check
 
 
+def ids_ok(rel: str) -> Check:
+    def check(work: Path) -> None:
+        from qbscale.storage.stores.ids import experiment_ids
+        from qbscale.storage.stores.store import open_experiment
+
+        queries, gallery = experiment_ids(open_experiment(work / rel))
+        assert queries is not None and gallery is not None, rel
+        assert queries.tolist() == (work / "q.txt").read_text().split(), rel
+        assert gallery.tolist() == (work / "g.txt").read_text().split(), rel
+    return check
+
+
+def qrels_ok(rel: str) -> Check:
+    def check(work: Path) -> None:
+        lines = (work / rel).read_text().splitlines()
+        assert len(lines) == 20 and all(len(line.split()) == 4 for line in lines), rel
+    return check
+
+
 def png_ok(rel: str) -> Check:
     def check(work: Path) -> None:
         data = (work / rel).read_bytes()
@@ -178,6 +197,10 @@ SPECS = (
     Spec("run-ranks", ("run", "exp.zarr", "--save-ranks"), ("exp.zarr",),
          (store_ok("exp.zarr"), result_ok("exp.zarr", "ranks")), store="exp.zarr"),
     *(_hits_spec(ext) for ext in (".tsv", ".trec", ".parquet", ".npz")),
+    Spec("ids", ("ids", "exp.zarr", "--queries", "q.txt", "--gallery", "g.txt", "--overwrite"),
+         ("exp.zarr",), (store_ok("exp.zarr"), ids_ok("exp.zarr")), store="exp.zarr"),
+    Spec("qrels", ("qrels", "exp.zarr", "-o", "truth.qrels"), ("truth.qrels",),
+         (qrels_ok("truth.qrels"),)),
     Spec("fit", ("fit", "exp.zarr", "-o", "fit.zarr", "--json", "fit.json", "--overwrite"),
          ("fit.zarr", "fit.json"), (normaliser_ok("fit.zarr"), json_ok("fit.json", "fit")),
          replaces=True),

@@ -156,9 +156,10 @@ def _bad_inputs(d) -> dict[str, tuple[list[str], str]]:
                 "test (nan.npy) holds 1 non-finite values (1 NaN, 0 inf); the first is at row 7, "
                 "column 2"),
         "mask values": ([*sims_args, str(d / "test.npy"), "--masks", str(d / "bad_mask.npy")],
-                        "masks (bad_mask.npy) holds 40 values other than 0/1; the first is 2.0"),
+                        "query mask (bad_mask.npy) holds 40 values other than 0/1; the first "
+                        "is 2.0"),
         "mask size": ([*sims_args, str(d / "test.npy"), "--masks", str(d / "short_mask.npy")],
-                      "masks (short_mask.npy) has shape (39,)"),
+                      "query mask (short_mask.npy) has shape (39,)"),
         "1-D": ([*sims_args, str(d / "flat.npy")], "test (flat.npy) must be a 2-D matrix"),
         "empty": ([*sims_args, str(d / "empty.npy")], "test (empty.npy) is empty: shape (0, 20)"),
         "multiple": ([*sims_args, str(d / "odd.npy"), "--queries-per-item", "2"],

@@ -110,12 +110,13 @@ def test_missing_and_incomplete_stores_are_refused(store, tmp_path, cli_invoke):
     group.attrs["qbscale"] = attrs
     res = cli_invoke("run", store, exit_code=1)
     assert res.output == (f"Error: {store} is incomplete (its ingest was interrupted): "
-                          "ingest again with --overwrite\n")
+                          "ingest it again (`qbscale ingest`, replacing it)\n")
 
 
 def test_run_needs_a_store_or_pickles(cli_invoke):
     res = cli_invoke("run", exit_code=2)
-    assert "Error: give a STORE (from `qbscale ingest`) or the --sims_* pickles" in res.output
+    assert "Error: give a STORE or the published code's pickles " \
+           "(--sims_train_test_path and --sims_test_path)" in res.output
 
 
 def test_ingest_with_gallery_bank_then_dual_is(problem, tmp_path, invoke):

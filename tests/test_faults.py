@@ -100,6 +100,8 @@ def template(tmp_path_factory) -> Template:
     (root / "notes.txt").write_text("a user's notes\n")
     (root / "site").mkdir()  # a user's web page
     (root / "site" / "index.html").write_text("<html>a user's page</html>\n")
+    (root / "q.txt").write_text("".join(f"query-{i}\n" for i in range(20)))
+    (root / "g.txt").write_text("".join(f"item-{i}\n" for i in range(20)))
     (root / "userdir").mkdir()
     (root / "userdir" / "notes.txt").write_text("a user's notes\n")
     zarr.create_group(str(root / "group.zarr"))

@@ -15,6 +15,7 @@ import qbscale
 from qbscale.cli import cli
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage.outputs.hits import HitsWriter, read_hits, write_hits
+from qbscale.storage.stores.ids import add_ids
 
 from . import reference as ref
 
@@ -191,9 +192,8 @@ def test_cli_run_hits(problem, tmp_path, suffix, truth):
 def test_cli_hits_uses_store_coordinates(problem, tmp_path):
     bank, test = problem
     store = qbscale.ingest(tmp_path / "s.zarr", bank, test, progress=False)
-    group = zarr.open_group(str(store), mode="a")
     names = np.array([f"item{j}" for j in range(24)])
-    group.create_array("gallery", shape=(24,), dtype=names.dtype)[...] = names
+    add_ids(store, gallery_ids=names)  # as `qbscale ids STORE --gallery FILE`
     out = tmp_path / "h.tsv"
     invoke("run", str(store), "--topk", "2", "--hits", str(out))
     got = read_hits(out)

@@ -245,7 +245,7 @@ def test_mask_shapes_and_types(tmp_path, pair, mask):
 
 
 @pytest.mark.parametrize(("mask", "message"), [
-    (np.ones(39), r"^masks has shape \(39,\); expected \(20, 2\) or \(40,\)"),
+    (np.ones(39), r"^query mask has shape \(39,\); expected \(20, 2\) or \(40,\)"),
     (np.ones((2, 20)), r"has shape \(2, 20\); expected \(20, 2\)"),
     (np.full((20, 2), 0.5), r"holds 40 values other than 0/1; the first is 0\.5 at \(0, 0\)"),
     (np.array([0, 1, 2, 1] * 10), r"holds 10 values other than 0/1; the first is 2 at \(2,\)"),

@@ -209,6 +209,8 @@ def test_cli_run_topk_and_scores(problem, store, tmp_path):
     assert lines[3] == (f"normalised scores: {store}/{folder}scores "
                         f"(2 x {N_TEST} x {N_GALLERY} float64)")
     assert lines[4] == "read them with qbscale.open_result(STORE, NAME) (the last run's)"
+    assert lines[5] == ("metrics need a ground truth: to add one, ingest the store again "
+                        "(`qbscale ingest`) with --gt-index FILE or --queries-per-item N")
     assert (qbscale.open_result(str(store), "scores")[...].shape == (2, N_TEST, N_GALLERY))
     assert "R@1" not in res.output
     group = zarr.open_group(str(store), mode="r")

@@ -157,9 +157,9 @@ def test_a_store_replaced_during_the_computation_is_refused(store, command):
         res = CliRunner().invoke(cli, [command, *argv, "-q"])
     assert replaced
     assert res.exit_code == 1, res.output
-    assert res.output == (f"Error: store {store} was replaced while this run read it (an "
-                          "ingest --overwrite?): its figures could mix two stores, so nothing "
-                          "was reported or saved; run again\n")
+    assert res.output == (f"Error: store {store} was replaced while this run read it (by a "
+                          "new ingest?): its figures could mix two stores, "
+                          "so nothing was reported or saved; run again\n")
     assert norm.exists() == (command == "search") and not hits.exists()
 
 

@@ -8,6 +8,9 @@ A store holds, for one experiment::
     gt_index    (query,)               int64, optional: ground-truth gallery
                                        index of each query (else grouped:
                                        query i -> i // queries_per_item)
+    query       (query,)               optional: the test queries' ids (int64
+                                       or strings), xarray's coordinate
+    gallery     (gallery,)             optional: the gallery items' ids
 
 or, for an embeddings experiment (similarities computed on the fly)::
 
@@ -19,7 +22,9 @@ The group attribute ``qbscale`` is a dict with at least ``version``,
 ``kind`` ("sims" or "embeddings"), ``queries_per_item`` (int or None),
 ``ground_truth`` (False for a store without one: new queries whose right
 answers nobody knows; absent in older stores, which always have one),
-``sources`` (per input: file name, sha256, dtype, shape) and ``complete``
+``sources`` (per input: file name, sha256, dtype, shape), ``ids`` (present
+when the store has ids: the arrays and a fresh ``id`` per write; an id array
+it does not list is ignored, an interrupted write) and ``complete``
 (True only once every array is fully written).  Readers refuse a store whose
 ``complete`` flag is missing: an interrupted ingest never looks finished.
 
@@ -30,12 +35,33 @@ and size of each of its chunks by key, and its shape, chunks and dtype.
 
 from __future__ import annotations
 
+from typing import Any
+
 ATTR = "qbscale"
 
 BANK = "bank"
 TEST = "test"
 QUERY_MASK = "query_mask"
 GT_INDEX = "gt_index"
+#: the ids of the test queries and of the gallery items (coordinates of those dims)
+QUERY_IDS = "query"
+GALLERY_IDS = "gallery"
+#: the key of the ``qbscale`` attribute recording the id arrays written
+IDS_RECORD = "ids"
+#: the id arrays, in the order of their dimensions (queries, gallery)
+ID_ARRAYS = (QUERY_IDS, GALLERY_IDS)
+
+
+def recorded_ids(attrs: dict[str, Any] | None) -> list[str]:
+    """The id arrays a store's attributes record (``[]`` for none): an id array
+    not recorded is no part of the store (its write was interrupted).
+
+    >>> recorded_ids({"ids": {"arrays": ["gallery"], "id": "x"}})
+    ['gallery']
+    """
+    entry = (attrs or {}).get(IDS_RECORD)
+    arrays = entry.get("arrays") if isinstance(entry, dict) else None
+    return [n for n in ID_ARRAYS if isinstance(arrays, list) and n in arrays]
 
 BANK_EMB = "bank_emb"
 TEST_EMB = "test_emb"
@@ -52,6 +78,8 @@ DIMS = {
     TEST: ("query", "gallery"),
     QUERY_MASK: ("query",),
     GT_INDEX: ("query",),
+    QUERY_IDS: ("query",),
+    GALLERY_IDS: ("gallery",),
     BANK_EMB: ("bank_query", "dim"),
     TEST_EMB: ("query", "dim"),
     GALLERY_EMB: ("gallery", "dim"),

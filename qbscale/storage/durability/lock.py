@@ -85,7 +85,8 @@ def _refused(url: str, info: dict[str, Any] | None) -> StoreLockedError:
     if info and holder_alive(info) is False:
         return StoreLockedError(
             f"store {url} is locked by {held}, which is no longer running: break its lock "
-            f"with `qbscale unlock {url}`, then rerun (with --resume to keep its work)")
+            f"with `qbscale unlock {url}`, then rerun (a `qbscale run` started with --resume "
+            "keeps its finished blocks)")
     return StoreLockedError(
         f"store {url} is locked by {held}: one writer at a time. If that run is dead, "
         f"break the lock with `qbscale unlock {url}`")

@@ -234,3 +234,51 @@ def check_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[object
     check_replaceable(path, kind, shown)  # another kind: never, --overwrite or not
     if not overwrite:
         raise StoreExistsError(f"{shown} exists: pass --overwrite to replace it")
+
+
+#: the packages fsspec needs per protocol, and the qbscale extra installing each
+FILESYSTEMS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", None),
+               "gcs": ("gcsfs", None), "az": ("adlfs", None), "abfs": ("adlfs", None),
+               "abfss": ("adlfs", None)}
+
+
+def install_hint(package: str, extra: str | None = None) -> str:
+    """How to install an optional package, as every missing extra is reported.
+
+    >>> install_hint("s3fs", "s3")
+    "pip install s3fs (or, in a qbscale clone, pip install '.[s3]')"
+    """
+    return f"pip install {package}" + (
+        f" (or, in a qbscale clone, pip install '.[{extra}]')" if extra else "")
+
+
+def check_filesystem(url: str | os.PathLike[str]) -> None:
+    """Refuse, in one line, a URL whose storage needs a package that is not installed
+    (``s3://`` without s3fs) or whose protocol fsspec does not know; local paths and
+    ``file://`` pass.
+
+    Raises
+    ------
+    ConfigError
+        ``s3://bucket/exp.zarr needs s3fs, which is not installed: pip install s3fs
+        (or, in a qbscale clone, pip install '.[s3]')``.
+    """
+    from qbscale.storage.layout import is_url
+
+    text = os.fspath(url)
+    if not is_url(text):
+        return
+    import fsspec
+
+    protocol = text.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ImportError as exc:
+        package, extra = FILESYSTEMS.get(protocol, (None, None))
+        if package is None:
+            raise ConfigError(f"{text}: {protocol}:// storage needs a package that is not "
+                              f"installed ({exc})") from None
+        raise ConfigError(f"{text} needs {package}, which is not installed: "
+                          f"{install_hint(package, extra)}") from None
+    except ValueError:
+        raise ConfigError(f"{text}: unknown storage protocol {protocol}://") from None

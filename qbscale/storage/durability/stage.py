@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from qbscale.errors import ConfigError, OutputError, QBScaleError, StoreExistsError
 from qbscale.storage import layout
-from qbscale.storage.durability.paths import check_not_input, check_replaceable, describe_kind
+from qbscale.storage.durability.paths import (
+    check_filesystem,
+    check_not_input,
+    check_replaceable,
+    describe_kind,
+)
 
 if TYPE_CHECKING:
     import zarr
@@ -279,6 +284,7 @@ def staging(out: str, overwrite: bool, storage_options: dict[str, Any] | None,
         Writing failed (disk full, read-only, ...); nothing is left behind.
     """
     check_not_input(out, inputs)
+    check_filesystem(out)
     with _one_line_errors(out):
         stage = RemoteStage(out, overwrite, storage_options, kind) if layout.is_url(out) \
             else LocalStage(out, overwrite, kind)

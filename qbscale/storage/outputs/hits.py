@@ -326,22 +326,13 @@ def store_ids(experiment: Experiment) -> tuple[np.ndarray | None, np.ndarray | N
     """``(query ids, item ids)`` from the store's coordinate arrays ``query`` and
     ``gallery`` (1-D, as xarray stores coordinates), None where it has none.
 
-    ``qbscale ingest`` writes no coordinates, so a store it wrote gives
-    ``(None, None)`` (integer ids); add them with e.g. ``zarr`` to label hits.
+    ``qbscale ingest --query-ids F --gallery-ids F`` writes them, ``qbscale ids``
+    adds them to a store (:mod:`qbscale.storage.stores.ids`); every chunk read is
+    checked.  A store without them gives ``(None, None)`` (0-based integer ids).
     """
-    if experiment.url is None:
-        return None, None
-    import zarr
+    from qbscale.storage.stores.ids import experiment_ids
 
-    out = []
-    for name, n in (("query", experiment.n_queries), ("gallery", experiment.n_gallery)):
-        try:  # directly: the consolidated metadata is refreshed only when a run publishes
-            arr: Any = zarr.open_array(experiment.url, path=name, mode="r",
-                                       storage_options=experiment.storage_options)
-        except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
-            arr = None
-        out.append(None if arr is None or arr.shape != (n,) else np.asarray(arr[...]))
-    return out[0], out[1]
+    return experiment_ids(experiment)
 
 
 def variant_labels(result: RunResult) -> list[str]:

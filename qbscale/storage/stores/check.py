@@ -104,6 +104,10 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
 
     names = arrays_under(url, options, "")
     attrs, listed = _root(url, options, report, names)
+    # id arrays the store does not record (an interrupted `qbscale ids`) are no part of it
+    orphans = set(layout.ID_ARRAYS) - set(layout.recorded_ids(attrs))
+    names = [n for n in names if n not in orphans]
+    listed = [n for n in listed if n not in orphans]
     for name in listed:
         if name not in names:
             report.bad[f"{name}/zarr.json"] = "missing: the array is gone; restore it or " \
@@ -188,8 +192,10 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     from tqdm import tqdm
 
     from qbscale.storage.durability import manifest
+    from qbscale.storage.durability.paths import check_filesystem
 
     url = layout.local_path(os.fspath(url))
+    check_filesystem(url)
     options = freeze_options(storage_options)
     report = CheckReport(url)
     arrays, manifests = _arrays(url, storage_options, report)
@@ -236,8 +242,12 @@ def repair_hint(report: CheckReport, storage_options: dict[str, Any] | None = No
         if name.startswith("runs/") and published and name.startswith(f"{published}/"):
             last = attrs.get("last_run") or {}
             lines.append(f"{name}: saved results of the last run: run it again "
-                         f"(method {last.get('method')}, values {last.get('values')}) with the "
-                         "same --save-* options")
+                         f"(method {last.get('method')}, values {last.get('values')}): "
+                         "`qbscale run` with the same --save-scores, --save-ranks and --topk")
+        elif name in layout.ID_ARRAYS:
+            lines.append(f"{name}: the store's {name} ids: add them again with `qbscale ids "
+                         f"STORE --{'queries' if name == layout.QUERY_IDS else 'gallery'} "
+                         "FILE --overwrite`")
         elif name.startswith("runs/"):
             lines.append(f"{name}: an interrupted run: `qbscale run STORE ... --resume` redoes "
                          "its blocks, any new run without --resume deletes it")
@@ -248,5 +258,5 @@ def repair_hint(report: CheckReport, storage_options: dict[str, Any] | None = No
             digest = f" (sha256 {src['sha256']})" if src.get("sha256") else ""
             origin = f" from {src.get('file')}{digest}" if src.get("file") else ""
             lines.append(f"{name}: input data: restore the chunk files from a backup, or "
-                         f"ingest the store again{origin} with --overwrite")
+                         f"ingest the store again{origin}: `qbscale ingest ... --overwrite`")
     return lines

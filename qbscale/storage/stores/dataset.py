@@ -26,9 +26,11 @@ def open_dataset(store: str | os.PathLike[str],
     ``dim`` axis) for an embeddings store, ``query_mask``, and the saved
     results of the last run (``scores``, ``ranks``, ``topk_index``, ...).
     Added: ``gt`` (query,), the ground-truth gallery item of every test query
-    when the store has one; integer coordinates on ``bank_query``, ``query``
-    and ``gallery``; and the swept parameter's values on the results'
-    variant axis.  Nothing is read until you compute.
+    when the store has one; coordinates on ``bank_query``, ``query`` and
+    ``gallery``: the store's ids where it has them (``qbscale ingest
+    --query-ids/--gallery-ids``, ``qbscale ids``), else 0-based integers; and
+    the swept parameter's values on the results' variant axis.  Nothing is
+    read until you compute (the ids are read when the dataset is opened).
 
     Parameters
     ----------
@@ -58,8 +60,13 @@ def open_dataset(store: str | os.PathLike[str],
     if prefix is not None:  # the last run's results, through its pointer
         ds = ds.merge(xr.open_zarr(verified, group=prefix, zarr_format=3, chunks={},
                                    consolidated=False))
-    coords = {dim: np.arange(ds.sizes[dim]) for dim in ("bank_query", "query", "gallery")
-              if dim in ds.sizes}
+    from qbscale.storage.stores.ids import ARRAYS, experiment_ids
+
+    # id arrays the store does not record (an interrupted `qbscale ids`) are not its ids
+    ds = ds.drop_vars([name for name in ARRAYS if name in ds.variables])
+    ids = dict(zip(ARRAYS, experiment_ids(experiment), strict=True))
+    coords = {dim: np.arange(ds.sizes[dim]) if ids.get(dim) is None else ids[dim]
+              for dim in ("bank_query", "query", "gallery") if dim in ds.sizes}
     last = (experiment.attrs or {}).get("last_run") or {}
     for dim in set(ds.sizes) - set(coords) - {"dim", "topk"}:
         values = last.get("values") or []

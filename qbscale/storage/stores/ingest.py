@@ -19,8 +19,16 @@ from qbscale import __version__
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
 from qbscale.storage.durability.stage import staging
+from qbscale.storage.inputs.ids import IdSource
 from qbscale.storage.inputs.readers import InputMatrix, open_matrix
-from qbscale.storage.stores.store import check_mask, ground_truth, resolve_ground_truth
+from qbscale.storage.stores.ids import read_given
+from qbscale.storage.stores.store import (
+    MASK_LABEL,
+    check_mask,
+    ground_truth,
+    mask_grouping,
+    resolve_ground_truth,
+)
 from qbscale.storage.stores.writer import (
     Target,
     check_options,
@@ -112,17 +120,22 @@ def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
                                    src.label("gt_index"))
 
 
-def _read_mask(masks: PathOrArray | None, n_queries: int,
+def _read_mask(masks: PathOrArray | None, n_queries: int, n_gallery: int,
                qpi: int | None) -> tuple[InputMatrix | None, np.ndarray | None]:
     if masks is None:
         return None, None
     src = open_matrix(masks, "masks")
-    return src, check_mask(src.read(), n_queries, qpi, src.label("masks"))
+    return src, check_mask(src.read(), n_queries, mask_grouping(n_queries, n_gallery, qpi),
+                           src.label(MASK_LABEL))
 
 
 def _base_attrs(kind: str, qpi: int | None, targets: list[Target], codec: str,
-                chunk_bytes: int, has_gt: bool = True) -> dict[str, Any]:
-    return {
+                chunk_bytes: int, has_gt: bool = True,
+                ids: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    from qbscale.storage.stores.ids import record
+
+    entry = record(list(ids or ()))
+    return {**({} if entry is None else {layout.IDS_RECORD: entry}),
         "version": __version__,
         "kind": kind,
         "queries_per_item": qpi,
@@ -139,7 +152,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
            chunk_rows: int | None = None, chunk_cols: int | None = None,
            dtype: str | None = None, codec: str = "none", overwrite: bool = False,
            progress: bool = True, storage_options: dict[str, Any] | None = None,
-           ground_truth: bool | None = None) -> str:
+           ground_truth: bool | None = None, query_ids: IdSource | None = None,
+           gallery_ids: IdSource | None = None) -> str:
     """Write a querybank and a test similarity matrix into one Zarr v3 store.
 
     Parameters
@@ -157,6 +171,12 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         ``n_queries // n_gallery`` when the queries are a multiple of the gallery.
     gt_index : path or numpy.ndarray, optional
         Ground-truth gallery index of every query, instead of ``queries_per_item``.
+    query_ids, gallery_ids : path or array-like, optional
+        One id per test query / gallery item (a text file, one id a line; a
+        ``.npy`` of integers or strings; ``FILE.parquet:COLUMN``; or the ids),
+        stored as the coordinate arrays ``query`` and ``gallery``
+        (:mod:`qbscale.storage.stores.ids`): hits, qrels and
+        :func:`qbscale.open_dataset` use them.
     chunk_bytes : int
         Target bytes per stored chunk (whole rows; columns are cut only when one
         row exceeds it).
@@ -204,7 +224,7 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
     """
     stored = check_options(codec, dtype)
     with staging(os.fspath(out), overwrite, storage_options,
-                 inputs=(bank, test, masks, gt_index)) as stage:
+                 inputs=(bank, test, masks, gt_index, query_ids, gallery_ids)) as stage:
         srcs = {role: _open_2d(src, role, None) for role, src in (("bank", bank), ("test", test))}
         (n_bank, n_gallery), n_queries = srcs["bank"].shape, srcs["test"].shape[0]
         if srcs["test"].shape[1] != n_gallery:
@@ -212,7 +232,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
                              f"{srcs['test'].label('test')} has {srcs['test'].shape[1]}")
         qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index,
                                         ground_truth)
-        mask_src, mask = _read_mask(masks, n_queries, qpi)
+        mask_src, mask = _read_mask(masks, n_queries, n_gallery, qpi)
+        ids = read_given(query_ids, gallery_ids, n_queries, n_gallery)
         dtypes = {role: stored_dtype(src, src.label(role), stored) for role, src in srcs.items()}
         itemsize = max(d.itemsize for d in dtypes.values())
         cols = chunk_shape(n_bank, n_gallery, itemsize, chunk_bytes, chunk_rows, chunk_cols)[1]
@@ -221,10 +242,10 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
                                       chunk_bytes, chunk_rows, cols))
                    for name, role in ((layout.BANK, "bank"), (layout.TEST, "test"))]
         attrs = _base_attrs(layout.KIND_SIMS, qpi, targets, codec, chunk_bytes,
-                            qpi is not None or gt is not None)
+                            qpi is not None or gt is not None, ids)
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
-        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,
-                    inputs, codec, progress)
+        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt, **ids},
+                    attrs, inputs, codec, progress)
     return stage.final
 
 
@@ -237,7 +258,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
                       codec: str = "none", overwrite: bool = False, progress: bool = True,
                       storage_options: dict[str, Any] | None = None,
                       input_storage_options: dict[str, Any] | None = None,
-                      ground_truth: bool | None = None) -> str:
+                      ground_truth: bool | None = None, query_ids: IdSource | None = None,
+                      gallery_ids: IdSource | None = None) -> str:
     """Write querybank, test and gallery embeddings into one Zarr v3 store.
 
     Similarities are then computed block by block when the store is used
@@ -278,6 +300,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         The fsspec options for Zarr URL inputs.
     ground_truth : bool, optional
         As for :func:`ingest`.
+    query_ids, gallery_ids : path or array-like, optional
+        As for :func:`ingest`.
 
     Returns
     -------
@@ -297,7 +321,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
     roles = ((layout.BANK_EMB, bank_emb), (layout.TEST_EMB, test_emb),
              (layout.GALLERY_EMB, gallery_emb))
     with staging(os.fspath(out), overwrite, storage_options,
-                 inputs=(bank_emb, test_emb, gallery_emb, masks, gt_index)) as stage:
+                 inputs=(bank_emb, test_emb, gallery_emb, masks, gt_index, query_ids,
+                         gallery_ids)) as stage:
         srcs = {role: _open_2d(src, role, input_storage_options) for role, src in roles}
         dim = srcs[layout.GALLERY_EMB].shape[1]
         for role, src in srcs.items():
@@ -307,7 +332,8 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
         n_queries, n_gallery = srcs[layout.TEST_EMB].shape[0], srcs[layout.GALLERY_EMB].shape[0]
         qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index,
                                         ground_truth)
-        mask_src, mask = _read_mask(masks, n_queries, qpi)
+        mask_src, mask = _read_mask(masks, n_queries, n_gallery, qpi)
+        ids = read_given(query_ids, gallery_ids, n_queries, n_gallery)
         targets = []
         for role, src in srcs.items():
             dt = stored_dtype(src, src.label(role), stored)
@@ -315,9 +341,9 @@ def ingest_embeddings(out: str | os.PathLike[str], bank_emb: PathOrArray, test_e
             targets.append(Target(role, src, dt, chunks,
                                   unit_rows(src.label(role)) if normalise else None))
         attrs = _base_attrs(layout.KIND_EMBEDDINGS, qpi, targets, codec, chunk_bytes,
-                            qpi is not None or gt is not None)
+                            qpi is not None or gt is not None, ids)
         attrs["similarity"] = "cosine" if normalise else "dot"
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
-        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt}, attrs,
-                    inputs, codec, progress)
+        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt, **ids},
+                    attrs, inputs, codec, progress)
     return stage.final

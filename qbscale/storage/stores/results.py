@@ -109,8 +109,8 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
         return zarr.open_array(verified_store(os.fspath(store), storage_options), path=path,
                                mode="r")
     except (FileNotFoundError, KeyError, ValueError, zarr.errors.NodeNotFoundError) as exc:
-        raise InputError(f"{store} has no saved {name!r} (run with --save-scores, "
-                         "--save-ranks or --topk)") from exc
+        raise InputError(f"{store} has no saved {name!r} (give `qbscale run` "
+                         "--save-scores, --save-ranks or --topk)") from exc
 
 
 @lru_cache(maxsize=32)

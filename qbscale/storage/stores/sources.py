@@ -86,8 +86,8 @@ def _direct_codecs(arr: Any) -> bool | None:
     """Whether chunks carry a checksum (True / False), or None when not raw bytes."""
     from qbscale.storage.durability.integrity import has_checksums
 
-    if arr.filters or arr.shards is not None:
-        return None
+    if arr.filters or arr.shards is not None or np.dtype(arr.dtype).kind not in "biufc":
+        return None  # (variable-length strings are no raw bytes)
     endian = getattr(arr.serializer, "endian", None)
     if endian is not None and getattr(endian, "value", endian) != "little":
         return None

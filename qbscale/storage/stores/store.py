@@ -90,6 +90,41 @@ def ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = 
     return gt
 
 
+def positives(experiment: Experiment, block: int = 65536
+              ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Each test query's relevant gallery items, block by block of queries.
+
+    Yields ``(query indices, positives)``: the 0-based indices of a block of
+    queries (masked queries left out: the metrics do not count them) and, for
+    each, an int64 array of its relevant gallery indices (one per query for a
+    ``gt`` vector).  Exporters (:mod:`qbscale.storage.outputs.qrels`) read the
+    ground truth only through this function.
+
+    Raises
+    ------
+    ConfigError
+        The experiment has no ground truth.
+
+    >>> from qbscale.types import Experiment
+    >>> exp = Experiment(None, None, np.array([2, 0, 1]), np.array([True, False, True]))
+    >>> [(q.tolist(), [p.tolist() for p in pos]) for q, pos in positives(exp)]
+    [([0, 2], [[2], [1]])]
+    """
+    gt = experiment.gt
+    if gt is None:
+        where = experiment.url or "the experiment"
+        raise ConfigError(f"{where} has no ground truth, so no relevant items to write; "
+                          f"{ADD_TRUTH_HINT}")
+    gt = np.asarray(gt, dtype=np.int64)
+    mask = None if experiment.mask is None else np.asarray(experiment.mask, dtype=bool)
+    for start in range(0, gt.shape[0], max(1, int(block))):
+        rows = np.arange(start, min(start + block, gt.shape[0]), dtype=np.int64)
+        if mask is not None:
+            rows = rows[mask[rows]]
+        if rows.size:
+            yield rows, [gt[i:i + 1] for i in rows.tolist()]
+
+
 def resolve_ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None = None,
                          gt_index: np.ndarray | None = None, label: str = "gt_index",
                          wanted: bool | None = None) -> np.ndarray | None:
@@ -115,6 +150,11 @@ def resolve_ground_truth(n_queries: int, n_gallery: int, queries_per_item: int |
     if wanted is None and not given and (n_queries < n_gallery or n_queries % n_gallery):
         return None
     return ground_truth(n_queries, n_gallery, queries_per_item, gt_index, label)
+
+
+#: how a store gets a ground truth it was written without
+ADD_TRUTH_HINT = ("to add one, ingest the store again (`qbscale ingest`) with --gt-index FILE "
+                  "or --queries-per-item N")
 
 
 def no_ground_truth_notice(n_queries: int, n_gallery: int, forced: bool) -> str:
@@ -162,20 +202,51 @@ def check_gt_index(values: Any, n_queries: int, n_gallery: int,
     return values.astype(np.int64)
 
 
+#: how a query mask is named in messages (with its file: ``query mask (masks.pkl)``)
+MASK_LABEL = "query mask"
+
+
+def mask_grouping(n_queries: int, n_gallery: int, queries_per_item: int | None = None
+                  ) -> int | None:
+    """The queries per item a 2-D query mask is laid out by: ``queries_per_item`` when
+    given, else ``n_queries // n_gallery`` when the queries are a positive multiple of
+    the gallery (the reference code's layout), else None (only a flat mask fits).
+
+    Every path that takes a mask (``ingest``, the seed's ``--test_query_masks_path``,
+    :func:`in_memory`) checks it with this grouping and :func:`check_mask`.
+
+    >>> mask_grouping(20000, 1000), mask_grouping(20000, 3000), mask_grouping(6, 3, 1)
+    (20, None, 1)
+    """
+    if queries_per_item is not None:
+        return int(queries_per_item)
+    if n_gallery and n_queries >= n_gallery and n_queries % n_gallery == 0:
+        return n_queries // n_gallery
+    return None
+
+
 def check_mask(mask: Any, n_queries: int, queries_per_item: int | None = None,
-               label: str = "query mask") -> np.ndarray | None:
+               label: str = MASK_LABEL) -> np.ndarray | None:
     """A query mask as a flat bool vector, after checking its shape and values.
 
     The mask is ``(n_queries,)``, or ``(n_items, queries_per_item)`` as the
-    reference code stores it; values are bool or 0/1.
+    reference code stores it (row ``i`` holds the queries of item ``i``); values
+    are bool or 0/1.  A 2-D mask of any other shape is refused, also when it has
+    as many entries (``(20, 1000)`` for 1000 items of 20 queries is transposed:
+    flattened, it would mask the wrong queries); without ``queries_per_item``
+    only a flat mask (or a single row or column) fits.
+
+    >>> check_mask([[1, 0], [1, 1]], 4, 2)
+    array([ True, False,  True,  True])
     """
     if mask is None:
         return None
     values = np.asarray(mask)
     qpi = queries_per_item
     expected = f"({n_queries // qpi}, {qpi}) or ({n_queries},)" if qpi else f"({n_queries},)"
+    grouped = (n_queries // qpi, qpi) if qpi else None
     if values.size != n_queries or values.ndim > 2 or (
-            values.ndim == 2 and qpi is not None and values.shape[1] != qpi):
+            values.ndim == 2 and values.shape != grouped and (qpi or 1 not in values.shape)):
         raise InputError(f"{label} has shape {values.shape}; expected {expected}: "
                          f"one entry per test query ({n_queries})")
     if values.dtype.kind not in "biuf":
@@ -240,7 +311,10 @@ def open_experiment(url: str | os.PathLike[str], storage_options: dict[str, Any]
     IncompleteStoreError
         The store was never marked complete (an interrupted ingest).
     """
+    from qbscale.storage.durability.paths import check_filesystem
+
     url = layout.local_path(os.fspath(url))  # file:// is local: direct chunk reads apply
+    check_filesystem(url)
     forget_open_arrays()  # a store may have been rewritten since last opened
     integrity.forget()
     try:
@@ -268,7 +342,8 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         raise StoreNotFoundError(f"{url} is a Zarr group but not a qbscale store")
     if not attrs.get("complete"):
         raise IncompleteStoreError(
-            f"{url} is incomplete (its ingest was interrupted): ingest again with --overwrite"
+            f"{url} is incomplete (its ingest was interrupted): ingest it again "
+            "(`qbscale ingest`, replacing it)"
         )
     edited = seal.problem(attrs)
     if edited is not None:
@@ -276,6 +351,8 @@ def _open(url: str, storage_options: dict[str, Any] | None,
     names = set(group.array_keys())
     if layout.GALLERY_BANK_RECORD not in attrs:  # a gallery bank whose write did not finish:
         names.discard(layout.GALLERY_BANK)       # refused as incomplete when a run asks for it
+    # ids whose write did not finish: not read
+    names -= set(layout.ID_ARRAYS) - set(layout.recorded_ids(attrs))
     integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs),
                                    manifest.declared(attrs))
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
@@ -332,9 +409,9 @@ def check_unchanged(experiment: Experiment) -> None:
 
     if experiment.url is None or not experiment.attrs:
         return
-    # the store, and its gallery bank (replaced in place by add_gallery_bank)
+    # the store, its gallery bank (replaced in place by add_gallery_bank) and its ids
     keys = ("store_id" if "store_id" in experiment.attrs else "sources",
-            layout.GALLERY_BANK_RECORD)
+            layout.GALLERY_BANK_RECORD, layout.IDS_RECORD)
     try:
         group = zarr.open_group(experiment.url, mode="r", use_consolidated=False,
                                 storage_options=experiment.storage_options)
@@ -344,9 +421,9 @@ def check_unchanged(experiment: Experiment) -> None:
         now = {}  # gone, or its zarr.json being rewritten: not the store that was read
     if not now.get("complete") or any(now.get(k) != experiment.attrs.get(k) for k in keys):
         raise StoreChangedError(
-            f"store {experiment.url} was replaced while this run read it (an ingest "
-            "--overwrite?): its figures could mix two stores, so nothing was reported "
-            "or saved; run again")
+            f"store {experiment.url} was replaced while this run read it (by a "
+            "new ingest?): its figures could mix two stores, so nothing "
+            "was reported or saved; run again")
 
 
 def _vector(url: str, group: Any, name: str, options: dict[str, Any] | None) -> np.ndarray:
@@ -440,7 +517,8 @@ def check_matrix(name: str, arr: np.ndarray) -> None:
 def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None,
               queries_per_item: int | None = None, gt_index: np.ndarray | None = None,
               rows_per_block: int | None = None, names: tuple[str, str] = ("bank", "test"),
-              ground_truth: bool | None = True, mask_name: str = "query mask") -> Experiment:
+              ground_truth: bool | None = True, mask_name: str = MASK_LABEL,
+              gt_name: str = "gt_index") -> Experiment:
     """An experiment over in-memory arrays (no store), e.g. loaded pickles.
 
     Parameters
@@ -464,7 +542,9 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
         top-k and scores but no metrics; None decides as
         :func:`resolve_ground_truth` does.
     mask_name : str, default "query mask"
-        How messages name ``mask``.
+        How messages name ``mask`` (with its file: ``query mask (masks.pkl)``).
+    gt_name : str, default "gt_index"
+        How messages name ``gt_index``.
 
     Returns
     -------
@@ -486,7 +566,8 @@ def in_memory(bank: np.ndarray, test: np.ndarray, mask: np.ndarray | None = None
                          f"{names[1]} has {test.shape[1]}")
     n_gallery = test.shape[1]
     step = rows_per_block or max(1, 2**24 // n_gallery)
-    gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index,
+    gt = resolve_ground_truth(test.shape[0], n_gallery, queries_per_item, gt_index, gt_name,
                               wanted=ground_truth)
+    grouping = mask_grouping(test.shape[0], n_gallery, queries_per_item)
     return Experiment(NumpyMatrix.wrap(bank, step), NumpyMatrix.wrap(test, step), gt,
-                      check_mask(mask, test.shape[0], label=mask_name))
+                      check_mask(mask, test.shape[0], grouping, mask_name))

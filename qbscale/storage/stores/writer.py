@@ -198,13 +198,16 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
 
 def write_vector(group: zarr.Group, name: str, values: np.ndarray, codec: str,
                  chunk_bytes: int) -> None:
-    """Write a small 1-D array (query mask, ground truth) in one go."""
+    """Write a small 1-D array (query mask, ground truth, ids) in one go; strings are
+    stored as zarr's variable-length UTF-8, checksummed like every other array.  An
+    array of that name already in ``group`` is replaced."""
     from qbscale.storage.durability.integrity import create_array
 
-    rows = max(1, min(len(values), chunk_bytes // values.dtype.itemsize))
-    arr = create_array(group.store, name, shape=values.shape, dtype=values.dtype,
+    text = values.dtype.kind in "UO"
+    rows = max(1, min(len(values), chunk_bytes // max(1, values.dtype.itemsize)))
+    arr = create_array(group.store, name, shape=values.shape, dtype=str if text else values.dtype,
                        chunks=(rows,), compressor=compressors(codec),
-                       dimension_names=layout.DIMS[name])
+                       dimension_names=layout.DIMS[name], overwrite=True)
     arr[...] = values
 
 
