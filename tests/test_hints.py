@@ -40,6 +40,9 @@ REACHED_BY = {
     "qbscale/storage/durability/atomic.py": ["index"],
     "qbscale/storage/outputs/hits.py": ["run"],
     "cli/__init__.py": ["run"],
+    "qbscale/analysis/report.py": ["report"],
+    # check_output's "pass --overwrite" is reached through folder outputs only
+    "qbscale/storage/durability/paths.py": ["ingest", "synth", "fit", "report"],
 }
 
 
