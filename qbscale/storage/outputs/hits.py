@@ -303,11 +303,14 @@ def store_ids(experiment: Experiment) -> tuple[np.ndarray | None, np.ndarray | N
         return None, None
     import zarr
 
+    from qbscale.storage.durability.integrity import verified_store
+
+    # every file read a regular file (a FIFO or /dev/zero is refused, never read)
+    store = verified_store(str(experiment.url), experiment.storage_options, places=False)
     out = []
     for name, n in (("query", experiment.n_queries), ("gallery", experiment.n_gallery)):
         try:  # directly: the consolidated metadata is refreshed only when a run publishes
-            arr: Any = zarr.open_array(experiment.url, path=name, mode="r",
-                                       storage_options=experiment.storage_options)
+            arr: Any = zarr.open_array(store, path=name, mode="r")
         except (FileNotFoundError, KeyError, zarr.errors.BaseZarrError):
             arr = None
         out.append(None if arr is None or arr.shape != (n,) else np.asarray(arr[...]))
