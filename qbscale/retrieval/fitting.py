@@ -89,7 +89,11 @@ def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> M
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
     from qbscale.storage.stores.store import check_matrix
 
+    from qbscale.retrieval.transform import gallery_last
+
     check_not_masked(array, name)
+    if hasattr(array, "dims") and hasattr(array, "data"):  # the gallery axis by its name
+        array = gallery_last(array, name)[0]
     data = unwrap(array)
     check_similarities(data, name)
     if is_dask(data):
@@ -126,6 +130,10 @@ def _extra_banks(config: Any, gallery_bank: Any) -> dict[str, MatrixSource]:
 
 def from_array(bank: Any, config: Any, gallery_bank: Any = None) -> Inputs:
     """Inputs of a bank given as a numpy, dask or xarray matrix."""
+    from qbscale.retrieval.transform import gallery_last
+
+    if hasattr(bank, "dims") and hasattr(bank, "data"):  # the gallery axis by its name
+        bank = gallery_last(bank, "bank")[0]
     source = matrix_source("bank", bank)
     banks = _extra_banks(config, gallery_bank)
     return Inputs(_experiment(source), banks,
@@ -156,7 +164,11 @@ def _embeddings(name: str, array: Any) -> Any:
         from qbscale.storage.outputs.normaliser_store import open_embeddings
 
         return open_embeddings(os.fspath(array), name)
+    from qbscale.retrieval.transform import gallery_last
+
     check_not_masked(array, name)
+    if hasattr(array, "dims") and hasattr(array, "data"):  # the gallery axis by its name
+        array = gallery_last(array, name)[0]
     data = unwrap(array)
     check_similarities(data, name)
     return data
