@@ -5,7 +5,6 @@ direct chunk-file reads agree with zarr's own and fall back where they must;
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

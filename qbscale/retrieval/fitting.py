@@ -87,9 +87,8 @@ def is_dask(array: Any) -> bool:
 
 def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
-    from qbscale.storage.stores.store import check_matrix
-
     from qbscale.retrieval.transform import gallery_last
+    from qbscale.storage.stores.store import check_matrix
 
     check_not_masked(array, name)
     if hasattr(array, "dims") and hasattr(array, "data"):  # the gallery axis by its name
