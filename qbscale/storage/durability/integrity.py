@@ -163,9 +163,10 @@ def read_array(url: str, name: str, arr: Any, options: tuple[tuple[str, Any], ..
 #: ``{url: bytes of its root zarr.json or None}``, ``{(url, array): bytes of its chunk
 #: manifest or None}`` and ``{(url, array): manifest or None}`` (checked to be the
 #: store's, as sealed): what this process read
-_ROOTS: dict[str, bytes | None] = {}
-_RAW: dict[tuple[str, str], bytes | None] = {}
+_ROOTS: dict[str, bytes | bytearray | None] = {}
+_RAW: dict[tuple[str, str], bytes | bytearray | None] = {}
 _MANIFESTS: dict[tuple[str, str], dict[str, Any] | None] = {}
+_UNREAD: Any = object()
 #: the root attributes of a store and of a normaliser
 ROOT_ATTRS = {"qbscale": "store", "qbscale_normaliser": "normaliser"}
 
@@ -182,15 +183,17 @@ def _unreadable_manifest(url: str, name: str, exc: Exception) -> DamagedStoreErr
                              f"cannot be read ({exc}): {REPAIR}")
 
 
-def root_attrs(data: bytes | None) -> tuple[dict[str, Any], str] | None:
+def root_attrs(data: bytes | bytearray | None) -> tuple[dict[str, Any], str] | None:
     """``(attributes, "store" or "normaliser")`` of a root ``zarr.json`` (its bytes);
     None when it is no qbscale store or normaliser (a plain Zarr array or group)."""
     try:
         meta = json.loads(data) if data is not None else None
     except ValueError:
         return None  # unreadable: the store's opener says so
-    attrs = meta.get("attributes") if isinstance(meta, dict) else None
-    if not isinstance(attrs, dict) or meta.get("node_type") != "group":
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    attrs = meta.get("attributes")
+    if not isinstance(attrs, dict):
         return None
     for key, kind in ROOT_ATTRS.items():
         if isinstance(attrs.get(key), dict) and attrs[key]:
@@ -198,14 +201,14 @@ def root_attrs(data: bytes | None) -> tuple[dict[str, Any], str] | None:
     return None
 
 
-def _read(url: str, key: str, options: tuple[tuple[str, Any], ...]) -> bytes | None:
+def _read(url: str, key: str, options: tuple[tuple[str, Any], ...]) -> bytes | bytearray | None:
     try:
         return manifest.read_key(url, dict(options) or None, key)
     except NotRegularError as exc:
         raise DamagedStoreError(f"store {url}: {key} is {exc.reason}: {REPAIR}") from None
 
 
-def _bind(url: str, name: str, root: bytes | None, data: bytes | None
+def _bind(url: str, name: str, root: bytes | bytearray | None, data: bytes | bytearray | None
           ) -> dict[str, Any] | None:
     """The manifest of array ``name`` (``data``: its bytes), once checked to be the one
     the store's seal records; a store without a seal is refused."""
@@ -228,13 +231,18 @@ def _bind(url: str, name: str, root: bytes | None, data: bytes | None
 
 def _manifest(url: str, name: str, options: tuple[tuple[str, Any], ...] = (),
               fresh: bool = False) -> dict[str, Any] | None:
-    if fresh or (url, name) not in _MANIFESTS:
-        if fresh or url not in _ROOTS:
-            _ROOTS[url] = _read(url, "zarr.json", options)
-        if fresh or (url, name) not in _RAW:
-            _RAW[(url, name)] = _read(url, manifest.path(name), options)
-        _MANIFESTS[(url, name)] = _bind(url, name, _ROOTS[url], _RAW[(url, name)])
-    return _MANIFESTS[(url, name)]
+    key = (url, name)
+    if not fresh and key in _MANIFESTS:
+        return _MANIFESTS.get(key)
+    # local copies: another thread may forget() the caches meanwhile
+    root = _ROOTS.get(url, _UNREAD) if not fresh else _UNREAD
+    if root is _UNREAD:
+        root = _ROOTS[url] = _read(url, "zarr.json", options)
+    data = _RAW.get(key, _UNREAD) if not fresh else _UNREAD
+    if data is _UNREAD:
+        data = _RAW[key] = _read(url, manifest.path(name), options)
+    bound = _MANIFESTS[key] = _bind(url, name, root, data)  # type: ignore[arg-type]
+    return bound
 
 
 def bound_manifest(url: str, name: str, options: tuple[tuple[str, Any], ...] = ()
@@ -293,7 +301,7 @@ def expected_size(url: str, key: str, options: tuple[tuple[str, Any], ...] = ()
     return None if entry is None else int(entry[1])
 
 
-def read_chunk(url: str, path: str, key: str, limit: int | None) -> bytes:
+def read_chunk(url: str, path: str, key: str, limit: int | None) -> bytearray:
     """The bytes of the local chunk file ``path`` (key ``key``), a regular file of at
     most ``limit`` bytes.
 
@@ -340,6 +348,8 @@ def _verified_store_class() -> Any:
 
     from zarr.storage import WrapperStore
 
+    from qbscale.storage.layout import is_url
+
     class Verified(WrapperStore[Any]):
         """Every chunk read is present, a regular file, and with a chunk manifest the
         one written there, its store sealed: :class:`DamagedStoreError` otherwise,
@@ -351,7 +361,7 @@ def _verified_store_class() -> Any:
             self.url = url
             self.places = places
             root = getattr(store, "root", None)  # a LocalStore: read files safely
-            self.local = None if root is None or "://" in url else os.fspath(root)
+            self.local = None if root is None or is_url(url) else os.fspath(root)
 
         def _with_store(self, store: Any) -> Any:
             return type(self)(store, self.url, self.places)

@@ -170,7 +170,7 @@ def _fs(url: str, options: dict[str, Any] | None) -> tuple[Any, str]:
 
 
 def read_key(url: str, options: dict[str, Any] | None, key: str,
-             limit: int | None = MAX_BYTES) -> bytes | None:
+             limit: int | None = MAX_BYTES) -> bytes | bytearray | None:
     """The bytes of key ``key`` of the store at ``url`` (None if absent).
 
     Raises
@@ -241,7 +241,7 @@ def read_json(url: str, options: dict[str, Any] | None, key: str) -> Any:
 
 
 def load_raw(url: str, options: dict[str, Any] | None, name: str
-             ) -> tuple[bytes | None, dict[str, Any] | None]:
+             ) -> tuple[bytes | bytearray | None, dict[str, Any] | None]:
     """The bytes and the parsed chunk manifest of array ``name`` (None, None: absent).
 
     Raises
@@ -269,7 +269,7 @@ def load(url: str, options: dict[str, Any] | None, name: str) -> dict[str, Any] 
     return load_raw(url, options, name)[1]
 
 
-def sha256(data: bytes) -> str:
+def sha256(data: bytes | bytearray) -> str:
     """The digest of a manifest file's bytes that a store's seal records."""
     return hashlib.sha256(data).hexdigest()
 
@@ -365,7 +365,7 @@ def unsealed_ok(name: str, attrs: dict[str, Any]) -> bool:
         layout.GALLERY_BANK_RECORD not in attrs
 
 
-def binding_problem(name: str, data: bytes | None, recorded: dict[str, Any] | None,
+def binding_problem(name: str, data: bytes | bytearray | None, recorded: dict[str, Any] | None,
                     attrs: dict[str, Any]) -> str | None:
     """What ties array ``name``'s manifest (``data``, parsed ``recorded``; None:
     absent) to another store than the one whose sealed root attributes are

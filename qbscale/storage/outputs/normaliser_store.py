@@ -167,9 +167,10 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     DamagedStoreError
         A missing or misplaced chunk, or settings edited after the fit.
     """
-    from qbscale.storage.durability.integrity import check_metadata
+    from qbscale.storage.durability.integrity import check_metadata, forget
 
     url = os.fspath(url)
+    forget()  # the normaliser may have been rewritten since this process last read it
     group = _group(url, storage_options)
     attrs = _meta(url, group)
     try:

@@ -112,6 +112,9 @@ def _set_record(group: Any, record: dict[str, Any] | None,
         attrs[RECORD] = record
         sealed.update(digests or {})
     group.attrs[layout.ATTR] = seal.sealed({**attrs, seal.MANIFESTS: sealed})
+    from qbscale.storage.durability.integrity import forget
+
+    forget()  # this process's copy of the root is the old one
 
 
 def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[str] | np.ndarray,

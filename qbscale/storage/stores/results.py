@@ -93,8 +93,9 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
     """
     import zarr
 
-    from qbscale.storage.durability.integrity import check_metadata, verified_store
+    from qbscale.storage.durability.integrity import check_metadata, forget, verified_store
 
+    forget()  # the store may have been rewritten since this process last read it
     attrs = _attrs(store, storage_options)
     path = result_path(attrs, name)
     check_metadata(os.fspath(store), storage_options, [path], required=False, root=attrs)
@@ -218,6 +219,9 @@ def publish(experiment: Experiment, prefix: str, summary: dict[str, Any],
     attrs = seal.sealed({**old, "last_run": {**summary, "prefix": prefix},
                          seal.MANIFESTS: {**sealed, **(digests or {})}})
     replace_root_attrs(url, experiment.storage_options, attrs)
+    from qbscale.storage.durability.integrity import forget
+
+    forget()  # this process's copies of the root and manifests are the old ones
     stale = [previous] if previous and previous != prefix else []
     stale += [name for name in RESULT_NAMES if not previous]  # results of older versions
     delete_nodes(url, experiment.storage_options, stale)
