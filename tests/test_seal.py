@@ -398,3 +398,18 @@ def test_transform_of_a_dask_array_of_unknown_chunk_sizes(seed, chunk, method):
                                                                        chunks=3)]
     with pytest.raises(InputError, match=r"unknown number of gallery columns.*compute_chunk"):
         norm.transform(columns)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_a_compressed_chunk_that_is_a_device_or_a_fifo_is_refused(tmp_path, kind):
+    """Compressed chunks are read through zarr (the verified store), not directly."""
+    bank, test = problem(n_bank=40, n_gallery=10)
+    store = str(qbscale.ingest(tmp_path / "lz.zarr", bank, test, chunk_rows=5, codec="lz4",
+                               progress=False))
+    special(Path(store) / "test" / "c" / "1" / "0", kind)
+    what = "a character device" if kind == "dev-zero" else "a FIFO"
+    for command in ("run", "check"):
+        done = bounded([command], None, store)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"test/c/1/0{':' if command == 'check' else ' is'} not a regular file " \
+               f"({what})" in done.stdout + done.stderr
