@@ -65,7 +65,7 @@ def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
     DamagedStoreError
         The store (or normaliser) has no seal.
     """
-    from qbscale.errors import DamagedStoreError, StoreNotFoundError
+    from qbscale.errors import StoreNotFoundError
     from qbscale.storage.durability.manifest import read_json
 
     if not layout.is_url(url) and not os.path.isdir(url):

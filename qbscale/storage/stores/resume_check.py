@@ -56,7 +56,6 @@ def block_crcs(url: str, options: dict[str, Any] | None, keys: list[str]) -> np.
     """
     from qbscale.storage.durability.integrity import damaged
     from qbscale.storage.durability.manifest import read_tail
-
     from qbscale.storage.durability.regular import NotRegularError
 
     out = np.zeros(len(keys), np.uint32)
