@@ -370,13 +370,22 @@ def test_transform_refuses_dimension_names_it_cannot_read():
         norm.transform(xr.DataArray(np.zeros((6, 6)), dims=("a", "b")))
 
 
-def test_fit_reads_the_dimension_names():
+def test_fit_and_search_read_the_dimension_names():
     import xarray as xr
 
-    bank = np.random.default_rng(3).random((30, 6))
-    want = Normaliser.fit(bank, beta=20.0).shift
+    from qbscale.retrieval.search import search_matrix
+
+    rng = np.random.default_rng(3)
+    bank, test = rng.random((30, 6)), rng.random((6, 6))
+    norm = Normaliser.fit(bank, beta=20.0)
     got = Normaliser.fit(xr.DataArray(bank.T, dims=("gallery", "bank_query")), beta=20.0)
-    np.testing.assert_allclose(got.shift, want)
+    np.testing.assert_allclose(got.shift[0], ref.log_normaliser(bank, 20.0))
+    np.testing.assert_allclose(got.shift.ravel(), norm.shift.ravel())
+    want = ref.topk(ref.scores(test, bank, 20.0), 2)
+    hits = search_matrix(norm, xr.DataArray(test.T, dims=("gallery", "query")), 2,
+                         scheduler="synchronous")
+    np.testing.assert_allclose(hits[0], want[1])  # (scores, items)
+    np.testing.assert_array_equal(hits[1], want[0])
 
 
 @settings(max_examples=15, deadline=None)
@@ -398,6 +407,13 @@ def test_transform_of_a_dask_array_of_unknown_chunk_sizes(seed, chunk, method):
                                                                        chunks=3)]
     with pytest.raises(InputError, match=r"unknown number of gallery columns.*compute_chunk"):
         norm.transform(columns)
+    # a top-k search and a fit cut it into row blocks, which need the sizes: one line
+    from qbscale.retrieval.search import search_matrix
+
+    with pytest.raises(InputError, match=r"unknown chunk sizes.*compute_chunk_sizes"):
+        search_matrix(norm, lazy, 2, scheduler="synchronous")
+    with pytest.raises(InputError, match=r"unknown chunk sizes.*compute_chunk_sizes"):
+        Normaliser.fit(lazy, beta=20.0)
 
 
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo"])

@@ -85,6 +85,16 @@ def is_dask(array: Any) -> bool:
     return hasattr(array, "dask") and hasattr(array, "chunks")
 
 
+def check_known_sizes(data: Any, name: str) -> None:
+    """Refuse a dask array of unknown chunk sizes (NaN, after indexing by a lazy mask)
+    where it is cut into row blocks (a fit, a top-k search)."""
+    if is_dask(data) and any(n != n for n in data.shape):
+        from qbscale.errors import InputError
+
+        raise InputError(f"{name} is a dask array of unknown chunk sizes (indexed by a lazy "
+                         "mask): call .compute_chunk_sizes() on it first")
+
+
 def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
     from qbscale.retrieval.transform import gallery_last
@@ -95,6 +105,7 @@ def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> M
         array = gallery_last(array, name)[0]
     data = unwrap(array)
     check_similarities(data, name)
+    check_known_sizes(data, name)
     if is_dask(data):
         return DaskMatrix(data if rows_per_block is None
                           else data.rechunk((rows_per_block, -1)), name)
