@@ -30,10 +30,6 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
     if report.unchecked:
         click.echo(f"notice: {len(report.unchecked)} array(s) carry no checksums (written "
                    f"before them): {', '.join(report.unchecked)}")
-    if report.unplaced:
-        click.echo(f"notice: {len(report.unplaced)} array(s) have no chunk manifest (written "
-                   f"before them): chunk positions are not checked: "
-                   f"{', '.join(report.unplaced)}")
     click.echo(f"{store}: {report.chunks} chunks in {report.arrays} arrays checked, "
                f"{len(report.bad)} bad")
     if repair_hint and report.bad:

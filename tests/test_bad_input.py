@@ -111,12 +111,16 @@ def test_cli_search_sims_store_refuses_non_finite(data, tmp_path, cli_invoke):
     res = cli_invoke(*args, exit_code=1)  # the chunk manifest sees the rewritten chunk
     assert res.output == (f"Error: store {tmp_path / 'exp.zarr'}: chunk test/c/1/0 is not the "
                           "chunk written there (swapped or replaced): re-ingest or restore it\n")
-    # as a store written before chunk manifests: no manifest (it would name the
-    # rewritten chunk first), none declared, no digest of the settings
-    (tmp_path / "exp.zarr" / "test" / "qbscale_chunks.json").unlink()
+    # as if inf had been there when it was written: its manifest recorded again and
+    # the store sealed over it (the manifest no longer names the rewritten chunk first)
+    from qbscale.storage.durability import seal
+    from qbscale.storage.durability.manifest import record
+
     group = zarr.open_group(str(tmp_path / "exp.zarr"), mode="r+")
-    group.attrs["qbscale"] = {k: v for k, v in group.attrs["qbscale"].items()
-                              if k not in ("chunk_manifests", "attrs_sha256")}
+    attrs = dict(group.attrs["qbscale"])
+    digests = record(str(tmp_path / "exp.zarr"), None, ["test"], attrs["store_id"])
+    group.attrs["qbscale"] = seal.sealed({**attrs, "manifests": {**attrs["manifests"],
+                                                                 **digests}})
     res = cli_invoke(*args, exit_code=1)
     assert res.output == (f"Error: non-finite value inf at row 6, column 3 of the "
                           f"similarities ({tmp_path / 'exp.zarr'})\n")
@@ -322,9 +326,12 @@ def test_relative_gallery_of_an_old_normaliser(embeddings, tmp_path, monkeypatch
     np.save(tmp_path / "a" / "g.npy", gallery)
     norm = fit_in(tmp_path / "a", bank_emb, monkeypatch)
     group = zarr.open_group(str(tmp_path / "a" / "norm.zarr"), mode="r+")
-    old = {k: v for k, v in group.attrs["qbscale_normaliser"].items()
-           if k != "attrs_sha256"}  # an older normaliser: no digest of its settings
-    group.attrs["qbscale_normaliser"] = {**old, "gallery": "g.npy"}
+    from qbscale.storage.durability import seal
+
+    # a normaliser recording its gallery relative to where it was fitted (as older
+    # ones did), sealed as written so
+    group.attrs["qbscale_normaliser"] = seal.sealed({**group.attrs["qbscale_normaliser"],
+                                                     "gallery": "g.npy"})
     want = norm.search(queries, 4, gallery, scheduler="synchronous")
     code = ("import numpy as np, qbscale; n = qbscale.Normaliser.load('a/norm.zarr'); "
             "print(n.gallery); print(n.search(np.load('q.npy'), 4)[1].tolist())")

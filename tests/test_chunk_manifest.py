@@ -6,6 +6,7 @@ stored data is called that, not an overflow."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -50,14 +51,19 @@ def swap(a: Path, b: Path) -> None:
     b.write_bytes(data_a)
 
 
-def without_manifest(store: str, name: str) -> None:
-    """Make array ``name`` of ``store`` look written before chunk manifests (its data
-    edited through zarr would fail its manifest): no manifest, none declared."""
-    (Path(store) / name / FILE).unlink(missing_ok=True)
+def resealed(store: str, name: str) -> None:
+    """Record array ``name``'s chunk manifest again and seal the store's attributes
+    over it, as qbscale does when it writes: the store then looks written with the
+    data just put there through zarr (NaN or inf that reached the store)."""
+    from qbscale.storage.durability import seal
+    from qbscale.storage.durability.manifest import record
+
     root = Path(store) / "zarr.json"
     meta = json.loads(root.read_text())
-    meta["attributes"]["qbscale"].pop("chunk_manifests", None)
-    meta["attributes"]["qbscale"].pop("attrs_sha256", None)  # nor a digest of its settings
+    attrs = meta["attributes"]["qbscale"]
+    digests = record(store, None, [name], attrs["store_id"])
+    meta["attributes"]["qbscale"] = seal.sealed(
+        {**attrs, "manifests": {**attrs["manifests"], **digests}})
     root.write_text(json.dumps(meta))
 
 
@@ -114,7 +120,12 @@ def test_every_array_published_has_a_chunk_manifest(ran, tmp_path):
     for name in arrays:
         manifest = json.loads((Path(ran) / name / FILE).read_text())
         arr = zarr.open_array(ran, path=name, mode="r")
-        assert manifest["shape"] == list(arr.shape) and manifest["format"] == 1
+        assert manifest["shape"] == list(arr.shape) and manifest["format"] == 2
+        # bound to this store and this array, its digest in the store's seal
+        root = json.loads((Path(ran) / "zarr.json").read_text())["attributes"]["qbscale"]
+        assert (manifest["store"], manifest["array"]) == (root["store_id"], name)
+        assert root["manifests"][name] == hashlib.sha256(
+            (Path(ran) / name / FILE).read_bytes()).hexdigest()
         chunks = sorted(p.relative_to(Path(ran) / name).as_posix()
                         for p in (Path(ran) / name / "c").rglob("*") if p.is_file())
         assert sorted(manifest["crc32c"]) == chunks, name
@@ -176,21 +187,28 @@ def test_a_shape_edited_in_both_zarr_jsons_is_refused(ran):
                                   "was edited; restore it or ingest again")
 
 
-def test_a_store_without_chunk_manifests_still_runs_and_check_says_so(ran):
-    # a store written before manifests: none, and no attribute declaring them
-    for manifest in Path(ran).rglob(FILE):
-        manifest.unlink()
+@pytest.mark.parametrize("strip", ["seal", "manifests"])
+def test_a_store_without_its_seal_or_manifests_is_refused_in_one_line(ran, strip):
+    """As an older qbscale wrote it (no seal; no manifests either): every reader
+    refuses it, one line naming the store; deleting them must not switch checks off."""
+    from qbscale.storage.stores.dataset import open_dataset
+
+    if strip == "manifests":
+        for manifest in Path(ran).rglob(FILE):
+            manifest.unlink()
     root = Path(ran) / "zarr.json"
     meta = json.loads(root.read_text())
-    del meta["attributes"]["qbscale"]["chunk_manifests"]
-    del meta["attributes"]["qbscale"]["attrs_sha256"]
+    for key in ("attrs_sha256", *(["manifests", "store_id"] if strip == "manifests" else [])):
+        del meta["attributes"]["qbscale"][key]
     root.write_text(json.dumps(meta))
-    res = invoke("run", ran)
-    assert res.exit_code == 0, res.output
-    res = invoke("check", ran)
-    assert res.exit_code == 0, res.output
-    assert ("notice: 7 array(s) have no chunk manifest (written before them): chunk "
-            "positions are not checked: bank, runs/") in res.output
+    want = f"Error: {ran} has no seal: written by an older qbscale or edited; ingest it again\n"
+    for command in ("run", "check", "eval"):
+        res = invoke(command, ran)
+        assert res.exit_code == 1 and res.output == want, (command, res.output)
+    for read in (lambda: open_dataset(ran), lambda: open_result(ran, "ranks"),
+                 lambda: qbscale.run(ran)):
+        with pytest.raises(DamagedStoreError, match="has no seal"):
+            read()
 
 
 # ------------------------------------------------------------------ 4. garbage metadata
@@ -217,7 +235,7 @@ def test_nan_in_stored_data_is_named_not_an_overflow(tmp_path):
     store = ingest(tmp_path / "exp.zarr", chunk_rows=20)
     arr = zarr.open_array(store, path="test", mode="r+")
     arr[17, 4] = np.nan
-    without_manifest(store, "test")
+    resealed(store, "test")
     res = invoke("run", store, "--beta", "20")
     assert res.exit_code == 1
     assert res.output.strip() == (f"Error: store {store}: test row 17 has NaN (column 4); "
@@ -286,7 +304,7 @@ def test_gallery_embeddings_opened_by_path_refuse_a_missing_chunk(tmp_path):
 def test_inf_in_the_stored_bank_is_named_not_an_overflow(tmp_path):
     store = ingest(tmp_path / "exp.zarr", chunk_rows=20)
     zarr.open_array(store, path="bank", mode="r+")[123, 45] = np.inf
-    without_manifest(store, "bank")
+    resealed(store, "bank")
     res = invoke("run", store, "--beta", "20")
     assert res.exit_code == 1
     assert res.output.strip() == (f"Error: store {store}: bank row 123 has inf (column 45); "

@@ -419,7 +419,7 @@ def test_a_store_whose_settings_were_edited_is_refused(store, key, value):
     with pytest.raises(DamagedStoreError, match="edited"):
         qbscale.run(store)
     res = invoke("check", store)
-    assert res.exit_code == 1 and "zarr.json: the settings" in res.output
+    assert res.exit_code == 1 and "zarr.json: has attributes edited" in res.output
 
 
 def test_a_normaliser_whose_settings_were_edited_is_refused(tmp_path):

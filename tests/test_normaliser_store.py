@@ -14,7 +14,7 @@ import xarray as xr
 import zarr
 
 import qbscale
-import qbscale.storage.stores.sources
+import qbscale.storage.durability.integrity
 from qbscale.errors import (
     ConfigError,
     DamagedStoreError,
@@ -83,8 +83,8 @@ def test_fit_from_store_equals_fit_from_array(data, store, method, options):
 def test_fit_from_store_reads_only_the_bank_once(store, monkeypatch):
     fetches = ChunkFetches()
     monkeypatch.setattr(zarr.storage.LocalStore, "get", fetches.wrap(zarr.storage.LocalStore.get))
-    monkeypatch.setattr(qbscale.storage.stores.sources, "read_chunk_file",
-                        fetches.wrap_direct(qbscale.storage.stores.sources.read_chunk_file))
+    monkeypatch.setattr(qbscale.storage.durability.integrity, "read_chunk",
+                        fetches.wrap_chunk(qbscale.storage.durability.integrity.read_chunk))
     Normaliser.fit(store, beta=[10, 20], scheduler="threads", num_workers=3)
     assert fetches.of("bank") == Counter(dict.fromkeys(chunk_keys(store, "bank"), 1))
     assert not fetches.of("test")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 
-import qbscale.storage.stores.sources
+import qbscale.storage.durability.integrity
 from qbscale.api import run
 from qbscale.storage.stores.store import open_experiment
 from qbscale.synth import SynthSpec, synth
@@ -50,11 +50,13 @@ class ChunkFetches:
         return Counter({k: n for k, n in self.counts.items() if k.startswith(f"{array}/")})
 
 
-    def wrap_direct(self, read):
-        def counted(url, key, *args):
+    def wrap_chunk(self, read):
+        """Around :func:`qbscale.storage.durability.integrity.read_chunk`, where every
+        local chunk file is read (the direct reads and the verified store's)."""
+        def counted(url, path, key, *args):
             with self.lock:
                 self.counts[key] += 1
-            return read(url, key, *args)
+            return read(url, path, key, *args)
 
         return counted
 
@@ -64,8 +66,8 @@ def fetches(monkeypatch):
     counter = ChunkFetches()
     monkeypatch.setattr(zarr.storage.LocalStore, "get",
                         counter.wrap(zarr.storage.LocalStore.get))
-    monkeypatch.setattr(qbscale.storage.stores.sources, "read_chunk_file",
-                        counter.wrap_direct(qbscale.storage.stores.sources.read_chunk_file))
+    monkeypatch.setattr(qbscale.storage.durability.integrity, "read_chunk",
+                        counter.wrap_chunk(qbscale.storage.durability.integrity.read_chunk))
     return counter
 
 

@@ -34,7 +34,9 @@ got complex128 of shape (3, 4)
         raise InputError(f"{what} must be a non-empty 2-D array of floats; got a "
                          f"{type(sims).__name__}")
     check_not_masked(sims, what)
-    dtype, shape = np.dtype(sims.dtype), tuple(int(n) for n in sims.shape)
+    # a dask array's unknown sizes (NaN, after boolean indexing) are taken as non-empty
+    dtype = np.dtype(sims.dtype)
+    shape = tuple(int(n) if n == n else n for n in sims.shape)
     if dtype.kind != "f" or len(shape) != 2 or 0 in shape:
         raise InputError(f"{what} must be a non-empty 2-D array of floats; "
                          f"got {dtype} of shape {shape}")

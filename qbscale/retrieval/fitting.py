@@ -85,13 +85,27 @@ def is_dask(array: Any) -> bool:
     return hasattr(array, "dask") and hasattr(array, "chunks")
 
 
+def check_known_sizes(data: Any, name: str) -> None:
+    """Refuse a dask array of unknown chunk sizes (NaN, after indexing by a lazy mask)
+    where it is cut into row blocks (a fit, a top-k search)."""
+    if is_dask(data) and any(n != n for n in data.shape):
+        from qbscale.errors import InputError
+
+        raise InputError(f"{name} is a dask array of unknown chunk sizes (indexed by a lazy "
+                         "mask): call .compute_chunk_sizes() on it first")
+
+
 def matrix_source(name: str, array: Any, rows_per_block: int | None = None) -> MatrixSource:
     """A block source over a numpy, dask or xarray matrix (numpy: checked finite now)."""
+    from qbscale.retrieval.transform import gallery_last
     from qbscale.storage.stores.store import check_matrix
 
     check_not_masked(array, name)
+    if hasattr(array, "dims") and hasattr(array, "data"):  # the gallery axis by its name
+        array = gallery_last(array, name)[0]
     data = unwrap(array)
     check_similarities(data, name)
+    check_known_sizes(data, name)
     if is_dask(data):
         return DaskMatrix(data if rows_per_block is None
                           else data.rechunk((rows_per_block, -1)), name)
@@ -126,6 +140,10 @@ def _extra_banks(config: Any, gallery_bank: Any) -> dict[str, MatrixSource]:
 
 def from_array(bank: Any, config: Any, gallery_bank: Any = None) -> Inputs:
     """Inputs of a bank given as a numpy, dask or xarray matrix."""
+    from qbscale.retrieval.transform import gallery_last
+
+    if hasattr(bank, "dims") and hasattr(bank, "data"):  # the gallery axis by its name
+        bank = gallery_last(bank, "bank")[0]
     source = matrix_source("bank", bank)
     banks = _extra_banks(config, gallery_bank)
     return Inputs(_experiment(source), banks,
@@ -156,7 +174,11 @@ def _embeddings(name: str, array: Any) -> Any:
         from qbscale.storage.outputs.normaliser_store import open_embeddings
 
         return open_embeddings(os.fspath(array), name)
+    from qbscale.retrieval.transform import gallery_last
+
     check_not_masked(array, name)
+    if hasattr(array, "dims") and hasattr(array, "data"):  # the gallery axis by its name
+        array = gallery_last(array, name)[0]
     data = unwrap(array)
     check_similarities(data, name)
     return data

@@ -465,11 +465,15 @@ def _sims_source(sims: Any, what: str) -> MatrixSource:
         if hasattr(data, "dtype"):
             check_similarities(data, what)
         return sims  # type: ignore[no-any-return]
-    from qbscale.retrieval.fitting import DaskMatrix, is_dask, unwrap
+    from qbscale.retrieval.fitting import DaskMatrix, check_known_sizes, is_dask, unwrap
+    from qbscale.retrieval.transform import gallery_last
     from qbscale.storage.stores.sources import NumpyMatrix
 
+    if hasattr(sims, "dims") and hasattr(sims, "data"):  # the gallery axis by its name
+        sims = gallery_last(sims, what)[0]
     data = unwrap(sims)
     check_similarities(data, what)
+    check_known_sizes(data, what)
     if is_dask(data):
         return DaskMatrix(data, what)
     return NumpyMatrix.wrap(data, max(1, BLOCK_BYTES // 4 // data.shape[1]))

@@ -33,6 +33,12 @@ def _variants(norm: GalleryStatistics, scores: np.ndarray) -> np.ndarray:
 
 def _check(norm: GalleryStatistics, sims: Any, what: str) -> None:
     check_similarities(sims, what)
+    if sims.shape[1] != sims.shape[1]:  # NaN: a dask array's unknown size
+        from qbscale.errors import InputError
+
+        raise InputError(f"{what} has an unknown number of gallery columns (a dask array "
+                         "indexed by a lazy mask along its columns): call "
+                         ".compute_chunk_sizes() on it first")
     norm.check_gallery(int(sims.shape[1]), what)
 
 
@@ -100,10 +106,67 @@ def transform_dask(norm: GalleryStatistics, sims: Any, what: str = "the similari
                         concatenate=True)
 
 
+#: dimension names of a gallery axis, and of an axis of queries (a matrix's rows)
+GALLERY_DIMS = ("gallery", "item")
+ROW_DIMS = ("query", "bank_query", "gallery_bank_item")
+
+
+def gallery_last(sims: Any, what: str = "the similarity matrix") -> tuple[Any, bool]:
+    """A 2-D :class:`xarray.DataArray` with its gallery axis last, found by name, and
+    whether it was transposed for that.
+
+    The gallery axis is the one named ``gallery`` (or ``item``), or else the one
+    beside an axis of queries (``query``, ``bank_query``); xarray's default names
+    (``dim_0``, ``dim_1``) are read as rows x gallery, as a numpy array is.  Other
+    names are refused rather than guessed.
+
+    Raises
+    ------
+    InputError
+        Names that do not say which axis is the gallery.
+    """
+    from qbscale.errors import InputError
+
+    dims = tuple(str(d) for d in sims.dims)
+    if len(dims) != 2:
+        return sims, False  # refused by check_similarities, naming the shape
+    gallery = [d for d in dims if d in GALLERY_DIMS]
+    rows = [d for d in dims if d in ROW_DIMS]
+    if len(gallery) == 1 and len(rows) < 2:
+        axis = gallery[0]
+    elif len(rows) == 1 and not gallery:
+        axis = dims[1 - dims.index(rows[0])]
+    elif dims == ("dim_0", "dim_1"):
+        return sims, False
+    else:
+        raise InputError(f"{what} has dims {dims}: name its gallery axis 'gallery' and the "
+                         "other 'query' (rows x gallery), as qbscale.open_dataset does")
+    if dims[1] == axis:
+        return sims, False
+    return sims.transpose(dims[1], dims[0]), True
+
+
 def transform_xarray(norm: GalleryStatistics, sims: Any,
                      what: str = "the similarity matrix") -> Any:
     """A DataArray of normalised scores with ``sims``'s dims and coords (plus a
-    leading axis named after the swept parameter when there are several values)."""
+    leading axis named after the swept parameter when there are several values).
+
+    The gallery axis is found by its name (:func:`gallery_last`): a matrix
+    stored gallery x queries is normalised along its gallery, and given back in
+    its own order."""
+    import xarray as xr
+
+    given = sims
+    sims, flipped = gallery_last(sims, what)
+    out = _transform_labelled(norm, sims, what)
+    if flipped:
+        lead = (norm.config.variant_name,) if len(norm.values) > 1 else ()
+        out = out.transpose(*lead, *given.dims)
+    assert isinstance(out, xr.DataArray)
+    return out
+
+
+def _transform_labelled(norm: GalleryStatistics, sims: Any, what: str) -> Any:
     import xarray as xr
 
     data = sims.data

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from qbscale.errors import DamagedStoreError
-from qbscale.storage.durability import manifest
+from qbscale.storage.durability import manifest, seal
+from qbscale.storage.durability.regular import NotRegularError, open_regular, read_regular
 
 CHECKSUM = "crc32c"
 #: message of every missing / damaged chunk error
@@ -159,12 +160,21 @@ def read_array(url: str, name: str, arr: Any, options: tuple[tuple[str, Any], ..
 
 # ---------------------------------------------------------------- chunk manifests
 
-#: ``{(url, array): manifest or None}``: the chunk manifests read by this process
+#: ``{url: bytes of its root zarr.json or None}``, ``{(url, array): bytes of its chunk
+#: manifest or None}`` and ``{(url, array): manifest or None}`` (checked to be the
+#: store's, as sealed): what this process read
+_ROOTS: dict[str, bytes | bytearray | None] = {}
+_RAW: dict[tuple[str, str], bytes | bytearray | None] = {}
 _MANIFESTS: dict[tuple[str, str], dict[str, Any] | None] = {}
+_UNREAD: Any = object()
+#: the root attributes of a store and of a normaliser
+ROOT_ATTRS = {"qbscale": "store", "qbscale_normaliser": "normaliser"}
 
 
 def forget() -> None:
     """Drop the chunk manifests read so far (a store may have been rewritten)."""
+    _ROOTS.clear()
+    _RAW.clear()
     _MANIFESTS.clear()
 
 
@@ -173,20 +183,91 @@ def _unreadable_manifest(url: str, name: str, exc: Exception) -> DamagedStoreErr
                              f"cannot be read ({exc}): {REPAIR}")
 
 
+def root_attrs(data: bytes | bytearray | None) -> tuple[dict[str, Any], str] | None:
+    """``(attributes, "store" or "normaliser")`` of a root ``zarr.json`` (its bytes);
+    None when it is no qbscale store or normaliser (a plain Zarr array or group)."""
+    try:
+        meta = json.loads(data) if data is not None else None
+    except ValueError:
+        return None  # unreadable: the store's opener says so
+    if not isinstance(meta, dict) or meta.get("node_type") != "group":
+        return None
+    attrs = meta.get("attributes")
+    if not isinstance(attrs, dict):
+        return None
+    for key, kind in ROOT_ATTRS.items():
+        if isinstance(attrs.get(key), dict) and attrs[key]:
+            return attrs[key], kind
+    return None
+
+
+def _read(url: str, key: str, options: tuple[tuple[str, Any], ...]) -> bytes | bytearray | None:
+    try:
+        return manifest.read_key(url, dict(options) or None, key)
+    except NotRegularError as exc:
+        raise DamagedStoreError(f"store {url}: {key} is {exc.reason}: {REPAIR}") from None
+
+
+def _bind(url: str, name: str, root: bytes | bytearray | None, data: bytes | bytearray | None
+          ) -> dict[str, Any] | None:
+    """The manifest of array ``name`` (``data``: its bytes), once checked to be the one
+    the store's seal records; a store without a seal is refused."""
+    try:
+        recorded = None if data is None else manifest.check_manifest(json.loads(data))
+    except ValueError as exc:
+        raise _unreadable_manifest(url, name, exc) from exc
+    found = root_attrs(root)
+    if found is None:  # no qbscale store: a plain Zarr array (gallery embeddings)
+        return recorded
+    attrs, kind = found
+    refused = seal.refusal(url, attrs, kind)
+    if refused is not None:
+        raise DamagedStoreError(refused)
+    why = manifest.binding_problem(name, data, recorded, attrs)
+    if why is not None:
+        raise DamagedStoreError(f"store {url}: array {name}: {why}")
+    return recorded
+
+
 def _manifest(url: str, name: str, options: tuple[tuple[str, Any], ...] = (),
               fresh: bool = False) -> dict[str, Any] | None:
-    if fresh or (url, name) not in _MANIFESTS:
-        try:
-            _MANIFESTS[(url, name)] = manifest.load(url, dict(options) or None, name)
-        except ValueError as exc:
-            raise _unreadable_manifest(url, name, exc) from exc
-    return _MANIFESTS[(url, name)]
+    key = (url, name)
+    if not fresh and key in _MANIFESTS:
+        return _MANIFESTS.get(key)
+    # local copies: another thread may forget() the caches meanwhile
+    root = _ROOTS.get(url, _UNREAD) if not fresh else _UNREAD
+    if root is _UNREAD:
+        root = _ROOTS[url] = _read(url, "zarr.json", options)
+    data = _RAW.get(key, _UNREAD) if not fresh else _UNREAD
+    if data is _UNREAD:
+        data = _RAW[key] = _read(url, manifest.path(name), options)
+    bound = _MANIFESTS[key] = _bind(url, name, root, data)  # type: ignore[arg-type]
+    return bound
+
+
+def bound_manifest(url: str, name: str, options: tuple[tuple[str, Any], ...] = ()
+                   ) -> dict[str, Any] | None:
+    """The chunk manifest of array ``name`` of the store at ``url``, checked to be the
+    one the store sealed (read again once on a refusal: a run may have published
+    meanwhile); None for an array of no qbscale store, or a run not published.
+
+    Raises
+    ------
+    DamagedStoreError
+        The store has no seal, or the manifest is missing, unreadable, edited or
+        another store's.
+    """
+    try:
+        return _manifest(url, name, options)
+    except DamagedStoreError:
+        return _manifest(url, name, options, fresh=True)
 
 
 def verify_position(url: str, key: str, crc: int, size: int,
                     options: tuple[tuple[str, Any], ...] = ()) -> None:
     """Refuse chunk ``key`` of ``(crc, size)`` unless its array's manifest says it is
-    the chunk written there (arrays without a manifest: nothing to compare).
+    the chunk written there (arrays of no qbscale store without a manifest:
+    nothing to compare).
 
     A dict lookup per chunk; the manifest is read once per process (and again
     on a mismatch, in case the store was rewritten meanwhile).
@@ -196,11 +277,45 @@ def verify_position(url: str, key: str, crc: int, size: int,
         return
     why: str | None = None
     for fresh in (False, True):
-        expected = _manifest(url, parts[0], options, fresh)
+        try:
+            expected = _manifest(url, parts[0], options, fresh)
+        except DamagedStoreError:
+            if fresh:
+                raise
+            continue
         why = None if expected is None else manifest.problem(expected, parts[1], crc, size)
         if why is None:
             return
     raise damaged(url, key, str(why))
+
+
+def expected_size(url: str, key: str, options: tuple[tuple[str, Any], ...] = ()
+                  ) -> int | None:
+    """The size chunk ``key`` has in its array's manifest (None: no manifest, or
+    not in it); the store's seal and the manifest's binding checked first."""
+    parts = manifest.split_key(key)
+    if parts is None:
+        return None
+    recorded = bound_manifest(url, parts[0], options)
+    entry = None if recorded is None else recorded["crc32c"].get(parts[1])
+    return None if entry is None else int(entry[1])
+
+
+def read_chunk(url: str, path: str, key: str, limit: int | None) -> bytearray:
+    """The bytes of the local chunk file ``path`` (key ``key``), a regular file of at
+    most ``limit`` bytes.
+
+    Raises
+    ------
+    DamagedStoreError
+        Absent, no regular file (a FIFO, a device), or larger than ``limit``.
+    """
+    try:
+        return read_regular(path, limit)
+    except (FileNotFoundError, NotADirectoryError):
+        raise damaged(url, key) from None
+    except NotRegularError as exc:
+        raise damaged(url, key, exc.reason) from None
 
 
 def verified_body(url: str, key: str, raw: np.ndarray, checksum: bool) -> np.ndarray:
@@ -222,32 +337,46 @@ class VerifiedStore:
     cls: Any = None
 
     @classmethod
-    def wrap(cls, inner: Any, url: str) -> Any:
+    def wrap(cls, inner: Any, url: str, places: bool = True) -> Any:
         if cls.cls is None:
             cls.cls = _verified_store_class()
-        return cls.cls(inner, url)
+        return cls.cls(inner, url, places)
 
 
 def _verified_store_class() -> Any:
+    import asyncio
+
     from zarr.storage import WrapperStore
 
-    class Verified(WrapperStore[Any]):
-        """Every chunk read is present and, with a chunk manifest, the one written there:
-        :class:`DamagedStoreError` otherwise, never zarr's fill value."""
+    from qbscale.storage.layout import is_url
 
-        def __init__(self, store: Any, url: str = "") -> None:
+    class Verified(WrapperStore[Any]):
+        """Every chunk read is present, a regular file, and with a chunk manifest the
+        one written there, its store sealed: :class:`DamagedStoreError` otherwise,
+        never zarr's fill value.  ``places=False`` (``qbscale check``, which compares
+        chunks itself): only files that are no regular files are refused."""
+
+        def __init__(self, store: Any, url: str = "", places: bool = True) -> None:
             super().__init__(store)
             self.url = url
+            self.places = places
+            root = getattr(store, "root", None)  # a LocalStore: read files safely
+            self.local = None if root is None or is_url(url) else os.fspath(root)
 
         def _with_store(self, store: Any) -> Any:
-            return type(self)(store, self.url)
+            return type(self)(store, self.url, self.places)
 
         def __reduce__(self) -> Any:
-            return (VerifiedStore.wrap, (self._store, self.url))
+            return (VerifiedStore.wrap, (self._store, self.url, self.places))
 
         async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+            if self.local is not None:
+                if byte_range is not None:  # (qbscale writes no shards)
+                    await asyncio.to_thread(self._check_regular, key)
+                    return await self._store.get(key, prototype, byte_range)
+                return await asyncio.to_thread(self._get_local, key, prototype)
             buf = await self._store.get(key, prototype, byte_range)
-            if byte_range is not None or manifest.split_key(key) is None:
+            if byte_range is not None or manifest.split_key(key) is None or not self.places:
                 return buf
             if buf is None:
                 raise damaged(self.url, key)
@@ -256,17 +385,43 @@ def _verified_store_class() -> Any:
             verify_position(self.url, key, crc, size, self._options())
             return buf
 
+        def _check_regular(self, key: str) -> None:
+            path = os.path.join(self.local or "", key)
+            if os.path.lexists(path):
+                os.close(_regular_fd(self.url, key, path))
+
+        def _get_local(self, key: str, prototype: Any) -> Any:
+            """A local key, read only from a regular file, a chunk at most its size in
+            the manifest."""
+            path = os.path.join(self.local or "", key)
+            if manifest.split_key(key) is None:  # metadata, manifests
+                try:
+                    data = read_regular(path, manifest.MAX_BYTES)
+                except (FileNotFoundError, NotADirectoryError):
+                    return None
+                except NotRegularError as exc:
+                    raise DamagedStoreError(f"store {self.url}: {key} is {exc.reason}: "
+                                            f"{REPAIR}") from None
+            elif not self.places:
+                if not os.path.lexists(path):
+                    return None  # qbscale check names it missing itself
+                data = read_chunk(self.url, path, key, None)
+            else:
+                data = read_chunk(self.url, path, key, expected_size(self.url, key))
+                crc, size = manifest.tail(data)
+                verify_position(self.url, key, crc, size)
+            return prototype.buffer.from_bytes(data)
+
         async def _preload(self, key: str, prototype: Any) -> None:
-            """Read the chunk's array manifest through this store, once."""
+            """Read the store's root and the chunk's array manifest through this store,
+            once (checked by :func:`verify_position`)."""
             name = (manifest.split_key(key) or (key, ""))[0]
-            if (self.url, name) in _MANIFESTS:
-                return
-            data = await self._store.get(manifest.path(name), prototype)
-            try:
-                _MANIFESTS[(self.url, name)] = None if data is None else \
-                    manifest.check_manifest(json.loads(data.to_bytes()))
-            except ValueError as exc:
-                raise _unreadable_manifest(self.url, name, exc) from exc
+            if self.url not in _ROOTS:
+                root = await self._store.get("zarr.json", prototype)
+                _ROOTS[self.url] = None if root is None else root.to_bytes()
+            if (self.url, name) not in _RAW:
+                data = await self._store.get(manifest.path(name), prototype)
+                _RAW[(self.url, name)] = None if data is None else data.to_bytes()
 
         def _options(self) -> tuple[tuple[str, Any], ...]:
             fs = getattr(self._store, "fs", None)
@@ -274,6 +429,15 @@ def _verified_store_class() -> Any:
                 if fs is not None else ()
 
     return Verified
+
+
+def _regular_fd(url: str, key: str, path: str) -> int:
+    try:
+        return open_regular(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise damaged(url, key) from None
+    except NotRegularError as exc:
+        raise damaged(url, key, exc.reason) from None
 
 
 def _tail(buf: Any) -> tuple[int, int]:
@@ -288,26 +452,62 @@ def open_group(url: str, options: dict[str, Any] | None = None, **kwargs: Any) -
     return zarr.open_group(verified_store(url, options), mode="r", **kwargs)
 
 
-def verified_store(url: str, options: dict[str, Any] | None = None) -> Any:
-    """The store at ``url`` (local path or fsspec URL), every chunk read verified."""
+def verified_store(url: str, options: dict[str, Any] | None = None, places: bool = True
+                   ) -> Any:
+    """The store at ``url`` (local path or fsspec URL), every chunk read verified
+    (``places=False``: only that every file read is a regular file)."""
     from zarr.core.sync import sync
     from zarr.storage._common import make_store_path
 
     path = sync(make_store_path(url, mode="r", storage_options=options))
-    return VerifiedStore.wrap(path.store, url)
+    return VerifiedStore.wrap(path.store, url, places)
 
 
-def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "") -> None:
+def home(path: str, options: dict[str, Any] | None = None) -> tuple[str, str]:
+    """``(store, path inside it)`` to open the Zarr node at ``path`` through: an array
+    of a qbscale store or normaliser (``exp.zarr/gallery_emb``) is opened through
+    that store, so its seal and the array's binding to it are checked too;
+    anything else is its own store (``(path, "")``).
+
+    >>> home("/nowhere/emb.zarr")
+    ('/nowhere/emb.zarr', '')
+    """
+    parent, _, base = path.rstrip("/").rpartition("/")
+    if parent and base:
+        try:
+            top = manifest.read_key(parent, options, "zarr.json")
+        except (NotRegularError, OSError):
+            top = None
+        if root_attrs(top) is not None:
+            return parent, base
+    return path, ""
+
+
+def open_array(path: str, options: dict[str, Any] | None = None) -> Any:
+    """The Zarr array at ``path``, opened read-only through its :func:`home`, every
+    chunk read verified."""
+    import zarr
+
+    url, inner = home(path, options)
+    return zarr.open_array(verified_store(url, options), path=inner, mode="r")
+
+
+def record_manifests(url: str, options: dict[str, Any] | None, prefix: str = "",
+                     store: str = "") -> dict[str, str]:
     """Write the chunk manifest of every array at or below ``prefix`` of the store
-    (:func:`qbscale.storage.durability.manifest.record`): the last step before publishing."""
+    whose ``store_id`` is ``store`` (:func:`qbscale.storage.durability.manifest.record`):
+    the last step before publishing.  Returns ``{array: SHA-256 of its manifest}``,
+    for the store's seal."""
     url = os.fspath(url)
-    manifest.record(url, options, manifest.arrays_under(url, options, prefix))
+    return manifest.record(url, options, manifest.arrays_under(url, options, prefix), store)
 
 
 def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
-                   required: bool = True, manifests: bool = False) -> None:
+                   required: bool = True, root: dict[str, Any] | None = None) -> None:
     """Refuse arrays ``names`` of the store at ``url`` whose metadata is unreadable or
-    disagrees with its other copies (:func:`qbscale.storage.durability.manifest.layout_problems`).
+    disagrees with its other copies, or (``root``: the sealed root attributes) whose
+    chunk manifest is not the one sealed
+    (:func:`qbscale.storage.durability.manifest.layout_problems`).
 
     Raises
     ------
@@ -316,21 +516,21 @@ def check_metadata(url: str, options: dict[str, Any] | None, names: list[str],
         zarr.json [200, 100]: ...``, for the first problem found.
     """
     for name, problems in manifest.layout_problems(url, options, names, required,
-                                                   manifests).items():
+                                                   root).items():
         raise DamagedStoreError(f"store {url}: array {name} {problems[0]}"
                                 if problems[0].startswith("has ") else
                                 f"store {url}: array {name}: {problems[0]}")
 
 
 def check_store_metadata(url: str, options: dict[str, Any] | None, names: set[str],
-                         prefix: str | None, manifests: bool = False) -> None:
+                         prefix: str | None, root: dict[str, Any] | None = None) -> None:
     """:func:`check_metadata` of a store's inputs among ``names`` (its arrays, as the
     root zarr.json lists them) and of the arrays of its published run ``prefix``;
-    ``manifests``: the store declared chunk manifests, so each must be there."""
+    ``root``: the store's sealed attributes, each array's manifest checked against."""
     from qbscale.storage import layout
 
     inputs = [n for n in layout.DIMS if n in names]
-    check_metadata(url, options, inputs, manifests=manifests)
+    check_metadata(url, options, inputs, root=root)
     if prefix:
         check_metadata(url, options, manifest.arrays_under(url, options, prefix),
-                       required=False, manifests=manifests)
+                       required=False, root=root)

@@ -32,10 +32,11 @@ def _open_path(path: str) -> Any:
         return NpyInput(path).memmap()
     import zarr
 
-    from qbscale.storage.durability.integrity import verified_store
+    from qbscale.storage.durability.integrity import home, verified_store
 
     try:  # every chunk read verified: a missing one is an error, not its fill value
-        node = zarr.open(verified_store(path), mode="r")
+        url, inner = home(path)  # an array of a store: through the store, its seal checked
+        node = zarr.open(verified_store(url), path=inner, mode="r")
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise InputError(f"no .npy file or Zarr array at {path}") from exc
     if isinstance(node, zarr.Group):

@@ -399,9 +399,12 @@ class ZarrInput(InputMatrix):
     def __init__(self, path: str, storage_options: dict[str, Any] | None = None) -> None:
         import zarr
 
+        from qbscale.storage.durability.integrity import verified_store
+
         name = os.path.basename(path.rstrip("/"))
-        try:
-            self.array = zarr.open_array(path, mode="r", storage_options=storage_options)
+        try:  # every file read a regular file: a FIFO or /dev/zero is refused, never read
+            self.array = zarr.open_array(verified_store(path, storage_options, places=False),
+                                         mode="r")
         except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{name} is not a readable Zarr array (for a group, name the "
                              f"array inside, e.g. {name}/embeddings): {exc}") from exc

@@ -21,6 +21,7 @@ last.  :func:`load` refuses anything else with a message naming the path.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from qbscale.errors import (
     InputError,
     StoreNotFoundError,
 )
-from qbscale.storage.durability import manifest, seal
+from qbscale.storage.durability import seal
 
 if TYPE_CHECKING:
     from qbscale.types import Experiment
@@ -66,7 +67,9 @@ def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
             "seed": config.seed, "fingerprint": dict(fingerprint),
             "bank_checksum": fingerprint.get("bank_checksum"),
             "gallery_sha256": fingerprint.get("gallery_sha256"),
-            "gallery": gallery, "version": __version__, "complete": False}
+            "gallery": gallery, "version": __version__,
+            # a fresh id per write: every array's chunk manifest names it
+            seal.ID: uuid.uuid4().hex, "complete": False}
 
 
 def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
@@ -97,10 +100,11 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
             arr = create_array(group.store, key, shape=value.shape, dtype=value.dtype,
                                chunks=value.shape, dimension_names=dims)
             arr[...] = value
-        record_manifests(os.fspath(stage.target), storage_options)
+        digests = record_manifests(os.fspath(stage.target), storage_options,
+                                   store=attrs[seal.ID])
         consolidate(group.store)
         zarr.open_group(group.store, mode="r+").attrs.update(
-            {ATTR: seal.sealed({**attrs, manifest.ATTR: manifest.FORMAT, "complete": True})})
+            {ATTR: seal.sealed({**attrs, seal.MANIFESTS: digests, "complete": True})})
     return stage.final
 
 
@@ -163,9 +167,10 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     DamagedStoreError
         A missing or misplaced chunk, or settings edited after the fit.
     """
-    from qbscale.storage.durability.integrity import check_metadata
+    from qbscale.storage.durability.integrity import check_metadata, forget
 
     url = os.fspath(url)
+    forget()  # the normaliser may have been rewritten since this process last read it
     group = _group(url, storage_options)
     attrs = _meta(url, group)
     try:
@@ -174,9 +179,9 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
                            attrs.get("bank_sample"), int(attrs.get("seed", 0)))
     except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise InputError(f"the normaliser {url} has invalid settings: {exc}") from exc
-    edited = seal.problem(attrs)  # valid settings, but not the ones it was fitted with
-    if edited is not None:
-        raise DamagedStoreError(f"the normaliser {url}: {edited}")
+    refused = seal.refusal(url, attrs, "normaliser")  # valid settings, but not the fitted ones?
+    if refused is not None:
+        raise DamagedStoreError(refused)
     fingerprint = dict(attrs.get("fingerprint") or {})
     n_gallery = fingerprint.get("n_gallery")
     if not isinstance(n_gallery, int) or n_gallery < 1:
@@ -184,7 +189,7 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     n_values = len(config.values)
     check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name],
                    required=False,  # a missing array: named by _array
-                   manifests=manifest.declared(attrs))
+                   root=attrs)  # each array's manifest: this normaliser's, as sealed
     shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
     activation = _array(url, group, ACTIVATION, (n_gallery,), "b")
     values = _array(url, group, config.variant_name, (n_values,), "f")
@@ -272,12 +277,11 @@ def open_embeddings(path: str, name: str) -> Any:
         except InputError as exc:
             raise InputError(f"{name} ({path}) is not a readable .npy file: {exc}") from exc
     import dask.array as da
-    import zarr
 
-    from qbscale.storage.durability.integrity import verified_store
+    from qbscale.storage.durability.integrity import open_array
 
     try:  # every chunk read verified: a missing one is an error, not its fill value
-        return da.from_zarr(zarr.open_array(verified_store(path), mode="r"))
+        return da.from_zarr(open_array(path))
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{name} ({path}) is neither a .npy file nor a Zarr array: "
                          f"{exc}") from exc

@@ -1,12 +1,14 @@
 """``qbscale check``: verify every chunk of a store, one chunk at a time.
 
-Each chunk of each array is read once and checked: present, of the right
-size, its crc32c matching (arrays written with checksums) or decodable (older
-ones), and the chunk its array's chunk manifest records at its place (arrays
-written before manifests: not checked, and named).  Every array's
-``zarr.json`` is read as JSON first (a garbage one is one bad entry, not a
-traceback) and compared with its copy in the root ``zarr.json`` and with its
-manifest.  Memory stays at one chunk.  The chunks of a resume manifest may be
+A store without a seal (written by an older qbscale, or its seal deleted) is
+refused.  Each chunk of each array is read once and checked: a regular file
+(a FIFO or a device is bad, never read), present, of the right size, its
+crc32c matching, and the chunk its array's chunk manifest records at its
+place.  Every array's ``zarr.json`` is read as JSON first (a garbage one is
+one bad entry, not a traceback) and compared with its copy in the root
+``zarr.json`` and with its manifest, and every manifest must be the one the
+store's seal records, naming this store (an array copied from another store
+is bad).  Memory stays at one chunk.  The chunks of a resume manifest may be
 absent by design (a block not yet done); every other absent chunk is bad.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.errors import DamagedStoreError
 from qbscale.storage import layout
 from qbscale.storage.durability import integrity, seal
 from qbscale.storage.durability.integrity import chunk_key, exists, has_checksums
@@ -39,7 +42,6 @@ class CheckReport:
     chunks: int = 0
     bad: dict[str, str] = field(default_factory=dict)
     unchecked: list[str] = field(default_factory=list)  # arrays without checksums
-    unplaced: list[str] = field(default_factory=list)  # arrays without a chunk manifest
 
     @property
     def ok(self) -> bool:
@@ -60,6 +62,8 @@ def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
     ------
     StoreNotFoundError
         Nothing at ``url``, a file, or a Zarr group that is no qbscale store.
+    DamagedStoreError
+        The store (or normaliser) has no seal.
     """
     from qbscale.errors import StoreNotFoundError
     from qbscale.storage.durability.manifest import read_json
@@ -84,10 +88,13 @@ def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
     found = next((attrs[a] for a in ROOT_ATTRS if isinstance(attrs, dict) and a in attrs), None)
     if not isinstance(found, dict) or not found:
         raise StoreNotFoundError(f"{url} is a Zarr group but not a qbscale store")
+    kind = "store" if found is attrs.get(layout.ATTR) else "normaliser"
     if found.get("complete") is not True:
         report.bad["zarr.json"] = "incomplete: its write was interrupted; write it again"
+    elif seal.unsealed(found):
+        raise DamagedStoreError(str(seal.refusal(url, found, kind)))
     elif seal.problem(found) is not None:
-        report.bad["zarr.json"] = str(seal.problem(found))
+        report.bad["zarr.json"] = f"{seal.problem(found)}: restore it or {seal.FIX[kind]}"
     listed = (root.get("consolidated_metadata") or {}).get("metadata") or {}
     inputs = [n for n in listed if n in layout.DIMS] if found is attrs.get(layout.ATTR) \
         else list(listed)
@@ -95,12 +102,12 @@ def _root(url: str, options: dict[str, Any] | None, report: CheckReport,
 
 
 def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
-            ) -> tuple[list[tuple[str, Any]], bool]:
-    """The store's arrays that zarr can open (the others go to ``report.bad``), and
-    whether the store declared chunk manifests for them."""
+            ) -> list[tuple[str, Any]]:
+    """The store's arrays that zarr can open (the others go to ``report.bad``), each
+    read only from regular files."""
     import zarr
 
-    from qbscale.storage.durability.manifest import arrays_under, declared, layout_problems
+    from qbscale.storage.durability.manifest import arrays_under, layout_problems
 
     names = arrays_under(url, options, "")
     attrs, listed = _root(url, options, report, names)
@@ -112,15 +119,16 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
         if name not in names:
             report.bad[f"{name}/zarr.json"] = "missing: the array is gone; restore it or " \
                                               "ingest again"
-    manifests = declared(attrs)
-    problems = layout_problems(url, options, names, manifests=manifests)
+    sealed = attrs if attrs and not seal.unsealed(attrs) else None
+    problems = layout_problems(url, options, names, root=sealed)
     out = []
     for name in names:
         if name in problems and problems[name][0].startswith(UNREADABLE):
             report.bad[f"{name}/zarr.json"] = problems[name][0].removeprefix("its zarr.json ")
             continue
-        try:
-            arr = zarr.open_array(url, path=name, mode="r", storage_options=options)
+        try:  # files that are no regular files refused, never read
+            arr = zarr.open_array(integrity.verified_store(url, options, places=False),
+                                  path=name, mode="r")
         except Exception as exc:  # any unreadable metadata: one line, never a traceback
             report.bad[f"{name}/zarr.json"] = (f"cannot be read ({type(exc).__name__}: "
                                                f"{str(exc).splitlines()[0] if str(exc) else ''})")
@@ -128,7 +136,7 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
         if name in problems:
             report.bad[name] = problems[name][0]
         out.append((name, arr))
-    return out, manifests
+    return out
 
 
 def _grid(arr: Any) -> Iterator[tuple[int, ...]]:
@@ -141,16 +149,22 @@ def _problem(url: str, name: str, arr: Any, coords: tuple[int, ...],
              recorded: dict[str, Any] | None) -> str | None:
     """What is wrong with one chunk (None if nothing)."""
     from qbscale.storage.durability import manifest
+    from qbscale.storage.durability.regular import NotRegularError, read_regular
 
     key = chunk_key(name, arr, coords)
     raw = _direct_codecs(arr)
+    want = int(np.prod([int(c) for c in arr.chunks])) * arr.dtype.itemsize
     if raw is not None and "://" not in url:
-        if optional and not os.path.isfile(os.path.join(url, key)):
+        if optional and not os.path.lexists(os.path.join(url, key)):
             return None
-        try:
-            data = np.fromfile(os.path.join(url, key), dtype=np.uint8)
-        except FileNotFoundError:
+        entry = None if recorded is None else recorded["crc32c"].get(key[len(name) + 1:])
+        limit = max(want + 4 * bool(raw), 0 if entry is None else int(entry[1]))
+        try:  # a regular file, read up to the size it may have
+            data = np.frombuffer(read_regular(os.path.join(url, key), limit), np.uint8)
+        except (FileNotFoundError, NotADirectoryError):
             return "missing"
+        except NotRegularError as exc:
+            return exc.reason
         if raw:
             crc, size = manifest.tail(data)
             if data.size < 4 or integrity.crc32c(data[:-4]) != crc:
@@ -160,17 +174,23 @@ def _problem(url: str, name: str, arr: Any, coords: tuple[int, ...],
             if placed is not None:
                 return placed
             data = data[:-4]
-        want = int(np.prod([int(c) for c in arr.chunks])) * arr.dtype.itemsize
         return None if data.size == want else f"damaged ({data.size} bytes, expected {want})"
-    if not exists(url, options, key):
+    if "://" not in url and os.path.lexists(os.path.join(url, key)):
+        pass  # a dangling symlink, a FIFO, a device: the verified store names it
+    elif not exists(url, options, key):
         return None if optional else "missing"
     try:
         arr.get_block_selection(coords) if arr.shards is None else arr[
             tuple(slice(c * s, (c + 1) * s) for c, s in zip(coords, arr.shards, strict=True))]
+    except DamagedStoreError as exc:
+        return str(exc).split(f"chunk {key} is ", 1)[-1].rsplit(": ", 1)[0]
     except (ValueError, RuntimeError, TypeError):
         return "damaged (crc32c mismatch)" if has_checksums(arr) else "damaged (cannot decode)"
     if recorded is not None:
-        got = manifest.read_tail(url, dict(options) or None, key)
+        try:
+            got = manifest.read_tail(url, dict(options) or None, key)
+        except NotRegularError as exc:
+            return exc.reason
         return None if got is None else manifest.problem(recorded, key[len(name) + 1:], *got)
     return None
 
@@ -185,9 +205,14 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
         ``bad`` lists each missing, damaged or misplaced chunk by key (e.g.
         ``test/c/2/0``), each unreadable ``zarr.json`` (``test/zarr.json``)
         and each array whose metadata disagrees with its copies (``test``);
-        ``unchecked`` names arrays written before checksums (only presence
-        and size or decoding were checked), ``unplaced`` those written before
-        chunk manifests (chunk positions not checked).
+        and each array whose manifest is not the one the store sealed (copied
+        from another store, edited); ``unchecked`` names arrays without
+        checksums (only presence and size or decoding were checked).
+
+    Raises
+    ------
+    DamagedStoreError
+        The store has no seal (written by an older qbscale, or edited).
     """
     from tqdm import tqdm
 
@@ -198,7 +223,7 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     check_filesystem(url)
     options = freeze_options(storage_options)
     report = CheckReport(url)
-    arrays, manifests = _arrays(url, storage_options, report)
+    arrays = _arrays(url, storage_options, report)
     report.arrays = len(arrays)
     total = sum(int(np.prod(arr.cdata_shape)) if arr.shards is None else
                 len(list(_grid(arr))) for _, arr in arrays)
@@ -210,8 +235,6 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
             optional = f"/{'manifest'}/" in f"/{name}"
             try:
                 recorded = None if optional else manifest.load(url, storage_options, name)
-                if recorded is None and not optional and not manifests:
-                    report.unplaced.append(name)
             except ValueError:
                 recorded = None  # reported by _arrays
             bar.set_postfix_str(name)

@@ -83,17 +83,38 @@ def _write(group: Any, name: str, src: Any, dtype: np.dtype, chunk_bytes: int, c
         write_matrix(group, target, codec, bar)
 
 
-def _set_record(group: Any, record: dict[str, Any] | None) -> None:
-    """Set (or drop) the record, through a fresh handle: a group opened before the
-    last consolidation would write its stale consolidated metadata back."""
+def _set_record(group: Any, record: dict[str, Any] | None,
+                digests: dict[str, str] | None = None, url: str = "") -> None:
+    """Set (or drop) the record and the bank's manifest digests (``digests``), and
+    seal the store's attributes again, through a fresh handle: a group opened
+    before the last consolidation would write its stale consolidated metadata back.
+
+    Raises
+    ------
+    DamagedStoreError
+        The store's attributes were edited since it was sealed (sealing them
+        again would pass the edit off as the store's).
+    """
     import zarr
+
+    from qbscale.errors import DamagedStoreError
+    from qbscale.storage.durability import seal
 
     group = zarr.open_group(group.store, mode="r+")
     attrs = dict(group.attrs[layout.ATTR])
+    refused = seal.refusal(url or str(group.store), attrs)
+    if refused is not None:
+        raise DamagedStoreError(refused)
     attrs.pop(RECORD, None)
+    sealed = {name: digest for name, digest in dict(attrs[seal.MANIFESTS]).items()
+              if name not in (SIMS, EMBEDDINGS)}
     if record is not None:
         attrs[RECORD] = record
-    group.attrs[layout.ATTR] = attrs
+        sealed.update(digests or {})
+    group.attrs[layout.ATTR] = seal.sealed({**attrs, seal.MANIFESTS: sealed})
+    from qbscale.storage.durability.integrity import forget
+
+    forget()  # this process's copy of the root is the old one
 
 
 def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[str] | np.ndarray,
@@ -153,17 +174,18 @@ def add_gallery_bank(store: str | os.PathLike[str], source: str | os.PathLike[st
     from qbscale.storage.stores.writer import consolidate
 
     with StoreLock.acquire(url, storage_options, "adding a gallery bank"):
-        _set_record(group, None)  # from here until the end, the bank counts as unfinished
+        _set_record(group, None, url=url)  # from here until the end, the bank counts as unfinished
         unit = (experiment.attrs or {}).get("similarity") == "cosine"
         _write(group, name, src, stored, chunk_bytes, codec, progress, unit)
-        record_manifests(url, storage_options, name)
+        digests = record_manifests(url, storage_options, name,
+                                   store=str((experiment.attrs or {}).get("store_id")))
         consolidate(group.store)
         # a fresh id: a reader that sees the record change knows the bank was
         # replaced under it (storage.stores.store.check_unchanged)
         record = {"array": name, "id": uuid.uuid4().hex,
                   "file": None if src.path is None else src.name,
                   "sha256": src.sha256(), "dtype": str(stored), "shape": list(src.shape)}
-        _set_record(group, record)
+        _set_record(group, record, digests, url)
     return url
 
 

@@ -37,8 +37,8 @@ def published_prefix(attrs: dict[str, Any] | None) -> str | None:
     """The prefix of the published run in a store's ``qbscale`` attributes (None
     before the first run, or for a store whose results sit at the top level)."""
     last = (attrs or {}).get("last_run") or {}
-    prefix = last.get("prefix")
-    return str(prefix) if prefix else None
+    prefix = last.get("prefix") if isinstance(last, dict) else None
+    return prefix if isinstance(prefix, str) and prefix else None
 
 
 def result_path(attrs: dict[str, Any] | None, name: str) -> str:
@@ -56,10 +56,19 @@ def published_path(store: str, name: str, storage_options: dict[str, Any] | None
 
 def _attrs(store: str | os.PathLike[str], storage_options: dict[str, Any] | None
            ) -> dict[str, Any]:
-    """The ``qbscale`` attributes of ``store`` (StoreNotFoundError: no qbscale store there)."""
+    """The ``qbscale`` attributes of ``store``, their seal checked.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No qbscale store there.
+    DamagedStoreError
+        The store has no seal, or its attributes (a run's results) were edited.
+    """
     import zarr
 
-    from qbscale.errors import StoreNotFoundError
+    from qbscale.errors import DamagedStoreError, StoreNotFoundError
+    from qbscale.storage.durability import seal
 
     try:
         group = zarr.open_group(os.fspath(store), mode="r", storage_options=storage_options)
@@ -68,6 +77,9 @@ def _attrs(store: str | os.PathLike[str], storage_options: dict[str, Any] | None
         raise StoreNotFoundError(f"no qbscale store at {os.fspath(store)}") from exc
     if not isinstance(attrs, dict) or not attrs:
         raise StoreNotFoundError(f"no qbscale store at {os.fspath(store)}")
+    refused = seal.refusal(os.fspath(store), attrs)
+    if refused is not None:
+        raise DamagedStoreError(refused)
     return dict(attrs)
 
 
@@ -98,13 +110,12 @@ def open_result(store: str, name: str, storage_options: dict[str, Any] | None = 
     """
     import zarr
 
-    from qbscale.storage.durability.integrity import check_metadata, verified_store
-    from qbscale.storage.durability.manifest import declared
+    from qbscale.storage.durability.integrity import check_metadata, forget, verified_store
 
+    forget()  # the store may have been rewritten since this process last read it
     attrs = _attrs(store, storage_options)
     path = result_path(attrs, name)
-    check_metadata(os.fspath(store), storage_options, [path], required=False,
-                   manifests=declared(attrs))
+    check_metadata(os.fspath(store), storage_options, [path], required=False, root=attrs)
     try:  # every chunk read verified: a missing one is an error, not its fill value
         return zarr.open_array(verified_store(os.fspath(store), storage_options), path=path,
                                mode="r")
@@ -194,20 +205,40 @@ def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
         put("topk_score", result.topk_score, (variant, "query", "topk"))
 
 
-def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> None:
+def publish(experiment: Experiment, prefix: str, summary: dict[str, Any],
+            digests: dict[str, str] | None = None) -> None:
     """Make the run under ``prefix`` the store's results, atomically.
 
     The root ``zarr.json`` (attributes with ``last_run`` pointing at
-    ``prefix``, and consolidated metadata) is replaced in one write; only then
-    are the previous run's arrays deleted.
+    ``prefix``, the SHA-256 of the run's chunk manifests ``digests`` in place of
+    the previous run's, sealed again; and consolidated metadata) is replaced in
+    one write; only then are the previous run's arrays deleted.
+
+    Raises
+    ------
+    DamagedStoreError
+        The store's attributes were edited since it was sealed: sealing them
+        again would pass the edit off as the store's.
     """
+    from qbscale.errors import DamagedStoreError
+    from qbscale.storage.durability import seal
     from qbscale.storage.durability.publish import delete_nodes, replace_root_attrs
 
     url = str(experiment.url)
     old = dict(root_attrs(experiment))
+    refused = seal.refusal(url, old)
+    if refused is not None:
+        raise DamagedStoreError(refused)
     previous = published_prefix(old)
-    attrs = {**old, "last_run": {**summary, "prefix": prefix}}
+    sealed = {name: digest for name, digest in dict(old[seal.MANIFESTS]).items()
+              if not (previous and name.startswith(f"{previous}/"))
+              and name not in RESULT_NAMES}
+    attrs = seal.sealed({**old, "last_run": {**summary, "prefix": prefix},
+                         seal.MANIFESTS: {**sealed, **(digests or {})}})
     replace_root_attrs(url, experiment.storage_options, attrs)
+    from qbscale.storage.durability.integrity import forget
+
+    forget()  # this process's copies of the root and manifests are the old ones
     stale = [previous] if previous and previous != prefix else []
     stale += [name for name in RESULT_NAMES if not previous]  # results of older versions
     delete_nodes(url, experiment.storage_options, stale)

@@ -414,7 +414,9 @@ def finish(state: RunState, result: Any, *, save_ranks: bool,
             state.discard(settle=0)
             raise
     if saving:
-        record_manifests(url, options, prefix)
-        publish(experiment, prefix, result.to_dict() | {"saved_scores": state.save_scores})
+        digests = record_manifests(url, options, prefix,
+                                   store=str((experiment.attrs or {}).get("store_id")))
+        publish(experiment, prefix, result.to_dict() | {"saved_scores": state.save_scores},
+                digests)
     else:
         delete_nodes(url, options, [prefix])

@@ -56,10 +56,14 @@ def block_crcs(url: str, options: dict[str, Any] | None, keys: list[str]) -> np.
     """
     from qbscale.storage.durability.integrity import damaged
     from qbscale.storage.durability.manifest import read_tail
+    from qbscale.storage.durability.regular import NotRegularError
 
     out = np.zeros(len(keys), np.uint32)
     for n, key in enumerate(keys):
-        got = read_tail(url, options, key)
+        try:
+            got = read_tail(url, options, key)
+        except NotRegularError as exc:  # a FIFO or a device: never read
+            raise damaged(url, key, exc.reason) from None
         if got is None:
             raise damaged(url, key)
         out[n] = got[0] & 0xFFFFFFFF
@@ -75,8 +79,13 @@ def intact(url: str, options: dict[str, Any] | None, keys: list[str],
 
     if recorded is not None and (recorded.shape != (len(keys),) or not recorded.any()):
         return False
+    from qbscale.storage.durability.regular import NotRegularError
+
     for n, key in enumerate(keys):
-        data = read_key(url, options, key)
+        try:
+            data = read_key(url, options, key)
+        except NotRegularError:  # a FIFO or a device where a chunk was: not this block's
+            return False
         if data is None or len(data) < 4:
             return False
         crc, _ = tail(data)

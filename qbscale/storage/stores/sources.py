@@ -60,24 +60,27 @@ def direct_reads_enabled() -> bool:
     return version <= DIRECT_READS_MAX_ZARR
 
 
-def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False) -> np.ndarray:
+def read_chunk_file(url: str, key: str, dtype: np.dtype, checksum: bool = False,
+                    limit: int | None = None) -> np.ndarray:
     """The values of chunk file ``key`` of the local store ``url``, its crc32c verified.
 
-    With ``checksum`` the file's last 4 bytes must be the little-endian CRC-32C
-    of the rest, and the chunk the one its array's chunk manifest records there.
+    The file must be a regular file (a FIFO or ``/dev/zero`` is refused, never
+    read) of at most ``limit`` bytes and, with ``checksum``, at most the size its
+    array's chunk manifest records; its last 4 bytes must be the little-endian
+    CRC-32C of the rest, and the chunk the one its manifest records there.
 
     Raises
     ------
     DamagedStoreError
-        The file is absent, its checksum does not match, or it is not the
-        chunk written at ``key``.
+        The file is absent, no regular file, too large, its checksum does not
+        match, or it is not the chunk written at ``key``; the store has no seal.
     """
-    from qbscale.storage.durability.integrity import damaged, verified_body
+    from qbscale.storage.durability.integrity import expected_size, read_chunk, verified_body
 
-    try:
-        raw = np.fromfile(os.path.join(url, key), dtype=np.uint8)
-    except FileNotFoundError:
-        raise damaged(url, key) from None
+    if checksum:
+        recorded = expected_size(url, key)  # the store's seal and the array's binding
+        limit = recorded if recorded is not None else limit
+    raw = np.frombuffer(read_chunk(url, os.path.join(url, key), key, limit), dtype=np.uint8)
     body = verified_body(url, key, raw, checksum)  # crc32c, and the chunk's place
     return body.view(dtype) if body.size % dtype.itemsize == 0 else body
 
@@ -121,7 +124,8 @@ def _raw_chunk(url: str, name: str, arr: Any, index: tuple[int, ...], r0: int, c
     from qbscale.storage.durability.integrity import chunk_key, damaged
 
     key = chunk_key(name, arr, (*index, r0 // rows, c0 // cols))
-    data = read_chunk_file(url, key, arr.dtype.newbyteorder("<"), bool(checksum))
+    data = read_chunk_file(url, key, arr.dtype.newbyteorder("<"), bool(checksum),
+                           rows * cols * arr.dtype.itemsize + 4 * bool(checksum))
     if data.size != rows * cols or data.dtype != arr.dtype.newbyteorder("<"):
         raise damaged(url, key, f"damaged ({data.nbytes} bytes, expected "
                                 f"{rows * cols * arr.dtype.itemsize})")

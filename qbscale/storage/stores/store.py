@@ -31,7 +31,7 @@ from qbscale.errors import (
     StoreNotFoundError,
 )
 from qbscale.storage import layout
-from qbscale.storage.durability import integrity, manifest, seal
+from qbscale.storage.durability import integrity, seal
 from qbscale.storage.stores.results import published_prefix
 from qbscale.storage.stores.sources import (
     EmbeddingMatrix,
@@ -345,16 +345,16 @@ def _open(url: str, storage_options: dict[str, Any] | None,
             f"{url} is incomplete (its ingest was interrupted): ingest it again "
             "(`qbscale ingest`, replacing it)"
         )
-    edited = seal.problem(attrs)
-    if edited is not None:
-        raise DamagedStoreError(f"store {url}: {edited}")
+    refused = seal.refusal(url, attrs)  # no seal, or edited settings, results, manifests
+    if refused is not None:
+        raise DamagedStoreError(refused)
     names = set(group.array_keys())
     if layout.GALLERY_BANK_RECORD not in attrs:  # a gallery bank whose write did not finish:
         names.discard(layout.GALLERY_BANK)       # refused as incomplete when a run asks for it
     # ids whose write did not finish: not read
     names -= set(layout.ID_ARRAYS) - set(layout.recorded_ids(attrs))
     integrity.check_store_metadata(url, storage_options, names, published_prefix(attrs),
-                                   manifest.declared(attrs))
+                                   root=attrs)
     bank, test = _sources(url, attrs, storage_options, rows_per_block)
     if bank.shape[1] != test.shape[1]:
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
@@ -364,7 +364,6 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
     mask = _vector(url, group, layout.QUERY_MASK, storage_options) \
         if layout.QUERY_MASK in names else None
-    _notice_unchecked(url, group, names)
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
                       storage_options)
 
@@ -427,22 +426,13 @@ def check_unchanged(experiment: Experiment) -> None:
 
 
 def _vector(url: str, group: Any, name: str, options: dict[str, Any] | None) -> np.ndarray:
+    """A small 1-D array of the store, read through the verified store (every chunk
+    a regular file, checked against its sealed manifest)."""
     from qbscale.storage.durability.integrity import read_array
-    from qbscale.storage.stores.sources import freeze_options
+    from qbscale.storage.stores.sources import _open_zarr, freeze_options
 
-    return read_array(url, name, group[name], freeze_options(options))
-
-
-def _notice_unchecked(url: str, group: Any, names: set[str]) -> None:
-    """One line on stderr when the store's matrices carry no chunk checksums."""
-    import sys
-
-    from qbscale.storage.durability.integrity import has_checksums
-
-    matrices = [n for n in (layout.BANK, layout.TEST, layout.GALLERY_EMB) if n in names]
-    if matrices and not all(has_checksums(group[n]) for n in matrices):
-        print(f"notice: {url} was written before chunk checksums: damaged chunks cannot be "
-              "detected (ingest it again to add them)", file=sys.stderr)
+    frozen = freeze_options(options)
+    return read_array(url, name, _open_zarr(url, name, frozen), frozen)
 
 
 def _sources(url: str, attrs: dict[str, Any], options: dict[str, Any] | None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
-from qbscale.storage.durability import manifest, seal
+from qbscale.storage.durability import seal
 from qbscale.storage.durability.integrity import record_manifests
 from qbscale.storage.durability.stage import (  # re-exported: the writers' one entry point
     LocalStage,
@@ -263,8 +263,9 @@ def write_store(stage: LocalStage | RemoteStage, targets: Sequence[Target],
                 write_vector(group, name, values, codec, attrs["chunking"]["chunk_bytes"])
         for role, digest in hashes.results().items():
             sources[role]["sha256"] = digest
-    record_manifests(os.fspath(stage.target), getattr(stage, "options", None))
-    finish(group, seal.sealed({**attrs, "sources": sources, manifest.ATTR: manifest.FORMAT,
+    digests = record_manifests(os.fspath(stage.target), getattr(stage, "options", None),
+                               store=attrs[seal.ID])
+    finish(group, seal.sealed({**attrs, "sources": sources, seal.MANIFESTS: digests,
                                "complete": True}))
 
 
