@@ -152,7 +152,11 @@ def add_ids(store: str | os.PathLike[str], query_ids: IdSource | None = None,
         codec = str(attrs.get("codec", "none"))
         chunk_bytes = int((attrs.get("chunking") or {}).get("chunk_bytes")
                           or layout.DEFAULT_CHUNK_BYTES)
-        new_attrs = seal.sealed(_with_record(attrs, [*kept, *given]))
+        # the seal is made once the new arrays' manifests are written (their digests)
+        new_attrs = _with_record(attrs, [*kept, *given])
+        new_attrs[seal.MANIFESTS] = {name: digest for name, digest
+                                     in dict(attrs.get(seal.MANIFESTS) or {}).items()
+                                     if name not in given}
         if layout.is_url(url):
             _add_in_place(url, storage_options, attrs, given, kept, codec, chunk_bytes,
                           new_attrs)
@@ -176,7 +180,7 @@ def _add_local(url: str, given: dict[str, np.ndarray], codec: str, chunk_bytes: 
 
     import zarr
 
-    from qbscale.storage.durability import manifest
+    from qbscale.storage.durability import manifest, seal
     from qbscale.storage.durability.atomic import publish_file
     from qbscale.storage.durability.publish import replace_root_attrs
     from qbscale.storage.durability.rename import exchange, rename_noreplace
@@ -192,7 +196,9 @@ def _add_local(url: str, given: dict[str, np.ndarray], codec: str, chunk_bytes: 
         group = zarr.create_group(os.fspath(side), overwrite=True)
         for name, values in given.items():
             write_vector(group, name, values, codec, chunk_bytes)
-        manifest.record(os.fspath(side), None, list(given))
+        digests = manifest.record(os.fspath(side), None, list(given),
+                                  str(attrs.get(seal.ID, "")))
+        attrs = seal.sealed({**attrs, seal.MANIFESTS: {**attrs[seal.MANIFESTS], **digests}})
         new_root = _new_root(root, side, list(given), attrs)
         for name in given:
             had = os.path.lexists(root / name)
@@ -248,12 +254,16 @@ def _add_in_place(url: str, options: dict[str, Any] | None, attrs: dict[str, Any
     from qbscale.storage.stores.writer import write_vector
 
     if any(n in recorded(attrs) for n in given):
-        replace_root_attrs(url, options, seal.sealed(_with_record(attrs, kept)))
+        unrecorded = _with_record(attrs, kept)
+        unrecorded[seal.MANIFESTS] = new_attrs[seal.MANIFESTS]
+        replace_root_attrs(url, options, seal.sealed(unrecorded))
     group = zarr.open_group(url, mode="r+", use_consolidated=False, storage_options=options)
+    digests = {}
     for name, values in given.items():
         write_vector(group, name, values, codec, chunk_bytes)
-        record_manifests(url, options, name)
-    replace_root_attrs(url, options, new_attrs)
+        digests.update(record_manifests(url, options, name, str(attrs.get(seal.ID, ""))))
+    replace_root_attrs(url, options, seal.sealed(
+        {**new_attrs, seal.MANIFESTS: {**new_attrs[seal.MANIFESTS], **digests}}))
 
 
 def _with_record(attrs: dict[str, Any], names: list[str]) -> dict[str, Any]:
