@@ -12,6 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from qbscale.config import RunConfig
+    from qbscale.engine.positives import Positives
     from qbscale.engine.statistics import GalleryStatistics
 
 
@@ -45,6 +46,13 @@ class Experiment:
         False for queries left out of the metrics.
     url : str or None
         The store, when the experiment lives in one (results go there).
+    positives : Positives or None
+        Several correct gallery items per query
+        (:class:`qbscale.engine.positives.Positives`), instead of ``gt``;
+        queries without one are left out of the metrics.
+    excluded : (n,) int64 or None
+        Sorted gallery columns that are no competitors (missing captions):
+        scored ``-inf`` before anything is ranked.
     """
 
     bank: MatrixSource
@@ -54,6 +62,8 @@ class Experiment:
     url: str | None = None
     attrs: dict[str, Any] | None = None
     storage_options: dict[str, Any] | None = None
+    positives: Positives | None = None
+    excluded: np.ndarray | None = None
 
     @property
     def n_gallery(self) -> int:
@@ -65,7 +75,17 @@ class Experiment:
 
     @property
     def has_ground_truth(self) -> bool:
-        return self.gt is not None
+        return self.gt is not None or self.positives is not None
+
+    @property
+    def evaluated(self) -> np.ndarray | None:
+        """(n_queries,) bool of the queries the metrics count (None: all): the
+        mask's, less queries without a positive."""
+        keep = self.mask
+        if self.positives is not None:
+            has = self.positives.evaluated()
+            keep = has if keep is None else keep & has
+        return keep
 
 
 @dataclass
@@ -81,6 +101,8 @@ class RowResult:
     topk_score: np.ndarray | None = None
     base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
     scores: np.ndarray | None = None  # (n_values, r, n_gallery) kept for in-memory runs
+    base_ap: np.ndarray | None = None  # (r,) average precision of the raw scores
+    ap: np.ndarray | None = None  # (n_values, r) after normalisation
 
     @property
     def n_rows(self) -> int:
