@@ -267,13 +267,17 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
     gt_index = _vector(url, group, layout.GT_INDEX, storage_options) \
         if layout.GT_INDEX in names else None
-    gt = None if attrs.get("ground_truth") is False else \
+    from qbscale.storage.stores.positives import stored
+
+    positives = stored(names, lambda name: _vector(url, group, name, storage_options),
+                       test.shape[1])
+    gt = None if attrs.get("ground_truth") is False or positives is not None else \
         ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
     mask = _vector(url, group, layout.QUERY_MASK, storage_options) \
         if layout.QUERY_MASK in names else None
     _notice_unchecked(url, group, names)
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
-                      storage_options)
+                      storage_options, positives)
 
 
 def check_unchanged(experiment: Experiment) -> None:
