@@ -224,7 +224,11 @@ def piece_counts(block: np.ndarray, col0: int, spec: RowSpec, gt_raw: np.ndarray
         shift = norm.shift[:, col0:col0 + width]
         counts = kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
     config = norm.config if isinstance(norm, GalleryStatistics) else norm.members[0].config
-    check_range(config, scales, counts.top_val, gt_norm, shift, spec.start)
+    top_val = counts.top_val
+    if spec.excluded is not None:  # a piece of excluded columns only has a -inf maximum
+        some = ~np.isneginf(top_val)
+        top_val, gt_norm = top_val[some], gt_norm[:, some]
+    check_range(config, scales, top_val, gt_norm, shift, spec.start)
     return counts
 
 
