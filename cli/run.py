@@ -207,8 +207,9 @@ def _directions(stores: tuple[str, ...], direction: str, given: dict[str, Any], 
                          save_scores or save_ranks or topk > 0, scheduler) as target:
                 for d in wanted:
                     settings = given if d == "t2v" else _reverse_settings(target, given)
-                    outputs = dict(topk=topk, save_scores=save_scores, save_ranks=save_ranks,
-                                   resume=resume) if d == "t2v" else {}
+                    outputs: dict[str, Any] = dict(
+                        topk=topk, save_scores=save_scores, save_ranks=save_ranks,
+                        resume=resume) if d == "t2v" else {}
                     norm = None
                     if d == "t2v" and normaliser_path:
                         from .fit import given_settings, run_settings

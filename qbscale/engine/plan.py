@@ -369,7 +369,8 @@ def _finish_positives(spec: RowSpec, norm: Variants, values: np.ndarray, piece: 
     ap = None
     if pairs is not None:
         assert spec.positives is not None
-        ap = _pos.average_precision(*pairs, _limits(values, spec.positives, norm),
+        above, equal = pairs
+        ap = _pos.average_precision(above, equal, _limits(values, spec.positives, norm),
                                     spec.positives)
     return finish_rows(spec, counts, norm, topks, None, None, ap)
 

@@ -76,7 +76,8 @@ def _integers(name: str, rows: list[list[str]], first_line: int) -> np.ndarray:
 
 
 def _text(name: str) -> tuple[np.ndarray, np.ndarray]:
-    rows, start = [], 1
+    rows: list[list[str]] = []
+    start = 1
     with open(name, encoding="utf-8") as fp:
         for n, line in enumerate(fp, 1):
             parts = line.replace(",", " ").split()
@@ -94,7 +95,7 @@ def _text(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _qrels(name: str) -> tuple[np.ndarray, np.ndarray]:
-    rows = []
+    rows: list[list[str]] = []
     with open(name, encoding="utf-8") as fp:
         for n, line in enumerate(fp, 1):
             parts = line.split()
