@@ -222,29 +222,28 @@ def pair_counts(block: np.ndarray, col0: int, pos: Positives, limits: np.ndarray
     """``(above, equal)``, each ``(1 + n_variants, n_pairs)``: how many of this
     block's entries score above / equal to each positive's own score
     (``limits``, :func:`thresholds`), raw then per variant; scored in float64
-    as :func:`qbscale.engine.kernels.exact_scores` scores them."""
+    as :func:`qbscale.engine.kernels.exact_scores` scores them.  Positives are
+    compared with their row in slabs of about ``kernels.SLAB_ELEMENTS`` entries."""
     n_sets = limits.shape[0]
     above = np.zeros((n_sets, len(pos.indices)), np.int64)
     equal = np.zeros_like(above)
     width = block.shape[1]
-    buf = np.empty(width)
-    for r in range(pos.n_queries):
-        a, b = int(pos.indptr[r]), int(pos.indptr[r + 1])
-        if a == b:
-            continue
-        row = block[r]
-        for s in range(n_sets):
+    rows = pos.row_ids()
+    step = max(1, kernels.SLAB_ELEMENTS // max(width, 1))
+    buf = np.empty((step, width))
+    for s in range(n_sets):
+        for a in range(0, len(rows), step):
+            here = rows[a:a + step]
+            x = buf[:len(here)]
             if s == 0:
-                np.copyto(buf, row)
+                np.copyto(x, block[here])
             else:
                 assert shift is not None
-                kernels.exact_scores(row, float(scales[s - 1]),
-                                     shift[s - 1, col0:col0 + width], out=buf)
-            t = limits[s, a:b]
-            ordered = np.sort(buf)
-            right = np.searchsorted(ordered, t, side="right")
-            above[s, a:b] = width - right
-            equal[s, a:b] = right - np.searchsorted(ordered, t, side="left")
+                kernels.exact_scores(block[here], float(scales[s - 1]),
+                                     shift[s - 1, col0:col0 + width], out=x)
+            t = limits[s, a:a + step, None]
+            above[s, a:a + step] = np.count_nonzero(x > t, axis=1)
+            equal[s, a:a + step] = np.count_nonzero(x == t, axis=1)
     return above, equal
 
 
