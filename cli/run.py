@@ -233,6 +233,10 @@ def _directions(stores: tuple[str, ...], direction: str, given: dict[str, Any], 
                 click.echo(DIRECTION_TITLES[d])
                 if len(results[d]) == 1:
                     click.echo(format_table(results[d][0].table()))
+                    if results[d][0].config.normalises:
+                        click.echo(f"normalised rows: {normalised_rows(results[d][0])}; "
+                                   f"activation set: {results[d][0].activation_size} of "
+                                   f"{results[d][0].n_gallery} gallery items")
                 else:
                     click.echo(f"mean(std) over {len(results[d])} stores\n"
                                f"{tables.text(summaries[d])}")

@@ -49,7 +49,7 @@ GALLERY_BANK_RECORD = "gallery_bank"
 
 #: a querybank for the other direction (bank items x test queries, e.g. bank
 #: videos x test captions), see :mod:`qbscale.storage.stores.directions`
-REVERSE_BANK = "reverse_bank"
+REVERSE_BANK = "v2t_bank"
 #: several positives per query, compressed rows (:mod:`qbscale.storage.stores.positives`)
 POSITIVES_INDPTR = "positives_indptr"
 POSITIVES_INDICES = "positives_indices"
@@ -64,7 +64,7 @@ DIMS = {
     GALLERY_EMB: ("gallery", "dim"),
     GALLERY_BANK: ("gallery_bank_item", "gallery"),
     GALLERY_BANK_EMB: ("gallery_bank_item", "dim"),
-    REVERSE_BANK: ("reverse_bank_item", "query"),
+    REVERSE_BANK: ("v2t_bank_item", "query"),
     POSITIVES_INDPTR: ("query_edge",),
     POSITIVES_INDICES: ("positive",),
 }
