@@ -244,6 +244,7 @@ def _directions(stores: tuple[str, ...], direction: str, given: dict[str, Any], 
                 if d == "v2t" and not first.config.normalises and given["method"] != "none":
                     click.echo("no v2t querybank in the store (ingest --v2t-bank): the "
                                "baseline alone")
+        click.echo(f"time: {sum(r.seconds for d in wanted for r in results[d]):.2f} s")
         if json_path:
             write_json(json_path, "run", {d: [{"store": name, **r.to_dict()} for name, r in
                                               zip(names, results[d], strict=True)]

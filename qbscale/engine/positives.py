@@ -222,28 +222,42 @@ def pair_counts(block: np.ndarray, col0: int, pos: Positives, limits: np.ndarray
     """``(above, equal)``, each ``(1 + n_variants, n_pairs)``: how many of this
     block's entries score above / equal to each positive's own score
     (``limits``, :func:`thresholds`), raw then per variant; scored in float64
-    as :func:`qbscale.engine.kernels.exact_scores` scores them.  Positives are
-    compared with their row in slabs of about ``kernels.SLAB_ELEMENTS`` entries."""
+    as :func:`qbscale.engine.kernels.exact_scores` scores them.
+
+    Only a row's entries at or above its lowest positive score can count:
+    those are gathered (one comparison per entry), sorted per row, and each
+    positive's counts found by binary search.  Every row needs a positive
+    (:meth:`Positives.filled`)."""
     n_sets = limits.shape[0]
     above = np.zeros((n_sets, len(pos.indices)), np.int64)
     equal = np.zeros_like(above)
-    width = block.shape[1]
-    rows = pos.row_ids()
+    n_rows, width = pos.n_queries, block.shape[1]
+    if not n_rows or not len(pos.indices):
+        return above, equal
+    lows = np.minimum.reduceat(limits, pos.indptr[:-1], axis=1)  # (n_sets, n_rows)
     step = max(1, kernels.SLAB_ELEMENTS // max(width, 1))
     buf = np.empty((step, width))
     for s in range(n_sets):
-        for a in range(0, len(rows), step):
-            here = rows[a:a + step]
-            x = buf[:len(here)]
+        for r0 in range(0, n_rows, step):
+            x = buf[:min(step, n_rows - r0)]
             if s == 0:
-                np.copyto(x, block[here])
+                np.copyto(x, block[r0:r0 + len(x)])
             else:
                 assert shift is not None
-                kernels.exact_scores(block[here], float(scales[s - 1]),
+                kernels.exact_scores(block[r0:r0 + len(x)], float(scales[s - 1]),
                                      shift[s - 1, col0:col0 + width], out=x)
-            t = limits[s, a:a + step, None]
-            above[s, a:a + step] = np.count_nonzero(x > t, axis=1)
-            equal[s, a:a + step] = np.count_nonzero(x == t, axis=1)
+            rows, cols = np.nonzero(x >= lows[s, r0:r0 + len(x), None])
+            vals = x[rows, cols]
+            order = np.lexsort((vals, rows))
+            vals, rows = vals[order], rows[order]
+            bounds = np.searchsorted(rows, np.arange(len(x) + 1))
+            for j in range(len(x)):
+                a, b = int(pos.indptr[r0 + j]), int(pos.indptr[r0 + j + 1])
+                seg = vals[bounds[j]:bounds[j + 1]]
+                t = limits[s, a:b]
+                right = np.searchsorted(seg, t, side="right")
+                above[s, a:b] = len(seg) - right
+                equal[s, a:b] = right - np.searchsorted(seg, t, side="left")
     return above, equal
 
 
