@@ -240,8 +240,8 @@ def pair_counts(block: np.ndarray, col0: int, pos: Positives, limits: np.ndarray
     for s in range(n_sets):
         for r0 in range(0, n_rows, step):
             x = buf[:min(step, n_rows - r0)]
-            if s == 0:
-                np.copyto(x, block[r0:r0 + len(x)])
+            if s == 0:  # raw scores compare exactly in their own dtype
+                x = block[r0:r0 + len(x)]
             else:
                 assert shift is not None
                 kernels.exact_scores(block[r0:r0 + len(x)], float(scales[s - 1]),
