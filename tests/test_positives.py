@@ -289,3 +289,35 @@ def test_store_reopens_positives(tmp_path: pytest.TempPathFactory) -> None:
     with pytest.raises(ConfigError, match="one ground truth"):
         qbscale.ingest(tmp_path / "t.zarr", test, test, positives=tmp_path / "pairs.npy",
                        queries_per_item=1, progress=False)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("method", ["none", "is", "dis"])
+def test_twenty_captions_per_video_both_directions(tmp_path: pytest.TempPathFactory,
+                                                   method: str, masked: bool) -> None:
+    """A 20-captions-per-video store (ties frequent, 2-D chunks): t2v figures
+    equal the reference's t2v_metrics and v2t figures its v2t_metrics, to the
+    last digit, at several betas and k."""
+    test, bank, v2t_bank, mask = _problem(20, 15, 20, 5, masked)
+    store = qbscale.ingest(tmp_path / "s.zarr", bank, test, mask, reverse_bank=v2t_bank,
+                           progress=False, chunk_rows=70, chunk_cols=6)
+    betas = [5.0, 20.0, 50.0] if method != "none" else None
+    gt = ref.ground_truth(*test.shape)
+    for k in (1, 3):
+        t2v = qbscale.run(store, beta=betas, k=k, method=method)
+        v2t = qbscale.run(store, beta=betas, k=k, method=method, direction="v2t")
+        assert t2v.before is not None and v2t.before is not None
+        assert np.array_equal(t2v.base_ranks, ref.ranks(test.astype(np.float64), gt))
+        assert np.array_equal(v2t.base_ranks, ref.v2t_ranks(test, mask))
+        base_ap = _oracle_v2t(test, v2t_bank, mask, "none", None, k, 20)[1]
+        assert rounded(v2t.before) == rounded(_metrics(v2t.base_ranks, base_ap))
+        for beta in betas or []:
+            want = ref.ranks(ref.method_scores(test, bank, method, beta, {}, k), gt)
+            assert np.array_equal(t2v.ranks[beta], want)
+            assert rounded(t2v.after[beta]) == rounded(ref.metrics(want, mask))
+            ranks, ap = _oracle_v2t(test, v2t_bank, mask, method, beta, k, 20)
+            assert np.array_equal(v2t.ranks[beta], ranks)
+            # the reference's v2t_metrics on the normalised matrix, transposed back
+            assert np.array_equal(ranks, ref.v2t_ranks(
+                ref.v2t_scores(test, v2t_bank, method, beta, {}, k, mask).T, mask))
+            assert rounded(v2t.after[beta]) == rounded(_metrics(ranks, ap))
