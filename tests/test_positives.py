@@ -321,3 +321,27 @@ def test_twenty_captions_per_video_both_directions(tmp_path: pytest.TempPathFact
             assert np.array_equal(ranks, ref.v2t_ranks(
                 ref.v2t_scores(test, v2t_bank, method, beta, {}, k, mask).T, mask))
             assert rounded(v2t.after[beta]) == rounded(_metrics(ranks, ap))
+
+
+def test_resumed_run_keeps_average_precision(tmp_path: pytest.TempPathFactory) -> None:
+    """A run over several positives interrupted after some row blocks and
+    resumed gives the uninterrupted run's ranks, MRR and mAP."""
+    from tests.test_resume import FailingMatrix
+
+    rng = np.random.default_rng(4)
+    test = (rng.integers(0, 5, (60, 8)) / 5).astype(np.float32)
+    bank = rng.standard_normal((10, 8)).astype(np.float32)
+    np.save(tmp_path / "pairs.npy", np.array([[q, g] for q in range(60)
+                                              for g in {q % 8, (3 * q) % 8}]))
+    store = qbscale.ingest(tmp_path / "s.zarr", bank, test, positives=tmp_path / "pairs.npy",
+                           chunk_rows=10, progress=False)
+    kw = {"beta": [10.0, 20.0], "save_ranks": True}
+    want = qbscale.run(store, **kw)
+    experiment = open_experiment(store)
+    experiment.test = FailingMatrix(experiment.test, ok=3)
+    with pytest.raises(RuntimeError, match="cannot read block"):
+        qbscale.run(experiment, scheduler="synchronous", resume=True, **kw)
+    got = qbscale.run(store, resume=True, **kw)
+    assert got.extra["resume"]["reused"] > 0
+    assert got.before == want.before and got.after == want.after
+    assert "mAP" in got.before
