@@ -237,7 +237,6 @@ def pair_counts(block: np.ndarray, col0: int, pos: Positives, limits: np.ndarray
     lows = np.minimum.reduceat(limits, pos.indptr[:-1], axis=1)  # (n_sets, n_rows)
     step = max(1, kernels.SLAB_ELEMENTS // max(width, 1))
     buf = np.empty((step, width))
-    row_ids = pos.row_ids()
     for s in range(n_sets):
         for r0 in range(0, n_rows, step):
             x = buf[:min(step, n_rows - r0)]
@@ -248,32 +247,18 @@ def pair_counts(block: np.ndarray, col0: int, pos: Positives, limits: np.ndarray
                 kernels.exact_scores(block[r0:r0 + len(x)], float(scales[s - 1]),
                                      shift[s - 1, col0:col0 + width], out=x)
             rows, cols = np.nonzero(x >= lows[s, r0:r0 + len(x), None])
-            a, b = int(pos.indptr[r0]), int(pos.indptr[r0 + len(x)])
-            owners, vals = row_ids[a:b] - r0, x[rows, cols]
-            at_most = _counts_below(rows, vals, owners, limits[s, a:b], len(x), True)
-            below = _counts_below(rows, vals, owners, limits[s, a:b], len(x), False)
-            per_row = np.bincount(rows, minlength=len(x))
-            above[s, a:b] = per_row[owners] - at_most
-            equal[s, a:b] = at_most - below
+            vals = x[rows, cols]
+            order = np.lexsort((vals, rows))
+            vals, rows = vals[order], rows[order]
+            bounds = np.searchsorted(rows, np.arange(len(x) + 1))
+            for j in range(len(x)):
+                a, b = int(pos.indptr[r0 + j]), int(pos.indptr[r0 + j + 1])
+                seg = vals[bounds[j]:bounds[j + 1]]
+                t = limits[s, a:b]
+                right = np.searchsorted(seg, t, side="right")
+                above[s, a:b] = len(seg) - right
+                equal[s, a:b] = right - np.searchsorted(seg, t, side="left")
     return above, equal
-
-
-def _counts_below(rows: np.ndarray, vals: np.ndarray, owners: np.ndarray, limits: np.ndarray,
-                  n_rows: int, inclusive: bool) -> np.ndarray:
-    """For each limit (of row ``owners[p]``), how many of that row's values are
-    below it (``<=`` with ``inclusive``): one sort of values and limits together,
-    by row, then value, a limit placed after (or before) the values it equals."""
-    tag = np.concatenate([np.zeros(len(vals), np.int8),
-                          np.full(len(limits), 1 if inclusive else -1, np.int8)])
-    order = np.lexsort((tag, np.concatenate([vals.astype(np.float64), limits]),
-                        np.concatenate([rows, owners])))
-    is_limit = order >= len(vals)
-    before = np.cumsum(~is_limit)  # values up to each place in the order
-    out = np.empty(len(limits), np.int64)
-    out[order[is_limit] - len(vals)] = before[is_limit]
-    starts = np.zeros(n_rows + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=starts[1:])
-    return np.asarray(out - starts[owners])
 
 
 def average_precision(above: np.ndarray, equal: np.ndarray, limits: np.ndarray,
