@@ -11,6 +11,13 @@ each in its own process with the CLI's malloc settings, beside the floor:
 * ``read``: ``da.from_zarr(store, component=...).sum()`` of bank and test;
 * ``run``: ``qbscale run STORE --beta 20`` (DIS).
 
+Then, at each of ``--v2t-sizes`` GB, a store of 20 captions per video
+(``synth --queries-per-item 20``, test only: a 1000-row bank) read the
+other way round: ``qbscale run STORE --direction v2t`` (each video against
+every caption, its 20 captions its positives: best rank, MRR and mAP) beside
+the t2v baseline on the same store, with peak RSS: the transpose is read
+block by block, never held.
+
 First, at ``--choice-size`` GB, the same pair for four layouts (whole-row vs
 2-D chunks, no compression vs lz4), the measurements behind ``qbscale
 ingest``'s default layout.  The size table then uses ``--layout`` (default:
@@ -23,6 +30,7 @@ floor alone; this script keeps the layout choice and the zarr read.
 
 usage: python benchmarks/bench_memory.py [--sizes 1,4,16] [--choice-size 4]
        [--layout NAME|fastest] [--repeat 3] [--gallery 50000] [--dir DIR]
+       [--v2t-sizes 1,4,16] [--only-v2t]
 """
 
 from __future__ import annotations
@@ -124,6 +132,30 @@ def size_table(folder: Path, sizes: list[float], gallery: int, layout: str, repe
                      "run s", "run GB/s", "run/read", "run/floor", "read GiB", "run GiB"], rows)
 
 
+def v2t_table(folder: Path, sizes: list[float], repeat: int) -> str:
+    """t2v and v2t baselines of stores of 20 captions per video, with peak RSS."""
+    rows = []
+    for size in sizes:
+        videos = max(2, round((size * 1e9 / (20 * 4)) ** 0.5))
+        store = hb.synth_store(folder / f"v2t{size:g}.zarr", "--kind", "sims", "--bank", "1000",
+                               "--test", str(20 * videos), "--gallery", str(videos),
+                               "--queries-per-item", "20")
+        bench = hb.Bench(repeat)
+        bench.add("read floor", hb.read_floor(hb.chunk_files(store)))
+        for d in ("t2v", "v2t"):
+            bench.add(d, hb.process([*hb.qbscale_command(), "run", store, "--method", "none",
+                                     "--direction", d, "--quiet"]))
+        runs = bench.run()
+        raw = 20 * videos * videos * 4
+        rows.append([f"{raw / 1e9:.2f}", f"{20 * videos} x {videos}",
+                     f"{runs['read floor'].median():.2f}", both(runs["t2v"]), both(runs["v2t"]),
+                     f"{runs['t2v'].rss:.2f}", f"{runs['v2t'].rss:.2f}"])
+        shutil.rmtree(store)
+        print(f"v2t {size:g} GB: done ({hb.footer(bench)})", file=sys.stderr, flush=True)
+    return hb.table(["test GB", "captions x videos", "floor s", "t2v s", "v2t s", "t2v GiB",
+                     "v2t GiB"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,4,16", help="bank + test GB, comma-separated")
@@ -133,9 +165,23 @@ def main() -> None:
     parser.add_argument("--gallery", type=int, default=50000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="scratch directory (default: temp)")
+    parser.add_argument("--v2t-sizes", default="1,4,16",
+                        help="test GB of the 20-captions-per-video stores, comma-separated")
+    parser.add_argument("--only-v2t", action="store_true", help="the v2t table alone")
     args = parser.parse_args()
     folder = hb.workdir(args.dir, "qbscale-bench-memory")
     print(hb.machine())
+    if not args.only_v2t:
+        t2v_tables(folder, args)
+    v2t_sizes = [float(s) for s in args.v2t_sizes.split(",")]
+    print(f"\nt2v and v2t (20 captions per video, baseline); medians of {args.repeat}: "
+          "process wall (pass alone); GiB = peak RSS")
+    print(v2t_table(folder, v2t_sizes, args.repeat))
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def t2v_tables(folder: Path, args: argparse.Namespace) -> None:
+    """The layout table, then the size table."""
     choice, layout = choose_layout(folder, args.choice_size, args.gallery, args.repeat)
     print(f"\nlayouts at {args.choice_size:g} GB (bank + test, float32); medians of "
           f"{args.repeat}: process wall (pass alone); compression = raw / on-disk bytes")
@@ -148,7 +194,6 @@ def main() -> None:
     print(f"\nsizes, layout {layout}; medians of {args.repeat}: process wall (pass alone); "
           f"GiB = peak RSS")
     print(text)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

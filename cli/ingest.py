@@ -23,8 +23,8 @@ from .options import (
 SIMS = ("bank", "test")
 EMBEDDINGS = ("bank_emb", "test_emb", "gallery_emb")
 #: every path the command reads or writes: its --json file is none of them
-_PATHS = (*SIMS, *EMBEDDINGS, "masks", "gt_index", "gallery_bank", "query_ids",
-          "gallery_ids", "output")
+_PATHS = (*SIMS, *EMBEDDINGS, "masks", "gt_index", "positives", "v2t_bank", "gallery_bank",
+          "query_ids", "gallery_ids", "output")
 
 
 def _mode(opts: dict[str, Any]) -> str:
@@ -89,6 +89,8 @@ def summary(out: str, seconds: float) -> str:
     qpi = attrs.get("queries_per_item")
     truth = (f"{qpi} {'query' if qpi == 1 else 'queries'} per gallery item" if qpi
              else "no ground truth" if attrs.get("ground_truth") is False
+             else "positives from (query, item) pairs"
+             if layout.POSITIVES_INDPTR in set(group.array_keys())
              else "ground truth from gt_index")
     disk = _disk_bytes(out)
     size = f"{raw / 2**20:.1f} MiB of data" + (
@@ -111,6 +113,13 @@ def summary(out: str, seconds: float) -> str:
 @click.option("--gt-index", metavar="PATH", type=InputPath(),
               help="Ground-truth gallery index of every query "
               "(.npy/.pkl of ints), instead of --queries-per-item.")
+@click.option("--positives", metavar="PATH", type=InputPath(),
+              help="Several correct gallery items per query, as (query, item) row numbers: "
+                   "TREC qrels (.qrels/.trec), two columns (.tsv/.txt/.csv), .parquet, "
+                   ".npy pairs or a scipy sparse .npz; instead of --queries-per-item.")
+@click.option("--v2t-bank", "v2t_bank", metavar="PATH", type=InputPath(),
+              help="Querybank of the other direction: bank items x test queries (e.g. bank "
+                   "videos x test captions), for `qbscale run --direction v2t`.")
 @click.option("--no-ground-truth", is_flag=True,
               help="Store no ground truth (new queries, right answers unknown): runs give "
                    "top-k hits and scores, no metrics.  Automatic when the queries are not "
@@ -175,8 +184,12 @@ def ingest(**opts: Any) -> None:
     if mode == "sims":
         common["chunk_bytes"] = common["chunk_bytes"] or layout.DEFAULT_CHUNK_BYTES
         out = ingest_sims(opts["output"], opts["bank"], opts["test"], opts["masks"],
-                          chunk_cols=opts["chunk_cols"], **common)
+                          chunk_cols=opts["chunk_cols"], positives=opts["positives"],
+                          reverse_bank=opts["v2t_bank"], **common)
     else:
+        if opts["positives"] or opts["v2t_bank"]:
+            raise click.UsageError("--positives and --v2t-bank go with --bank/--test "
+                                   "(similarities)")
         out = ingest_embeddings(opts["output"], opts["bank_emb"], opts["test_emb"],
                                 opts["gallery_emb"], masks=opts["masks"],
                                 normalise=opts["normalise_embeddings"], **common)
@@ -192,7 +205,8 @@ def ingest(**opts: Any) -> None:
         write_json(opts["json_path"], "ingest", {"store": out, "mode": mode, "seconds": seconds,
                                                  "arrays": arrays(out)})
     _truth_notice(out, opts["no_ground_truth"],  # last: a failure above is its only line
-                  inferred=opts["queries_per_item"] is None and opts["gt_index"] is None)
+                  inferred=opts["queries_per_item"] is None and opts["gt_index"] is None
+                  and opts["positives"] is None)
 
 
 def _truth_notice(out: str, forced: bool, inferred: bool) -> None:

@@ -35,18 +35,29 @@ COLUMNS = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10"
 HEADERS = ("R@1", "R@5", "R@10", "R@50", "MedR", "MeanR", "geom")
 
 
+#: the columns added with several positives per query
+POSITIVE_COLUMNS = ("MRR", "mAP")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width table of rounded metric rows (the value column is named after
-    the method's swept parameter: beta, alpha or kc)."""
+    the method's swept parameter: beta, alpha or kc); MRR and mAP too when the
+    rows have them (several positives per query)."""
     param = next((row["param"] for row in rows if row.get("param")), "beta")
     width = max(8, *(len(row["method"]) + 1 for row in rows))
-    head = f"{'method':<{width}}{param:>6}" + "".join(f"{h:>8}" for h in HEADERS)
+    extra = tuple(c for c in POSITIVE_COLUMNS if all(c in row for row in rows))
+    head = f"{'method':<{width}}{param:>6}" + "".join(f"{h:>8}" for h in (*HEADERS, *extra))
     lines = [head]
     for row in rows:
         beta = "-" if row["beta"] is None else f"{row['beta']:g}"
         lines.append(f"{row['method']:<{width}}{beta:>6}"
-                     + "".join(f"{row[c]:>8.1f}" for c in COLUMNS))
+                     + "".join(f"{row[c]:>8.1f}" for c in (*COLUMNS, *extra)))
     return "\n".join(lines)
+
+
+#: what each direction's figures are of
+DIRECTION_TITLES = {"t2v": "t2v: test queries -> gallery (text -> video)",
+                    "v2t": "v2t: gallery items -> test queries (video -> text)"}
 
 
 @click.command(cls=Command)
@@ -99,6 +110,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                    "with mean(std) cells over the STORES.")
 @click.option("--label", default="model", show_default=True,
               help="The model's name in the tables of several STORES.")
+@click.option("--direction", type=click.Choice(("t2v", "v2t", "both")), default="t2v",
+              show_default=True,
+              help="t2v: the store's queries against its gallery; v2t: every gallery item "
+                   "against the test queries (its positives: the queries of that item; "
+                   "masked queries are no competitors), read from the same matrix; both: "
+                   "t2v then v2t.  v2t normalises with the store's --v2t-bank (ingest); "
+                   "without one it gives the baseline alone.")
 @method_options
 @library_errors
 def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
@@ -107,8 +125,8 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
         scheduler: str, workers: int | None, quiet: bool,
         bank_pkl: str | None, test_pkl: str | None, mask_pkl: str | None,
         queries_per_item: int | None, gt_index: str | None, fmt: str,
-        label: str, dynamic: bool, gallery_bank: str | None, normaliser_path: str | None,
-        **method_opts: Any) -> None:
+        label: str, direction: str, dynamic: bool, gallery_bank: str | None,
+        normaliser_path: str | None, **method_opts: Any) -> None:
     """Querybank-normalise STORE and print retrieval metrics before and after.
 
     STORE is a store written by `qbscale ingest`.  Alternatively give the
@@ -125,6 +143,17 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
              "dynamic": dynamic, **method_kwargs(method, method_opts)}
     check_hits(hits_path, topk, given, len(stores))
     given.update(bank_sample=bank_sample(bank_sample_text), seed=seed)
+    if direction == "v2t" and (topk or hits_path or save_scores or save_ranks or resume
+                               or normaliser_path):
+        raise click.UsageError("--direction v2t gives metrics only: --topk, --hits, "
+                               "--save-scores, --save-ranks, --resume and --normaliser are "
+                               "for t2v (with --direction both they apply to t2v)")
+    if direction != "t2v" and gallery_bank:
+        raise click.UsageError("--gallery-bank (dual-is) is for --direction t2v")
+    if direction != "t2v":
+        return _directions(stores, direction, given, fmt, label, json_path, bank_pkl,
+                           test_pkl, mask_pkl, scheduler, workers, quiet, topk, hits_path,
+                           save_scores, save_ranks, resume, normaliser_path)
     results = []
     one = len(stores) <= 1 and fmt != "markdown"
     # the hits and --json files are written before the store's results are replaced,
@@ -173,6 +202,81 @@ def run(stores: tuple[str, ...], beta: str, k: int, method: str, topk: int,
             click.echo(f"notice: {len(done['rejected'])} finished row block(s) had missing, "
                        f"damaged or moved chunks and were computed again: "
                        f"{', '.join(map(str, done['rejected']))}")
+
+
+def _directions(stores: tuple[str, ...], direction: str, given: dict[str, Any], fmt: str,
+                label: str, json_path: str | None, bank_pkl: str | None, test_pkl: str | None,
+                mask_pkl: str | None, scheduler: str, workers: int | None, quiet: bool,
+                topk: int, hits_path: str | None, save_scores: bool, save_ranks: bool,
+                resume: bool, normaliser_path: str | None) -> None:
+    """``--direction v2t`` or ``both``: each direction's figures, side by side in
+    the markdown table."""
+    from qbscale.analysis import tables
+    from qbscale.api import run as run_api
+
+    wanted = ("t2v", "v2t") if direction == "both" else ("v2t",)
+    results: dict[str, list[Any]] = {d: [] for d in wanted}
+    names = list(stores) or [str(test_pkl)]
+    with held():
+        for store in stores or (None,):
+            with _target(store, bank_pkl, test_pkl, mask_pkl,
+                         save_scores or save_ranks or topk > 0, scheduler) as target:
+                for d in wanted:
+                    settings = given if d == "t2v" else _reverse_settings(target, given)
+                    outputs: dict[str, Any] = dict(
+                        topk=topk, save_scores=save_scores, save_ranks=save_ranks,
+                        resume=resume) if d == "t2v" else {}
+                    norm = None
+                    if d == "t2v" and normaliser_path:
+                        from .fit import given_settings, run_settings
+
+                        norm, settings = run_settings(normaliser_path, store, given_settings(
+                            click.get_current_context(), given))
+                    results[d].append(run_api(
+                        target, scheduler=scheduler, num_workers=workers, progress=not quiet,
+                        direction=d, normaliser=norm,
+                        before_publish=_outputs(hits_path, None, target) if d == "t2v"
+                        else None, **outputs, **settings))
+        for d in wanted:
+            from .run_outputs import check_all_have_truth
+
+            check_all_have_truth(names, results[d])
+        summaries = {d: tables.summarise(results[d]) for d in wanted}
+        if fmt == "markdown":
+            click.echo(tables.markdown_directions(summaries, label))
+        else:
+            for d in wanted:
+                click.echo(DIRECTION_TITLES[d])
+                if len(results[d]) == 1:
+                    click.echo(format_table(results[d][0].table()))
+                    if results[d][0].config.normalises:
+                        click.echo(f"normalised rows: {normalised_rows(results[d][0])}; "
+                                   f"activation set: {results[d][0].activation_size} of "
+                                   f"{results[d][0].n_gallery} gallery items")
+                else:
+                    click.echo(f"mean(std) over {len(results[d])} stores\n"
+                               f"{tables.text(summaries[d])}")
+                first = results[d][0]
+                if d == "v2t" and not first.config.normalises and given["method"] != "none":
+                    click.echo("no v2t querybank in the store (ingest --v2t-bank): the "
+                               "baseline alone")
+        click.echo(f"time: {sum(r.seconds for d in wanted for r in results[d]):.2f} s")
+        if json_path:
+            write_json(json_path, "run", {d: [{"store": name, **r.to_dict()} for name, r in
+                                              zip(names, results[d], strict=True)]
+                                          for d in wanted})
+
+
+def _reverse_settings(target: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings in direction v2t: the same, or the baseline alone
+    when there is no v2t querybank."""
+    from qbscale.storage.stores.directions import stored_bank
+    from qbscale.storage.stores.store import open_experiment
+
+    experiment = target if not isinstance(target, (str, Path)) else open_experiment(target)
+    if stored_bank(experiment) is not None:
+        return given
+    return {"method": "none"}
 
 
 def _outputs(hits_path: str | None, json_path: str | None,

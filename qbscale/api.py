@@ -42,7 +42,7 @@ def _without_truth(experiment: Experiment, what: str) -> ConfigError:
 
 def _check_truth(experiment: Experiment, topk: int, save_scores: bool,
                  save_ranks: bool) -> None:
-    if experiment.gt is not None:
+    if experiment.has_ground_truth:
         return
     if save_ranks:
         raise _without_truth(experiment, "there are no ranks to save")
@@ -196,7 +196,7 @@ def plan(store: str | os.PathLike[str] | Experiment,
          dynamic: bool = False, gallery_bank: Any = None,
          normaliser: GalleryStatistics | None = None,
          bank_sample: int | float | str | None = None, seed: int = 0,
-         **params: Any) -> RunPlan:
+         direction: str = "t2v", reverse_bank: Any = None, **params: Any) -> RunPlan:
     """Plan a run without computing it.
 
     The arguments are those of :func:`run`, but the scheduler's; the
@@ -247,6 +247,10 @@ def plan(store: str | os.PathLike[str] | Experiment,
         :mod:`qbscale.engine.subsets`; each bank block is still read once.
     seed : int, default 0
         Seed of the ``bank_sample`` permutation.
+    direction : {"t2v", "v2t"}, default "t2v"
+        As for :func:`run`.
+    reverse_bank : array-like or block source, optional
+        As for :func:`run`.
     **params
         The method's parameters, e.g. ``alpha=[0.5, 0.75]`` and ``nnn_k=128``
         for ``"nnn"``, ``kc=10`` for ``"csls"``, ``gallery_beta=20`` for
@@ -272,6 +276,10 @@ def plan(store: str | os.PathLike[str] | Experiment,
 
     config = RunConfig.make(beta, k, method, topk, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)
+    if direction != "t2v" or reverse_bank is not None:
+        experiment = _reversed(experiment, direction, config, reverse_bank, topk=topk,
+                               save_scores=save_scores, save_ranks=save_ranks, resume=resume,
+                               normaliser=normaliser)
     config = config.resolved(experiment.bank.shape[0])  # a fraction as its row count
     _check_truth(experiment, topk, save_scores, save_ranks)
     if normaliser is not None:
@@ -305,6 +313,36 @@ def plan(store: str | os.PathLike[str] | Experiment,
             lock.release()
         raise
     return RunPlan(experiment, config, graph, state, save_scores, save_ranks, lock, resume)
+
+
+def _reversed(experiment: Experiment, direction: str, config: RunConfig, bank: Any,
+              **asked: Any) -> Experiment:
+    """The experiment of ``direction`` (:mod:`qbscale.storage.stores.directions`)."""
+    from qbscale.storage.stores.directions import DIRECTIONS, has_bank, reverse
+
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be one of {', '.join(DIRECTIONS)}, "
+                          f"got {direction!r}")
+    if direction == "t2v":
+        raise ConfigError("a reverse bank is for direction='v2t' only")
+    unsupported = sorted(name for name, value in asked.items() if value)
+    if unsupported:
+        raise ConfigError(f"direction v2t gives metrics only: {unsupported[0]} is for t2v")
+    if config.method == "dual-is":
+        raise ConfigError("dual-is needs a gallery bank of the t2v gallery: it runs in "
+                          "direction t2v only")
+    if isinstance(bank, np.ndarray):
+        from qbscale.storage.stores.sources import NumpyMatrix
+        from qbscale.storage.stores.store import check_matrix
+
+        check_matrix("reverse bank", bank)
+        bank = NumpyMatrix.wrap(bank, max(1, 2**24 // max(bank.shape[1], 1)))
+    reversed_ = reverse(experiment, bank)
+    if config.normalises and not has_bank(reversed_):
+        raise ConfigError(f"{experiment.url or 'this experiment'} has no querybank for "
+                          f"direction v2t (bank items x test queries): ingest it with "
+                          f"--v2t-bank FILE (reverse_bank=), or run method 'none'")
+    return reversed_
 
 
 def _no_space(experiment: Experiment, exc: OSError) -> StoreFullError:
@@ -353,7 +391,7 @@ def run(store: str | os.PathLike[str] | Experiment,
         normaliser: GalleryStatistics | None = None,
         bank_sample: int | float | str | None = None, seed: int = 0,
         before_publish: Callable[[RunResult], None] | None = None,
-        **params: Any) -> RunResult:
+        direction: str = "t2v", reverse_bank: Any = None, **params: Any) -> RunResult:
     """Querybank-normalise a store and evaluate before and after.
 
     Parameters
@@ -413,6 +451,16 @@ def run(store: str | os.PathLike[str] | Experiment,
         before the store's earlier results are replaced (e.g. to write files
         that must exist before the store's results change); when it raises,
         the run's arrays are deleted and nothing is published.
+    direction : {"t2v", "v2t"}, default "t2v"
+        ``"t2v"``: the store's queries against its gallery; ``"v2t"``: every
+        gallery item against the test queries, the test matrix read transposed
+        block by block; an item's positives are the queries whose ground truth
+        holds it, masked queries are neither positives nor competitors (the
+        reference code's ``v2t_metrics``); metrics only.
+    reverse_bank : array-like or block source, optional
+        For ``"v2t"``: the querybank of that direction (bank items x test
+        queries); by default the store's (``ingest --v2t-bank``); without one
+        only ``method="none"`` runs.
     **params
         The method's parameters, e.g. ``alpha=[0.5, 0.75]`` and ``nnn_k=128``
         for ``"nnn"``, ``kc=10`` for ``"csls"``, ``gallery_beta=20`` for
@@ -442,7 +490,8 @@ def run(store: str | os.PathLike[str] | Experiment,
     return plan(store, beta, k, method, topk=topk, save_scores=save_scores,
                 save_ranks=save_ranks, storage_options=storage_options, resume=resume,
                 dynamic=dynamic, gallery_bank=gallery_bank, normaliser=normaliser,
-                bank_sample=bank_sample, seed=seed, **params).execute(scheduler, num_workers,
+                bank_sample=bank_sample, seed=seed, direction=direction,
+                reverse_bank=reverse_bank, **params).execute(scheduler, num_workers,
                                                                        progress, before_publish)
 
 
@@ -450,16 +499,18 @@ def assemble(config: RunConfig, experiment: Experiment, norm: GalleryStatistics,
              rows: list[RowResult]) -> RunResult:
     """The RunResult of computed row blocks (any order): ranks, metrics, hits."""
     rows = sorted(rows, key=lambda r: r.start)
-    mask = experiment.mask
+    mask = experiment.evaluated
     base = before = after = None
     ranks: dict[float, np.ndarray] = {}
-    if experiment.gt is not None:
+    if experiment.has_ground_truth:
         base = np.concatenate([r.base_rank for r in rows if r.base_rank is not None])
         if config.normalises:
             stacked = np.concatenate([r.rank for r in rows if r.rank is not None], axis=1)
             ranks = {value: stacked[b] for b, value in enumerate(config.values)}
-        before = retrieval_metrics(base, mask)
-        after = {value: retrieval_metrics(r, mask) for value, r in ranks.items()}
+        base_ap, aps = _average_precisions(config, experiment, rows)
+        before = retrieval_metrics(base, mask, base_ap)
+        after = {value: retrieval_metrics(r, mask, None if aps is None else aps[b])
+                 for b, (value, r) in enumerate(ranks.items())}
     result = RunResult(
         config=config,
         before=before,
@@ -477,6 +528,19 @@ def assemble(config: RunConfig, experiment: Experiment, norm: GalleryStatistics,
         if all(r.base_topk_idx is not None for r in rows):  # (resumed blocks lack it)
             result.base_topk_index = np.concatenate([r.base_topk_idx for r in rows])
     return result
+
+
+def _average_precisions(config: RunConfig, experiment: Experiment, rows: list[RowResult]
+                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(raw, (n_values, n_queries))`` average precisions, with several positives
+    per query (None otherwise, or when some block did not keep them)."""
+    if experiment.positives is None or not experiment.positives.several \
+            or any(r.base_ap is None for r in rows):
+        return None, None
+    base = np.concatenate([r.base_ap for r in rows if r.base_ap is not None])
+    if not config.normalises or any(r.ap is None for r in rows):
+        return base, None
+    return base, np.concatenate([r.ap for r in rows if r.ap is not None], axis=1)
 
 
 def _kept_scores(rows: list[RowResult], experiment: Experiment) -> np.ndarray | None:
@@ -522,11 +586,12 @@ def evaluate(store: str | os.PathLike[str] | Experiment, array: str = "test", *,
     from qbscale.storage.stores.results import matrix_source
 
     experiment = _experiment(store, storage_options)
-    if experiment.gt is None:
+    if not experiment.has_ground_truth:
         raise _without_truth(experiment, "there is nothing to evaluate against (use "
                              "`qbscale run --topk K --hits FILE` for its top-k hits)")
     source = matrix_source(experiment, array)
-    evaluated = Experiment(source, source, experiment.gt, experiment.mask)
+    evaluated = Experiment(source, source, experiment.gt, experiment.mask,
+                           positives=experiment.positives, excluded=experiment.excluded)
     from qbscale.storage.stores.store import read_whole
 
     with read_whole(experiment):
@@ -581,7 +646,7 @@ def lazy(store: str | os.PathLike[str] | Experiment,
 
     config = RunConfig.make(beta, k, method, 0, dynamic, params, bank_sample, seed)
     experiment = _experiment(store, storage_options)
-    if experiment.gt is None:
+    if not experiment.has_ground_truth:
         raise _without_truth(experiment, "there are no ranks to compute")
     graph = _plan.build(experiment, config, banks=resolve(experiment, config, gallery_bank))
     n_b, n_g = len(config.values), experiment.n_gallery

@@ -12,6 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from qbscale.config import RunConfig
+    from qbscale.engine.positives import Positives
     from qbscale.engine.statistics import GalleryStatistics
 
 
@@ -50,6 +51,13 @@ class Experiment:
         The store's attributes.
     storage_options : dict, optional
         The fsspec options of a remote store.
+    positives : Positives, optional
+        Several correct gallery items per query
+        (:class:`qbscale.engine.positives.Positives`), instead of ``gt``;
+        queries without one are left out of the metrics.
+    excluded : numpy.ndarray or None
+        (n,) int64, sorted gallery columns that are no competitors (missing captions):
+        scored ``-inf`` before anything is ranked.
     """
 
     bank: MatrixSource
@@ -59,6 +67,8 @@ class Experiment:
     url: str | None = None
     attrs: dict[str, Any] | None = None
     storage_options: dict[str, Any] | None = None
+    positives: Positives | None = None
+    excluded: np.ndarray | None = None
 
     @property
     def n_gallery(self) -> int:
@@ -70,7 +80,17 @@ class Experiment:
 
     @property
     def has_ground_truth(self) -> bool:
-        return self.gt is not None
+        return self.gt is not None or self.positives is not None
+
+    @property
+    def evaluated(self) -> np.ndarray | None:
+        """(n_queries,) bool of the queries the metrics count (None: all): the
+        mask's, less queries without a positive."""
+        keep = self.mask
+        if self.positives is not None:
+            has = self.positives.evaluated()
+            keep = has if keep is None else keep & has
+        return keep
 
 
 @dataclass
@@ -86,6 +106,8 @@ class RowResult:
     topk_score: np.ndarray | None = None
     base_topk_idx: np.ndarray | None = None  # (r, K) top-K of the raw scores
     scores: np.ndarray | None = None  # (n_values, r, n_gallery) kept for in-memory runs
+    base_ap: np.ndarray | None = None  # (r,) average precision of the raw scores
+    ap: np.ndarray | None = None  # (n_values, r) after normalisation
 
     @property
     def n_rows(self) -> int:

@@ -163,3 +163,86 @@ def occurrence(test: np.ndarray, depth: int, mask: np.ndarray | None = None) -> 
     if mask is not None:
         idx = idx[mask.astype(bool)]
     return np.bincount(idx.ravel(), minlength=test.shape[1])
+
+
+# --------------------------------------------------------------------------
+# several positives per query; the other direction (the reference's v2t_metrics)
+# --------------------------------------------------------------------------
+
+#: the reference's distance for a missing caption (v2t_metrics' MISSING_VAL)
+MISSING_VAL = 1e8
+
+
+def v2t_ranks(sims: np.ndarray, query_mask: np.ndarray | None = None) -> np.ndarray:
+    """The reference code's ``v2t_metrics`` ranks of a text -> video matrix.
+
+    ``sims`` is (n_captions, n_videos); it is transposed, and each video's
+    rank is the smallest tie-averaged rank of its ``n_captions // n_videos``
+    captions in its row of distances, missing captions (``query_mask``
+    False) set to a distance of 1e8 and skipped.  A row's ranks are found
+    by comparing the sorted distances with the caption's, as the reference
+    does.
+    """
+    dists = -np.asarray(sims, dtype=np.float64).T
+    n_videos, n_caps = dists.shape
+    per_video = n_caps // n_videos
+    out = np.empty(n_videos)
+    for ii in range(n_videos):
+        row = dists[ii].copy()
+        if query_mask is not None:
+            row[np.logical_not(np.asarray(query_mask).reshape(-1))] = MISSING_VAL
+        ordered = np.sort(row)
+        best = np.inf
+        for jj in range(ii * per_video, (ii + 1) * per_video):
+            if row[jj] == MISSING_VAL:
+                continue
+            best = min(best, np.where((ordered - row[jj]) == 0)[0].mean())
+        out[ii] = best
+    return out
+
+
+def v2t_scores(sims: np.ndarray, bank: np.ndarray | None, method: str, value: float,
+               params: dict[str, float], k: int, query_mask: np.ndarray | None,
+               dynamic: bool = False) -> np.ndarray:
+    """The video -> text matrix (videos x captions) scored by ``method``, its
+    missing captions at ``-inf`` first (no video's top-1, no competitor)."""
+    rows = np.asarray(sims, dtype=np.float64).T.copy()
+    if query_mask is not None:
+        rows[:, ~np.asarray(query_mask, bool).reshape(-1)] = -np.inf
+    if method == "none":
+        return rows
+    assert bank is not None
+    with np.errstate(invalid="ignore"):
+        return method_scores(rows, bank, method, value, params, k, dynamic)
+
+
+def positive_ranks(scores: np.ndarray, positives: list[list[int]]) -> np.ndarray:
+    """0-based tie-averaged rank of each row's best-ranked positive, by a full sort."""
+    out = np.empty(scores.shape[0])
+    for i, row in enumerate(scores):
+        order = np.sort(row)[::-1]
+        out[i] = min(np.nonzero(order == row[p])[0].mean() for p in positives[i])
+    return out
+
+
+def average_precision(scores: np.ndarray, positives: list[list[int]]) -> np.ndarray:
+    """Mean over each row's positives of (tie-averaged position among the
+    positives) / (tie-averaged position among all entries), both 1-based
+    from sorted lists: the usual AP when nothing is tied."""
+    out = np.empty(scores.shape[0])
+    for i, row in enumerate(scores):
+        order = np.sort(row)[::-1]
+        mine = np.sort(row[positives[i]])[::-1]
+        out[i] = np.mean([(np.nonzero(mine == row[p])[0].mean() + 1)
+                          / (np.nonzero(order == row[p])[0].mean() + 1)
+                          for p in positives[i]])
+    return out
+
+
+def grouped_positives(n_videos: int, per_video: int,
+                      query_mask: np.ndarray | None = None) -> list[list[int]]:
+    """Each video's captions (``v * per_video ...``), less the missing ones."""
+    keep = np.ones(n_videos * per_video, bool) if query_mask is None else \
+        np.asarray(query_mask, bool).reshape(-1)
+    return [[j for j in range(v * per_video, (v + 1) * per_video) if keep[j]]
+            for v in range(n_videos)]

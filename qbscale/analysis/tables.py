@@ -143,3 +143,38 @@ def text(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['method']:<{width}}{value:>6}"
                      + "".join(f"{cell(row, name):>12}" for name, _ in TEXT_COLUMNS))
     return "\n".join(lines)
+
+
+def markdown_directions(summaries: dict[str, list[dict[str, Any]]], label: str = "model") -> str:
+    """The paper's columns for each direction side by side:
+    ``| model | t2v R@1 | ... | v2t R@1 | ... |``; a setting one direction
+    lacks (no v2t querybank) has ``-`` cells there.
+
+    >>> row = {"method": "none", "value": None, "param": None, "n": 1,
+    ...        "mean": {"R1": 14.4, "R5": 37.4, "R10": 50.2, "MedR": 10.0,
+    ...                 "geometric_mean_R1-R5-R10": 30.0}, "std": {}}
+    >>> print(markdown_directions({"t2v": [row], "v2t": [row]}, "CE+"))
+    | model | t2v R@1 | R@5 | R@10 | MdR | Geom | v2t R@1 | R@5 | R@10 | MdR | Geom |
+    | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+    | CE+ | 14.4 | 37.4 | 50.2 | 10.0 | 30.0 | 14.4 | 37.4 | 50.2 | 10.0 | 30.0 |
+    """
+    directions = list(summaries)
+    heads = []
+    for d in directions:
+        heads += [f"{d} {PAPER_COLUMNS[0][1]}", *(h for _, h in PAPER_COLUMNS[1:])]
+    lines = ["| model | " + " | ".join(heads) + " |",
+             "| " + " | ".join(["---"] * (len(heads) + 1)) + " |"]
+    keys: list[tuple[str, Any]] = []
+    rows_by: dict[str, dict[tuple[str, Any], dict[str, Any]]] = {}
+    for d in directions:
+        rows_by[d] = {(row["method"], row["value"]): row for row in summaries[d]}
+        keys += [key for key in rows_by[d] if key not in keys]
+    first = {key: row for d in reversed(directions) for key, row in rows_by[d].items()}
+    several = sum(key[1] is not None for key in keys) > 1
+    for key in keys:
+        cells = []
+        for d in directions:
+            row = rows_by[d].get(key)
+            cells += [cell(row, name) if row is not None else "-" for name, _ in PAPER_COLUMNS]
+        lines.append(f"| {_model(first[key], label, several)} | {' | '.join(cells)} |")
+    return "\n".join(lines)

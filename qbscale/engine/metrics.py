@@ -13,15 +13,21 @@ from __future__ import annotations
 import numpy as np
 
 NAMES = ("R1", "R5", "R10", "R50", "MedR", "MeanR", "geometric_mean_R1-R5-R10")
+#: added with several positives per query
+POSITIVE_NAMES = ("MRR", "mAP")
 
 
-def retrieval_metrics(ranks: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+def retrieval_metrics(ranks: np.ndarray, mask: np.ndarray | None = None,
+                      ap: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of one ranking.
 
     Parameters
     ----------
-    ranks : (n_queries,) 0-based ground-truth ranks
+    ranks : (n_queries,) 0-based ranks of each query's best-ranked positive
     mask : optional (n_queries,) bool; False drops the query
+    ap : optional (n_queries,) average precision over each query's positives
+        (:mod:`qbscale.engine.positives`); given, the metrics add ``MRR``
+        (mean of ``1 / (rank + 1)``) and ``mAP``, both in percent like R@K
 
     Examples
     --------
@@ -32,6 +38,8 @@ def retrieval_metrics(ranks: np.ndarray, mask: np.ndarray | None = None) -> dict
     cols = np.asarray(ranks, dtype=np.float64).ravel()
     if mask is not None:
         cols = cols[np.asarray(mask, dtype=bool).ravel()]
+        if ap is not None:
+            ap = np.asarray(ap, dtype=np.float64).ravel()[np.asarray(mask, dtype=bool).ravel()]
     n = cols.size
     if n == 0:
         raise ValueError("no queries left to evaluate (the mask drops them all)")
@@ -47,6 +55,9 @@ def retrieval_metrics(ranks: np.ndarray, mask: np.ndarray | None = None) -> dict
     out["geometric_mean_R1-R5-R10"] = (
         float(np.exp(np.mean(np.log(recalls)))) if (recalls > 0).all() else 0.0
     )
+    if ap is not None:
+        out["MRR"] = 100 * float(np.mean(1.0 / (cols + 1)))
+        out["mAP"] = 100 * float(np.mean(ap))
     return out
 
 

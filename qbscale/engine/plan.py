@@ -42,6 +42,7 @@ from dask.delayed import Delayed, delayed
 
 from qbscale.config import RunConfig
 from qbscale.engine import bankstats, kernels, methods
+from qbscale.engine import positives as _pos
 from qbscale.engine.grid import offsets
 from qbscale.engine.reductions import ROW_COUNTS, row_topk
 from qbscale.engine.stack import Stack
@@ -192,23 +193,42 @@ class RowSpec:
     gt: np.ndarray | None
     topk: int
     keep_scores: bool = False  # return the normalised block (in-memory runs)
+    #: several positives per query (instead of ``gt``), every row with one at least
+    positives: _pos.Positives | None = None
+    #: sorted gallery columns that are no competitors (scored -inf), or None
+    excluded: np.ndarray | None = None
+    #: also count every positive's rank, for average precision
+    average_precision: bool = False
+
+    @property
+    def counts(self) -> bool:
+        """True when the rows have a ground truth to count against."""
+        return self.gt is not None or self.positives is not None
 
 
 def piece_counts(block: np.ndarray, col0: int, spec: RowSpec, gt_raw: np.ndarray,
                   norm: Variants, rows: np.ndarray | None,
-                  top_idx: np.ndarray | None = None) -> kernels.RowCounts:
-    assert spec.gt is not None, "counting needs a ground truth"
-    gt = spec.gt
+                  top_idx: np.ndarray | None = None,
+                  gt_norm: np.ndarray | None = None) -> kernels.RowCounts:
+    """Counts against ``gt_raw`` and, per variant, ``gt_norm`` (by default the
+    normalised scores of ``spec.gt``'s columns)."""
+    assert spec.counts, "counting needs a ground truth"
     width = block.shape[1]
     scales = norm.scales
     if norm.shift is None:
         return kernels.count_block(block, col0, gt_raw, None, None, scales, rows, top_idx)
     with np.errstate(over="ignore", invalid="ignore"):  # refused just below
-        gt_norm = kernels.normalised_gt(gt_raw, gt, norm.shift, scales)
+        if gt_norm is None:
+            assert spec.gt is not None
+            gt_norm = kernels.normalised_gt(gt_raw, spec.gt, norm.shift, scales)
         shift = norm.shift[:, col0:col0 + width]
         counts = kernels.count_block(block, col0, gt_raw, gt_norm, shift, scales, rows, top_idx)
     config = norm.config if isinstance(norm, GalleryStatistics) else norm.members[0].config
-    check_range(config, scales, counts.top_val, gt_norm, shift, spec.start)
+    top_val = counts.top_val
+    if spec.excluded is not None:  # a piece of excluded columns only has a -inf maximum
+        some = ~np.isneginf(top_val)
+        top_val, gt_norm = top_val[some], gt_norm[:, some]
+    check_range(config, scales, top_val, gt_norm, shift, spec.start)
     return counts
 
 
@@ -225,10 +245,11 @@ def _piece_topk(block: np.ndarray, col0: int, spec: RowSpec, norm: Variants
 
 def finish_rows(spec: RowSpec, counts: kernels.RowCounts | None, norm: Variants,
                 topks: list[tuple[np.ndarray, np.ndarray]] | None,
-                top_idx: np.ndarray | None = None, scores: np.ndarray | None = None
-                ) -> RowResult:
+                top_idx: np.ndarray | None = None, scores: np.ndarray | None = None,
+                ap: np.ndarray | None = None) -> RowResult:
     """The RowResult of a row block: ranks from ``counts`` (None without a
-    ground truth: give ``top_idx``, the rows' raw top-1), top-k, kept scores."""
+    ground truth: give ``top_idx``, the rows' raw top-1), top-k, kept scores,
+    and average precisions ``ap`` ``(1 + n_variants, rows)`` (raw first)."""
     if counts is not None:
         top_idx = counts.top_idx
     assert top_idx is not None
@@ -241,6 +262,9 @@ def finish_rows(spec: RowSpec, counts: kernels.RowCounts | None, norm: Variants,
             rank = np.where(each, kernels.ranks_from_counts(counts.norm_above,
                                                             counts.norm_equal), base)
     result = RowResult(spec.start, base, rank, flags, top_idx.astype(np.int64), scores=scores)
+    if ap is not None:
+        result.base_ap = ap[0]
+        result.ap = np.where(each, ap[1:], ap[0]) if len(ap) > 1 else None
     if topks is not None:
         raw = topks[0]
         chosen = [raw] if len(topks) == 1 else [
@@ -256,13 +280,21 @@ def _test_block(src: MatrixSource, spec: RowSpec, norm: Variants, writer: Any = 
                 ) -> RowResult:
     """Fused task for a test row block that spans the whole gallery."""
     i = offsets(src.row_chunks).index(spec.start)
-    block = src.read(i, 0)
+    block = _pos.exclude(src.read(i, 0), 0, spec.excluded)
     top_idx = np.argmax(block, axis=1)
     flags = norm.variant_flags(top_idx)
-    counts = None
+    counts = ap = None
     if spec.gt is not None:
         gt_raw = block[np.arange(block.shape[0]), spec.gt].astype(np.float64)
         counts = piece_counts(block, 0, spec, gt_raw, norm, flags, top_idx)
+    elif spec.positives is not None:
+        pos = spec.positives
+        limits = _limits(_pos.gather(block, 0, pos), pos, norm)
+        tops = _pos.best(limits, pos)
+        counts = piece_counts(block, 0, spec, tops[0], norm, flags, top_idx, tops[1:])
+        if spec.average_precision:
+            ap = _pos.average_precision(*_pos.pair_counts(block, 0, pos, limits, norm.shift,
+                                                          norm.scales), limits, pos)
     topks = _piece_topk(block, 0, spec, norm) if spec.topk else None
     kept = None
     if spec.keep_scores or (writer is not None and norm.shift is not None):
@@ -271,7 +303,110 @@ def _test_block(src: MatrixSource, spec: RowSpec, norm: Variants, writer: Any = 
             for b, scores in enumerate(scored):
                 writer.write(b, i, scores)
         kept = scored if spec.keep_scores else None
-    return finish_rows(spec, counts, norm, topks, top_idx, kept)
+    return finish_rows(spec, counts, norm, topks, top_idx, kept, ap)
+
+
+def _limits(values: np.ndarray, pos: _pos.Positives, norm: Variants) -> np.ndarray:
+    """Every positive's raw and normalised scores (:func:`positives.thresholds`)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # refused by check_range
+        return _pos.thresholds(values, pos, norm.shift, norm.scales)
+
+
+# ------------------------------------------ several positives, gallery in column blocks
+
+
+def _gather_piece(src: MatrixSource, i: int, c: int, spec: RowSpec) -> np.ndarray:
+    """The positives' raw scores held in block ``(i, c)`` (NaN elsewhere)."""
+    col0 = offsets(src.col_chunks)[c]
+    block = _pos.exclude(src.read(i, c), col0, spec.excluded)
+    assert spec.positives is not None
+    return _pos.gather(block, col0, spec.positives)
+
+
+def _merge_gathers(*parts: np.ndarray) -> np.ndarray:
+    out = parts[0]
+    for part in parts[1:]:
+        out = _pos.merge_gathered(out, part)
+    return out
+
+
+#: what a counting piece returns: counts, top-k lists, per-positive counts (or None)
+Piece = tuple[kernels.RowCounts, Any, Any]
+
+
+def _positive_piece(src: MatrixSource, i: int, c: int, spec: RowSpec, values: np.ndarray,
+                    norm: Variants) -> Piece:
+    """Read block ``(i, c)`` and count it against the positives' best scores."""
+    col0 = offsets(src.col_chunks)[c]
+    block = _pos.exclude(src.read(i, c), col0, spec.excluded)
+    pos = spec.positives
+    assert pos is not None
+    limits = _limits(values, pos, norm)
+    tops = _pos.best(limits, pos)
+    counts = piece_counts(block, col0, spec, tops[0], norm, None, None, tops[1:])
+    topks = _piece_topk(block, col0, spec, norm) if spec.topk else None
+    pairs = _pos.pair_counts(block, col0, pos, limits, norm.shift, norm.scales) \
+        if spec.average_precision else None
+    return counts, topks, pairs
+
+
+def _merge_pieces(spec: RowSpec, *pieces: Piece) -> Piece:
+    """Combine counting pieces over disjoint column slices (a task of the tree)."""
+    counts = ROW_COUNTS.tree([p[0] for p in pieces])
+    topks = None
+    if spec.topk:
+        merge = row_topk(spec.topk)
+        topks = [merge.tree([p[1][j] for p in pieces]) for j in range(len(pieces[0][1]))]
+    pairs = None
+    if pieces[0][2] is not None:
+        pairs = (sum(p[2][0] for p in pieces), sum(p[2][1] for p in pieces))
+    return counts, topks, pairs
+
+
+def _finish_positives(spec: RowSpec, norm: Variants, values: np.ndarray, piece: Piece
+                      ) -> RowResult:
+    counts, topks, pairs = piece
+    ap = None
+    if pairs is not None:
+        assert spec.positives is not None
+        above, equal = pairs
+        ap = _pos.average_precision(above, equal, _limits(values, spec.positives, norm),
+                                    spec.positives)
+    return finish_rows(spec, counts, norm, topks, None, None, ap)
+
+
+#: pieces combined per task of the tree: bounded memory whatever the number of blocks
+FAN_IN = 4
+
+
+def _test_row_positives(src: MatrixSource, i: int, spec: RowSpec, norm: Delayed,
+                        key: Keys) -> Delayed:
+    """Tasks for a row block with several positives per row, the gallery in
+    column blocks: a first pass reads every block for the positives' scores
+    (a vector), a second reads them again to count; each task reads its own
+    block, so no block waits in memory for another."""
+    n = len(src.col_chunks)
+    gathers = [delayed(_gather_piece)(src, i, c, spec, dask_key_name=key("pos-read", i, c))
+               for c in range(n)]
+    values = _tree(gathers, _merge_gathers, key, ("pos-gather", i))
+    pieces = [delayed(_positive_piece)(src, i, c, spec, values, norm,
+                                       dask_key_name=key("pos-count", i, c))
+              for c in range(n)]
+    merged = _tree(pieces, partial(_merge_pieces, spec), key, ("pos-merge", i))
+    row: Delayed = delayed(_finish_positives)(spec, norm, values, merged,
+                                              dask_key_name=key("test-row", i))
+    return row
+
+
+def _tree(parts: list[Delayed], combine: Any, key: Keys, name: tuple[Any, ...]) -> Delayed:
+    """Combine ``parts`` in a tree of tasks of :data:`FAN_IN` inputs each."""
+    level = 0
+    while len(parts) > 1:
+        parts = [delayed(combine)(*parts[j:j + FAN_IN],
+                                  dask_key_name=key(*name, level, j // FAN_IN))
+                 for j in range(0, len(parts), FAN_IN)]
+        level += 1
+    return parts[0]
 
 
 def gather_gt(spec: RowSpec, col_chunks: tuple[int, ...], needed: list[int],
@@ -361,13 +496,19 @@ def build(experiment: Experiment, config: RunConfig, writer: Any = None, *,
     if keep_scores and len(test.col_chunks) != 1:
         raise ConfigError("keeping scores needs a test matrix chunked by rows only")
     rows = []
+    positives = None if experiment.positives is None else experiment.positives.filled()
+    several = experiment.positives is not None and experiment.positives.several
     for i, (start, size) in enumerate(zip(offsets(test.row_chunks), test.row_chunks,
                                           strict=True)):
         gt = None if experiment.gt is None else experiment.gt[start:start + size]
-        spec = RowSpec(start, gt, config.topk, keep_scores)
+        pos = None if positives is None else positives.rows(start, start + size)
+        spec = RowSpec(start, None if pos is not None else gt, config.topk, keep_scores,
+                       pos, experiment.excluded, several)
         if len(test.col_chunks) == 1:
             rows.append(delayed(partial(_test_block, test))(spec, norm, writer,
                                                             dask_key_name=key("test", i)))
+        elif pos is not None:
+            rows.append(_test_row_positives(test, i, spec, norm, key))
         else:
             rows.append(_test_row(test, i, spec, norm, key))
     return Plan(norm, rows, config, experiment)

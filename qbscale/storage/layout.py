@@ -73,6 +73,13 @@ GALLERY_BANK_EMB = "gallery_bank_emb"
 #: the key of the ``qbscale`` attribute recording a finished gallery bank
 GALLERY_BANK_RECORD = "gallery_bank"
 
+#: a querybank for the other direction (bank items x test queries, e.g. bank
+#: videos x test captions), see :mod:`qbscale.storage.stores.directions`
+REVERSE_BANK = "v2t_bank"
+#: several positives per query, compressed rows (:mod:`qbscale.storage.stores.positives`)
+POSITIVES_INDPTR = "positives_indptr"
+POSITIVES_INDICES = "positives_indices"
+
 DIMS = {
     BANK: ("bank_query", "gallery"),
     TEST: ("query", "gallery"),
@@ -85,6 +92,9 @@ DIMS = {
     GALLERY_EMB: ("gallery", "dim"),
     GALLERY_BANK: ("gallery_bank_item", "gallery"),
     GALLERY_BANK_EMB: ("gallery_bank_item", "dim"),
+    REVERSE_BANK: ("v2t_bank_item", "query"),
+    POSITIVES_INDPTR: ("query_edge",),
+    POSITIVES_INDICES: ("positive",),
 }
 
 KIND_SIMS = "sims"

@@ -120,6 +120,19 @@ def _ground_truth(n_queries: int, n_gallery: int, queries_per_item: int | None,
                                    src.label("gt_index"))
 
 
+def _positives(positives: Any, n_queries: int, n_gallery: int,
+               queries_per_item: int | None, gt_index: Any, ground_truth: bool | None) -> Any:
+    """The :class:`~qbscale.engine.positives.Positives` of a pairs file, or None."""
+    if positives is None:
+        return None
+    if queries_per_item is not None or gt_index is not None or ground_truth is False:
+        raise ConfigError("give positives (--positives) or queries_per_item, gt_index, "
+                          "no ground truth: one ground truth")
+    from qbscale.storage.stores.positives import read_positives
+
+    return read_positives(positives, n_queries, n_gallery)
+
+
 def _read_mask(masks: PathOrArray | None, n_queries: int, n_gallery: int,
                qpi: int | None) -> tuple[InputMatrix | None, np.ndarray | None]:
     if masks is None:
@@ -153,7 +166,8 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
            dtype: str | None = None, codec: str = "none", overwrite: bool = False,
            progress: bool = True, storage_options: dict[str, Any] | None = None,
            ground_truth: bool | None = None, query_ids: IdSource | None = None,
-           gallery_ids: IdSource | None = None) -> str:
+           gallery_ids: IdSource | None = None, positives: Any = None,
+           reverse_bank: PathOrArray | None = None) -> str:
     """Write a querybank and a test similarity matrix into one Zarr v3 store.
 
     Parameters
@@ -177,6 +191,15 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         stored as the coordinate arrays ``query`` and ``gallery``
         (:mod:`qbscale.storage.stores.ids`): hits, qrels and
         :func:`qbscale.open_dataset` use them.
+    positives : path, optional
+        Several correct gallery items per query, as ``(query, item)`` pairs
+        (:mod:`qbscale.storage.stores.positives`: TREC qrels, a two-column
+        ``.tsv``, ``.parquet``, ``.npy`` pairs or a sparse ``.npz``), instead
+        of ``queries_per_item`` or ``gt_index``.
+    reverse_bank : path or numpy.ndarray, optional
+        The querybank of the other direction (bank items x test queries, e.g.
+        bank videos x test captions), for ``run(direction="v2t")``
+        (:mod:`qbscale.storage.stores.directions`).
     chunk_bytes : int
         Target bytes per stored chunk (whole rows; columns are cut only when one
         row exceeds it).
@@ -224,14 +247,23 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
     """
     stored = check_options(codec, dtype)
     with staging(os.fspath(out), overwrite, storage_options,
-                 inputs=(bank, test, masks, gt_index, query_ids, gallery_ids)) as stage:
-        srcs = {role: _open_2d(src, role, None) for role, src in (("bank", bank), ("test", test))}
+                 inputs=(bank, test, masks, gt_index, query_ids, gallery_ids, positives,
+                         reverse_bank)) as stage:
+        roles = (("bank", bank), ("test", test)) + (
+            (("v2t_bank", reverse_bank),) if reverse_bank is not None else ())
+        srcs = {role: _open_2d(src, role, None) for role, src in roles}
         (n_bank, n_gallery), n_queries = srcs["bank"].shape, srcs["test"].shape[0]
         if srcs["test"].shape[1] != n_gallery:
             raise InputError(f"{srcs['bank'].label('bank')} has {n_gallery} gallery columns, "
                              f"{srcs['test'].label('test')} has {srcs['test'].shape[1]}")
-        qpi, gt_src, gt = _ground_truth(n_queries, n_gallery, queries_per_item, gt_index,
-                                        ground_truth)
+        if "v2t_bank" in srcs and srcs["v2t_bank"].shape[1] != n_queries:
+            raise InputError(f"{srcs['v2t_bank'].label('v2t_bank')} has "
+                             f"{srcs['v2t_bank'].shape[1]} columns; expected one per test "
+                             f"query ({n_queries}): bank items x test queries")
+        pos = _positives(positives, n_queries, n_gallery, queries_per_item, gt_index,
+                         ground_truth)
+        qpi, gt_src, gt = (None, None, None) if pos is not None else _ground_truth(
+            n_queries, n_gallery, queries_per_item, gt_index, ground_truth)
         mask_src, mask = _read_mask(masks, n_queries, n_gallery, qpi)
         ids = read_given(query_ids, gallery_ids, n_queries, n_gallery)
         dtypes = {role: stored_dtype(src, src.label(role), stored) for role, src in srcs.items()}
@@ -241,11 +273,20 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
                           chunk_shape(srcs[role].shape[0], n_gallery, dtypes[role].itemsize,
                                       chunk_bytes, chunk_rows, cols))
                    for name, role in ((layout.BANK, "bank"), (layout.TEST, "test"))]
+        if "v2t_bank" in srcs:
+            src = srcs["v2t_bank"]
+            targets.append(Target(layout.REVERSE_BANK, src, dtypes["v2t_bank"],
+                                  chunk_shape(src.shape[0], n_queries, dtypes["v2t_bank"].itemsize,
+                                              chunk_bytes, chunk_rows, None)))
         attrs = _base_attrs(layout.KIND_SIMS, qpi, targets, codec, chunk_bytes,
-                            qpi is not None or gt is not None, ids)
+                            qpi is not None or gt is not None or pos is not None, ids)
+        if "v2t_bank" in srcs:
+            attrs[layout.REVERSE_BANK] = True
         inputs = {**srcs, "masks": mask_src, "gt_index": gt_src}
-        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt, **ids},
-                    attrs, inputs, codec, progress)
+        from qbscale.storage.stores.positives import vectors
+
+        write_store(stage, targets, {layout.QUERY_MASK: mask, layout.GT_INDEX: gt,
+                                     **vectors(pos), **ids}, attrs, inputs, codec, progress)
     return stage.final
 
 

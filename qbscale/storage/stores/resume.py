@@ -77,18 +77,25 @@ FIELDS = {
     "topk_idx": ("int32", 1),
     "topk_score": ("float64", 1),
     "base_topk_idx": ("int32", 0),
+    "base_ap": ("float64", 0),
+    "ap": ("float64", 1),
 }
 
 
 def field_shapes(config: RunConfig, n_queries: int, n_gallery: int,
-                 ranks: bool = True) -> dict[str, tuple[int, ...]]:
-    """Shape of every kept field over all queries (``ranks=False``: no ground truth)."""
+                 ranks: bool = True, precisions: bool = False) -> dict[str, tuple[int, ...]]:
+    """Shape of every kept field over all queries (``ranks=False``: no ground
+    truth; ``precisions``: average precisions too, with several positives)."""
     n_v = len(config.values)
     shapes: dict[str, tuple[int, ...]] = {"normalised": (n_queries,), "top_idx": (n_queries,)}
     if ranks:
         shapes["base_rank"] = (n_queries,)
     if ranks and config.normalises:
         shapes["rank"] = (n_v, n_queries)
+    if ranks and precisions:
+        shapes["base_ap"] = (n_queries,)
+        if config.normalises:
+            shapes["ap"] = (n_v, n_queries)
     if config.topk:
         k = min(config.topk, n_gallery)
         shapes["topk_idx"] = shapes["topk_score"] = (n_v if config.normalises else 1,
@@ -235,7 +242,8 @@ class RunState:
             delete_nodes(str(experiment.url), experiment.storage_options, pending)
         prefix = picked[0] if picked is not None else new_prefix()
         shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery,
-                              experiment.gt is not None)
+                              experiment.has_ground_truth,
+                              experiment.positives is not None and experiment.positives.several)
         keys = templates(prefix, f"{prefix}/{GROUP}",
                          {n: (len(s), FIELDS[n][1]) for n, s in shapes.items()},
                          len(config.values) if save_scores else 0)

@@ -238,3 +238,75 @@ class EmbeddingMatrix:
         q = np.asarray(self.queries.read(i, 0), dtype=np.float32)
         g = np.asarray(self.gallery.read(c, 0), dtype=np.float32)
         return q @ g.T
+
+
+@dataclass(frozen=True)
+class Transposed:
+    """Another source read the other way round: block ``(i, c)`` is block
+    ``(c, i)`` of ``source``, transposed (a contiguous copy of one block).
+
+    The other retrieval direction of a stored test matrix (video -> text
+    from text -> video) needs no transposed copy: a row block of the
+    transpose is a column block of the store, read chunk by chunk.
+    """
+
+    source: MatrixSource
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, cols = self.source.shape
+        return (cols, rows)
+
+    @property
+    def row_chunks(self) -> tuple[int, ...]:
+        return self.source.col_chunks
+
+    @property
+    def col_chunks(self) -> tuple[int, ...]:
+        return self.source.row_chunks
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        return transpose(self.source.read(c, i))
+
+
+#: rows per strip of :func:`transpose`
+TRANSPOSE_STRIP = 256
+
+
+def transpose(block: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``block.T``, strip by strip of rows: each strip is
+    read contiguously and its columns land in cache-sized runs (~5x faster
+    than numpy's whole-array transposed copy of a 64 MiB block).
+
+    >>> transpose(np.arange(6).reshape(2, 3))
+    array([[0, 3],
+           [1, 4],
+           [2, 5]])
+    """
+    out = np.empty((block.shape[1], block.shape[0]), block.dtype)
+    for r in range(0, block.shape[0], TRANSPOSE_STRIP):
+        out[:, r:r + TRANSPOSE_STRIP] = block[r:r + TRANSPOSE_STRIP].T
+    return out
+
+
+@dataclass(frozen=True)
+class NoMatrix:
+    """An absent bank of ``n_cols`` columns (no rows): a direction without a
+    querybank runs the baseline only; reading it is a bug."""
+
+    n_cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (0, self.n_cols)
+
+    @property
+    def row_chunks(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def col_chunks(self) -> tuple[int, ...]:
+        return (self.n_cols,)
+
+    def read(self, i: int, c: int) -> np.ndarray:
+        raise AssertionError("an absent bank is never read")

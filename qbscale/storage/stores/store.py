@@ -110,13 +110,25 @@ def positives(experiment: Experiment, block: int = 65536
     >>> [(q.tolist(), [p.tolist() for p in pos]) for q, pos in positives(exp)]
     [([0, 2], [[2], [1]])]
     """
-    gt = experiment.gt
-    if gt is None:
+    gt, several = experiment.gt, getattr(experiment, "positives", None)
+    if gt is None and several is None:
         where = experiment.url or "the experiment"
         raise ConfigError(f"{where} has no ground truth, so no relevant items to write; "
                           f"{ADD_TRUTH_HINT}")
-    gt = np.asarray(gt, dtype=np.int64)
     mask = None if experiment.mask is None else np.asarray(experiment.mask, dtype=bool)
+    if several is not None:  # several positives per query (queries without one left out)
+        indptr = np.asarray(several.indptr, dtype=np.int64)
+        indices = np.asarray(several.indices, dtype=np.int64)
+        n = indptr.shape[0] - 1
+        for start in range(0, n, max(1, int(block))):
+            rows = np.arange(start, min(start + block, n), dtype=np.int64)
+            if mask is not None:
+                rows = rows[mask[rows]]
+            rows = rows[indptr[rows + 1] > indptr[rows]]
+            if rows.size:
+                yield rows, [indices[indptr[i]:indptr[i + 1]] for i in rows.tolist()]
+        return
+    gt = np.asarray(gt, dtype=np.int64)
     for start in range(0, gt.shape[0], max(1, int(block))):
         rows = np.arange(start, min(start + block, gt.shape[0]), dtype=np.int64)
         if mask is not None:
@@ -360,12 +372,16 @@ def _open(url: str, storage_options: dict[str, Any] | None,
         raise InputError(f"bank has {bank.shape[1]} gallery columns, test has {test.shape[1]}")
     gt_index = _vector(url, group, layout.GT_INDEX, storage_options) \
         if layout.GT_INDEX in names else None
-    gt = None if attrs.get("ground_truth") is False else \
+    from qbscale.storage.stores.positives import stored
+
+    positives = stored(names, lambda name: _vector(url, group, name, storage_options),
+                       test.shape[1])
+    gt = None if attrs.get("ground_truth") is False or positives is not None else \
         ground_truth(test.shape[0], test.shape[1], attrs.get("queries_per_item"), gt_index)
     mask = _vector(url, group, layout.QUERY_MASK, storage_options) \
         if layout.QUERY_MASK in names else None
     return Experiment(bank, test, gt, check_mask(mask, test.shape[0]), url, attrs,
-                      storage_options)
+                      storage_options, positives)
 
 
 @contextlib.contextmanager
