@@ -258,7 +258,7 @@ def _directions(stores: tuple[str, ...], direction: str, given: dict[str, Any], 
                                f"{tables.text(summaries[d])}")
                 first = results[d][0]
                 if d == "v2t" and not first.config.normalises and given["method"] != "none":
-                    click.echo("no v2t querybank in the store (ingest --v2t-bank): the "
+                    click.echo("no v2t querybank in the store (qbscale ingest --v2t-bank): the "
                                "baseline alone")
         click.echo(f"time: {sum(r.seconds for d in wanted for r in results[d]):.2f} s")
         if json_path:

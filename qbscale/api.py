@@ -340,8 +340,8 @@ def _reversed(experiment: Experiment, direction: str, config: RunConfig, bank: A
     reversed_ = reverse(experiment, bank)
     if config.normalises and not has_bank(reversed_):
         raise ConfigError(f"{experiment.url or 'this experiment'} has no querybank for "
-                          f"direction v2t (bank items x test queries): ingest it with "
-                          f"--v2t-bank FILE (reverse_bank=), or run method 'none'")
+                          f"direction v2t (bank items x test queries): give it with "
+                          f"qbscale ingest --v2t-bank FILE (reverse_bank=), or run method 'none'")
     return reversed_
 
 

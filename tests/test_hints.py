@@ -34,6 +34,7 @@ COMMAND = re.compile(r"\bqbscale (\w+)")
 REACHED_BY = {
     "qbscale/api.py": ["run"],
     "qbscale/storage/stores/store.py": ["ingest"],
+    "qbscale/storage/stores/ingest.py": ["ingest"],
     "qbscale/storage/stores/ids.py": ["ids"],
     "qbscale/storage/stores/gallery_bank.py": ["ingest"],
     "qbscale/storage/durability/stage.py": ["ingest", "fit", "synth"],
