@@ -1,0 +1,322 @@
+"""A living normaliser: follow a growing bank and a changing gallery without a refit.
+
+:meth:`qbscale.Normaliser.fit` with ``updatable=True`` keeps, beside the
+shifts, the mergeable statistics of :mod:`qbscale.engine.living` (each bank
+row's top-k, each item's top-K bank similarities when the method averages
+them) and a :class:`Record` of what it was fitted on: the bank and gallery
+embeddings (parts, in order), the ids of the gallery items it covers, and
+the history of updates.  The functions here compute the statistics of only
+what changed and return the new state:
+
+* :func:`grow`: new bank rows against the current gallery;
+* :func:`add`: the whole bank against the new items;
+* :func:`remove`: the bank rows whose top-k held a removed item, against
+  the items kept (the bank must be at hand: embeddings, or similarities);
+* :func:`merge`: states of disjoint bank shards over one gallery.
+
+Gallery items have ids: their positions in the concatenation of every
+gallery part ever added.  Removed ids are never reused; the normaliser's
+columns are the ids kept, in increasing order, which is the gallery a fit
+from scratch sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from qbscale.engine import living
+from qbscale.engine.living import BankState
+from qbscale.errors import ConfigError, InputError
+
+#: bank rows per block when similarities are computed from embeddings
+ROWS = 4096
+#: gallery items per block
+ITEMS = 16384
+EMBEDDINGS, SIMILARITIES = "embeddings", "similarities"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a living normaliser was fitted on.
+
+    Attributes
+    ----------
+    kind : str
+        ``"embeddings"`` (similarities computed from the parts) or
+        ``"similarities"`` (given as matrices: none are kept).
+    bank_parts : tuple
+        The bank embeddings, arrays or paths, in row order (one per fit or
+        ``partial_fit``); None for a part held in memory and not saved.
+    gallery_parts : tuple
+        The gallery embeddings, one per fit or ``add_items`` (as bank_parts).
+    item_ids : numpy.ndarray
+        (n_gallery,) int64 increasing: the ids of the current items.
+    n_ids : int
+        Ids handed out so far (the next item added gets this one).
+    history : tuple of dict
+        Every operation, in order (``op`` and its sizes and ids).
+    """
+
+    kind: str
+    bank_parts: tuple[Any, ...]
+    gallery_parts: tuple[Any, ...]
+    item_ids: np.ndarray
+    n_ids: int
+    history: tuple[dict[str, Any], ...] = field(default=())
+
+
+# ---------------------------------------------------------------- similarities
+
+
+def _open(part: Any, what: str) -> Any:
+    if part is None:
+        raise InputError(f"the {what} were held in memory when the normaliser was fitted "
+                         "and were not saved with it: fit it again from files")
+    if isinstance(part, str):
+        from qbscale.storage.outputs.normaliser_store import open_embeddings
+
+        return open_embeddings(part, what)
+    return part
+
+
+def _rows(parts: Sequence[Any], what: str) -> Any:
+    """The embeddings of ``parts`` one after the other (numpy, or lazy dask)."""
+    arrays = [_open(p, what) for p in parts]
+    if len(arrays) == 1:
+        return arrays[0]
+    if any(hasattr(a, "dask") for a in arrays):
+        import dask.array as da
+
+        return da.concatenate([da.asarray(a) for a in arrays])
+    return np.concatenate([np.asarray(a) for a in arrays])
+
+
+def gallery(record: Record) -> Any:
+    """The current gallery embeddings: the parts' rows at ``item_ids``."""
+    rows = _rows(record.gallery_parts, "gallery embeddings")
+    if len(record.gallery_parts) == 1 and len(record.item_ids) == rows.shape[0]:
+        return record.gallery_parts[0] if isinstance(record.gallery_parts[0], str) else rows
+    return rows[record.item_ids]
+
+
+def bank(record: Record) -> Any:
+    """The bank embeddings, every part's rows in order."""
+    if record.kind != EMBEDDINGS:
+        raise InputError("the normaliser was fitted from similarities, which it does not "
+                         "keep: pass the bank's similarities (bank_sims=)")
+    return _rows(record.bank_parts, "bank embeddings")
+
+
+def _blocks(array: Any, step: int) -> Iterator[tuple[int, np.ndarray]]:
+    for r0 in range(0, int(array.shape[0]), step):
+        block = array[r0:r0 + step]
+        block = block.compute() if hasattr(block, "dask") else block
+        yield r0, np.asarray(block, dtype=np.float32)
+
+
+def _check(block: np.ndarray, r0: int, what: str) -> None:
+    from qbscale.engine.checks import check_finite
+
+    check_finite(block, r0, what)
+
+
+Needs = tuple[tuple[float, ...], int, int]
+
+
+def state_of_embeddings(want: Needs, bank_emb: Any, gallery_emb: Any, col0: int = 0
+                        ) -> BankState:
+    """The state (``want``: betas, k, K of :func:`qbscale.engine.living.needs`)
+    of ``bank_emb @ gallery_emb.T`` (float32, block by block), gallery
+    positions starting at ``col0``."""
+    betas, k, column_k = want
+    if bank_emb.shape[1] != gallery_emb.shape[1]:
+        raise InputError(f"bank embeddings have dimension {bank_emb.shape[1]}, gallery "
+                         f"embeddings {gallery_emb.shape[1]}")
+    gal = [(c0, b) for c0, b in _blocks(gallery_emb, ITEMS)]
+    for c0, g in gal:
+        _check(g, c0, "the gallery embeddings")
+    rows = []
+    for r0, q in _blocks(bank_emb, ROWS):
+        _check(q, r0, "the bank embeddings")
+        rows.append(living.join_items(
+            [living.block_state(q @ g.T, betas, k, column_k, col0 + c0) for c0, g in gal], k))
+    return living.stack_rows(rows, column_k)
+
+
+def state_of_similarities(want: Needs, sims: Any, col0: int = 0) -> BankState:
+    """The state of a bank-rows x items similarity matrix (numpy, dask, xarray)."""
+    from qbscale.retrieval.fitting import matrix_source
+
+    return state_of_source(want, matrix_source("bank similarities", sims), col0)
+
+
+def state_of_source(want: Needs, src: Any, col0: int = 0) -> BankState:
+    """The state of a block source (:class:`~qbscale.types.MatrixSource`), each
+    block read once."""
+    betas, k, column_k = want
+    starts = np.cumsum((0, *src.col_chunks))
+    rows = [living.join_items([living.block_state(src.read(i, c), betas, k, column_k,
+                                                  col0 + int(starts[c]))
+                               for c in range(len(src.col_chunks))], k)
+            for i in range(len(src.row_chunks))]
+    return living.stack_rows(rows, column_k)
+
+
+# ---------------------------------------------------------------- operations
+
+
+def _same_items(a: int, b: int, what: str) -> None:
+    if a != b:
+        raise InputError(f"{what} has {b} gallery items, the normaliser covers {a}")
+
+
+def grow(config: Any, state: BankState, record: Record, new: Any, embeddings: bool
+         ) -> tuple[BankState, int]:
+    """``state`` with new bank rows (embeddings, or similarities to the current
+    gallery) stacked below; and how many rows were added."""
+    if embeddings:
+        if record.kind != EMBEDDINGS:
+            raise InputError("the normaliser was fitted from similarities: give the new "
+                             "rows' similarities, not embeddings")
+        new_state = state_of_embeddings(living.needs(config), _open(new, "bank embeddings"),
+                                        _current(record))
+    else:
+        new_state = state_of_similarities(living.needs(config), new)
+        _same_items(state.n_items, new_state.n_items, "the new bank rows")
+    return living.stack_rows([state, new_state], living.needs(config)[2]), new_state.n_rows
+
+
+def _current(record: Record) -> Any:
+    gal = gallery(record)
+    return _open(gal, "gallery embeddings") if isinstance(gal, str) else gal
+
+
+def add(config: Any, state: BankState, record: Record, new: Any, embeddings: bool
+        ) -> tuple[BankState, int]:
+    """``state`` with new gallery items appended; and how many."""
+    want = living.needs(config)
+    if embeddings:
+        items = _open(new, "gallery embeddings")
+        part = state_of_embeddings(want, bank(record), items, state.n_items)
+    else:
+        part = state_of_similarities(want, new, state.n_items)
+        if part.n_rows != state.n_rows:
+            raise InputError(f"the new items' bank similarities have {part.n_rows} rows, "
+                             f"the bank has {state.n_rows}")
+    return living.join_items([state, part], want[1]), part.n_items
+
+
+def remove(config: Any, state: BankState, record: Record, ids: np.ndarray,
+           bank_sims: Any = None) -> tuple[BankState, np.ndarray]:
+    """``state`` without the items ``ids``; and the kept positions' mask.
+
+    Only the bank rows whose top-k held a removed item are computed again,
+    from the bank embeddings (or ``bank_sims``: the whole bank's similarities
+    to the items kept, of which only those rows are read).
+    """
+    keep = ~np.isin(record.item_ids, ids)
+    unknown = np.setdiff1d(ids, record.item_ids)
+    if unknown.size:
+        raise InputError(f"gallery item id {int(unknown[0])} is not in the normaliser "
+                         f"({unknown.size} of {len(ids)} ids unknown)")
+    k = living.needs(config)[1]
+    if int(keep.sum()) < k:
+        raise ConfigError(f"removing {len(ids)} items leaves {int(keep.sum())}, fewer than "
+                          f"k={k}")
+    cut, stale = living.remove_items(state, keep)
+    if not stale.size:
+        return cut, keep
+    rows_only: Needs = ((), k, 0)
+    if bank_sims is not None:
+        fresh = state_of_similarities(rows_only, _stale_rows(bank_sims, stale, cut.n_items))
+    else:
+        emb = bank(record)
+        kept = Record(record.kind, record.bank_parts, record.gallery_parts,
+                      record.item_ids[keep], record.n_ids)
+        fresh = state_of_embeddings(rows_only, np.asarray(emb[stale]), _current(kept))
+    return living.replace_rows(cut, stale, fresh.row_values, fresh.row_items), keep
+
+
+def _stale_rows(bank_sims: Any, stale: np.ndarray, n_items: int) -> Any:
+    from qbscale.retrieval.fitting import unwrap
+
+    data = unwrap(bank_sims)
+    _same_items(n_items, int(data.shape[1]), "bank_sims")
+    return data[stale]
+
+
+def merge(config: Any, states: Sequence[BankState]) -> BankState:
+    """States of disjoint bank shards (in order) over one gallery, as one."""
+    return living.stack_rows(states, living.needs(config)[2])
+
+
+# ---------------------------------------------------------------- a fit
+
+
+def fitted(inputs: Any, config: Any, bank_emb: Any = None) -> tuple[BankState, Record]:
+    """The state and record of a fit over ``inputs`` (:mod:`qbscale.retrieval.fitting`):
+    every block of the bank read once."""
+    from qbscale.storage import layout
+
+    if config.bank_sample is not None:
+        raise ConfigError("an updatable normaliser is fitted on the whole bank: drop "
+                          "bank_sample")
+    state = state_of_source(living.needs(config), inputs.experiment.bank)
+    experiment = inputs.experiment
+    kind, bank_parts, gallery_parts = SIMILARITIES, (), ()
+    if bank_emb is not None:
+        from qbscale.retrieval.fitting import absolute
+
+        kind = EMBEDDINGS
+        bank_parts = (absolute(str(bank_emb)) if isinstance(bank_emb, str) else bank_emb,)
+        gallery_parts = (inputs.gallery,)
+    elif (experiment.attrs or {}).get("kind") == layout.KIND_EMBEDDINGS:
+        kind = EMBEDDINGS
+        bank_parts = (f"{inputs.gallery.rsplit('/', 1)[0]}/{layout.BANK_EMB}",)
+        gallery_parts = (inputs.gallery,)
+    n_bank, n_items = state.n_rows, state.n_items
+    record = Record(kind, bank_parts, gallery_parts, np.arange(n_items, dtype=np.int64),
+                    n_items, ({"op": "fit", "bank_rows": n_bank, "items": n_items},))
+    return state, record
+
+
+def check_mergeable(configs: Sequence[Any], records: Sequence[Record],
+                    fingerprints: Sequence[dict[str, Any]]) -> None:
+    """One clear error unless the normalisers share settings and gallery."""
+    for n, (config, record, fp) in enumerate(zip(configs, records, fingerprints, strict=True)):
+        if config != configs[0]:
+            raise InputError(f"normaliser {n} has other settings ({config.label} "
+                             f"{list(config.values)} k={config.k}) than normaliser 0 "
+                             f"({configs[0].label} {list(configs[0].values)} "
+                             f"k={configs[0].k})")
+        same = (record.kind == records[0].kind
+                and np.array_equal(record.item_ids, records[0].item_ids)
+                and fp.get("gallery_sha256") == fingerprints[0].get("gallery_sha256")
+                and len(record.gallery_parts) == len(records[0].gallery_parts)
+                and all(_same_part(a, b) for a, b in zip(record.gallery_parts,
+                                                         records[0].gallery_parts,
+                                                         strict=True)))
+        if not same:
+            raise InputError(f"normaliser {n} was fitted on another gallery than normaliser 0 "
+                             f"({len(record.item_ids)} and {len(records[0].item_ids)} items): "
+                             "only shards of one bank over one gallery merge")
+
+
+def _same_part(a: Any, b: Any) -> bool:
+    """The same gallery part: one path, or arrays of equal values."""
+    if a is b or isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        return a is b or (isinstance(a, str) and a == b)
+    return bool(a.shape == b.shape and np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def merged_record(records: Sequence[Record], rows: Sequence[int]) -> Record:
+    """The record of a merge of ``records`` (bank parts one after the other)."""
+    first = records[0]
+    entry = {"op": "merge", "bank_rows": [int(r) for r in rows],
+             "parts": [list(r.history) for r in records]}
+    return Record(first.kind, tuple(p for r in records for p in r.bank_parts),
+                  first.gallery_parts, first.item_ids, first.n_ids, (entry,))

@@ -1,0 +1,150 @@
+"""A living normaliser (partial_fit, add_items, remove_items, merge) against a
+fit from scratch on the final bank and gallery, and the dense oracle.
+
+Embeddings hold multiples of 1/4 in 8 dimensions: every similarity is exact in
+float32 whatever the block shape, so ties are many and any difference in the
+activation set is the update's, not BLAS's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qbscale.errors import ConfigError, InputError
+from qbscale.retrieval import living as living_mod
+from qbscale.retrieval.normaliser import Normaliser
+
+from . import reference as ref
+
+N_BANK, N_ITEMS, DIM = 60, 40, 8
+METHODS = [("dis", {"beta": [5.0, 20.0]}), ("is", {"beta": [10.0]}),
+           ("csls", {"kc": [1, 3]}), ("nnn", {"alpha": [0.5], "nnn_k": 4})]
+SWEPT = ("beta", "kc", "alpha")
+
+
+def universe(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    q = (rng.integers(-4, 5, (N_BANK, DIM)) / 4).astype(np.float32)
+    g = (rng.integers(-4, 5, (N_ITEMS, DIM)) / 4).astype(np.float32)
+    return q, g
+
+
+def ulps(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference in ulps of the larger magnitude, or of 1 below it:
+    ``logZ = m + log(sum)`` with ``sum >= 1``, whose rounding is ulp(1) however
+    small logZ is (a column one bank row dominates has logZ near 0)."""
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), 1.0)
+    return float(np.max(np.abs(a - b) / np.spacing(scale)))
+
+
+@st.composite
+def operations(draw: st.DrawFn) -> tuple[int, int, list[tuple[str, int]]]:
+    bank0 = draw(st.integers(1, 8))
+    items0 = draw(st.integers(3, 10))
+    ops = draw(st.lists(st.tuples(st.sampled_from(["grow", "add", "remove", "merge"]),
+                                  st.integers(1, 6)), max_size=6))
+    return bank0, items0, ops
+
+
+class World:
+    """The final bank rows and gallery ids a sequence of operations leads to."""
+
+    def __init__(self, kind: str, method: str, params: dict, q: np.ndarray, g: np.ndarray):
+        self.kind, self.method, self.q, self.g = kind, method, q, g
+        self.params = dict(params)
+        self.name = next(name for name in SWEPT if name in params)
+        self.values = self.params.pop(self.name)
+        self.log: list[tuple[str, object]] = []  # gallery operations, to replay
+
+    def fit(self, rows: np.ndarray, ids: np.ndarray, **kw) -> Normaliser:
+        settings = {self.name: self.values, "k": 2, "method": self.method, **self.params, **kw}
+        if self.kind == "embeddings":
+            return Normaliser.fit(bank_emb=self.q[rows], gallery_emb=self.g[ids], **settings)
+        return Normaliser.fit(self.q[rows] @ self.g[ids].T, **settings)
+
+    def add(self, norm: Normaliser, rows: np.ndarray, new: np.ndarray) -> Normaliser:
+        if self.kind == "embeddings":
+            return norm.add_items(self.g[new])
+        return norm.add_items(bank_sims=self.q[rows] @ self.g[new].T)
+
+    def remove(self, norm: Normaliser, rows: np.ndarray, ids: np.ndarray,
+               gone: np.ndarray) -> Normaliser:
+        if self.kind == "embeddings":
+            return norm.remove_items(gone)
+        kept = np.setdiff1d(ids, gone)
+        return norm.remove_items(gone, bank_sims=self.q[rows] @ self.g[kept].T)
+
+    def grow(self, norm: Normaliser, new: np.ndarray, ids: np.ndarray) -> Normaliser:
+        if self.kind == "embeddings":
+            return norm.partial_fit(bank_emb=self.q[new])
+        return norm.partial_fit(self.q[new] @ self.g[ids].T)
+
+
+def run_ops(world: World, bank0: int, items0: int, ops: list[tuple[str, int]]
+            ) -> tuple[Normaliser, np.ndarray, np.ndarray]:
+    rows, ids = np.arange(bank0), np.arange(items0)
+    next_row, next_item = bank0, items0
+    norm = world.fit(rows, ids, updatable=True)
+    history: list[tuple[str, np.ndarray]] = []
+    for op, n in ops:
+        if op == "grow" and next_row + n <= N_BANK:
+            new = np.arange(next_row, next_row + n)
+            norm = world.grow(norm, new, ids)
+            rows, next_row = np.concatenate([rows, new]), next_row + n
+        elif op == "add" and next_item + n <= N_ITEMS:
+            new = np.arange(next_item, next_item + n)
+            norm = world.add(norm, rows, new)
+            ids, next_item = np.concatenate([ids, new]), next_item + n
+            history.append(("add", new))
+        elif op == "remove" and len(ids) - n >= 2:
+            gone = ids[np.linspace(0, len(ids) - 1, n).astype(int)]
+            norm = world.remove(norm, rows, ids, gone)
+            history.append(("remove", gone))
+            ids = np.setdiff1d(ids, gone)
+        elif op == "merge" and next_row + n <= N_BANK:
+            new = np.arange(next_row, next_row + n)
+            other = replay(world, new, items0, history)
+            norm = Normaliser.merge([norm, other])
+            rows, next_row = np.concatenate([rows, new]), next_row + n
+    return norm, rows, ids
+
+
+def replay(world: World, rows: np.ndarray, items0: int,
+           history: list[tuple[str, np.ndarray]]) -> Normaliser:
+    """A normaliser fitted on other bank rows that saw the same gallery changes."""
+    ids = np.arange(items0)
+    norm = world.fit(rows, ids, updatable=True)
+    for op, arg in history:
+        if op == "add":
+            norm = world.add(norm, rows, arg)
+            ids = np.concatenate([ids, arg])
+        else:
+            norm = world.remove(norm, rows, ids, arg)
+            ids = np.setdiff1d(ids, arg)
+    return norm
+
+
+def check_equal(norm: Normaliser, world: World, rows: np.ndarray, ids: np.ndarray) -> None:
+    fresh = world.fit(rows, ids)
+    np.testing.assert_array_equal(norm.activation, fresh.activation)
+    assert norm.shift.shape == fresh.shift.shape
+    assert ulps(norm.shift, fresh.shift) <= 4
+    np.testing.assert_array_equal(norm.record.item_ids, ids)
+    sims = world.q[rows].astype(np.float64) @ world.g[ids].T.astype(np.float64)
+    np.testing.assert_array_equal(norm.activation, ref.activation_set(sims, 2))
+    for b, value in enumerate(world.values):
+        want = ref.variant(world.method, value, sims, world.params)[1]
+        np.testing.assert_allclose(norm.shift[b], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("method", "params"), METHODS)
+@pytest.mark.parametrize("kind", ["embeddings", "similarities"])
+@given(plan=operations(), seed=st.integers(0, 3))
+def test_updates_equal_a_fit_from_scratch(kind, method, params, plan, seed):
+    q, g = universe(seed)
+    world = World(kind, method, params, q, g)
+    norm, rows, ids = run_ops(world, *plan)
+    check_equal(norm, world, rows, ids)
