@@ -22,6 +22,7 @@ from scratch sees.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,6 +185,13 @@ def grow(config: Any, state: BankState, record: Record, new: Any, embeddings: bo
                              "rows' similarities, not embeddings")
         new_state = state_of_embeddings(living.needs(config), _open(new, "bank embeddings"),
                                         _current(record))
+    elif isinstance(new, str | os.PathLike):  # a store from qbscale ingest: its bank
+        from qbscale.storage.stores.store import check_unchanged, open_experiment
+
+        experiment = open_experiment(new)
+        _same_items(state.n_items, experiment.n_gallery, f"the store {os.fspath(new)}")
+        new_state = state_of_source(living.needs(config), experiment.bank)
+        check_unchanged(experiment)
     else:
         new_state = state_of_similarities(living.needs(config), new)
         _same_items(state.n_items, new_state.n_items, "the new bank rows")
@@ -304,6 +312,17 @@ def check_mergeable(configs: Sequence[Any], records: Sequence[Record],
             raise InputError(f"normaliser {n} was fitted on another gallery than normaliser 0 "
                              f"({len(record.item_ids)} and {len(records[0].item_ids)} items): "
                              "only shards of one bank over one gallery merge")
+    check_disjoint(records)
+
+
+def check_disjoint(records: Sequence[Record]) -> None:
+    """Refuse normalisers sharing a bank part (a path): their rows would count twice."""
+    seen: dict[str, int] = {}
+    for n, record in enumerate(records):
+        for part in record.bank_parts:
+            if isinstance(part, str) and seen.setdefault(part, n) != n:
+                raise InputError(f"normalisers {seen[part]} and {n} were both fitted on the "
+                                 f"bank rows of {part}: only disjoint shards merge")
 
 
 def _same_part(a: Any, b: Any) -> bool:
@@ -320,3 +339,37 @@ def merged_record(records: Sequence[Record], rows: Sequence[int]) -> Record:
              "parts": [list(r.history) for r in records]}
     return Record(first.kind, tuple(p for r in records for p in r.bank_parts),
                   first.gallery_parts, first.item_ids, first.n_ids, (entry,))
+
+
+# ---------------------------------------------------------------- on disk
+
+
+def to_saved(state: BankState, record: Record) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``(living attribute, state arrays)`` for :func:`~qbscale.storage.outputs.normaliser_store.save`
+    (parts held in memory are recorded as None)."""
+    def paths(parts: tuple[Any, ...]) -> list[str | None]:
+        return [p if isinstance(p, str) else None for p in parts]
+
+    attrs = {"kind": record.kind, "bank_parts": paths(record.bank_parts),
+             "gallery_parts": paths(record.gallery_parts), "n_ids": record.n_ids,
+             "history": list(record.history), "n_bank": state.n_rows,
+             "k": int(state.row_values.shape[1]),
+             "column_rows": 0 if state.column_top is None else int(state.column_top.shape[0])}
+    arrays = {"row_values": state.row_values, "row_items": state.row_items,
+              "item_ids": record.item_ids}
+    if state.column_top is not None:
+        arrays["column_top"] = state.column_top
+    return attrs, arrays
+
+
+def from_saved(config: Any, shift: np.ndarray, attrs: dict[str, Any],
+               arrays: dict[str, np.ndarray]) -> tuple[BankState, Record]:
+    """The state and record :func:`to_saved` wrote (``log_z`` is the is/dis shift)."""
+    betas = living.needs(config)[0]
+    state = BankState(arrays["row_values"].astype(np.float64),
+                      arrays["row_items"].astype(np.int64), shift if betas else None,
+                      arrays.get("column_top"), int(shift.shape[1]))
+    record = Record(str(attrs["kind"]), tuple(attrs["bank_parts"]),
+                    tuple(attrs["gallery_parts"]), arrays["item_ids"].astype(np.int64),
+                    int(attrs["n_ids"]), tuple(dict(h) for h in attrs["history"]))
+    return state, record

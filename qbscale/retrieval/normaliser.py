@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.engine import statistics as _engine
+from qbscale.retrieval import living as _living
 from qbscale.errors import ConfigError, InputError
 from qbscale.types import Experiment
 
@@ -347,8 +348,11 @@ class Normaliser(_engine.GalleryStatistics):
             raise ConfigError("a normaliser of method none has nothing to save")
         gallery = os.fspath(self.gallery) if isinstance(self.gallery, str | os.PathLike) \
             else None
+        living, state = (None, None) if self.state is None or self.record is None else \
+            _living.to_saved(self.state, self.record)
         return save(path, self.config, self.shift, self.activation, dict(self.fingerprint),
-                    gallery, overwrite=overwrite, storage_options=storage_options)
+                    gallery, overwrite=overwrite, storage_options=storage_options,
+                    living=living, state=state)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str],
@@ -357,8 +361,14 @@ class Normaliser(_engine.GalleryStatistics):
         from qbscale.storage.outputs.normaliser_store import load
 
         saved = load(path, storage_options)
+        state, record = (None, None) if saved.living is None else \
+            _living.from_saved(saved.config, saved.shift, saved.living, saved.arrays)
+        gallery = saved.gallery
+        if record is not None and record.kind == _living.EMBEDDINGS \
+                and None not in record.gallery_parts:
+            gallery = _living.gallery(record)
         return cls(saved.config, saved.shift, saved.activation, saved.fingerprint,
-                   gallery=saved.gallery, origin=os.fspath(path))
+                   gallery=gallery, origin=os.fspath(path), state=state, record=record)
 
     # ------------------------------------------------------------ search
 

@@ -21,7 +21,7 @@ last.  :func:`load` refuses anything else with a message naming the path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +43,10 @@ ATTR = "qbscale_normaliser"
 FORMAT = 1
 SHIFT = "shift"
 ACTIVATION = "activation"
+LIVING = "living"
+#: an updatable normaliser's arrays and their dimensions
+STATE_DIMS = {"row_values": ("bank_row", "rank"), "row_items": ("bank_row", "rank"),
+              "column_top": ("column_rank", "gallery"), "item_ids": ("gallery",)}
 
 
 @dataclass
@@ -54,6 +58,9 @@ class Saved:
     activation: np.ndarray
     fingerprint: dict[str, Any]
     gallery: str | None
+    #: an updatable normaliser's ``living`` attribute and state arrays (else None, {})
+    living: dict[str, Any] | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
@@ -71,8 +78,13 @@ def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
 
 def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
          activation: np.ndarray, fingerprint: dict[str, Any], gallery: str | None = None, *,
-         overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> str:
+         overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+         living: dict[str, Any] | None = None,
+         state: dict[str, np.ndarray] | None = None) -> str:
     """Write a fitted normaliser to ``out`` (a path or fsspec URL); returns ``out``.
+
+    An updatable normaliser adds its ``living`` record (an attribute: kind,
+    parts, ``n_ids``, history) and its ``state`` arrays (:data:`STATE_DIMS`).
 
     Raises
     ------
@@ -86,10 +98,13 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     from qbscale.storage.stores.writer import consolidate
 
     attrs = _attrs(config, fingerprint, gallery)
+    if living is not None:
+        attrs[LIVING] = living
     name = config.variant_name
     arrays = {SHIFT: (shift, (name, "gallery")),
               name: (np.asarray(config.values, np.float64), (name,)),
               ACTIVATION: (activation, ("gallery",))}
+    arrays.update({key: (value, STATE_DIMS[key]) for key, value in (state or {}).items()})
     with staging(os.fspath(out), overwrite, storage_options, kind="normaliser",
                  inputs=(gallery,)) as stage:
         group = stage.create_group({ATTR: attrs})
@@ -182,7 +197,9 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     if not isinstance(n_gallery, int) or n_gallery < 1:
         raise InputError(f"the normaliser {url} is damaged: no gallery size in its fingerprint")
     n_values = len(config.values)
-    check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name],
+    state_names = list(STATE_DIMS) if attrs.get(LIVING) else []
+    check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name,
+                                          *state_names],
                    required=False,  # a missing array: named by _array
                    manifests=manifest.declared(attrs))
     shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
@@ -195,8 +212,25 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     if not np.all(np.isfinite(shift)):
         raise InputError(f"the normaliser {url} is damaged: its shift holds "
                          f"{int(np.count_nonzero(~np.isfinite(shift)))} non-finite values")
+    living = attrs.get(LIVING)
+    arrays = {} if living is None else _state(url, group, living, n_gallery)
     return Saved(config, shift.astype(np.float64, copy=False), activation, fingerprint,
-                 recorded_gallery(attrs.get("gallery"), url))
+                 recorded_gallery(attrs.get("gallery"), url), living, arrays)
+
+
+def _state(url: str, group: Any, living: dict[str, Any], n_gallery: int
+           ) -> dict[str, np.ndarray]:
+    """The state arrays of an updatable normaliser, shapes checked."""
+    try:
+        n_bank, k, column = (int(living[key]) for key in ("n_bank", "k", "column_rows"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the normaliser {url} is damaged: its living record lacks "
+                         f"{exc}") from exc
+    want = {"row_values": ((n_bank, k), "f"), "row_items": ((n_bank, k), "i"),
+            "item_ids": ((n_gallery,), "i")}
+    if column:
+        want["column_top"] = ((column, n_gallery), "f")
+    return {key: _array(url, group, key, shape, kind) for key, (shape, kind) in want.items()}
 
 
 def recorded_gallery(gallery: str | None, url: str) -> str | None:
