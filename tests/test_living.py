@@ -148,3 +148,104 @@ def test_updates_equal_a_fit_from_scratch(kind, method, params, plan, seed):
     world = World(kind, method, params, q, g)
     norm, rows, ids = run_ops(world, *plan)
     check_equal(norm, world, rows, ids)
+
+
+def assert_same(a: Normaliser, b: Normaliser) -> None:
+    assert a.shift.tobytes() == b.shift.tobytes()
+    np.testing.assert_array_equal(a.activation, b.activation)
+    np.testing.assert_array_equal(a.state.row_items, b.state.row_items)
+    np.testing.assert_array_equal(a.record.item_ids, b.record.item_ids)
+    assert a.history == b.history
+
+
+@pytest.mark.parametrize(("method", "params"), [("dis", {"beta": [5.0, 20.0]}),
+                                                ("nnn", {"alpha": [0.5], "nnn_k": 3})])
+def test_save_load_then_update_from_files(tmp_path, method, params):
+    q, g = universe(7)
+    np.save(tmp_path / "b.npy", q[:20])
+    np.save(tmp_path / "g.npy", g[:30])
+    np.save(tmp_path / "nb.npy", q[20:30])
+    np.save(tmp_path / "ni.npy", g[30:])
+    norm = Normaliser.fit(bank_emb=tmp_path / "b.npy", gallery_emb=tmp_path / "g.npy", k=2,
+                          method=method, updatable=True, **params)
+    norm.save(tmp_path / "n.zarr")
+    loaded = Normaliser.load(tmp_path / "n.zarr")
+    assert_same(loaded, norm)
+    steps = [lambda n: n.partial_fit(bank_emb=str(tmp_path / "nb.npy")),
+             lambda n: n.remove_items([0, 4, 29]),
+             lambda n: n.add_items(str(tmp_path / "ni.npy"))]
+    for n, step in enumerate(steps):
+        norm = step(norm)
+        norm.save(tmp_path / f"n{n}.zarr")
+        loaded = step(loaded)
+        assert_same(Normaliser.load(tmp_path / f"n{n}.zarr"), norm)
+        loaded = Normaliser.load(tmp_path / f"n{n}.zarr")
+    ids = np.setdiff1d(np.arange(N_ITEMS), [0, 4, 29])
+    fresh = Normaliser.fit(bank_emb=q[:30], gallery_emb=g[ids], k=2, method=method, **params)
+    np.testing.assert_array_equal(loaded.activation, fresh.activation)
+    assert ulps(loaded.shift, fresh.shift) <= 4
+    queries = universe(8)[0][:9]
+    want, got = fresh.search(queries, 5), loaded.search(queries, 5)  # its own gallery
+    np.testing.assert_array_equal(got[1], want[1])
+    assert [h["op"] for h in loaded.history] == ["fit", "partial_fit", "remove_items",
+                                                 "add_items"]
+
+
+def test_refusals(tmp_path):
+    q, g = universe(1)
+    plain = Normaliser.fit(bank_emb=q, gallery_emb=g)
+    with pytest.raises(ConfigError, match="not fitted with updatable=True"):
+        plain.partial_fit(bank_emb=q)
+    with pytest.raises(ConfigError, match="dual-is normaliser cannot be updated"):
+        Normaliser.fit(q @ g.T, method="dual-is", gallery_bank=g @ g.T, updatable=True)
+    norm = Normaliser.fit(bank_emb=q, gallery_emb=g, updatable=True)
+    with pytest.raises(InputError, match="gallery item id 99 is not in the normaliser"):
+        norm.remove_items([99])
+    norm.save(tmp_path / "mem.zarr")  # its embeddings were arrays: not saved
+    with pytest.raises(InputError, match="held in memory"):
+        Normaliser.load(tmp_path / "mem.zarr").remove_items([0])
+    sims = Normaliser.fit(q @ g.T, updatable=True)
+    with pytest.raises(InputError, match="fitted from similarities"):
+        sims.add_items(g[:2])
+    with pytest.raises(InputError, match="other settings"):
+        Normaliser.merge([norm, Normaliser.fit(bank_emb=q, gallery_emb=g, beta=10,
+                                               updatable=True)])
+    with pytest.raises(InputError, match="another gallery"):
+        Normaliser.merge([norm, norm.add_items(g[:1])])
+
+
+def test_cli_update_items_merge_info(tmp_path, cli_invoke):
+    q, g = universe(3)
+    for name, value in {"b": q[:20], "g": g[:30], "nb": q[20:30], "ni": g[30:],
+                        "sb": q[30:45]}.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    Normaliser.fit(bank_emb=tmp_path / "b.npy", gallery_emb=tmp_path / "g.npy", k=2,
+                   updatable=True).save(tmp_path / "live.zarr")
+    Normaliser.fit(bank_emb=tmp_path / "sb.npy", gallery_emb=tmp_path / "g.npy", k=2,
+                   updatable=True).save(tmp_path / "shard.zarr")
+    old = (tmp_path / "live.zarr" / "zarr.json").read_bytes()
+    res = cli_invoke("fit", tmp_path / "nb.npy", "--update", tmp_path / "live.zarr", "-o",
+                     tmp_path / "grown.zarr", "-q")
+    assert "10 bank rows added" in res.output
+    assert (tmp_path / "live.zarr" / "zarr.json").read_bytes() == old
+    cli_invoke("items", tmp_path / "grown.zarr", "--add", tmp_path / "ni.npy", "--remove",
+               "2,7", "-o", tmp_path / "items.zarr", "-q")
+    cli_invoke("merge", tmp_path / "items.zarr", tmp_path / "shard.zarr", "-o",
+               tmp_path / "m.zarr", "-q", exit_code=1)  # another gallery now
+    cli_invoke("merge", tmp_path / "grown.zarr", tmp_path / "shard.zarr", "-o",
+               tmp_path / "m.zarr", "-q")
+    api = Normaliser.load(tmp_path / "live.zarr").partial_fit(
+        bank_emb=str(tmp_path / "nb.npy"))
+    assert_same(Normaliser.load(tmp_path / "grown.zarr"), api)
+    assert_same(Normaliser.load(tmp_path / "items.zarr"),
+                api.remove_items([2, 7]).add_items(str(tmp_path / "ni.npy")))
+    merged = Normaliser.load(tmp_path / "m.zarr")
+    fresh = Normaliser.fit(bank_emb=q[:45], gallery_emb=g[:30], k=2)
+    np.testing.assert_array_equal(merged.activation, fresh.activation)
+    assert ulps(merged.shift, fresh.shift) <= 4
+    res = cli_invoke("info", tmp_path / "items.zarr", "--json", tmp_path / "info.json")
+    assert "2 items removed (ids 2,7)" in res.output
+    assert "10 items added (ids 30..39)" in res.output
+    res = cli_invoke("merge", tmp_path / "grown.zarr", tmp_path / "grown.zarr", "-o",
+                     tmp_path / "m2.zarr", "-q", exit_code=1)
+    assert "only disjoint shards merge" in res.output

@@ -280,7 +280,8 @@ def fitted(inputs: Any, config: Any, bank_emb: Any = None) -> tuple[BankState, R
         from qbscale.retrieval.fitting import absolute
 
         kind = EMBEDDINGS
-        bank_parts = (absolute(str(bank_emb)) if isinstance(bank_emb, str) else bank_emb,)
+        bank_parts = (absolute(os.fspath(bank_emb)) if isinstance(bank_emb, str | os.PathLike)
+                      else bank_emb,)
         gallery_parts = (inputs.gallery,)
     elif (experiment.attrs or {}).get("kind") == layout.KIND_EMBEDDINGS:
         kind = EMBEDDINGS
