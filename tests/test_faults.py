@@ -105,12 +105,24 @@ def template(tmp_path_factory) -> Template:
         invoke("-q", "synth", "--kind", "embeddings", "--bank", "60", "--test", "20",
                "--gallery", "20", "--dim", "16", "emb.zarr")
         invoke("-q", "fit", "emb.zarr", "-o", "norm.zarr")
+        invoke("-q", "fit", "emb.zarr", "-o", "live.zarr", "--updatable")
+        np.save(root / "nb.npy", rng.standard_normal((8, 16)).astype(np.float32))
+        np.save(root / "ni.npy", rng.standard_normal((4, 16)).astype(np.float32))
+        _shard(root)
         for spec in SPECS:  # each command's previous output
             before = snapshot(root)
             invoke(*spec.command())
             written[spec.name] = written_bytes(root, diff(before, snapshot(root)))
             assert written[spec.name][0] > 0, spec.name
     return Template(root, written)
+
+
+def _shard(root: Path) -> None:
+    """An updatable normaliser of other bank rows (nb.npy) over emb.zarr's gallery."""
+    from qbscale.retrieval.normaliser import Normaliser
+
+    Normaliser.fit(bank_emb=str(root / "nb.npy"), gallery_emb=str(root / "emb.zarr" /
+                   "gallery_emb"), updatable=True).save(root / "shard.zarr")
 
 
 # --- the checks -----------------------------------------------------------------------------
