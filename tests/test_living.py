@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qbscale.errors import ConfigError, InputError
-from qbscale.retrieval import living as living_mod
 from qbscale.retrieval.normaliser import Normaliser
 
 from . import reference as ref

@@ -275,7 +275,9 @@ def fitted(inputs: Any, config: Any, bank_emb: Any = None) -> tuple[BankState, R
                           "bank_sample")
     state = state_of_source(living.needs(config), inputs.experiment.bank)
     experiment = inputs.experiment
-    kind, bank_parts, gallery_parts = SIMILARITIES, (), ()
+    kind = SIMILARITIES
+    bank_parts: tuple[Any, ...] = ()
+    gallery_parts: tuple[Any, ...] = ()
     if bank_emb is not None:
         from qbscale.retrieval.fitting import absolute
 
@@ -346,8 +348,8 @@ def merged_record(records: Sequence[Record], rows: Sequence[int]) -> Record:
 
 
 def to_saved(state: BankState, record: Record) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``(living attribute, state arrays)`` for :func:`~qbscale.storage.outputs.normaliser_store.save`
-    (parts held in memory are recorded as None)."""
+    """``(living attribute, state arrays)`` to save (parts held in memory are
+    recorded as None)."""
     def paths(parts: tuple[Any, ...]) -> list[str | None]:
         return [p if isinstance(p, str) else None for p in parts]
 

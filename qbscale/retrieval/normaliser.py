@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbscale.engine import statistics as _engine
-from qbscale.retrieval import living as _living
 from qbscale.errors import ConfigError, InputError
+from qbscale.retrieval import living as _living
 from qbscale.types import Experiment
 
 if TYPE_CHECKING:
