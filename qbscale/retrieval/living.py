@@ -84,6 +84,11 @@ def _open(part: Any, what: str) -> Any:
     return part
 
 
+def _open_check(part: Any) -> None:
+    if part is None:
+        _open(part, "bank and gallery embeddings")
+
+
 def _rows(parts: Sequence[Any], what: str) -> Any:
     """The embeddings of ``parts`` one after the other (numpy, or lazy dask)."""
     arrays = [_open(p, what) for p in parts]
@@ -96,11 +101,27 @@ def _rows(parts: Sequence[Any], what: str) -> Any:
     return np.concatenate([np.asarray(a) for a in arrays])
 
 
+def gallery_ref(record: Record) -> Any:
+    """The gallery a normaliser keeps as ``gallery``: its one part while no
+    item was added or removed (a path or an array), else None (built when
+    searched: :func:`gallery`)."""
+    parts = record.gallery_parts
+    whole = record.n_ids == len(record.item_ids)
+    return parts[0] if record.kind == EMBEDDINGS and len(parts) == 1 and whole else None
+
+
 def gallery(record: Record) -> Any:
-    """The current gallery embeddings: the parts' rows at ``item_ids``."""
-    rows = _rows(record.gallery_parts, "gallery embeddings")
-    if len(record.gallery_parts) == 1 and len(record.item_ids) == rows.shape[0]:
-        return record.gallery_parts[0] if isinstance(record.gallery_parts[0], str) else rows
+    """The current gallery embeddings: the parts' rows at ``item_ids`` (lazy
+    dask when several parts or removed items: nothing is copied now)."""
+    whole = gallery_ref(record)
+    if whole is not None:
+        return whole
+    import dask.array as da
+
+    arrays = [da.asarray(_open(p, "gallery embeddings")) for p in record.gallery_parts]
+    rows = arrays[0] if len(arrays) == 1 else da.concatenate(arrays)
+    if record.n_ids == len(record.item_ids):
+        return rows
     return rows[record.item_ids]
 
 
@@ -200,7 +221,7 @@ def grow(config: Any, state: BankState, record: Record, new: Any, embeddings: bo
 
 def _current(record: Record) -> Any:
     gal = gallery(record)
-    return _open(gal, "gallery embeddings") if isinstance(gal, str) else gal
+    return _open(gal, "gallery embeddings") if isinstance(gal, str | os.PathLike) else gal
 
 
 def add(config: Any, state: BankState, record: Record, new: Any, embeddings: bool
@@ -226,6 +247,10 @@ def remove(config: Any, state: BankState, record: Record, ids: np.ndarray,
     from the bank embeddings (or ``bank_sims``: the whole bank's similarities
     to the items kept, of which only those rows are read).
     """
+    if bank_sims is None:  # the bank must be at hand, whether or not a row needs it
+        for part in (*record.bank_parts, *record.gallery_parts):
+            _open_check(part)
+        bank(record)
     keep = ~np.isin(record.item_ids, ids)
     unknown = np.setdiff1d(ids, record.item_ids)
     if unknown.size:

@@ -24,15 +24,15 @@ import numpy as np
 from qbscale.engine import statistics as _engine
 from qbscale.errors import ConfigError, InputError
 from qbscale.retrieval import living as _living
+from qbscale.retrieval.updating import Updatable
 from qbscale.types import Experiment
 
 if TYPE_CHECKING:
     from qbscale.engine.living import BankState
-    from qbscale.retrieval.living import Record
 
 
 @dataclass(frozen=True, eq=False)
-class Normaliser(_engine.GalleryStatistics):
+class Normaliser(_engine.GalleryStatistics, Updatable):
     """A fitted querybank normaliser.
 
     Attributes
@@ -62,7 +62,7 @@ class Normaliser(_engine.GalleryStatistics):
     gallery: Any = field(default=None, repr=False)
     origin: str | None = field(default=None, repr=False)
     state: BankState | None = field(default=None, repr=False)
-    record: Record | None = field(default=None, repr=False)
+    record: _living.Record | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ fitting
 
@@ -137,144 +137,6 @@ class Normaliser(_engine.GalleryStatistics):
         norm = fitting.fit_engine(inputs, config, scheduler, num_workers, progress)
         return cls(norm.config, norm.shift, norm.activation, dict(inputs.fingerprint),
                    gallery=inputs.gallery)
-
-    @classmethod
-    def _fit_updatable(cls, inputs: Any, config: Any, bank_emb: Any) -> Normaliser:
-        from qbscale.engine import living as engine
-        from qbscale.retrieval import living
-        from qbscale.storage.stores.store import check_unchanged
-
-        state, record = living.fitted(inputs, config, bank_emb)
-        check_unchanged(inputs.experiment)
-        return cls(config, engine.shifts(config, state), engine.activation(state),
-                   dict(inputs.fingerprint), gallery=inputs.gallery, state=state,
-                   record=record)
-
-    # ------------------------------------------------------------ updating
-
-    def _living(self, what: str) -> tuple[BankState, Record]:
-        if self.state is None or self.record is None:
-            raise ConfigError(f"this normaliser cannot {what}: it was not fitted with "
-                              "updatable=True (qbscale fit --updatable)")
-        return self.state, self.record
-
-    def _updated(self, state: BankState, record: Record, entry: dict[str, Any],
-                 drop: tuple[str, ...]) -> Normaliser:
-        """A new normaliser of ``state``, ``record`` with ``entry`` added to its history."""
-        from dataclasses import replace
-
-        from qbscale.engine import living as engine
-        from qbscale.retrieval import living
-
-        record = replace(record, history=(*record.history, entry))
-        fingerprint = {k: v for k, v in self.fingerprint.items() if k not in drop}
-        fingerprint["n_gallery"] = state.n_items
-        gallery = living.gallery(record) if record.kind == living.EMBEDDINGS else None
-        return type(self)(self.config, engine.shifts(self.config, state),
-                          engine.activation(state), fingerprint, gallery=gallery,
-                          state=state, record=record)
-
-    def partial_fit(self, bank: Any = None, *, bank_emb: Any = None) -> Normaliser:
-        """The normaliser of the bank grown by new rows, from the new rows only.
-
-        Parameters
-        ----------
-        bank : (rows, n_gallery) similarities of the new bank rows to the
-            current gallery (numpy, dask or xarray); or
-        bank_emb : the new rows' embeddings (array or ``.npy``/Zarr path), for
-            a normaliser fitted from embeddings
-
-        Returns
-        -------
-        Normaliser
-            A new normaliser, equal to a fit on the whole bank (``logZ`` to a
-            few ulp, the activation set exactly); ``self`` is unchanged.
-        """
-        from qbscale.retrieval import living
-
-        state, record = self._living("grow its bank")
-        if (bank is None) == (bank_emb is None):
-            raise ConfigError("give the new bank rows as bank= (similarities) or bank_emb=")
-        embeddings = bank_emb is not None
-        new, rows = living.grow(self.config, state, record, bank_emb if embeddings else bank,
-                                embeddings)
-        if embeddings:
-            from dataclasses import replace
-
-            record = replace(record, bank_parts=(*record.bank_parts, _kept(bank_emb)))
-        return self._updated(new, record, {"op": "partial_fit", "bank_rows": rows},
-                             ("bank_checksum",))
-
-    def add_items(self, gallery_emb: Any = None, *, bank_sims: Any = None) -> Normaliser:
-        """The normaliser of the gallery with new items appended (ids from
-        ``record.n_ids`` on), from the bank against the new items only.
-
-        Parameters
-        ----------
-        gallery_emb : the new items' embeddings (array or path), for a
-            normaliser fitted from embeddings; or
-        bank_sims : (n_bank, new items) similarities of the whole bank to them
-        """
-        from dataclasses import replace
-
-        from qbscale.retrieval import living
-
-        state, record = self._living("add gallery items")
-        if (gallery_emb is None) == (bank_sims is None):
-            raise ConfigError("give the new items as gallery_emb= or bank_sims=")
-        embeddings = gallery_emb is not None
-        new, count = living.add(self.config, state, record,
-                                gallery_emb if embeddings else bank_sims, embeddings)
-        ids = np.arange(record.n_ids, record.n_ids + count, dtype=np.int64)
-        record = replace(record, item_ids=np.concatenate([record.item_ids, ids]),
-                         n_ids=record.n_ids + count,
-                         gallery_parts=(*record.gallery_parts, _kept(gallery_emb))
-                         if embeddings else record.gallery_parts)
-        return self._updated(new, record, {"op": "add_items", "items": count,
-                                           "first_id": int(ids[0])}, ("gallery_sha256",))
-
-    def remove_items(self, ids: Any, *, bank_sims: Any = None) -> Normaliser:
-        """The normaliser of the gallery without the items ``ids``.
-
-        Only the bank rows whose top-k held a removed item are computed again,
-        from the bank embeddings recorded, or from ``bank_sims`` (the whole
-        bank's similarities to the items kept; only those rows are read).
-        """
-        from dataclasses import replace
-
-        from qbscale.retrieval import living
-
-        state, record = self._living("remove gallery items")
-        ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
-        new, keep = living.remove(self.config, state, record, ids, bank_sims)
-        record = replace(record, item_ids=record.item_ids[keep])
-        return self._updated(new, record, {"op": "remove_items", "ids": ids.tolist()},
-                             ("gallery_sha256",))
-
-    @classmethod
-    def merge(cls, normalisers: Iterable[Normaliser]) -> Normaliser:
-        """One normaliser from normalisers fitted on disjoint shards of a bank
-        (in this order) over one gallery: the one a fit on the shards one
-        after the other gives."""
-        from qbscale.retrieval import living
-
-        norms = list(normalisers)
-        if not norms:
-            raise ConfigError("merge needs at least one normaliser")
-        parts = [n._living("be merged") for n in norms]
-        living.check_mergeable([n.config for n in norms], [r for _, r in parts],
-                               [dict(n.fingerprint) for n in norms])
-        state = living.merge(norms[0].config, [s for s, _ in parts])
-        record = living.merged_record([r for _, r in parts], [s.n_rows for s, _ in parts])
-        entry = record.history[0]
-        from dataclasses import replace
-
-        return norms[0]._updated(state, replace(record, history=()), entry, ("bank_checksum",))
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """What an updatable normaliser was fitted on, operation by operation."""
-        return [] if self.record is None else [dict(h) for h in self.record.history]
 
     # ------------------------------------------------------------ reading
 
@@ -363,10 +225,7 @@ class Normaliser(_engine.GalleryStatistics):
         saved = load(path, storage_options)
         state, record = (None, None) if saved.living is None else \
             _living.from_saved(saved.config, saved.shift, saved.living, saved.arrays)
-        gallery = saved.gallery
-        if record is not None and record.kind == _living.EMBEDDINGS \
-                and None not in record.gallery_parts:
-            gallery = _living.gallery(record)
+        gallery = saved.gallery if record is None else _living.gallery_ref(record)
         return cls(saved.config, saved.shift, saved.activation, saved.fingerprint,
                    gallery=gallery, origin=os.fspath(path), state=state, record=record)
 
@@ -379,6 +238,8 @@ class Normaliser(_engine.GalleryStatistics):
         from qbscale.storage.layout import is_url
 
         gallery = self.gallery
+        if gallery is None and self.record is not None and self.record.kind == _living.EMBEDDINGS:
+            return _living.gallery(self.record)  # after updates: the parts' rows kept
         if isinstance(gallery, str) and not is_url(gallery) and not os.path.exists(gallery):
             source = f" recorded by normaliser {self.origin}" if self.origin else ""
             raise InputError(f"gallery embeddings {gallery}{source} not found; {remedy}")
@@ -399,13 +260,6 @@ class Normaliser(_engine.GalleryStatistics):
         from qbscale.retrieval.search import to_faiss
 
         return to_faiss(self, gallery_emb, factory)
-
-
-def _kept(part: Any) -> Any:
-    """A part as a record keeps it: a path absolute, an array as it is."""
-    from qbscale.retrieval.fitting import absolute
-
-    return absolute(os.fspath(part)) if isinstance(part, str | os.PathLike) else part
 
 
 def normalise(test: Any, bank: Any, beta: float | Iterable[float] | None = None, k: int = 1,
