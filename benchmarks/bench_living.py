@@ -6,6 +6,7 @@ repeats, ``harness.Bench``), each against the refit it replaces:
 
 * ``refit``: ``Normaliser.fit(bank_emb=, gallery_emb=, updatable=True)`` on
   the whole bank and gallery (the floor);
+* ``plain fit``: the same fit, not updatable (the engine's bank stage);
 * ``add 1%``: ``add_items`` of 1% new items (target <= 3% of a refit);
 * ``grow 10%``: ``partial_fit`` of 10% more bank rows (target <= 12%);
 * ``fit half`` and ``merge``: a fit on half the bank, and the merge of two
@@ -53,6 +54,7 @@ def main() -> None:
     bench = hb.Bench(repeat=args.repeats, warmup=False)
     bench.add("refit", hb.call(lambda: Normaliser.fit(bank_emb=bank, gallery_emb=gallery,
                                                       updatable=True)))
+    bench.add("plain fit", hb.call(lambda: Normaliser.fit(bank_emb=bank, gallery_emb=gallery)))
     bench.add("add 1%", hb.call(lambda: base.add_items(new_items)))
     bench.add("grow 10%", hb.call(lambda: base.partial_fit(bank_emb=new_rows)))
     bench.add("fit half", hb.call(lambda: Normaliser.fit(bank_emb=bank[:half],

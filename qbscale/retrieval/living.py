@@ -34,9 +34,9 @@ from qbscale.engine.living import BankState
 from qbscale.errors import ConfigError, InputError
 
 #: bank rows per block when similarities are computed from embeddings
-ROWS = 4096
+ROWS = 2048
 #: gallery items per block
-ITEMS = 16384
+ITEMS = 8192
 EMBEDDINGS, SIMILARITIES = "embeddings", "similarities"
 
 
@@ -149,6 +149,18 @@ def _check(block: np.ndarray, r0: int, what: str) -> None:
 Needs = tuple[tuple[float, ...], int, int]
 
 
+def _map(func: Any, items: Sequence[Any]) -> list[Any]:
+    """``func`` over ``items`` in a thread per core (numpy and BLAS release
+    the GIL), results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [func(item) for item in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(func, items))
+
+
 def state_of_embeddings(want: Needs, bank_emb: Any, gallery_emb: Any, col0: int = 0
                         ) -> BankState:
     """The state (``want``: betas, k, K of :func:`qbscale.engine.living.needs`)
@@ -158,14 +170,21 @@ def state_of_embeddings(want: Needs, bank_emb: Any, gallery_emb: Any, col0: int 
     if bank_emb.shape[1] != gallery_emb.shape[1]:
         raise InputError(f"bank embeddings have dimension {bank_emb.shape[1]}, gallery "
                          f"embeddings {gallery_emb.shape[1]}")
-    gal = [(c0, b) for c0, b in _blocks(gallery_emb, ITEMS)]
+    gal = list(_blocks(gallery_emb, ITEMS))
     for c0, g in gal:
         _check(g, c0, "the gallery embeddings")
-    rows = []
-    for r0, q in _blocks(bank_emb, ROWS):
+    banks = list(_blocks(bank_emb, ROWS))
+    for r0, q in banks:
         _check(q, r0, "the bank embeddings")
-        rows.append(living.join_items(
-            [living.block_state(q @ g.T, betas, k, column_k, col0 + c0) for c0, g in gal], k))
+
+    def task(pair: tuple[int, int]) -> BankState:
+        q, (c0, g) = banks[pair[0]][1], gal[pair[1]]
+        return living.block_state(q @ g.T, betas, k, column_k, col0 + c0)
+
+    pairs = [(i, c) for i in range(len(banks)) for c in range(len(gal))]
+    states = _map(task, pairs)
+    rows = [living.join_items(states[i * len(gal):(i + 1) * len(gal)], k)
+            for i in range(len(banks))]
     return living.stack_rows(rows, column_k)
 
 
@@ -181,9 +200,14 @@ def state_of_source(want: Needs, src: Any, col0: int = 0) -> BankState:
     block read once."""
     betas, k, column_k = want
     starts = np.cumsum((0, *src.col_chunks))
-    rows = [living.join_items([living.block_state(src.read(i, c), betas, k, column_k,
-                                                  col0 + int(starts[c]))
-                               for c in range(len(src.col_chunks))], k)
+    n_cols = len(src.col_chunks)
+
+    def task(pair: tuple[int, int]) -> BankState:
+        i, c = pair
+        return living.block_state(src.read(i, c), betas, k, column_k, col0 + int(starts[c]))
+
+    states = _map(task, [(i, c) for i in range(len(src.row_chunks)) for c in range(n_cols)])
+    rows = [living.join_items(states[i * n_cols:(i + 1) * n_cols], k)
             for i in range(len(src.row_chunks))]
     return living.stack_rows(rows, column_k)
 
