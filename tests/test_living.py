@@ -8,12 +8,17 @@ activation set is the update's, not BLAS's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import dask.array as da
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from qbscale.errors import ConfigError, InputError
+from qbscale.retrieval import living as living_mod
 from qbscale.retrieval.normaliser import Normaliser
 
 from . import reference as ref
@@ -48,11 +53,27 @@ def operations(draw: st.DrawFn) -> tuple[int, int, list[tuple[str, int]]]:
     return bank0, items0, ops
 
 
+#: block sizes (bank rows, gallery items) of every update and fit: drawn per example
+chunkings = st.tuples(st.integers(1, 9), st.integers(1, 12))
+
+
+@contextlib.contextmanager
+def blocks(rows: int, items: int) -> Iterator[None]:
+    """Embeddings' similarities in blocks of ``rows`` x ``items``."""
+    saved = living_mod.ROWS, living_mod.ITEMS
+    living_mod.ROWS, living_mod.ITEMS = rows, items
+    try:
+        yield
+    finally:
+        living_mod.ROWS, living_mod.ITEMS = saved
+
+
 class World:
     """The final bank rows and gallery ids a sequence of operations leads to."""
 
-    def __init__(self, kind: str, method: str, params: dict, q: np.ndarray, g: np.ndarray):
-        self.kind, self.method, self.q, self.g = kind, method, q, g
+    def __init__(self, kind: str, method: str, params: dict, q: np.ndarray, g: np.ndarray,
+                 chunks: tuple[int, int] = (4, 4)):
+        self.kind, self.method, self.q, self.g, self.chunks = kind, method, q, g, chunks
         self.params = dict(params)
         self.name = next(name for name in SWEPT if name in params)
         self.values = self.params.pop(self.name)
@@ -62,24 +83,28 @@ class World:
         settings = {self.name: self.values, "k": 2, "method": self.method, **self.params, **kw}
         if self.kind == "embeddings":
             return Normaliser.fit(bank_emb=self.q[rows], gallery_emb=self.g[ids], **settings)
-        return Normaliser.fit(self.q[rows] @ self.g[ids].T, **settings)
+        return Normaliser.fit(self.sims(rows, ids), **settings)
+
+    def sims(self, rows: np.ndarray, ids: np.ndarray) -> da.Array:
+        """Bank rows x items similarities, as a dask array in the drawn chunks."""
+        return da.from_array(self.q[rows] @ self.g[ids].T, chunks=self.chunks)
 
     def add(self, norm: Normaliser, rows: np.ndarray, new: np.ndarray) -> Normaliser:
         if self.kind == "embeddings":
             return norm.add_items(self.g[new])
-        return norm.add_items(bank_sims=self.q[rows] @ self.g[new].T)
+        return norm.add_items(bank_sims=self.sims(rows, new))
 
     def remove(self, norm: Normaliser, rows: np.ndarray, ids: np.ndarray,
                gone: np.ndarray) -> Normaliser:
         if self.kind == "embeddings":
             return norm.remove_items(gone)
         kept = np.setdiff1d(ids, gone)
-        return norm.remove_items(gone, bank_sims=self.q[rows] @ self.g[kept].T)
+        return norm.remove_items(gone, bank_sims=self.sims(rows, kept))
 
     def grow(self, norm: Normaliser, new: np.ndarray, ids: np.ndarray) -> Normaliser:
         if self.kind == "embeddings":
             return norm.partial_fit(bank_emb=self.q[new])
-        return norm.partial_fit(self.q[new] @ self.g[ids].T)
+        return norm.partial_fit(self.sims(new, ids))
 
 
 def run_ops(world: World, bank0: int, items0: int, ops: list[tuple[str, int]]
@@ -141,11 +166,12 @@ def check_equal(norm: Normaliser, world: World, rows: np.ndarray, ids: np.ndarra
 
 @pytest.mark.parametrize(("method", "params"), METHODS)
 @pytest.mark.parametrize("kind", ["embeddings", "similarities"])
-@given(plan=operations(), seed=st.integers(0, 3))
-def test_updates_equal_a_fit_from_scratch(kind, method, params, plan, seed):
+@given(plan=operations(), seed=st.integers(0, 3), chunks=chunkings)
+def test_updates_equal_a_fit_from_scratch(kind, method, params, plan, seed, chunks):
     q, g = universe(seed)
-    world = World(kind, method, params, q, g)
-    norm, rows, ids = run_ops(world, *plan)
+    world = World(kind, method, params, q, g, chunks)
+    with blocks(*chunks):
+        norm, rows, ids = run_ops(world, *plan)
     check_equal(norm, world, rows, ids)
 
 
