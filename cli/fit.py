@@ -69,9 +69,12 @@ def fit(store: str, output: str, beta: str | None, k: int, method: str,
 
     check_json_output(json_path, (store, gallery_bank, output, update))
     if update is not None:
-        from .living import grow
+        from .living import grow, refuse_settings
 
-        return grow(click.get_current_context(), store, update, output, overwrite, json_path)
+        ctx = click.get_current_context()
+        refuse_settings(ctx, ("beta", "k", "method", "bank_sample_text", "seed", "updatable",
+                              "dynamic", "gallery_bank", *method_opts))
+        return grow(ctx, store, update, output, overwrite, json_path)
     _refuse_existing(output, overwrite, (store, gallery_bank))
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,

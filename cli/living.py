@@ -47,6 +47,17 @@ def bank_rows(path: str) -> str:
     return inner if os.path.isdir(path) and os.path.exists(inner) else path
 
 
+def refuse_settings(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """A usage error for a fit setting given with --update (the normaliser's own apply)."""
+    from click.core import ParameterSource
+
+    for name in names:
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            option = "--" + name.removesuffix("_text").replace("_", "-")
+            raise click.UsageError(f"{option} cannot be given with --update: the settings "
+                                   "are the updated normaliser's")
+
+
 def grow(ctx: click.Context, store: str, update: str, output: str, overwrite: bool,
          json_path: str | None) -> None:
     """``qbscale fit NEW --update OLD.zarr``: ``Normaliser.partial_fit``."""

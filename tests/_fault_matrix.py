@@ -139,11 +139,20 @@ def html_ok(rel: str) -> Check:
     return check
 
 
-def faiss_ok(rel: str) -> Check:
+def faiss_ok(rel: str, items: int = 20) -> Check:
     def check(work: Path) -> None:
         import faiss
 
-        assert faiss.read_index(str(work / rel)).ntotal == 20, rel
+        assert faiss.read_index(str(work / rel)).ntotal == items, rel
+    return check
+
+
+def followed_ok(rel: str, norm: str) -> Check:
+    def check(work: Path) -> None:
+        from qbscale.retrieval.faiss_index import FaissSearch
+        from qbscale.retrieval.normaliser import Normaliser
+
+        FaissSearch.load(work / rel, Normaliser.load(work / norm))  # its ids checked
     return check
 
 
@@ -179,6 +188,10 @@ SPECS = (
     Spec("items", ("items", "live.zarr", "--add", "ni.npy", "--remove", "1,3", "-o",
                    "items.zarr", "--overwrite"),
          ("items.zarr",), (normaliser_ok("items.zarr"),), replaces=True),
+    Spec("index-follow", ("index", "items.zarr", "--follow", "live.faiss", "-o",
+                          "followed.faiss", "--overwrite"),
+         ("followed.faiss",), (faiss_ok("followed.faiss", 22),
+                               followed_ok("followed.faiss", "items.zarr")), replaces=True),
     Spec("merge", ("merge", "live.zarr", "shard.zarr", "-o", "merged.zarr", "--overwrite"),
          ("merged.zarr",), (normaliser_ok("merged.zarr"),), replaces=True),
     Spec("index", ("index", "norm.zarr", "-o", "idx.faiss", "--overwrite"), ("idx.faiss",),

@@ -106,6 +106,7 @@ def template(tmp_path_factory) -> Template:
                "--gallery", "20", "--dim", "16", "emb.zarr")
         invoke("-q", "fit", "emb.zarr", "-o", "norm.zarr")
         invoke("-q", "fit", "emb.zarr", "-o", "live.zarr", "--updatable")
+        invoke("-q", "index", "live.zarr", "-o", "live.faiss")
         np.save(root / "nb.npy", rng.standard_normal((8, 16)).astype(np.float32))
         np.save(root / "ni.npy", rng.standard_normal((4, 16)).astype(np.float32))
         _shard(root)
@@ -347,7 +348,9 @@ def test_two_writers(name, kind, seed, template, runner, tmp_path):
 
 # --- --overwrite aimed at another kind of path ----------------------------------------------
 
-OUTPUT = {"ingest": "out.zarr", "synth": "syn.zarr", "fit": "fit.zarr", "index": "idx.faiss"}
+OUTPUT = {"ingest": "out.zarr", "synth": "syn.zarr", "fit": "fit.zarr", "index": "idx.faiss",
+          "fit-update": "grown.zarr", "items": "items.zarr", "merge": "merged.zarr",
+          "index-follow": "followed.faiss"}
 KINDS = {
     "plain-file": "notes.txt",
     "experiment-store": "emb.zarr",
@@ -356,9 +359,12 @@ KINDS = {
     "faiss-index": "idx.faiss",
     "zarr-group": "group.zarr",
 }
-OWN_INPUT = {"ingest": "b.npy", "fit": "exp.zarr", "index": "norm.zarr"}
+OWN_INPUT = {"ingest": "b.npy", "fit": "exp.zarr", "index": "norm.zarr",
+             "fit-update": "nb.npy", "merge": "shard.zarr", "index-follow": "live.faiss"}
 LEGIT = {"ingest": "experiment-store", "synth": "experiment-store", "fit": "normaliser-store",
-         "index": "faiss-index"}
+         "index": "faiss-index", "fit-update": "normaliser-store",
+         "items": "normaliser-store", "merge": "normaliser-store",
+         "index-follow": "faiss-index"}
 
 
 def _kind_cases() -> list[object]:
