@@ -123,8 +123,7 @@ def follow(old: Any, norm: Any, factory: str | None = None) -> tuple[Any, str]:
             return FaissSearch.build(norm, norm.fitted_gallery(), kind), "rebuilt"
     if new.size:
         positions = np.searchsorted(record.item_ids, new)
-        rows = living.gallery(record)[positions]
-        rows = np.asarray(rows.compute() if hasattr(rows, "dask") else rows, np.float32)
+        rows = living.rows_of_ids(record, new)
         centre, weight = old.centring
         side = (norm.shift[:, positions] - centre[:, None]) / weight[:, None]
         old.index.add_with_ids(np.ascontiguousarray(np.hstack([rows, side.T]), np.float32), new)

@@ -125,6 +125,21 @@ def gallery(record: Record) -> Any:
     return rows[record.item_ids]
 
 
+def rows_of_ids(record: Record, ids: np.ndarray) -> np.ndarray:
+    """The gallery embeddings of items ``ids`` (increasing), float32, read from
+    the parts that hold them only."""
+    parts = [_open(p, "gallery embeddings") for p in record.gallery_parts]
+    starts = np.cumsum([0, *(int(p.shape[0]) for p in parts)])
+    out = []
+    for part, a, b in zip(parts, starts[:-1], starts[1:], strict=True):
+        mine = ids[(ids >= a) & (ids < b)] - a
+        if mine.size:
+            rows = part[int(mine[0]):int(mine[-1]) + 1]
+            rows = rows.compute() if hasattr(rows, "dask") else rows
+            out.append(np.asarray(rows, np.float32)[mine - mine[0]])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 def bank(record: Record) -> Any:
     """The bank embeddings, every part's rows in order."""
     if record.kind != EMBEDDINGS:
