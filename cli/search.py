@@ -57,6 +57,13 @@ def _recorded_gallery(norm: Any) -> Any:
     return norm.fitted_gallery("pass --gallery-emb PATH")
 
 
+def _ids(norm: Any, indices: Any) -> Any:
+    """Gallery positions as item ids: the same, unless items of the updatable
+    normaliser were added or removed (hits then name items by id)."""
+    record = getattr(norm, "record", None)
+    return indices if record is None else record.item_ids[indices]
+
+
 def _variants(norm: Any) -> list[str]:
     name = norm.config.variant_name
     return [f"{norm.config.label}:{name}={v:g}" for v in norm.values]
@@ -137,7 +144,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                 from qbscale.storage.stores.store import check_unchanged
 
                 check_unchanged(sims_store)
-            writer.append(scores, indices)
+            writer.append(scores, _ids(norm, indices))
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):
             block = source.read(i)
@@ -148,7 +155,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
             else:
                 scores, indices = qs.search(norm, block, topk, gallery, scheduler=scheduler,
                                             num_workers=workers)
-            writer.append(scores, indices)
+            writer.append(scores, _ids(norm, indices))
             bar.update(len(block))
     how = "faiss index" if sims is None and index is not None else "exact"
     topk_notice(topk, norm.n_gallery)

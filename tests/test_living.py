@@ -271,6 +271,14 @@ def test_cli_update_items_merge_info(tmp_path, cli_invoke):
     res = cli_invoke("info", tmp_path / "items.zarr", "--json", tmp_path / "info.json")
     assert "2 items removed (ids 2,7)" in res.output
     assert "10 items added (ids 30..39)" in res.output
+    cli_invoke("search", tmp_path / "items.zarr", "--queries", tmp_path / "ni.npy", "--topk",
+               "4", "--hits", tmp_path / "h.npz", "-q")
+    from qbscale.storage.outputs.hits import read_hits
+
+    updated = Normaliser.load(tmp_path / "items.zarr")
+    want = updated.record.item_ids[updated.search(g[30:], 4)[1]]  # positions -> ids
+    assert read_hits(tmp_path / "h.npz")["item"].tolist() == want.ravel().tolist()
+    assert want.max() >= 30  # new items are among the hits, by their ids
     res = cli_invoke("fit", tmp_path / "nb.npy", "--update", tmp_path / "live.zarr", "-o",
                      tmp_path / "g2.zarr", "--beta", "10", exit_code=2)
     assert "--beta cannot be given with --update" in res.output
