@@ -223,6 +223,8 @@ def test_refusals(tmp_path):
         plain.partial_fit(bank_emb=q)
     with pytest.raises(ConfigError, match="dual-is normaliser cannot be updated"):
         Normaliser.fit(q @ g.T, method="dual-is", gallery_bank=g @ g.T, updatable=True)
+    with pytest.raises(ConfigError, match="fitted on the whole bank: drop bank_sample"):
+        Normaliser.fit(q @ g.T, bank_sample=10, updatable=True)
     norm = Normaliser.fit(bank_emb=q, gallery_emb=g, updatable=True)
     with pytest.raises(InputError, match="gallery item id 99 is not in the normaliser"):
         norm.remove_items([99])

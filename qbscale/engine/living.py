@@ -160,12 +160,13 @@ def stack_rows(parts: Sequence[BankState], column_k: int = 0) -> BankState:
 def remove_items(state: BankState, keep: np.ndarray) -> tuple[BankState, np.ndarray]:
     """``state`` over the items where ``keep`` is True, renumbered; and the bank
     rows whose top-k held a removed item (their ``row_*`` must be computed
-    again over the items kept: :func:`replace_rows`).
+    again over the items kept: :func:`replace_rows`; a removed item is -1
+    until then).
 
     >>> s = block_state(np.array([[1.0, 3.0, 2.0], [5.0, 0.0, 4.0]]), (), 1, 0)
     >>> cut, stale = remove_items(s, np.array([True, False, True]))
     >>> cut.row_items.ravel().tolist(), stale.tolist()
-    ([1, 0], [0])
+    ([-1, 0], [0])
     """
     keep = np.asarray(keep, bool)
     position = np.cumsum(keep) - 1

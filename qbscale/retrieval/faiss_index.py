@@ -19,6 +19,11 @@ One index (Flat, HNSW, IVF, ...; any ``faiss.index_factory`` string with the
 inner-product metric) thus serves the raw search that decides the dynamic
 switch (each row's raw top-1) and every variant's normalised search.
 
+An index built for an updatable normaliser (``Normaliser.fit(...,
+updatable=True)``) holds its items under their ids (``faiss.IndexIDMap2``),
+answers in gallery positions, and keeps the centring it was built with, so
+that it can follow the normaliser's updates (:mod:`qbscale.retrieval.faiss_follow`).
+
 faiss scores in float32: with ``Flat`` the results equal :func:`qbscale.retrieval.search.search`'s
 except where two scores differ by less than float32 precision.
 

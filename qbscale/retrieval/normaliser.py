@@ -108,7 +108,8 @@ class Normaliser(_engine.GalleryStatistics, Updatable):
             :meth:`remove_items` and :meth:`merge` need (each bank row's
             top-k, each item's top-K bank similarities for csls and nnn) and
             a record of the inputs (:mod:`qbscale.retrieval.living`); not for
-            dual-is or a bank sample
+            dual-is or a bank sample.  Computed in this process, a thread
+            per core (``scheduler`` and ``progress`` are not used)
 
         Returns
         -------
