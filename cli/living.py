@@ -160,8 +160,9 @@ def merge(norms: tuple[str, ...], output: str, overwrite: bool, json_path: str |
 @click.command()
 @click.argument("norm", metavar="NORM.zarr")
 @click.option("--json", "json_path", type=click.Path(), help="Write it as JSON too.")
+@quiet_option
 @library_errors
-def info(norm: str, json_path: str | None) -> None:
+def info(norm: str, json_path: str | None, quiet: bool) -> None:
     """What the normaliser NORM.zarr was fitted with and on: settings, sizes and,
     for an updatable one, every update in order."""
     from qbscale.retrieval.normaliser import Normaliser

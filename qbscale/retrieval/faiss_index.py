@@ -165,12 +165,12 @@ class FaissSearch:
             raise InputError(f"{path} indexes {index.ntotal} items of dimension {index.d}; "
                              f"the normaliser has {norm.n_gallery} items and "
                              f"{len(norm.values)} values (dimension + {len(norm.values)})")
-        from qbscale.retrieval.faiss_follow import read_trailer
+        from qbscale.retrieval.faiss_trailer import read_trailer
 
         centring, bank_rows, factory = read_trailer(path, len(norm.values))
         out = cls(index, norm, dim, centring, bank_rows, factory)
         if centring is not None:
-            from qbscale.retrieval.faiss_follow import check_ids
+            from qbscale.retrieval.faiss_trailer import check_ids
 
             check_ids(out, path)
         return out
@@ -199,7 +199,7 @@ class FaissSearch:
             with replacing(path, replace=overwrite) as fh:
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))
                 if self.centring is not None:
-                    from qbscale.retrieval.faiss_follow import settings, trailer
+                    from qbscale.retrieval.faiss_trailer import settings, trailer
 
                     fh.write(trailer(self.centring, self.bank_rows, self.factory,
                                      settings(self.norm)))
