@@ -61,6 +61,7 @@ class Spec:
     checks: tuple[Check, ...]
     replaces: bool = False  # takes --overwrite (and argv has it: the output exists)
     store: str | None = None  # a store it writes into (its runs/ may keep resume state)
+    in_place: bool = False  # its output is its input: there is no free path to race into
 
     @property
     def stores(self) -> tuple[str, ...]:
@@ -185,6 +186,9 @@ SPECS = (
     Spec("fit-update", ("fit", "nb.npy", "--update", "live.zarr", "-o", "grown.zarr",
                         "--overwrite"),
          ("grown.zarr",), (normaliser_ok("grown.zarr"),), replaces=True),
+    Spec("fit-update-in-place", ("fit", "nb.npy", "--update", "inplace.zarr", "-o",
+                                 "inplace.zarr", "--overwrite"),
+         ("inplace.zarr",), (normaliser_ok("inplace.zarr"),), replaces=True, in_place=True),
     Spec("items", ("items", "live.zarr", "--add", "ni.npy", "--remove", "1,3", "-o",
                    "items.zarr", "--overwrite"),
          ("items.zarr",), (normaliser_ok("items.zarr"),), replaces=True),
