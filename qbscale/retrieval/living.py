@@ -148,11 +148,15 @@ def bank(record: Record) -> Any:
     return _rows(record.bank_parts, "bank embeddings")
 
 
+def _read(block: Any) -> np.ndarray:
+    """Rows of embeddings (numpy, memory-mapped or dask) as float32 in memory."""
+    block = block.compute() if hasattr(block, "dask") else block
+    return np.asarray(block, dtype=np.float32)
+
+
 def _blocks(array: Any, step: int) -> Iterator[tuple[int, np.ndarray]]:
     for r0 in range(0, int(array.shape[0]), step):
-        block = array[r0:r0 + step]
-        block = block.compute() if hasattr(block, "dask") else block
-        yield r0, np.asarray(block, dtype=np.float32)
+        yield r0, _read(array[r0:r0 + step])
 
 
 def _check(block: np.ndarray, r0: int, what: str) -> None:
@@ -185,21 +189,18 @@ def state_of_embeddings(want: Needs, bank_emb: Any, gallery_emb: Any, col0: int 
     if bank_emb.shape[1] != gallery_emb.shape[1]:
         raise InputError(f"bank embeddings have dimension {bank_emb.shape[1]}, gallery "
                          f"embeddings {gallery_emb.shape[1]}")
-    gal = list(_blocks(gallery_emb, ITEMS))
-    for c0, g in gal:
-        _check(g, c0, "the gallery embeddings")
-    banks = list(_blocks(bank_emb, ROWS))
+    banks = list(_blocks(bank_emb, ROWS))  # the bank is small: held; the gallery streams
     for r0, q in banks:
         _check(q, r0, "the bank embeddings")
+    starts = range(0, int(gallery_emb.shape[0]), ITEMS)
 
-    def task(pair: tuple[int, int]) -> BankState:
-        q, (c0, g) = banks[pair[0]][1], gal[pair[1]]
-        return living.block_state(q @ g.T, betas, k, column_k, col0 + c0)
+    def task(c0: int) -> list[BankState]:
+        g = _read(gallery_emb[c0:c0 + ITEMS])
+        _check(g, c0, "the gallery embeddings")
+        return [living.block_state(q @ g.T, betas, k, column_k, col0 + c0) for _, q in banks]
 
-    pairs = [(i, c) for i in range(len(banks)) for c in range(len(gal))]
-    states = _map(task, pairs)
-    rows = [living.join_items(states[i * len(gal):(i + 1) * len(gal)], k)
-            for i in range(len(banks))]
+    columns = _map(task, list(starts))  # per gallery block: every bank block's state
+    rows = [living.join_items([column[i] for column in columns], k) for i in range(len(banks))]
     return living.stack_rows(rows, column_k)
 
 
