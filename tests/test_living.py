@@ -162,6 +162,11 @@ def check_equal(norm: Normaliser, world: World, rows: np.ndarray, ids: np.ndarra
     for b, value in enumerate(world.values):
         want = ref.variant(world.method, value, sims, world.params)[1]
         np.testing.assert_allclose(norm.shift[b], want, rtol=1e-12, atol=1e-12)
+    if world.kind == "embeddings":  # search over the gallery the updates left
+        queries = world.q[::7]
+        got, want = norm.search(queries, 3), fresh.search(queries, 3)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(("method", "params"), METHODS)
