@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qbscale.errors import ConfigError, InputError
-from qbscale.retrieval import living as living_mod
+from qbscale.retrieval import bank_state as living_mod
 from qbscale.retrieval.normaliser import Normaliser
 
 from . import reference as ref
