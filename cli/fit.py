@@ -48,29 +48,44 @@ PARAMETERS = {"bank_sample": "bank_sample_text"}
 @click.option("--overwrite", is_flag=True, help="Replace an existing NORM.zarr.")
 @click.option("--json", "json_path", type=OutputPath("JSON file"),
               help="Write a summary of the normaliser as JSON.")
+@click.option("--updatable", is_flag=True,
+              help="Keep what updates need (each bank row's top-k; csls and nnn: each "
+                   "item's top bank similarities): --update, qbscale items and merge.")
+@click.option("--update", "update", metavar="OLD.zarr", default=None,
+              help="Grow the bank of the updatable normaliser OLD.zarr by STORE's bank rows "
+                   "(a store, or a .npy/Zarr of bank embeddings), reading only them.")
 @compute_options
 @quiet_option
 @method_options
 @library_errors
 def fit(store: str, output: str, beta: str | None, k: int, method: str,
         bank_sample_text: str | None, seed: int, overwrite: bool, json_path: str | None,
-        scheduler: str, workers: int | None, quiet: bool,
+        updatable: bool, update: str | None, scheduler: str, workers: int | None, quiet: bool,
         dynamic: bool, gallery_bank: str | None, **method_opts: Any) -> None:
     """Fit a normaliser on the bank of STORE (read once) and write it to NORM.zarr.
 
     `qbscale run STORE --normaliser NORM.zarr` then skips the bank stage.
+    With --update OLD.zarr, STORE holds new bank rows and the normaliser of
+    the grown bank is written (OLD.zarr itself with -o OLD.zarr --overwrite).
     """
     from qbscale.config import parse_values
     from qbscale.retrieval.normaliser import Normaliser
 
-    check_json_output(json_path, (store, gallery_bank, output))
+    check_json_output(json_path, (store, gallery_bank, output, update))
+    if update is not None:
+        from .living import grow, refuse_settings
+
+        ctx = click.get_current_context()
+        refuse_settings(ctx, ("beta", "k", "method", "bank_sample_text", "seed", "updatable",
+                              "dynamic", "gallery_bank", *method_opts))
+        return grow(ctx, store, update, output, overwrite, json_path)
     _refuse_existing(output, overwrite, (store, gallery_bank))
     t0 = time.perf_counter()
     norm = Normaliser.fit(store, beta=None if beta is None else parse_values(beta), k=k,
                           method=method, dynamic=dynamic, gallery_bank=gallery_bank,
                           scheduler=scheduler, num_workers=workers, progress=not quiet,
                           bank_sample=bank_sample(bank_sample_text), seed=seed,
-                          **method_kwargs(method, method_opts))
+                          updatable=updatable, **method_kwargs(method, method_opts))
     out = norm.save(output, overwrite=overwrite)
     seconds = time.perf_counter() - t0
     summary = describe(norm, out, seconds)

@@ -55,7 +55,7 @@ def _recorded_gallery(norm: Any) -> Any:
     pointing to --gallery-emb (none recorded, or not found)."""
     from qbscale.errors import ConfigError
 
-    if norm.gallery is None:
+    if norm.gallery is None and getattr(norm, "record", None) is None:
         raise ConfigError("give --gallery-emb: the normaliser records no gallery")
     return norm.fitted_gallery("pass --gallery-emb PATH")
 
@@ -70,6 +70,13 @@ def _ids(query_ids: str | None, gallery_ids: str | None, n_queries: int, n_galle
     own = experiment_ids(store) if store is not None else (None, None)
     return (own[0] if query_ids is None else read_ids(query_ids, "query", n_queries),
             own[1] if gallery_ids is None else read_ids(gallery_ids, "gallery", n_gallery))
+
+
+def _item_ids(norm: Any, indices: Any) -> Any:
+    """Gallery positions as item ids: the same, unless items of the updatable
+    normaliser were added or removed (hits then name items by id)."""
+    record = getattr(norm, "record", None)
+    return indices if record is None else record.item_ids[indices]
 
 
 def _variants(norm: Any) -> list[str]:
@@ -162,7 +169,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                 scores, indices = qs.search_matrix(norm, source, topk, scheduler=scheduler,
                                                    num_workers=workers,
                                                    what=f"the similarities ({sims})")
-            writer.append(scores, indices, names[0])
+            writer.append(scores, _item_ids(norm, indices), names[0])
             bar.update(n_queries)
         for i in range(len(source.row_chunks) if sims is None else 0):
             block = source.read(i)
@@ -174,7 +181,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
                 scores, indices = qs.search(norm, block, topk, gallery, scheduler=scheduler,
                                             num_workers=workers)
             first = offsets(source.row_chunks)[i]
-            writer.append(scores, indices,
+            writer.append(scores, _item_ids(norm, indices),
                           None if names[0] is None else names[0][first:first + len(block)])
             bar.update(len(block))
     how = "faiss index" if sims is None and index is not None else "exact"
@@ -193,10 +200,14 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
 @click.option("--factory", default="Flat", show_default=True,
               help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index file.")
+@click.option("--follow", "follow", type=click.Path(exists=True), metavar="OLD.faiss",
+              help="Update OLD.faiss (built for an earlier version of the updatable "
+                   "NORMALISER) instead: new items appended, removed ones deleted; built "
+                   "again when the bank changed or the index type cannot delete.")
 @quiet_option
 @library_errors
 def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
-          overwrite: bool, quiet: bool) -> None:
+          overwrite: bool, follow: str | None, quiet: bool) -> None:
     """Build a faiss index serving NORMALISER's scores over the gallery."""
     import time
 
@@ -205,7 +216,7 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
     from qbscale.storage.durability.paths import check_not_input
 
     check_output_file(out)
-    check_not_input(out, (normaliser, gallery_emb))
+    check_not_input(out, (normaliser, gallery_emb, follow))
     if os.path.lexists(out):
         if not overwrite:
             raise StoreExistsError(f"{out} exists: pass --overwrite to replace it")
@@ -213,8 +224,16 @@ def index(normaliser: str, gallery_emb: str | None, out: str, factory: str,
 
         check_replaceable(out)
     norm = load_normaliser(normaliser)
-    gallery = gallery_emb or _recorded_gallery(norm)
     t0 = time.perf_counter()
+    if follow is not None:
+        from qbscale.retrieval.faiss_follow import follow_file
+
+        built, how = follow_file(follow, norm)
+        built.save(out, overwrite=overwrite)
+        click.echo(f"Wrote {out}: {follow} {how} for {normaliser}, {built.index.ntotal} "
+                   f"items, in {time.perf_counter() - t0:.1f} s")
+        return
+    gallery = gallery_emb or _recorded_gallery(norm)
     built = FaissSearch.build(norm, gallery, factory)
     built.save(out, overwrite=overwrite)
     click.echo(f"Wrote {out}: faiss {factory} over {built.index.ntotal} items, dimension "

@@ -61,6 +61,7 @@ class Spec:
     checks: tuple[Check, ...]
     replaces: bool = False  # takes --overwrite (and argv has it: the output exists)
     store: str | None = None  # a store it writes into (its runs/ may keep resume state)
+    in_place: bool = False  # its output is its input: there is no free path to race into
 
     @property
     def stores(self) -> tuple[str, ...]:
@@ -166,11 +167,20 @@ def report_marker_ok(rel: str) -> Check:
     return check
 
 
-def faiss_ok(rel: str) -> Check:
+def faiss_ok(rel: str, items: int = 20) -> Check:
     def check(work: Path) -> None:
         import faiss
 
-        assert faiss.read_index(str(work / rel)).ntotal == 20, rel
+        assert faiss.read_index(str(work / rel)).ntotal == items, rel
+    return check
+
+
+def followed_ok(rel: str, norm: str) -> Check:
+    def check(work: Path) -> None:
+        from qbscale.retrieval.faiss_index import FaissSearch
+        from qbscale.retrieval.normaliser import Normaliser
+
+        FaissSearch.load(work / rel, Normaliser.load(work / norm))  # its ids checked
     return check
 
 
@@ -204,6 +214,21 @@ SPECS = (
     Spec("fit", ("fit", "exp.zarr", "-o", "fit.zarr", "--json", "fit.json", "--overwrite"),
          ("fit.zarr", "fit.json"), (normaliser_ok("fit.zarr"), json_ok("fit.json", "fit")),
          replaces=True),
+    Spec("fit-update", ("fit", "nb.npy", "--update", "live.zarr", "-o", "grown.zarr",
+                        "--overwrite"),
+         ("grown.zarr",), (normaliser_ok("grown.zarr"),), replaces=True),
+    Spec("fit-update-in-place", ("fit", "nb.npy", "--update", "inplace.zarr", "-o",
+                                 "inplace.zarr", "--overwrite"),
+         ("inplace.zarr",), (normaliser_ok("inplace.zarr"),), replaces=True, in_place=True),
+    Spec("items", ("items", "live.zarr", "--add", "ni.npy", "--remove", "1,3", "-o",
+                   "items.zarr", "--overwrite"),
+         ("items.zarr",), (normaliser_ok("items.zarr"),), replaces=True),
+    Spec("index-follow", ("index", "items.zarr", "--follow", "live.faiss", "-o",
+                          "followed.faiss", "--overwrite"),
+         ("followed.faiss",), (faiss_ok("followed.faiss", 22),
+                               followed_ok("followed.faiss", "items.zarr")), replaces=True),
+    Spec("merge", ("merge", "live.zarr", "shard.zarr", "-o", "merged.zarr", "--overwrite"),
+         ("merged.zarr",), (normaliser_ok("merged.zarr"),), replaces=True),
     Spec("index", ("index", "norm.zarr", "-o", "idx.faiss", "--overwrite"), ("idx.faiss",),
          (faiss_ok("idx.faiss"),), replaces=True),
     Spec("run-normaliser", ("run", "emb.zarr", "--normaliser", "norm.zarr", "--json",

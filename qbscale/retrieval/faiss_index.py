@@ -19,6 +19,11 @@ One index (Flat, HNSW, IVF, ...; any ``faiss.index_factory`` string with the
 inner-product metric) thus serves the raw search that decides the dynamic
 switch (each row's raw top-1) and every variant's normalised search.
 
+An index built for an updatable normaliser (``Normaliser.fit(...,
+updatable=True)``) holds its items under their ids (``faiss.IndexIDMap2``),
+answers in gallery positions, and keeps the centring it was built with, so
+that it can follow the normaliser's updates (:mod:`qbscale.retrieval.faiss_follow`).
+
 faiss scores in float32: with ``Flat`` the results equal :func:`qbscale.retrieval.search.search`'s
 except where two scores differ by less than float32 precision.
 
@@ -83,16 +88,27 @@ class FaissSearch:
     index: Any
     norm: GalleryStatistics
     dim: int
+    #: an index that follows an updatable normaliser: the ``(centre, weight)``
+    #: it stores shifts with (fixed when built), and the bank rows they came from
+    centring: tuple[np.ndarray, np.ndarray] | None = None
+    bank_rows: int | None = None
+    factory: str | None = None
 
     @property
     def centre(self) -> np.ndarray:
         """The mean shift of each variant (removed from the stored shifts)."""
-        return _centre(self.norm)[0]
+        return _centre(self.norm)[0] if self.centring is None else self.centring[0]
 
     @property
     def weight(self) -> np.ndarray:
         """The divisor of each variant's stored shifts (the query's coordinate)."""
-        return _centre(self.norm)[1]
+        return _centre(self.norm)[1] if self.centring is None else self.centring[1]
+
+    @property
+    def ids(self) -> np.ndarray | None:
+        """The gallery item ids held (an index of an updatable normaliser), else None."""
+        return None if self.centring is None else \
+            _faiss().vector_to_array(self.index.id_map).astype(np.int64)
 
     @classmethod
     def build(cls, norm: GalleryStatistics, gallery_emb: Any, factory: str = "Flat",
@@ -130,21 +146,32 @@ class FaissSearch:
             raise ConfigError(f"faiss cannot build index {factory!r}: "
                               f"{str(exc).splitlines()[0]}") from exc
         blocks = gal.blocks(ADD_ROWS)
+        record = getattr(norm, "record", None)
+        centring = None if record is None else _centre(norm)
         if not index.is_trained:
             step = max(1, n // TRAIN_ROWS)
-            sample = np.concatenate([_augment(np.asarray(blocks.read(i))[::step], norm, r0)
+            sample = np.concatenate([_augment(np.asarray(blocks.read(i))[::step], norm, r0,
+                                              centring)
                                      for i, r0 in enumerate(_starts(blocks.row_chunks))])
             index.train(np.ascontiguousarray(sample[:TRAIN_ROWS * 2]))
+        if record is not None:  # ids: the items' own, so that updates can follow
+            index = faiss.IndexIDMap2(index)
         for i, r0 in enumerate(_starts(blocks.row_chunks)):
             block = np.asarray(blocks.read(i), dtype=np.float32)
             check_finite(block, r0, "the gallery embeddings")
-            index.add(_augment(block, norm, r0))
+            vectors = _augment(block, norm, r0, centring)
+            if record is None:
+                index.add(vectors)
+            else:
+                index.add_with_ids(vectors, record.item_ids[r0:r0 + len(block)])
         if params is None:
             params = ",".join(p for p, key in (("efSearch=128", "HNSW"), ("nprobe=16", "IVF"))
                               if key in factory) or None
         if params:
             faiss.ParameterSpace().set_index_parameters(index, params)
-        return cls(index, norm, dim)
+        state = getattr(norm, "state", None)
+        return cls(index, norm, dim, centring, None if state is None else state.n_rows,
+                   factory)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], norm: GalleryStatistics) -> FaissSearch:
@@ -179,7 +206,15 @@ class FaissSearch:
             raise InputError(f"{path} indexes {index.ntotal} items of dimension {index.d}; "
                              f"the normaliser has {norm.n_gallery} items and "
                              f"{len(norm.values)} values (dimension + {len(norm.values)})")
-        return cls(index, norm, dim)
+        from qbscale.retrieval.faiss_trailer import read_trailer
+
+        centring, bank_rows, factory = read_trailer(path, len(norm.values))
+        out = cls(index, norm, dim, centring, bank_rows, factory)
+        if centring is not None:
+            from qbscale.retrieval.faiss_trailer import check_ids
+
+            check_ids(out, path)
+        return out
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = True) -> str:
         """Write the index beside ``path``, then rename it into place.
@@ -216,10 +251,23 @@ class FaissSearch:
         try:
             with replacing(path, replace=overwrite) as fh:
                 faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))
+                if self.centring is not None:
+                    from qbscale.retrieval.faiss_trailer import settings, trailer
+
+                    fh.write(trailer(self.centring, self.bank_rows, self.factory,
+                                     settings(self.norm)))
         except RuntimeError as exc:  # faiss's own report of a failed write
             raise OutputError(f"could not write {path}: "
                               f"{str(exc).strip().splitlines()[-1]}") from exc
         return path
+
+    def _search(self, vectors: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's search; an index with item ids answers in gallery positions."""
+        scores, found = self.index.search(vectors, top_k)
+        if self.centring is not None:
+            found = np.searchsorted(self.norm.record.item_ids,  # type: ignore[attr-defined]
+                                    found)
+        return scores, found
 
     def search(self, queries: Any, top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """The top ``top_k`` gallery items of each query, as faiss finds them.
@@ -248,7 +296,7 @@ class FaissSearch:
         extra = np.zeros((len(q), n_values), np.float32)
         raw = None
         if norm.rows != "all" or norm.shift is None:
-            raw = self.index.search(np.hstack([q, extra]), top_k)
+            raw = self._search(np.hstack([q, extra]), top_k)
         if norm.shift is None or norm.rows == "none":
             assert raw is not None
             out = [raw] * n_values
@@ -258,7 +306,7 @@ class FaissSearch:
             for v, scale in enumerate(norm.scales):
                 side = extra.copy()
                 side[:, v] = -self.weight[v]
-                found = self.index.search(np.hstack([q * np.float32(scale), side]), top_k)
+                found: Any = self._search(np.hstack([q * np.float32(scale), side]), top_k)
                 found = (found[0].astype(np.float64) - self.centre[v], found[1])
                 if flags is not None and raw is not None:
                     found = tuple(np.where(flags[:, None], f, r) for f, r in zip(found, raw,
@@ -308,12 +356,13 @@ def _centre(norm: GalleryStatistics) -> tuple[np.ndarray, np.ndarray]:
     return centre, np.maximum(span / EXTRA_SPAN, 1.0)
 
 
-def _augment(block: np.ndarray, norm: GalleryStatistics, r0: int) -> np.ndarray:
-    """``[g_j, (shift_1j - c_1) / w_1, ..]`` (:func:`_centre`; zeros when
-    there is no shift), float32."""
+def _augment(block: np.ndarray, norm: GalleryStatistics, r0: int,
+             centring: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """``[g_j, (shift_1j - c_1) / w_1, ..]`` (``centring``, by default
+    :func:`_centre`; zeros when there is no shift), float32."""
     n_values = len(norm.values)
     side = np.zeros((len(block), n_values), np.float32)
     if norm.shift is not None:
-        centre, weight = _centre(norm)
+        centre, weight = centring or _centre(norm)
         side[:] = ((norm.shift[:, r0:r0 + len(block)] - centre[:, None]) / weight[:, None]).T
     return np.ascontiguousarray(np.hstack([block.astype(np.float32), side]))

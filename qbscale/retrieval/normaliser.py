@@ -17,17 +17,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qbscale.engine import statistics as _engine
 from qbscale.errors import ConfigError, InputError
+from qbscale.retrieval import living as _living
+from qbscale.retrieval.updating import Updatable
 from qbscale.types import Experiment
+
+if TYPE_CHECKING:
+    from qbscale.engine.living import BankState
 
 
 @dataclass(frozen=True, eq=False)
-class Normaliser(_engine.GalleryStatistics):
+class Normaliser(_engine.GalleryStatistics, Updatable):
     """A fitted querybank normaliser.
 
     Made by :meth:`fit` or :meth:`load` rather than constructed by hand.
@@ -58,6 +63,12 @@ class Normaliser(_engine.GalleryStatistics):
         parameter (beta, alpha or kc) with its values.
     core : GalleryStatistics
         The engine record alone (no gallery reference): what task graphs carry.
+    state : BankState or None
+        The mergeable bank statistics of an updatable normaliser
+        (:class:`qbscale.engine.living.BankState`), None otherwise.
+    record : Record or None
+        What an updatable normaliser was fitted on and its history
+        (:class:`qbscale.retrieval.living.Record`), None otherwise.
 
     Examples
     --------
@@ -71,6 +82,8 @@ class Normaliser(_engine.GalleryStatistics):
 
     gallery: Any = field(default=None, repr=False)
     origin: str | None = field(default=None, repr=False)
+    state: BankState | None = field(default=None, repr=False)
+    record: _living.Record | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ fitting
 
@@ -80,7 +93,7 @@ class Normaliser(_engine.GalleryStatistics):
             gallery_emb: Any = None, gallery_bank: Any = None, scheduler: Any = "threads",
             num_workers: int | None = None, storage_options: dict[str, Any] | None = None,
             progress: bool = False, bank_sample: int | float | str | None = None,
-            seed: int = 0, **params: Any) -> Normaliser:
+            seed: int = 0, updatable: bool = False, **params: Any) -> Normaliser:
         """Fit on a querybank: every block of the bank is read once.
 
         Parameters
@@ -126,6 +139,13 @@ class Normaliser(_engine.GalleryStatistics):
         **params
             The method's other parameters, and its swept one when it is not beta
             (``alpha=[0.5, 0.75]``, ``nnn_k=128``, ``kc=10``, ``gallery_beta=20``).
+        updatable : bool, default False
+            Keep what :meth:`partial_fit`, :meth:`add_items`,
+            :meth:`remove_items` and :meth:`merge` need (each bank row's top-k,
+            each item's top-K bank similarities for csls and nnn) and a record of
+            the inputs (:mod:`qbscale.retrieval.living`); not for dual-is or a
+            bank sample.  Computed in this process, a thread per core
+            (``scheduler`` and ``progress`` are not used).
 
         Returns
         -------
@@ -150,6 +170,8 @@ class Normaliser(_engine.GalleryStatistics):
             inputs = fitting.from_store(bank, config, gallery_bank, storage_options)
         else:
             inputs = fitting.from_array(bank, config, gallery_bank)
+        if updatable:
+            return cls._fit_updatable(inputs, config, bank_emb)
         norm = fitting.fit_engine(inputs, config, scheduler, num_workers, progress)
         return cls(norm.config, norm.shift, norm.activation, dict(inputs.fingerprint),
                    gallery=inputs.gallery)
@@ -268,8 +290,11 @@ class Normaliser(_engine.GalleryStatistics):
             raise ConfigError("a normaliser of method none has nothing to save")
         gallery = os.fspath(self.gallery) if isinstance(self.gallery, str | os.PathLike) \
             else None
+        living, state = (None, None) if self.state is None or self.record is None else \
+            _living.to_saved(self.state, self.record)
         return save(path, self.config, self.shift, self.activation, dict(self.fingerprint),
-                    gallery, overwrite=overwrite, storage_options=storage_options)
+                    gallery, overwrite=overwrite, storage_options=storage_options,
+                    living=living, state=state)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str],
@@ -296,8 +321,11 @@ class Normaliser(_engine.GalleryStatistics):
         from qbscale.storage.outputs.normaliser_store import load
 
         saved = load(path, storage_options)
+        state, record = (None, None) if saved.living is None else \
+            _living.from_saved(saved.config, saved.shift, saved.living, saved.arrays)
+        gallery = saved.gallery if record is None else _living.gallery_ref(record)
         return cls(saved.config, saved.shift, saved.activation, saved.fingerprint,
-                   gallery=saved.gallery, origin=os.fspath(path))
+                   gallery=gallery, origin=os.fspath(path), state=state, record=record)
 
     # ------------------------------------------------------------ search
 
@@ -322,6 +350,8 @@ class Normaliser(_engine.GalleryStatistics):
         from qbscale.storage.layout import is_url
 
         gallery = self.gallery
+        if gallery is None and self.record is not None and self.record.kind == _living.EMBEDDINGS:
+            return _living.gallery(self.record)  # after updates: the parts' rows kept
         if isinstance(gallery, str) and not is_url(gallery) and not os.path.exists(gallery):
             source = f" recorded by normaliser {self.origin}" if self.origin else ""
             raise InputError(f"gallery embeddings {gallery}{source} not found; {remedy}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +44,10 @@ ATTR = "qbscale_normaliser"
 FORMAT = 1
 SHIFT = "shift"
 ACTIVATION = "activation"
+LIVING = "living"
+#: an updatable normaliser's arrays and their dimensions
+STATE_DIMS = {"row_values": ("bank_row", "rank"), "row_items": ("bank_row", "rank"),
+              "column_top": ("column_rank", "gallery"), "item_ids": ("gallery",)}
 
 
 @dataclass
@@ -55,6 +59,9 @@ class Saved:
     activation: np.ndarray
     fingerprint: dict[str, Any]
     gallery: str | None
+    #: an updatable normaliser's ``living`` attribute and state arrays (else None, {})
+    living: dict[str, Any] | None = None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
@@ -74,8 +81,13 @@ def _attrs(config: RunConfig, fingerprint: dict[str, Any], gallery: str | None
 
 def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
          activation: np.ndarray, fingerprint: dict[str, Any], gallery: str | None = None, *,
-         overwrite: bool = False, storage_options: dict[str, Any] | None = None) -> str:
+         overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+         living: dict[str, Any] | None = None,
+         state: dict[str, np.ndarray] | None = None) -> str:
     """Write a fitted normaliser to ``out`` (a path or fsspec URL); returns ``out``.
+
+    An updatable normaliser adds its ``living`` record (an attribute: kind,
+    parts, ``n_ids``, history) and its ``state`` arrays (:data:`STATE_DIMS`).
 
     Raises
     ------
@@ -89,10 +101,13 @@ def save(out: str | os.PathLike[str], config: RunConfig, shift: np.ndarray,
     from qbscale.storage.stores.writer import consolidate
 
     attrs = _attrs(config, fingerprint, gallery)
+    if living is not None:
+        attrs[LIVING] = living
     name = config.variant_name
     arrays = {SHIFT: (shift, (name, "gallery")),
               name: (np.asarray(config.values, np.float64), (name,)),
               ACTIVATION: (activation, ("gallery",))}
+    arrays.update({key: (value, STATE_DIMS[key]) for key, value in (state or {}).items()})
     with staging(os.fspath(out), overwrite, storage_options, kind="normaliser",
                  inputs=(gallery,)) as stage:
         group = stage.create_group({ATTR: attrs})
@@ -187,7 +202,9 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     if not isinstance(n_gallery, int) or n_gallery < 1:
         raise InputError(f"the normaliser {url} is damaged: no gallery size in its fingerprint")
     n_values = len(config.values)
-    check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name],
+    state_names = list(STATE_DIMS) if attrs.get(LIVING) else []
+    check_metadata(url, storage_options, [SHIFT, ACTIVATION, config.variant_name,
+                                          *state_names],
                    required=False,  # a missing array: named by _array
                    root=attrs)  # each array's manifest: this normaliser's, as sealed
     shift = _array(url, group, SHIFT, (n_values, n_gallery), "f")
@@ -200,8 +217,25 @@ def load(url: str | os.PathLike[str], storage_options: dict[str, Any] | None = N
     if not np.all(np.isfinite(shift)):
         raise InputError(f"the normaliser {url} is damaged: its shift holds "
                          f"{int(np.count_nonzero(~np.isfinite(shift)))} non-finite values")
+    living = attrs.get(LIVING)
+    arrays = {} if living is None else _state(url, group, living, n_gallery)
     return Saved(config, shift.astype(np.float64, copy=False), activation, fingerprint,
-                 recorded_gallery(attrs.get("gallery"), url))
+                 recorded_gallery(attrs.get("gallery"), url), living, arrays)
+
+
+def _state(url: str, group: Any, living: dict[str, Any], n_gallery: int
+           ) -> dict[str, np.ndarray]:
+    """The state arrays of an updatable normaliser, shapes checked."""
+    try:
+        n_bank, k, column = (int(living[key]) for key in ("n_bank", "k", "column_rows"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"the normaliser {url} is damaged: its living record lacks "
+                         f"{exc}") from exc
+    want = {"row_values": ((n_bank, k), "f"), "row_items": ((n_bank, k), "i"),
+            "item_ids": ((n_gallery,), "i")}
+    if column:
+        want["column_top"] = ((column, n_gallery), "f")
+    return {key: _array(url, group, key, shape, kind) for key, (shape, kind) in want.items()}
 
 
 def recorded_gallery(gallery: str | None, url: str) -> str | None:
