@@ -7,13 +7,15 @@ thread's CPU time (``harness.Bench``), each also as a multiple of the floor:
 numpy's float64 ``exp`` of as many elements, a row at a time:
 
 * counting, for one beta and for a sweep of 8: :func:`qbscale.engine.kernels.count_block`
-  as it is (float32 candidate prefilter, candidates rescored in float64);
-  the same with the prefilter switched off (every entry scored in float64,
-  in place, counted row by row); and the previous kernel (``previous_count``
-  below: a mixed-type multiply and ``count_nonzero(..., axis=1)`` per slab).
+  as it is (the fused numba pass, every entry scored in float64); its numpy
+  passes (``QBSCALE_KERNEL=numpy``: float32 candidate prefilter, candidates
+  rescored in float64); the same with the prefilter switched off (every
+  entry scored in float64, in place, counted row by row); and the previous
+  kernel (``previous_count`` below: a mixed-type multiply and
+  ``count_nonzero(..., axis=1)`` per slab).
   Each row's ground truth sits at a rank drawn from a geometric distribution
   (most near the top, as in real retrieval), one row in ten anywhere.  All
-  three must give the same counts.
+  four must give the same counts.
 * the bank's column logsumexp: :func:`qbscale.engine.kernels.bank_logsumexp` against
   the previous version (``previous_logsumexp``); results equal to 1e-12.
 * the bank kernel against numpy's float64 ``exp`` measured in the same
@@ -246,26 +248,29 @@ def main() -> None:
             return kernels.count_block(block, 0, gt_raw, gt_norm, log_z, scales)
 
         want = previous_count(block, gt_raw, gt_norm, log_z, scales)
-        for got in (now(), no_prefilter(now)()):
+        numpy_passes = _with_kernel("numpy", now)
+        dense = _with_kernel("numpy", no_prefilter(now))
+        for got in (now(), numpy_passes(), dense()):
             assert isinstance(got, kernels.RowCounts)
             for a, b in zip((got.above, got.equal, got.norm_above, got.norm_equal), want,
                             strict=True):
                 assert (a == b).all()
-        t = timings({"now": now, "dense": no_prefilter(now),
+        t = timings({"now": now, "numpy": numpy_passes, "dense": dense,
                      "before": lambda s=scales, z=log_z, g=gt_norm:
                      previous_count(block, gt_raw, g, z, s)}, args.repeat)
         out.append([f"counting, {len(betas)} beta{'s' if len(betas) > 1 else ''}",
                     f"{t['now'] * 1e3:.1f} ({n / t['now'] / 1e9:.2f})",
+                    f"{t['numpy'] * 1e3:.1f} ({n / t['numpy'] / 1e9:.2f})",
                     f"{t['dense'] * 1e3:.1f} ({n / t['dense'] / 1e9:.2f})",
                     f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})",
-                    f"{t['dense'] / t['now']:.2f}x", f"{t['before'] / t['now']:.2f}x"])
+                    f"{t['numpy'] / t['now']:.2f}x", f"{t['before'] / t['now']:.2f}x"])
     beta = np.array([20.0])
     assert np.allclose(kernels.bank_logsumexp(block, beta)[0], previous_logsumexp(block, 20.0),
                        rtol=1e-12, atol=0)
     t = timings({"now": lambda: kernels.bank_logsumexp(block, beta),
                  "before": lambda: previous_logsumexp(block, 20.0)}, args.repeat)
     out.append(["bank logsumexp, 1 beta", f"{t['now'] * 1e3:.1f} ({n / t['now'] / 1e9:.2f})",
-                "-", f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})", "-",
+                "-", "-", f"{t['before'] * 1e3:.1f} ({n / t['before'] / 1e9:.2f})", "-",
                 f"{t['before'] / t['now']:.2f}x"])
     floor = hb.exp_seconds(block.shape)
     for row in out:
@@ -273,8 +278,8 @@ def main() -> None:
         row.append(f"{now_ms / 1e3 / floor:.2f}x")
     print(f"ms per block (Gelem/s); floor: float64 exp of the block {floor * 1e3:.1f} ms; "
           + hb.footer(None))
-    print(hb.table(["kernel", "now", "prefilter off", "previous", "prefilter gain",
-                    "gain over previous", "now x exp floor"], out))
+    print(hb.table(["kernel", "now", "numpy passes", "numpy, prefilter off", "previous",
+                    "gain over numpy passes", "gain over previous", "now x exp floor"], out))
     if args.only is None:
         bank_tables(block, args.repeat)
 

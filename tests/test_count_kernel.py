@@ -4,12 +4,15 @@ narrow to reach it)."""
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qbscale.engine import kernels
+from qbscale.engine import fused, kernels
 
 from . import reference as ref
 
@@ -139,3 +142,70 @@ def test_rows_left_alone_get_no_counts_even_with_extreme_scores():
     got = kernels.count_block(block, 0, gt_raw, gt_norm, shift, scales,
                               rows_to_normalise=np.array([True, False]))
     np.testing.assert_array_equal(got.norm_equal, [[1, 0]])
+
+
+def _laid_out(block: np.ndarray, layout: str) -> np.ndarray:
+    """``block``'s values in a C-contiguous, column-sliced or read-only array."""
+    if layout == "cols":  # rows with a stride: a column slice of a wider array
+        return np.pad(block, ((0, 0), (0, 3)))[:, :block.shape[1]]
+    out = block.copy()
+    if layout == "readonly":
+        out.setflags(write=False)
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["fused", "numpy"])
+@settings(max_examples=settings.default.max_examples)
+@given(case=blocks(), layout=st.sampled_from(["c", "cols", "readonly"]),
+       special=st.sampled_from([None, np.nan, np.inf, -np.inf]))
+def test_both_count_kernels_equal_dense_float64(kernel, case, layout, special):
+    """The fused counting kernel and the numpy passes (float32 prefilter) give
+    the counts of the definition, in any memory layout and with non-finite
+    entries."""
+    block, gt_raw, gt_norm, shift, scales, chosen = case
+    if special is not None:
+        block = block.copy()
+        block[:, -1] = special  # never the ground truth's own score: it is finite
+    block = _laid_out(block, layout)
+    with mock.patch.dict(os.environ, {"QBSCALE_KERNEL": kernel}), \
+            np.errstate(invalid="ignore", over="ignore"):
+        got = kernels.count_block(block, 5, gt_raw, gt_norm, shift, scales, chosen)
+        raw = kernels.count_block(block, 5, gt_raw, None, None, scales)
+        above, equal, n_above, n_equal = dense_counts(block, gt_raw, gt_norm, shift, scales,
+                                                      chosen)
+    for counts in (got, raw):
+        np.testing.assert_array_equal(counts.above, above)
+        np.testing.assert_array_equal(counts.equal, equal)
+        np.testing.assert_array_equal(counts.top_idx, np.argmax(block, axis=1) + 5)
+    np.testing.assert_array_equal(got.norm_above, n_above)
+    np.testing.assert_array_equal(got.norm_equal, n_equal)
+    assert raw.norm_above is None and raw.norm_equal is None
+
+
+def test_float_blocks_are_counted_by_the_fused_kernel(monkeypatch):
+    """float32/float64 blocks in native order go through one fused pass;
+    float16, byte-swapped blocks and ``QBSCALE_KERNEL=numpy`` through numpy."""
+    monkeypatch.delenv("QBSCALE_KERNEL", raising=False)
+    seen = []
+    real = fused.counts
+
+    def spy(block, *args):
+        seen.append(block.dtype.str)
+        return real(block, *args)
+
+    monkeypatch.setattr(fused, "counts", spy)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 50))
+    scales, shift = np.array([20.0, 40.0]), rng.standard_normal((2, 50))
+    for dtype in ("<f4", "<f8", "<f2", ">f4"):
+        block = x.astype(dtype)
+        gt_raw = block[:, 3].astype(np.float64)
+        gt_norm = kernels.normalised_gt(gt_raw, np.full(6, 3), shift, scales)
+        got = kernels.count_block(block, 0, gt_raw, gt_norm, shift, scales)
+        _, _, n_above, _ = dense_counts(block, gt_raw, gt_norm, shift, scales,
+                                        np.ones(6, bool))
+        np.testing.assert_array_equal(got.norm_above, n_above)
+    assert seen == ["<f4", "<f8"]
+    monkeypatch.setenv("QBSCALE_KERNEL", "numpy")
+    kernels.count_block(x, 0, x[:, 3].copy(), None, None, scales)
+    assert seen == ["<f4", "<f8"]

@@ -272,3 +272,94 @@ def sums(block: np.ndarray, betas: np.ndarray, members: np.ndarray | None
     total = hi - lo  # Kahan's compensation is the negated lost part
     rest = (hi - total) - lo
     return peaks, resid, total, rest
+
+
+# --------------------------------------------------------------------------
+# the test stage: counts against the ground truth
+# --------------------------------------------------------------------------
+
+
+@_jit
+def _counts(block, gt_same, gt_norm, shift, scales, chosen,  # type: ignore[no-untyped-def]  # pragma: no cover
+            above, equal, norm_above, norm_equal):
+    """Per row, the raw scores ``>`` / ``==`` its ground truth's (compared in
+    the block's dtype, exact), then for each variant ``v`` on a chosen row the
+    float64 scores ``(float64(s) * scales[v]) - shift[v]`` (two roundings, no
+    fma: no fastmath) ``>`` / ``==`` ``gt_norm[v, row]``.  The row is read
+    from memory once and stays in cache for its variants."""
+    n_rows, n_cols = block.shape
+    for i in range(n_rows):
+        row = block[i]
+        g = gt_same[i]
+        a = 0
+        e = 0
+        for j in range(n_cols):
+            v = row[j]
+            if v > g:
+                a += 1
+            if v == g:
+                e += 1
+        above[i] = a
+        equal[i] = e
+        for b in range(scales.shape[0]):
+            if not chosen[b, i]:
+                continue
+            gn = gt_norm[b, i]
+            sc = scales[b]
+            sh = shift[b]
+            a = 0
+            e = 0
+            for j in range(n_cols):
+                s = np.float64(row[j]) * sc - sh[j]
+                if s > gn:
+                    a += 1
+                if s == gn:
+                    e += 1
+            norm_above[b, i] = a
+            norm_equal[b, i] = e
+
+
+#: block dtypes :func:`counts` takes
+COUNT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def counts(block: np.ndarray, gt_raw: np.ndarray, gt_norm: np.ndarray | None,
+           shift: np.ndarray | None, scales: np.ndarray, chosen: np.ndarray | None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(above, equal, norm_above, norm_equal)`` of
+    :func:`qbscale.engine.kernels.count_block` in one pass over the block.
+
+    ``block`` is float32 or float64 in native byte order; ``gt_raw`` the
+    rows' ground-truth scores (values of the block's dtype, as float64);
+    ``gt_norm`` ``(n_variants, n_rows)`` and ``shift`` ``(n_variants,
+    n_cols)`` float64, or None for raw counts only; ``chosen`` the
+    ``(n_variants, n_rows)`` rows each variant counts (others get 0).
+    Every entry's normalised score is computed in float64 as
+    :func:`qbscale.engine.kernels.exact_scores` computes it, so the counts
+    are those of the definition, with no float32 prefilter.
+    """
+    n_rows, n_cols = block.shape
+    above = np.empty(n_rows, np.int64)
+    equal = np.empty(n_rows, np.int64)
+    if gt_norm is None or shift is None:
+        n_var = 0
+        gt_norm = np.zeros((0, n_rows))
+        shift = np.zeros((0, n_cols))
+        scales = np.zeros(0)
+        chosen = np.zeros((0, n_rows), np.bool_)
+    else:
+        n_var = len(scales)
+    gt_norm = np.ascontiguousarray(gt_norm, dtype=np.float64)
+    shift = np.ascontiguousarray(shift, dtype=np.float64)
+    scales = np.ascontiguousarray(scales, dtype=np.float64)
+    chosen = np.ascontiguousarray(np.broadcast_to(
+        np.ones(n_rows, np.bool_) if chosen is None else np.asarray(chosen, np.bool_),
+        (n_var, n_rows)))
+    norm_above = np.zeros((n_var, n_rows), np.int64)
+    norm_equal = np.zeros((n_var, n_rows), np.int64)
+    gt_same = np.ascontiguousarray(gt_raw).astype(block.dtype)  # exact: values of the dtype
+    _counts(block, gt_same, gt_norm, shift, scales, chosen, above, equal,
+            norm_above, norm_equal)
+    if n_var == 0:
+        return above, equal, None, None
+    return above, equal, norm_above, norm_equal

@@ -331,7 +331,11 @@ def count_block(
     slab is first scored in float32 and only the *candidates*, entries whose
     float32 score is within a proven error bound of the ground truth's or
     above it (:func:`candidate_floor`), are scored again in float64 and
-    counted.  A well-ranked ground truth has few candidates.
+    counted.  A well-ranked ground truth has few candidates.  Float32 and
+    float64 blocks, with the fused kernels in use (:func:`kernel_name`), are
+    counted instead in one compiled pass (:func:`qbscale.engine.fused.counts`)
+    that scores every entry in float64 as :func:`exact_scores` does: the
+    same counts, each row read from memory once for all variants.
 
     Parameters
     ----------
@@ -361,6 +365,14 @@ def count_block(
         top_idx = np.argmax(block, axis=1)
     top_val = block[np.arange(n_rows), top_idx].astype(np.float64)
     top_idx = top_idx.astype(np.int64) + col0
+    if _fused_counts(block):
+        fused = _fused()
+        assert fused is not None
+        chosen_rows = None if rows_to_normalise is None else np.asarray(rows_to_normalise, bool)
+        with np.errstate(over="ignore", invalid="ignore"):
+            above, equal, norm_above, norm_equal = fused.counts(
+                block, gt_raw, gt_norm, shift, scales, chosen_rows)
+        return RowCounts(top_val, top_idx, above, equal, norm_above, norm_equal)
     gt_same = gt_raw.astype(block.dtype)[:, None]  # exact: gt_raw came from block's dtype
     above = np.empty(n_rows, np.int64)
     equal = np.empty(n_rows, np.int64)
@@ -417,6 +429,14 @@ def count_block(
             here[1][sparse] = np.bincount(cand_r[exact > g], minlength=len(x))[sparse]
             here[2][sparse] = np.bincount(cand_r[exact == g], minlength=len(x))[sparse]
     return RowCounts(top_val, top_idx, above, equal, norm_above, norm_equal)
+
+
+def _fused_counts(block: np.ndarray) -> bool:
+    """Whether :func:`count_block` counts ``block`` by the fused kernel
+    (:func:`qbscale.engine.fused.counts`): the fused kernels are in use and
+    the block is float32 or float64 in native byte order."""
+    return (kernel_name() == "fused" and block.dtype in _FUSED_DTYPES
+            and block.dtype.isnative and block.ndim == 2 and block.size > 0)
 
 
 def exact_scores(values: np.ndarray, scale: float, shift: np.ndarray | float,
