@@ -15,6 +15,7 @@ from .options import (
     Command,
     InputPath,
     OutputPath,
+    UpdatedPath,
     bank_sample,
     bank_sample_option,
     check_json_output,
@@ -51,7 +52,7 @@ PARAMETERS = {"bank_sample": "bank_sample_text"}
 @click.option("--updatable", is_flag=True,
               help="Keep what updates need (each bank row's top-k; csls and nnn: each "
                    "item's top bank similarities): --update, qbscale items and merge.")
-@click.option("--update", "update", metavar="OLD.zarr", default=None,
+@click.option("--update", "update", metavar="OLD.zarr", default=None, type=UpdatedPath(),
               help="Grow the bank of the updatable normaliser OLD.zarr by STORE's bank rows "
                    "(a store, or a .npy/Zarr of bank embeddings), reading only them.")
 @compute_options

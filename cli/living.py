@@ -14,7 +14,16 @@ from typing import Any
 
 import click
 
-from .options import check_json_output, library_errors, quiet_option, write_json
+from .options import (
+    Command,
+    InputPath,
+    OutputPath,
+    UpdatedPath,
+    check_json_output,
+    library_errors,
+    quiet_option,
+    write_json,
+)
 
 
 def _write(norm: Any, output: str, overwrite: bool, inputs: tuple[str | None, ...],
@@ -98,16 +107,17 @@ def parse_ids(text: str) -> Any:
     return ids
 
 
-@click.command()
-@click.argument("norm", metavar="NORM.zarr")
-@click.option("-o", "--output", required=True, metavar="OUT.zarr",
+@click.command(cls=Command)
+@click.argument("norm", metavar="NORM.zarr", type=UpdatedPath())
+@click.option("-o", "--output", required=True, metavar="OUT.zarr", type=OutputPath("normaliser"),
               help="Where to write the updated normaliser (NORM.zarr itself with --overwrite).")
-@click.option("--add", "add", metavar="NEW.npy", default=None,
+@click.option("--add", "add", metavar="NEW.npy", default=None, type=InputPath(),
               help="Embeddings of new gallery items (a .npy or Zarr array), appended.")
-@click.option("--remove", "remove", metavar="IDS", default=None,
+@click.option("--remove", "remove", metavar="IDS", default=None, type=InputPath(),
               help="Ids of gallery items to remove: 3,5,9 or a .npy / text file of ids.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.zarr.")
-@click.option("--json", "json_path", type=click.Path(), help="Write a summary as JSON.")
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
+              help="Write a summary as JSON.")
 @quiet_option
 @library_errors
 def items(norm: str, output: str, add: str | None, remove: str | None, overwrite: bool,
@@ -136,12 +146,13 @@ def items(norm: str, output: str, add: str | None, remove: str | None, overwrite
            ", ".join(done), t0)
 
 
-@click.command()
-@click.argument("norms", nargs=-1, required=True, metavar="NORM.zarr...")
-@click.option("-o", "--output", required=True, metavar="OUT.zarr",
+@click.command(cls=Command)
+@click.argument("norms", nargs=-1, required=True, metavar="NORM.zarr...", type=InputPath())
+@click.option("-o", "--output", required=True, metavar="OUT.zarr", type=OutputPath("normaliser"),
               help="Where to write the merged normaliser.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.zarr.")
-@click.option("--json", "json_path", type=click.Path(), help="Write a summary as JSON.")
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
+              help="Write a summary as JSON.")
 @quiet_option
 @library_errors
 def merge(norms: tuple[str, ...], output: str, overwrite: bool, json_path: str | None,
@@ -157,9 +168,10 @@ def merge(norms: tuple[str, ...], output: str, overwrite: bool, json_path: str |
            t0)
 
 
-@click.command()
-@click.argument("norm", metavar="NORM.zarr")
-@click.option("--json", "json_path", type=click.Path(), help="Write it as JSON too.")
+@click.command(cls=Command)
+@click.argument("norm", metavar="NORM.zarr", type=InputPath())
+@click.option("--json", "json_path", type=OutputPath("JSON file"),
+              help="Write it as JSON too.")
 @quiet_option
 @library_errors
 def info(norm: str, json_path: str | None, quiet: bool) -> None:

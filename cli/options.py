@@ -28,6 +28,13 @@ class InputPath(click.Path):
         super().__init__(exists=exists, **kwargs)
 
 
+class UpdatedPath(InputPath):
+    """An input the command writes a new version of (a normaliser it updates, a
+    faiss index it follows): the command's output of the same path replaces it, and
+    only with ``--overwrite``; any other output is checked against it as against
+    every input."""
+
+
 class OutputPath(click.Path):
     """A path a command writes, of output ``kind`` (``"JSON file"``, ``"hits file"``,
     ``"plot"``, ``"faiss index"``, or a folder kind of
@@ -78,10 +85,19 @@ def check_outputs(ctx: click.Context) -> None:
     outputs = [(p, v) for p in params if isinstance(p.type, OutputPath)
                for v in _values(ctx.params.get(p.name or ""))]
     overwrite = bool(ctx.params.get("overwrite", False))
+    updated = [v for p in params if isinstance(p.type, UpdatedPath)
+               for v in _values(ctx.params.get(p.name or ""))]
     for param, value in outputs:
         assert isinstance(param.type, OutputPath)
         others = [v for p, v in outputs if p is not param]
-        check_output(value, param.type.kind, inputs, overwrite, others)
+        # a new version of an updated input may take its place (with --overwrite)
+        own = [v for v in inputs if not (overwrite and v in updated and _same(v, value))]
+        check_output(value, param.type.kind, own, overwrite, others)
+
+
+def _same(a: str, b: str) -> bool:
+    """The same local path once symlinks and ``..`` are resolved."""
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 #: where the group's ``-q`` is kept for its subcommands (``ctx.meta`` is shared)

@@ -12,6 +12,7 @@ from .options import (
     Command,
     InputPath,
     OutputPath,
+    UpdatedPath,
     check_output_file,
     library_errors,
     quiet_option,
@@ -200,7 +201,7 @@ def search(normaliser: str, queries: str | None, sims: str | None, gallery_emb: 
 @click.option("--factory", default="Flat", show_default=True,
               help="faiss.index_factory string: Flat, HNSW32, IVF1024,Flat, ...")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index file.")
-@click.option("--follow", "follow", type=click.Path(exists=True), metavar="OLD.faiss",
+@click.option("--follow", "follow", type=UpdatedPath(exists=True), metavar="OLD.faiss",
               help="Update OLD.faiss (built for an earlier version of the updatable "
                    "NORMALISER) instead: new items appended, removed ones deleted; built "
                    "again when the bank changed or the index type cannot delete.")

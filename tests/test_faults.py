@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from qbscale.cli import COMMANDS, cli
-from qbscale.cli.options import Command, InputPath, OutputPath
+from qbscale.cli.options import Command, InputPath, OutputPath, UpdatedPath
 
 from ._fault_matrix import (
     PAGE,
@@ -484,11 +484,16 @@ INSIDE = {
 
 
 def _inputs_of(spec: Spec) -> list[str]:
-    """The spec's InputPath values (its own inputs)."""
+    """The spec's InputPath values (its own inputs); of an input the command writes a
+    new version of (an UpdatedPath: ``fit --update``, ``items``, ``index --follow``),
+    a file inside it, since the path itself is where an in-place update goes
+    (the ``*-in-place`` specs)."""
     command = _command(spec.argv[0])
     ctx = command.make_context(spec.argv[0], list(spec.argv[1:]), resilient_parsing=True)
-    return [v for p in command.params if isinstance(p.type, InputPath)
-            for v in _flat(ctx.params.get(p.name or ""))]
+    return [f"{v}/zarr.json" if isinstance(p.type, UpdatedPath) and v.endswith(".zarr") else v
+            for p in command.params if isinstance(p.type, InputPath)
+            for v in _flat(ctx.params.get(p.name or ""))
+            if not (isinstance(p.type, UpdatedPath) and not v.endswith(".zarr"))]
 
 
 def _flat(value: object) -> list[str]:
@@ -515,9 +520,6 @@ def test_output_never_inside_an_input_or_a_store(name, param, index, template, t
     report(f"{name}: {param} aimed inside inputs and stores", problems)
 
 
-OUTPUT = {"ingest": "out.zarr", "synth": "syn.zarr", "fit": "fit.zarr", "index": "idx.faiss",
-          "fit-update": "grown.zarr", "items": "items.zarr", "merge": "merged.zarr",
-          "index-follow": "followed.faiss"}
 KINDS = {
     "plain-file": "notes.txt",
     "experiment-store": "emb.zarr",
@@ -532,12 +534,6 @@ FILES = {"plain-file", "faiss-index"}
 #: output kind -> the kind of path it may replace (with --overwrite)
 LEGIT = {"experiment store": "experiment-store", "normaliser": "normaliser-store",
          "faiss index": "faiss-index", "report": "report-dir"}
-OWN_INPUT = {"ingest": "b.npy", "fit": "exp.zarr", "index": "norm.zarr",
-             "fit-update": "nb.npy", "merge": "shard.zarr", "index-follow": "live.faiss"}
-LEGIT = {"ingest": "experiment-store", "synth": "experiment-store", "fit": "normaliser-store",
-         "index": "faiss-index", "fit-update": "normaliser-store",
-         "items": "normaliser-store", "merge": "normaliser-store",
-         "index-follow": "faiss-index"}
 
 
 def _kind_cases() -> list[object]:
