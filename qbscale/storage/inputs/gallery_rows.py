@@ -23,9 +23,32 @@ from qbscale.storage import layout
 from qbscale.storage.durability.paths import check_regular
 
 
-@lru_cache(maxsize=16)
 def _open_path(path: str) -> Any:
-    """A ``.npy`` file memory-mapped, or a Zarr array (a store's ``gallery_emb``)."""
+    """A ``.npy`` file memory-mapped, or a Zarr array (a store's ``gallery_emb``).
+
+    Opened once per process and file: the cache is keyed on the absolute path
+    and the identity of what is there now (device, inode, size, modification
+    time of the file, or of a store's root ``zarr.json``), so a relative path
+    met from another working directory, or a file replaced at the same path,
+    is opened anew instead of serving the old one's rows.
+    """
+    return _open_identified(os.path.abspath(path), _identity(path))
+
+
+def _identity(path: str) -> tuple[int, ...]:
+    """What is at ``path`` now (nothing: an empty tuple; a URL: not stat-able)."""
+    out: tuple[int, ...] = ()
+    for candidate in (path, os.path.join(path, "zarr.json")):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        out += (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+@lru_cache(maxsize=16)
+def _open_identified(path: str, identity: tuple[int, ...]) -> Any:
     if path.endswith(".npy"):  # header checked first: empty, truncated, lying, object
         from qbscale.storage.inputs.readers import NpyInput
 
@@ -84,6 +107,8 @@ def _open(source: Any, what: str) -> tuple[Any, tuple[int, ...], int | None]:
         if not os.path.exists(path) and "://" not in path:
             raise InputError(f"{what}: no such file: {path}")
         check_regular(path, dir_ok=True)  # a directory is a Zarr array
+        if "://" not in path:  # workers may run elsewhere in the tree: an absolute path
+            path = os.path.abspath(path)
         data = _open_path(path)
         chunks = getattr(data, "chunks", None)
         return path, tuple(data.shape), int(chunks[0]) if chunks else None
