@@ -63,8 +63,8 @@ def refuse_settings(ctx: click.Context, names: tuple[str, ...]) -> None:
     for name in names:
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
             option = "--" + name.removesuffix("_text").replace("_", "-")
-            raise click.UsageError(f"{option} cannot be given with --update: the settings "
-                                   "are the updated normaliser's")
+            raise click.UsageError(f"{option} cannot be given with qbscale fit --update: the "
+                                   "settings are the updated normaliser's")
 
 
 def grow(ctx: click.Context, store: str, update: str, output: str, overwrite: bool,
@@ -100,9 +100,9 @@ def parse_ids(text: str) -> Any:
         else:
             ids = np.asarray([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
     except ValueError as exc:
-        raise InputError(f"--remove {text}: not a list of integer ids ({exc})") from exc
+        raise InputError(f"qbscale items --remove {text}: not a list of integer ids ({exc})") from exc
     if ids.dtype.kind not in "iu" or ids.ndim != 1 or not ids.size:
-        raise InputError(f"--remove {text}: expected a 1-D list of integer ids, got "
+        raise InputError(f"qbscale items --remove {text}: expected a 1-D list of integer ids, got "
                          f"{ids.dtype} of shape {ids.shape}")
     return ids
 
@@ -192,7 +192,7 @@ def info(norm: str, json_path: str | None, quiet: bool) -> None:
                f"{summary['n_gallery']} gallery items, activation set "
                f"{summary['activation_size']}")
     if loaded.state is None:
-        click.echo("not updatable (fit with --updatable to update it)")
+        click.echo("not updatable (qbscale fit --updatable makes one that is)")
     for n, entry in enumerate(loaded.history):
         click.echo(f"  {n}. {describe_entry(entry)}")
     if json_path:

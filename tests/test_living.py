@@ -288,7 +288,7 @@ def test_cli_update_items_merge_info(tmp_path, cli_invoke):
     assert want.max() >= 30  # new items are among the hits, by their ids
     res = cli_invoke("fit", tmp_path / "nb.npy", "--update", tmp_path / "live.zarr", "-o",
                      tmp_path / "g2.zarr", "--beta", "10", exit_code=2)
-    assert "--beta cannot be given with --update" in res.output
+    assert "--beta cannot be given with qbscale fit --update" in res.output
     res = cli_invoke("merge", tmp_path / "grown.zarr", tmp_path / "grown.zarr", "-o",
                      tmp_path / "m2.zarr", "-q", exit_code=1)
     assert "only disjoint shards merge" in res.output

@@ -194,8 +194,8 @@ def test_a_store_replaced_by_a_smaller_one_during_the_computation_is_refused(sto
         res = CliRunner().invoke(cli, [command, *argv, "--scheduler", scheduler, "-q"])
     assert replaced
     assert res.exit_code == 1, res.output
-    assert res.output == (f"Error: store {store} was replaced while this run read it (an "
-                          "ingest --overwrite?): its figures could mix two stores, so nothing "
+    assert res.output == (f"Error: store {store} was replaced while this run read it (by a "
+                          "new ingest?): its figures could mix two stores, so nothing "
                           "was reported or saved; run again\n")
     assert norm.exists() == (command == "search") and not hits.exists()
 

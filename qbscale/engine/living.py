@@ -65,7 +65,7 @@ REFUSED = {"dual-is": "its gallery-bank term (logW) needs the gallery bank's sim
 class BankState:
     """The mergeable statistics of some bank rows over some gallery items.
 
-    Attributes
+    Parameters
     ----------
     row_values : numpy.ndarray
         (n_rows, k) float64, each bank row's k largest similarities, best first.

@@ -22,10 +22,40 @@ from qbscale.retrieval.faiss_trailer import read_trailer, settings, trailer_meta
 
 
 def follow(old: Any, norm: Any, factory: str | None = None) -> tuple[Any, str]:
-    """The index ``old`` (a :class:`~qbscale.retrieval.faiss_index.FaissSearch`
-    of an earlier version of ``norm``) made to serve ``norm``: ``(index, how)``,
-    ``how`` ``"followed"`` (items appended and deleted in place: ``old`` is
-    changed) or ``"rebuilt"`` (the bank changed, or the index cannot delete).
+    """Make the index ``old`` of an earlier version of ``norm`` serve ``norm``.
+
+    Items added to the gallery since are appended and removed items deleted,
+    in place; when the bank changed (grown or merged: every shift moved) or
+    the index type cannot delete (HNSW), the index is built again.
+
+    Parameters
+    ----------
+    old : FaissSearch
+        The index (:class:`~qbscale.retrieval.faiss_index.FaissSearch`) built
+        for an earlier version of ``norm``, with the same settings; changed in
+        place when it is followed.
+    norm : Normaliser
+        The updatable normaliser (:class:`qbscale.Normaliser` fitted with
+        ``updatable=True``) after its updates.
+    factory : str, optional
+        The faiss index factory string of an index built again; by default
+        the one ``old`` was built with, else ``"Flat"``.
+
+    Returns
+    -------
+    index : FaissSearch
+        The index serving ``norm``.
+    how : {"followed", "rebuilt"}
+        ``"followed"`` when items were appended and deleted in place (``old``
+        is changed), ``"rebuilt"`` when the index was built again.
+
+    Raises
+    ------
+    ConfigError
+        ``old`` was not built for an updatable normaliser, or ``norm`` is not
+        updatable.
+    InputError
+        ``old`` serves a normaliser of other settings.
     """
     from qbscale.retrieval import living
     from qbscale.retrieval.faiss_index import FaissSearch

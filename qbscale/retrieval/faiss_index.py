@@ -83,6 +83,21 @@ class FaissSearch:
         The fitted normaliser the index serves.
     dim : int
         The embeddings' dimension (without the augmentation).
+    centring : tuple of numpy.ndarray, optional
+        ``(centre, weight)``, each ``(n_values,)``: the mean shift removed from
+        each variant's stored shifts and the divisor applied to them, fixed
+        when an index of an updatable normaliser was built, so that it can
+        follow the normaliser's updates (:mod:`qbscale.retrieval.faiss_follow`).
+        None (the default) for an index of a fixed normaliser, whose centring
+        is computed from ``norm``.
+    bank_rows : int, optional
+        The number of bank rows of the updatable normaliser the stored shifts
+        came from (a grown or merged bank means the index is built again);
+        None for an index of a fixed normaliser.
+    factory : str, optional
+        The faiss index factory string the index was built with
+        (``"Flat"``, ``"HNSW32"``, ...), used when it is built again; None
+        when not known.
     """
 
     index: Any

@@ -46,7 +46,7 @@ EMBEDDINGS, SIMILARITIES = "embeddings", "similarities"
 class Record:
     """What a living normaliser was fitted on.
 
-    Attributes
+    Parameters
     ----------
     kind : str
         ``"embeddings"`` (similarities computed from the parts) or

@@ -55,6 +55,12 @@ class Normaliser(_engine.GalleryStatistics, Updatable):
         None otherwise.
     origin : str or None
         The path it was loaded from (:meth:`load`), for messages.
+    state : BankState or None
+        The mergeable bank statistics of an updatable normaliser
+        (:class:`qbscale.engine.living.BankState`), None otherwise.
+    record : Record or None
+        What an updatable normaliser was fitted on and its history
+        (:class:`qbscale.retrieval.living.Record`), None otherwise.
 
     Attributes
     ----------
@@ -63,12 +69,6 @@ class Normaliser(_engine.GalleryStatistics, Updatable):
         parameter (beta, alpha or kc) with its values.
     core : GalleryStatistics
         The engine record alone (no gallery reference): what task graphs carry.
-    state : BankState or None
-        The mergeable bank statistics of an updatable normaliser
-        (:class:`qbscale.engine.living.BankState`), None otherwise.
-    record : Record or None
-        What an updatable normaliser was fitted on and its history
-        (:class:`qbscale.retrieval.living.Record`), None otherwise.
 
     Examples
     --------
@@ -136,9 +136,6 @@ class Normaliser(_engine.GalleryStatistics, Updatable):
             count.
         seed : int, default 0
             Seed of the ``bank_sample`` permutation.
-        **params
-            The method's other parameters, and its swept one when it is not beta
-            (``alpha=[0.5, 0.75]``, ``nnn_k=128``, ``kc=10``, ``gallery_beta=20``).
         updatable : bool, default False
             Keep what :meth:`partial_fit`, :meth:`add_items`,
             :meth:`remove_items` and :meth:`merge` need (each bank row's top-k,
@@ -146,6 +143,9 @@ class Normaliser(_engine.GalleryStatistics, Updatable):
             the inputs (:mod:`qbscale.retrieval.living`); not for dual-is or a
             bank sample.  Computed in this process, a thread per core
             (``scheduler`` and ``progress`` are not used).
+        **params
+            The method's other parameters, and its swept one when it is not beta
+            (``alpha=[0.5, 0.75]``, ``nnn_k=128``, ``kc=10``, ``gallery_beta=20``).
 
         Returns
         -------

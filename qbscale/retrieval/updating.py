@@ -27,8 +27,11 @@ if TYPE_CHECKING:
 
 
 class Updatable:
-    """Updates of a normaliser fitted with ``updatable=True``; needs the
-    attributes ``config``, ``fingerprint``, ``state`` and ``record``."""
+    """Updates of a normaliser fitted with ``updatable=True``.
+
+    A mixin of :class:`qbscale.Normaliser`: it needs the attributes
+    ``config``, ``fingerprint``, ``state`` and ``record``.
+    """
 
     config: RunConfig
     fingerprint: dict[str, Any]
@@ -73,16 +76,29 @@ class Updatable:
 
         Parameters
         ----------
-        bank : (rows, n_gallery) similarities of the new bank rows to the
-            current gallery (numpy, dask or xarray); or
-        bank_emb : the new rows' embeddings (array or ``.npy``/Zarr path), for
-            a normaliser fitted from embeddings
+        bank : array-like, str or os.PathLike, optional
+            The ``(rows, n_gallery)`` similarities of the new bank rows to the
+            current gallery (numpy, dask or xarray), or the path or URL of a
+            store from ``qbscale ingest`` whose bank they are.  Give either
+            ``bank`` or ``bank_emb``.
+        bank_emb : array-like or str, optional
+            The new rows' embeddings (an array, or a ``.npy`` / Zarr path), for
+            a normaliser fitted from embeddings.
 
         Returns
         -------
         Normaliser
             A new normaliser, equal to a fit on the whole bank (``logZ`` to a
             few ulp, the activation set exactly); ``self`` is unchanged.
+
+        Raises
+        ------
+        ConfigError
+            The normaliser was not fitted with ``updatable=True``, or not
+            exactly one of ``bank`` and ``bank_emb`` was given.
+        InputError
+            The new rows do not fit the normaliser (embeddings for one fitted
+            from similarities, another number of gallery items).
         """
 
         state, record = self._living("grow its bank")
@@ -97,14 +113,36 @@ class Updatable:
                              ("bank_checksum",))
 
     def add_items(self, gallery_emb: Any = None, *, bank_sims: Any = None) -> Self:
-        """The normaliser of the gallery with new items appended (ids from
-        ``record.n_ids`` on), from the bank against the new items only.
+        """The normaliser of the gallery with new items appended.
+
+        The new items get the ids from ``record.n_ids`` on; only the bank's
+        similarities to them are computed.
 
         Parameters
         ----------
-        gallery_emb : the new items' embeddings (array or path), for a
-            normaliser fitted from embeddings; or
-        bank_sims : (n_bank, new items) similarities of the whole bank to them
+        gallery_emb : array-like or str, optional
+            The new items' embeddings (an array, or a ``.npy`` / Zarr path), for
+            a normaliser fitted from embeddings (the bank embeddings recorded
+            are read against them).  Give either ``gallery_emb`` or
+            ``bank_sims``.
+        bank_sims : array-like, optional
+            The ``(n_bank, new items)`` similarities of the whole bank to the
+            new items (numpy, dask or xarray).
+
+        Returns
+        -------
+        Normaliser
+            A new normaliser, equal to a fit on the bank over the grown
+            gallery; ``self`` is unchanged.
+
+        Raises
+        ------
+        ConfigError
+            The normaliser was not fitted with ``updatable=True``, or not
+            exactly one of ``gallery_emb`` and ``bank_sims`` was given.
+        InputError
+            ``bank_sims`` has another number of rows than the bank, or
+            ``gallery_emb`` was given for a normaliser fitted from similarities.
         """
 
         state, record = self._living("add gallery items")
@@ -127,6 +165,35 @@ class Updatable:
         Only the bank rows whose top-k held a removed item are computed again,
         from the bank embeddings recorded, or from ``bank_sims`` (the whole
         bank's similarities to the items kept; only those rows are read).
+
+        Parameters
+        ----------
+        ids : array-like of int
+            The ids of the gallery items to remove (their positions in the
+            concatenation of every gallery part added, as in
+            ``record.item_ids``); removed ids are never reused.
+        bank_sims : array-like, optional
+            The ``(n_bank, items kept)`` similarities of the whole bank to the
+            items kept (numpy, dask or xarray), of which only the rows to
+            compute again are read; needed for a normaliser fitted from
+            similarities.  By default the bank and gallery embeddings recorded
+            are read.
+
+        Returns
+        -------
+        Normaliser
+            A new normaliser, equal to a fit on the bank over the items kept;
+            ``self`` is unchanged.
+
+        Raises
+        ------
+        ConfigError
+            The normaliser was not fitted with ``updatable=True``, or fewer
+            than ``k`` items would be left.
+        InputError
+            An id is not in the normaliser, or the bank is not at hand
+            (fitted from similarities without ``bank_sims``, or from
+            embeddings held in memory and not saved).
         """
 
         state, record = self._living("remove gallery items")
@@ -138,9 +205,29 @@ class Updatable:
 
     @classmethod
     def merge(cls, normalisers: Iterable[Self]) -> Self:
-        """One normaliser from normalisers fitted on disjoint shards of a bank
-        (in this order) over one gallery: the one a fit on the shards one
-        after the other gives."""
+        """One normaliser from normalisers fitted on disjoint shards of a bank.
+
+        The shards, in the order given, cover one gallery; the result is the
+        normaliser a fit on the shards one after the other gives.
+
+        Parameters
+        ----------
+        normalisers : iterable of Normaliser
+            Updatable normalisers of the same settings, fitted on disjoint
+            shards of one bank over the same gallery, in bank row order.
+
+        Returns
+        -------
+        Normaliser
+            The normaliser of the whole bank; the inputs are unchanged.
+
+        Raises
+        ------
+        ConfigError
+            No normaliser given, or one was not fitted with ``updatable=True``.
+        InputError
+            The normalisers differ in settings or gallery, or share bank rows.
+        """
 
         norms = list(normalisers)
         if not norms:

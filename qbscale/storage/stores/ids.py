@@ -109,7 +109,7 @@ def add_ids(store: str | os.PathLike[str], query_ids: IdSource | None = None,
     overwrite : bool
         Replace ids of a kind the store already has.
     storage_options : dict, optional
-        fsspec options for a URL ``store``.
+        The fsspec options for a URL ``store``.
 
     Returns
     -------

@@ -185,21 +185,6 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         ``n_queries // n_gallery`` when the queries are a multiple of the gallery.
     gt_index : path or numpy.ndarray, optional
         Ground-truth gallery index of every query, instead of ``queries_per_item``.
-    query_ids, gallery_ids : path or array-like, optional
-        One id per test query / gallery item (a text file, one id a line; a
-        ``.npy`` of integers or strings; ``FILE.parquet:COLUMN``; or the ids),
-        stored as the coordinate arrays ``query`` and ``gallery``
-        (:mod:`qbscale.storage.stores.ids`): hits, qrels and
-        :func:`qbscale.open_dataset` use them.
-    positives : path, optional
-        Several correct gallery items per query, as ``(query, item)`` pairs
-        (:mod:`qbscale.storage.stores.positives`: TREC qrels, a two-column
-        ``.tsv``, ``.parquet``, ``.npy`` pairs or a sparse ``.npz``), instead
-        of ``queries_per_item`` or ``gt_index``.
-    reverse_bank : path or numpy.ndarray, optional
-        The querybank of the other direction (bank items x test queries, e.g.
-        bank videos x test captions), for ``run(direction="v2t")``
-        (:mod:`qbscale.storage.stores.directions`).
     chunk_bytes : int
         Target bytes per stored chunk (whole rows; columns are cut only when one
         row exceeds it).
@@ -222,6 +207,21 @@ def ingest(out: str | os.PathLike[str], bank: PathOrArray, test: PathOrArray,
         queries are not a positive multiple of the gallery, with neither
         ``queries_per_item`` nor ``gt_index`` given, is stored without one.
         Either way the store's attribute ``ground_truth`` says which.
+    query_ids, gallery_ids : path or array-like, optional
+        One id per test query / gallery item (a text file, one id a line; a
+        ``.npy`` of integers or strings; ``FILE.parquet:COLUMN``; or the ids),
+        stored as the coordinate arrays ``query`` and ``gallery``
+        (:mod:`qbscale.storage.stores.ids`): hits, qrels and
+        :func:`qbscale.open_dataset` use them.
+    positives : path, optional
+        Several correct gallery items per query, as ``(query, item)`` pairs
+        (:mod:`qbscale.storage.stores.positives`: TREC qrels, a two-column
+        ``.tsv``, ``.parquet``, ``.npy`` pairs or a sparse ``.npz``), instead
+        of ``queries_per_item`` or ``gt_index``.
+    reverse_bank : path or numpy.ndarray, optional
+        The querybank of the other direction (bank items x test queries, e.g.
+        bank videos x test captions), for ``run(direction="v2t")``
+        (:mod:`qbscale.storage.stores.directions`).
 
     Returns
     -------

@@ -100,11 +100,32 @@ def positives(experiment: Experiment, block: int = 65536
     ``gt`` vector).  Exporters (:mod:`qbscale.storage.outputs.qrels`) read the
     ground truth only through this function.
 
+    Parameters
+    ----------
+    experiment : Experiment
+        The experiment whose ground truth (``gt`` or ``positives``) and
+        ``mask`` are read.
+    block : int, default 65536
+        The number of consecutive queries considered per yielded block.
+
+    Yields
+    ------
+    rows : numpy.ndarray
+        (n,) int64, the 0-based indices of the block's queries the metrics
+        count.
+    positives : list of numpy.ndarray
+        For each of those queries, an int64 array of its relevant gallery
+        indices.
+
     Raises
     ------
     ConfigError
         The experiment has no ground truth.
 
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qbscale.storage.stores.store import positives
     >>> from qbscale.types import Experiment
     >>> exp = Experiment(None, None, np.array([2, 0, 1]), np.array([True, False, True]))
     >>> [(q.tolist(), [p.tolist() for p in pos]) for q, pos in positives(exp)]
