@@ -14,7 +14,9 @@ from .options import library_errors, quiet_option
 @quiet_option
 @library_errors
 def unlock(store: str, quiet: bool) -> None:
-    """Delete STORE's writer lock, left by a run that died.
+    """Delete STORE's writer lock, left by a run that died, and the unpublished
+    results of interrupted runs (``runs/<token>`` prefixes the store does not
+    point at, which `qbscale check` names).
 
     Refused while the run holding it is alive on this host; a lock taken on
     another host is broken as asked (make sure that run is gone).
@@ -25,8 +27,12 @@ def unlock(store: str, quiet: bool) -> None:
 
     if not is_url(store) and not os.path.isdir(local_path(store)):
         raise StoreNotFoundError(f"no store at {store}: nothing to unlock")
+    from qbscale.storage.stores.results import remove_unpublished
+
     info = break_lock(store)
     if info is None:
         click.echo(f"{store} is not locked")
     else:
         click.echo(f"broke the lock of {describe(info)}")
+    for prefix in remove_unpublished(store):
+        click.echo(f"removed {prefix}: an interrupted run's unpublished results")

@@ -355,6 +355,48 @@ def test_sigkill_leftovers_are_recognised_by_the_next_run(store, tmp_path, input
     assert len([p for p in (store / "runs").iterdir() if p.is_dir()]) == 1
 
 
+def _killed_saving_run(store: Path, tmp_path: Path) -> str:
+    """SIGKILL a saving run of ``store`` in the middle; the prefix it left."""
+    assert invoke("run", store, "--save-ranks", "-q").exit_code == 0
+    published = {p.name for p in (store / "runs").iterdir() if p.is_dir()}
+    ready = tmp_path / "ready"
+    proc = slowed("qbscale.storage.stores.results:ScoresWriter.write", ready, "run", str(store),
+                  "--save-scores", "-q", "--workers", "1")
+    wait_for(ready, proc)
+    signalled(proc, signal.SIGKILL)
+    left = {p.name for p in (store / "runs").iterdir() if p.is_dir()} - published
+    assert len(left) == 1, left
+    return f"runs/{left.pop()}"
+
+
+def test_check_after_a_killed_saving_run_names_its_unpublished_results(store, tmp_path):
+    """The arrays a killed run left half-written are no damage: check says what they
+    are and exits 0, and unlock removes them with the lock."""
+    prefix = _killed_saving_run(store, tmp_path)
+    res = invoke("check", store, "-q")
+    lines = res.output.strip().splitlines()  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert f"{prefix}: an interrupted run's unpublished results (not damage): " \
+           f"`qbscale unlock {store}` removes them" in lines, lines
+    assert lines[-1].endswith(", 0 bad") and not any("missing" in x for x in lines), lines
+    res = invoke("unlock", store)
+    assert res.exit_code == 0 and f"removed {prefix}" in res.output, res.output  # type: ignore[attr-defined]
+    assert read_lock(str(store)) is None and not (store / prefix).exists()
+    res = invoke("check", store, "-q")
+    assert res.exit_code == 0 and "interrupted" not in res.output, res.output  # type: ignore[attr-defined]
+    assert invoke("run", store, "--save-scores", "-q").exit_code == 0
+
+
+def test_check_still_finds_damage_beside_an_interrupted_run(store, tmp_path):
+    prefix = _killed_saving_run(store, tmp_path)
+    (store / "test" / "c" / "1" / "0").unlink()
+    res = invoke("check", store, "-q")
+    lines = res.output.strip().splitlines()  # type: ignore[attr-defined]
+    assert res.exit_code == 1, res.output  # type: ignore[attr-defined]
+    assert "test/c/1/0: missing" in lines and lines[-1].endswith(", 1 bad"), lines
+    assert any(x.startswith(f"{prefix}: an interrupted run's") for x in lines), lines
+
+
 # ------------------------------------------------------------------ 5. a full disk
 
 

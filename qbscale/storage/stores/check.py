@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.engine import interrupt
 from qbscale.storage import layout
 from qbscale.storage.durability import integrity, seal
 from qbscale.storage.durability.integrity import chunk_key, exists, has_checksums
@@ -40,6 +41,8 @@ class CheckReport:
     bad: dict[str, str] = field(default_factory=dict)
     unchecked: list[str] = field(default_factory=list)  # arrays without checksums
     unplaced: list[str] = field(default_factory=list)  # arrays without a chunk manifest
+    #: ``runs/<token>`` prefixes no root points at (an interrupted run's; not checked)
+    unpublished: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -102,8 +105,14 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
 
     from qbscale.storage.durability.manifest import arrays_under, declared, layout_problems
 
+    from qbscale.storage.stores.results import unpublished_prefixes
+
     names = arrays_under(url, options, "")
     attrs, listed = _root(url, options, report, names)
+    # an interrupted run's results are not the store's: nothing reads them but --resume,
+    # which verifies what it reuses (its chunks may be missing or half-written)
+    report.unpublished = unpublished_prefixes(url, options) if attrs else []
+    names = [n for n in names if not any(n.startswith(f"{p}/") for p in report.unpublished)]
     for name in listed:
         if name not in names:
             report.bad[f"{name}/zarr.json"] = "missing: the array is gone; restore it or " \
@@ -183,7 +192,9 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
         and each array whose metadata disagrees with its copies (``test``);
         ``unchecked`` names arrays written before checksums (only presence
         and size or decoding were checked), ``unplaced`` those written before
-        chunk manifests (chunk positions not checked).
+        chunk manifests (chunk positions not checked), ``unpublished`` the run
+        prefixes no root points at (an interrupted run's results: not checked,
+        not damage).
     """
     from tqdm import tqdm
 
@@ -210,6 +221,7 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
                 recorded = None  # reported by _arrays
             bar.set_postfix_str(name)
             for coords in _grid(arr):
+                interrupt.check()
                 c = tuple(int(i) for i in coords)
                 why = _problem(url, name, arr, c, options, optional, recorded)
                 if why is not None:

@@ -41,6 +41,62 @@ def published_prefix(attrs: dict[str, Any] | None) -> str | None:
     return str(prefix) if prefix else None
 
 
+def unpublished_prefixes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The run prefixes ``runs/<token>`` of the store at ``url`` that its root does
+    not point at: what a saving run that was interrupted or killed left (its
+    partial arrays and resume manifest), or the previous run's results a run
+    killed right after publishing its own had not deleted yet.  Not damage:
+    nothing reads them but ``--resume``.  An unreadable root: none (the
+    published prefix is unknown)."""
+    from qbscale.storage.durability.manifest import read_json
+
+    try:
+        root = read_json(url, storage_options, "zarr.json")
+    except (ValueError, OSError):
+        return []
+    attrs = (root.get("attributes") or {}).get(layout.ATTR) if isinstance(root, dict) else None
+    if not isinstance(attrs, dict):
+        return []
+    published = published_prefix(attrs)
+    if not layout.is_url(url):
+        try:
+            entries = [e.name for e in os.scandir(os.path.join(layout.local_path(url), RUNS))
+                       if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    else:
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        folder = f"{base.rstrip('/')}/{RUNS}"
+        if not fs.exists(folder):
+            return []
+        entries = [str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+                   for e in fs.ls(folder, detail=True) if e.get("type") == "directory"]
+    return sorted(f"{RUNS}/{name}" for name in entries
+                  if not name.startswith(".") and f"{RUNS}/{name}" != published)
+
+
+def remove_unpublished(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Delete the store's :func:`unpublished_prefixes`, holding its writer lock (a
+    run that starts meanwhile is not touched); returns the prefixes deleted.
+
+    Raises
+    ------
+    StoreLockedError
+        A run holds the store's lock.
+    """
+    from qbscale.storage.durability.lock import StoreLock
+    from qbscale.storage.durability.publish import delete_nodes
+
+    if not unpublished_prefixes(url, storage_options):
+        return []  # no lock taken: a read-only store is fine
+    with StoreLock.acquire(url, storage_options, "removing an interrupted run's results"):
+        prefixes = unpublished_prefixes(url, storage_options)
+        delete_nodes(url, storage_options, prefixes)
+    return prefixes
+
+
 def result_path(attrs: dict[str, Any] | None, name: str) -> str:
     """Where result array ``name`` (``scores``, ``ranks``, ...) of the last run is."""
     prefix = published_prefix(attrs)

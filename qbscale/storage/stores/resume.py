@@ -43,6 +43,7 @@ from qbscale.storage.stores.results import (
     new_prefix,
     publish,
     published_prefix,
+    unpublished_prefixes,
     writable_array,
     write_results,
 )
@@ -232,7 +233,10 @@ class RunState:
         if picked is None:  # a fresh run: interrupted ones are abandoned
             from qbscale.storage.durability.publish import delete_nodes
 
-            delete_nodes(str(experiment.url), experiment.storage_options, pending)
+            # with the prefixes a killed run left before its manifest group was made
+            leftovers = unpublished_prefixes(str(experiment.url), experiment.storage_options)
+            delete_nodes(str(experiment.url), experiment.storage_options,
+                         sorted({*pending, *leftovers}))
         prefix = picked[0] if picked is not None else new_prefix()
         shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery,
                               experiment.gt is not None)
