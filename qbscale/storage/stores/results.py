@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 SCORES = "scores"
 #: where each run's arrays go: ``runs/<token>/<name>``
 RUNS = "runs"
+#: the group of a run's prefix that keeps its progress (:mod:`qbscale.storage.stores.resume`)
+MANIFEST_GROUP = "manifest"
 #: the result arrays a run saves (read through the ``last_run`` pointer)
 RESULT_NAMES = (SCORES, "ranks", "ranks_baseline", "topk_index", "topk_score")
 
@@ -77,9 +79,28 @@ def unpublished_prefixes(url: str, storage_options: dict[str, Any] | None = None
                   if not name.startswith(".") and f"{RUNS}/{name}" != published)
 
 
-def remove_unpublished(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Delete the store's :func:`unpublished_prefixes`, holding its writer lock (a
-    run that starts meanwhile is not touched); returns the prefixes deleted.
+def resumable(url: str, storage_options: dict[str, Any] | None, prefix: str) -> bool:
+    """True when run prefix ``prefix`` holds a finished resume manifest: a run with
+    the same options and ``--resume`` reuses its finished row blocks."""
+    from qbscale.storage.durability.manifest import read_json
+
+    try:
+        meta = read_json(url, storage_options, f"{prefix}/{MANIFEST_GROUP}/zarr.json")
+    except (ValueError, OSError):
+        return False
+    return isinstance(meta, dict) and "settings" in (meta.get("attributes") or {})
+
+
+def remove_unpublished(url: str, storage_options: dict[str, Any] | None = None
+                       ) -> tuple[list[str], list[str]]:
+    """Delete the store's :func:`unpublished_prefixes` that no ``--resume`` can use,
+    holding its writer lock (a run that starts meanwhile is not touched).
+
+    Returns
+    -------
+    tuple of list of str
+        The prefixes deleted, and those kept because a ``--resume`` run reuses
+        them (a run without ``--resume`` deletes them).
 
     Raises
     ------
@@ -90,11 +111,13 @@ def remove_unpublished(url: str, storage_options: dict[str, Any] | None = None) 
     from qbscale.storage.durability.publish import delete_nodes
 
     if not unpublished_prefixes(url, storage_options):
-        return []  # no lock taken: a read-only store is fine
+        return [], []  # no lock taken: a read-only store is fine
     with StoreLock.acquire(url, storage_options, "removing an interrupted run's results"):
-        prefixes = unpublished_prefixes(url, storage_options)
-        delete_nodes(url, storage_options, prefixes)
-    return prefixes
+        found = unpublished_prefixes(url, storage_options)
+        kept = [p for p in found if resumable(url, storage_options, p)]
+        removed = [p for p in found if p not in kept]
+        delete_nodes(url, storage_options, removed)
+    return removed, kept
 
 
 def result_path(attrs: dict[str, Any] | None, name: str) -> str:

@@ -37,6 +37,7 @@ from qbscale.engine.plan import Plan
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError
 from qbscale.storage.stores.results import (
+    MANIFEST_GROUP,
     RUNS,
     SCORES,
     ScoresWriter,
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from qbscale.config import RunConfig
     from qbscale.types import Experiment
 
-GROUP = "manifest"
+GROUP = MANIFEST_GROUP
 DONE = "done"
 BANK_DONE = "bank_done"
 
