@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -421,6 +422,30 @@ def test_check_still_finds_damage_beside_an_interrupted_run(store, tmp_path):
     lines = _check_lines(store, code=1)
     assert "test/c/1/0: missing" in lines and lines[-1].endswith(", 1 bad"), lines
     assert any(x.startswith(f"{prefix}: an interrupted run's") for x in lines), lines
+
+
+@pytest.mark.parametrize(("hook", "flags"), [
+    ("qbscale.storage.stores.results:ScoresWriter.write", ("--save-scores",)),
+    ("qbscale.storage.stores.results:ScoresWriter.write", ("--save-scores", "--resume")),
+    ("qbscale.storage.stores.store.check_unchanged", ("--save-ranks",)),
+    ("qbscale.storage.stores.store.check_unchanged", ("--topk", "3")),
+], ids=["while-computing", "while-computing-resumable", "before-saving-ranks",
+        "before-saving-topk"])
+def test_a_store_deleted_under_a_saving_run_is_not_made_again(store, tmp_path, hook, flags):
+    """The run stops with one line naming the deletion, and nothing appears at the
+    deleted path: no chunk directories made again by writes in flight, no bare
+    group, no results published into one."""
+    ready = tmp_path / "ready"
+    proc = slowed(hook, ready, "run", str(store), *flags, "-q", "--workers", "1", sleep=1.0)
+    wait_for(ready, proc)
+    shutil.rmtree(store)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (proc.returncode, out, err)
+    assert err.strip().splitlines() == [
+        f"Error: store {store} was deleted while this run used it: nothing was reported or "
+        "saved, and nothing was written in its place"], err
+    assert not os.path.lexists(store), sorted(str(p) for p in store.rglob("*"))[:10]
+    assert leftovers(tmp_path) == []
 
 
 # ------------------------------------------------------------------ 5. a full disk

@@ -92,3 +92,37 @@ def remove_detached(path: str) -> None:
         _DETACHED.append(subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True))
+
+
+def remove_skeleton(root: str | os.PathLike[str]) -> None:
+    """Delete what writes in flight made again where a store was deleted: empty
+    directories and bare group metadata (the ``zarr.json`` of a group without
+    attributes, which zarr makes for the missing parents of an array), nothing
+    else, bottom up.  Nothing is done while ``root`` holds the metadata of a
+    group with attributes (a store)."""
+    root = os.fspath(root)
+    if not os.path.isdir(root) or os.path.islink(root):
+        return
+    top = os.path.join(root, "zarr.json")
+    if os.path.lexists(top) and not _bare_group(top):
+        return
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            if name == "zarr.json" and _bare_group(os.path.join(folder, name)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+        with contextlib.suppress(OSError):  # refused while anything else is inside
+            os.rmdir(folder)
+
+
+def _bare_group(path: str) -> bool:
+    """True for the metadata of a Zarr group without attributes."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("node_type") == "group" \
+        and not meta.get("attributes")

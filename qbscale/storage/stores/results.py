@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qbscale.engine import interrupt
 from qbscale.engine.grid import offsets
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
@@ -33,6 +34,37 @@ RESULT_NAMES = (SCORES, "ranks", "ranks_baseline", "topk_index", "topk_score")
 def new_prefix() -> str:
     """A fresh run prefix, ``runs/<token>``."""
     return f"{RUNS}/{uuid.uuid4().hex}"
+
+
+def deleted(url: str | None) -> bool:
+    """True when the local store at ``url`` has lost its root ``zarr.json``: it was
+    deleted (or is being deleted) while a run used it.  Never for a URL (object
+    storage has no directories a write could create again) or no store."""
+    if url is None or layout.is_url(str(url)):
+        return False
+    return not os.path.isfile(os.path.join(layout.local_path(str(url)), "zarr.json"))
+
+
+def deleted_error(url: str) -> Any:
+    """The one-line error of a store deleted while a run used it."""
+    from qbscale.errors import StoreChangedError
+
+    return StoreChangedError(f"store {url} was deleted while this run used it: nothing was "
+                             "reported or saved, and nothing was written in its place")
+
+
+def check_present(url: str | None) -> None:
+    """Stop before a write into a store that was deleted meanwhile: zarr creates
+    the directories of every chunk it writes, so the write would leave the
+    skeleton of a store where the user deleted one.
+
+    Raises
+    ------
+    StoreChangedError
+        The store's root ``zarr.json`` is gone (:func:`deleted`).
+    """
+    if deleted(url):
+        raise deleted_error(str(url))
 
 
 def published_prefix(attrs: dict[str, Any] | None) -> str | None:
@@ -226,6 +258,8 @@ class ScoresWriter:
                    test.row_chunks, uuid.uuid4().hex, prefix)
 
     def write(self, b: int, i: int, block: np.ndarray) -> None:
+        interrupt.check()  # SIGTERM: no new block written while the run stops
+        check_present(self.url)
         arr = writable_array(self.url, self.path, self.options, self.token)
         r0 = offsets(self.row_chunks)[i]
         arr[b, r0:r0 + block.shape[0], :] = block
@@ -240,6 +274,7 @@ def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
     variant = result.config.variant_name  # beta, alpha or kc: the axis of the swept values
 
     def put(name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
+        check_present(str(experiment.url))  # create_array makes missing parents
         arr = create_array(str(experiment.url), f"{prefix}/{name}", shape=data.shape,
                            dtype=data.dtype, chunks=data.shape, overwrite=True,
                            dimension_names=dims, storage_options=experiment.storage_options)
@@ -266,7 +301,15 @@ def publish(experiment: Experiment, prefix: str, summary: dict[str, Any]) -> Non
     from qbscale.storage.durability.publish import delete_nodes, replace_root_attrs
 
     url = str(experiment.url)
+    check_present(url)
     old = dict(root_attrs(experiment))
+    if not old:  # a bare group where the store was: made again by a write in flight
+        raise deleted_error(url)
+    if old.get("store_id") != (experiment.attrs or {}).get("store_id"):
+        from qbscale.errors import StoreChangedError
+
+        raise StoreChangedError(f"store {url} was replaced while this run wrote into it: "
+                                "its results were not published")
     previous = published_prefix(old)
     attrs = {**old, "last_run": {**summary, "prefix": prefix}}
     replace_root_attrs(url, experiment.storage_options, attrs)
