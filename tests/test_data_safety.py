@@ -605,7 +605,7 @@ def test_eio_at_the_publishing_rename_keeps_the_previous_output(store, norm, tmp
         ["fit", str(store), "-o", str(norm), "--overwrite", "-q"]
     with contextlib.ExitStack() as stack:
         with contextlib.suppress(ImportError):
-            from qbscale.storage import rename  # renameat2 unavailable: os.rename it is
+            from qbscale.storage.durability import rename  # renameat2 unavailable: os.rename
 
             stack.enter_context(mock.patch.object(rename, "_renameat2", lambda: None))
         stack.enter_context(mock.patch("os.rename", failing))
