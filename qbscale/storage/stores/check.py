@@ -104,7 +104,6 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
     import zarr
 
     from qbscale.storage.durability.manifest import arrays_under, declared, layout_problems
-
     from qbscale.storage.stores.results import unpublished_prefixes
 
     names = arrays_under(url, options, "")
