@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from qbscale.engine import interrupt
 from qbscale.executors import tune_malloc
 
 from .options import QUIET_KEY
@@ -105,9 +106,27 @@ TERMINATED_EXIT = 128 + signal.SIGTERM
 _SAVING = ("--save-scores", "--save-ranks", "--topk", "--resume")
 
 
+def _stop_work() -> None:
+    """Tell the work still running in other threads to stop: the pending-interruption
+    flag their loops check between units (:mod:`qbscale.engine.interrupt`), and the
+    cancellation of zarr's reads and writes in flight."""
+    interrupt.request()
+    if "zarr" in sys.modules:  # nothing of zarr's to cancel before it is imported
+        from qbscale.storage.durability.stage import cancel_zarr_work
+
+        cancel_zarr_work()
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not cut cleanup
+    _stop_work()
     raise Terminated(signum)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C: what Python does (KeyboardInterrupt), once the other threads are told."""
+    _stop_work()
+    raise KeyboardInterrupt
 
 
 def terminated_message(args: list[str]) -> str:
@@ -146,6 +165,8 @@ def main(args: list[str] | None = None) -> None:
     if _computes(args):
         tune_malloc()
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         cli(args=args, prog_name="qbscale")
     except Terminated:

@@ -27,6 +27,8 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
     report = check_store(store, progress=not quiet)
     for key, why in sorted(report.bad.items()):
         click.echo(f"{key}: {why}")
+    for line in unpublished_lines(store, report.unpublished):
+        click.echo(line)
     if report.unchecked:
         click.echo(f"notice: {len(report.unchecked)} array(s) carry no checksums (written "
                    f"before them): {', '.join(report.unchecked)}")
@@ -37,3 +39,28 @@ def check(store: str, repair_hint: bool, quiet: bool) -> None:
             click.echo(f"hint: {line}")
     if report.bad:
         sys.exit(1)
+
+
+def unpublished_lines(store: str, prefixes: list[str]) -> list[str]:
+    """One line per run prefix no root points at: the results of a run in progress
+    (its lock's holder is alive), or an interrupted run's, which are no damage."""
+    from qbscale.storage.durability.lock import describe, holder_alive, read_lock
+    from qbscale.storage.stores.results import resumable
+
+    if not prefixes:
+        return []
+    info = read_lock(store)
+    if info and holder_alive(info):
+        return [f"{prefix}: unpublished results of the run in progress ({describe(info)}): "
+                "not damage" for prefix in prefixes]
+    return [f"{prefix}: {interrupted_hint(store, resumable(store, None, prefix))}"
+            for prefix in prefixes]
+
+
+def interrupted_hint(store: str, resumes: bool) -> str:
+    """What an interrupted run's unpublished results are, and what removes them."""
+    what = "an interrupted run's unpublished results (not damage)"
+    if resumes:
+        return (f"{what}: `qbscale run {store} --resume` with its options reuses its finished "
+                "row blocks, a run without --resume removes them")
+    return f"{what}: `qbscale unlock {store}` removes them"

@@ -100,9 +100,11 @@ def parse_ids(text: str) -> Any:
         else:
             ids = np.asarray([int(v) for v in text.split(",") if v.strip()], dtype=np.int64)
     except ValueError as exc:
-        raise InputError(f"qbscale items --remove {text}: not a list of integer ids ({exc})") from exc
+        raise InputError(f"qbscale items --remove {text}: not a list of integer ids "
+                         f"({exc})") from exc
     if ids.dtype.kind not in "iu" or ids.ndim != 1 or not ids.size:
-        raise InputError(f"qbscale items --remove {text}: expected a 1-D list of integer ids, got "
+        raise InputError(f"qbscale items --remove {text}: expected a 1-D list of integer "
+                         f"ids, got "
                          f"{ids.dtype} of shape {ids.shape}")
     return ids
 

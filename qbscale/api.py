@@ -115,7 +115,14 @@ class RunPlan:
             Everything the run measured.
         """
         try:
-            return self._execute(scheduler, num_workers, progress, before_publish)
+            try:
+                return self._execute(scheduler, num_workers, progress, before_publish)
+            except Exception as exc:  # a missing chunk, a failed write: of a deleted store?
+                from qbscale.storage.stores.results import deleted, deleted_error
+
+                if deleted(self.experiment.url):
+                    raise deleted_error(str(self.experiment.url)) from exc
+                raise
         except NotFiniteError as exc:  # an overflow, or stored data that are not finite?
             from qbscale.storage.stores.finite import nonfinite_error
 
@@ -128,19 +135,23 @@ class RunPlan:
                 raise
             self.state.discard()
             raise _no_space(self.experiment, exc) from exc
-        except BaseException:  # errors, Ctrl-C, SIGTERM (the CLI's Terminated)
-            self._discard_unless_resumable()
+        except BaseException as exc:  # errors, Ctrl-C, SIGTERM (the CLI's Terminated)
+            self._discard_unless_resumable(cancel=not isinstance(exc, Exception))
             raise
         finally:
             if self.lock is not None:
                 self.lock.release()
 
-    def _discard_unless_resumable(self) -> None:
+    def _discard_unless_resumable(self, cancel: bool = False) -> None:
         """A failed run leaves nothing in its store, unless it was asked to be
         resumable (``resume=True``): then its finished row blocks stay for the
-        next ``resume=True`` run of the same settings."""
-        if self.state is not None and not self.resumable:
-            self.state.discard()
+        next ``resume=True`` run of the same settings (not when the store was
+        deleted meanwhile).  ``cancel``: it was interrupted (zarr's writes in
+        flight are cancelled, not awaited)."""
+        from qbscale.storage.stores.results import deleted
+
+        if self.state is not None and (not self.resumable or deleted(self.experiment.url)):
+            self.state.discard(cancel=cancel)
 
     def _execute(self, scheduler: Any, num_workers: int | None, progress: bool,
                  before_publish: Callable[[RunResult], None] | None) -> RunResult:

@@ -442,3 +442,84 @@ def used_bytes(path: Path) -> int:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+
+
+# --- SIGTERM latency ------------------------------------------------------------------------
+
+#: seconds from SIGTERM to the process's exit, at most (on a loaded 2-core machine)
+TERM_BUDGET = 2.0
+
+
+@dataclass(frozen=True)
+class Long:
+    """A writing or long-running command over tiny chunks: seconds of work that
+    SIGTERM must cut short.  ``outputs`` are the paths it writes (absent before)."""
+
+    name: str
+    argv: tuple[str, ...]
+    outputs: tuple[str, ...] = ()
+
+
+LONG = (
+    Long("ingest", ("ingest", "--bank", "b.npy", "--test", "t.npy", "--chunk-rows", "1",
+                    "-o", "out.zarr", "--json", "ingest.json"), ("out.zarr", "ingest.json")),
+    Long("synth", ("synth", "--bank", "1500", "--test", "300", "--gallery", "300",
+                   "--chunk-rows", "1", "--json", "synth.json", "syn.zarr"),
+         ("syn.zarr", "synth.json")),
+    Long("run", ("run", "slow.zarr")),
+    Long("run-scores", ("run", "slow.zarr", "--save-scores", "--json", "run.json"),
+         ("run.json",)),
+    Long("run-topk-hits", ("run", "slow.zarr", "--topk", "3", "--hits", "hits.parquet"),
+         ("hits.parquet",)),
+    Long("run-resume", ("run", "slow.zarr", "--save-ranks", "--resume")),
+    Long("fit", ("fit", "slow.zarr", "-o", "fit.zarr", "--json", "fit.json"),
+         ("fit.zarr", "fit.json")),
+    Long("index", ("index", "norm.zarr", "-o", "idx.faiss", "--factory", "HNSW32"),
+         ("idx.faiss",)),
+    Long("search", ("search", "norm.zarr", "--queries", "q.npy", "--topk", "3", "--hits",
+                    "found.tsv", "--block-rows", "10"), ("found.tsv",)),
+    Long("check", ("check", "slow.zarr")),
+    Long("sweep", ("sweep", "slow.zarr", "--bank-sizes", "100,all", "--repeats", "2",
+                   "--json", "sweep.json", "--plot", "sweep.png"), ("sweep.json", "sweep.png")),
+    Long("hubness", ("hubness", "slow.zarr", "--json", "hub.json"), ("hub.json",)),
+    Long("diagnose", ("diagnose", "slow.zarr", "--json", "diag.json"), ("diag.json",)),
+    Long("report", ("report", "slow.zarr", "-o", "rep", "--method", "dis", "--no-diagnose"),
+         ("rep",)),
+    Long("evaluate", ("eval", "slow.zarr", "--json", "eval.json"), ("eval.json",)),
+)
+LONG_SPEC = {spec.name: spec for spec in LONG}
+#: when SIGTERM is sent, as a share of the command's uninterrupted duration
+MOMENTS = {"early": 0.25, "middle": 0.6}
+
+
+def terminate_at(runner: Runner, argv: list[str], work: Path, delay: float
+                 ) -> tuple[int | None, float, str]:
+    """Start ``qbscale ARGV``, send SIGTERM ``delay`` seconds later; its exit code
+    (None: it had ended before), the seconds from the signal to its exit, stderr."""
+    handle = runner.start(argv, work, None)
+    pid = handle.pid or (handle.proc.pid if handle.proc else 0)
+
+    def poll() -> int | None:  # the exit code once it ended (reaped: ask once more never)
+        if handle.proc is not None:
+            return handle.proc.poll()
+        return runner._ask(op="poll", pid=handle.pid)["code"]
+
+    def stderr() -> str:
+        if handle.proc is not None:
+            return handle.proc.communicate(timeout=TIMEOUT)[1]
+        assert handle.err
+        return handle.err.read_text()
+
+    deadline = time.monotonic() + delay
+    while time.monotonic() < deadline:
+        if poll() is not None:
+            stderr()
+            return None, 0.0, ""
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    while (code := poll()) is None:
+        if time.monotonic() - t0 > TIMEOUT:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+    return code, time.monotonic() - t0, stderr()

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -22,6 +23,7 @@ from click.testing import CliRunner
 from qbscale.cli import cli
 from qbscale.storage.durability import stage
 from qbscale.storage.durability.lock import read_lock
+from qbscale.storage.stores.results import open_result
 from qbscale.storage.stores.store import open_experiment
 
 from ._faults import QBSCALE, leftovers, qbscale, signalled, slowed, snapshot, tmpfs, wait_for
@@ -380,6 +382,97 @@ def test_sigkill_leftovers_are_recognised_by_the_next_run(store, tmp_path, input
     assert len([p for p in (store / "runs").iterdir() if p.is_dir()]) == 1
 
 
+def _killed_saving_run(store: Path, tmp_path: Path, hook: str) -> str:
+    """SIGKILL a saving run of ``store`` paused after ``hook``; the run prefix no root
+    points at that it left (its own, or the previous run's)."""
+    assert invoke("run", store, "--save-ranks", "-q").exit_code == 0
+    ready = tmp_path / "ready"
+    proc = slowed(hook, ready, "run", str(store), "--save-scores", "-q", "--workers", "1")
+    wait_for(ready, proc)
+    signalled(proc, signal.SIGKILL)
+    published = json.loads((store / "zarr.json").read_text())["attributes"]["qbscale"][
+        "last_run"]["prefix"]
+    left = [f"runs/{p.name}" for p in (store / "runs").iterdir()
+            if p.is_dir() and f"runs/{p.name}" != published]
+    assert len(left) == 1, left
+    return left[0]
+
+
+def _check_lines(store: Path, code: int = 0) -> list[str]:
+    res = invoke("check", store, "-q")
+    assert res.exit_code == code, res.output  # type: ignore[attr-defined]
+    return res.output.strip().splitlines()  # type: ignore[attr-defined]
+
+
+def test_check_after_a_run_killed_while_computing(store, tmp_path):
+    """The half-written arrays of a run killed while it computed are no damage: check
+    says what they are and exits 0; unlock keeps them for --resume, and a run
+    without --resume removes them."""
+    prefix = _killed_saving_run(store, tmp_path,
+                                "qbscale.storage.stores.results:ScoresWriter.write")
+    lines = _check_lines(store)
+    assert f"{prefix}: an interrupted run's unpublished results (not damage): `qbscale run " \
+           f"{store} --resume` with its options reuses its finished row blocks, a run " \
+           "without --resume removes them" in lines, lines
+    assert lines[-1].endswith(", 0 bad") and not any("missing" in x for x in lines), lines
+    res = invoke("unlock", store)
+    assert res.exit_code == 0 and f"kept {prefix}: " in res.output, res.output  # type: ignore[attr-defined]
+    assert read_lock(str(store)) is None and (store / prefix / "manifest").is_dir()
+    assert invoke("run", store, "--save-scores", "-q").exit_code == 0
+    assert not (store / prefix).exists()
+    assert not any("interrupted" in x for x in _check_lines(store))
+
+
+def test_check_after_a_run_killed_while_publishing(store, tmp_path):
+    """Killed between publishing its results and deleting the previous run's: those
+    are named as unpublished results, not damage, and unlock removes them."""
+    prefix = _killed_saving_run(store, tmp_path,
+                                "qbscale.storage.durability.publish.replace_root_attrs")
+    lines = _check_lines(store)
+    assert f"{prefix}: an interrupted run's unpublished results (not damage): " \
+           f"`qbscale unlock {store}` removes them" in lines, lines
+    res = invoke("unlock", store)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert f"removed {prefix}: an interrupted run's unpublished results" in \
+        res.output.splitlines(), res.output  # type: ignore[attr-defined]
+    assert read_lock(str(store)) is None and not (store / prefix).exists()
+    assert not any("interrupted" in x for x in _check_lines(store))
+    assert open_result(str(store), "scores").shape[0] == 1
+
+
+def test_check_still_finds_damage_beside_an_interrupted_run(store, tmp_path):
+    prefix = _killed_saving_run(store, tmp_path,
+                                "qbscale.storage.stores.results:ScoresWriter.write")
+    (store / "test" / "c" / "1" / "0").unlink()
+    lines = _check_lines(store, code=1)
+    assert "test/c/1/0: missing" in lines and lines[-1].endswith(", 1 bad"), lines
+    assert any(x.startswith(f"{prefix}: an interrupted run's") for x in lines), lines
+
+
+@pytest.mark.parametrize(("hook", "flags"), [
+    ("qbscale.storage.stores.results:ScoresWriter.write", ("--save-scores",)),
+    ("qbscale.storage.stores.results:ScoresWriter.write", ("--save-scores", "--resume")),
+    ("qbscale.storage.stores.store.check_unchanged", ("--save-ranks",)),
+    ("qbscale.storage.stores.store.check_unchanged", ("--topk", "3")),
+], ids=["while-computing", "while-computing-resumable", "before-saving-ranks",
+        "before-saving-topk"])
+def test_a_store_deleted_under_a_saving_run_is_not_made_again(store, tmp_path, hook, flags):
+    """The run stops with one line naming the deletion, and nothing appears at the
+    deleted path: no chunk directories made again by writes in flight, no bare
+    group, no results published into one."""
+    ready = tmp_path / "ready"
+    proc = slowed(hook, ready, "run", str(store), *flags, "-q", "--workers", "1", sleep=1.0)
+    wait_for(ready, proc)
+    shutil.rmtree(store)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (proc.returncode, out, err)
+    assert err.strip().splitlines() == [
+        f"Error: store {store} was deleted while this run used it: nothing was reported or "
+        "saved, and nothing was written in its place"], err
+    assert not os.path.lexists(store), sorted(str(p) for p in store.rglob("*"))[:10]
+    assert leftovers(tmp_path) == []
+
+
 # ------------------------------------------------------------------ 5. a full disk
 
 
@@ -537,7 +630,7 @@ def test_eio_at_the_publishing_rename_keeps_the_previous_output(store, norm, tmp
         ["fit", str(store), "-o", str(norm), "--overwrite", "-q"]
     with contextlib.ExitStack() as stack:
         with contextlib.suppress(ImportError):
-            from qbscale.storage.durability import rename  # renameat2 unavailable: os.rename it is
+            from qbscale.storage.durability import rename  # renameat2 unavailable: os.rename
 
             stack.enter_context(mock.patch.object(rename, "_renameat2", lambda: None))
         stack.enter_context(mock.patch("os.rename", failing))

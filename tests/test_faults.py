@@ -15,6 +15,8 @@ import contextlib
 import os
 import re
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +30,15 @@ from qbscale.cli import COMMANDS, cli
 from qbscale.cli.options import Command, InputPath, OutputPath, UpdatedPath
 
 from ._fault_matrix import (
+    LONG,
+    LONG_SPEC,
+    MOMENTS,
     PAGE,
     SPEC,
     SPECS,
+    TERM_BUDGET,
     Diff,
+    Long,
     Runner,
     Snapshot,
     Spec,
@@ -43,6 +50,7 @@ from ._fault_matrix import (
     seed_of,
     snapshot,
     stderr_lines,
+    terminate_at,
     tmpfs,
     used_bytes,
     written_bytes,
@@ -587,3 +595,99 @@ def test_report_replaces_only_its_own_report(template, tmp_path):
                              "--no-diagnose", *flags), ("site",), ())
         assert _aimed(spec, 3, "site", work) == []
     assert (work / "site" / "index.html").read_text() == "<html>a user's page</html>\n"
+
+
+# --- SIGTERM latency ------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def long_work(tmp_path_factory, runner) -> tuple[Path, dict[str, float]]:
+    """A work directory of tiny-chunk inputs (every command over it lasts seconds),
+    and each command's uninterrupted duration there."""
+    root = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(1)
+    np.save(root / "b.npy", rng.standard_normal((3000, 40)).astype(np.float32))
+    np.save(root / "t.npy", rng.standard_normal((400, 40)).astype(np.float32))
+    np.save(root / "q.npy", rng.standard_normal((120, 16)).astype(np.float32))
+    with chdir(root):
+        invoke("-q", "synth", "--bank", "1200", "--test", "300", "--gallery", "300",
+               "--chunk-rows", "1", "slow.zarr")
+        invoke("-q", "synth", "--kind", "embeddings", "--bank", "3000", "--test", "300",
+               "--gallery", "3000", "--dim", "16", "--chunk-rows", "5", "emb.zarr")
+        invoke("-q", "fit", "emb.zarr", "-o", "norm.zarr")
+    durations = {}
+    for spec in LONG:
+        start = time.monotonic()
+        code, _, err = runner.run(["-q", *spec.argv], root)
+        durations[spec.name] = time.monotonic() - start
+        assert code == 0, f"qbscale {' '.join(spec.argv)} exited {code}: {err}"
+        _remove_outputs(root, spec)
+    return root, durations
+
+
+def _remove_outputs(root: Path, spec: Long) -> None:
+    for rel in spec.outputs:
+        path = root / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _store_state(root: Path) -> tuple[bytes, list[str]]:
+    """The published state of slow.zarr: its root metadata and its run prefixes."""
+    runs = root / "slow.zarr" / "runs"
+    return ((root / "slow.zarr" / "zarr.json").read_bytes(),
+            sorted(p.name for p in runs.iterdir()) if runs.is_dir() else [])
+
+
+def _gone_soon(root: Path, before: set[str], seconds: float = 15.0) -> list[str]:
+    """New entries of ``root`` still there after ``seconds`` (an interrupted writer
+    may leave a hidden staging directory to a detached remover)."""
+    deadline = time.monotonic() + seconds
+    while (new := sorted(set(os.listdir(root)) - before)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return new
+
+
+@pytest.mark.parametrize("moment", sorted(MOMENTS))
+@pytest.mark.parametrize("name", [spec.name for spec in LONG])
+def test_sigterm_stops_every_command_at_once(name, moment, long_work, runner):
+    """SIGTERM early in or in the middle of every writing and long-running command
+    (tiny chunks: seconds of work): the process exits within TERM_BUDGET seconds
+    with exit code 143 and its one Error line, and nothing new looks complete."""
+    root, durations = long_work
+    spec = LONG_SPEC[name]
+    before, store_before = set(os.listdir(root)), _store_state(root)
+    delay = MOMENTS[moment] * durations[name]
+    for _ in range(3):
+        code, seconds, err = terminate_at(runner, ["-q", *spec.argv], root, delay)
+        finished = code == -signal.SIGTERM and all(os.path.lexists(root / r)
+                                                   for r in spec.outputs)
+        if code is not None and not finished:
+            break
+        _remove_outputs(root, spec)  # it ended first (or was exiting): a quiet moment
+        delay /= 2
+    where = f"qbscale {' '.join(spec.argv)}: SIGTERM after {delay:.2f} s of ~{durations[name]:.2f}"
+    problems = []
+    if code is None:
+        problems.append("it ended before SIGTERM was sent, three times")
+    else:
+        if code != 143:
+            problems.append(f"exit {code} after SIGTERM, expected 143")
+        if seconds > TERM_BUDGET:
+            problems.append(f"exited {seconds:.2f} s after SIGTERM (budget {TERM_BUDGET} s)")
+        try:
+            assert_one_line_error(code, err, "sigterm")
+        except AssertionError as exc:
+            problems.append(str(exc))
+    for rel in spec.outputs:
+        if os.path.lexists(root / rel):
+            problems.append(f"{rel} exists after SIGTERM")
+    left = _gone_soon(root, before)
+    if left:
+        problems.append(f"left behind: {left}")
+    state = _store_state(root)
+    if state[0] != store_before[0]:
+        problems.append("slow.zarr's published results changed")
+    extra = set(state[1]) - set(store_before[1])
+    if extra and "--resume" not in spec.argv:
+        problems.append(f"slow.zarr keeps run prefixes {sorted(extra)}")
+    _remove_outputs(root, spec)
+    report(where, problems)

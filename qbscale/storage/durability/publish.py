@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -73,8 +72,14 @@ def replace_root_attrs(url: str, options: dict[str, Any] | None, attrs: dict[str
     write_now(os.path.join(local, ROOT), data)
 
 
-def delete_nodes(url: str, options: dict[str, Any] | None, paths: Iterable[str]) -> None:
-    """Delete arrays or groups ``paths`` of the store (absent ones are skipped)."""
+def delete_nodes(url: str, options: dict[str, Any] | None, paths: Iterable[str],
+                 budget: float | None = None) -> None:
+    """Delete arrays or groups ``paths`` of the store (absent ones are skipped).
+
+    ``budget``: seconds to spend at most on a local store; a detached process
+    deletes what is left then (:func:`qbscale.storage.durability.removal.remove_tree`)."""
+    from qbscale.storage.durability.removal import remove_tree
+
     local = _local(url)
     fs = root = None
     if local is None:
@@ -83,6 +88,6 @@ def delete_nodes(url: str, options: dict[str, Any] | None, paths: Iterable[str])
         fs, root = fsspec.core.url_to_fs(url, **(options or {}))
     for path in paths:
         if local is not None:
-            shutil.rmtree(os.path.join(local, path), ignore_errors=True)
+            remove_tree(os.path.join(local, path), budget)
         elif fs is not None and fs.exists(f"{root}/{path}"):
             fs.rm(f"{root}/{path}", recursive=True)

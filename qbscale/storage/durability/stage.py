@@ -73,10 +73,20 @@ class LocalStage:
         shutil.rmtree(self.target, ignore_errors=True)
         return zarr.create_group(os.fspath(self.target), attributes=attrs)
 
-    def discard(self) -> None:
-        """Remove the staging directory, once zarr's writes still in flight are over."""
+    def discard(self, cancel: bool = False) -> None:
+        """Remove the staging directory, once zarr's writes still in flight are over
+        (``cancel``: cancelled first, see :func:`settle_zarr_writes`).  After an
+        interruption at most :data:`~qbscale.storage.durability.removal.INTERRUPTED_BUDGET`
+        seconds go to it; a detached process deletes the rest."""
+        from qbscale.engine import interrupt
+        from qbscale.storage.durability.removal import INTERRUPTED_BUDGET, remove_tree
+
         try:
-            settle_zarr_writes()
+            cancel = cancel or interrupt.requested()
+            settle_zarr_writes(cancel=cancel or None)
+            if cancel:
+                remove_tree(self.target, INTERRUPTED_BUDGET)
+                return
             for _ in range(50):
                 _remove_tree(self.target)
                 if not os.path.lexists(self.target):
@@ -137,13 +147,21 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def settle_zarr_writes(timeout: float = 60.0) -> None:
+def settle_zarr_writes(timeout: float = 60.0, cancel: bool | None = None) -> None:
     """Wait for every task still running on zarr's event loop (chunk writes left in
     flight when a write failed or was interrupted), and swallow their errors: a
     staging directory is removed only once nothing writes into it any more, and
-    no "Task was destroyed but it is pending" is printed at exit."""
+    no "Task was destroyed but it is pending" is printed at exit.
+
+    ``cancel`` (by default: when an interruption is pending,
+    :mod:`qbscale.engine.interrupt`) cancels them first instead of letting them
+    run to their end: one ``arr[...] = block`` of many small chunks can take
+    minutes, while the chunk files being written when they are cancelled are
+    done within milliseconds (:func:`wait_for_io_threads`)."""
     import asyncio
     import concurrent.futures
+
+    from qbscale.engine import interrupt
 
     try:
         from zarr.core.sync import loop
@@ -152,10 +170,15 @@ def settle_zarr_writes(timeout: float = 60.0) -> None:
     running = loop[0]
     if running is None or running.is_closed() or not running.is_running():
         return
+    if cancel is None:
+        cancel = interrupt.requested()
 
     async def pending() -> None:
         me = asyncio.current_task()
         while tasks := [t for t in asyncio.all_tasks() if t is not me]:
+            if cancel:
+                for task in tasks:
+                    task.cancel()
             done, _ = await asyncio.wait(tasks)
             for task in done:
                 if not task.cancelled():
@@ -163,7 +186,60 @@ def settle_zarr_writes(timeout: float = 60.0) -> None:
 
     future = asyncio.run_coroutine_threadsafe(pending(), running)
     with contextlib.suppress(concurrent.futures.TimeoutError):
-        future.result(timeout)
+        # cancelled tasks end at their next await: a second is plenty
+        future.result(min(timeout, 1.0) if cancel else timeout)
+    if cancel:
+        wait_for_io_threads(running, min(timeout, 0.5))
+
+
+def cancel_zarr_work() -> None:
+    """Cancel every task on zarr's event loop, without waiting (safe from a signal
+    handler: it only schedules the cancellation on the loop's own thread)."""
+    import sys
+
+    sync = sys.modules.get("zarr.core.sync")
+    running = getattr(sync, "loop", [None])[0] if sync is not None else None
+    if running is None or running.is_closed() or not running.is_running():
+        return
+
+    def cancel_all() -> None:
+        import asyncio
+
+        for task in asyncio.all_tasks(running):
+            task.cancel()
+
+    with contextlib.suppress(RuntimeError):  # closed meanwhile
+        running.call_soon_threadsafe(cancel_all)
+
+
+def wait_for_io_threads(running: Any, timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) until no thread of ``running``'s default
+    executor, where zarr's local store reads and writes files, is in a job.
+
+    A cancelled task no longer waits for its thread, but the thread finishes the
+    file it was writing (and may create its directory again): a staging
+    directory is removed only after that.  A thread is busy while its stack
+    holds a job's frame (``concurrent.futures`` keeps no count of them)."""
+    import sys
+
+    executor = getattr(running, "_default_executor", None)
+    threads = list(getattr(executor, "_threads", ()))
+    deadline = time.monotonic() + timeout
+
+    def busy() -> bool:
+        frames = sys._current_frames()
+        for thread in threads:
+            frame = frames.get(thread.ident or -1)
+            while frame is not None:
+                code = frame.f_code
+                if code.co_name == "run" and code.co_filename.endswith(
+                        os.path.join("concurrent", "futures", "thread.py")):
+                    return True
+                frame = frame.f_back
+        return False
+
+    while threads and busy() and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _lock_old(url: str, options: dict[str, Any] | None) -> Any:
@@ -242,9 +318,9 @@ class RemoteStage:
         self.created = True
         return zarr.create_group(self.final, attributes=attrs, storage_options=self.options)
 
-    def discard(self) -> None:
+    def discard(self, cancel: bool = False) -> None:
         try:
-            settle_zarr_writes()
+            settle_zarr_writes(cancel=cancel or None)
             if self.created and self.fs.exists(self.root):
                 self.fs.rm(self.root, recursive=True)
         finally:
@@ -291,14 +367,14 @@ def staging(out: str, overwrite: bool, storage_options: dict[str, Any] | None,
     try:
         with _one_line_errors(out):
             yield stage
-    except BaseException:
-        stage.discard()
+    except BaseException as exc:  # an interruption cancels the writes in flight
+        stage.discard(cancel=not isinstance(exc, Exception))
         raise
     try:
         with _one_line_errors(out):
             stage.commit()
-    except BaseException:
-        stage.discard()
+    except BaseException as exc:
+        stage.discard(cancel=not isinstance(exc, Exception))
         raise
 
 

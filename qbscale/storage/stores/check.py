@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from qbscale.engine import interrupt
 from qbscale.errors import DamagedStoreError
 from qbscale.storage import layout
 from qbscale.storage.durability import integrity, seal
@@ -42,6 +43,8 @@ class CheckReport:
     chunks: int = 0
     bad: dict[str, str] = field(default_factory=dict)
     unchecked: list[str] = field(default_factory=list)  # arrays without checksums
+    #: ``runs/<token>`` prefixes no root points at (an interrupted run's; not checked)
+    unpublished: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -108,6 +111,7 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
     import zarr
 
     from qbscale.storage.durability.manifest import arrays_under, layout_problems
+    from qbscale.storage.stores.results import unpublished_prefixes
 
     names = arrays_under(url, options, "")
     attrs, listed = _root(url, options, report, names)
@@ -115,6 +119,10 @@ def _arrays(url: str, options: dict[str, Any] | None, report: CheckReport
     orphans = set(layout.ID_ARRAYS) - set(layout.recorded_ids(attrs))
     names = [n for n in names if n not in orphans]
     listed = [n for n in listed if n not in orphans]
+    # an interrupted run's results are not the store's: nothing reads them but --resume,
+    # which verifies what it reuses (its chunks may be missing or half-written)
+    report.unpublished = unpublished_prefixes(url, options) if attrs else []
+    names = [n for n in names if not any(n.startswith(f"{p}/") for p in report.unpublished)]
     for name in listed:
         if name not in names:
             report.bad[f"{name}/zarr.json"] = "missing: the array is gone; restore it or " \
@@ -207,7 +215,9 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
         and each array whose metadata disagrees with its copies (``test``);
         and each array whose manifest is not the one the store sealed (copied
         from another store, edited); ``unchecked`` names arrays without
-        checksums (only presence and size or decoding were checked).
+        checksums (only presence and size or decoding were checked);
+        ``unpublished`` the run prefixes no root points at (an interrupted
+        run's results: not checked, not damage).
 
     Raises
     ------
@@ -239,6 +249,7 @@ def check_store(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
                 recorded = None  # reported by _arrays
             bar.set_postfix_str(name)
             for coords in _grid(arr):
+                interrupt.check()
                 c = tuple(int(i) for i in coords)
                 why = _problem(url, name, arr, c, options, optional, recorded)
                 if why is not None:

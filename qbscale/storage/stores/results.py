@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qbscale.engine import interrupt
 from qbscale.engine.grid import offsets
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 SCORES = "scores"
 #: where each run's arrays go: ``runs/<token>/<name>``
 RUNS = "runs"
+#: the group of a run's prefix that keeps its progress (:mod:`qbscale.storage.stores.resume`)
+MANIFEST_GROUP = "manifest"
 #: the result arrays a run saves (read through the ``last_run`` pointer)
 RESULT_NAMES = (SCORES, "ranks", "ranks_baseline", "topk_index", "topk_score")
 
@@ -33,12 +36,120 @@ def new_prefix() -> str:
     return f"{RUNS}/{uuid.uuid4().hex}"
 
 
+def deleted(url: str | None) -> bool:
+    """True when the local store at ``url`` has lost its root ``zarr.json``: it was
+    deleted (or is being deleted) while a run used it.  Never for a URL (object
+    storage has no directories a write could create again) or no store."""
+    if url is None or layout.is_url(str(url)):
+        return False
+    return not os.path.isfile(os.path.join(layout.local_path(str(url)), "zarr.json"))
+
+
+def deleted_error(url: str) -> Any:
+    """The one-line error of a store deleted while a run used it."""
+    from qbscale.errors import StoreChangedError
+
+    return StoreChangedError(f"store {url} was deleted while this run used it: nothing was "
+                             "reported or saved, and nothing was written in its place")
+
+
+def check_present(url: str | None) -> None:
+    """Stop before a write into a store that was deleted meanwhile: zarr creates
+    the directories of every chunk it writes, so the write would leave the
+    skeleton of a store where the user deleted one.
+
+    Raises
+    ------
+    StoreChangedError
+        The store's root ``zarr.json`` is gone (:func:`deleted`).
+    """
+    if deleted(url):
+        raise deleted_error(str(url))
+
+
 def published_prefix(attrs: dict[str, Any] | None) -> str | None:
     """The prefix of the published run in a store's ``qbscale`` attributes (None
     before the first run, or for a store whose results sit at the top level)."""
     last = (attrs or {}).get("last_run") or {}
     prefix = last.get("prefix") if isinstance(last, dict) else None
     return prefix if isinstance(prefix, str) and prefix else None
+
+
+def unpublished_prefixes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The run prefixes ``runs/<token>`` of the store at ``url`` that its root does
+    not point at: what a saving run that was interrupted or killed left (its
+    partial arrays and resume manifest), or the previous run's results a run
+    killed right after publishing its own had not deleted yet.  Not damage:
+    nothing reads them but ``--resume``.  An unreadable root: none (the
+    published prefix is unknown)."""
+    from qbscale.storage.durability.manifest import read_json
+
+    try:
+        root = read_json(url, storage_options, "zarr.json")
+    except (ValueError, OSError):
+        return []
+    attrs = (root.get("attributes") or {}).get(layout.ATTR) if isinstance(root, dict) else None
+    if not isinstance(attrs, dict):
+        return []
+    published = published_prefix(attrs)
+    if not layout.is_url(url):
+        try:
+            entries = [e.name for e in os.scandir(os.path.join(layout.local_path(url), RUNS))
+                       if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    else:
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        folder = f"{base.rstrip('/')}/{RUNS}"
+        if not fs.exists(folder):
+            return []
+        entries = [str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+                   for e in fs.ls(folder, detail=True) if e.get("type") == "directory"]
+    return sorted(f"{RUNS}/{name}" for name in entries
+                  if not name.startswith(".") and f"{RUNS}/{name}" != published)
+
+
+def resumable(url: str, storage_options: dict[str, Any] | None, prefix: str) -> bool:
+    """True when run prefix ``prefix`` holds a finished resume manifest: a run with
+    the same options and ``--resume`` reuses its finished row blocks."""
+    from qbscale.storage.durability.manifest import read_json
+
+    try:
+        meta = read_json(url, storage_options, f"{prefix}/{MANIFEST_GROUP}/zarr.json")
+    except (ValueError, OSError):
+        return False
+    return isinstance(meta, dict) and "settings" in (meta.get("attributes") or {})
+
+
+def remove_unpublished(url: str, storage_options: dict[str, Any] | None = None
+                       ) -> tuple[list[str], list[str]]:
+    """Delete the store's :func:`unpublished_prefixes` that no ``--resume`` can use,
+    holding its writer lock (a run that starts meanwhile is not touched).
+
+    Returns
+    -------
+    tuple of list of str
+        The prefixes deleted, and those kept because a ``--resume`` run reuses
+        them (a run without ``--resume`` deletes them).
+
+    Raises
+    ------
+    StoreLockedError
+        A run holds the store's lock.
+    """
+    from qbscale.storage.durability.lock import StoreLock
+    from qbscale.storage.durability.publish import delete_nodes
+
+    if not unpublished_prefixes(url, storage_options):
+        return [], []  # no lock taken: a read-only store is fine
+    with StoreLock.acquire(url, storage_options, "removing an interrupted run's results"):
+        found = unpublished_prefixes(url, storage_options)
+        kept = [p for p in found if resumable(url, storage_options, p)]
+        removed = [p for p in found if p not in kept]
+        delete_nodes(url, storage_options, removed)
+    return removed, kept
 
 
 def result_path(attrs: dict[str, Any] | None, name: str) -> str:
@@ -175,6 +286,8 @@ class ScoresWriter:
                    test.row_chunks, uuid.uuid4().hex, prefix)
 
     def write(self, b: int, i: int, block: np.ndarray) -> None:
+        interrupt.check()  # SIGTERM: no new block written while the run stops
+        check_present(self.url)
         arr = writable_array(self.url, self.path, self.options, self.token)
         r0 = offsets(self.row_chunks)[i]
         arr[b, r0:r0 + block.shape[0], :] = block
@@ -189,6 +302,7 @@ def write_results(experiment: Experiment, prefix: str, result: RunResult, *,
     variant = result.config.variant_name  # beta, alpha or kc: the axis of the swept values
 
     def put(name: str, data: np.ndarray, dims: tuple[str, ...]) -> None:
+        check_present(str(experiment.url))  # create_array makes missing parents
         arr = create_array(str(experiment.url), f"{prefix}/{name}", shape=data.shape,
                            dtype=data.dtype, chunks=data.shape, overwrite=True,
                            dimension_names=dims, storage_options=experiment.storage_options)
@@ -225,10 +339,18 @@ def publish(experiment: Experiment, prefix: str, summary: dict[str, Any],
     from qbscale.storage.durability.publish import delete_nodes, replace_root_attrs
 
     url = str(experiment.url)
+    check_present(url)
     old = dict(root_attrs(experiment))
+    if not old:  # a bare group where the store was: made again by a write in flight
+        raise deleted_error(url)
     refused = seal.refusal(url, old)
     if refused is not None:
         raise DamagedStoreError(refused)
+    if old.get("store_id") != (experiment.attrs or {}).get("store_id"):
+        from qbscale.errors import StoreChangedError
+
+        raise StoreChangedError(f"store {url} was replaced while this run wrote into it: "
+                                "its results were not published")
     previous = published_prefix(old)
     sealed = {name: digest for name, digest in dict(old[seal.MANIFESTS]).items()
               if not (previous and name.startswith(f"{previous}/"))

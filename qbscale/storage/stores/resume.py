@@ -32,17 +32,22 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from qbscale.engine import interrupt
 from qbscale.engine.grid import offsets
 from qbscale.engine.plan import Plan
 from qbscale.engine.statistics import GalleryStatistics
 from qbscale.errors import ConfigError
+from qbscale.storage import layout
 from qbscale.storage.stores.results import (
+    MANIFEST_GROUP,
     RUNS,
     SCORES,
     ScoresWriter,
+    check_present,
     new_prefix,
     publish,
     published_prefix,
+    unpublished_prefixes,
     writable_array,
     write_results,
 )
@@ -64,7 +69,7 @@ if TYPE_CHECKING:
     from qbscale.config import RunConfig
     from qbscale.types import Experiment
 
-GROUP = "manifest"
+GROUP = MANIFEST_GROUP
 DONE = "done"
 BANK_DONE = "bank_done"
 
@@ -129,6 +134,8 @@ class Manifest:
 
     def record(self, i: int, row: RowResult) -> RowResult:
         """Store row block ``i``'s results, then its marker; returns ``row``."""
+        interrupt.check()  # SIGTERM: no new block recorded while the run stops
+        check_present(self.url)
         stop = row.start + row.n_rows
         for name in self.fields:
             value = getattr(row, name)
@@ -145,6 +152,8 @@ class Manifest:
 
         if norm.shift is None:
             return
+        interrupt.check()
+        check_present(self.url)  # create_array makes missing parents
         for name, value in (("shift", norm.shift), ("activation", norm.activation)):
             create_array(self.url, f"{self.group}/{name}", shape=value.shape,
                          dtype=value.dtype, chunks=value.shape, overwrite=True,
@@ -239,7 +248,10 @@ class RunState:
         if picked is None:  # a fresh run: interrupted ones are abandoned
             from qbscale.storage.durability.publish import delete_nodes
 
-            delete_nodes(str(experiment.url), experiment.storage_options, pending)
+            # with the prefixes a killed run left before its manifest group was made
+            leftovers = unpublished_prefixes(str(experiment.url), experiment.storage_options)
+            delete_nodes(str(experiment.url), experiment.storage_options,
+                         sorted({*pending, *leftovers}))
         prefix = picked[0] if picked is not None else new_prefix()
         shapes = field_shapes(config, experiment.n_queries, experiment.n_gallery,
                               experiment.has_ground_truth,
@@ -314,27 +326,41 @@ class RunState:
         return norm, [self.done[i] if i in self.done else computed[i]
                       for i in range(self.n_blocks)]
 
-    def discard(self, settle: float = 0.2, tries: int = 15) -> None:
+    def discard(self, settle: float = 0.2, tries: int = 15, cancel: bool = False) -> None:
         """Delete this run's prefix (its partial arrays and manifest).
 
         Tasks still in flight when the run failed may write a chunk after the
         deletion: it is repeated until the prefix stays gone for ``settle``
-        seconds (at most ``tries`` times).  A prefix the store already publishes
-        (a failure after its root ``zarr.json`` was replaced) is never deleted."""
+        seconds (at most ``tries`` times).  After an interruption (``cancel``,
+        or one pending: :mod:`qbscale.engine.interrupt`) zarr's writes in flight
+        are cancelled instead, and at most
+        :data:`~qbscale.storage.durability.removal.INTERRUPTED_BUDGET` seconds go to
+        the deletion (a detached process deletes the rest).  A prefix the store
+        already publishes (a failure after its root ``zarr.json`` was replaced) is
+        never deleted.  A store deleted meanwhile: what writes in flight made
+        again at its path is removed too."""
         import time
 
         from qbscale.storage.durability.publish import delete_nodes
-        from qbscale.storage.stores.results import root_attrs
+        from qbscale.storage.durability.removal import INTERRUPTED_BUDGET, remove_skeleton
+        from qbscale.storage.durability.stage import settle_zarr_writes
+        from qbscale.storage.stores.results import deleted, root_attrs
 
         url, options = str(self.experiment.url), self.experiment.storage_options
         with contextlib.suppress(Exception):  # an unreadable root: nothing points here
             if published_prefix(root_attrs(self.experiment)) == self.manifest.prefix:
                 return
-        for _ in range(tries):
-            delete_nodes(url, options, [self.manifest.prefix])
-            time.sleep(settle)
-            if not _any_under(url, options, self.manifest.prefix):
-                return
+        if cancel or interrupt.requested() or deleted(url):  # nothing to wait for
+            settle_zarr_writes(cancel=True)
+            delete_nodes(url, options, [self.manifest.prefix], budget=INTERRUPTED_BUDGET)
+        else:
+            for _ in range(tries):
+                delete_nodes(url, options, [self.manifest.prefix])
+                time.sleep(settle)
+                if not _any_under(url, options, self.manifest.prefix):
+                    break
+        if deleted(url):
+            remove_skeleton(layout.local_path(url))
 
     def summary(self) -> dict[str, Any]:
         return {"row_blocks": self.n_blocks, "reused": len(self.done),

@@ -32,7 +32,7 @@ from qbscale.errors import (
 )
 from qbscale.storage import layout
 from qbscale.storage.durability import integrity, seal
-from qbscale.storage.stores.results import published_prefix
+from qbscale.storage.stores.results import deleted, deleted_error, published_prefix
 from qbscale.storage.stores.sources import (
     EmbeddingMatrix,
     NumpyMatrix,
@@ -455,6 +455,8 @@ def check_unchanged(experiment: Experiment) -> None:
         now = dict(attrs)
     except (OSError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
         now = {}  # gone, or its zarr.json being rewritten: not the store that was read
+    if deleted(experiment.url):
+        raise deleted_error(str(experiment.url))
     if not now.get("complete") or any(now.get(k) != experiment.attrs.get(k) for k in keys):
         raise StoreChangedError(
             f"store {experiment.url} was replaced while this run read it (by a "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from qbscale.engine import interrupt
 from qbscale.errors import ConfigError, InputError
 from qbscale.storage import layout
 from qbscale.storage.durability import seal
@@ -123,6 +124,9 @@ def unit_rows(label: str) -> Callable[[np.ndarray, int], np.ndarray]:
 
 #: bytes of input read (and written to the store) per step, rounded to whole chunks
 READ_BYTES = 64 * 2**20
+#: chunks written per step at most: zarr makes a task of each, and an interruption
+#: (SIGTERM, Ctrl-C) cancels the step's tasks, which takes time in their number
+STEP_CHUNKS = 512
 
 
 class FiniteCheck:
@@ -182,11 +186,14 @@ def write_matrix(group: zarr.Group, target: Target, codec: str, bar: Any) -> Non
                        dimension_names=layout.DIMS[target.name], overwrite=True)
     row_bytes = src.shape[1] * target.dtype.itemsize
     chunk_rows = target.chunks[0]
-    step = chunk_rows * max(1, READ_BYTES // max(1, chunk_rows * row_bytes))
+    col_chunks = -(-src.shape[1] // target.chunks[1])
+    step = chunk_rows * max(1, min(READ_BYTES // max(1, chunk_rows * row_bytes),
+                                   STEP_CHUNKS // col_chunks))
     narrower = target.dtype.itemsize < src.dtype.itemsize
     check = FiniteCheck(target.label or src.label(target.name),
                         f" after conversion to {target.dtype}" if narrower else "")
     for r0, block in src.blocks(step):
+        interrupt.check()
         with np.errstate(over="ignore"):  # overflow to inf is reported by the check
             block = np.asarray(block, dtype=target.dtype)
         if check(block, r0):
