@@ -84,8 +84,13 @@ class Experiment:
 
     @property
     def evaluated(self) -> np.ndarray | None:
-        """(n_queries,) bool of the queries the metrics count (None: all): the
-        mask's, less queries without a positive."""
+        """The queries the metrics count: the mask's, less those without a positive.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            (n_queries,) bool; None when every query counts.
+        """
         keep = self.mask
         if self.positives is not None:
             has = self.positives.evaluated()

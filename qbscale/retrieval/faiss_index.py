@@ -103,8 +103,8 @@ class FaissSearch:
     index: Any
     norm: GalleryStatistics
     dim: int
-    #: an index that follows an updatable normaliser: the ``(centre, weight)``
-    #: it stores shifts with (fixed when built), and the bank rows they came from
+    # an index that follows an updatable normaliser: the ``(centre, weight)``
+    # it stores shifts with (fixed when built), and the bank rows they came from
     centring: tuple[np.ndarray, np.ndarray] | None = None
     bank_rows: int | None = None
     factory: str | None = None
