@@ -149,6 +149,15 @@ def _column_max(block, j0, j1, top):  # type: ignore[no-untyped-def]  # pragma: 
 
 
 @_jit
+def _split_peaks(top, beta, pk, rm):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """``pk[j] + rm[j] == beta * top[j]`` exactly: the shift of column ``j`` and its
+    rounding residue (so the largest term of the sum is exactly 1)."""
+    for j in range(top.shape[0]):
+        pk[j] = top[j] * beta
+        rm[j] = _fma(top[j], beta, -pk[j])
+
+
+@_jit
 def _whole(block, betas, tile, top_out, peaks, resid, hi, lo):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Every row in one set: ``hi/lo[b, j]`` the compensated sum of column ``j``."""
     n_rows, n_cols = block.shape
@@ -161,9 +170,8 @@ def _whole(block, betas, tile, top_out, peaks, resid, hi, lo):  # type: ignore[n
             beta = betas[b]
             pk = peaks[b, j0:j1]
             rm = resid[b, j0:j1]
+            _split_peaks(top, beta, pk, rm)
             for j in range(w):
-                pk[j] = top[j] * beta
-                rm[j] = _fma(top[j], beta, -pk[j])  # beta * max = pk + rm exactly
                 hi[b, j0 + j] = 0.0
                 lo[b, j0 + j] = 0.0
         for i in range(n_rows):
@@ -196,9 +204,7 @@ def _sets(block, betas, rowsets, tile, top_out, peaks, resid, hi, lo, terms):  #
             beta = betas[b]
             pk = peaks[b, j0:j1]
             rm = resid[b, j0:j1]
-            for j in range(w):
-                pk[j] = top[j] * beta
-                rm[j] = _fma(top[j], beta, -pk[j])
+            _split_peaks(top, beta, pk, rm)
             for s in range(n_sets):
                 for j in range(w):
                     hi[b, s, j0 + j] = 0.0
